@@ -1,0 +1,1 @@
+"""fastrm_core: adapters, gradient relevancy baseline, FastRM proxy, per-token capture, distillation."""
