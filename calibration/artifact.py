@@ -1,0 +1,281 @@
+"""The calibration artifact: a fitted threshold plus everything needed to trust it.
+
+A :class:`Calibration` is plain JSON (``model_dump_json``), never a pickle. It records
+
+- *what it applies to*: the model, the proxy and the dataset it was fitted on (ids and
+  optional content hashes), the aggregation and whether entropies were normalised;
+- *the decision*: the rule and its threshold; ``score < threshold`` -> ``"confident"``;
+- *the evidence*: metrics on the fitting data and on held-out data
+  (:class:`ThresholdMetrics`), the other rules' thresholds and metrics side by side
+  (``alternatives``), and both class densities sampled on a grid (:class:`KDECurves`)
+  for plots.
+
+Every model forbids unknown fields, so a typo in a hand-edited file fails loudly
+with the field's name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from calibration.scores import Aggregation
+from fastrm_core.errors import CalibrationError, ConfigMismatchError
+
+__all__ = [
+    "RULES",
+    "SCHEMA_VERSION",
+    "Calibration",
+    "KDECurves",
+    "Rule",
+    "RuleResult",
+    "ThresholdMetrics",
+    "Verdict",
+]
+
+SCHEMA_VERSION = 1
+
+Rule = Literal["paper_midpoint", "density_crossing", "target_precision"]
+RULES: tuple[str, ...] = get_args(Rule)
+Verdict = Literal["confident", "uncertain"]
+MetadataValue = str | int | float | bool | None
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class ThresholdMetrics(BaseModel):
+    """What a threshold does on one labelled set of answer scores.
+
+    The confusion counts treat **"confident" as the positive class** (the paper's
+    table): ``tp`` = confident and correct, ``fp`` = confident but wrong,
+    ``tn`` = uncertain and wrong, ``fn`` = uncertain but correct. A metric whose
+    denominator is zero is ``None``.
+    """
+
+    model_config = _STRICT
+
+    threshold: float = Field(description="confident when score < threshold")
+    n: int = Field(ge=0, description="answers evaluated")
+    n_correct: int = Field(ge=0)
+    n_wrong: int = Field(ge=0)
+    accuracy: float | None = Field(description="the model's accuracy on these answers: n_correct / n")
+    auroc: float | None = Field(
+        description="AUROC of the score for predicting a wrong answer (1 = perfect, 0.5 = chance); "
+        "None when one class is absent"
+    )
+    share_confident: float | None = Field(description="fraction of answers below the threshold")
+    precision_confident: float | None = Field(description="correct among confident: tp / (tp + fp)")
+    precision_uncertain: float | None = Field(description="wrong among uncertain: tn / (tn + fn)")
+    recall_confident: float | None = Field(description="correct answers marked confident: tp / (tp + fn)")
+    tp: int = Field(ge=0, description="confident and correct")
+    fp: int = Field(ge=0, description="confident but wrong")
+    tn: int = Field(ge=0, description="uncertain and wrong")
+    fn: int = Field(ge=0, description="uncertain but correct")
+
+    @model_validator(mode="after")
+    def _counts_add_up(self) -> ThresholdMetrics:
+        if self.tp + self.fp + self.tn + self.fn != self.n:
+            raise ValueError(f"tp + fp + tn + fn = {self.tp + self.fp + self.tn + self.fn} but n = {self.n}")
+        if self.tp + self.fn != self.n_correct or self.fp + self.tn != self.n_wrong:
+            raise ValueError("confusion counts do not match n_correct / n_wrong")
+        return self
+
+
+class KDECurves(BaseModel):
+    """Both classes' score densities on a shared grid, for plotting (each integrates to 1).
+
+    Multiply ``density_correct`` by ``prior_correct`` and ``density_wrong`` by
+    ``1 - prior_correct`` for the prior-weighted curves whose crossing the
+    ``density_crossing`` rule finds.
+    """
+
+    model_config = _STRICT
+
+    xs: list[float]
+    density_correct: list[float]
+    density_wrong: list[float]
+    prior_correct: float = Field(ge=0.0, le=1.0, description="share of correct answers in the fitting data")
+    mean_correct: float
+    mean_wrong: float
+    std_correct: float = Field(ge=0.0)
+    std_wrong: float = Field(ge=0.0)
+    bandwidth_correct: float = Field(gt=0.0, description="Gaussian kernel standard deviation, score units")
+    bandwidth_wrong: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> KDECurves:
+        lengths = {len(self.xs), len(self.density_correct), len(self.density_wrong)}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"xs, density_correct and density_wrong must have the same length, got "
+                f"{len(self.xs)}, {len(self.density_correct)}, {len(self.density_wrong)}"
+            )
+        return self
+
+
+class RuleResult(BaseModel):
+    """One threshold rule's outcome, for side-by-side comparison."""
+
+    model_config = _STRICT
+
+    rule: Rule
+    threshold: float | None = Field(description="None when the rule could not produce a threshold (see note)")
+    target_precision: float | None = None
+    fit_metrics: ThresholdMetrics | None = None
+    heldout_metrics: ThresholdMetrics | None = None
+    note: str | None = None
+
+
+class Calibration(BaseModel):
+    """A fitted entropy threshold for one model + proxy; see :mod:`calibration.artifact`.
+
+    Example:
+        >>> cal = Calibration.load("calibration.json")  # doctest: +SKIP
+        >>> cal.verdict(0.41)  # doctest: +SKIP
+        'confident'
+    """
+
+    model_config = _STRICT
+
+    schema_version: int = SCHEMA_VERSION
+    model_id: str | None = Field(default=None, description="model name or path it was fitted with")
+    model_hash: str | None = Field(default=None, description="content hash of the model weights, if known")
+    proxy_id: str | None = Field(default=None, description="FastRM proxy name or path")
+    proxy_hash: str | None = None
+    dataset_hash: str | None = Field(default=None, description="sha256 of the calibration data file")
+    rule: Rule
+    threshold: float = Field(description="confident when score < threshold")
+    target_precision: float | None = Field(default=None, description="the target of the target_precision rule")
+    aggregation: Aggregation = "mean"
+    entropy_normalized: bool = Field(default=False, description="entropies divided by log(N_img)")
+    fit_metrics: ThresholdMetrics
+    heldout_metrics: ThresholdMetrics | None = None
+    kde: KDECurves
+    alternatives: dict[Rule, RuleResult] = Field(
+        default_factory=dict, description="the other rules, fitted on the same data"
+    )
+    notes: list[str] = Field(default_factory=list, description="warnings raised while fitting")
+    command: str | None = Field(default=None, description="the command line that produced this file")
+    metadata: dict[str, MetadataValue] = Field(
+        default_factory=dict, description="free-form provenance (seed, fit fraction, data path, ...)"
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {value}; this version reads {SCHEMA_VERSION}")
+        return value
+
+    # ---- decisions -------------------------------------------------------------------
+
+    def verdict(self, score: float) -> Verdict:
+        """``"confident"`` when ``score < threshold``, else ``"uncertain"``.
+
+        Raises:
+            CalibrationError: the score is NaN or infinite.
+        """
+        value = float(score)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise CalibrationError(f"cannot give a verdict on a non-finite score ({score!r})")
+        return "confident" if value < self.threshold else "uncertain"
+
+    def rules_table(self) -> list[RuleResult]:
+        """Every rule's result, the chosen rule first, then the alternatives in rule order."""
+        chosen = RuleResult(
+            rule=self.rule,
+            threshold=self.threshold,
+            target_precision=self.target_precision,
+            fit_metrics=self.fit_metrics,
+            heldout_metrics=self.heldout_metrics,
+        )
+        others = [self.alternatives[r] for r in RULES if r in self.alternatives and r != self.rule]
+        return [chosen, *others]
+
+    def check_compatible(
+        self,
+        *,
+        model_id: str | None = None,
+        proxy_id: str | None = None,
+        model_hash: str | None = None,
+        proxy_hash: str | None = None,
+    ) -> None:
+        """Raise :class:`ConfigMismatchError` when this calibration was fitted for another model/proxy.
+
+        For each of model and proxy: when both this file and the caller know a hash, the
+        hashes decide (the same weights loaded from another path are compatible);
+        otherwise the ids are compared as strings when both are known. Identity that
+        either side does not know is not checked.
+        """
+        for kind, recorded_id, recorded_hash, given_id, given_hash in (
+            ("model", self.model_id, self.model_hash, model_id, model_hash),
+            ("proxy", self.proxy_id, self.proxy_hash, proxy_id, proxy_hash),
+        ):
+            if recorded_hash is not None and given_hash is not None:
+                if recorded_hash != given_hash:
+                    raise ConfigMismatchError(
+                        f"calibration was fitted for {kind} hash {recorded_hash!r} "
+                        f"({kind} {recorded_id!r}) but the {kind} in use has hash {given_hash!r} "
+                        f"({given_id!r}); re-run `guardrail calibrate` for this {kind}"
+                    )
+                continue
+            if recorded_id is not None and given_id is not None and recorded_id != given_id:
+                raise ConfigMismatchError(
+                    f"calibration was fitted for {kind} {recorded_id!r} but the {kind} in use is "
+                    f"{given_id!r}; re-run `guardrail calibrate` for this {kind}"
+                )
+
+    # ---- I/O (thin) ----------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write this calibration as indented JSON; returns the path."""
+        path = Path(path)
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a calibration JSON file.
+
+        Raises:
+            CalibrationError: the file cannot be read, is not JSON, has another schema
+                version, or a field is missing, unknown or invalid (the message names
+                the file and the field).
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CalibrationError(f"cannot read calibration file {str(path)!r}: {exc}") from exc
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(
+                f"calibration file {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+            ) from exc
+        if not isinstance(raw, dict):
+            raise CalibrationError(
+                f"calibration file {str(path)!r} must hold a JSON object, got {type(raw).__name__}"
+            )
+        version = raw.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise CalibrationError(
+                f"calibration file {str(path)!r} has schema_version {version!r}; "
+                f"this version of fastrm-guard reads {SCHEMA_VERSION}"
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise CalibrationError(f"calibration file {str(path)!r} is invalid: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """``field.path: message`` for each error, e.g. ``fit_metrics.tpp: Extra inputs are not permitted``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
