@@ -1,0 +1,149 @@
+"""Running an escalation: call the policy's handler or append to its JSONL queue.
+
+This is the only module of ``policies`` that does I/O. Both targets receive the
+same *escalation record*, a JSON-serialisable dict::
+
+    {"time": "2025-01-01T12:00:00.000000+00:00",   # UTC, ISO 8601
+     "policy_id": "strict", "policy_version": "1",
+     "rule": "uncertain-medical", "reason": "...",
+     "payload": {...}}                              # what the caller passed
+
+A queue file gets one line per record, written with a single ``O_APPEND``
+write under a per-file lock, so concurrent escalations from threads never
+interleave and an existing file is never rewritten. Any failure (handler not
+importable, handler raised, file not writable, payload not serialisable) is
+raised as :class:`~fastrm_core.errors.PolicyError`; the Guard decides what to do
+with it according to ``on_error``.
+
+Example::
+
+    >>> from policies import Decision, escalate                    # doctest: +SKIP
+    >>> escalate(decision, {"question": "how many?", "answer": "3"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from fastrm_core.errors import PolicyError
+
+from .engine import Decision
+
+__all__ = ["escalate", "escalation_record", "resolve_handler"]
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def resolve_handler(spec: str) -> Callable[[dict[str, Any]], Any]:
+    """Import ``"package.module:attr[.attr]"`` and return the callable it names.
+
+    Raises :class:`PolicyError` naming the spec when the module cannot be
+    imported, the attribute does not exist or is not callable.
+    """
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise PolicyError(f"invalid escalation handler {spec!r}; expected 'package.module:callable'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail with anything the module raises
+        raise PolicyError(f"cannot import escalation handler {spec!r}: {type(exc).__name__}: {exc}") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise PolicyError(f"cannot import escalation handler {spec!r}: {module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(obj):
+        raise PolicyError(f"escalation handler {spec!r} is not callable (it is a {type(obj).__name__})")
+    return obj
+
+
+def escalation_record(decision: Decision, payload: Optional[Mapping[str, Any]] = None, *, now: Optional[datetime] = None) -> dict[str, Any]:
+    """The dict that :func:`escalate` sends: time, policy, rule, reason and the caller's payload."""
+    when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return {
+        "time": when.isoformat(timespec="microseconds"),
+        "policy_id": decision.policy_id,
+        "policy_version": decision.policy_version,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "payload": dict(payload or {}),
+    }
+
+
+def escalate(decision: Decision, payload: Optional[Mapping[str, Any]] = None, *, now: Optional[datetime] = None) -> dict[str, Any]:
+    """Send one escalation for ``decision`` to its handler or queue; return the record sent.
+
+    ``payload`` is any JSON-serialisable mapping (numpy arrays and scalars,
+    paths, sets and dataclasses/pydantic models are converted). The handler is
+    called as ``handler(record)``; its return value is ignored.
+
+    Raises :class:`PolicyError` if ``decision`` is not an escalation or the
+    escalation fails for any reason (the cause is chained).
+    """
+    if decision.action != "escalate" or decision.escalation is None:
+        raise PolicyError(f"decision of rule {decision.rule!r} is {decision.action!r}, not an escalation")
+    record = escalation_record(decision, payload, now=now)
+    esc = decision.escalation
+    if esc.handler is not None:
+        handler = resolve_handler(esc.handler)
+        try:
+            handler(record)
+        except Exception as exc:  # a user's handler may raise anything; the Guard applies on_error
+            raise PolicyError(f"escalation handler {esc.handler!r} failed: {type(exc).__name__}: {exc}") from exc
+        return record
+    if esc.queue is None:  # the schema guarantees one of handler/queue; guard hand-built objects
+        raise PolicyError(f"escalation of rule {decision.rule!r} has neither a handler nor a queue")
+    _append_line(Path(esc.queue).expanduser(), _dumps(record))
+    return record
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_jsonable)
+    except (TypeError, ValueError) as exc:
+        raise PolicyError(f"escalation payload is not JSON-serialisable: {exc}") from exc
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    key = str(path.resolve())
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+def _append_line(path: Path, line: str) -> None:
+    data = (line + "\n").encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _lock_for(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked for very large records
+                    n = os.write(fd, view)
+                    view = view[n:]
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise PolicyError(f"cannot append to escalation queue {path}: {exc.strerror or exc}") from exc

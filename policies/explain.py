@@ -1,0 +1,117 @@
+"""Describing a policy in words, and the logic of ``guardrail policy check FILE``.
+
+``explain_policy`` is pure (policy -> text); ``cli_check`` loads, checks that
+every escalation handler imports, prints with rich and returns an exit code.
+
+Example::
+
+    >>> from policies import explain_policy, load_policy
+    >>> print(explain_policy(load_policy("observe-only")).splitlines()[0])
+    Policy 'observe-only' version 1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Union
+
+from rich.console import Console
+from rich.markup import escape
+
+from fastrm_core.errors import PolicyError
+
+from .escalation import resolve_handler
+from .loading import load_policy
+from .schema import DEFAULT_WITHHELD_MESSAGE, ActionSpec, Policy
+
+__all__ = ["cli_check", "describe_action", "explain_policy", "policy_warnings"]
+
+
+def describe_action(spec: ActionSpec, policy: Policy) -> str:
+    """What an action does to the answer, in words (``"flag: return the answer, flagged"``)."""
+    if spec.action == "allow":
+        text = "allow: return the answer unchanged"
+    elif spec.action == "flag":
+        text = "flag: return the answer, flagged"
+    elif spec.action == "abstain":
+        text = f"abstain: replace the answer with {_quote(spec.message or policy.abstain_message)}"
+    else:
+        esc = spec.escalation
+        if esc is None:  # pragma: no cover - the schema forbids it
+            text = "escalate"
+        elif esc.withhold:
+            msg = esc.message or DEFAULT_WITHHELD_MESSAGE
+            text = f"escalate to {esc.target}: withhold the answer and return {_quote(msg)}"
+        else:
+            text = f"escalate to {esc.target}: return the answer, flagged"
+    if spec.reason:
+        text += f" (reason: {_quote(spec.reason)})"
+    return text
+
+
+def policy_warnings(policy: Policy) -> list[str]:
+    """Problems that are legal but probably mistakes, e.g. rules that can never match."""
+    warnings: list[str] = []
+    catch_all: Optional[str] = None
+    for rule in policy.rules:
+        if catch_all is not None:
+            warnings.append(f"rule {rule.name!r} is never reached: rule {catch_all!r} above it matches every request")
+        elif rule.when.is_empty():
+            catch_all = rule.name
+    if catch_all is not None:
+        warnings.append(f"the default action is never used: rule {catch_all!r} matches every request")
+    return warnings
+
+
+def explain_policy(policy: Policy) -> str:
+    """A plain-text description of ``policy``: each rule in order, the default, ``on_error`` and warnings."""
+    lines = [f"Policy {policy.id!r} version {policy.version}"]
+    if policy.description:
+        lines += [f"  {line}" for line in policy.description.strip().splitlines()]
+    if policy.on_error == "fail_open":
+        lines.append("If the guard itself fails (on_error: fail_open): return the answer, flagged as unguarded")
+    else:
+        lines.append(
+            f"If the guard itself fails (on_error: fail_closed): replace the answer with {_quote(policy.abstain_message)}"
+        )
+    if policy.rules:
+        lines.append("Rules, first match wins:")
+        for i, rule in enumerate(policy.rules, 1):
+            lines.append(f"  {i}. {rule.name}: when {rule.when.describe()} -> {describe_action(rule, policy)}")
+    else:
+        lines.append("No rules.")
+    lines.append(f"Otherwise (default) -> {describe_action(policy.default, policy)}")
+    warnings = policy_warnings(policy)
+    if warnings:
+        lines.append("Warnings:")
+        lines += [f"  - {w}" for w in warnings]
+    return "\n".join(lines)
+
+
+def cli_check(source: Union[str, "os.PathLike[str]"], *, console: Optional[Console] = None) -> int:
+    """Validate a policy file (or bundled name), check its handlers import, print an explanation.
+
+    Returns the exit code: 0 valid (warnings are printed but allowed), 1 invalid.
+    """
+    console = console or Console(highlight=False)
+    try:
+        policy = load_policy(source)
+        handlers = [spec.escalation.handler for spec in (*policy.rules, policy.default)
+                    if spec.escalation is not None and spec.escalation.handler is not None]
+        for handler in handlers:
+            resolve_handler(handler)
+    except PolicyError as exc:
+        console.print(f"[bold red]invalid policy[/] {escape(os.fspath(source))}")
+        console.print(escape(str(exc)), soft_wrap=True)
+        return 1
+    console.print(f"[bold green]valid policy[/] {escape(os.fspath(source))}")
+    text = explain_policy(policy)
+    for line in text.splitlines():
+        style = "yellow" if line.startswith(("Warnings:", "  - ")) else None
+        console.print(escape(line), style=style, soft_wrap=True)
+    return 0
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
