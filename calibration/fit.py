@@ -17,9 +17,12 @@ Threshold rules (the verdict is ``"confident"`` when ``score < threshold``):
     midpoint and says so in a note.
 ``target_precision``
     the largest threshold whose precision of "confident" (correct among answers below
-    it) on the fitting data is at least ``target_precision``. Fails (``None`` + note,
-    or :class:`CalibrationError` when it is the chosen rule) when no threshold reaches
-    the target.
+    it) on the fitting data is at least ``target_precision``. Candidate thresholds are
+    the distinct scores (``score < t`` changes only there), so the threshold is the
+    lowest score left out of the confident set. Fails (``None`` + note, or
+    :class:`CalibrationError` when it is the chosen rule) when no threshold reaches
+    the target; a note warns when fewer than ``min_per_class`` answers end up
+    below it (their precision is noise).
 
 Every rule is evaluated on the fitting data and, when given, on held-out data; only
 held-out numbers estimate what the threshold will do on new answers from the same
@@ -288,7 +291,9 @@ def _density_crossing(
     )
 
 
-def _target_precision(s: np.ndarray, c: np.ndarray, target: float, beyond: float) -> tuple[float | None, str | None]:
+def _target_precision(
+    s: np.ndarray, c: np.ndarray, target: float, beyond: float, min_confident: int
+) -> tuple[float | None, str | None]:
     """Largest threshold with precision(score < t) >= target on (s, c)."""
     order = np.argsort(s, kind="mergesort")
     ss, cc = s[order], c[order]
@@ -307,7 +312,13 @@ def _target_precision(s: np.ndarray, c: np.ndarray, target: float, beyond: float
         )
     i = int(ok[-1])  # largest set meeting the target
     if i + 1 < values.shape[0]:
-        return float(values[i + 1]), None
+        note = None
+        if ends[i] < min_confident:
+            note = (
+                f"target_precision: only {int(ends[i])} fitting answers are below the threshold; "
+                "their precision is a noisy estimate"
+            )
+        return float(values[i + 1]), note
     return float(beyond), (
         f"target_precision: every fitting answer is below the threshold; the model's accuracy "
         f"({precision[-1]:.3f}) already meets the target {target:g}"
@@ -447,7 +458,7 @@ def fit_calibration(
         elif r == "density_crossing":
             t, note = _density_crossing(kde_c, kde_w, prior_c, mean_c, mean_w, lo, hi)
         else:
-            t, note = _target_precision(s, c, float(target_precision), beyond=hi)
+            t, note = _target_precision(s, c, float(target_precision), beyond=hi, min_confident=int(min_per_class))
         results[r] = RuleResult(
             rule=r,
             threshold=t,

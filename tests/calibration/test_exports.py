@@ -1,0 +1,30 @@
+"""The public surface of ``calibration`` changes only on purpose."""
+
+import calibration
+
+
+def test_public_names():
+    assert calibration.__all__ == [
+        "Calibration",
+        "DataProblem",
+        "KDECurves",
+        "RuleResult",
+        "ThresholdMetrics",
+        "VQARecord",
+        "answer_score",
+        "auroc",
+        "content_token_mask",
+        "dataset_hash",
+        "evaluate_threshold",
+        "fit_calibration",
+        "is_correct",
+        "normalize_answer",
+        "plot_calibration",
+        "read_vqa_jsonl",
+        "split_fit_heldout",
+        "token_entropy",
+        "vqa_accuracy",
+    ]
+    assert calibration.__all__ == sorted(calibration.__all__)
+    for name in calibration.__all__:
+        assert getattr(calibration, name).__module__.startswith("calibration.")
