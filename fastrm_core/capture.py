@@ -1,0 +1,189 @@
+"""Per-token capture of FastRM maps during ``model.generate``.
+
+One forward hook on the language model's final norm sees the last hidden states of
+every decoding step; a pre-hook on the VLM's forward sees that step's ``input_ids``.
+At prefill the image tokens' states become the proxy's keys (computed once); at every
+step the last position's state (the one that predicts the next token) becomes a query,
+so each generated token gets its map while it is being generated::
+
+    with capture(model, proxy) as cap:
+        out = model.generate(**inputs, max_new_tokens=20)
+    cap.maps            # (B, T, rows, cols) probabilities, T = number of generated tokens
+
+No ``output_hidden_states``/``output_attentions``, no gradients: per token the extra
+cost is one LayerNorm, one D x d projection and N_img dot products. Works with
+``TextIteratorStreamer`` (the map of a token exists before the token is streamed; use
+``on_token`` or read ``cap.maps`` from the streaming thread). Hooks are removed on
+exit, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from fastrm_core.adapters import VLMAdapter, get_adapter
+from fastrm_core.errors import CaptureError, InputError
+from fastrm_core.proxy import FastRMProxy
+
+__all__ = ["Capture", "capture"]
+
+OnToken = Callable[[int, torch.Tensor], None]
+
+
+@dataclass
+class Capture:
+    """What one :func:`capture` block recorded. Filled step by step during generation.
+
+    Attributes:
+        grid: (rows, cols) of the patch grid.
+        steps: list of per-step probabilities, each (B, rows, cols) float32 on the CPU.
+        image_states: (B, N_img, D) last hidden states of the image patches (only with ``keep_states``).
+        token_states: list of per-step (B, D) last hidden states of the predicting positions (``keep_states``).
+    """
+
+    grid: tuple[int, int]
+    steps: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    image_states: torch.Tensor | None = None
+    token_states: list[torch.Tensor] = field(default_factory=list)
+    prompt_ids: torch.Tensor | None = None
+    _keys: torch.Tensor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def num_steps(self) -> int:
+        """Number of generated tokens seen so far."""
+        return len(self.steps)
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """(B, T, rows, cols) per-token probabilities, float32."""
+        with self._lock:
+            if not self.steps:
+                raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
+            return torch.stack(self.steps, dim=1)
+
+    @property
+    def patch_logits(self) -> torch.Tensor:
+        """(B, T, N_img) the proxy's pre-sigmoid logits, float32."""
+        with self._lock:
+            return torch.stack(self.logits, dim=1)
+
+    @property
+    def queries(self) -> torch.Tensor:
+        """(B, T, D) hidden states of the predicting positions (``keep_states=True`` only)."""
+        if not self.token_states:
+            raise CaptureError("token states were not kept: use capture(..., keep_states=True)")
+        return torch.stack(self.token_states, dim=1)
+
+    def map(self, step: int, row: int = 0) -> torch.Tensor:
+        """(rows, cols) map of generated token ``step`` of batch row ``row``."""
+        return self.steps[step][row]
+
+
+@contextlib.contextmanager
+def capture(
+    model: nn.Module,
+    proxy: FastRMProxy | None = None,
+    *,
+    keep_states: bool = False,
+    on_token: OnToken | None = None,
+    thread: str | int | None = None,
+    adapter: VLMAdapter | None = None,
+) -> Iterator[Capture]:
+    """Capture FastRM maps (and optionally last hidden states) for every generated token.
+
+    Args:
+        model: a supported VLM (see :func:`fastrm_core.adapters.list_adapters`).
+        proxy: the FastRM proxy; ``None`` records states only (needs ``keep_states=True``).
+            It must match the model (hidden size, image tokens, grid), else
+            :class:`~fastrm_core.errors.ConfigMismatchError` before anything is hooked.
+        keep_states: also keep the image tokens' states (B, N_img, D) and each predicting
+            position's state (B, D) on the CPU, in the model's dtype (for dataset building).
+        on_token: called as ``on_token(step, probs)`` with probs (B, rows, cols) as soon as a
+            step's map exists (before the token is sampled and streamed).
+        thread: ``None`` records forwards from any thread; ``"current"`` (or a thread ident)
+            only those of that thread, so an unguarded ``generate`` running concurrently on the
+            same model in another thread is ignored.
+
+    Yields:
+        A :class:`Capture` that fills while ``model.generate`` runs inside the block.
+    """
+    adapter = adapter or get_adapter(model)
+    if proxy is None and not keep_states:
+        raise InputError("capture needs a proxy, or keep_states=True to record hidden states only")
+    if proxy is not None:
+        proxy.check_compatible(adapter)
+        ref = next(adapter.final_norm.parameters(), None)
+        if ref is not None and next(proxy.parameters()).device != ref.device:
+            raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
+    owner = threading.get_ident() if thread == "current" else thread
+    cap = Capture(grid=tuple(adapter.grid))
+    step_ids: dict[str, torch.Tensor | None] = {"ids": None}
+
+    def mine() -> bool:
+        return owner is None or threading.get_ident() == owner
+
+    def before_forward(module, args, kwargs):
+        if mine():
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            step_ids["ids"] = ids
+
+    def after_norm(module, args, output):
+        if not mine():
+            return
+        hidden = output[0] if isinstance(output, tuple) else output  # (B, S, D)
+        ids = step_ids["ids"]
+        last = hidden[:, -1]  # (B, D): the position that predicts the next token
+        if not torch.isfinite(last).all():
+            raise CaptureError(f"non-finite last hidden state at generation step {cap.num_steps}")
+        with torch.no_grad():
+            if cap.prompt_ids is None:
+                _prefill(ids, hidden)
+            elif ids is not None and bool((ids == adapter.image_token_id).any()):
+                raise CaptureError("a second prompt reached the model inside one capture block: use one block per generate call")
+            _step(last)
+
+    def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
+        if ids is None:
+            raise CaptureError("the prefill step got no input_ids: capture needs input_ids to find the image tokens")
+        layouts = adapter.image_layouts(ids)  # one image per row
+        positions = torch.stack([lay.patch_positions for lay in layouts])  # (B, N_img)
+        index = positions.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+        image_states = torch.gather(hidden, 1, index)  # (B, N_img, D)
+        if not torch.isfinite(image_states).all():
+            raise CaptureError("non-finite hidden states on the image tokens at prefill")
+        cap.prompt_ids = ids.detach().cpu()
+        if keep_states:
+            cap.image_states = image_states.detach().cpu()
+        if proxy is not None:
+            cap._keys = proxy.image_keys(image_states)  # (B, N_img, d), computed once
+
+    def _step(last: torch.Tensor) -> None:
+        if keep_states:
+            cap.token_states.append(last.detach().cpu())
+        if proxy is None:
+            return
+        logits = proxy.token_logits(last[:, None], cap._keys)[:, 0].float()  # (B, N_img)
+        probs = torch.sigmoid(logits).reshape(-1, *cap.grid).cpu()  # (B, rows, cols)
+        with cap._lock:
+            cap.logits.append(logits.cpu())
+            cap.steps.append(probs)
+        if on_token is not None:
+            on_token(cap.num_steps - 1, probs)
+
+    handles = []
+    try:
+        handles.append(model.register_forward_pre_hook(before_forward, with_kwargs=True))
+        handles.append(adapter.final_norm.register_forward_hook(after_norm))
+        yield cap
+    finally:
+        for h in handles:
+            h.remove()
+        cap._keys = None

@@ -1,0 +1,168 @@
+"""The FastRM proxy: a norm layer and one single-head attention layer over last hidden states.
+
+Given the VLM's last hidden states (after its final norm), dimension D::
+
+    x = LayerNorm(h)
+    q = W_q x_p                       # the position p that predicts token t
+    k_j = W_k x_j                     # every image position j
+    s_j = q . k_j / sqrt(d_head)      # logits, (N_img,)
+    p_j = sigmoid(s_j)                # per-patch relevance probability
+
+Two ways to use it:
+
+* incremental (generation): :meth:`FastRMProxy.image_keys` once at prefill, then
+  :meth:`FastRMProxy.token_logits` with one query per generated token;
+* batched (training): :meth:`FastRMProxy.forward` over stored hidden states.
+
+A proxy is saved as ``model.safetensors`` + ``config.json`` (no pickle)::
+
+    proxy = FastRMProxy(ProxyConfig(hidden_size=4096, n_image_tokens=576, grid=(24, 24)))
+    proxy.save_pretrained("my-proxy")
+    proxy = FastRMProxy.from_pretrained("my-proxy")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from fastrm_core.errors import ConfigMismatchError, DataError
+
+__all__ = ["FastRMProxy", "ProxyConfig"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ProxyConfig(BaseModel):
+    """Everything needed to rebuild a proxy and to check it fits a VLM.
+
+    ``n_image_tokens`` counts the image tokens the proxy scores; ``grid`` (rows, cols) is the
+    patch grid they reshape to (``rows * cols == n_image_tokens``). ``head_dim`` defaults to
+    ``hidden_size`` as in the paper.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = "fastrm-proxy/1"
+    hidden_size: int = Field(gt=0)
+    head_dim: int | None = Field(default=None, gt=0)
+    n_image_tokens: int = Field(gt=0)
+    grid: tuple[int, int]
+    label_threshold: float = Field(default=0.3, gt=0, le=1)
+    classification_threshold: float = Field(default=0.5, gt=0, lt=1)
+    layer_norm_eps: float = 1e-5
+    distilled_from: str | None = None
+    adapter: str = "llava"
+    training_data_hash: str | None = None
+    training: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _grid_matches(self) -> "ProxyConfig":
+        if self.grid[0] * self.grid[1] != self.n_image_tokens:
+            raise ValueError(f"grid {self.grid} has {self.grid[0] * self.grid[1]} cells but n_image_tokens is {self.n_image_tokens}")
+        return self
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.hidden_size
+
+
+class FastRMProxy(nn.Module):
+    """Predicts, per generated token, which image patches were relevant (sigmoid per patch)."""
+
+    def __init__(self, config: ProxyConfig):
+        super().__init__()
+        self.config = config
+        d, dh = config.hidden_size, config.d_head
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.q_proj = nn.Linear(d, dh)
+        self.k_proj = nn.Linear(d, dh)
+        self.scale = 1.0 / math.sqrt(dh)
+
+    # -- math -----------------------------------------------------------------------
+    def image_keys(self, image_states: torch.Tensor) -> torch.Tensor:
+        """Keys of the image tokens: (..., N_img, D) -> (..., N_img, d_head), in the proxy's dtype."""
+        self._check_states(image_states, self.config.n_image_tokens)
+        return self.k_proj(self.norm(image_states.to(self.q_proj.weight.dtype)))
+
+    def token_logits(self, token_states: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Logits of each patch for each query state: (..., T, D) x (..., N_img, d) -> (..., T, N_img)."""
+        self._check_states(token_states, None)
+        q = self.q_proj(self.norm(token_states.to(self.q_proj.weight.dtype)))  # (..., T, d)
+        return torch.matmul(q, keys.transpose(-1, -2)) * self.scale
+
+    def forward(self, token_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+        """Batched logits: token_states (B, T, D), image_states (B, N_img, D) -> (B, T, N_img)."""
+        return self.token_logits(token_states, self.image_keys(image_states))
+
+    @torch.no_grad()
+    def predict(self, token_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+        """Probabilities on the grid: (B, T, D), (B, N_img, D) -> (B, T, rows, cols), float32."""
+        probs = torch.sigmoid(self.forward(token_states, image_states).float())
+        return probs.reshape(*probs.shape[:-1], *self.config.grid)
+
+    def _check_states(self, states: torch.Tensor, n_tokens: int | None) -> None:
+        if states.shape[-1] != self.config.hidden_size:
+            raise ConfigMismatchError(
+                f"hidden size mismatch: the proxy expects {self.config.hidden_size}-dim hidden states, "
+                f"got {states.shape[-1]}"
+            )
+        if n_tokens is not None and states.shape[-2] != n_tokens:
+            raise ConfigMismatchError(
+                f"image-token count mismatch: the proxy was built for {n_tokens} image tokens, got {states.shape[-2]}"
+            )
+
+    # -- compatibility ----------------------------------------------------------------
+    def check_compatible(self, adapter) -> None:
+        """Raise :class:`ConfigMismatchError` unless this proxy fits the model behind ``adapter``."""
+        cfg = self.config
+        problems = []
+        if cfg.hidden_size != adapter.hidden_size:
+            problems.append(f"hidden size {cfg.hidden_size} (proxy) != {adapter.hidden_size} (model)")
+        n_patches = adapter.grid[0] * adapter.grid[1]
+        if cfg.n_image_tokens != n_patches:
+            problems.append(f"image tokens {cfg.n_image_tokens} (proxy) != {n_patches} (model)")
+        if tuple(cfg.grid) != tuple(adapter.grid):
+            problems.append(f"grid {tuple(cfg.grid)} (proxy) != {tuple(adapter.grid)} (model)")
+        if problems:
+            raise ConfigMismatchError("the proxy does not match the model: " + "; ".join(problems))
+
+    # -- I/O ----------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into folder ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        (path / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None) -> "FastRMProxy":
+        """Load a proxy folder written by :meth:`save_pretrained` (safetensors only, never pickle)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not cfg_file.is_file() or not weights.is_file():
+            raise DataError(f"{path} is not a FastRM proxy folder: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            config = ProxyConfig.model_validate(json.loads(cfg_file.read_text()))
+        except (ValidationError, json.JSONDecodeError) as exc:
+            raise DataError(f"invalid proxy config {cfg_file}: {exc}") from exc
+        proxy = cls(config)
+        state = load_file(str(weights), device="cpu")
+        missing, unexpected = proxy.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise DataError(f"proxy weights {weights} do not match its config: missing {missing}, unexpected {unexpected}")
+        if device is not None:
+            proxy.to(device)
+        return proxy.eval()

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny LLaVA models built here, saved and loaded back through from_pretrained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrm_core.loading import load_vlm
+from fastrm_core.testing import blank_image, build_tiny_llava, llava_prompt
+
+torch.set_num_threads(1)
+
+
+def _saved(tmp_path_factory, name: str, **spec):
+    model, processor = build_tiny_llava(**spec)
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return load_vlm(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    """(model, processor): 2 layers, hidden 64, 4x4 patch grid, loaded via load_vlm."""
+    return _saved(tmp_path_factory, "tiny-llava", num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_gqa(tmp_path_factory):
+    """Grouped-query attention (4 query heads, 2 key/value heads), 3 layers, 'full' feature strategy."""
+    return _saved(tmp_path_factory, "tiny-llava-gqa", num_layers=3, num_kv_heads=2, feature_strategy="full", seed=1)
+
+
+@pytest.fixture
+def make_inputs():
+    def make(processor, questions=("What color is the circle?",), colors=None, image_first=True, padding_side="left"):
+        colors = colors or [(200, 30, 30 + 40 * i) for i in range(len(questions))]
+        images = [blank_image(processor.image_processor.crop_size["height"], c) for c in colors]
+        if image_first:
+            texts = [llava_prompt(q) for q in questions]
+        else:
+            texts = [f"USER: {q} <image>\nanswer ASSISTANT:" for q in questions]
+        processor.tokenizer.padding_side = padding_side
+        return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+    return make

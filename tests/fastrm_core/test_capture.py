@@ -1,0 +1,143 @@
+import threading
+
+import pytest
+import torch
+
+from fastrm_core.adapters import get_adapter
+from fastrm_core.capture import capture
+from fastrm_core.errors import CaptureError, ConfigMismatchError, InputError
+from fastrm_core.proxy import FastRMProxy, ProxyConfig
+
+
+@pytest.fixture
+def proxy(tiny_llava):
+    torch.manual_seed(0)
+    return FastRMProxy(ProxyConfig(hidden_size=64, n_image_tokens=16, grid=(4, 4))).eval()
+
+
+def hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def gen_kwargs(model, n, **kw):
+    return dict(max_new_tokens=n, min_new_tokens=n, suppress_tokens=[get_adapter(model).image_token_id], **kw)
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_tokens_identical_with_and_without_capture(tiny_llava, proxy, make_inputs, sample):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?", "How many?"))
+    kw = gen_kwargs(model, 8, do_sample=sample, top_k=0, temperature=1.5) if sample else gen_kwargs(model, 8, do_sample=False)
+    torch.manual_seed(3)
+    plain = model.generate(**inputs, **kw)
+    torch.manual_seed(3)
+    with capture(model, proxy) as cap:
+        guarded = model.generate(**inputs, **kw)
+    assert torch.equal(plain, guarded)
+    assert cap.maps.shape == (2, 8, 4, 4)
+
+
+def test_maps_equal_proxy_on_output_hidden_states(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?", "How many?"))
+    with capture(model, proxy, keep_states=True) as cap:
+        out = model.generate(**inputs, **gen_kwargs(model, 6, do_sample=False),
+                             output_hidden_states=True, return_dict_in_generate=True)
+    hs = out.hidden_states  # per step: tuple over layers; the last is after the final norm
+    last = torch.cat([step[-1][:, -1:] for step in hs], dim=1)  # (B, T, D)
+    layouts = get_adapter(model).image_layouts(inputs["input_ids"])
+    img = torch.stack([hs[0][-1][b, lay.patch_positions] for b, lay in enumerate(layouts)])  # (B, N, D)
+    torch.testing.assert_close(cap.maps, proxy.predict(last, img), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cap.queries, last)
+    torch.testing.assert_close(cap.image_states, img)
+
+
+def test_streamer_sees_map_before_its_token(tiny_llava, proxy, make_inputs):
+    from transformers import TextIteratorStreamer
+
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True)
+    seen = []
+
+    class CountingStreamer(TextIteratorStreamer):
+        def put(self, value):
+            if value.dim() == 1 or value.shape[-1] == 1:  # a generated token, not the prompt
+                seen.append(cap.num_steps)
+            super().put(value)
+
+    streamer = CountingStreamer(processor.tokenizer, skip_prompt=True)
+    with capture(model, proxy) as cap:
+        thread = threading.Thread(target=model.generate, kwargs={**inputs, **gen_kwargs(model, 5, do_sample=False), "streamer": streamer})
+        thread.start()
+        text = "".join(streamer)
+        thread.join()
+    assert seen == [1, 2, 3, 4, 5]  # token k is streamed after its map (k maps exist)
+    assert isinstance(text, str)
+
+
+def test_on_token_callback_and_long_generation(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    calls = []
+    with capture(model, proxy, on_token=lambda step, probs: calls.append((step, tuple(probs.shape)))) as cap:
+        model.generate(**inputs, **gen_kwargs(model, 300, do_sample=False))
+    assert cap.num_steps == 300 and calls[0] == (0, (1, 4, 4)) and calls[-1][0] == 299
+
+
+def test_hooks_removed_also_on_error(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    before = hooks(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(model, proxy):
+            assert hooks(model) == before + 2
+            raise RuntimeError("boom")
+    assert hooks(model) == before
+
+
+def test_nan_states_raise_capture_error(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    before = hooks(model)
+    layer = get_adapter(model).decoder_layers[-1]
+    handle = layer.register_forward_hook(lambda m, a, o: o * float("nan"))
+    try:
+        with pytest.raises(CaptureError, match="non-finite"):
+            with capture(model, proxy):
+                model.generate(**inputs, max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert hooks(model) == before
+
+
+def test_mismatched_proxy_and_bad_arguments(tiny_llava):
+    model, _ = tiny_llava
+    wrong = FastRMProxy(ProxyConfig(hidden_size=32, n_image_tokens=16, grid=(4, 4)))
+    before = hooks(model)
+    with pytest.raises(ConfigMismatchError, match="hidden size 32"):
+        with capture(model, wrong):
+            pass
+    with pytest.raises(InputError, match="keep_states"):
+        with capture(model, None):
+            pass
+    assert hooks(model) == before
+
+
+def test_other_threads_are_ignored_when_asked(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    with capture(model, proxy, thread="current") as cap:
+        other = threading.Thread(target=model.generate, kwargs={**inputs, **gen_kwargs(model, 4, do_sample=False)})
+        other.start()
+        other.join()
+        assert cap.num_steps == 0
+        model.generate(**inputs, **gen_kwargs(model, 3, do_sample=False))
+    assert cap.num_steps == 3
+
+
+def test_empty_capture_says_so(tiny_llava, proxy):
+    with capture(tiny_llava[0], proxy) as cap:
+        pass
+    with pytest.raises(CaptureError, match="no generation step"):
+        cap.maps

@@ -1,0 +1,14 @@
+import fastrm_core
+
+
+def test_public_surface_is_deliberate():
+    assert fastrm_core.__all__ == sorted(fastrm_core.__all__)
+    assert set(fastrm_core.__all__) == {
+        "CalibrationError", "Capture", "CaptureError", "ConfigMismatchError", "DataError", "FastRMProxy",
+        "GuardrailError", "ImageLayout", "InputError", "LlavaAdapter", "PolicyError", "ProxyConfig",
+        "RelevancyError", "RelevancyMaps", "UnsupportedModelError", "VLMAdapter", "capture", "get_adapter",
+        "gradient_relevancy", "gradient_relevancy_batch", "list_adapters", "load_vlm", "per_step_relevancy",
+        "register_adapter",
+    }
+    for name in fastrm_core.__all__:
+        assert getattr(fastrm_core, name) is not None
