@@ -69,3 +69,11 @@ def test_content_token_mask_with_a_real_tokenizer():
     )
     ids = tok("two cubes , 3 .")["input_ids"] + [tok.eos_token_id, tok.pad_token_id]
     assert content_token_mask(ids, tok).tolist() == [True, True, False, True, False, False, False]
+
+
+def test_answer_score_accepts_torch_tensors():
+    torch = pytest.importorskip("torch")
+    h = torch.tensor([0.5, 0.9, 0.1])
+    mask = torch.tensor([True, False, True])
+    assert answer_score(h, mask) == pytest.approx(0.3)
+    assert content_token_mask(torch.tensor([3, 5, 2]), FakeTokenizer()).tolist() == [True, False, False]
