@@ -1,0 +1,147 @@
+"""``shapesvqa`` command line: ``export`` a split to disk, ``eval`` a model on a fresh split.
+
+    shapesvqa export --n 1000 --seed 7 --out data/shapes-val
+    shapesvqa eval --n 1000 --seed 12345 --out runs/eval.json                   # shipped model, gradient maps
+    shapesvqa eval --model DIR --method proxy PROXY_DIR --n 500 --seed 1 --out proxy.json
+
+The train command is ``python -m shapesvqa.train`` (see :mod:`shapesvqa.train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _export(args) -> int:
+    from rich.console import Console
+
+    from .export import export_examples
+    from .world import WorldConfig, generate
+
+    cfg = WorldConfig(n_objects=(args.min_objects, args.max_objects))
+    path = export_examples(generate(args.n, args.seed, cfg, family=args.family), args.out, seed=args.seed)
+    Console().print(f"wrote {args.n} questions to [bold]{path}[/bold]")
+    return 0
+
+
+def _table(report: dict, title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("group", "n", "accuracy", "point n", "hit", "chance", "mass", "on other", "hit (wrong)"):
+        t.add_column(col, justify="right" if col != "group" else "left")
+
+    def fmt(x):
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    for section in ("families", "kinds", "n_objects"):
+        for name, g in report[section].items():
+            p = g["pointing"] or {}
+            pw = g["pointing_incorrect"] or {}
+            label = name if section != "n_objects" else f"{name} objects"
+            t.add_row(label, str(g["n"]), fmt(g["accuracy"]), fmt(p.get("n")), fmt(p.get("hit")),
+                      fmt(p.get("chance")), fmt(p.get("mass")), fmt(p.get("on_other")), fmt(pw.get("hit")))
+        t.add_section()
+    t.add_row("all", str(report["n"]), fmt(report["accuracy"]))
+    return t
+
+
+def _eval(args) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .evaluate import evaluate
+    from .world import WorldConfig, generate
+
+    console = Console(stderr=True)
+    torch.set_num_threads(args.threads)
+    method = args.method[0]
+    if method not in ("gradient", "proxy", "none") or len(args.method) > 2 or (method != "proxy" and len(args.method) > 1):
+        console.print(f"[red]--method expects 'gradient', 'none' or 'proxy [PATH]'; got {' '.join(args.method)}[/red]")
+        return 2
+    proxy_path = args.method[1] if len(args.method) == 2 else args.proxy
+    model_dir = args.model
+    if model_dir is None:
+        from .assets import reference_model_path
+
+        model_dir = reference_model_path()
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    proxy = None
+    if method == "proxy":
+        if proxy_path is None:
+            console.print("[red]--method proxy needs a proxy folder: --method proxy PATH (none is shipped yet)[/red]")
+            return 2
+        try:
+            from fastrm_core.proxy import FastRMProxy
+        except ImportError as exc:
+            console.print(f"[red]the proxy method needs fastrm_core.proxy: {exc}[/red]")
+            return 2
+        if not Path(proxy_path).exists():
+            console.print(f"[red]no proxy at {proxy_path}[/red]")
+            return 2
+        proxy = FastRMProxy.from_pretrained(proxy_path)
+    cfg = WorldConfig(n_objects=(args.min_objects, args.max_objects))
+    examples = list(generate(args.n, args.seed, cfg, family=args.family))
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"eval ({method})", total=len(examples))
+        report = evaluate(model, processor, examples, method=method, proxy=proxy, batch_size=args.batch_size,
+                          on_batch=lambda n: prog.update(task, completed=n))
+    report = {"model": str(model_dir), "method": method, "proxy": str(proxy_path) if proxy_path else None,
+              "seed": args.seed, **report}
+    rows = report.pop("rows")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.rows:
+        args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Console().print(_table(report, f"ShapesVQA eval: {args.n} questions, seed {args.seed}, maps: {method}"))
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="shapesvqa", description="ShapesVQA: synthetic grounded VQA and its reference model")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("export", help="write PNG images, PNG evidence masks and data.jsonl")
+    ex.add_argument("--n", type=int, required=True, help="number of questions")
+    ex.add_argument("--seed", type=int, required=True)
+    ex.add_argument("--out", type=Path, required=True, help="output folder (data.jsonl, images/, masks/)")
+    ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
+    ex.add_argument("--min-objects", type=int, default=2)
+    ex.add_argument("--max-objects", type=int, default=6)
+    ex.set_defaults(func=_export)
+
+    ev = sub.add_parser("eval", help="accuracy and pointing game per family on a fresh split")
+    ev.add_argument("--model", type=Path, default=None, help="save_pretrained folder (default: the shipped model)")
+    ev.add_argument("--method", nargs="+", default=["gradient"], metavar="METHOD [PATH]",
+                    help="gradient (default), none, or proxy PATH")
+    ev.add_argument("--proxy", type=Path, default=None, help="proxy folder (same as --method proxy PATH)")
+    ev.add_argument("--n", type=int, default=1000)
+    ev.add_argument("--seed", type=int, default=12345)
+    ev.add_argument("--out", type=Path, required=True, help="JSON report")
+    ev.add_argument("--rows", type=Path, default=None, help="also write per-question rows as JSONL")
+    ev.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
+    ev.add_argument("--min-objects", type=int, default=2)
+    ev.add_argument("--max-objects", type=int, default=6)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--threads", type=int, default=2)
+    ev.set_defaults(func=_eval)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

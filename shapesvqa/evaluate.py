@@ -1,0 +1,186 @@
+"""Accuracy and pointing-game evaluation of a VLM on ShapesVQA.
+
+:func:`evaluate` generates an answer for every example (greedy, through the model's own processor
+and ``generate``), scores it (exact match against ``answers``), takes the relevancy map of the
+first answer token with the chosen method, and reports per family:
+
+- ``accuracy``;
+- ``pointing`` over correct answers whose question has evidence: ``hit`` (argmax patch on the
+  queried object: ``evidence[0]`` for attribute and relational questions, the union of the
+  evidence objects for existence and counting), ``chance`` (mean share of patches on that
+  target = the hit rate of a uniformly random argmax), ``mass`` (mean share of the map's mass on
+  the target) and ``on_other`` (argmax on another object instead);
+- ``pointing_incorrect``: the same over wrong answers.
+
+Patches belong to an object by :func:`shapesvqa.grounding.object_patches` (>= 30% coverage).
+Methods: ``gradient`` (exact Chefer relevancy, ``fastrm_core.relevancy.gradient_relevancy_batch``,
+falling back to :func:`shapesvqa.grounding.gradient_relevancy_rows` when the core is absent) and
+``proxy`` (a FastRM proxy's per-token maps captured during generation).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .grounding import object_patches, pointing
+from .model import prompt
+from .world import FAMILIES, Example
+
+__all__ = ["METHODS", "evaluate", "normalize_answer", "summarize"]
+
+METHODS = ("gradient", "proxy", "none")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case first word without punctuation: ' Red.' -> 'red'."""
+    words = text.strip().lower().replace(".", " ").replace(",", " ").split()
+    return words[0] if words else ""
+
+
+def _target(ex: Example, patch_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(target patches, other objects' patches), both (g, g) bool, or None without evidence."""
+    if not ex.evidence:
+        return None
+    sel = [ex.evidence[0]] if ex.family in ("attribute", "relational") else list(ex.evidence)
+    target = patch_masks[sel].any(0)
+    rest = [k for k in range(len(patch_masks)) if k not in sel]
+    others = patch_masks[rest].any(0) if rest else np.zeros_like(target)
+    return target, others & ~target
+
+
+def _gradient_maps(model, inputs: dict, out: torch.Tensor, rows: list[int]) -> dict[int, np.ndarray]:
+    """First-answer-token gradient maps (g, g) for the given batch rows."""
+    try:
+        from fastrm_core.relevancy import gradient_relevancy_batch
+    except ImportError:  # the core package is optional for the trainer
+        gradient_relevancy_batch = None
+    maps: dict[int, np.ndarray] = {}
+    if not rows:
+        return maps
+    idx = torch.tensor(rows)
+    sub = {k: v[idx] for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[0] == out.shape[0]}
+    prompt_len = inputs["input_ids"].shape[1]
+    if gradient_relevancy_batch is not None:
+        rels = gradient_relevancy_batch(model, sub, out[idx][:, prompt_len : prompt_len + 1])
+        for r, rel in zip(rows, rels):
+            maps[r] = rel.maps[0].float().numpy()
+        return maps
+    from .grounding import gradient_relevancy_rows
+
+    ids = torch.cat([sub["input_ids"], out[idx][:, prompt_len : prompt_len + 1]], dim=1)
+    am = torch.cat([sub["attention_mask"], torch.ones(len(rows), 1, dtype=sub["attention_mask"].dtype)], dim=1)
+    pos = torch.full((len(rows),), prompt_len - 1)
+    v = gradient_relevancy_rows(model, ids, sub["pixel_values"], am, pos, out[idx][:, prompt_len])
+    img = ids == model.config.image_token_id
+    g = int(round(img[0].sum().item() ** 0.5))
+    for j, r in enumerate(rows):
+        maps[r] = v[j][img[j]].view(g, g).numpy()
+    return maps
+
+
+def evaluate(
+    model,
+    processor,
+    examples: Sequence[Example],
+    method: str = "gradient",
+    proxy=None,
+    batch_size: int = 32,
+    max_new_tokens: int = 4,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """Evaluate ``model`` on ``examples``; returns the report dict (see :func:`summarize`).
+
+    ``method``: "gradient", "proxy" (needs ``proxy``, a ``fastrm_core.proxy.FastRMProxy``) or "none"
+    (accuracy only). ``on_batch(n_done)`` is called after each batch (progress bars).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
+    if method == "proxy" and proxy is None:
+        raise ValueError("method 'proxy' needs a proxy")
+    patch = processor.patch_size
+    rows_out: list[dict] = []
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start : start + batch_size])
+        inputs = processor(
+            images=[ex.image for ex in chunk], text=[prompt(ex.question) for ex in chunk],
+            return_tensors="pt", padding=True,
+        )
+        prompt_len = inputs["input_ids"].shape[1]
+        if method == "proxy":
+            from fastrm_core.capture import capture
+
+            with torch.no_grad(), capture(model, proxy) as cap:
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            proxy_maps = cap.maps[:, 0].float().numpy()  # (B, rows, cols) first answer token
+        else:
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = processor.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+        preds = [normalize_answer(t) for t in texts]
+        recs = []
+        for ex, pred in zip(chunk, preds):
+            pm = object_patches(ex.scene.masks, patch) if len(ex.scene.objects) else np.zeros((0, 1, 1), bool)
+            recs.append({"ex": ex, "pred": pred, "correct": pred in ex.answers, "pm": pm})
+        need = [i for i, r in enumerate(recs) if r["ex"].evidence] if method != "none" else []
+        if method == "gradient":
+            maps = _gradient_maps(model, inputs, out, need)
+        elif method == "proxy":
+            maps = {i: proxy_maps[i] for i in need}
+        else:
+            maps = {}
+        for i, r in enumerate(recs):
+            ex = r["ex"]
+            row = {"id": ex.id, "family": ex.family, "kind": ex.kind, "n_objects": len(ex.scene.objects),
+                   "question": ex.question, "answers": ex.answers, "prediction": r["pred"], "correct": r["correct"]}
+            tgt = _target(ex, r["pm"])
+            if i in maps and tgt is not None:
+                row.update(pointing(maps[i], *tgt))
+            rows_out.append(row)
+        if on_batch is not None:
+            on_batch(len(rows_out))
+    return summarize(rows_out)
+
+
+def _point_stats(rows: list[dict]) -> dict | None:
+    rows = [r for r in rows if "hit" in r]
+    if not rows:
+        return None
+    return {
+        "n": len(rows),
+        "hit": round(float(np.mean([r["hit"] for r in rows])), 4),
+        "chance": round(float(np.mean([r["chance"] for r in rows])), 4),
+        "mass": round(float(np.mean([r["mass"] for r in rows])), 4),
+        "on_other": round(float(np.mean([r["on_other"] for r in rows])), 4),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per-family / per-kind / per-scene-size accuracy and pointing figures from per-example rows."""
+    def group(key: Callable[[dict], object]) -> dict:
+        groups: dict = defaultdict(list)
+        for r in rows:
+            groups[key(r)].append(r)
+        out = {}
+        for k in sorted(groups, key=lambda k: (FAMILIES.index(k) if k in FAMILIES else 99, str(k))):
+            g = groups[k]
+            out[str(k)] = {
+                "n": len(g),
+                "accuracy": round(float(np.mean([r["correct"] for r in g])), 4),
+                "pointing": _point_stats([r for r in g if r["correct"]]),
+                "pointing_incorrect": _point_stats([r for r in g if not r["correct"]]),
+            }
+        return out
+
+    return {
+        "n": len(rows),
+        "accuracy": round(float(np.mean([r["correct"] for r in rows])), 4) if rows else None,
+        "families": group(lambda r: r["family"]),
+        "kinds": group(lambda r: f"{r['family']}/{r['kind']}"),
+        "n_objects": group(lambda r: r["n_objects"]),
+        "rows": rows,
+    }

@@ -1,0 +1,123 @@
+"""Grounding measurements: object masks on the patch grid, the pointing game, and a small
+self-contained gradient relevancy (Chefer et al. 2021) used to monitor training.
+
+Patch membership rule (used by every pointing figure): a patch belongs to an object when the
+object covers at least ``PATCH_COVERAGE`` (30%) of the patch's pixels; an object that reaches that
+share on no patch keeps its single best-covered patch, so every object owns at least one patch.
+
+``gradient_relevancy_rows`` is the training-time check. It follows DESIGN.md section 2 exactly
+(row propagation of R = prod_l (I + mean_h clamp(G_l * A_l, min=0))) and is kept independent of
+``fastrm_core.relevancy`` so that the trainer never depends on code under active development;
+``shapesvqa eval`` prefers the core implementation when it is importable.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from .world import patch_coverage
+
+__all__ = [
+    "PATCH_COVERAGE",
+    "gradient_relevancy_rows",
+    "object_patches",
+    "pointing",
+]
+
+PATCH_COVERAGE = 0.3
+
+
+def object_patches(masks: np.ndarray, patch: int, threshold: float = PATCH_COVERAGE) -> np.ndarray:
+    """(K, H, W) bool pixel masks -> (K, g, g) bool patch masks (see the module docstring for the rule)."""
+    cov = patch_coverage(masks, patch)  # (K, g, g)
+    out = cov >= threshold
+    for k in range(cov.shape[0]):
+        if not out[k].any() and cov[k].max() > 0:
+            out[k].flat[int(cov[k].argmax())] = True
+    return out
+
+
+def pointing(rel_map: np.ndarray, target: np.ndarray, others: np.ndarray) -> dict:
+    """Pointing-game figures of one map.
+
+    ``rel_map``: (g, g) non-negative relevancy; ``target``: (g, g) bool patches of the queried
+    object; ``others``: (g, g) bool patches of every other object. Returns ``hit`` (argmax on the
+    target), ``on_other`` (argmax on another object and not on the target), ``chance`` (target's
+    share of patches) and ``mass`` (share of the map's total mass on the target).
+    """
+    flat = rel_map.reshape(-1)
+    i = int(flat.argmax())
+    hit = bool(target.reshape(-1)[i])
+    total = float(np.clip(flat, 0, None).sum())
+    mass = float(np.clip(flat, 0, None)[target.reshape(-1)].sum() / total) if total > 0 else 0.0
+    return {
+        "hit": hit,
+        "on_other": bool(others.reshape(-1)[i]) and not hit,
+        "chance": float(target.mean()),
+        "mass": mass,
+    }
+
+
+@contextmanager
+def _eager_attention_capture(model):
+    """Capture every language-model attention probability tensor (kept in the graph, grad retained)."""
+    lm = model.model.language_model
+    saved = []
+    handles = []
+    prev_impl = model.config._attn_implementation
+
+    def hook(_module, _args, output):
+        attn = output[1]  # (B, H, N, N)
+        attn.retain_grad()
+        saved.append(attn)
+
+    try:
+        if prev_impl != "eager":
+            model.set_attn_implementation("eager")
+        for layer in lm.layers:
+            handles.append(layer.self_attn.register_forward_hook(hook))
+        yield saved
+    finally:
+        for h in handles:
+            h.remove()
+        if prev_impl != "eager":
+            model.set_attn_implementation(prev_impl)
+
+
+def gradient_relevancy_rows(
+    model,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Chefer relevancy row of the token ``targets[b]`` predicted at position ``positions[b]``.
+
+    ``input_ids``: (B, N) the sequence up to at least each position; ``positions``: (B,) long;
+    ``targets``: (B,) long token ids whose pre-softmax logit is explained. Returns (B, N) float: row
+    p of R_L for each example (image positions are where ``input_ids == image_token_id``).
+    Examples are independent, so one backward of the summed logits gives every example's gradients.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), _eager_attention_capture(model) as attns:
+            out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+            b = torch.arange(input_ids.shape[0])
+            y = out.logits[b, positions, targets].sum()
+            model.zero_grad(set_to_none=True)
+            y.backward()
+            N = input_ids.shape[1]
+            v = torch.zeros(input_ids.shape[0], N)
+            v[b, positions] = 1.0  # (B, N) = e_p
+            for attn in reversed(attns):
+                a_bar = (attn.grad * attn).clamp(min=0).mean(dim=1).detach()  # (B, N, N)
+                v = v + torch.bmm(v.unsqueeze(1), a_bar).squeeze(1)
+        model.zero_grad(set_to_none=True)
+        return v
+    finally:
+        model.train(was_training)

@@ -1,0 +1,412 @@
+"""Train the reference LLaVA on ShapesVQA: ``python -m shapesvqa.train --run runs/ref --minutes 70``.
+
+Recipe (all losses are summed with the weights of ``TrainConfig``):
+
+- ``answer``: cross-entropy of the answer word and of the closing ``</s>`` (the only supervised tokens).
+- ``patch`` (auxiliary, whole run): two linear heads on the vision tower's patch features predict
+  each patch's colour and shape (or background), like CLIP pre-training teaches a vision tower
+  what is where. The heads are discarded; they are not part of the shipped model.
+- ``align`` (auxiliary, whole run): the projected patch embedding of an object patch is pulled
+  (cosine) toward e(colour word) + e(shape word) of the LM's input embeddings (held fixed as
+  targets), as LLaVA's projector pre-training aligns image tokens with words.
+- ``attn`` (warm-up only, first ``attn_warmup`` of the steps, then linearly faded to zero over
+  ``attn_fade``): the head-mean attention of the answer-predicting position over the image tokens,
+  in every LM layer but the first, is supervised (cross-entropy) toward the patches of the evidence
+  object(s). After the fade the loss is off, and grounding is measured only on the final model.
+- Curriculum: the maximum number of objects per scene grows from 2 to 6 over ``curriculum`` of the run.
+
+Deterministic from ``--seed``: the batch of step s holds examples ``s*B .. s*B+B-1`` of the
+training split (world seed ``seed * 1000 + 17``); the torch RNG state is checkpointed. Resumable:
+re-running the same command continues from ``RUN/checkpoint.pt`` (a local training checkpoint,
+gitignored; the shipped artifact is the ``save_pretrained`` folder written at the end to
+``RUN/final`` and, with ``--ship``, to the package's assets folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .grounding import object_patches, pointing, gradient_relevancy_rows
+from .model import SHIPPED_MODEL_DIR, ModelSpec, build_model, build_processor, build_tokenizer, pixel_values, prompt
+from .world import COLORS, FAMILIES, SHAPES, WorldConfig, make_example
+
+__all__ = ["Batcher", "TrainConfig", "evaluate_quick", "main", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 6000
+    batch: int = 48
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    w_patch: float = 0.5
+    w_align: float = 0.5
+    w_attn: float = 1.0
+    attn_warmup: float = 0.15  # fraction of steps with full attention supervision
+    attn_fade: float = 0.1  # fraction of steps over which it fades to zero
+    curriculum: float = 0.3  # fraction of steps over which max objects grows 2 -> 6
+    patch_label_coverage: float = 0.3
+
+
+class Batcher:
+    """Turns ShapesVQA examples into model inputs (right-padded) plus auxiliary targets."""
+
+    def __init__(self, tokenizer, spec: ModelSpec):
+        self.tok = tokenizer
+        self.spec = spec
+        self.n_img = spec.grid * spec.grid
+        self.image_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self._cache: dict[str, list[int]] = {}
+        self.colors = list(COLORS)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        ids = self._cache.get(question)
+        if ids is None:
+            # Same ids as LlavaProcessor: it expands "<image>" to n_img copies before tokenising.
+            text = prompt(question).replace("<image>", "<image>" * self.n_img)
+            ids = self.tok(text)["input_ids"]
+            self._cache[question] = ids
+        return ids
+
+    def answer_id(self, word: str) -> int:
+        return self.tok.convert_tokens_to_ids(word)
+
+    def __call__(self, examples, with_answer: bool = True, cov_threshold: float = 0.3) -> dict:
+        seqs, pos, ans = [], [], []
+        for ex in examples:
+            ids = self.prompt_ids(ex.question)
+            a = self.answer_id(ex.answers[0])
+            pos.append(len(ids) - 1)
+            ans.append(a)
+            seqs.append(ids + [a, self.eos_id] if with_answer else list(ids))
+        n = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
+        images = np.stack([ex.scene.image for ex in examples])
+        g, p = self.spec.grid, self.spec.patch_size
+        color_lab = np.full((len(examples), g * g), len(self.colors), dtype=np.int64)  # background class
+        shape_lab = np.full((len(examples), g * g), len(SHAPES), dtype=np.int64)
+        ev_target = np.zeros((len(examples), g * g), dtype=np.float32)
+        align_c = np.full((len(examples), g * g), -1, dtype=np.int64)
+        align_s = np.full((len(examples), g * g), -1, dtype=np.int64)
+        patch_masks = []
+        for i, ex in enumerate(examples):
+            objs = ex.scene.objects
+            if objs:
+                cov = ex.scene.masks.reshape(len(objs), g, p, g, p).mean(axis=(2, 4)).reshape(len(objs), -1)
+                best = cov.argmax(0)
+                on = cov.max(0) >= cov_threshold
+                for j in np.nonzero(on)[0]:
+                    o = objs[best[j]]
+                    color_lab[i, j] = self.colors.index(o.color)
+                    shape_lab[i, j] = SHAPES.index(o.shape)
+                    align_c[i, j] = self.answer_id(o.color)
+                    align_s[i, j] = self.answer_id(o.shape)
+                pm = object_patches(ex.scene.masks, p).reshape(len(objs), -1)
+            else:
+                pm = np.zeros((0, g * g), dtype=bool)
+            patch_masks.append(pm)
+            if ex.evidence:
+                sel = [ex.evidence[0]] if ex.family in ("attribute", "relational") else ex.evidence
+                t = pm[sel].any(0).astype(np.float32)
+                ev_target[i] = t / t.sum()
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attn,
+            "pixel_values": pixel_values(images),
+            "positions": torch.tensor(pos),
+            "answers": torch.tensor(ans),
+            "color_lab": torch.from_numpy(color_lab),
+            "shape_lab": torch.from_numpy(shape_lab),
+            "align_c": torch.from_numpy(align_c),
+            "align_s": torch.from_numpy(align_s),
+            "ev_target": torch.from_numpy(ev_target),
+            "patch_masks": patch_masks,
+        }
+
+
+def _forward(model, heads, batch, need_attn: bool):
+    """Run the LLaVA pieces exactly as LlavaModel does, exposing what the auxiliary losses need."""
+    inner = model.model
+    vis = inner.vision_tower(batch["pixel_values"], output_hidden_states=True)
+    feat = vis.hidden_states[-1][:, 1:]  # (B, N_img, Dv): "default" strategy drops CLS
+    img = inner.multi_modal_projector(feat)  # (B, N_img, D)
+    ids = batch["input_ids"]
+    emb = model.get_input_embeddings()(ids)  # (B, N, D)
+    img_mask = (ids == model.config.image_token_id).unsqueeze(-1)
+    emb = emb.masked_scatter(img_mask, img.to(emb.dtype))
+    out = inner.language_model(
+        inputs_embeds=emb, attention_mask=batch["attention_mask"], output_attentions=need_attn, return_dict=True
+    )
+    h = out.last_hidden_state  # (B, N, D)
+    b = torch.arange(ids.shape[0])
+    pos = batch["positions"]
+    logits_ans = model.lm_head(h[b, pos])  # (B, V) predicts the answer
+    logits_eos = model.lm_head(h[b, pos + 1])  # (B, V) predicts </s>
+    return feat, img, logits_ans, logits_eos, (out.attentions if need_attn else None)
+
+
+def _losses(model, heads, batch, cfg: TrainConfig, w_attn: float) -> dict:
+    feat, img, la, le, attns = _forward(model, heads, batch, need_attn=w_attn > 0)
+    eos = torch.full_like(batch["answers"], model.config.eos_token_id)
+    losses = {"answer": F.cross_entropy(la, batch["answers"]) + 0.5 * F.cross_entropy(le, eos)}
+    cl = heads["color"](feat)  # (B, N_img, C+1)
+    sl = heads["shape"](feat)
+    losses["patch"] = F.cross_entropy(cl.flatten(0, 1), batch["color_lab"].flatten()) + F.cross_entropy(
+        sl.flatten(0, 1), batch["shape_lab"].flatten()
+    )
+    on = batch["align_c"] >= 0  # (B, N_img)
+    if on.any():
+        E = model.get_input_embeddings().weight.detach()
+        target = E[batch["align_c"][on]] + E[batch["align_s"][on]]  # (M, D)
+        losses["align"] = (1 - F.cosine_similarity(img[on], target, dim=-1)).mean()
+    else:
+        losses["align"] = img.sum() * 0
+    if attns is not None:
+        tgt = batch["ev_target"]  # (B, N_img)
+        has = tgt.sum(-1) > 0
+        img_pos = batch["input_ids"] == model.config.image_token_id  # (B, N)
+        b = torch.arange(tgt.shape[0])
+        terms = []
+        for a in attns[1:]:
+            row = a[b, :, batch["positions"]].mean(1)  # (B, N) head-mean attention of the answer position
+            ri = row[img_pos].view(tgt.shape[0], -1)  # (B, N_img)
+            ri = ri / ri.sum(-1, keepdim=True).clamp_min(1e-9)
+            terms.append(-(tgt * (ri + 1e-9).log()).sum(-1)[has].mean())
+        losses["attn"] = torch.stack(terms).mean() if has.any() else la.sum() * 0
+    total = losses["answer"] + cfg.w_patch * losses["patch"] + cfg.w_align * losses["align"]
+    if "attn" in losses:
+        total = total + w_attn * losses["attn"]
+    losses["total"] = total
+    return losses
+
+
+def _attn_weight(step: int, cfg: TrainConfig) -> float:
+    a, f = cfg.attn_warmup * cfg.steps, cfg.attn_fade * cfg.steps
+    if step < a:
+        return cfg.w_attn
+    if step < a + f:
+        return cfg.w_attn * (1 - (step - a) / f)
+    return 0.0
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _max_objects(step: int, cfg: TrainConfig) -> int:
+    t = min(1.0, step / max(1, cfg.curriculum * cfg.steps))
+    return int(round(2 + 4 * t))
+
+
+def train_examples(step: int, cfg: TrainConfig):
+    world_seed = cfg.seed * 1000 + 17
+    hi = _max_objects(step, cfg)
+    wc = WorldConfig(n_objects=(1, hi))
+    return [make_example(world_seed, step * cfg.batch + i, wc) for i in range(cfg.batch)]
+
+
+@torch.no_grad()
+def _predict(model, batch) -> torch.Tensor:
+    out = model(
+        input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]
+    )
+    b = torch.arange(batch["input_ids"].shape[0])
+    return out.logits[b, batch["positions"]].argmax(-1)
+
+
+def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, grounding_n: int = 48) -> dict:
+    """Held-out first-token accuracy per family (+ kind) and gradient pointing on attribute questions."""
+    model.eval()
+    exs = [make_example(seed, i) for i in range(n)]
+    res: dict = {}
+    correct = []
+    for k in range(0, n, 48):
+        chunk = exs[k : k + 48]
+        batch = batcher(chunk, with_answer=False)
+        pred = _predict(model, batch)
+        correct += (pred == batch["answers"]).tolist()
+    for fam in FAMILIES:
+        c = [ok for ok, e in zip(correct, exs) if e.family == fam]
+        res[fam] = round(float(np.mean(c)), 3) if c else None
+    shape_q = [ok for ok, e in zip(correct, exs) if e.kind == "shape_of_color"]
+    res["shape_of_color"] = round(float(np.mean(shape_q)), 3) if shape_q else None
+    # Grounding on correct attribute answers (fresh attribute-only examples).
+    gex = [make_example(seed + 1, i, family="attribute") for i in range(grounding_n)]
+    batch = batcher(gex, with_answer=False)
+    pred = _predict(model, batch)
+    ok = (pred == batch["answers"]).numpy()
+    rows = gradient_relevancy_rows(
+        model, batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["positions"], pred
+    )
+    img_pos = batch["input_ids"] == model.config.image_token_id
+    g = batcher.spec.grid
+    hits, chance, mass = [], [], []
+    for i, ex in enumerate(gex):
+        if not ok[i]:
+            continue
+        m = rows[i][img_pos[i]].view(g, g).numpy()
+        pm = batch["patch_masks"][i].reshape(-1, g, g)
+        tgt = pm[ex.evidence[0]]
+        others = np.delete(pm, ex.evidence[0], axis=0).any(0) if len(pm) > 1 else np.zeros_like(tgt)
+        r = pointing(m, tgt, others)
+        hits.append(r["hit"])
+        chance.append(r["chance"])
+        mass.append(r["mass"])
+    res["attr_acc_g"] = round(float(ok.mean()), 3)
+    res["point"] = round(float(np.mean(hits)), 3) if hits else None
+    res["chance"] = round(float(np.mean(chance)), 3) if chance else None
+    res["mass"] = round(float(np.mean(mass)), 3) if mass else None
+    model.train()
+    return res
+
+
+def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_every_s: float = 180,
+          eval_every: int = 250, ship: bool = False, threads: int = 2) -> Path:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec()
+    tok = build_tokenizer()
+    processor = build_processor(spec, tok)
+    model = build_model(tok, spec, seed=cfg.seed)
+    heads = torch.nn.ModuleDict(
+        {
+            "color": torch.nn.Linear(spec.vision_hidden, len(COLORS) + 1),
+            "shape": torch.nn.Linear(spec.vision_hidden, len(SHAPES) + 1),
+        }
+    )
+    params = list(model.parameters()) + list(heads.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )
+    batcher = Batcher(tok, spec)
+    ckpt = run_dir / "checkpoint.pt"
+    log_path = run_dir / "log.jsonl"
+    step = 0
+    elapsed_before = 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise SystemExit(f"{ckpt} was written with another config: {state['config']}")
+        model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+        elapsed_before = state.get("elapsed", 0.0)
+        print(f"resumed from step {step}")
+    else:
+        torch.manual_seed(cfg.seed)
+        (run_dir / "config.json").write_text(json.dumps({"train": asdict(cfg), "model": spec.to_dict()}, indent=2))
+
+    def save_ckpt():
+        tmp = run_dir / "checkpoint.tmp"
+        torch.save(
+            {"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+             "rng": torch.get_rng_state(), "step": step, "config": asdict(cfg),
+             "elapsed": elapsed_before + time.time() - t0},
+            tmp,
+        )
+        tmp.replace(ckpt)
+
+    model.train()
+    t0 = time.time()
+    last_ckpt = t0
+    deadline = t0 + minutes * 60 if minutes else None
+    ema: dict[str, float] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as prog:
+        task = prog.add_task("train", total=cfg.steps, completed=step, info="")
+        while step < cfg.steps:
+            if deadline and time.time() > deadline:
+                print("time budget reached")
+                break
+            for gparam in opt.param_groups:
+                gparam["lr"] = _lr(step, cfg)
+            w_attn = _attn_weight(step, cfg)
+            batch = batcher(train_examples(step, cfg), cov_threshold=cfg.patch_label_coverage)
+            losses = _losses(model, heads, batch, cfg, w_attn)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            for k, v in losses.items():
+                ema[k] = 0.98 * ema.get(k, float(v)) + 0.02 * float(v)
+            prog.update(task, completed=step, info=" ".join(f"{k}={v:.3f}" for k, v in ema.items()))
+            if step % eval_every == 0 or step == cfg.steps:
+                ev = evaluate_quick(model, batcher)
+                rec = {"step": step, "time": round(elapsed_before + time.time() - t0, 1), "w_attn": w_attn,
+                       "max_obj": _max_objects(step, cfg), **{k: round(v, 4) for k, v in ema.items()}, **ev}
+                with log_path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                prog.console.print(rec)
+            if time.time() - last_ckpt > ckpt_every_s:
+                save_ckpt()
+                last_ckpt = time.time()
+    save_ckpt()
+    final = run_dir / "final"
+    if step >= cfg.steps:
+        save_reference(model, processor, final, cfg, spec)
+        if ship:
+            save_reference(model, processor, SHIPPED_MODEL_DIR, cfg, spec)
+    return final
+
+
+def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: ModelSpec) -> None:
+    """Write the HF folder (weights as bfloat16 safetensors to stay small) + a provenance note."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    small = build_model(processor.tokenizer, spec)
+    small.load_state_dict(model.state_dict())
+    small.to(torch.bfloat16)
+    small.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "training.json").write_text(json.dumps({"train": asdict(cfg), "model": spec.to_dict(),
+                                                      "command": "python -m shapesvqa.train"}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m shapesvqa.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/reference"), help="run directory (checkpoint, log, final/)")
+    ap.add_argument("--minutes", type=float, default=None, help="stop (checkpointed, resumable) after this wall time")
+    ap.add_argument("--ship", action="store_true", help="also write the final model into the package assets")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--ckpt-every", type=float, default=180, help="seconds between checkpoints")
+    for f, v in asdict(TrainConfig()).items():
+        ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
+    final = train(args.run, cfg, args.minutes, args.ckpt_every, args.eval_every, args.ship, args.threads)
+    print(f"final model: {final}")
+
+
+if __name__ == "__main__":
+    main()
