@@ -173,7 +173,7 @@ def _explain(err: Any, root: yaml.Node) -> tuple[int, str, str]:
         return _line(root, loc), _path(loc), msg
     if kind in _EXPECTED:
         return _line(root, loc), _path(loc), f"expected {_EXPECTED[kind]}, got {_kind(value)}"
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
         return _line(root, loc), _path(loc), "must not be empty"
     return _line(root, loc), _path(loc), str(err["msg"]).removeprefix("Value error, ")
 
