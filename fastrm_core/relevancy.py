@@ -358,6 +358,7 @@ def per_step_relevancy(
     *,
     adapter: VLMAdapter | None = None,
     stop_at_eos: bool = True,
+    suppress_tokens: list[int] | None = None,
 ) -> RelevancyMaps:
     """Greedy generation that computes each token's map during generation, the costly way.
 
@@ -365,6 +366,7 @@ def per_step_relevancy(
     each step, one backward from the chosen token's logit (graph retained) and full N x N
     products R <- R + Ā_l R. The result equals :func:`gradient_relevancy` on the same
     greedy tokens; it exists to measure what that exact, row-vector method saves.
+    ``suppress_tokens`` are never chosen (like ``generate``'s option of that name).
     """
     adapter = adapter or get_adapter(model)
     if inputs["input_ids"].shape[0] != 1:
@@ -390,7 +392,10 @@ def per_step_relevancy(
             )
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             logits = out.logits[0, -1]
-            token = int(logits.argmax())
+            choice = logits.detach().clone()
+            if suppress_tokens:
+                choice[suppress_tokens] = float("-inf")
+            token = int(choice.argmax())
             y = logits[token]
             pieces = [p for rec in records for p in rec]  # every step's attentions so far
             grads = torch.autograd.grad(y, pieces, retain_graph=True, allow_unused=True)

@@ -1,0 +1,189 @@
+"""Seconds per answer and peak memory: per-step gradient maps vs the exact baseline vs proxy capture.
+
+For one model, in one run, for answers of 10, 30 and 100 tokens:
+
+* ``per_step``  greedy generation computing each token's map during generation the way
+  interactive tools do (attentions kept in the graph, a backward per step, full N x N products);
+* ``exact``     :func:`fastrm_core.gradient_relevancy` on the same tokens (one forward,
+  row-vector propagation, batched backward), timed alone and with the generation it needs;
+* ``capture``   ``model.generate`` inside :func:`fastrm_core.capture` with a FastRM proxy;
+* ``generate``  plain ``model.generate`` (the floor).
+
+Default model: a randomly initialised LLaVA-shaped model that fits a laptop CPU (hidden 1024,
+8 layers, 576 image tokens). ``--shape llava-1.5-7b`` builds the real 7B language-model shape
+in bf16 (use a GPU). Peak memory is the CUDA allocator's peak on GPU, and the peak resident set
+size above the pre-call level on CPU (sampled every 2 ms).
+
+    python benchmarks/relevancy_speed.py                 # CPU default, lengths 10 30 100
+    python benchmarks/relevancy_speed.py --lengths 10 30 --threads 2
+    python benchmarks/relevancy_speed.py --shape llava-1.5-7b --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fastrm_core import FastRMProxy, ProxyConfig, capture, get_adapter, gradient_relevancy, per_step_relevancy
+from fastrm_core.testing import TinyLlavaSpec, blank_image, build_tiny_llava, llava_prompt
+
+SHAPES = {
+    "cpu-small": TinyLlavaSpec(hidden_size=1024, num_layers=8, num_heads=16, intermediate_size=2816,
+                               image_size=336, patch_size=14, vision_hidden_size=64, vision_layers=1),
+    "llava-1.5-7b": TinyLlavaSpec(hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=11008,
+                                  image_size=336, patch_size=14, vision_hidden_size=1024, vision_layers=23,
+                                  vision_heads=16, dtype=torch.bfloat16),
+}
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MiB (CUDA allocator on GPU, sampled RSS on CPU)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = self._rss()
+            self._peak = self._base
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self._peak = max(self._peak, self._rss())
+                    time.sleep(0.002)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+            self.peak_mib = (self._peak - self._base) / 2**20
+
+
+def timed(fn, device, repeats=1):
+    best, result, mem = float("inf"), None, 0.0
+    for _ in range(repeats):
+        with PeakMemory(device) as pm:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        mem = max(mem, pm.peak_mib)
+    return best, mem, result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[10, 30, 100])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--skip-per-step-above", type=int, default=10**9,
+                        help="skip the (slow) per-step method for longer answers")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    console = Console()
+    spec = SHAPES[args.shape]
+    console.print(f"building {args.shape} ({spec.hidden_size=}, {spec.num_layers=}, image {spec.image_size}/{spec.patch_size}) on {device}")
+    model, processor = build_tiny_llava(spec)
+    model.to(device)
+    adapter = get_adapter(model)
+    model.generation_config.eos_token_id = None  # answers of exactly the requested length
+    rows, cols = adapter.grid
+    proxy = FastRMProxy(ProxyConfig(hidden_size=adapter.hidden_size, n_image_tokens=rows * cols, grid=(rows, cols)))
+    proxy = proxy.to(device=device, dtype=spec.dtype).eval()
+    inputs = processor(images=blank_image(spec.image_size, (180, 40, 40)), text=llava_prompt("What color is the circle?"),
+                       return_tensors="pt").to(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(spec.dtype)
+    suppress = [adapter.image_token_id]
+    n_prompt = inputs["input_ids"].shape[1]
+    console.print(f"prompt: {n_prompt} tokens ({rows * cols} image tokens)")
+
+    def gen(n):
+        with torch.no_grad():
+            return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, suppress_tokens=suppress)
+
+    def gen_capture(n):
+        with torch.no_grad(), capture(model, proxy) as cap:
+            out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, suppress_tokens=suppress)
+        return out, cap.maps
+
+    gen(2)  # warm-up
+    results = []
+    for n in args.lengths:
+        t_gen, m_gen, out = timed(lambda: gen(n), device, repeats=2)
+        t_cap, m_cap, (out_cap, maps) = timed(lambda: gen_capture(n), device, repeats=2)
+        assert torch.equal(out, out_cap) and maps.shape[1] == n
+        t_exact, m_exact, rel = timed(lambda: gradient_relevancy(model, inputs, out), device)
+        row = {"tokens": n, "generate_s": t_gen, "capture_s": t_cap, "exact_maps_s": t_exact,
+               "exact_total_s": t_exact + t_gen, "generate_mib": m_gen, "capture_mib": m_cap, "exact_mib": m_exact}
+        if n <= args.skip_per_step_above:
+            t_ps, m_ps, slow = timed(lambda: per_step_relevancy(model, inputs, n, stop_at_eos=False,
+                                                                suppress_tokens=suppress), device)
+            assert torch.equal(slow.token_ids.to(out.device), out[0, n_prompt:].cpu().to(out.device))
+            err = float((slow.maps - rel.maps).abs().max() / rel.maps.abs().max())
+            row.update(per_step_s=t_ps, per_step_mib=m_ps, max_rel_diff=err)
+        results.append(row)
+        console.print(row)
+
+    table = Table(title=f"relevancy cost per answer, {args.shape} on {device} (prompt {n_prompt} tokens)")
+    for col in ["tokens", "per_step s", "exact s (+gen)", "capture s", "generate s", "per_step MiB", "exact MiB",
+                "capture MiB", "per_step/exact", "per_step/capture", "capture/generate", "exact vs per_step max rel diff"]:
+        table.add_column(col, justify="right")
+    for r in results:
+        ps = r.get("per_step_s")
+        table.add_row(
+            str(r["tokens"]),
+            f"{ps:.3f}" if ps else "skipped",
+            f"{r['exact_maps_s']:.3f} (+{r['generate_s']:.3f})",
+            f"{r['capture_s']:.3f}",
+            f"{r['generate_s']:.3f}",
+            f"{r['per_step_mib']:.0f}" if ps else "-",
+            f"{r['exact_mib']:.0f}",
+            f"{r['capture_mib']:.0f}",
+            f"{ps / r['exact_total_s']:.1f}x" if ps else "-",
+            f"{ps / r['capture_s']:.0f}x" if ps else "-",
+            f"{r['capture_s'] / r['generate_s']:.3f}",
+            f"{r['max_rel_diff']:.1e}" if ps else "-",
+        )
+    console.print(table)
+    console.print("per_step/exact compares whole answers: the exact column includes the generation it needs. "
+                  "capture's extra cost over plain generation is capture/generate - 1.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shape": args.shape, "device": str(device), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
