@@ -96,8 +96,14 @@ class VLMAdapter:
 
     @property
     def model_id(self) -> str:
-        """A stable identity string for artifacts (hub id or folder name)."""
-        return str(getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__)
+        """A stable identity string for artifacts: the hub id, or the folder's name for a local model."""
+        from pathlib import Path
+
+        name = str(getattr(self.model.config, "_name_or_path", "") or "")
+        if not name:
+            return type(self.model).__name__
+        path = Path(name)
+        return path.name if path.exists() else name
 
     # positions -----------------------------------------------------------
     def image_layout(self, input_ids: torch.Tensor) -> ImageLayout:

@@ -133,6 +133,16 @@ class FastRMProxy(nn.Module):
         if problems:
             raise ConfigMismatchError("the proxy does not match the model: " + "; ".join(problems))
 
+    def fingerprint(self) -> str:
+        """sha256 over the config and the weights: the proxy's identity in calibration files."""
+        import hashlib
+
+        digest = hashlib.sha256(self.config.model_dump_json(exclude={"training"}).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+        return "sha256:" + digest.hexdigest()
+
     # -- I/O ----------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into folder ``path``."""

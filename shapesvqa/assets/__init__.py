@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["reference_model_path"]
+__all__ = ["reference_calibration_path", "reference_model_path", "reference_proxy_path"]
 
 _REFERENCE = Path(__file__).parent / "reference-llava"
 
@@ -16,3 +16,25 @@ def reference_model_path() -> Path:
             f"the reference model is not in {_REFERENCE}; train it with `python -m shapesvqa.train --ship`"
         )
     return _REFERENCE
+
+
+_PROXY = Path(__file__).parent / "reference-proxy"
+_CALIBRATION = Path(__file__).parent / "reference-calibration.json"
+
+
+def reference_proxy_path() -> Path:
+    """Folder of the FastRM proxy distilled from the reference model (``FastRMProxy.from_pretrained``)."""
+    if not (_PROXY / "config.json").exists():
+        raise FileNotFoundError(
+            f"the reference proxy is not in {_PROXY}; distil it with the commands in docs/distillation.md"
+        )
+    return _PROXY
+
+
+def reference_calibration_path() -> Path:
+    """The calibration fitted for the reference model + proxy (``Calibration.load``)."""
+    if not _CALIBRATION.exists():
+        raise FileNotFoundError(
+            f"the reference calibration is not at {_CALIBRATION}; fit it with `guardrail calibrate` (docs/calibration.md)"
+        )
+    return _CALIBRATION
