@@ -1,0 +1,238 @@
+"""Exporter setup for applications and the CLI (this module uses ``opentelemetry-sdk``).
+
+Library code never imports this module; ``guardrail run/demo`` and
+applications call :func:`configure_tracing` and pass the provider to the Guard.
+
+- :class:`JsonlFileSpanExporter` appends one OTLP-JSON-shaped span per line
+  (:mod:`guardrail.otlp_json`), readable by :func:`read_trace_jsonl` and ``guardrail view``.
+- :class:`BoundedSpanExporter` wraps any exporter so that one export, flush or
+  shutdown never takes longer than a bound and never raises: a hanging
+  exporter costs the caller at most ``timeout_s`` once, after which batches
+  are dropped (with a log warning) until it returns.
+- :func:`configure_tracing` builds a ``TracerProvider`` with a
+  ``BatchSpanProcessor`` per exporter, each behind a ``BoundedSpanExporter``.
+  Ending a span only enqueues it; ``force_flush`` and ``shutdown`` return within
+  about ``export_timeout_s`` per exporter even if an exporter hangs or raises.
+
+Example::
+
+    >>> provider = configure_tracing(jsonl_path="trace.jsonl")   # doctest: +SKIP
+    >>> guard = Guard.from_pretrained(..., tracer_provider=provider)  # doctest: +SKIP
+    >>> provider.shutdown()                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, TextIO, Union
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from fastrm_core.errors import GuardrailError
+
+from .otlp_json import read_trace_jsonl, span_to_dict
+
+__all__ = [
+    "BoundedSpanExporter",
+    "JsonlFileSpanExporter",
+    "configure_tracing",
+    "otlp_endpoint_from_env",
+    "read_trace_jsonl",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_NAME = "fastrm-guard"
+_OTLP_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+class JsonlFileSpanExporter(SpanExporter):
+    """Appends each exported span to ``path`` as one JSON line (OTLP-JSON shape, see :mod:`guardrail.otlp_json`).
+
+    Thread-safe (one lock per exporter); each batch is written with one
+    ``write`` and the file is closed (so flushed) after every batch. Parent
+    folders are created. Errors (unwritable file, unserialisable value) are
+    logged and reported as ``FAILURE``, never raised.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        try:
+            text = "".join(json.dumps(span_to_dict(s), ensure_ascii=False, separators=(",", ":")) + "\n" for s in spans)
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(text)
+        except (OSError, TypeError, ValueError) as exc:
+            _log.warning("could not write %d span(s) to %s: %s", len(spans), self.path, exc)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # every export is already on disk
+
+
+class BoundedSpanExporter(SpanExporter):
+    """Runs another exporter's calls in a helper thread and waits at most ``timeout_s``.
+
+    - an exception from the wrapped exporter becomes ``FAILURE`` (logged);
+    - an export still running after ``timeout_s`` becomes ``FAILURE``; while it
+      keeps running, later batches are dropped at once (``FAILURE``, logged) so
+      a hung backend costs one timeout, not one per batch;
+    - ``shutdown`` and ``force_flush`` are bounded the same way.
+    """
+
+    def __init__(self, exporter: SpanExporter, timeout_s: float = 5.0) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        self.exporter = exporter
+        self.timeout_s = float(timeout_s)
+        self._lock = threading.Lock()
+        self._inflight: Optional[threading.Thread] = None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            if self._inflight is not None and self._inflight.is_alive():
+                _log.warning(
+                    "%s is still busy with an earlier export; dropping %d span(s)", type(self.exporter).__name__, len(spans)
+                )
+                return SpanExportResult.FAILURE
+            done, result, thread = self._start(lambda: self.exporter.export(spans), "export")
+            self._inflight = thread
+        if not done.wait(self.timeout_s):
+            _log.warning(
+                "%s did not finish exporting %d span(s) within %.1f s; giving up on them",
+                type(self.exporter).__name__, len(spans), self.timeout_s,
+            )
+            return SpanExportResult.FAILURE
+        value = result.get("value")
+        return value if isinstance(value, SpanExportResult) else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        done, _, _ = self._start(self.exporter.shutdown, "shutdown")
+        if not done.wait(self.timeout_s):
+            _log.warning("%s did not shut down within %.1f s", type(self.exporter).__name__, self.timeout_s)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        bound = min(self.timeout_s, timeout_millis / 1000)
+        done, result, _ = self._start(lambda: self.exporter.force_flush(int(bound * 1000)), "force_flush")
+        return bool(done.wait(bound) and result.get("value"))
+
+    def _start(self, call: Callable[[], Any], what: str) -> tuple[threading.Event, dict[str, Any], threading.Thread]:
+        done = threading.Event()
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["value"] = call()
+            except Exception:  # an exporter must never fail the caller; the failure is logged
+                _log.exception("%s.%s raised", type(self.exporter).__name__, what)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=run, name=f"fastrm-otel-{what}", daemon=True)
+        thread.start()
+        return done, result, thread
+
+
+def otlp_endpoint_from_env() -> Optional[str]:
+    """The OTLP traces endpoint set by ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, if any."""
+    for name in _OTLP_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def configure_tracing(
+    *,
+    console: Union[bool, TextIO] = False,
+    jsonl_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+    otlp_endpoint: Optional[str] = None,
+    otlp_from_env: bool = True,
+    exporters: Sequence[SpanExporter] = (),
+    service_name: Optional[str] = None,
+    export_timeout_s: float = 5.0,
+    set_global: bool = False,
+) -> TracerProvider:
+    """A ``TracerProvider`` exporting to the console, a JSONL file and/or OTLP/HTTP.
+
+    - ``console``: True for stdout, or a text stream (e.g. ``sys.stderr``).
+    - ``jsonl_path``: append spans to this file (see :class:`JsonlFileSpanExporter`).
+    - ``otlp_endpoint``: an OTLP/HTTP collector, e.g. ``http://localhost:4318``
+      (``/v1/traces`` is appended unless present). When None and
+      ``otlp_from_env``, the standard ``OTEL_EXPORTER_OTLP_*`` variables enable
+      and configure it (endpoint, headers, certificates, compression).
+      Needs the ``otlp`` extra: ``pip install 'fastrm-guard[otlp]'``.
+    - ``exporters``: further exporters of your own.
+    - ``service_name``: the resource's ``service.name``; default
+      ``OTEL_SERVICE_NAME`` or ``"fastrm-guard"`` (``OTEL_RESOURCE_ATTRIBUTES`` is honoured).
+    - ``export_timeout_s``: the most one export/flush/shutdown of one exporter may take.
+    - ``set_global``: also install the provider as the global one (possible once per process).
+
+    Each exporter gets its own ``BatchSpanProcessor`` (queue size, batch size
+    and delay from the standard ``OTEL_BSP_*`` variables) behind a
+    :class:`BoundedSpanExporter`. Raises :class:`GuardrailError` when OTLP is
+    requested but the exporter package is missing.
+    """
+    chosen: list[SpanExporter] = []
+    if console:
+        chosen.append(ConsoleSpanExporter(out=sys.stdout if console is True else console))
+    if jsonl_path is not None:
+        chosen.append(JsonlFileSpanExporter(jsonl_path))
+    if otlp_endpoint or (otlp_from_env and otlp_endpoint_from_env()):
+        chosen.append(_otlp_exporter(otlp_endpoint or None, export_timeout_s))
+    chosen.extend(exporters)
+
+    name = service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    for exporter in chosen:
+        provider.add_span_processor(
+            BatchSpanProcessor(BoundedSpanExporter(exporter, export_timeout_s), export_timeout_millis=export_timeout_s * 1000)
+        )
+    if set_global:
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def _otlp_exporter(endpoint: Optional[str], timeout_s: float) -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        where = endpoint or f"{_OTLP_ENV[0]}/{_OTLP_ENV[1]}={otlp_endpoint_from_env()}"
+        raise GuardrailError(
+            f"OTLP export was requested ({where}) but the OTLP/HTTP exporter is not installed; "
+            "install it with: pip install 'fastrm-guard[otlp]'"
+        ) from exc
+    kwargs: dict[str, Any] = {"timeout": timeout_s}
+    if endpoint:
+        kwargs["endpoint"] = _traces_url(endpoint)
+    return OTLPSpanExporter(**kwargs)
+
+
+def _traces_url(endpoint: str) -> str:
+    """``http://host:4318`` -> ``http://host:4318/v1/traces`` (the exporter takes a full URL)."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith("/v1/traces") else f"{base}/v1/traces"

@@ -1,0 +1,278 @@
+"""Pure helpers for instrumenting a guarded call with OpenTelemetry (``opentelemetry-api`` only).
+
+The Guard opens the spans; this module builds their attribute dicts with the
+names of :mod:`guardrail.semconv`, so every key is spelled in one place and
+every value has a type OpenTelemetry accepts (None values are left out, numpy
+scalars become Python numbers). Map encoding and the byte budget live in
+:mod:`guardrail.mapcodec` and are re-exported here.
+
+Typical use inside the Guard (sketch)::
+
+    tracer = get_tracer(tracer_provider)
+    with tracer.start_as_current_span(chat_span_name(model_name), kind=SpanKind.INTERNAL) as span:
+        if span.is_recording():
+            span.set_attributes(chat_attributes(model_name, input_tokens=n_in, output_tokens=n_out))
+            plan = budget.plan(maps, priority=scored_positions)
+            for i, tok in enumerate(tokens):
+                span.add_event(TOKEN_EVENT, token_event_attributes(i, entropies[i], encoded_map=plan.encoded.get(i),
+                                                                   text=tok if capture else None))
+            span.set_attributes(map_budget_attributes(plan, budget))
+
+Nothing here raises on telemetry's behalf: callers still wrap span work so that
+telemetry never breaks inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+
+from opentelemetry import trace
+
+from . import semconv
+from .mapcodec import (
+    DEFAULT_MAP_BUDGET_BYTES,
+    MapBudget,
+    MapPlan,
+    decode_map,
+    encode_map,
+    encoded_nbytes,
+    map_attributes,
+    map_from_attributes,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from policies import Decision
+
+__all__ = [
+    "DEFAULT_MAP_BUDGET_BYTES",
+    "MapBudget",
+    "MapPlan",
+    "chat_attributes",
+    "content_capture_enabled",
+    "decode_map",
+    "encode_map",
+    "encoded_nbytes",
+    "get_tracer",
+    "guardrail_attributes",
+    "guardrail_result_event_attributes",
+    "input_messages_json",
+    "map_attributes",
+    "map_budget_attributes",
+    "map_from_attributes",
+    "message_text",
+    "output_messages_json",
+    "token_event_attributes",
+]
+
+_TRUE = {"1", "true", "yes", "on", "span_only", "event_only", "span_and_event"}
+
+
+def get_tracer(tracer_provider: Optional[trace.TracerProvider] = None) -> trace.Tracer:
+    """The tracer fastrm-guard uses: from ``tracer_provider`` if given, else the global provider."""
+    return trace.get_tracer("fastrm-guard", _version(), tracer_provider)
+
+
+def content_capture_enabled(explicit: Optional[bool] = None) -> bool:
+    """Whether prompt/answer/token text may be recorded.
+
+    ``explicit`` (e.g. ``Guard(capture_content=True)``) wins; otherwise the
+    standard ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable
+    (``true``/``1``/``yes``/``span_only``/``span_and_event`` ...). Off by default.
+    """
+    if explicit is not None:
+        return bool(explicit)
+    return os.environ.get(semconv.CAPTURE_CONTENT_ENV, "").strip().lower() in _TRUE
+
+
+def chat_attributes(
+    model: str,
+    *,
+    input_tokens: Optional[int] = None,
+    output_tokens: Optional[int] = None,
+    finish_reasons: Optional[Sequence[str]] = None,
+    provider: Optional[str] = None,
+    max_tokens: Optional[int] = None,
+    temperature: Optional[float] = None,
+    top_p: Optional[float] = None,
+) -> dict[str, Any]:
+    """Attributes of the ``chat {model}`` span (GenAI conventions).
+
+    >>> chat_attributes("tiny-llava", input_tokens=12, output_tokens=3, finish_reasons=["stop"])["gen_ai.operation.name"]
+    'chat'
+    """
+    return _clean(
+        {
+            semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_CHAT,
+            semconv.GEN_AI_REQUEST_MODEL: model,
+            semconv.GEN_AI_PROVIDER_NAME: provider,
+            semconv.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
+            semconv.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
+            semconv.GEN_AI_RESPONSE_FINISH_REASONS: tuple(finish_reasons) if finish_reasons is not None else None,
+            semconv.GEN_AI_REQUEST_MAX_TOKENS: max_tokens,
+            semconv.GEN_AI_REQUEST_TEMPERATURE: temperature,
+            semconv.GEN_AI_REQUEST_TOP_P: top_p,
+        }
+    )
+
+
+def guardrail_attributes(
+    decision: "Decision",
+    *,
+    verdict: Optional[str] = None,
+    score: Optional[float] = None,
+    threshold: Optional[float] = None,
+    flagged: Optional[bool] = None,
+    n_answer_tokens: Optional[int] = None,
+    max_token_entropy: Optional[float] = None,
+) -> dict[str, Any]:
+    """Attributes of the ``apply_guardrail fastrm`` span: verdict, score, threshold, policy, rule, action.
+
+    ``decision`` is a :class:`policies.Decision`; verdict/score/threshold may be
+    None when the guard failed (then ``gen_ai.guardrail.unguarded`` is true).
+    """
+    return _clean(
+        {
+            semconv.GEN_AI_OPERATION_NAME: semconv.GUARDRAIL_OPERATION,
+            semconv.GUARDRAIL_NAME_KEY: semconv.GUARDRAIL_NAME,
+            semconv.GUARDRAIL_VERDICT: verdict,
+            semconv.GUARDRAIL_SCORE: score,
+            semconv.GUARDRAIL_THRESHOLD: threshold,
+            semconv.GUARDRAIL_POLICY_ID: decision.policy_id,
+            semconv.GUARDRAIL_POLICY_VERSION: decision.policy_version,
+            semconv.GUARDRAIL_RULE: decision.rule,
+            semconv.GUARDRAIL_ACTION: decision.action,
+            semconv.GUARDRAIL_REASON: decision.reason,
+            semconv.GUARDRAIL_FLAGGED: flagged,
+            semconv.GUARDRAIL_UNGUARDED: decision.unguarded,
+            semconv.GUARDRAIL_ESCALATION_TARGET: decision.escalation_target,
+            semconv.FASTRM_ANSWER_TOKENS: n_answer_tokens,
+            semconv.FASTRM_MAX_TOKEN_ENTROPY: max_token_entropy,
+        }
+    )
+
+
+def guardrail_result_event_attributes(
+    decision: "Decision",
+    *,
+    verdict: Optional[str] = None,
+    score: Optional[float] = None,
+    threshold: Optional[float] = None,
+    flagged: Optional[bool] = None,
+) -> dict[str, Any]:
+    """Attributes of the ``gen_ai.guardrail.result`` event: the decision, plus the GenAI
+    evaluation keys (``gen_ai.evaluation.name = "fastrm"``, ``score.value``, ``score.label`` = verdict,
+    ``explanation`` = reason) so generic GenAI tooling can read the score."""
+    attrs = guardrail_attributes(decision, verdict=verdict, score=score, threshold=threshold, flagged=flagged)
+    attrs.pop(semconv.GEN_AI_OPERATION_NAME, None)
+    attrs.update(
+        _clean(
+            {
+                semconv.GEN_AI_EVALUATION_NAME: semconv.GUARDRAIL_NAME,
+                semconv.GEN_AI_EVALUATION_SCORE_VALUE: score,
+                semconv.GEN_AI_EVALUATION_SCORE_LABEL: verdict,
+                semconv.GEN_AI_EVALUATION_EXPLANATION: decision.reason,
+            }
+        )
+    )
+    return attrs
+
+
+def token_event_attributes(
+    index: int,
+    entropy: Optional[float],
+    *,
+    token_id: Optional[int] = None,
+    text: Optional[str] = None,
+    entropy_normalized: Optional[float] = None,
+    scored: Optional[bool] = None,
+    encoded_map: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """Attributes of one ``fastrm.token`` event.
+
+    ``index`` is the token's 0-based position among the generated tokens;
+    ``entropy`` its map entropy in nats (higher = more diffuse);
+    ``text`` only when content capture is on (the caller decides);
+    ``scored`` whether the token counts in the answer score;
+    ``encoded_map`` an :func:`encode_map` dict, flattened to ``fastrm.map.*`` (omit it for a dropped map).
+    """
+    attrs = _clean(
+        {
+            semconv.TOKEN_INDEX: index,
+            semconv.TOKEN_ID: token_id,
+            semconv.TOKEN_TEXT: text,
+            semconv.TOKEN_ENTROPY: entropy,
+            semconv.TOKEN_ENTROPY_NORMALIZED: entropy_normalized,
+            semconv.TOKEN_SCORED: scored,
+        }
+    )
+    if encoded_map is not None:
+        attrs.update(map_attributes(encoded_map))
+    return attrs
+
+
+def map_budget_attributes(plan: MapPlan, budget: Optional[MapBudget] = None) -> dict[str, Any]:
+    """Span attributes reporting what a :class:`MapPlan` attached and dropped."""
+    return _clean(
+        {
+            semconv.FASTRM_MAPS_ATTACHED: len(plan.encoded),
+            semconv.FASTRM_MAPS_DROPPED: len(plan.dropped),
+            semconv.FASTRM_MAPS_BITS: plan.bits,
+            semconv.FASTRM_MAPS_BYTES: plan.nbytes,
+            semconv.FASTRM_MAPS_BUDGET_BYTES: budget.max_bytes if budget is not None else None,
+        }
+    )
+
+
+def input_messages_json(question: str) -> str:
+    """``gen_ai.input.messages`` for one user question (content capture only); the image is not included.
+
+    >>> input_messages_json("How many squares?")
+    '[{"role":"user","parts":[{"type":"text","content":"How many squares?"}]}]'
+    """
+    return _dumps([{"role": "user", "parts": [{"type": "text", "content": question}]}])
+
+
+def output_messages_json(answer: str, finish_reason: str = "stop") -> str:
+    """``gen_ai.output.messages`` for the model's answer (content capture only)."""
+    return _dumps([{"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": finish_reason}])
+
+
+def message_text(messages_json: str) -> str:
+    """The text parts of a ``gen_ai.*.messages`` value joined with newlines ("" if it cannot be parsed)."""
+    try:
+        messages = json.loads(messages_json)
+    except (TypeError, ValueError):
+        return ""
+    texts: list[str] = []
+    for message in messages if isinstance(messages, list) else []:
+        for part in message.get("parts", []) if isinstance(message, dict) else []:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("content"), str):
+                texts.append(part["content"])
+    return "\n".join(texts)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _clean(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop None values; numpy scalars -> Python numbers (OpenTelemetry rejects them)."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastrm-guard")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"

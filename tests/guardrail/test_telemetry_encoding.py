@@ -1,0 +1,192 @@
+"""Attribute builders and per-token map events, checked through the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from guardrail import semconv
+from guardrail.telemetry import (
+    MapBudget,
+    chat_attributes,
+    content_capture_enabled,
+    get_tracer,
+    guardrail_attributes,
+    guardrail_result_event_attributes,
+    input_messages_json,
+    map_budget_attributes,
+    map_from_attributes,
+    message_text,
+    output_messages_json,
+    token_event_attributes,
+)
+from policies import DecisionContext, decide, decide_on_error, load_policy
+
+
+@pytest.fixture
+def memory():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def _simulated_guarded_call(provider, maps, entropies, tokens, *, budget, capture):
+    """What the Guard does, with fixed numbers instead of a model."""
+    tracer = get_tracer(provider)
+    decision = decide(load_policy("default"), DecisionContext(verdict="uncertain", score=1.3, threshold=1.1, n_answer_tokens=2))
+    with tracer.start_as_current_span(semconv.chat_span_name("tiny-llava"), kind=SpanKind.INTERNAL) as chat:
+        chat.set_attributes(chat_attributes("tiny-llava", input_tokens=40, output_tokens=len(tokens), finish_reasons=["stop"]))
+        if capture:
+            chat.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, input_messages_json("What colour is the square?"))
+            chat.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, output_messages_json("red"))
+        plan = budget.plan(maps, priority=[0, 1])
+        for i, tok in enumerate(tokens):
+            chat.add_event(
+                semconv.TOKEN_EVENT,
+                token_event_attributes(
+                    i, np.float32(entropies[i]), token_id=100 + i, text=tok if capture else None,
+                    scored=i < 2, encoded_map=plan.encoded.get(i),
+                ),
+            )
+        chat.set_attributes(map_budget_attributes(plan, budget))
+        with tracer.start_as_current_span(semconv.GUARDRAIL_SPAN_NAME, kind=SpanKind.INTERNAL) as guard:
+            kw = dict(verdict="uncertain", score=np.float64(1.3), threshold=1.1, flagged=True)
+            guard.set_attributes(guardrail_attributes(decision, n_answer_tokens=2, max_token_entropy=2.0, **kw))
+            guard.add_event(semconv.GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(decision, **kw))
+    return plan
+
+
+def test_span_names_parentage_and_attributes(memory):
+    provider, exporter = memory
+    rng = np.random.default_rng(0)
+    maps = [rng.random((6, 6)).astype(np.float32) for _ in range(3)]
+    _simulated_guarded_call(provider, maps, [1.5, 2.0, 0.5], ["red", "</s>", "x"], budget=MapBudget(), capture=False)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"chat tiny-llava", "apply_guardrail fastrm"}
+    chat, guard = spans["chat tiny-llava"], spans["apply_guardrail fastrm"]
+    assert guard.parent.span_id == chat.context.span_id and chat.parent is None
+    assert chat.kind == SpanKind.INTERNAL and guard.kind == SpanKind.INTERNAL
+    assert chat.instrumentation_scope.name == "fastrm-guard"
+    assert dict(chat.attributes) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "tiny-llava",
+        "gen_ai.usage.input_tokens": 40,
+        "gen_ai.usage.output_tokens": 3,
+        "gen_ai.response.finish_reasons": ("stop",),
+        "fastrm.maps.attached": 3,
+        "fastrm.maps.dropped": 0,
+        "fastrm.maps.bits": 8,
+        "fastrm.maps.bytes": chat.attributes["fastrm.maps.bytes"],
+        "fastrm.maps.budget_bytes": 65536,
+    }
+    assert dict(guard.attributes) == {
+        "gen_ai.operation.name": "apply_guardrail",
+        "gen_ai.guardrail.name": "fastrm",
+        "gen_ai.guardrail.verdict": "uncertain",
+        "gen_ai.guardrail.score": 1.3,
+        "gen_ai.guardrail.threshold": 1.1,
+        "gen_ai.guardrail.policy.id": "default",
+        "gen_ai.guardrail.policy.version": "1",
+        "gen_ai.guardrail.rule": "uncertain",
+        "gen_ai.guardrail.action": "flag",
+        "gen_ai.guardrail.reason": "the model's attention to the image is diffuse; the answer may not be grounded in it",
+        "gen_ai.guardrail.flagged": True,
+        "gen_ai.guardrail.unguarded": False,
+        "fastrm.answer_tokens": 2,
+        "fastrm.max_token_entropy": 2.0,
+    }
+    (result,) = guard.events
+    assert result.name == "gen_ai.guardrail.result"
+    assert result.attributes["gen_ai.evaluation.name"] == "fastrm"
+    assert result.attributes["gen_ai.evaluation.score.value"] == 1.3
+    assert result.attributes["gen_ai.evaluation.score.label"] == "uncertain"
+    assert result.attributes["gen_ai.guardrail.action"] == "flag"
+    assert "gen_ai.operation.name" not in result.attributes
+
+
+def test_token_events_carry_decodable_maps_and_no_text_by_default(memory):
+    provider, exporter = memory
+    rng = np.random.default_rng(1)
+    maps = [rng.random((24, 24)).astype(np.float32) for _ in range(4)]
+    _simulated_guarded_call(provider, maps, [1.0, 2.0, 3.0, 4.0], ["a", "b", "c", "d"], budget=MapBudget(), capture=False)
+    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
+    events = [e for e in chat.events if e.name == "fastrm.token"]
+    assert [e.attributes["fastrm.token.index"] for e in events] == [0, 1, 2, 3]
+    assert [e.attributes["fastrm.token.entropy"] for e in events] == [1.0, 2.0, 3.0, 4.0]
+    assert [e.attributes["fastrm.token.scored"] for e in events] == [True, True, False, False]
+    for event, original in zip(events, maps):
+        assert "fastrm.token.text" not in event.attributes
+        decoded = map_from_attributes(event.attributes)
+        step = (original.max() - original.min()) / 255
+        assert np.abs(decoded - original).max() <= step / 2 + 1e-6
+    for span in exporter.get_finished_spans():
+        assert "gen_ai.input.messages" not in span.attributes
+
+
+def test_content_capture_adds_text(memory):
+    provider, exporter = memory
+    maps = [np.eye(3)] * 2
+    _simulated_guarded_call(provider, maps, [1.0, 2.0], ["red", "</s>"], budget=MapBudget(), capture=True)
+    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
+    assert [e.attributes["fastrm.token.text"] for e in chat.events] == ["red", "</s>"]
+    assert message_text(chat.attributes["gen_ai.input.messages"]) == "What colour is the square?"
+    assert message_text(chat.attributes["gen_ai.output.messages"]) == "red"
+    assert json.loads(chat.attributes["gen_ai.output.messages"])[0]["finish_reason"] == "stop"
+
+
+def test_budget_drops_are_reported_on_the_span(memory):
+    provider, exporter = memory
+    maps = [np.random.default_rng(i).random((24, 24)) for i in range(10)]
+    plan = _simulated_guarded_call(provider, maps, [1.0] * 10, list("abcdefghij"), budget=MapBudget(max_bytes=1000), capture=False)
+    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
+    assert chat.attributes["fastrm.maps.attached"] == 2 and chat.attributes["fastrm.maps.dropped"] == 8
+    assert chat.attributes["fastrm.maps.bits"] == 4
+    with_map = [e.attributes["fastrm.token.index"] for e in chat.events if "fastrm.map.data" in e.attributes]
+    assert with_map == [0, 1] == sorted(plan.encoded)
+
+
+def test_on_error_decision_attributes():
+    decision = decide_on_error(load_policy("strict"), RuntimeError("boom"))
+    attrs = guardrail_attributes(decision, flagged=False)
+    assert attrs["gen_ai.guardrail.unguarded"] is True
+    assert attrs["gen_ai.guardrail.rule"] == "on_error"
+    assert "gen_ai.guardrail.verdict" not in attrs and "gen_ai.guardrail.score" not in attrs
+
+
+def test_escalation_target_attribute(tmp_path):
+    from policies import parse_policy
+
+    p = parse_policy(f"id: p\nversion: 1\ndefault: {{action: escalate, escalation: {{queue: {tmp_path / 'q.jsonl'}}}}}\n")
+    d = decide(p, DecisionContext(verdict="confident"))
+    assert guardrail_attributes(d)["gen_ai.guardrail.escalation.target"] == f"queue:{tmp_path / 'q.jsonl'}"
+
+
+def test_attribute_values_are_plain_python():
+    attrs = token_event_attributes(np.int64(3), np.float32(0.5), entropy_normalized=np.float64(0.25))
+    assert attrs == {"fastrm.token.index": 3, "fastrm.token.entropy": 0.5, "fastrm.token.entropy_normalized": 0.25}
+    assert all(type(v) in (int, float) for v in attrs.values())
+
+
+@pytest.mark.parametrize(
+    "env, explicit, expected",
+    [(None, None, False), ("true", None, True), ("SPAN_ONLY", None, True), ("false", None, False),
+     ("no_content", None, False), ("true", False, False), (None, True, True)],
+)
+def test_content_capture_switch(monkeypatch, env, explicit, expected):
+    if env is None:
+        monkeypatch.delenv(semconv.CAPTURE_CONTENT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(semconv.CAPTURE_CONTENT_ENV, env)
+    assert content_capture_enabled(explicit) is expected
+
+
+def test_message_text_tolerates_garbage():
+    assert message_text("not json") == "" and message_text('{"a": 1}') == "" and message_text('[{"parts": [1]}]') == ""
