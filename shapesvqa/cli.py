@@ -29,17 +29,18 @@ def _export(args) -> int:
     return 0
 
 
-def _table(report: dict, title: str):
+def _table(report: dict, title: str, sections=("families", "n_objects")):
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("group", "n", "accuracy", "point n", "hit", "chance", "mass", "on other", "hit (wrong)"):
-        t.add_column(col, justify="right" if col != "group" else "left")
+    t = Table(title=title, caption="pointing over correct answers; hit(wrong): over wrong answers")
+    t.add_column("group", no_wrap=True)
+    for col in ("n", "acc", "pts", "hit", "chance", "mass", "other", "hit(wrong)"):
+        t.add_column(col, justify="right", no_wrap=True)
 
     def fmt(x):
         return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
-    for section in ("families", "kinds", "n_objects"):
+    for section in sections:
         for name, g in report[section].items():
             p = g["pointing"] or {}
             pw = g["pointing_incorrect"] or {}
@@ -102,7 +103,8 @@ def _eval(args) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.rows:
         args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    Console().print(_table(report, f"ShapesVQA eval: {args.n} questions, seed {args.seed}, maps: {method}"))
+    sections = ("families", "kinds", "n_objects") if args.by_kind else ("families", "n_objects")
+    Console().print(_table(report, f"ShapesVQA eval: {args.n} questions, seed {args.seed}, maps: {method}", sections))
     console.print(f"wrote {args.out}")
     return 0
 
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
     ev.add_argument("--min-objects", type=int, default=2)
     ev.add_argument("--max-objects", type=int, default=6)
+    ev.add_argument("--by-kind", action="store_true", help="also print a row per question kind")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=_eval)

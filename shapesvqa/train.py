@@ -378,7 +378,7 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
     return final
 
 
-def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: ModelSpec) -> None:
+def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: ModelSpec, step: int | None = None) -> None:
     """Write the HF folder (weights as bfloat16 safetensors to stay small) + a provenance note."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -387,9 +387,28 @@ def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: Model
     small.load_state_dict(model.state_dict())
     small.to(torch.bfloat16)
     small.save_pretrained(folder)
+    # The weights are stored in bfloat16 (half the size); the config says float32 so that
+    # from_pretrained (and load_vlm with dtype=None) computes in float32, as the model was trained.
+    cfg_path = folder / "config.json"
+    hf_cfg = json.loads(cfg_path.read_text())
+    hf_cfg["dtype"] = "float32"
+    cfg_path.write_text(json.dumps(hf_cfg, indent=2) + "\n")
     processor.save_pretrained(folder)
     (folder / "training.json").write_text(json.dumps({"train": asdict(cfg), "model": spec.to_dict(),
+                                                      "step": step if step is not None else cfg.steps,
                                                       "command": "python -m shapesvqa.train"}, indent=2))
+
+
+def export_checkpoint(run_dir: Path, folder: Path) -> Path:
+    """Write the model of ``run_dir/checkpoint.pt`` as a save_pretrained folder (e.g. a run cut short)."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
+    cfg = TrainConfig(**state["config"])
+    spec = ModelSpec()
+    tok = build_tokenizer()
+    model = build_model(tok, spec)
+    model.load_state_dict(state["model"])
+    save_reference(model, build_processor(spec, tok), folder, cfg, spec, step=state["step"])
+    return Path(folder)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -398,11 +417,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=None, help="stop (checkpointed, resumable) after this wall time")
     ap.add_argument("--ship", action="store_true", help="also write the final model into the package assets")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--export-only", type=Path, default=None, metavar="DIR",
+                    help="do not train: write the run's last checkpoint as a model folder DIR")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--ckpt-every", type=float, default=180, help="seconds between checkpoints")
     for f, v in asdict(TrainConfig()).items():
         ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args(argv)
+    if args.export_only is not None:
+        print(f"exported {export_checkpoint(args.run, args.export_only)}")
+        return
     cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
     final = train(args.run, cfg, args.minutes, args.ckpt_every, args.eval_every, args.ship, args.threads)
     print(f"final model: {final}")
