@@ -28,8 +28,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TextIO, Union
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -68,7 +69,7 @@ class JsonlFileSpanExporter(SpanExporter):
     logged and reported as ``FAILURE``, never raised.
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._shutdown = False
@@ -110,13 +111,15 @@ class BoundedSpanExporter(SpanExporter):
         self.exporter = exporter
         self.timeout_s = float(timeout_s)
         self._lock = threading.Lock()
-        self._inflight: Optional[threading.Thread] = None
+        self._inflight: threading.Thread | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
             if self._inflight is not None and self._inflight.is_alive():
                 _log.warning(
-                    "%s is still busy with an earlier export; dropping %d span(s)", type(self.exporter).__name__, len(spans)
+                    "%s is still busy with an earlier export; dropping %d span(s)",
+                    type(self.exporter).__name__,
+                    len(spans),
                 )
                 return SpanExportResult.FAILURE
             done, result, thread = self._start(lambda: self.exporter.export(spans), "export")
@@ -124,7 +127,9 @@ class BoundedSpanExporter(SpanExporter):
         if not done.wait(self.timeout_s):
             _log.warning(
                 "%s did not finish exporting %d span(s) within %.1f s; giving up on them",
-                type(self.exporter).__name__, len(spans), self.timeout_s,
+                type(self.exporter).__name__,
+                len(spans),
+                self.timeout_s,
             )
             return SpanExportResult.FAILURE
         value = result.get("value")
@@ -157,7 +162,7 @@ class BoundedSpanExporter(SpanExporter):
         return done, result, thread
 
 
-def otlp_endpoint_from_env() -> Optional[str]:
+def otlp_endpoint_from_env() -> str | None:
     """The OTLP traces endpoint set by ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, if any."""
     for name in _OTLP_ENV:
         value = os.environ.get(name, "").strip()
@@ -168,12 +173,12 @@ def otlp_endpoint_from_env() -> Optional[str]:
 
 def configure_tracing(
     *,
-    console: Union[bool, TextIO] = False,
-    jsonl_path: Optional[Union[str, "os.PathLike[str]"]] = None,
-    otlp_endpoint: Optional[str] = None,
+    console: bool | TextIO = False,
+    jsonl_path: str | os.PathLike[str] | None = None,
+    otlp_endpoint: str | None = None,
     otlp_from_env: bool = True,
     exporters: Sequence[SpanExporter] = (),
-    service_name: Optional[str] = None,
+    service_name: str | None = None,
     export_timeout_s: float = 5.0,
     set_global: bool = False,
 ) -> TracerProvider:
@@ -210,16 +215,20 @@ def configure_tracing(
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     for exporter in chosen:
         provider.add_span_processor(
-            BatchSpanProcessor(BoundedSpanExporter(exporter, export_timeout_s), export_timeout_millis=export_timeout_s * 1000)
+            BatchSpanProcessor(
+                BoundedSpanExporter(exporter, export_timeout_s), export_timeout_millis=export_timeout_s * 1000
+            )
         )
     if set_global:
         trace.set_tracer_provider(provider)
     return provider
 
 
-def _otlp_exporter(endpoint: Optional[str], timeout_s: float) -> SpanExporter:
+def _otlp_exporter(endpoint: str | None, timeout_s: float) -> SpanExporter:
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
     except ImportError as exc:
         where = endpoint or f"{_OTLP_ENV[0]}/{_OTLP_ENV[1]}={otlp_endpoint_from_env()}"
         raise GuardrailError(

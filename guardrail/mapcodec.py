@@ -30,8 +30,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def map_attributes(encoded: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def map_from_attributes(attributes: Mapping[str, Any], *, dtype: Any = np.float64) -> Optional[np.ndarray]:
+def map_from_attributes(attributes: Mapping[str, Any], *, dtype: Any = np.float64) -> np.ndarray | None:
     """The map carried by event attributes (see :func:`map_attributes`), or None if the event has none."""
     if semconv.MAP_DATA not in attributes:
         return None
@@ -204,7 +205,7 @@ class MapBudget:
     (4, [0, 7, 8], 7)
     """
 
-    max_bytes: Optional[int] = DEFAULT_MAP_BUDGET_BYTES
+    max_bytes: int | None = DEFAULT_MAP_BUDGET_BYTES
     bits: int = 8
     min_bits: int = 4
 

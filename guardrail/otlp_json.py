@@ -28,8 +28,9 @@ import base64
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any
 
 from fastrm_core.errors import DataError
 
@@ -130,7 +131,7 @@ def span_to_dict(span: Any) -> dict[str, Any]:
     }
 
 
-def read_trace_jsonl(path: Union[str, "os.PathLike[str]"], *, decode: bool = True) -> list[dict[str, Any]]:
+def read_trace_jsonl(path: str | os.PathLike[str], *, decode: bool = True) -> list[dict[str, Any]]:
     """The spans of a JSONL trace file, in file order.
 
     With ``decode`` (default) every ``attributes`` list (span, events, links,
@@ -172,7 +173,9 @@ def _decoded(record: dict[str, Any]) -> dict[str, Any]:
         {**e, "attributes": decode_attributes(e.get("attributes")), "timeUnixNano": int(e.get("timeUnixNano", 0))}
         for e in record.get("events", [])
     ]
-    out["links"] = [{**link, "attributes": decode_attributes(link.get("attributes"))} for link in record.get("links", [])]
+    out["links"] = [
+        {**link, "attributes": decode_attributes(link.get("attributes"))} for link in record.get("links", [])
+    ]
     if isinstance(record.get("resource"), dict):
         out["resource"] = {**record["resource"], "attributes": decode_attributes(record["resource"].get("attributes"))}
     return out

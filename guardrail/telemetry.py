@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
@@ -69,12 +70,12 @@ __all__ = [
 _TRUE = {"1", "true", "yes", "on", "span_only", "event_only", "span_and_event"}
 
 
-def get_tracer(tracer_provider: Optional[trace.TracerProvider] = None) -> trace.Tracer:
+def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:
     """The tracer fastrm-guard uses: from ``tracer_provider`` if given, else the global provider."""
     return trace.get_tracer("fastrm-guard", _version(), tracer_provider)
 
 
-def content_capture_enabled(explicit: Optional[bool] = None) -> bool:
+def content_capture_enabled(explicit: bool | None = None) -> bool:
     """Whether prompt/answer/token text may be recorded.
 
     ``explicit`` (e.g. ``Guard(capture_content=True)``) wins; otherwise the
@@ -89,13 +90,13 @@ def content_capture_enabled(explicit: Optional[bool] = None) -> bool:
 def chat_attributes(
     model: str,
     *,
-    input_tokens: Optional[int] = None,
-    output_tokens: Optional[int] = None,
-    finish_reasons: Optional[Sequence[str]] = None,
-    provider: Optional[str] = None,
-    max_tokens: Optional[int] = None,
-    temperature: Optional[float] = None,
-    top_p: Optional[float] = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    finish_reasons: Sequence[str] | None = None,
+    provider: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> dict[str, Any]:
     """Attributes of the ``chat {model}`` span (GenAI conventions).
 
@@ -118,14 +119,14 @@ def chat_attributes(
 
 
 def guardrail_attributes(
-    decision: "Decision",
+    decision: Decision,
     *,
-    verdict: Optional[str] = None,
-    score: Optional[float] = None,
-    threshold: Optional[float] = None,
-    flagged: Optional[bool] = None,
-    n_answer_tokens: Optional[int] = None,
-    max_token_entropy: Optional[float] = None,
+    verdict: str | None = None,
+    score: float | None = None,
+    threshold: float | None = None,
+    flagged: bool | None = None,
+    n_answer_tokens: int | None = None,
+    max_token_entropy: float | None = None,
 ) -> dict[str, Any]:
     """Attributes of the ``apply_guardrail fastrm`` span: verdict, score, threshold, policy, rule, action.
 
@@ -154,12 +155,12 @@ def guardrail_attributes(
 
 
 def guardrail_result_event_attributes(
-    decision: "Decision",
+    decision: Decision,
     *,
-    verdict: Optional[str] = None,
-    score: Optional[float] = None,
-    threshold: Optional[float] = None,
-    flagged: Optional[bool] = None,
+    verdict: str | None = None,
+    score: float | None = None,
+    threshold: float | None = None,
+    flagged: bool | None = None,
 ) -> dict[str, Any]:
     """Attributes of the ``gen_ai.guardrail.result`` event: the decision, plus the GenAI
     evaluation keys (``gen_ai.evaluation.name = "fastrm"``, ``score.value``, ``score.label`` = verdict,
@@ -181,13 +182,13 @@ def guardrail_result_event_attributes(
 
 def token_event_attributes(
     index: int,
-    entropy: Optional[float],
+    entropy: float | None,
     *,
-    token_id: Optional[int] = None,
-    text: Optional[str] = None,
-    entropy_normalized: Optional[float] = None,
-    scored: Optional[bool] = None,
-    encoded_map: Optional[Mapping[str, Any]] = None,
+    token_id: int | None = None,
+    text: str | None = None,
+    entropy_normalized: float | None = None,
+    scored: bool | None = None,
+    encoded_map: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Attributes of one ``fastrm.token`` event.
 
@@ -212,7 +213,7 @@ def token_event_attributes(
     return attrs
 
 
-def map_budget_attributes(plan: MapPlan, budget: Optional[MapBudget] = None) -> dict[str, Any]:
+def map_budget_attributes(plan: MapPlan, budget: MapBudget | None = None) -> dict[str, Any]:
     """Span attributes reporting what a :class:`MapPlan` attached and dropped."""
     return _clean(
         {
@@ -236,7 +237,9 @@ def input_messages_json(question: str) -> str:
 
 def output_messages_json(answer: str, finish_reason: str = "stop") -> str:
     """``gen_ai.output.messages`` for the model's answer (content capture only)."""
-    return _dumps([{"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": finish_reason}])
+    return _dumps(
+        [{"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": finish_reason}]
+    )
 
 
 def message_text(messages_json: str) -> str:

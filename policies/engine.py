@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 from fastrm_core.errors import InputError
 
@@ -51,10 +50,10 @@ class DecisionContext:
     """
 
     verdict: Verdict
-    score: Optional[float] = None
-    threshold: Optional[float] = None
+    score: float | None = None
+    threshold: float | None = None
     n_answer_tokens: int = 0
-    max_token_entropy: Optional[float] = None
+    max_token_entropy: float | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -67,11 +66,15 @@ class DecisionContext:
         if bad:
             raise InputError(f"tags must be strings; got {', '.join(bad)}")
         object.__setattr__(self, "tags", tags)
-        if isinstance(self.n_answer_tokens, bool) or not isinstance(self.n_answer_tokens, int) or self.n_answer_tokens < 0:
+        if (
+            isinstance(self.n_answer_tokens, bool)
+            or not isinstance(self.n_answer_tokens, int)
+            or self.n_answer_tokens < 0
+        ):
             raise InputError(f"n_answer_tokens must be a non-negative integer, got {self.n_answer_tokens!r}")
 
     @property
-    def margin(self) -> Optional[float]:
+    def margin(self) -> float | None:
         """``score - threshold`` (positive = on the uncertain side), or None if either is missing."""
         if self.score is None or self.threshold is None:
             return None
@@ -95,12 +98,12 @@ class Decision:
     rule: str
     action: ActionName
     reason: str
-    message: Optional[str] = None
-    escalation: Optional[Escalation] = None
+    message: str | None = None
+    escalation: Escalation | None = None
     unguarded: bool = False
 
     @property
-    def escalation_target(self) -> Optional[str]:
+    def escalation_target(self) -> str | None:
         """``"handler:pkg.mod:fn"`` / ``"queue:/path.jsonl"`` for escalations, else None."""
         return self.escalation.target if self.escalation is not None else None
 
@@ -148,7 +151,9 @@ def decide_on_error(policy: Policy, error: BaseException | str) -> Decision:
     """
     what = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     if policy.on_error == "fail_open":
-        return Decision(policy.id, policy.version, "on_error", "flag", f"guard failed, answer unguarded ({what})", unguarded=True)
+        return Decision(
+            policy.id, policy.version, "on_error", "flag", f"guard failed, answer unguarded ({what})", unguarded=True
+        )
     return Decision(
         policy.id,
         policy.version,
@@ -182,10 +187,9 @@ def apply(decision: Decision, answer_text: str) -> tuple[str, bool]:
 
 
 def _decision(policy: Policy, rule: str, spec: ActionSpec, reason: str) -> Decision:
-    message: Optional[str] = None
+    message: str | None = None
     if spec.action == "abstain":
         message = spec.message or policy.abstain_message
     elif spec.action == "escalate" and spec.escalation is not None and spec.escalation.withhold:
         message = spec.escalation.message or DEFAULT_WITHHELD_MESSAGE
     return Decision(policy.id, policy.version, rule, spec.action, reason, message, spec.escalation)
-

@@ -28,9 +28,10 @@ import importlib
 import json
 import os
 import threading
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from fastrm_core.errors import PolicyError
 
@@ -59,13 +60,17 @@ def resolve_handler(spec: str) -> Callable[[dict[str, Any]], Any]:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise PolicyError(f"cannot import escalation handler {spec!r}: {module_name!r} has no attribute {attr_path!r}") from None
+            raise PolicyError(
+                f"cannot import escalation handler {spec!r}: {module_name!r} has no attribute {attr_path!r}"
+            ) from None
     if not callable(obj):
         raise PolicyError(f"escalation handler {spec!r} is not callable (it is a {type(obj).__name__})")
     return obj
 
 
-def escalation_record(decision: Decision, payload: Optional[Mapping[str, Any]] = None, *, now: Optional[datetime] = None) -> dict[str, Any]:
+def escalation_record(
+    decision: Decision, payload: Mapping[str, Any] | None = None, *, now: datetime | None = None
+) -> dict[str, Any]:
     """The dict that :func:`escalate` sends: time, policy, rule, reason and the caller's payload."""
     when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return {
@@ -78,7 +83,9 @@ def escalation_record(decision: Decision, payload: Optional[Mapping[str, Any]] =
     }
 
 
-def escalate(decision: Decision, payload: Optional[Mapping[str, Any]] = None, *, now: Optional[datetime] = None) -> dict[str, Any]:
+def escalate(
+    decision: Decision, payload: Mapping[str, Any] | None = None, *, now: datetime | None = None
+) -> dict[str, Any]:
     """Send one escalation for ``decision`` to its handler or queue; return the record sent.
 
     ``payload`` is any JSON-serialisable mapping (numpy arrays and scalars,

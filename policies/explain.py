@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Union
 
 from rich.console import Console
 from rich.markup import escape
@@ -53,7 +52,7 @@ def describe_action(spec: ActionSpec, policy: Policy) -> str:
 def policy_warnings(policy: Policy) -> list[str]:
     """Problems that are legal but probably mistakes, e.g. rules that can never match."""
     warnings: list[str] = []
-    catch_all: Optional[str] = None
+    catch_all: str | None = None
     for rule in policy.rules:
         if catch_all is not None:
             warnings.append(f"rule {rule.name!r} is never reached: rule {catch_all!r} above it matches every request")
@@ -89,7 +88,7 @@ def explain_policy(policy: Policy) -> str:
     return "\n".join(lines)
 
 
-def cli_check(source: Union[str, "os.PathLike[str]"], *, console: Optional[Console] = None) -> int:
+def cli_check(source: str | os.PathLike[str], *, console: Console | None = None) -> int:
     """Validate a policy file (or bundled name), check its handlers import, print an explanation.
 
     Returns the exit code: 0 valid (warnings are printed but allowed), 1 invalid.
@@ -97,8 +96,11 @@ def cli_check(source: Union[str, "os.PathLike[str]"], *, console: Optional[Conso
     console = console or Console(highlight=False)
     try:
         policy = load_policy(source)
-        handlers = [spec.escalation.handler for spec in (*policy.rules, policy.default)
-                    if spec.escalation is not None and spec.escalation.handler is not None]
+        handlers = [
+            spec.escalation.handler
+            for spec in (*policy.rules, policy.default)
+            if spec.escalation is not None and spec.escalation.handler is not None
+        ]
         for handler in handlers:
             resolve_handler(handler)
     except PolicyError as exc:

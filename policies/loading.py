@@ -23,9 +23,10 @@ Example::
 from __future__ import annotations
 
 import os
+import types
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -38,7 +39,7 @@ __all__ = ["list_bundled_policies", "load_policy", "parse_policy"]
 
 PolicySource = Union[str, "os.PathLike[str]", Policy]
 
-_Loc = tuple[Union[str, int], ...]
+_Loc = tuple[str | int, ...]
 
 
 def list_bundled_policies() -> list[str]:
@@ -61,7 +62,9 @@ def load_policy(source: PolicySource) -> Policy:
     if isinstance(source, Policy):
         return source
     if not isinstance(source, (str, os.PathLike)):
-        raise PolicyError(f"expected a policy file path, a bundled policy name or a Policy, got {type(source).__name__}")
+        raise PolicyError(
+            f"expected a policy file path, a bundled policy name or a Policy, got {type(source).__name__}"
+        )
     text_source = os.fspath(source)
     looks_like_file = (
         not isinstance(source, str)
@@ -90,7 +93,7 @@ def load_policy(source: PolicySource) -> Policy:
     return parse_policy(text, source=text_source, base_dir=path.resolve().parent)
 
 
-def parse_policy(text: str, *, source: str = "<string>", base_dir: Optional[Union[str, os.PathLike[str]]] = None) -> Policy:
+def parse_policy(text: str, *, source: str = "<string>", base_dir: str | os.PathLike[str] | None = None) -> Policy:
     """Parse and validate a policy from YAML text.
 
     ``source`` names the text in error messages; ``base_dir`` (default: the
@@ -167,7 +170,11 @@ def _explain(err: Any, root: yaml.Node) -> tuple[int, str, str]:
     if kind == "literal_error":
         choices = _literal_choices(loc)
         what = next((p for p in reversed(loc) if isinstance(p, str)), "value")
-        msg = f"unknown {what} {value!r}" if isinstance(value, str) else f"expected one of the names below, got {_kind(value)}"
+        msg = (
+            f"unknown {what} {value!r}"
+            if isinstance(value, str)
+            else f"expected one of the names below, got {_kind(value)}"
+        )
         if choices:
             msg += f"; expected one of: {', '.join(choices)}"
         return _line(root, loc), _path(loc), msg
@@ -207,7 +214,7 @@ def _line(root: yaml.Node, loc: _Loc, *, key: bool = False) -> int:
     """1-based line of the node at ``loc`` (of its key when ``key``), else of the deepest node found."""
     node = root
     for i, part in enumerate(loc):
-        child: Optional[yaml.Node] = None
+        child: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
             for k, v in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.value == part:
@@ -259,7 +266,7 @@ def _annotation_at(loc: _Loc) -> Any:
 
 
 def _unwrap(tp: Any) -> Any:
-    if get_origin(tp) is Union:
+    if get_origin(tp) in (Union, types.UnionType):  # Optional[X] and X | None
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return args[0]

@@ -32,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional, get_args
+from typing import Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -95,13 +95,13 @@ class Bounds(_Strict):
     (True, False)
     """
 
-    gt: Optional[float] = None
-    gte: Optional[float] = None
-    lt: Optional[float] = None
-    lte: Optional[float] = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "Bounds":
+    def _check(self) -> Bounds:
         if self.gt is not None and self.gte is not None:
             raise PydanticCustomError("bounds", "give at most one of 'gt' and 'gte'")
         if self.lt is not None and self.lte is not None:
@@ -129,8 +129,12 @@ class Bounds(_Strict):
 
     def describe(self, name: str) -> str:
         """The range in words: ``Bounds(gte=0.2, lt=0.5).describe("score") == "0.2 <= score < 0.5"``."""
-        left = f"{_num(self.gte)} <= " if self.gte is not None else (f"{_num(self.gt)} < " if self.gt is not None else "")
-        right = f" < {_num(self.lt)}" if self.lt is not None else (f" <= {_num(self.lte)}" if self.lte is not None else "")
+        left = (
+            f"{_num(self.gte)} <= " if self.gte is not None else (f"{_num(self.gt)} < " if self.gt is not None else "")
+        )
+        right = (
+            f" < {_num(self.lt)}" if self.lt is not None else (f" <= {_num(self.lte)}" if self.lte is not None else "")
+        )
         return f"{left}{name}{right}"
 
 
@@ -154,13 +158,13 @@ class Conditions(_Strict):
     the guard could not compute (``None`` in the context) does not match.
     """
 
-    verdict: Optional[Verdict] = None
-    score: Optional[Bounds] = None
-    margin: Optional[Bounds] = None
-    n_answer_tokens: Optional[Bounds] = None
-    max_token_entropy: Optional[Bounds] = None
-    tags_any: Optional[list[str]] = Field(default=None, min_length=1)
-    tags_all: Optional[list[str]] = Field(default=None, min_length=1)
+    verdict: Verdict | None = None
+    score: Bounds | None = None
+    margin: Bounds | None = None
+    n_answer_tokens: Bounds | None = None
+    max_token_entropy: Bounds | None = None
+    tags_any: list[str] | None = Field(default=None, min_length=1)
+    tags_all: list[str] | None = Field(default=None, min_length=1)
 
     def is_empty(self) -> bool:
         """True when no condition is set, i.e. the block matches every request."""
@@ -197,14 +201,14 @@ class Escalation(_Strict):
     is reviewed; ``withhold: false`` returns the answer, flagged.
     """
 
-    handler: Optional[str] = None
-    queue: Optional[str] = None
+    handler: str | None = None
+    queue: str | None = None
     withhold: bool = True
-    message: Optional[str] = Field(default=None, min_length=1)
+    message: str | None = Field(default=None, min_length=1)
 
     @field_validator("handler")
     @classmethod
-    def _handler_syntax(cls, v: Optional[str]) -> Optional[str]:
+    def _handler_syntax(cls, v: str | None) -> str | None:
         if v is not None and not _HANDLER.match(v):
             raise PydanticCustomError(
                 "handler_syntax",
@@ -215,13 +219,13 @@ class Escalation(_Strict):
 
     @field_validator("queue")
     @classmethod
-    def _queue_nonempty(cls, v: Optional[str]) -> Optional[str]:
+    def _queue_nonempty(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise PydanticCustomError("queue_empty", "queue path is empty")
         return v
 
     @model_validator(mode="after")
-    def _exactly_one_target(self) -> "Escalation":
+    def _exactly_one_target(self) -> Escalation:
         if (self.handler is None) == (self.queue is None):
             raise PydanticCustomError("escalation_target", "give exactly one of 'handler' and 'queue'")
         return self
@@ -244,14 +248,14 @@ class ActionSpec(_Strict):
     """
 
     action: ActionName
-    reason: Optional[str] = Field(default=None, min_length=1)
+    reason: str | None = Field(default=None, min_length=1)
     # validate_default so the cross-field checks below run even when the key is absent.
-    message: Optional[str] = Field(default=None, min_length=1, validate_default=True)
-    escalation: Optional[Escalation] = Field(default=None, validate_default=True)
+    message: str | None = Field(default=None, min_length=1, validate_default=True)
+    escalation: Escalation | None = Field(default=None, validate_default=True)
 
     @field_validator("message")
     @classmethod
-    def _message_only_for_abstain(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+    def _message_only_for_abstain(cls, v: str | None, info: ValidationInfo) -> str | None:
         action = info.data.get("action")
         if v is not None and action is not None and action != "abstain":
             raise PydanticCustomError(
@@ -264,7 +268,7 @@ class ActionSpec(_Strict):
 
     @field_validator("escalation")
     @classmethod
-    def _escalation_iff_escalate(cls, v: Optional[Escalation], info: ValidationInfo) -> Optional[Escalation]:
+    def _escalation_iff_escalate(cls, v: Escalation | None, info: ValidationInfo) -> Escalation | None:
         action = info.data.get("action")
         if action == "escalate" and v is None:
             raise PydanticCustomError(
@@ -313,7 +317,7 @@ class Policy(_Strict):
 
     id: str = Field(min_length=1)
     version: str
-    description: Optional[str] = None
+    description: str | None = None
     on_error: OnError = "fail_open"
     abstain_message: str = Field(default=DEFAULT_ABSTAIN_MESSAGE, min_length=1)
     rules: list[Rule] = Field(default_factory=list)
@@ -337,7 +341,8 @@ class Policy(_Strict):
             return str(v)
         if isinstance(v, float):
             raise PydanticCustomError(
-                "version_float", "expected a string or an integer, got a number ({value}); quote it: \"{value}\"",
+                "version_float",
+                'expected a string or an integer, got a number ({value}); quote it: "{value}"',
                 {"value": v},
             )
         if isinstance(v, str) and not v.strip():

@@ -14,7 +14,11 @@ import types
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -27,7 +31,7 @@ from guardrail.exporters import (
     read_trace_jsonl,
 )
 from guardrail.mapcodec import encode_map, map_attributes, map_from_attributes
-from guardrail.otlp_json import decode_attributes, encode_attributes, span_to_dict
+from guardrail.otlp_json import decode_attributes, encode_attributes
 
 
 def _make_spans():
@@ -38,8 +42,18 @@ def _make_spans():
     m = np.random.default_rng(0).random((4, 5))
     with tracer.start_as_current_span("chat tiny", kind=SpanKind.INTERNAL) as chat:
         chat.set_attributes(
-            {"s": "ünïcode", "i": 2**40, "f": 0.1, "b": True, "nan": math.nan, "inf": -math.inf,
-             "ss": ["a", "b"], "ii": [1, 2], "ff": [0.5, 1.5], "bb": [True, False]}
+            {
+                "s": "ünïcode",
+                "i": 2**40,
+                "f": 0.1,
+                "b": True,
+                "nan": math.nan,
+                "inf": -math.inf,
+                "ss": ["a", "b"],
+                "ii": [1, 2],
+                "ff": [0.5, 1.5],
+                "bb": [True, False],
+            }
         )
         chat.add_event("fastrm.token", {"fastrm.token.index": 0, **map_attributes(encode_map(m))})
         with tracer.start_as_current_span("apply_guardrail fastrm", kind=SpanKind.CLIENT) as guard:
@@ -58,7 +72,7 @@ def test_jsonl_round_trip_matches_in_memory_spans(tmp_path):
 
     read = read_trace_jsonl(path)
     assert [r["name"] for r in read] == [s.name for s in spans]
-    for record, span in zip(read, spans):
+    for record, span in zip(read, spans, strict=True):
         assert record["traceId"] == format(span.context.trace_id, "032x")
         assert record["spanId"] == format(span.context.span_id, "016x")
         assert record["startTimeUnixNano"] == span.start_time and record["endTimeUnixNano"] == span.end_time
@@ -70,7 +84,7 @@ def test_jsonl_round_trip_matches_in_memory_spans(tmp_path):
             assert math.isnan(got.pop("nan")) and math.isnan(expected.pop("nan"))
         assert got == expected
         assert [e["name"] for e in record["events"]] == [e.name for e in span.events]
-        for e_rec, e_span in zip(record["events"], span.events):
+        for e_rec, e_span in zip(record["events"], span.events, strict=True):
             assert e_rec["attributes"] == dict(e_span.attributes)
             assert e_rec["timeUnixNano"] == e_span.timestamp
     guard, chat = read
@@ -96,8 +110,20 @@ def test_raw_lines_are_otlp_shaped(tmp_path):
     assert attrs["nan"] == {"doubleValue": "NaN"} and attrs["inf"] == {"doubleValue": "-Infinity"}
     assert attrs["ss"] == {"arrayValue": {"values": [{"stringValue": "a"}, {"stringValue": "b"}]}}
     assert isinstance(raw["startTimeUnixNano"], str)
-    assert set(raw) >= {"traceId", "spanId", "parentSpanId", "name", "kind", "startTimeUnixNano", "endTimeUnixNano",
-                        "attributes", "events", "status", "resource", "scope"}
+    assert set(raw) >= {
+        "traceId",
+        "spanId",
+        "parentSpanId",
+        "name",
+        "kind",
+        "startTimeUnixNano",
+        "endTimeUnixNano",
+        "attributes",
+        "events",
+        "status",
+        "resource",
+        "scope",
+    }
 
 
 def test_attribute_codec_round_trip():

@@ -41,9 +41,13 @@ def memory():
 def _simulated_guarded_call(provider, maps, entropies, tokens, *, budget, capture):
     """What the Guard does, with fixed numbers instead of a model."""
     tracer = get_tracer(provider)
-    decision = decide(load_policy("default"), DecisionContext(verdict="uncertain", score=1.3, threshold=1.1, n_answer_tokens=2))
+    decision = decide(
+        load_policy("default"), DecisionContext(verdict="uncertain", score=1.3, threshold=1.1, n_answer_tokens=2)
+    )
     with tracer.start_as_current_span(semconv.chat_span_name("tiny-llava"), kind=SpanKind.INTERNAL) as chat:
-        chat.set_attributes(chat_attributes("tiny-llava", input_tokens=40, output_tokens=len(tokens), finish_reasons=["stop"]))
+        chat.set_attributes(
+            chat_attributes("tiny-llava", input_tokens=40, output_tokens=len(tokens), finish_reasons=["stop"])
+        )
         if capture:
             chat.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, input_messages_json("What colour is the square?"))
             chat.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, output_messages_json("red"))
@@ -52,8 +56,12 @@ def _simulated_guarded_call(provider, maps, entropies, tokens, *, budget, captur
             chat.add_event(
                 semconv.TOKEN_EVENT,
                 token_event_attributes(
-                    i, np.float32(entropies[i]), token_id=100 + i, text=tok if capture else None,
-                    scored=i < 2, encoded_map=plan.encoded.get(i),
+                    i,
+                    np.float32(entropies[i]),
+                    token_id=100 + i,
+                    text=tok if capture else None,
+                    scored=i < 2,
+                    encoded_map=plan.encoded.get(i),
                 ),
             )
         chat.set_attributes(map_budget_attributes(plan, budget))
@@ -116,13 +124,15 @@ def test_token_events_carry_decodable_maps_and_no_text_by_default(memory):
     provider, exporter = memory
     rng = np.random.default_rng(1)
     maps = [rng.random((24, 24)).astype(np.float32) for _ in range(4)]
-    _simulated_guarded_call(provider, maps, [1.0, 2.0, 3.0, 4.0], ["a", "b", "c", "d"], budget=MapBudget(), capture=False)
+    _simulated_guarded_call(
+        provider, maps, [1.0, 2.0, 3.0, 4.0], ["a", "b", "c", "d"], budget=MapBudget(), capture=False
+    )
     chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
     events = [e for e in chat.events if e.name == "fastrm.token"]
     assert [e.attributes["fastrm.token.index"] for e in events] == [0, 1, 2, 3]
     assert [e.attributes["fastrm.token.entropy"] for e in events] == [1.0, 2.0, 3.0, 4.0]
     assert [e.attributes["fastrm.token.scored"] for e in events] == [True, True, False, False]
-    for event, original in zip(events, maps):
+    for event, original in zip(events, maps, strict=True):
         assert "fastrm.token.text" not in event.attributes
         decoded = map_from_attributes(event.attributes)
         step = (original.max() - original.min()) / 255
@@ -145,7 +155,9 @@ def test_content_capture_adds_text(memory):
 def test_budget_drops_are_reported_on_the_span(memory):
     provider, exporter = memory
     maps = [np.random.default_rng(i).random((24, 24)) for i in range(10)]
-    plan = _simulated_guarded_call(provider, maps, [1.0] * 10, list("abcdefghij"), budget=MapBudget(max_bytes=1000), capture=False)
+    plan = _simulated_guarded_call(
+        provider, maps, [1.0] * 10, list("abcdefghij"), budget=MapBudget(max_bytes=1000), capture=False
+    )
     chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
     assert chat.attributes["fastrm.maps.attached"] == 2 and chat.attributes["fastrm.maps.dropped"] == 8
     assert chat.attributes["fastrm.maps.bits"] == 4
@@ -164,7 +176,9 @@ def test_on_error_decision_attributes():
 def test_escalation_target_attribute(tmp_path):
     from policies import parse_policy
 
-    p = parse_policy(f"id: p\nversion: 1\ndefault: {{action: escalate, escalation: {{queue: {tmp_path / 'q.jsonl'}}}}}\n")
+    p = parse_policy(
+        f"id: p\nversion: 1\ndefault: {{action: escalate, escalation: {{queue: {tmp_path / 'q.jsonl'}}}}}\n"
+    )
     d = decide(p, DecisionContext(verdict="confident"))
     assert guardrail_attributes(d)["gen_ai.guardrail.escalation.target"] == f"queue:{tmp_path / 'q.jsonl'}"
 
@@ -177,8 +191,15 @@ def test_attribute_values_are_plain_python():
 
 @pytest.mark.parametrize(
     "env, explicit, expected",
-    [(None, None, False), ("true", None, True), ("SPAN_ONLY", None, True), ("false", None, False),
-     ("no_content", None, False), ("true", False, False), (None, True, True)],
+    [
+        (None, None, False),
+        ("true", None, True),
+        ("SPAN_ONLY", None, True),
+        ("false", None, False),
+        ("no_content", None, False),
+        ("true", False, False),
+        (None, True, True),
+    ],
 )
 def test_content_capture_switch(monkeypatch, env, explicit, expected):
     if env is None:

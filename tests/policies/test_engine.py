@@ -7,7 +7,17 @@ import math
 import pytest
 
 from fastrm_core.errors import InputError
-from policies import Conditions, Decision, DecisionContext, apply, decide, decide_on_error, load_policy, matches, parse_policy
+from policies import (
+    Conditions,
+    Decision,
+    DecisionContext,
+    apply,
+    decide,
+    decide_on_error,
+    load_policy,
+    matches,
+    parse_policy,
+)
 
 POLICY = parse_policy(
     """

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from fastrm_core.errors import PolicyError
-from policies import DecisionContext, decide, escalate, escalation_record, load_policy, parse_policy, resolve_handler
+from policies import (
+    DecisionContext,
+    decide,
+    escalate,
+    escalation_record,
+    load_policy,
+    parse_policy,
+    resolve_handler,
+)
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 
@@ -67,7 +75,10 @@ def test_handler_import_errors_are_policy_errors(hooks):
     )
     with pytest.raises(PolicyError) as info:
         resolve_handler("fake_hooks:missing")
-    assert str(info.value) == "cannot import escalation handler 'fake_hooks:missing': 'fake_hooks' has no attribute 'missing'"
+    assert (
+        str(info.value)
+        == "cannot import escalation handler 'fake_hooks:missing': 'fake_hooks' has no attribute 'missing'"
+    )
     with pytest.raises(PolicyError, match="is not callable"):
         resolve_handler("fake_hooks:not_callable")
     with pytest.raises(PolicyError, match="expected 'package.module:callable'"):
@@ -125,7 +136,9 @@ def test_concurrent_escalations_never_interleave(tmp_path):
         t.join()
     records = [json.loads(line) for line in queue.read_text(encoding="utf-8").splitlines()]
     assert len(records) == 160
-    assert sorted((r["payload"]["i"], r["payload"]["j"]) for r in records) == [(i, j) for i in range(8) for j in range(20)]
+    assert sorted((r["payload"]["i"], r["payload"]["j"]) for r in records) == [
+        (i, j) for i in range(8) for j in range(20)
+    ]
 
 
 def test_unserialisable_payload_and_unwritable_queue(tmp_path):

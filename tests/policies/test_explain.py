@@ -8,7 +8,13 @@ import types
 
 from rich.console import Console
 
-from policies import cli_check, explain_policy, load_policy, parse_policy, policy_warnings
+from policies import (
+    cli_check,
+    explain_policy,
+    load_policy,
+    parse_policy,
+    policy_warnings,
+)
 
 
 def _console() -> tuple[Console, io.StringIO]:
@@ -59,7 +65,9 @@ default:
 
 
 def test_unreachable_rules_are_warned_about():
-    p = parse_policy("id: p\nversion: 1\nrules:\n- {name: all, action: flag}\n- {name: later, action: allow}\ndefault: {action: allow}\n")
+    p = parse_policy(
+        "id: p\nversion: 1\nrules:\n- {name: all, action: flag}\n- {name: later, action: allow}\ndefault: {action: allow}\n"
+    )
     assert policy_warnings(p) == [
         "rule 'later' is never reached: rule 'all' above it matches every request",
         "the default action is never used: rule 'all' matches every request",

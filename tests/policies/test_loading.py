@@ -136,6 +136,27 @@ def test_unknown_top_level_key(write_policy):
     )
 
 
+def test_unknown_key_inside_optional_blocks(write_policy):
+    path = write_policy(
+        """
+        id: p
+        version: 1
+        rules:
+          - name: r
+            when:
+              score: {gte: 0.1, below: 2}
+            action: flag
+        default:
+          action: escalate
+          escalation: {queue: q.jsonl, hold: true}
+        """
+    )
+    assert _error(path) == (
+        f"{path}:6: rules[0].when.score.below: unknown key 'below'; expected one of: gt, gte, lt, lte\n"
+        f"{path}:10: default.escalation.hold: unknown key 'hold'; expected one of: handler, message, queue, withhold"
+    )
+
+
 def test_bad_action_lists_the_choices(write_policy):
     path = write_policy(
         """
@@ -179,7 +200,9 @@ def test_wrong_type(write_policy):
 def test_wrong_type_no_coercion(write_policy):
     path = write_policy("id: p\nversion: 1\nrules: {name: r}\ndefault: {action: allow}\n")
     assert _error(path) == f"{path}:3: rules: expected a list, got a mapping"
-    path = write_policy("id: p\nversion: 1\ndefault: {action: escalate, escalation: {queue: q.jsonl, withhold: 'no'}}\n")
+    path = write_policy(
+        "id: p\nversion: 1\ndefault: {action: escalate, escalation: {queue: q.jsonl, withhold: 'no'}}\n"
+    )
     assert _error(path) == f"{path}:3: default.escalation.withhold: expected true or false, got a string ('no')"
 
 
@@ -194,8 +217,7 @@ def test_missing_required_field(write_policy):
         """
     )
     assert _error(path) == (
-        f"{path}:1: default: missing required field\n"
-        f"{path}:4: rules[0].name: missing required field"
+        f"{path}:1: default: missing required field\n{path}:4: rules[0].name: missing required field"
     )
 
 
@@ -278,11 +300,10 @@ def test_duplicate_rule_names_and_reserved_names(write_policy):
 
 
 def test_empty_tags_and_empty_strings(write_policy):
-    path = write_policy("id: ''\nversion: 1\nrules:\n  - name: r\n    when: {tags_all: []}\n    action: flag\ndefault: {action: allow}\n")
-    assert _error(path) == (
-        f"{path}:1: id: must not be empty\n"
-        f"{path}:5: rules[0].when.tags_all: must not be empty"
+    path = write_policy(
+        "id: ''\nversion: 1\nrules:\n  - name: r\n    when: {tags_all: []}\n    action: flag\ndefault: {action: allow}\n"
     )
+    assert _error(path) == (f"{path}:1: id: must not be empty\n{path}:5: rules[0].when.tags_all: must not be empty")
 
 
 def test_duplicate_yaml_key(write_policy):
