@@ -14,8 +14,8 @@ Three families (the full table with types and units is ``docs/telemetry.md``):
 Span tree of one guarded call::
 
     chat {model}                       kind INTERNAL, gen_ai.operation.name = "chat"
-    ├── event fastrm.token  (x N)      one per generated token kept by the map budget
     └── apply_guardrail fastrm         kind INTERNAL, verdict / score / policy / action
+        ├── event fastrm.token  (x N)  one per generated token, map attached if the budget allows
         └── event gen_ai.guardrail.result
 
 Only plain string constants live here (no OpenTelemetry import).
@@ -83,7 +83,7 @@ FASTRM_MAPS_BYTES = "fastrm.maps.bytes"
 FASTRM_MAPS_BUDGET_BYTES = "fastrm.maps.budget_bytes"
 FASTRM_MAPS_FILE = "fastrm.maps.file"
 
-# --- Per-token event (on the chat span)
+# --- Per-token event (on the guardrail span)
 TOKEN_EVENT = "fastrm.token"
 TOKEN_INDEX = "fastrm.token.index"
 TOKEN_ID = "fastrm.token.id"

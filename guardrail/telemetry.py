@@ -9,14 +9,17 @@ scalars become Python numbers). Map encoding and the byte budget live in
 Typical use inside the Guard (sketch)::
 
     tracer = get_tracer(tracer_provider)
-    with tracer.start_as_current_span(chat_span_name(model_name), kind=SpanKind.INTERNAL) as span:
-        if span.is_recording():
-            span.set_attributes(chat_attributes(model_name, input_tokens=n_in, output_tokens=n_out))
-            plan = budget.plan(maps, priority=scored_positions)
-            for i, tok in enumerate(tokens):
-                span.add_event(TOKEN_EVENT, token_event_attributes(i, entropies[i], encoded_map=plan.encoded.get(i),
-                                                                   text=tok if capture else None))
-            span.set_attributes(map_budget_attributes(plan, budget))
+    with tracer.start_as_current_span(chat_span_name(model_name), kind=SpanKind.INTERNAL) as chat:
+        chat.set_attributes(chat_attributes(model_name, input_tokens=n_in, output_tokens=n_out))
+        with tracer.start_as_current_span(GUARDRAIL_SPAN_NAME, kind=SpanKind.INTERNAL) as span:
+            if span.is_recording():
+                span.set_attributes(guardrail_attributes(decision, verdict=v, score=s, threshold=t, flagged=f))
+                plan = budget.plan(maps, priority=scored_positions)
+                for i, tok in enumerate(tokens):
+                    span.add_event(TOKEN_EVENT, token_event_attributes(
+                        i, entropies[i], encoded_map=plan.encoded.get(i), text=tok if capture else None))
+                span.set_attributes(map_budget_attributes(plan, budget))
+                span.add_event(GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(decision, ...))
 
 Nothing here raises on telemetry's behalf: callers still wrap span work so that
 telemetry never breaks inference.

@@ -51,23 +51,23 @@ def _simulated_guarded_call(provider, maps, entropies, tokens, *, budget, captur
         if capture:
             chat.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, input_messages_json("What colour is the square?"))
             chat.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES, output_messages_json("red"))
-        plan = budget.plan(maps, priority=[0, 1])
-        for i, tok in enumerate(tokens):
-            chat.add_event(
-                semconv.TOKEN_EVENT,
-                token_event_attributes(
-                    i,
-                    np.float32(entropies[i]),
-                    token_id=100 + i,
-                    text=tok if capture else None,
-                    scored=i < 2,
-                    encoded_map=plan.encoded.get(i),
-                ),
-            )
-        chat.set_attributes(map_budget_attributes(plan, budget))
         with tracer.start_as_current_span(semconv.GUARDRAIL_SPAN_NAME, kind=SpanKind.INTERNAL) as guard:
             kw = dict(verdict="uncertain", score=np.float64(1.3), threshold=1.1, flagged=True)
             guard.set_attributes(guardrail_attributes(decision, n_answer_tokens=2, max_token_entropy=2.0, **kw))
+            plan = budget.plan(maps, priority=[0, 1])
+            for i, tok in enumerate(tokens):
+                guard.add_event(
+                    semconv.TOKEN_EVENT,
+                    token_event_attributes(
+                        i,
+                        np.float32(entropies[i]),
+                        token_id=100 + i,
+                        text=tok if capture else None,
+                        scored=i < 2,
+                        encoded_map=plan.encoded.get(i),
+                    ),
+                )
+            guard.set_attributes(map_budget_attributes(plan, budget))
             guard.add_event(semconv.GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(decision, **kw))
     return plan
 
@@ -89,11 +89,6 @@ def test_span_names_parentage_and_attributes(memory):
         "gen_ai.usage.input_tokens": 40,
         "gen_ai.usage.output_tokens": 3,
         "gen_ai.response.finish_reasons": ("stop",),
-        "fastrm.maps.attached": 3,
-        "fastrm.maps.dropped": 0,
-        "fastrm.maps.bits": 8,
-        "fastrm.maps.bytes": chat.attributes["fastrm.maps.bytes"],
-        "fastrm.maps.budget_bytes": 65536,
     }
     assert dict(guard.attributes) == {
         "gen_ai.operation.name": "apply_guardrail",
@@ -110,8 +105,15 @@ def test_span_names_parentage_and_attributes(memory):
         "gen_ai.guardrail.unguarded": False,
         "fastrm.answer_tokens": 2,
         "fastrm.max_token_entropy": 2.0,
+        "fastrm.maps.attached": 3,
+        "fastrm.maps.dropped": 0,
+        "fastrm.maps.bits": 8,
+        "fastrm.maps.bytes": guard.attributes["fastrm.maps.bytes"],
+        "fastrm.maps.budget_bytes": 65536,
     }
-    (result,) = guard.events
+    assert not chat.events
+    assert [e.name for e in guard.events] == ["fastrm.token"] * 3 + ["gen_ai.guardrail.result"]
+    result = guard.events[-1]
     assert result.name == "gen_ai.guardrail.result"
     assert result.attributes["gen_ai.evaluation.name"] == "fastrm"
     assert result.attributes["gen_ai.evaluation.score.value"] == 1.3
@@ -127,8 +129,8 @@ def test_token_events_carry_decodable_maps_and_no_text_by_default(memory):
     _simulated_guarded_call(
         provider, maps, [1.0, 2.0, 3.0, 4.0], ["a", "b", "c", "d"], budget=MapBudget(), capture=False
     )
-    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
-    events = [e for e in chat.events if e.name == "fastrm.token"]
+    guard = next(s for s in exporter.get_finished_spans() if s.name == "apply_guardrail fastrm")
+    events = [e for e in guard.events if e.name == "fastrm.token"]
     assert [e.attributes["fastrm.token.index"] for e in events] == [0, 1, 2, 3]
     assert [e.attributes["fastrm.token.entropy"] for e in events] == [1.0, 2.0, 3.0, 4.0]
     assert [e.attributes["fastrm.token.scored"] for e in events] == [True, True, False, False]
@@ -145,8 +147,10 @@ def test_content_capture_adds_text(memory):
     provider, exporter = memory
     maps = [np.eye(3)] * 2
     _simulated_guarded_call(provider, maps, [1.0, 2.0], ["red", "</s>"], budget=MapBudget(), capture=True)
-    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
-    assert [e.attributes["fastrm.token.text"] for e in chat.events] == ["red", "</s>"]
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    chat, guard = spans["chat tiny-llava"], spans["apply_guardrail fastrm"]
+    tokens = [e for e in guard.events if e.name == "fastrm.token"]
+    assert [e.attributes["fastrm.token.text"] for e in tokens] == ["red", "</s>"]
     assert message_text(chat.attributes["gen_ai.input.messages"]) == "What colour is the square?"
     assert message_text(chat.attributes["gen_ai.output.messages"]) == "red"
     assert json.loads(chat.attributes["gen_ai.output.messages"])[0]["finish_reason"] == "stop"
@@ -158,10 +162,10 @@ def test_budget_drops_are_reported_on_the_span(memory):
     plan = _simulated_guarded_call(
         provider, maps, [1.0] * 10, list("abcdefghij"), budget=MapBudget(max_bytes=1000), capture=False
     )
-    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
-    assert chat.attributes["fastrm.maps.attached"] == 2 and chat.attributes["fastrm.maps.dropped"] == 8
-    assert chat.attributes["fastrm.maps.bits"] == 4
-    with_map = [e.attributes["fastrm.token.index"] for e in chat.events if "fastrm.map.data" in e.attributes]
+    guard = next(s for s in exporter.get_finished_spans() if s.name == "apply_guardrail fastrm")
+    assert guard.attributes["fastrm.maps.attached"] == 2 and guard.attributes["fastrm.maps.dropped"] == 8
+    assert guard.attributes["fastrm.maps.bits"] == 4
+    with_map = [e.attributes["fastrm.token.index"] for e in guard.events if "fastrm.map.data" in e.attributes]
     assert with_map == [0, 1] == sorted(plan.encoded)
 
 
