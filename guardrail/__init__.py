@@ -1,1 +1,30 @@
-"""guardrail."""
+"""guardrail: guarded generation for vision-language models, with FastRM maps, calibrated verdicts and policies.
+
+    >>> from guardrail import Guard
+    >>> guard = Guard.from_pretrained("reference")
+    >>> result = guard.generate("scene.png", "What color is the circle?")
+    >>> result.verdict, result.action, result.text
+
+Telemetry: the Guard uses the OpenTelemetry API; :func:`configure_tracing` sets up the SDK
+(console, JSONL file, OTLP/HTTP) for applications that have none.
+"""
+
+from guardrail.exporters import JsonlFileSpanExporter, configure_tracing
+from guardrail.guard import Guard, load_image
+from guardrail.otlp_json import read_trace_jsonl
+from guardrail.result import GuardResult, Timings, TokenEvent
+from guardrail.telemetry import MapBudget, decode_map, encode_map
+
+__all__ = [
+    "Guard",
+    "GuardResult",
+    "JsonlFileSpanExporter",
+    "MapBudget",
+    "Timings",
+    "TokenEvent",
+    "configure_tracing",
+    "decode_map",
+    "encode_map",
+    "load_image",
+    "read_trace_jsonl",
+]

@@ -1,0 +1,232 @@
+"""The ``guardrail`` command: demo, run, calibrate, view, policy check.
+
+Each command parses its arguments, calls a library function and prints with rich.
+Exit codes: 0 success, 1 a check failed / nothing to show, 2 bad input (GuardrailError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from fastrm_core.errors import GuardrailError
+
+__all__ = ["build_parser", "main"]
+
+
+def _cmd_demo(args, console: Console) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, model=args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
+             seed=args.seed, pool=args.pool, console=console)
+    return 0
+
+
+def _cmd_run(args, console: Console) -> int:
+    from .exporters import configure_tracing
+    from .guard import Guard
+    from .render import heatmap_text, save_overlay
+
+    provider = configure_tracing(jsonl_path=args.trace, console=args.console_spans)
+    guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
+                                  tracer_provider=provider, capture_content=args.capture_content,
+                                  dtype=args.dtype, device=args.device)
+    result = guard.generate(args.image, args.question, tags=args.tag or (), max_new_tokens=args.max_new_tokens)
+    provider.force_flush()
+    if args.json:
+        console.print_json(result.model_dump_json(exclude={"maps"} if not args.maps else None))
+        return 0
+    table = Table.grid(padding=(0, 2))
+    table.add_row("answer", repr(result.answer))
+    table.add_row("verdict", f"{result.verdict} (score {result.score if result.score is None else round(result.score, 4)}"
+                  f" vs threshold {round(result.threshold, 4)})")
+    table.add_row("action", f"{result.action} [rule {result.rule}] -> {result.text!r}")
+    table.add_row("timings", f"model {result.timings.model_s:.3f} s, guard {result.timings.guard_s:.3f} s")
+    if result.error:
+        table.add_row("guard error", result.error)
+    console.print(table)
+    if result.answer_map is not None:
+        console.print(heatmap_text(result.answer_map))
+        if args.png:
+            from .guard import load_image
+
+            path = save_overlay(args.png, load_image(args.image), result.answer_map)
+            console.print(f"overlay: {path}")
+    return 0
+
+
+def _cmd_calibrate(args, console: Console) -> int:
+    from calibration import dataset_hash, plot_calibration, read_vqa_jsonl
+    from fastrm_core import FastRMProxy, load_vlm
+
+    from .calibrate import calibrate_scores, model_identity, score_records, write_scores
+
+    records, problems = read_vqa_jsonl(args.data, strict=args.strict)
+    for p in problems:
+        console.print(f"[yellow]skipped[/yellow] {p}")
+    if args.limit:
+        records = records[: args.limit]
+    if args.model == "reference":
+        from shapesvqa.assets import reference_proxy_path
+
+        proxy_path = args.proxy or reference_proxy_path()
+    else:
+        if not args.proxy:
+            raise GuardrailError("--proxy is required for models other than the shipped reference")
+        proxy_path = args.proxy
+    model, processor = load_vlm(args.model, dtype=args.dtype, device=args.device)
+    proxy = FastRMProxy.from_pretrained(proxy_path).to(next(model.parameters()).device)
+    with Progress(TextColumn("[bold]answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("answering", total=len(records))
+        rows, skipped = score_records(model, processor, proxy, records, max_new_tokens=args.max_new_tokens,
+                                      batch_size=args.batch_size, progress=lambda n: progress.advance(task, n))
+    for s in skipped:
+        console.print(f"[yellow]not scored[/yellow] {s}")
+    if args.scores_out:
+        write_scores(Path(args.scores_out), rows)
+    cal, side = calibrate_scores(
+        rows, rule=args.rule, aggregation=args.aggregation, fit_fraction=args.fit_fraction, seed=args.seed,
+        target_precision=args.target_precision, model_id=model_identity(model), proxy_id=Path(proxy_path).name,
+        proxy_hash=proxy.fingerprint(), dataset_hash=dataset_hash(args.data),
+    )
+    cal.save(args.out)
+    _print_calibration(console, cal, side)
+    if args.plot:
+        import numpy as np
+
+        scores = np.array([r.scores[args.aggregation] for r in rows])
+        correct = np.array([r.correct for r in rows])
+        plot_calibration(cal, scores, correct, args.plot)
+        console.print(f"plot: {args.plot}")
+    console.print(f"calibration written to {args.out}")
+    return 0
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def _print_calibration(console: Console, cal, side: dict) -> None:
+    table = Table(title=f"held-out figures ({side['n_heldout']} answers; fitted on {side['n_fit']}; "
+                        f"accuracy {_fmt(side['accuracy_heldout'], True)})")
+    for col in ["rule", "threshold", "AUROC", "below threshold", "precision confident", "precision uncertain",
+                "TP", "FP", "TN", "FN"]:
+        table.add_column(col, justify="right")
+    for rr in cal.rules_table():
+        m = rr.heldout_metrics or rr.fit_metrics
+        chosen = " (chosen)" if rr.rule == cal.rule else ""
+        table.add_row(rr.rule + chosen, _fmt(rr.threshold), _fmt(m.auroc), _fmt(m.share_confident, True),
+                      _fmt(m.precision_confident, True), _fmt(m.precision_uncertain, True),
+                      str(m.tp), str(m.fp), str(m.tn), str(m.fn))
+    console.print(table)
+    ent = side.get("auroc_entropy_heldout") or {}
+    console.print("AUROC on held-out answers for predicting a wrong answer: "
+                  + ", ".join(f"entropy {k} {_fmt(v)}" for k, v in ent.items())
+                  + f"; answer-token probability {_fmt(side.get('auroc_answer_prob_heldout'))}")
+    for note in cal.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
+
+
+def _cmd_view(args, console: Console) -> int:
+    from .viewer import view_trace
+
+    return view_trace(args.trace, png_dir=args.png, console=console, all_tokens=args.all_tokens)
+
+
+def _cmd_policy_check(args, console: Console) -> int:
+    from policies import cli_check
+
+    return cli_check(args.file, console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``guardrail`` (also used by the docs)."""
+    ap = argparse.ArgumentParser(prog="guardrail", description="fastrm-guard: where a VLM looked, and whether to trust it")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def model_args(p, need_calibration=True):
+        p.add_argument("--model", default="reference", help="load_vlm name or folder (default: the shipped reference)")
+        p.add_argument("--proxy", default=None, help="FastRM proxy folder (default: the shipped one for 'reference')")
+        if need_calibration:
+            p.add_argument("--calibration", default=None, help="calibration JSON (default: the shipped one)")
+        p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+        p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")
+
+    p = sub.add_parser("demo", help="the offline demo on the shipped reference model")
+    p.add_argument("--out", default="guardrail-demo", help="folder for overlays and the trace")
+    p.add_argument("--model", default="reference")
+    p.add_argument("--proxy", default=None)
+    p.add_argument("--calibration", default=None)
+    p.add_argument("--policy", default="default")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--pool", type=int, default=32, help="scenes answered (the panels show a few of them)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("run", help="one guarded call")
+    model_args(p)
+    p.add_argument("--policy", default="default", help="bundled name or YAML file")
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--tag", action="append", help="request tag (repeatable), for policy rules")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--trace", default=None, help="append the spans to this JSONL file")
+    p.add_argument("--console-spans", action="store_true", help="print the spans")
+    p.add_argument("--capture-content", action="store_true", default=None, help="record question/answer text in spans")
+    p.add_argument("--json", action="store_true", help="print the GuardResult as JSON")
+    p.add_argument("--maps", action="store_true", help="with --json, include the maps")
+    p.add_argument("--png", default=None, help="write the answer's map over the image here")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("calibrate", help="fit a confidence threshold on a labelled JSONL set")
+    model_args(p, need_calibration=False)
+    p.add_argument("--data", required=True, help="JSONL: {id, image, question, answers, ...} per line")
+    p.add_argument("--out", required=True, help="calibration JSON to write")
+    p.add_argument("--rule", default="paper_midpoint", choices=["paper_midpoint", "density_crossing", "target_precision"])
+    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--aggregation", default="mean", choices=["mean", "max", "first"])
+    p.add_argument("--fit-fraction", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    p.add_argument("--strict", action="store_true", help="reject the file on any malformed line")
+    p.add_argument("--plot", default=None, help="draw the KDEs and threshold to this PNG")
+    p.add_argument("--scores-out", default=None, help="also write per-record scores (JSONL)")
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("view", help="render the guarded calls of a JSONL trace")
+    p.add_argument("trace")
+    p.add_argument("--png", default=None, help="write an overlay PNG per token map into this folder")
+    p.add_argument("--all-tokens", action="store_true", help="also show non-content tokens")
+    p.set_defaults(func=_cmd_view)
+
+    p = sub.add_parser("policy", help="policy tools")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    c = psub.add_parser("check", help="validate and explain a policy file or bundled name")
+    c.add_argument("file")
+    c.set_defaults(func=_cmd_policy_check)
+    return ap
+
+
+def main(argv: list[str] | None = None, *, console: Console | None = None) -> int:
+    """Entry point of ``guardrail``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    console = console or Console()
+    try:
+        return int(args.func(args, console) or 0)
+    except (GuardrailError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

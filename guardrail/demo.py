@@ -1,0 +1,100 @@
+"""``guardrail demo``: the guard on a handful of ShapesVQA scenes, offline, on the shipped reference model.
+
+From a pool of scenes (a fixed seed), it answers every question under guard, then shows a few the
+model got right and a few it got wrong (ground truth is known in ShapesVQA), each with its verdict,
+action and a terminal heatmap of the answer; it writes PNG overlays and a JSONL trace.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from calibration.vqa import is_correct
+
+from .exporters import configure_tracing
+from .guard import Guard
+from .render import heatmap_text, save_overlay
+
+__all__ = ["run_demo"]
+
+
+def run_demo(
+    out_dir: str | Path = "guardrail-demo",
+    *,
+    model: str = "reference",
+    proxy: str | None = None,
+    calibration: str | None = None,
+    policy: str = "default",
+    seed: int = 2026,
+    pool: int = 32,
+    show_right: int = 4,
+    show_wrong: int = 3,
+    console: Console | None = None,
+) -> dict:
+    """Run the demo; returns a summary dict (counts, paths). See the module docstring."""
+    from shapesvqa.world import generate
+
+    console = console or Console()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    trace_path = out / "trace.jsonl"
+    trace_path.unlink(missing_ok=True)
+    provider = configure_tracing(jsonl_path=trace_path, otlp_from_env=False)
+    guard = Guard.from_pretrained(model, proxy=proxy, calibration=calibration, policy=policy,
+                                  tracer_provider=provider, capture_content=True)
+    console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
+                  f"v{guard.policy.version}, threshold {guard.calibration.threshold:.3f} ({guard.calibration.rule})")
+    examples = list(generate(pool, seed=seed))
+    paths = []
+    for ex in examples:
+        p = out / "images" / f"{ex.id}.png"
+        ex.image.save(p)
+        paths.append(p)
+    results = []
+    for ex, path in zip(examples, paths):  # one call per scene, so each gets its own trace
+        results.append(guard.generate(path, ex.question, max_new_tokens=8))
+    right = [(e, p, r) for e, p, r in zip(examples, paths, results) if is_correct(r.answer, e.answers)]
+    wrong = [(e, p, r) for e, p, r in zip(examples, paths, results) if not is_correct(r.answer, e.answers)]
+    shown = right[:show_right] + wrong[:show_wrong]
+    for ex, path, res in shown:
+        ok = is_correct(res.answer, ex.answers)
+        head = Table.grid(padding=(0, 2))
+        head.add_row("question", ex.question)
+        head.add_row("answer", f"{res.answer!r}  ({'right' if ok else 'WRONG'}; truth {ex.answers[0]!r})")
+        score = "-" if res.score is None else f"{res.score:.3f}"
+        head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {res.threshold:.3f})")
+        head.add_row("action", f"{res.action}  -> user sees {res.text!r}")
+        body = [head]
+        if res.answer_map is not None:
+            body += ["\nwhere the answer looked:", heatmap_text(res.answer_map)]
+            from PIL import Image
+
+            save_overlay(out / f"{ex.id}_overlay.png", Image.open(path), res.answer_map)
+        style = "green" if ok else "red"
+        console.print(Panel(Group(*body), title=f"{ex.id} [{ex.family}]", border_style=style, expand=False))
+    provider.force_flush()
+    provider.shutdown()
+    n_right = len(right)
+    confident = [r for r in results if r.verdict == "confident"]
+    conf_right = sum(is_correct(r.answer, e.answers) for e, r in zip(examples, results) if r.verdict == "confident")
+    summary = {
+        "scenes": len(results),
+        "accuracy": n_right / len(results),
+        "confident": len(confident),
+        "precision_confident": conf_right / len(confident) if confident else None,
+        "trace": str(trace_path),
+        "overlays": str(out),
+        "seconds": time.perf_counter() - start,
+    }
+    acc = f"{summary['accuracy']:.0%}"
+    prec = "-" if summary["precision_confident"] is None else f"{summary['precision_confident']:.0%}"
+    console.print(f"{len(results)} scenes: accuracy {acc}; {len(confident)} confident, of which {prec} right.")
+    console.print(f"overlays: {out}/*_overlay.png   trace: {trace_path}   (view it: guardrail view {trace_path} --png {out}/view)")
+    console.print(f"done in {summary['seconds']:.1f} s")
+    return summary

@@ -1,0 +1,486 @@
+"""The Guard: wraps an app's LLaVA call with FastRM maps, a calibrated verdict and a policy.
+
+    >>> guard = Guard.from_pretrained("reference")            # shipped model, proxy, calibration
+    >>> result = guard.generate("scene.png", "What color is the circle?")
+    >>> result.answer, result.verdict, result.action, result.text
+    ('red', 'confident', 'allow', 'red')
+    >>> result.maps.shape                                      # (T, rows, cols): one map per token
+
+Per call: the processor builds the prompt, ``model.generate`` runs inside
+:func:`fastrm_core.capture` (one proxy query per token, no gradients, no stored
+attentions), the maps' entropies give the answer score, the calibration gives the
+verdict and the policy the action. One ``chat {model}`` span with a child
+``apply_guardrail fastrm`` span records it (OpenTelemetry API only; telemetry failures
+never reach the caller).
+
+Thread safety: calls on the same model are serialised by a per-model lock (``generate``
+on one model is not re-entrant anyway), and the capture only listens to the thread that
+runs the guarded generation, so an unguarded call elsewhere never mixes in.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from calibration import Calibration, token_entropy
+from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm
+from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
+from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
+
+from . import semconv
+from .result import GuardResult, Timings, TokenEvent
+from .scoring import cut_at_eos, score_answer
+from .telemetry import (
+    MapBudget,
+    chat_attributes,
+    content_capture_enabled,
+    get_tracer,
+    guardrail_attributes,
+    guardrail_result_event_attributes,
+    input_messages_json,
+    map_budget_attributes,
+    output_messages_json,
+    token_event_attributes,
+)
+
+__all__ = ["Guard", "load_image"]
+
+ImageLike = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821
+PROMPT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+IMAGE_PATH_ATTRIBUTE = "fastrm.image.path"  # only with content capture
+DEFAULT_MAX_NEW_TOKENS = 16
+
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: torch.nn.Module) -> threading.Lock:
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
+def load_image(image: ImageLike):
+    """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 array; :class:`InputError` otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"an image array must be (H, W, 3), got shape {image.shape}")
+        return Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"unreadable image {path}: {exc}") from exc
+    raise InputError(f"unsupported image type {type(image).__name__}; expected a path, a PIL image or an array")
+
+
+class Guard:
+    """Guarded generation for a LLaVA-style model.
+
+    Args:
+        model, processor: as returned by :func:`fastrm_core.load_vlm` (or the app's own).
+        proxy: a :class:`FastRMProxy` or its folder; must match the model.
+        calibration: a :class:`calibration.Calibration` or its JSON file; its recorded model
+            and proxy identity must match (else :class:`ConfigMismatchError`).
+        policy: a :class:`policies.Policy`, a YAML path or a bundled name (``"default"``).
+        tracer_provider: OpenTelemetry tracer provider (default: the global one).
+        capture_content: record prompt/answer text in spans (default: the
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable; off).
+        map_budget: bytes of encoded maps one span may carry (:class:`MapBudget`).
+        prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``).
+        model_name: the name used in spans (default: the model's id).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        proxy: FastRMProxy | str | os.PathLike,
+        calibration: Calibration | str | os.PathLike,
+        policy: Policy | str | os.PathLike = "default",
+        tracer_provider: trace.TracerProvider | None = None,
+        capture_content: bool | None = None,
+        map_budget: MapBudget | None = None,
+        prompt_template: str = PROMPT_TEMPLATE,
+        model_name: str | None = None,
+    ):
+        self.model = model
+        self.processor = processor
+        self.adapter = get_adapter(model)
+        self.proxy = proxy if isinstance(proxy, FastRMProxy) else FastRMProxy.from_pretrained(proxy)
+        self.proxy.check_compatible(self.adapter)
+        device = next(model.parameters()).device
+        self.proxy.to(device)
+        self.calibration = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+        self.model_name = model_name or self.adapter.model_id
+        self.calibration.check_compatible(
+            model_id=self.adapter.model_id, proxy_hash=self.proxy.fingerprint() if self.calibration.proxy_hash else None
+        )
+        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        if "{question}" not in prompt_template or "<image>" not in prompt_template:
+            raise InputError("prompt_template must contain '<image>' and '{question}'")
+        self.prompt_template = prompt_template
+        self.tracer = get_tracer(tracer_provider)
+        self.capture_content = content_capture_enabled(capture_content)
+        self.map_budget = map_budget or MapBudget()
+        self._lock = _model_lock(model)
+        tok = processor.tokenizer
+        self._eos_ids = self._eos_token_ids()
+        self._special = set(getattr(tok, "all_special_ids", []) or [])
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike = "reference",
+        *,
+        proxy: FastRMProxy | str | os.PathLike | None = None,
+        calibration: Calibration | str | os.PathLike | None = None,
+        policy: Policy | str | os.PathLike = "default",
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> "Guard":
+        """Load a model by name or folder (``"reference"``: the shipped ShapesVQA model) and guard it.
+
+        ``proxy`` and ``calibration`` default to the shipped reference ones when ``model`` is
+        ``"reference"``; for any other model they are required.
+        """
+        if str(model) == "reference":
+            from shapesvqa.assets import reference_calibration_path, reference_proxy_path
+
+            proxy = proxy if proxy is not None else reference_proxy_path()
+            calibration = calibration if calibration is not None else reference_calibration_path()
+        if proxy is None or calibration is None:
+            raise InputError("a proxy and a calibration are required for models other than the shipped reference")
+        vlm, processor = load_vlm(model, dtype=dtype, device=device)
+        return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
+
+    # ------------------------------------------------------------------ inputs
+    def _eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.processor.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(e) for e in eos)
+        return ids
+
+    def prompt(self, question: str) -> str:
+        """The prompt sent to the model for ``question``."""
+        return self.prompt_template.format(question=question)
+
+    def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
+        pil = [load_image(img) for img in images]
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise InputError("the question is empty")
+        tok = self.processor.tokenizer
+        old_side = getattr(tok, "padding_side", "left")
+        try:
+            tok.padding_side = "left"  # decoder-only generation needs left padding
+            inputs = self.processor(images=pil, text=[self.prompt(q) for q in questions], return_tensors="pt",
+                                    padding=len(questions) > 1)
+        except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
+            raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
+        finally:
+            tok.padding_side = old_side
+        try:
+            self.adapter.image_layouts(inputs["input_ids"])
+        except InputError as exc:
+            raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        inputs = inputs.to(device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        return inputs
+
+    def _generate_kwargs(self, generate_kwargs: dict) -> dict:
+        for name in ("return_dict_in_generate", "streamer", "num_return_sequences", "num_beams"):
+            if name in generate_kwargs and not (name in ("num_beams", "num_return_sequences") and generate_kwargs[name] == 1):
+                raise InputError(
+                    f"generate argument {name!r} is not supported under guard (greedy or sampling, one sequence per prompt)"
+                )
+        return {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "do_sample": False, **generate_kwargs}
+
+    # ------------------------------------------------------------------ public calls
+    def generate(self, image: ImageLike, question: str, *, tags: Iterable[str] = (), **generate_kwargs: Any) -> GuardResult:
+        """Answer ``question`` about ``image`` under guard; ``generate_kwargs`` go to ``model.generate``."""
+        return self.generate_batch([(image, question)], tags=tags, **generate_kwargs)[0]
+
+    def generate_batch(
+        self, items: Sequence[tuple[ImageLike, str]], *, tags: Iterable[str] = (), **generate_kwargs: Any
+    ) -> list[GuardResult]:
+        """Guard several (image, question) pairs in one padded ``generate`` call; one result each, in order."""
+        if not items:
+            return []
+        tags = sorted(set(tags))
+        kwargs = self._generate_kwargs(generate_kwargs)
+        images, questions = zip(*items)
+        inputs = self._prepare(images, questions)  # bad input fails here, before any generation
+        n_prompt = inputs["input_ids"].shape[1]
+        start = time.perf_counter()
+        with self._lock:
+            span_cm = self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}")
+            with span_cm as chat_span:
+                error: BaseException | None = None
+                maps = None
+                t0 = time.perf_counter()
+                try:
+                    with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
+                        out = self.model.generate(**inputs, **kwargs)
+                    maps = cap.maps.numpy()  # (B, T, rows, cols)
+                except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
+                    error = exc
+                    out = None
+                except Exception:
+                    self._record_error(chat_span)
+                    raise
+                if out is None:
+                    if self.policy.on_error == "fail_open":  # the user still gets the (unguarded) answer
+                        with torch.no_grad():
+                            out = self.model.generate(**inputs, **kwargs)
+                    else:
+                        out = inputs["input_ids"]  # nothing generated is shown
+                model_s = time.perf_counter() - t0
+                results = []
+                for b, question in enumerate(questions):
+                    gen = out[b, n_prompt:].tolist()
+                    row_maps = None if maps is None else maps[b]
+                    results.append(
+                        self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
+                                     n_prompt=int(inputs["attention_mask"][b].sum()), parent=chat_span)
+                    )
+                self._annotate_chat(chat_span, results, n_prompt, kwargs, images)
+        return results
+
+    def stream(
+        self, image: ImageLike, question: str, *, tags: Iterable[str] = (), **generate_kwargs: Any
+    ) -> Iterator[Union[TokenEvent, GuardResult]]:
+        """Yield a :class:`TokenEvent` per token as it is generated, then the final :class:`GuardResult`.
+
+        The map of a token is computed before the token is sampled, so each event carries both.
+        """
+        from transformers.generation.streamers import BaseStreamer
+
+        kwargs = self._generate_kwargs(generate_kwargs)
+        inputs = self._prepare([image], [question])
+        tokens: "queue.Queue[Any]" = queue.Queue()
+        done = object()
+        tok = self.processor.tokenizer
+
+        class _Streamer(BaseStreamer):
+            def __init__(self):
+                self.prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:  # generate first sends the prompt
+                    self.prompt_seen = True
+                    return
+                tokens.put(int(value.reshape(-1)[0]))
+
+            def end(self):
+                pass
+
+        box: dict[str, Any] = {}
+
+        def worker():
+            try:
+                with self._lock, torch.no_grad(), capture(self.model, self.proxy, thread="current",
+                                                          adapter=self.adapter) as cap:
+                    box["cap"] = cap
+                    box["out"] = self.model.generate(**inputs, **kwargs, streamer=_Streamer())
+            except BaseException as exc:  # handed to the consumer thread
+                box["error"] = exc
+            finally:
+                tokens.put(done)
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=worker, name="fastrm-guard-stream", daemon=True)
+        thread.start()
+        index = 0
+        while True:
+            item = tokens.get()
+            if item is done:
+                break
+            cap = box["cap"]
+            m = cap.map(index).numpy()
+            yield TokenEvent(index=index, token_id=item, token=tok.decode([item]), map=m,
+                             entropy=float(token_entropy(m, normalized=True, map_ndim=2)))
+            index += 1
+        thread.join()
+        model_s = time.perf_counter() - start
+        error = box.get("error")
+        if error is not None and not isinstance(error, GuardrailError):
+            raise error
+        n_prompt = inputs["input_ids"].shape[1]
+        if error is None:
+            gen = box["out"][0, n_prompt:].tolist()
+            maps = box["cap"].maps[0].numpy()
+        else:
+            gen, maps = [], None
+        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
+            result = self._finish(question, gen, maps, error, sorted(set(tags)), kwargs, model_s, start,
+                                  n_prompt=n_prompt, parent=chat_span)
+            self._annotate_chat(chat_span, [result], n_prompt, kwargs, [image])
+        yield result
+
+    # ------------------------------------------------------------------ scoring and deciding
+    def _finish(self, question, gen, maps, error, tags, kwargs, model_s, start, *, n_prompt, parent) -> GuardResult:
+        t_guard = time.perf_counter()
+        tok = self.processor.tokenizer
+        gen, stopped = cut_at_eos(gen, self._eos_ids)
+        finish = "stop" if stopped else "length"
+        answer = tok.decode(gen, skip_special_tokens=True).strip()
+        token_strs = [tok.decode([t]) for t in gen]
+        entropies: list[float] = []
+        content: list[bool] = []
+        score = verdict = None
+        if maps is not None:
+            maps = maps[: len(gen)]
+        if error is None:
+            try:
+                if maps is None or len(maps) != len(gen):
+                    raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
+                scored = score_answer(maps, gen, tok, normalized=self.calibration.entropy_normalized,
+                                      aggregation=self.calibration.aggregation, eos_ids=self._eos_ids)
+                entropies = scored.entropies.tolist()
+                content = scored.content.tolist()
+                score = scored.score
+                verdict = self.calibration.verdict(score)
+            except (GuardrailError, ValueError) as exc:
+                error = exc
+        n_content = int(sum(content))
+        max_entropy = max((e for e, c in zip(entropies, content) if c), default=None)
+        if error is None:
+            decision = decide(self.policy, DecisionContext(verdict=verdict, score=score, threshold=self.calibration.threshold,
+                                                           n_answer_tokens=n_content, max_token_entropy=max_entropy, tags=tags))
+        else:
+            decision = decide_on_error(self.policy, error)
+        text, flagged = apply(decision, answer)
+        if decision.action == "escalate" and error is None:
+            try:
+                escalate(decision, {"question": question, "answer": answer, "score": score, "verdict": verdict,
+                                    "threshold": self.calibration.threshold, "tags": tags})
+            except PolicyError as exc:
+                error = exc
+                decision = decide_on_error(self.policy, exc)
+                text, flagged = apply(decision, answer)
+        if error is not None and self.policy.on_error == "fail_closed":
+            answer_shown = ""
+        else:
+            answer_shown = answer
+        result = GuardResult(
+            question=question, answer=answer_shown, text=text, token_ids=gen, tokens=token_strs,
+            maps=maps if error is None else None, entropies=entropies, content=content, score=score,
+            threshold=self.calibration.threshold, verdict=verdict, action=decision.action, rule=decision.rule,
+            reason=decision.reason, flagged=flagged, unguarded=decision.unguarded, policy_id=decision.policy_id,
+            policy_version=decision.policy_version, finish_reason=finish,
+            error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
+        )
+        self._emit_guardrail_span(result, decision, parent)
+        guard_s = time.perf_counter() - t_guard
+        result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
+        return result
+
+    # ------------------------------------------------------------------ telemetry (never raises)
+    def _span(self, name: str):
+        try:
+            return self.tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, end_on_exit=True,
+                                                     record_exception=False, set_status_on_exception=False)
+        except Exception:  # a broken tracer must not break inference
+            return _NullSpanContext()
+
+    def _record_error(self, span) -> None:
+        try:
+            import sys
+
+            exc = sys.exc_info()[1]
+            if span.is_recording() and exc is not None:
+                span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+        except Exception:
+            pass
+
+    def _annotate_chat(self, span, results: list[GuardResult], n_prompt: int, kwargs: dict, images=()) -> None:
+        try:
+            if not span.is_recording():
+                return
+            span.set_attributes(chat_attributes(
+                self.model_name,
+                input_tokens=n_prompt,
+                output_tokens=sum(len(r.token_ids) for r in results),
+                finish_reasons=[r.finish_reason for r in results],
+                max_tokens=kwargs.get("max_new_tokens"),
+                temperature=kwargs.get("temperature") if kwargs.get("do_sample") else None,
+            ))
+            if self.capture_content and len(results) == 1:
+                span.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, input_messages_json(results[0].question))
+                span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES,
+                                   output_messages_json(results[0].text, results[0].finish_reason))
+                if images and isinstance(images[0], (str, os.PathLike)):
+                    span.set_attribute(IMAGE_PATH_ATTRIBUTE, str(Path(images[0]).resolve()))
+        except Exception:
+            pass
+
+    def _emit_guardrail_span(self, result: GuardResult, decision: Decision, parent) -> None:
+        try:
+            with self.tracer.start_as_current_span(semconv.GUARDRAIL_SPAN_NAME, kind=SpanKind.INTERNAL) as span:
+                if not span.is_recording():
+                    return
+                span.set_attributes(guardrail_attributes(
+                    decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
+                    flagged=result.flagged, n_answer_tokens=sum(result.content),
+                    max_token_entropy=max((e for e, c in zip(result.entropies, result.content) if c), default=None),
+                ))
+                if result.error:
+                    span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
+                if result.maps is not None:
+                    priority = [i for i, c in enumerate(result.content) if c]
+                    plan = self.map_budget.plan(list(result.maps), priority=priority)
+                    raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
+                    log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
+                    for i, token in enumerate(result.tokens):
+                        span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
+                            i, float(raw[i]), entropy_normalized=float(raw[i] / log_n), scored=result.content[i],
+                            encoded_map=plan.encoded.get(i), token_id=result.token_ids[i],
+                            text=token if self.capture_content else None,
+                        ))
+                    span.set_attributes(map_budget_attributes(plan, self.map_budget))
+                span.add_event(semconv.GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(
+                    decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
+                    flagged=result.flagged,
+                ))
+        except Exception:  # telemetry must never break the guarded call
+            pass
+
+
+class _NullSpanContext:
+    def __enter__(self):
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc):
+        return False

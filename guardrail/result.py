@@ -1,0 +1,91 @@
+"""Typed results of a guarded call."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+__all__ = ["GuardResult", "Timings", "TokenEvent"]
+
+
+class Timings(BaseModel):
+    """Wall-clock seconds: ``model_s`` is ``model.generate`` (with the capture hooks), ``guard_s`` the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_s: float = 0.0
+    guard_s: float = 0.0
+    total_s: float = 0.0
+
+
+class TokenEvent(BaseModel):
+    """One generated token with its map, as :meth:`guardrail.Guard.stream` yields it."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    index: int
+    token_id: int
+    token: str
+    map: np.ndarray = Field(description="(rows, cols) proxy probabilities")
+    entropy: float = Field(description="normalised entropy of the map, in [0, 1]; higher = more diffuse")
+
+    @field_serializer("map")
+    def _ser_map(self, value: np.ndarray) -> list:
+        return np.asarray(value).round(6).tolist()
+
+
+class GuardResult(BaseModel):
+    """Everything one guarded call produced.
+
+    ``answer`` is what the model said; ``text`` is what the policy lets the user see
+    (the answer, or an abstain/withheld message). ``maps`` is (T, rows, cols) with one
+    map per generated token (the end-of-sequence token included), ``entropies`` (T,)
+    their normalised entropies and ``content`` (T,) which of them count in the score.
+    ``score`` aggregates the content tokens' entropies: higher = more uncertain; the
+    answer is ``confident`` when ``score < threshold``. When the guard itself failed,
+    ``error`` says why, ``unguarded`` is true and the policy's ``on_error`` decided.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    question: str
+    answer: str
+    text: str
+    token_ids: list[int]
+    tokens: list[str]
+    maps: Optional[np.ndarray] = None
+    entropies: list[float] = Field(default_factory=list)
+    content: list[bool] = Field(default_factory=list)
+    score: Optional[float] = None
+    threshold: Optional[float] = None
+    verdict: Optional[Literal["confident", "uncertain"]] = None
+    action: Literal["allow", "flag", "abstain", "escalate"]
+    rule: str
+    reason: str
+    flagged: bool = False
+    unguarded: bool = False
+    policy_id: str
+    policy_version: str
+    finish_reason: Literal["stop", "length"] = "stop"
+    error: Optional[str] = None
+    tags: list[str] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+
+    @field_serializer("maps")
+    def _ser_maps(self, value: Optional[np.ndarray]) -> Optional[list]:
+        return None if value is None else np.asarray(value).round(6).tolist()
+
+    @property
+    def grid(self) -> Optional[tuple[int, int]]:
+        """(rows, cols) of the maps, or None when there are none."""
+        return None if self.maps is None else tuple(self.maps.shape[1:])
+
+    @property
+    def answer_map(self) -> Optional[np.ndarray]:
+        """(rows, cols) mean map over the content tokens (all tokens if none): where the answer looked."""
+        if self.maps is None or len(self.maps) == 0:
+            return None
+        keep = np.asarray(self.content, dtype=bool) if any(self.content) else np.ones(len(self.maps), dtype=bool)
+        return self.maps[keep].mean(axis=0)

@@ -1,0 +1,255 @@
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from fastrm_core import FastRMProxy, ProxyConfig, get_adapter
+from fastrm_core.errors import ConfigMismatchError, InputError
+from guardrail import Guard, GuardResult, TokenEvent, decode_map
+from guardrail.telemetry import map_from_attributes
+from policies import load_policy
+
+
+KW = dict(max_new_tokens=5, min_new_tokens=5)
+
+
+def policy_file(tmp_path, body: str):
+    path = tmp_path / "policy.yaml"
+    path.write_text(body)
+    return load_policy(path)
+
+
+def hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture
+def guard(tiny_llava, tiny_proxy, calibration_uncertain):
+    model, processor = tiny_llava
+    return Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain)
+
+
+def test_result_is_complete_and_consistent(guard, image):
+    r = guard.generate(image, "What color is the circle?", **KW)
+    assert isinstance(r, GuardResult)
+    assert r.maps.shape == (len(r.token_ids), 4, 4) and len(r.entropies) == len(r.token_ids) == len(r.tokens)
+    assert all(0.0 <= e <= 1.0 for e in r.entropies)
+    content = [e for e, c in zip(r.entropies, r.content) if c]
+    assert r.score == pytest.approx(np.mean(content))
+    assert r.verdict == ("confident" if r.score < r.threshold else "uncertain") == "uncertain"
+    assert (r.action, r.rule, r.flagged, r.text) == ("flag", "uncertain", True, r.answer)
+    assert r.timings.model_s > 0 and r.timings.total_s >= r.timings.model_s
+    json.loads(r.model_dump_json())  # serialisable, maps included
+
+
+def test_guarded_tokens_equal_plain_generate(guard, tiny_llava, image):
+    model, processor = tiny_llava
+    r = guard.generate(image, "What color is the circle?", **KW)
+    inputs = guard._prepare([image], ["What color is the circle?"])
+    plain = model.generate(**inputs, do_sample=False, **KW)[0, inputs["input_ids"].shape[1]:].tolist()
+    assert r.token_ids == plain[: len(r.token_ids)]
+
+
+@pytest.mark.parametrize("action,expect_text", [("allow", None), ("flag", None), ("abstain", "I cannot answer that reliably.")])
+def test_each_action(tiny_llava, tiny_proxy, calibration_uncertain, image, tmp_path, action, expect_text):
+    extra = f"\n    message: {expect_text}" if action == "abstain" else ""
+    policy = policy_file(tmp_path, f"""
+id: t
+version: "2"
+rules:
+  - name: unsure
+    when: {{verdict: uncertain}}
+    action: {action}{extra}
+default: {{action: allow}}
+""")
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, policy=policy)
+    r = g.generate(image, "What color?", **KW)
+    assert r.action == action and r.rule == "unsure" and r.policy_version == "2"
+    assert r.text == (expect_text if expect_text else r.answer)
+    assert r.flagged == (action == "flag")
+
+
+def test_escalation_to_queue_and_confident_default(tiny_llava, tiny_proxy, calibration_uncertain, calibration_confident,
+                                                   image, tmp_path):
+    queue = tmp_path / "q" / "escalations.jsonl"
+    policy = policy_file(tmp_path, f"""
+id: esc
+version: "1"
+rules:
+  - name: review
+    when: {{verdict: uncertain, tags_any: [medical]}}
+    action: escalate
+    escalation: {{queue: {queue}, withhold: true}}
+default: {{action: allow}}
+""")
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, policy=policy)
+    plain = g.generate(image, "What color?", **KW)
+    assert plain.action == "allow" and not queue.exists()  # tag missing: the rule does not match
+    r = g.generate(image, "What color?", tags=["medical"], **KW)
+    assert r.action == "escalate" and r.text != r.answer
+    lines = queue.read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["payload"]["answer"] == r.answer
+    sure = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_confident, policy=policy)
+    r2 = sure.generate(image, "What color?", tags=["medical"], **KW)
+    assert r2.verdict == "confident" and r2.action == "allow"
+
+
+def test_stream_yields_each_token_with_its_map_then_the_result(guard, image):
+    events = list(guard.stream(image, "What color is the circle?", **KW))
+    tokens, final = events[:-1], events[-1]
+    assert all(isinstance(e, TokenEvent) for e in tokens) and isinstance(final, GuardResult)
+    assert [e.token_id for e in tokens][: len(final.token_ids)] == final.token_ids
+    for e in tokens[: len(final.token_ids)]:
+        np.testing.assert_allclose(e.map, final.maps[e.index], rtol=1e-6)
+    batch = guard.generate(image, "What color is the circle?", **KW)
+    assert batch.token_ids == final.token_ids and batch.score == pytest.approx(final.score)
+
+
+def test_batch_equals_single_calls(guard, image):
+    from fastrm_core.testing import blank_image
+
+    items = [(image, "What color is the circle?"), (blank_image(32, (10, 200, 10)), "How many?")]
+    batch = guard.generate_batch(items, max_new_tokens=4)
+    for (img, q), b in zip(items, batch):
+        single = guard.generate(img, q, max_new_tokens=4)
+        assert single.token_ids == b.token_ids
+        np.testing.assert_allclose(single.maps, b.maps, rtol=1e-4, atol=1e-6)
+
+
+def test_threads_give_serial_results(guard, image):
+    from fastrm_core.testing import blank_image
+
+    questions = ["What color?", "How many circles?", "What shape is the red object?", "Is there a square?"]
+    images = [blank_image(32, (40 * i, 100, 200 - 40 * i)) for i in range(4)]
+    serial = [guard.generate(img, q, **KW) for img, q in zip(images, questions)]
+    out = [None] * 4
+
+    def call(i):
+        out[i] = guard.generate(images[i], questions[i], **KW)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for a, b in zip(serial, out):
+        assert a.token_ids == b.token_ids and a.score == pytest.approx(b.score)
+        np.testing.assert_array_equal(a.maps, b.maps)
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+def test_guard_failure_follows_on_error(tiny_llava, tiny_proxy, calibration_uncertain, image, tmp_path, mode):
+    model, processor = tiny_llava
+    policy = policy_file(tmp_path, f"id: p\nversion: '1'\non_error: {mode}\nabstain_message: Withheld.\ndefault: {{action: allow}}\n")
+    g = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain, policy=policy)
+    expected = g.generate(image, "What color?", **KW)
+    before = hooks(model)
+    norm = get_adapter(model).final_norm
+    handle = norm.register_forward_hook(lambda m, a, o: o * float("nan"))
+    try:
+        r = g.generate(image, "What color?", **KW)
+    finally:
+        handle.remove()
+    assert hooks(model) == before
+    assert r.unguarded and r.rule == "on_error" and "non-finite" in r.error and r.maps is None
+    if mode == "fail_open":
+        assert r.action == "flag" and r.flagged and r.text == r.answer
+    else:
+        assert r.action == "abstain" and r.text == "Withheld." and r.answer == ""
+    assert expected.error is None
+
+
+def test_bad_input_fails_before_generation(guard, tmp_path, tiny_llava, tiny_proxy):
+    model, _ = tiny_llava
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(InputError, match="image file not found"):
+            guard.generate(tmp_path / "missing.png", "What?")
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not an image")
+        with pytest.raises(InputError, match="unreadable image"):
+            guard.generate(bad, "What?")
+        with pytest.raises(InputError, match="question is empty"):
+            guard.generate(np.zeros((8, 8, 3), dtype=np.uint8), "  ")
+        with pytest.raises(InputError, match="not supported under guard"):
+            guard.generate(np.zeros((8, 8, 3), dtype=np.uint8), "What?", num_beams=3)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_artifacts_must_match(tiny_llava, tiny_proxy, make_cal):
+    make_calibration = make_cal
+    model, processor = tiny_llava
+    wrong_proxy = FastRMProxy(ProxyConfig(hidden_size=32, n_image_tokens=16, grid=(4, 4)))
+    with pytest.raises(ConfigMismatchError, match="hidden size 32"):
+        Guard(model, processor, proxy=wrong_proxy, calibration=make_calibration())
+    other = make_calibration(model_id="llava-1.5-7b-hf")
+    with pytest.raises(ConfigMismatchError, match="llava-1.5-7b-hf"):
+        Guard(model, processor, proxy=tiny_proxy, calibration=other)
+    stale = make_calibration(proxy_hash="sha256:0000")
+    with pytest.raises(ConfigMismatchError, match="proxy hash"):
+        Guard(model, processor, proxy=tiny_proxy, calibration=stale)
+
+
+def in_memory_provider():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_spans_names_parentage_attributes_and_maps(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    provider, exporter = in_memory_provider()
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              model_name="tiny-llava")
+    r = g.generate(image, "What color is the circle?", **KW)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    chat, guard_span = spans["chat tiny-llava"], spans["apply_guardrail fastrm"]
+    assert guard_span.parent.span_id == chat.context.span_id
+    a = chat.attributes
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.request.model"] == "tiny-llava"
+    assert a["gen_ai.usage.output_tokens"] == len(r.token_ids) and a["gen_ai.usage.input_tokens"] > 16
+    assert tuple(a["gen_ai.response.finish_reasons"]) == (r.finish_reason,)
+    assert "gen_ai.input.messages" not in a  # content capture is off by default
+    ga = guard_span.attributes
+    assert ga["gen_ai.guardrail.verdict"] == r.verdict and ga["gen_ai.guardrail.action"] == r.action
+    assert ga["gen_ai.guardrail.score"] == pytest.approx(r.score)
+    assert ga["gen_ai.guardrail.threshold"] == pytest.approx(r.threshold)
+    assert ga["gen_ai.guardrail.policy.id"] == "default"
+    events = [e for e in guard_span.events if e.name == "fastrm.token"]
+    assert len(events) == len(r.token_ids)
+    assert any(e.name == "gen_ai.guardrail.result" for e in guard_span.events)
+    for i, e in enumerate(events):
+        decoded = map_from_attributes(dict(e.attributes))
+        lo, hi = r.maps[i].min(), r.maps[i].max()
+        np.testing.assert_allclose(decoded, r.maps[i], atol=(hi - lo) / 255 / 2 + 1e-7)
+        assert "fastrm.token.text" not in e.attributes
+
+
+def test_content_capture_records_text(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    provider, exporter = in_memory_provider()
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              capture_content=True)
+    r = g.generate(image, "What color is the circle?", **KW)
+    chat = [s for s in exporter.get_finished_spans() if s.name.startswith("chat")][0]
+    assert "What color is the circle?" in chat.attributes["gen_ai.input.messages"]
+    assert r.text in chat.attributes["gen_ai.output.messages"]
+
+
+def test_broken_exporter_never_breaks_the_call(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    class Exploding(SpanExporter):
+        def export(self, spans):
+            raise RuntimeError("collector down")
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Exploding()))
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider)
+    r = g.generate(image, "What color?", **KW)
+    assert r.error is None and r.verdict == "uncertain"
