@@ -1,0 +1,284 @@
+"""``fastrm distill build | train | eval``: parse, call the library function, save, print with rich.
+
+    fastrm distill build --data shapes-train/data.jsonl --out runs/ds --max-new-tokens 4
+    fastrm distill train --data runs/ds --out runs/proxy --steps 3500
+    fastrm distill eval  --data shapes-test/data.jsonl --out runs/report.json --proxy runs/proxy --n 200
+
+``--model`` defaults to the shipped ShapesVQA reference model and (for ``eval``) ``--proxy``
+to its shipped proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from fastrm_core.errors import InputError
+
+__all__ = ["add_distill_parser", "default_model", "default_proxy"]
+
+
+# --------------------------------------------------------------------------------------
+# defaults shipped with ShapesVQA (imported lazily: they may not be shipped yet)
+
+
+def default_model() -> str:
+    """The shipped reference model's folder, or an :class:`InputError` saying to pass ``--model``."""
+    try:
+        from shapesvqa.assets import reference_model_path
+    except ImportError as exc:
+        raise InputError(f"no --model given and the ShapesVQA reference model is not available ({exc}); pass --model") from exc
+    try:
+        return str(reference_model_path())
+    except FileNotFoundError as exc:
+        raise InputError(f"no --model given and the reference model is not shipped: {exc}; pass --model") from exc
+
+
+def default_proxy() -> str:
+    """The shipped reference proxy's folder, or an :class:`InputError` saying to pass ``--proxy``."""
+    try:
+        from shapesvqa.assets import reference_proxy_path
+    except ImportError as exc:
+        raise InputError(
+            "no --proxy given and the reference proxy is not shipped yet "
+            f"(shapesvqa.assets.reference_proxy_path is not available: {exc}); pass --proxy"
+        ) from exc
+    try:
+        return str(reference_proxy_path())
+    except FileNotFoundError as exc:
+        raise InputError(f"no --proxy given and the reference proxy is not shipped: {exc}; pass --proxy") from exc
+
+
+# --------------------------------------------------------------------------------------
+# parsers
+
+
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="local (default) or ray actors")
+    p.add_argument("--workers", type=int, default=1, help="ray actors, each holding one model copy (default 1)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster ('auto'); default: start a local one")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="VLM folder or hub id (default: the shipped ShapesVQA reference model)")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the checkpoint's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument("--max-new-tokens", type=int, default=10, help="greedy generation length (default 10)")
+    p.add_argument("--prompt-suffix", default=None,
+                   help="appended to each question (the paper: 'Answer the question using up to two words.')")
+
+
+def add_distill_parser(sub) -> None:
+    """Register ``distill build|train|eval`` on an argparse sub-parsers object."""
+    distill = sub.add_parser("distill", help="build datasets, train and evaluate FastRM proxies")
+    dsub = distill.add_subparsers(dest="distill_command", metavar="{build,train,eval}")
+    dsub.required = True
+
+    b = dsub.add_parser("build", help="generate answers and record (hidden state, gradient map) pairs")
+    b.add_argument("--data", required=True, type=Path, help="VQA JSONL file (ShapesVQA export format)")
+    b.add_argument("--out", required=True, type=Path, help="dataset folder (resumes if it holds a manifest)")
+    _model_args(b)
+    b.add_argument("--records-per-shard", type=int, default=64)
+    b.add_argument("--label-threshold", type=float, default=0.3, help="recorded for the trainer (default 0.3)")
+    b.add_argument("--states-dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    b.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    _scale_args(b)
+    b.set_defaults(func=_build)
+
+    t = dsub.add_parser("train", help="fit a FastRM proxy on a dataset folder")
+    t.add_argument("--data", required=True, type=Path, help="dataset folder written by `fastrm distill build`")
+    t.add_argument("--out", required=True, type=Path, help="proxy folder to write")
+    t.add_argument("--lr", type=float, default=2e-5)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--steps", type=int, default=3500)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--head-dim", type=int, default=None, help="proxy head size (default: the hidden size)")
+    t.add_argument("--label-threshold", type=float, default=None, help="default: the dataset's")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--max-memory-gb", type=float, default=4.0, help="load datasets under this size into memory")
+    t.set_defaults(func=_train)
+
+    e = dsub.add_parser("eval", help="proxy vs gradient baseline: F1, perturbation AUC, pointing, correlation")
+    e.add_argument("--data", required=True, type=Path, help="VQA JSONL file (evidence_masks enable the pointing game)")
+    e.add_argument("--out", required=True, type=Path, help="JSON report to write")
+    _model_args(e)
+    e.add_argument("--proxy", default=None, help="proxy folder (default: the shipped reference proxy)")
+    e.add_argument("--n", type=int, default=None, help="evaluate the first N records (default all)")
+    e.add_argument("--label-threshold", type=float, default=None, help="default: the proxy's")
+    e.add_argument("--fill", choices=("zero", "mean"), default="zero", help="value of removed patch embeddings")
+    e.add_argument("--token", choices=("first", "mean"), default="first",
+                   help="the map that ranks patches: first answer token's, or the mean over the answer")
+    e.add_argument("--gradcam-layer", type=int, default=None, help="decoder layer for Grad-CAM (default: the middle)")
+    e.add_argument("--random-seeds", type=int, default=5)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-perturbation", action="store_true", help="skip the perturbation curves (fast)")
+    e.add_argument("--perturb-batch-size", type=int, default=32)
+    _scale_args(e)
+    e.set_defaults(func=_eval)
+
+
+# --------------------------------------------------------------------------------------
+# commands
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _build(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .dataset import BuildSettings, build_dataset
+
+    console = _console()
+    model = args.model or default_model()
+    settings = BuildSettings(
+        max_new_tokens=args.max_new_tokens,
+        prompt_suffix=args.prompt_suffix,
+        records_per_shard=args.records_per_shard,
+        label_threshold=args.label_threshold,
+        states_dtype=args.states_dtype,
+    )
+    columns = (TextColumn("[bold]build"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]} tok/s"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    state = {"tokens": 0, "t0": time.perf_counter()}
+    start = time.perf_counter()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("build", total=None, tps="-")
+
+        def on_start(todo: int, done: int) -> None:
+            progress.update(task, total=todo + done, completed=done)
+            state["t0"] = time.perf_counter()
+
+        def on_record(record_id: str, n_tokens: int) -> None:
+            state["tokens"] += n_tokens
+            rate = state["tokens"] / max(time.perf_counter() - state["t0"], 1e-9)
+            progress.update(task, advance=1, tps=f"{rate:.1f}")
+
+        manifest = build_dataset(
+            args.data, args.out, model_name=model, settings=settings, dtype=args.dtype, device=args.device,
+            backend=args.backend, workers=args.workers, ray_address=args.ray_address, overwrite=args.overwrite,
+            on_record=on_record, on_start=on_start,
+        )
+    console.print(
+        f"[green]dataset[/green] {args.out}: {manifest.n_records} records, {manifest.n_tokens} tokens, "
+        f"{len(manifest.skipped)} skipped, {len(manifest.shards)} shards ({time.perf_counter() - start:.1f} s)"
+    )
+    for s in manifest.skipped[:10]:
+        console.print(f"  skipped {s.id or f'line {s.line}'}: {s.reason}")
+    if len(manifest.skipped) > 10:
+        console.print(f"  ... and {len(manifest.skipped) - 10} more (see manifest.json)")
+    return 0
+
+
+def _train(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .trainer import TrainConfig, train_proxy
+
+    console = _console()
+    config = TrainConfig(
+        lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
+        eval_every=args.eval_every, head_dim=args.head_dim, label_threshold=args.label_threshold,
+        weight_decay=args.weight_decay, device=args.device, max_memory_gb=args.max_memory_gb,
+    )
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=config.steps, loss="-", val="-")
+
+        def on_step(step: int, loss: float, evaluation: dict | None) -> None:
+            fields = {"loss": f"{loss:.4f}"}
+            if evaluation is not None:
+                fields["val"] = f"{evaluation['val_loss']:.4f} (F1 {evaluation['val_f1']:.3f})"
+            progress.update(task, advance=1, **fields)
+
+        result = train_proxy(args.data, args.out, config, on_step=on_step)
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    console.print(f"[green]proxy[/green] {result.path}: best step {result.best_step}, val loss {best} "
+                  f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _eval(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .evaluate import EvalConfig, evaluate_proxy
+
+    console = _console()
+    model = args.model or default_model()
+    proxy = args.proxy or default_proxy()
+    config = EvalConfig(
+        max_new_tokens=args.max_new_tokens, prompt_suffix=args.prompt_suffix, label_threshold=args.label_threshold,
+        fill=args.fill, token=args.token, gradcam_layer=args.gradcam_layer, random_seeds=args.random_seeds,
+        seed=args.seed, perturbation=not args.no_perturbation, perturb_batch_size=args.perturb_batch_size,
+    )
+    columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("eval", total=None)
+        report = evaluate_proxy(
+            args.data, model_name=model, proxy_path=proxy, config=config, n=args.n, dtype=args.dtype,
+            device=args.device, backend=args.backend, workers=args.workers, ray_address=args.ray_address,
+            on_start=lambda total: progress.update(task, total=total),
+            on_record=lambda _result: progress.advance(task),
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    from rich.console import Console
+
+    for table in report_tables(report):
+        Console().print(table)
+    console.print(f"[green]report[/green] {args.out} ({report['n_records']} records, {report['n_skipped']} skipped, "
+                  f"{report['seconds']:.1f} s)")
+    return 0
+
+
+def report_tables(report: dict) -> list:
+    """Rich tables of an evaluation report: classification, perturbation AUC, pointing and correlation."""
+    from rich.table import Table
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    tables = []
+    cls = Table(title=f"proxy vs binarised baseline (label threshold {report['classification']['label_threshold']})")
+    for col in ("threshold", "accuracy", "precision", "recall", "F1"):
+        cls.add_column(col, justify="right")
+    for row in report["classification"]["thresholds"]:
+        cls.add_row(f"{row['threshold']:.1f}", fmt(row["accuracy"]), fmt(row["precision"]), fmt(row["recall"]),
+                    fmt(row["f1"]))
+    tables.append(cls)
+
+    methods: list[str] = []
+    for section in ("perturbation", "pointing"):
+        part = report.get(section) or {}
+        src = part.get("positive") or part.get("all") or {}
+        methods += [m for m in src if m not in methods]
+    if methods:
+        summary = Table(title=f"methods on {report['n_records']} records (answer accuracy {fmt(report['answer_accuracy'])})")
+        summary.add_column("method")
+        for col in ("pos. AUC ↓", "neg. AUC ↑", "pointing ↑", "mask mass ↑", "chance"):
+            summary.add_column(col, justify="right")
+        pert = report.get("perturbation") or {}
+        point = (report.get("pointing") or {}).get("all") or {}
+        for m in methods:
+            pos = (pert.get("positive") or {}).get(m, {}).get("auc")
+            neg = (pert.get("negative") or {}).get(m, {}).get("auc")
+            p = point.get(m, {})
+            summary.add_row(m, fmt(pos), fmt(neg), fmt(p.get("hit")), fmt(p.get("mass")), fmt(p.get("chance")))
+        tables.append(summary)
+    corr = report["correlation"]
+    extra = Table(title="proxy probabilities vs continuous baseline maps")
+    for col in ("Pearson", "Spearman", "tokens"):
+        extra.add_column(col, justify="right")
+    extra.add_row(fmt(corr["pearson"]), fmt(corr["spearman"]), str(corr["n_tokens"]))
+    tables.append(extra)
+    return tables

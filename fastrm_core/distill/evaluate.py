@@ -1,0 +1,450 @@
+"""Evaluating a FastRM proxy against the exact gradient baseline on a VQA JSONL file.
+
+Per record: one greedy generation with the proxy captured (:func:`fastrm_core.capture.capture`),
+the exact gradient maps of the same tokens (:func:`fastrm_core.relevancy.gradient_relevancy`),
+then
+
+1. **classification**: the proxy's per-patch probabilities against the baseline maps binarised
+   at the labelling threshold, every generated token, confusion counts at thresholds 0.1..0.9
+   (pooled over tokens and records -> accuracy, precision, recall, F1);
+2. **correlation**: Pearson and Spearman between each token's proxy probabilities and its
+   continuous baseline map (mean over tokens; constant maps are left out);
+3. **perturbation**: one map per record and method (the first content token's by default,
+   ``token="mean"`` averages the answer's content tokens), patches ranked by it, then 0..50% of
+   them removed (:mod:`fastrm_core.distill.perturbation`; most relevant first = positive,
+   least relevant first = negative) and the question answered again greedily. Accuracy
+   against the reference answers (:func:`calibration.vqa.is_correct`) and agreement with the
+   unperturbed answer, per fraction; AUC = the curve's mean height (:func:`metrics.curve_auc`).
+   Methods: ``proxy``, ``gradient``, ``gradcam`` (:mod:`fastrm_core.distill.gradcam`) and
+   ``random`` (the mean over ``random_seeds`` seeded permutations);
+4. **pointing** (records with ``evidence_masks``, e.g. ShapesVQA): the target is the first
+   evidence mask for ``attribute`` and ``relational`` questions (the queried object) and the
+   union of the masks otherwise (as ``shapesvqa eval``), downsampled to the patch grid
+   (:func:`metrics.mask_to_grid`); hit rate of the argmax patch and mass on the target.
+
+:func:`evaluate_record` returns a JSON-able dict per record (workers send these back) and
+:func:`aggregate` turns a list of them into the report.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from fastrm_core.adapters import VLMAdapter, get_adapter
+from fastrm_core.errors import DataError, GuardrailError, InputError
+
+from .metrics import (
+    DEFAULT_FRACTIONS,
+    DEFAULT_THRESHOLDS,
+    classification_scores,
+    confusion_counts,
+    correlations,
+    curve_auc,
+    mask_to_grid,
+    pointing,
+    rank_patches,
+    removal_masks,
+)
+
+__all__ = ["METHODS", "EvalConfig", "aggregate", "evaluate_proxy", "evaluate_record", "evaluate_records"]
+
+METHODS = ("proxy", "gradient", "gradcam", "random")
+OnRecord = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of :func:`evaluate_proxy` (recorded in the report)."""
+
+    max_new_tokens: int = 10
+    prompt_suffix: str | None = None
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    label_threshold: float | None = None  # None: the proxy's
+    methods: tuple[str, ...] = METHODS
+    random_seeds: int = 5
+    seed: int = 0
+    gradcam_layer: int | None = None
+    fill: Literal["zero", "mean"] = "zero"
+    token: Literal["first", "mean"] = "first"
+    perturbation: bool = True
+    perturb_batch_size: int = 32
+    coverage: float = 0.3
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"unknown method(s) {', '.join(unknown)}; expected some of: {', '.join(METHODS)}")
+        if self.token not in ("first", "mean"):
+            raise InputError(f"unknown token {self.token!r}; expected one of: first, mean")
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if len(self.fractions) < 2 or list(self.fractions) != sorted(self.fractions) or self.fractions[0] != 0:
+            raise InputError(f"fractions must start at 0 and increase, got {self.fractions}")
+        if self.random_seeds < 1:
+            raise InputError(f"random_seeds must be >= 1, got {self.random_seeds}")
+
+
+# --------------------------------------------------------------------------------------
+# one record
+
+
+def _target_mask(record, base_dir: Path, grid: tuple[int, int], coverage: float) -> np.ndarray | None:
+    """The evidence target on the patch grid (rows, cols) bool, or None without evidence masks."""
+    from PIL import Image
+
+    extra = record.model_extra or {}
+    paths = extra.get("evidence_masks") or []
+    if not paths:
+        return None
+    masks = []
+    for rel in paths:
+        path = Path(rel) if Path(rel).is_absolute() else base_dir / rel
+        try:
+            with Image.open(path) as img:
+                masks.append(np.asarray(img.convert("L")) > 127)
+        except OSError as exc:
+            raise DataError(f"unreadable evidence mask {str(path)!r}: {exc}") from exc
+    family = extra.get("family")
+    pixels = masks[0] if family in ("attribute", "relational") else np.logical_or.reduce(masks)
+    if not pixels.any():
+        return None
+    return mask_to_grid(pixels, grid, coverage)
+
+
+def _record_rng(record_id: str, seed: int, k: int) -> np.random.Generator:
+    # seeded by the record id, not its position: the same numbers in any worker and any order
+    return np.random.default_rng([seed, zlib.crc32(record_id.encode()), k])
+
+
+def _select(maps: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
+    """One (N,) ranking map from per-token maps (T, N): the mean of the chosen tokens' sum-normalised maps."""
+    sub = maps[chosen].double()  # (k, N)
+    sub = sub / sub.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    return sub.mean(dim=0).numpy()
+
+
+def evaluate_record(
+    model,
+    processor,
+    proxy,
+    record,
+    config: EvalConfig = EvalConfig(),
+    *,
+    base_dir: str | Path | None = None,
+    adapter: VLMAdapter | None = None,
+) -> dict:
+    """All per-record measurements (a JSON-able dict); ``{"id", "skipped": reason}`` when unusable.
+
+    ``record`` is a :class:`calibration.data.VQARecord` (``id``, ``image``, ``question``,
+    ``answers``, optional ``evidence_masks`` relative to ``base_dir`` and ``family``).
+    """
+    from calibration.vqa import is_correct
+    from fastrm_core.capture import capture
+    from fastrm_core.relevancy import gradient_relevancy
+
+    from .generation import build_prompt, content_token_mask, greedy_kwargs, load_image, prepare_inputs
+    from .gradcam import gradcam_maps
+    from .perturbation import generate_without_patches
+    from .trainer import binarize_maps
+
+    adapter = adapter or get_adapter(model)
+    base_dir = Path(base_dir) if base_dir is not None else Path(record.image).parent
+    label_threshold = config.label_threshold or proxy.config.label_threshold
+    tok = processor.tokenizer
+    try:
+        image = load_image(record.image)
+        target = _target_mask(record, base_dir, adapter.grid, config.coverage)
+        prompt, _ = build_prompt(processor, record.question, config.prompt_suffix)
+        inputs = prepare_inputs(model, processor, image, prompt)
+        gen_kwargs = greedy_kwargs(adapter, config.max_new_tokens)
+        with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
+            out = model.generate(**inputs, **gen_kwargs)
+        rel = gradient_relevancy(model, inputs, out, adapter=adapter)
+    except (GuardrailError, OSError) as exc:
+        return {"id": record.id, "skipped": f"{type(exc).__name__}: {exc}"}
+
+    n_tok = len(rel)
+    new = rel.token_ids  # (T,)
+    answer = tok.decode(new, skip_special_tokens=True).strip()
+    correct = bool(is_correct(answer, record.answers))
+    grad = rel.maps.reshape(n_tok, -1).float()  # (T, N)
+    probs = cap.maps[0, :n_tok].reshape(n_tok, -1).float()  # (T, N)
+    labels = binarize_maps(grad, label_threshold)
+    result: dict = {
+        "id": record.id,
+        "answer": answer,
+        "correct": correct,
+        "n_tokens": n_tok,
+        "counts": confusion_counts(probs.numpy(), labels.numpy(), config.thresholds).tolist(),
+    }
+    pairs = [correlations(probs[t].numpy(), grad[t].numpy()) for t in range(n_tok)]
+    result["pearson"] = [p for p, _ in pairs]
+    result["spearman"] = [s for _, s in pairs]
+
+    content = content_token_mask(processor, new)
+    chosen = content.nonzero(as_tuple=True)[0]
+    if chosen.numel() == 0:
+        chosen = torch.tensor([0])
+    if config.token == "first":
+        chosen = chosen[:1]
+    n_patches = grad.shape[1]
+    method_maps: dict[str, np.ndarray] = {}
+    if "proxy" in config.methods:
+        method_maps["proxy"] = _select(probs, chosen)
+    if "gradient" in config.methods:
+        method_maps["gradient"] = _select(grad, chosen)
+    if "gradcam" in config.methods:
+        try:
+            cam = gradcam_maps(model, inputs, out, layer=config.gradcam_layer, tokens=chosen, adapter=adapter)
+        except GuardrailError as exc:
+            return {"id": record.id, "skipped": f"grad-cam: {type(exc).__name__}: {exc}"}
+        method_maps["gradcam"] = _select(cam.reshape(n_tok, -1), chosen)
+    random_maps = (
+        [_record_rng(record.id, config.seed, k).random(n_patches) for k in range(config.random_seeds)]
+        if "random" in config.methods else []
+    )
+
+    if target is not None:
+        point = {m: pointing(v, target) for m, v in method_maps.items()}
+        if random_maps:
+            rp = [pointing(v, target) for v in random_maps]
+            point["random"] = {key: float(np.mean([r[key] for r in rp])) for key in ("hit", "mass", "chance")}
+        result["pointing"] = point
+
+    if config.perturbation:
+        result.update(_perturb(model, inputs, adapter, gen_kwargs, config, method_maps, random_maps, tok,
+                               record.answers, answer, correct))
+    return result
+
+
+def _perturb(model, inputs, adapter, gen_kwargs, config, method_maps, random_maps, tok, refs, answer, correct) -> dict:
+    """Positive/negative perturbation accuracy and agreement per method and fraction."""
+    from calibration.vqa import is_correct, normalize_answer
+
+    from .perturbation import generate_without_patches
+
+    fractions = list(config.fractions)
+    rankings: dict[str, list[np.ndarray]] = {m: [rank_patches(v)] for m, v in method_maps.items()}
+    if random_maps:
+        rankings["random"] = [rank_patches(v) for v in random_maps]
+    # every (method, direction, ranking) x fraction mask; identical masks are generated once
+    unique: dict[bytes, int] = {}
+    masks: list[np.ndarray] = []
+    plan: dict[tuple[str, str], list[list[int]]] = {}
+    for method, orders in rankings.items():
+        for direction in ("positive", "negative"):
+            rows = []
+            for order in orders:
+                idx = []
+                for mask in removal_masks(order, fractions, positive=direction == "positive"):
+                    key = mask.tobytes()
+                    if key not in unique:
+                        unique[key] = len(masks)
+                        masks.append(mask)
+                    idx.append(unique[key])
+                rows.append(idx)
+            plan[(method, direction)] = rows
+    answers: dict[int, str] = {}
+    todo = [i for i, m in enumerate(masks) if m.any()]
+    for i, m in enumerate(masks):
+        if not m.any():
+            answers[i] = answer  # nothing removed: the unperturbed answer
+    if todo:
+        remove = torch.from_numpy(np.stack([masks[i] for i in todo]))  # (M, N)
+        outs = generate_without_patches(model, inputs, remove, adapter=adapter, generate_kwargs=gen_kwargs,
+                                        batch_size=config.perturb_batch_size, fill=config.fill)
+        for i, ids in zip(todo, outs):
+            answers[i] = tok.decode(ids, skip_special_tokens=True).strip()
+    base = normalize_answer(answer)
+    acc = {i: float(is_correct(a, refs)) for i, a in answers.items()}
+    same = {i: float(normalize_answer(a) == base) for i, a in answers.items()}
+    curves: dict = {"positive": {}, "negative": {}}
+    agree: dict = {"positive": {}, "negative": {}}
+    for (method, direction), rows in plan.items():
+        curves[direction][method] = np.mean([[acc[i] for i in row] for row in rows], axis=0).tolist()
+        agree[direction][method] = np.mean([[same[i] for i in row] for row in rows], axis=0).tolist()
+    return {"perturbation": curves, "agreement": agree, "n_generations": len(todo)}
+
+
+# --------------------------------------------------------------------------------------
+# many records
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and not np.isnan(v)]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_threshold: float | None = None) -> dict:
+    """The report of a list of :func:`evaluate_record` results (JSON-able dict).
+
+    Every figure is a mean over records (or pooled counts over tokens for classification);
+    ``auc`` values are :func:`metrics.curve_auc` of the mean curves.
+    """
+    done = [r for r in results if "skipped" not in r]
+    skipped = [{"id": r["id"], "reason": r["skipped"]} for r in results if "skipped" in r]
+    report: dict = {
+        "n_records": len(done),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "answer_accuracy": _mean([float(r["correct"]) for r in done]),
+        "n_tokens": int(sum(r["n_tokens"] for r in done)),
+    }
+    counts = np.sum([np.asarray(r["counts"]) for r in done], axis=0) if done else np.zeros((len(config.thresholds), 4))
+    report["classification"] = {
+        "label_threshold": label_threshold if label_threshold is not None else config.label_threshold,
+        "thresholds": [
+            {"threshold": t, **scores} for t, scores in zip(config.thresholds, classification_scores(counts))
+        ],
+    }
+    pear = [p for r in done for p in r["pearson"]]
+    spear = [s for r in done for s in r["spearman"]]
+    report["correlation"] = {
+        "pearson": _mean(pear),
+        "spearman": _mean(spear),
+        "n_tokens": int(sum(not np.isnan(p) for p in pear)),
+    }
+    with_curves = [r for r in done if "perturbation" in r]
+    if with_curves:
+        pert: dict = {"fractions": list(config.fractions), "n_records": len(with_curves)}
+        for direction in ("positive", "negative"):
+            pert[direction] = {}
+            for method in with_curves[0]["perturbation"][direction]:
+                curve = np.mean([r["perturbation"][direction][method] for r in with_curves], axis=0)
+                agree = np.mean([r["agreement"][direction][method] for r in with_curves], axis=0)
+                pert[direction][method] = {
+                    "accuracy": [round(float(x), 4) for x in curve],
+                    "agreement": [round(float(x), 4) for x in agree],
+                    "auc": round(curve_auc(config.fractions, curve), 4),
+                    "auc_agreement": round(curve_auc(config.fractions, agree), 4),
+                }
+        report["perturbation"] = pert
+    pointed = [r for r in done if "pointing" in r]
+    if pointed:
+        def point_stats(rows):
+            if not rows:
+                return None
+            return {
+                method: {key: _mean([float(r["pointing"][method][key]) for r in rows]) for key in ("hit", "mass", "chance")}
+                for method in rows[0]["pointing"]
+            }
+
+        report["pointing"] = {
+            "n": len(pointed),
+            "all": point_stats(pointed),
+            "n_correct": sum(r["correct"] for r in pointed),
+            "correct": point_stats([r for r in pointed if r["correct"]]),
+        }
+    report["records"] = [
+        {"id": r["id"], "answer": r["answer"], "correct": r["correct"], "n_tokens": r["n_tokens"]} for r in done
+    ]
+    return report
+
+
+def evaluate_records(model, processor, proxy, records, config: EvalConfig, *, base_dir, on_record=None) -> list[dict]:
+    """:func:`evaluate_record` over ``records`` in order (the local backend; also each Ray worker's job)."""
+    adapter = get_adapter(model)
+    proxy.check_compatible(adapter)
+    results = []
+    for record in records:
+        results.append(evaluate_record(model, processor, proxy, record, config, base_dir=base_dir, adapter=adapter))
+        if on_record is not None:
+            on_record(results[-1])
+    return results
+
+
+def evaluate_proxy(
+    data: str | Path,
+    *,
+    model=None,
+    processor=None,
+    proxy=None,
+    model_name: str | Path | None = None,
+    proxy_path: str | Path | None = None,
+    config: EvalConfig = EvalConfig(),
+    n: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    backend: Literal["local", "ray"] = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_record: OnRecord | None = None,
+) -> dict:
+    """Evaluate a proxy on the first ``n`` records of a VQA JSONL file; returns the report dict.
+
+    Pass a loaded ``model``/``processor``/``proxy``, or ``model_name``/``proxy_path`` (required
+    for ``backend="ray"``, whose workers load their own copies). A proxy that does not fit the
+    model raises :class:`~fastrm_core.errors.ConfigMismatchError` before any record is run.
+
+    Example::
+
+        report = evaluate_proxy("shapes-test/data.jsonl", model_name="reference",
+                                proxy_path="runs/proxy", n=200)
+        report["classification"]["thresholds"][4]["f1"]      # F1 at 0.5
+        report["perturbation"]["positive"]["proxy"]["auc"]   # lower = better
+    """
+    from calibration.data import dataset_hash, read_vqa_jsonl
+
+    from fastrm_core.proxy import FastRMProxy
+
+    if backend not in ("local", "ray"):
+        raise InputError(f"unknown backend {backend!r}; expected one of: local, ray")
+    data = Path(data)
+    records, problems = read_vqa_jsonl(data, check_images=False)
+    if n is not None:
+        if n < 1:
+            raise InputError(f"n must be >= 1, got {n}")
+        records = records[:n]
+    start = time.perf_counter()
+    if on_start is not None:
+        on_start(len(records))
+    if backend == "ray":
+        if model_name is None or proxy_path is None:
+            raise InputError("the ray backend loads model and proxy in each worker: pass model_name and proxy_path")
+        from .distributed import ray_evaluate
+
+        results, proxy_config, model_id = ray_evaluate(
+            records, base_dir=data.resolve().parent, model_name=str(model_name), proxy_path=str(proxy_path),
+            config=config, dtype=dtype, device=device, workers=workers, ray_address=ray_address, on_record=on_record,
+        )
+    else:
+        if model is None:
+            if model_name is None:
+                raise InputError("pass a loaded model and processor, or model_name")
+            from fastrm_core.loading import load_vlm
+
+            model, processor = load_vlm(model_name, dtype=dtype, device=device)
+        if proxy is None:
+            if proxy_path is None:
+                raise InputError("pass a loaded proxy, or proxy_path")
+            proxy = FastRMProxy.from_pretrained(proxy_path, device=next(model.parameters()).device)
+        proxy_config = proxy.config
+        model_id = get_adapter(model).model_id
+        results = evaluate_records(model, processor, proxy, records, config, base_dir=data.resolve().parent,
+                                   on_record=on_record)
+    label_threshold = config.label_threshold or proxy_config.label_threshold
+    report = aggregate(results, config, label_threshold=label_threshold)
+    report["skipped"] = [{"line": p.line, "reason": p.message} for p in problems] + report["skipped"]
+    report["n_skipped"] = len(report["skipped"])
+    report = {
+        "model": str(model_name) if model_name is not None else model_id,
+        "model_id": model_id,
+        "proxy": str(proxy_path) if proxy_path is not None else None,
+        "proxy_distilled_from": proxy_config.distilled_from,
+        "proxy_training_data_hash": proxy_config.training_data_hash,
+        "data": str(data.resolve()),
+        "data_hash": dataset_hash(data),
+        "settings": {**asdict(config), "backend": backend, "workers": workers},
+        "seconds": round(time.perf_counter() - start, 2),
+        **report,
+    }
+    return report

@@ -1,0 +1,81 @@
+"""The generation step shared by the dataset builder and the evaluation.
+
+One record = one image + one question. The prompt is built with the processor's chat
+template when it has one (LLaVA-1.5 checkpoints and the ShapesVQA reference model do),
+else with LLaVA-1.5's ``"USER: <image>\\n{question} ASSISTANT:"``; an optional suffix
+(the FastRM paper uses ``"Answer the question using up to two words."``) is appended to
+the question. Decoding is greedy; the image placeholder token is suppressed so a
+generated sequence can always be fed back to the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastrm_core.adapters import VLMAdapter
+from fastrm_core.errors import DataError
+
+__all__ = ["PLAIN_TEMPLATE", "build_prompt", "content_token_mask", "greedy_kwargs", "load_image", "prepare_inputs"]
+
+PLAIN_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+
+
+def build_prompt(processor, question: str, suffix: str | None = None) -> tuple[str, str]:
+    """``(prompt, template_kind)`` for one image and one question.
+
+    ``template_kind`` is ``"chat"`` when the processor's chat template was used, ``"plain"`` for
+    the LLaVA-1.5 fallback (recorded in dataset manifests so a dataset says how it was prompted).
+    """
+    text = question.strip() if not suffix else f"{question.strip()} {suffix.strip()}"
+    template = getattr(processor, "chat_template", None)
+    if template:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), "chat"
+    return PLAIN_TEMPLATE.format(question=text), "plain"
+
+
+def load_image(path: str | Path):
+    """The record's image as RGB. Raises :class:`DataError` (with the reason) when missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"unreadable image {str(path)!r}: {exc}") from exc
+
+
+def prepare_inputs(model: nn.Module, processor, image, prompt: str) -> dict:
+    """Processor output for one (image, prompt), on the model's device, pixels in the model's dtype."""
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    param = next(model.parameters())
+    out = {}
+    for key, value in inputs.items():
+        if torch.is_tensor(value):
+            value = value.to(param.device)
+            if value.is_floating_point():
+                value = value.to(param.dtype)
+        out[key] = value
+    return out
+
+
+def greedy_kwargs(adapter: VLMAdapter, max_new_tokens: int) -> dict:
+    """``generate`` keyword arguments of every distillation generation: greedy, no image tokens."""
+    return dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        suppress_tokens=[adapter.image_token_id],
+    )
+
+
+def content_token_mask(processor, token_ids: torch.Tensor) -> torch.Tensor:
+    """(T,) bool: True for tokens that are not special tokens (EOS, padding, ...)."""
+    special = set(getattr(processor.tokenizer, "all_special_ids", []) or [])
+    return torch.tensor([int(t) not in special for t in token_ids.reshape(-1).tolist()], dtype=torch.bool)

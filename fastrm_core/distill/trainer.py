@@ -1,0 +1,315 @@
+"""Training a FastRM proxy on a distillation dataset (DESIGN.md section 3).
+
+Each training example is one generated token: its predicting state q (D,), its record's image
+states (N_img, D) and its exact gradient map m (N_img,). Labels binarise the map with the
+labelling threshold tau (default 0.3, from the dataset manifest)::
+
+    y_j = 1  if m_j >= tau * max(m) and max(m) > 0   else 0
+
+and the loss is the binary cross-entropy between sigmoid(proxy logits) and y, averaged over
+patches and tokens. Adam; the paper's defaults are lr 2e-5, batch 128, 3,500 steps.
+
+The validation split is by record (tokens of one answer never straddle the split), chosen
+from the seed; every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
+the best checkpoint (lowest validation loss) is kept. Everything random (initialisation,
+split, batches) derives from ``seed``: two runs with the same inputs give identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastrm_core.errors import DataError, InputError
+from fastrm_core.proxy import FastRMProxy, ProxyConfig
+
+from .dataset import MANIFEST_NAME, Manifest, load_manifest
+
+__all__ = ["PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
+
+
+def binarize_maps(maps: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
+    """Labels of continuous maps (..., N_img): ``m >= threshold * max(m)`` per map, all-zero maps -> 0.
+
+    >>> binarize_maps(torch.tensor([[0.0, 0.2, 1.0, 0.3]]), 0.3).tolist()
+    [[False, False, True, True]]
+    """
+    peak = maps.amax(dim=-1, keepdim=True)  # (..., 1)
+    return (maps >= threshold * peak) & (peak > 0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train_proxy` (paper defaults)."""
+
+    lr: float = 2e-5
+    batch_size: int = 128
+    steps: int = 3500
+    seed: int = 0
+    val_fraction: float = 0.1
+    eval_every: int = 250
+    head_dim: int | None = None
+    label_threshold: float | None = None  # None: the dataset's
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    max_memory_gb: float = 4.0  # datasets larger than this are read lazily from the shards
+
+    def __post_init__(self):
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.label_threshold is None or 0 < self.label_threshold <= 1,
+             f"label_threshold must be in (0, 1], got {self.label_threshold}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_proxy` did. ``history``: one dict per evaluation (step, train/val loss, val F1)."""
+
+    proxy: FastRMProxy
+    path: Path | None
+    best_step: int
+    best_val_loss: float | None
+    history: list[dict] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# data access
+
+
+class PairStore:
+    """Random access to the (token, map) pairs of a dataset folder.
+
+    Small datasets (under ``max_memory_gb``) are loaded once; larger ones are read from the
+    memory-mapped shards per batch, so memory stays bounded for any dataset size.
+    Token t of the flattened dataset belongs to record ``token_record[t]``.
+    """
+
+    def __init__(self, folder: str | Path, *, max_memory_gb: float = 4.0, in_memory: bool | None = None):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        self.manifest: Manifest = load_manifest(self.folder)
+        shards = [s for s in sorted(self.manifest.shards, key=lambda s: s.index) if s.file]
+        if not shards or self.manifest.n_tokens == 0:
+            raise DataError(f"the dataset in {self.folder} holds no token (build it first, or check its skipped records)")
+        self._handles = []
+        token_shard, token_local, token_record, record_shard, record_local = [], [], [], [], []
+        n_bytes = 0
+        for s_idx, shard in enumerate(shards):
+            path = self.folder / shard.file
+            if not path.is_file():
+                raise DataError(f"shard {path} listed in the manifest is missing")
+            fh = safe_open(str(path), framework="pt")
+            self._handles.append(fh)
+            offsets = fh.get_tensor("token_offsets")  # (R + 1,)
+            n_rec = offsets.numel() - 1
+            counts = (offsets[1:] - offsets[:-1]).tolist()
+            base = len(record_shard)
+            for r, c in enumerate(counts):
+                token_shard += [s_idx] * c
+                token_local += list(range(int(offsets[r]), int(offsets[r]) + c))
+                token_record += [base + r] * c
+            record_shard += [s_idx] * n_rec
+            record_local += list(range(n_rec))
+            for name in ("image_states", "token_states", "maps"):
+                sl = fh.get_slice(name)
+                n_bytes += math.prod(sl.get_shape()) * 4
+        self.token_shard = torch.tensor(token_shard)
+        self.token_local = torch.tensor(token_local)
+        self.token_record = torch.tensor(token_record)
+        self.record_shard = torch.tensor(record_shard)
+        self.record_local = torch.tensor(record_local)
+        self.n_records = len(record_shard)
+        self.n_tokens = len(token_shard)
+        if in_memory is None:
+            in_memory = n_bytes <= max_memory_gb * 2**30
+        self.in_memory = in_memory
+        if in_memory:
+            self._image = torch.cat([fh.get_tensor("image_states") for fh in self._handles]).float()  # (R, N, D)
+            self._tokens = torch.cat([fh.get_tensor("token_states") for fh in self._handles]).float()  # (T, D)
+            self._maps = torch.cat([fh.get_tensor("maps") for fh in self._handles]).float()  # (T, N)
+
+    def batch(self, token_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(token_states (B, D), image_states (B, N_img, D), maps (B, N_img))`` float32 for global token indices."""
+        records = self.token_record[token_indices]
+        if self.in_memory:
+            return self._tokens[token_indices], self._image[records], self._maps[token_indices]
+        q, img, maps = [], [], []
+        for t, r in zip(token_indices.tolist(), records.tolist()):
+            fh = self._handles[int(self.token_shard[t])]
+            lt, lr = int(self.token_local[t]), int(self.record_local[r])
+            q.append(fh.get_slice("token_states")[lt : lt + 1])
+            maps.append(fh.get_slice("maps")[lt : lt + 1])
+            img.append(fh.get_slice("image_states")[lr : lr + 1])
+        return torch.cat(q).float(), torch.cat(img).float(), torch.cat(maps).float()
+
+
+def split_records(n_records: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_records, val_records)`` indices; at least one validation record when val_fraction > 0."""
+    order = np.random.RandomState(seed).permutation(n_records)
+    n_val = 0 if val_fraction <= 0 else min(max(1, int(round(val_fraction * n_records))), n_records - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+# --------------------------------------------------------------------------------------
+# training
+
+
+def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float):
+    logits = proxy(q[:, None], img)[:, 0]  # (B, N_img)
+    labels = binarize_maps(maps, threshold).float()
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    pred = logits > 0  # probability > 0.5
+    tp = (pred & labels.bool()).sum().item()
+    fp = (pred & ~labels.bool()).sum().item()
+    fn = (~pred & labels.bool()).sum().item()
+    return loss, (tp, fp, fn)
+
+
+@torch.no_grad()
+def _validate(proxy, store: PairStore, tokens: torch.Tensor, threshold: float, batch_size: int, device) -> dict:
+    proxy.eval()
+    total, n, tp, fp, fn = 0.0, 0, 0, 0, 0
+    for start in range(0, tokens.numel(), max(batch_size, 256)):
+        idx = tokens[start : start + max(batch_size, 256)]
+        q, img, maps = (x.to(device) for x in store.batch(idx))
+        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold)
+        total += loss.item() * idx.numel()
+        n += idx.numel()
+        tp, fp, fn = tp + a, fp + b, fn + c
+    proxy.train()
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
+    return {"val_loss": total / max(n, 1), "val_f1": f1}
+
+
+def _manifest_digest(folder: Path) -> str:
+    return hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def train_proxy(
+    data: str | Path | PairStore,
+    out: str | Path | None = None,
+    config: TrainConfig = TrainConfig(),
+    *,
+    on_step: Callable[[int, float, dict | None], None] | None = None,
+) -> TrainResult:
+    """Distil a :class:`FastRMProxy` from a dataset folder written by :func:`build_dataset`.
+
+    Args:
+        data: the dataset folder (or an open :class:`PairStore`).
+        out: where to save the best checkpoint (a proxy folder for
+            :meth:`FastRMProxy.from_pretrained`, plus ``training_log.json``); ``None`` saves nothing.
+        config: hyper-parameters (:class:`TrainConfig`).
+        on_step: called after each step as ``on_step(step, train_loss, evaluation_or_None)``.
+
+    Returns:
+        A :class:`TrainResult` whose ``proxy`` holds the best weights (by validation loss; the
+        last weights when ``val_fraction`` is 0).
+
+    Example::
+
+        result = train_proxy("runs/ds", "runs/proxy", TrainConfig(steps=2000))
+        FastRMProxy.from_pretrained("runs/proxy").config.training["best_step"]
+    """
+    store = data if isinstance(data, PairStore) else PairStore(data, max_memory_gb=config.max_memory_gb)
+    manifest = store.manifest
+    threshold = config.label_threshold or manifest.label_threshold
+    device = torch.device(config.device)
+
+    train_rec, val_rec = split_records(store.n_records, config.val_fraction, config.seed)
+    in_train = torch.zeros(store.n_records, dtype=torch.bool)
+    in_train[torch.from_numpy(train_rec)] = True
+    train_tokens = in_train[store.token_record].nonzero(as_tuple=True)[0]  # (T_train,)
+    val_tokens = (~in_train)[store.token_record].nonzero(as_tuple=True)[0]  # (T_val,)
+
+    proxy_config = ProxyConfig(
+        hidden_size=manifest.hidden_size,
+        head_dim=config.head_dim,
+        n_image_tokens=manifest.n_image_tokens,
+        grid=tuple(manifest.grid),
+        label_threshold=threshold,
+        distilled_from=manifest.model_id,
+        adapter=manifest.adapter,
+        training_data_hash=manifest.data_hash,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        proxy = FastRMProxy(proxy_config).to(device).train()
+    optim = torch.optim.Adam(proxy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    def batches():
+        while True:  # epochs of a seeded permutation of the training tokens
+            perm = train_tokens[torch.randperm(train_tokens.numel(), generator=gen)]
+            for start in range(0, perm.numel(), config.batch_size):
+                chunk = perm[start : start + config.batch_size]
+                if chunk.numel() == config.batch_size or perm.numel() < config.batch_size:
+                    yield chunk
+
+    best_state, best_step, best_loss = None, 0, None
+    history: list[dict] = []
+    losses: list[float] = []
+    stream = batches()
+    for step in range(1, config.steps + 1):
+        idx = next(stream)
+        q, img, maps = (x.to(device) for x in store.batch(idx))
+        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+        evaluation = None
+        if val_tokens.numel() and (step % config.eval_every == 0 or step == config.steps):
+            evaluation = {"step": step, "train_loss": float(np.mean(losses[-config.eval_every :]))}
+            evaluation.update(_validate(proxy, store, val_tokens, threshold, config.batch_size, device))
+            history.append(evaluation)
+            if best_loss is None or evaluation["val_loss"] < best_loss:
+                best_loss, best_step = evaluation["val_loss"], step
+                best_state = copy.deepcopy(proxy.state_dict())
+        if on_step is not None:
+            on_step(step, losses[-1], evaluation)
+    if best_state is None:
+        best_step = config.steps
+    else:
+        proxy.load_state_dict(best_state)
+    proxy.eval()
+
+    training = {
+        **{k: v for k, v in asdict(config).items() if k not in ("device", "max_memory_gb")},
+        "label_threshold": threshold,
+        "best_step": best_step,
+        "best_val_loss": best_loss,
+        "best_val_f1": next((h["val_f1"] for h in history if h["step"] == best_step), None),
+        "n_train_records": int(len(train_rec)),
+        "n_val_records": int(len(val_rec)),
+        "n_train_tokens": int(train_tokens.numel()),
+        "n_val_tokens": int(val_tokens.numel()),
+        "dataset": str(store.folder.resolve()),
+        "dataset_manifest_sha256": _manifest_digest(store.folder),
+        "data": manifest.data,
+    }
+    proxy.config = proxy_config.model_copy(update={"training": training})
+    path = None
+    if out is not None:
+        path = proxy.save_pretrained(out)
+        log = {"history": history, "losses": [round(x, 6) for x in losses]}
+        (path / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return TrainResult(proxy=proxy, path=path, best_step=best_step, best_val_loss=best_loss, history=history, losses=losses)
