@@ -1,0 +1,130 @@
+"""The guardrail command, invoked in-process on tiny artifacts saved to disk."""
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from guardrail.cli import main
+
+
+def run_cli(*argv):
+    buf = io.StringIO()
+    code = main(list(map(str, argv)), console=Console(file=buf, width=200, color_system=None))
+    return code, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_llava, tiny_proxy, tmp_path_factory):
+    import numpy as np
+
+    from calibration import fit_calibration
+
+    from fastrm_core import load_vlm
+    from fastrm_core.testing import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("artifacts")
+    # a random model that answers with words: special tokens other than EOS are suppressed
+    model, processor = build_tiny_llava()
+    tok = processor.tokenizer
+    model.generation_config.suppress_tokens = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id,
+                                               *tok.convert_tokens_to_ids(["<image>", "?", ".", ",", ":", "!"])]
+    model.generation_config.min_new_tokens = 1
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    proxy_dir = tiny_proxy.save_pretrained(root / "proxy")
+    rng = np.random.default_rng(0)
+    cal = fit_calibration(np.concatenate([rng.normal(0.5, 0.05, 40), rng.normal(0.9, 0.05, 40)]) - 0.6,
+                          np.array([True] * 40 + [False] * 40), entropy_normalized=True)
+    cal_path = cal.save(root / "calibration.json")
+    image = root / "scene.png"
+    from fastrm_core.testing import blank_image
+
+    blank_image(32, (200, 30, 30)).save(image)
+    return {"model": model_dir, "proxy": proxy_dir, "calibration": cal_path, "image": image, "root": root,
+            "vlm": load_vlm(model_dir)}
+
+
+def test_run_prints_verdict_and_writes_trace(saved, tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
+                        saved["calibration"], "--image", saved["image"], "--question", "What color is it?",
+                        "--max-new-tokens", "4", "--trace", trace, "--capture-content", "--png", tmp_path / "o.png")
+    assert code == 0, out
+    assert "verdict" in out and "uncertain" in out and "action" in out
+    assert (tmp_path / "o.png").is_file()
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert {s["name"] for s in lines} >= {"apply_guardrail fastrm"}
+    code, view = run_cli("view", trace, "--png", tmp_path / "view")
+    assert code == 0 and "guarded call 0" in view and "What color is it?" in view
+    assert list((tmp_path / "view").glob("call000_token*.png"))
+
+
+def test_run_json_and_bad_input(saved):
+    code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
+                        saved["calibration"], "--image", saved["image"], "--question", "What?", "--json")
+    assert code == 0 and json.loads(out)["verdict"] == "uncertain"
+    code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
+                        saved["calibration"], "--image", saved["root"] / "nope.png", "--question", "What?")
+    assert code == 2 and "image file not found" in out
+
+
+def test_policy_check(tmp_path):
+    code, out = run_cli("policy", "check", "default")
+    assert code == 0 and "default" in out
+    bad = tmp_path / "p.yaml"
+    bad.write_text("id: x\nversion: '1'\ndefault:\n  action: abstian\n")
+    code, out = run_cli("policy", "check", bad)
+    assert code == 1 and "unknown action 'abstian'" in out
+
+
+def test_view_of_empty_trace(tmp_path):
+    empty = tmp_path / "t.jsonl"
+    empty.write_text("")
+    assert run_cli("view", empty)[0] == 1
+
+
+def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
+    from calibration import read_vqa_jsonl
+    from guardrail.calibrate import score_records
+    from shapesvqa.export import export_examples
+    from shapesvqa.world import generate
+
+    jsonl = export_examples(generate(40, seed=5), tmp_path / "set")
+    # A random tiny model is never right on ShapesVQA; label half of the records with its own answer
+    # so that both classes exist, the other half with an answer it never gives.
+    records, _ = read_vqa_jsonl(jsonl)
+    rows, _ = score_records(*saved["vlm"], tiny_proxy, records, max_new_tokens=3)
+    answers = {r.id: r.answer for r in rows}
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    for k, rec in enumerate(lines):
+        rec["answers"] = [answers[rec["id"]]] if k % 2 == 0 and rec["id"] in answers else ["zzz"]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in lines) + "{not json\n")
+    out = tmp_path / "cal.json"
+    code, text = run_cli("calibrate", "--model", saved["model"], "--proxy", saved["proxy"], "--data", jsonl,
+                         "--out", out, "--max-new-tokens", "3", "--plot", tmp_path / "kde.png", "--scores-out",
+                         tmp_path / "scores.jsonl")
+    assert code == 0, text
+    assert "41" in text and "skipped" in text  # the malformed line is reported with its number
+    cal = json.loads(out.read_text())
+    n_right = sum(1 for k, rec in enumerate(lines) if k % 2 == 0 and rec["id"] in answers)
+    assert len(rows) >= 30 and n_right >= 10
+    assert cal["rule"] == "paper_midpoint" and cal["heldout_metrics"]["n"] == len(rows) // 2
+    assert cal["proxy_hash"] == tiny_proxy.fingerprint()
+    assert (tmp_path / "kde.png").is_file()
+    assert "density_crossing" in text and "target_precision" in text and "answer-token probability" in text
+    scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == len(rows) and sum(s["correct"] for s in scores) == n_right
+
+
+def test_calibrate_refuses_one_class_data(saved, tmp_path):
+    from shapesvqa.export import export_examples
+    from shapesvqa.world import generate
+
+    jsonl = export_examples(generate(12, seed=6), tmp_path / "set")
+    code, text = run_cli("calibrate", "--model", saved["model"], "--proxy", saved["proxy"], "--data", jsonl,
+                         "--out", tmp_path / "cal.json", "--max-new-tokens", "2")
+    assert code == 2 and "correct" in text
+    assert not (tmp_path / "cal.json").exists()
