@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,distributed
+EXTRAS ?= dev,distributed,otlp
 
 .PHONY: install demo test clean
 

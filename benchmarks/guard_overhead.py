@@ -1,0 +1,114 @@
+"""Time and peak-memory ratio of ``guard.generate`` over plain ``model.generate``, same model, one run.
+
+Both calls generate the same number of tokens from the same prompt; they alternate, each measured
+``--repeats`` times, and the medians are compared. The guard's extra work per token is the proxy
+(LayerNorm, one D x d projection, N_img dot products) plus, once per answer, entropy, calibration,
+policy and span building (telemetry goes to an in-memory exporter, so its cost is counted).
+
+    python benchmarks/guard_overhead.py                       # random LLaVA-shaped model for this CPU
+    python benchmarks/guard_overhead.py --model reference     # the shipped reference model
+    python benchmarks/guard_overhead.py --shape llava-1.5-7b --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from relevancy_speed import SHAPES, PeakMemory  # noqa: E402
+
+from calibration import fit_calibration  # noqa: E402
+from fastrm_core import FastRMProxy, ProxyConfig, get_adapter, load_vlm  # noqa: E402
+from fastrm_core.testing import blank_image, build_tiny_llava  # noqa: E402
+from guardrail import Guard  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    ap.add_argument("--model", default=None, help="load this model instead of building --shape ('reference' works)")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    console = Console()
+    if args.model:
+        model, processor = load_vlm(args.model, device=device)
+        label = args.model
+    else:
+        model, processor = build_tiny_llava(SHAPES[args.shape])
+        model.to(device)
+        label = args.shape
+    adapter = get_adapter(model)
+    rows, cols = adapter.grid
+    if args.model == "reference":
+        from shapesvqa.assets import reference_proxy_path
+
+        proxy = FastRMProxy.from_pretrained(reference_proxy_path())
+    else:
+        proxy = FastRMProxy(ProxyConfig(hidden_size=adapter.hidden_size, n_image_tokens=rows * cols, grid=(rows, cols)))
+    proxy = proxy.to(device=device, dtype=next(model.parameters()).dtype).eval()
+    rng = np.random.default_rng(0)
+    cal = fit_calibration(np.r_[rng.normal(0.5, 0.05, 40), rng.normal(0.9, 0.05, 40)], np.r_[[True] * 40, [False] * 40],
+                          entropy_normalized=True)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = Guard(model, processor, proxy=proxy, calibration=cal, tracer_provider=provider)
+    size = processor.image_processor.crop_size["height"]
+    image = blank_image(size, (180, 60, 60))
+    question = "What color is the circle?"
+    inputs = guard._prepare([image], [question])
+    suppress = [adapter.image_token_id]
+    kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, suppress_tokens=suppress)
+
+    def plain():
+        with torch.no_grad():
+            return model.generate(**inputs, **kw)
+
+    def guarded():
+        return guard.generate(image, question, **kw)
+
+    plain(), guarded()  # warm-up
+    t_plain, t_guard, m_plain, m_guard = [], [], [], []
+    for _ in range(args.repeats):
+        for fn, times, mems in ((plain, t_plain, m_plain), (guarded, t_guard, m_guard)):
+            with PeakMemory(device) as pm:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            mems.append(pm.peak_mib)
+        exporter.clear()
+    tp, tg = statistics.median(t_plain), statistics.median(t_guard)
+    mp, mg = statistics.median(m_plain), statistics.median(m_guard)
+    table = Table(title=f"guard.generate vs model.generate: {label} on {device}, {args.tokens} tokens, median of {args.repeats}")
+    for c in ["", "model.generate", "guard.generate", "ratio"]:
+        table.add_column(c, justify="right")
+    table.add_row("seconds", f"{tp:.4f}", f"{tg:.4f}", f"{tg / tp:.3f}")
+    table.add_row("peak MiB above start", f"{mp:.1f}", f"{mg:.1f}", f"{mg / mp:.3f}" if mp > 0 else "-")
+    console.print(table)
+    console.print(f"all runs (s): plain {[round(t, 4) for t in t_plain]}  guard {[round(t, 4) for t in t_guard]}")
+
+
+if __name__ == "__main__":
+    main()
