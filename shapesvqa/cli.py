@@ -104,7 +104,10 @@ def _eval(args) -> int:
     if args.rows:
         args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
     sections = ("families", "kinds", "n_objects") if args.by_kind else ("families", "n_objects")
-    Console().print(_table(report, f"ShapesVQA eval: {args.n} questions, seed {args.seed}, maps: {method}", sections))
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console = Console(width=130)
+    out_console.print(_table(report, f"ShapesVQA eval: {args.n} questions, seed {args.seed}, maps: {method}", sections))
     console.print(f"wrote {args.out}")
     return 0
 

@@ -77,3 +77,26 @@ def test_shipped_model_generates_an_answer_word():
         assert words[1] == "</s>", words
         n_ok += words[0] in ex.answers
     assert n_ok >= 6
+
+
+def test_eval_cli_in_process(tiny_folder, tmp_path):
+    import json
+
+    from shapesvqa.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tiny_folder), "--n", "6", "--seed", "3", "--out", str(out),
+                 "--batch-size", "3", "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["n"] == 6 and report["method"] == "gradient"
+    assert set(report["families"]) <= {"attribute", "relational", "existence", "counting"}
+    for fam in report["families"].values():
+        assert 0.0 <= fam["accuracy"] <= 1.0
+
+
+def test_eval_cli_proxy_without_path_fails_clearly(tiny_folder, tmp_path, capsys):
+    from shapesvqa.cli import main
+
+    rc = main(["eval", "--model", str(tiny_folder), "--method", "proxy", "--n", "2", "--out", str(tmp_path / "x.json")])
+    assert rc == 2
+    assert "proxy" in capsys.readouterr().err
