@@ -129,7 +129,7 @@ def add_distill_parser(sub) -> None:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def _build(args) -> int:
@@ -172,7 +172,7 @@ def _build(args) -> int:
         f"{len(manifest.skipped)} skipped, {len(manifest.shards)} shards ({time.perf_counter() - start:.1f} s)"
     )
     for s in manifest.skipped[:10]:
-        console.print(f"  skipped {s.id or f'line {s.line}'}: {s.reason}")
+        console.print(f"  skipped {s.id or f'line {s.line}'}: {s.reason}", markup=False, highlight=False)
     if len(manifest.skipped) > 10:
         console.print(f"  ... and {len(manifest.skipped) - 10} more (see manifest.json)")
     return 0

@@ -96,7 +96,7 @@ class EvalConfig:
 # one record
 
 
-def _target_mask(record, base_dir: Path, grid: tuple[int, int], coverage: float) -> np.ndarray | None:
+def _target_mask(record, base_dir: Path | None, grid: tuple[int, int], coverage: float) -> np.ndarray | None:
     """The evidence target on the patch grid (rows, cols) bool, or None without evidence masks."""
     from PIL import Image
 
@@ -106,6 +106,8 @@ def _target_mask(record, base_dir: Path, grid: tuple[int, int], coverage: float)
         return None
     masks = []
     for rel in paths:
+        if not Path(rel).is_absolute() and base_dir is None:
+            raise DataError(f"evidence mask path {rel!r} is relative: pass base_dir (the JSONL file's folder)")
         path = Path(rel) if Path(rel).is_absolute() else base_dir / rel
         try:
             with Image.open(path) as img:
@@ -144,7 +146,8 @@ def evaluate_record(
     """All per-record measurements (a JSON-able dict); ``{"id", "skipped": reason}`` when unusable.
 
     ``record`` is a :class:`calibration.data.VQARecord` (``id``, ``image``, ``question``,
-    ``answers``, optional ``evidence_masks`` relative to ``base_dir`` and ``family``).
+    ``answers``, optional ``evidence_masks`` and ``family``); ``base_dir`` is the JSONL file's
+    folder, against which relative ``evidence_masks`` paths resolve.
     """
     from calibration.vqa import is_correct
     from fastrm_core.capture import capture
@@ -156,7 +159,7 @@ def evaluate_record(
     from .trainer import binarize_maps
 
     adapter = adapter or get_adapter(model)
-    base_dir = Path(base_dir) if base_dir is not None else Path(record.image).parent
+    base_dir = Path(base_dir) if base_dir is not None else None
     label_threshold = config.label_threshold or proxy.config.label_threshold
     tok = processor.tokenizer
     try:

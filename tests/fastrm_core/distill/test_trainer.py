@@ -1,0 +1,83 @@
+"""The trainer: loss goes down, deterministic, best checkpoint, a loadable proxy that says where it came from."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastrm_core.distill.dataset import load_manifest
+from fastrm_core.distill.trainer import PairStore, TrainConfig, binarize_maps, split_records, train_proxy
+from fastrm_core.errors import DataError, InputError
+from fastrm_core.proxy import FastRMProxy
+
+FAST = dict(lr=1e-2, batch_size=8, steps=40, eval_every=10, val_fraction=0.2)
+
+
+def test_loss_goes_down_on_a_tiny_set(distill_world):
+    result = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST))
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.7 * first, (first, last)
+    assert [h["step"] for h in result.history] == [10, 20, 30, 40]
+
+
+def test_training_is_deterministic_from_the_seed(distill_world):
+    a = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3))
+    b = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3))
+    c = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=4))
+    assert a.losses == b.losses
+    for (k, va), vb in zip(a.proxy.state_dict().items(), b.proxy.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert a.losses != c.losses
+
+
+def test_best_checkpoint_and_saved_folder(distill_world, tmp_path):
+    result = train_proxy(distill_world["dataset"], tmp_path / "proxy", TrainConfig(**FAST))
+    best = min(result.history, key=lambda h: h["val_loss"])
+    assert result.best_step == best["step"] and result.best_val_loss == best["val_loss"]
+    proxy = FastRMProxy.from_pretrained(tmp_path / "proxy")
+    for k, v in result.proxy.state_dict().items():
+        assert torch.equal(proxy.state_dict()[k], v)
+    cfg = proxy.config
+    manifest = load_manifest(distill_world["dataset"])
+    assert cfg.distilled_from == manifest.model_id and cfg.training_data_hash == manifest.data_hash
+    assert (cfg.hidden_size, cfg.n_image_tokens, tuple(cfg.grid), cfg.label_threshold) == (64, 16, (4, 4), 0.3)
+    t = cfg.training
+    assert (t["lr"], t["batch_size"], t["steps"], t["seed"]) == (1e-2, 8, 40, 0)
+    assert t["best_step"] == result.best_step and t["n_train_tokens"] + t["n_val_tokens"] == manifest.n_tokens
+    assert len(t["dataset_manifest_sha256"]) == 64
+    log = json.loads((tmp_path / "proxy" / "training_log.json").read_text())
+    assert len(log["losses"]) == 40 and len(log["history"]) == 4
+    # the best checkpoint's validation loss is reproduced by the saved proxy
+    store = PairStore(distill_world["dataset"])
+    _, val = split_records(store.n_records, 0.2, 0)
+    tokens = torch.isin(store.token_record, torch.from_numpy(val)).nonzero(as_tuple=True)[0]
+    q, img, maps = store.batch(tokens)
+    with torch.no_grad():
+        logits = proxy(q[:, None], img)[:, 0]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, binarize_maps(maps, 0.3).float())
+    assert loss.item() == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_validation_split_is_by_record_and_seeded():
+    train, val = split_records(10, 0.2, seed=1)
+    assert len(val) == 2 and not set(train) & set(val) and sorted([*train, *val]) == list(range(10))
+    assert split_records(10, 0.2, seed=1)[1].tolist() == val.tolist()
+    assert len(split_records(3, 0.01, 0)[1]) == 1 and len(split_records(3, 0.0, 0)[1]) == 0
+
+
+def test_lazy_and_in_memory_stores_agree(distill_world):
+    lazy = PairStore(distill_world["dataset"], in_memory=False)
+    eager = PairStore(distill_world["dataset"], in_memory=True)
+    assert lazy.n_tokens == eager.n_tokens == 18 and lazy.n_records == 6
+    idx = torch.tensor([17, 0, 4, 9, 3])
+    for a, b in zip(lazy.batch(idx), eager.batch(idx)):
+        assert torch.equal(a, b)
+    assert lazy.token_record[idx].tolist() == [5, 0, 1, 3, 1]
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(InputError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
+    with pytest.raises(DataError, match="not a distillation dataset"):
+        train_proxy(tmp_path, None, TrainConfig(steps=1))
