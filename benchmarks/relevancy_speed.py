@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import threading
 import time
 
@@ -86,6 +87,10 @@ class PeakMemory:
 
 
 def timed(fn, device, repeats=1):
+    """(best seconds, peak MiB, result). On CPU each repeat runs in a forked child process, so memory
+    that an earlier measurement freed (and the allocator kept) cannot hide this one's peak."""
+    if device.type == "cpu":
+        return _timed_forked(fn, repeats)
     best, result, mem = float("inf"), None, 0.0
     for _ in range(repeats):
         with PeakMemory(device) as pm:
@@ -98,6 +103,60 @@ def timed(fn, device, repeats=1):
             best = min(best, time.perf_counter() - start)
         mem = max(mem, pm.peak_mib)
     return best, mem, result
+
+
+def _timed_forked(fn, repeats):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    best, mem, result = float("inf"), 0.0, None
+    for _ in range(repeats):
+        parent, child = ctx.Pipe(duplex=False)
+
+        def work(conn=child):
+            with PeakMemory(torch.device("cpu")) as pm:
+                start = time.perf_counter()
+                value = fn()
+                seconds = time.perf_counter() - start
+            # plain pickle over our own pipe (not torch's shared-memory pickler, whose fds die with the child)
+            conn.send_bytes(pickle.dumps((seconds, pm.peak_mib, value)))
+            conn.close()
+
+        proc = ctx.Process(target=work)
+        proc.start()
+        seconds, peak, result = pickle.loads(parent.recv_bytes())
+        proc.join()
+        best, mem = min(best, seconds), max(mem, peak)
+    return best, mem, result
+
+
+def propagation_only(adapter, n_pos: int, n_tokens: int, device) -> tuple[float, float]:
+    """Seconds for the relevancy propagation alone, given L random (N, N) matrices Ā, for n_tokens rows:
+    the row-vector update v <- v + v Ā (what gradient_relevancy does) vs full R <- R + Ā R per token."""
+    n_layers = len(adapter.decoder_layers)
+    gen = torch.Generator().manual_seed(0)
+    a_bar = [torch.rand(n_pos, n_pos, generator=gen).tril_().to(device) / n_pos for _ in range(n_layers)]
+
+    def rows():
+        v = torch.zeros(n_tokens, n_pos, device=device)
+        v[torch.arange(n_tokens), torch.arange(n_pos - n_tokens, n_pos)] = 1.0
+        for a in reversed(a_bar):
+            v = v + v @ a
+        return v
+
+    def full():
+        out = []
+        for t in range(n_tokens):
+            r = torch.eye(n_pos, device=device)
+            for a in a_bar:
+                r = r + a @ r
+            out.append(r[n_pos - n_tokens + t])
+        return torch.stack(out)
+
+    t_row, _, v = timed(rows, device)
+    t_full, _, r = timed(full, device)
+    assert torch.allclose(v, r, rtol=1e-4, atol=1e-6)
+    return t_row, t_full
 
 
 def main(argv=None):
@@ -146,8 +205,13 @@ def main(argv=None):
         t_cap, m_cap, (out_cap, maps) = timed(lambda: gen_capture(n), device, repeats=2)
         assert torch.equal(out, out_cap) and maps.shape[1] == n
         t_exact, m_exact, rel = timed(lambda: gradient_relevancy(model, inputs, out), device)
+        t_loop, m_loop, rel_loop = timed(lambda: gradient_relevancy(model, inputs, out, batched_backward=device.type != "cuda"), device)
+        assert torch.allclose(rel.rows, rel_loop.rows, rtol=1e-4, atol=1e-7)
+        t_prop_row, t_prop_full = propagation_only(adapter, n_prompt + n - 1, n, device)
         row = {"tokens": n, "generate_s": t_gen, "capture_s": t_cap, "exact_maps_s": t_exact,
-               "exact_total_s": t_exact + t_gen, "generate_mib": m_gen, "capture_mib": m_cap, "exact_mib": m_exact}
+               "exact_total_s": t_exact + t_gen, "generate_mib": m_gen, "capture_mib": m_cap, "exact_mib": m_exact,
+               "exact_loop_s": t_loop, "exact_loop_mib": m_loop,
+               "propagation_row_s": t_prop_row, "propagation_full_s": t_prop_full}
         if n <= args.skip_per_step_above:
             t_ps, m_ps, slow = timed(lambda: per_step_relevancy(model, inputs, n, stop_at_eos=False,
                                                                 suppress_tokens=suppress), device)
@@ -157,9 +221,10 @@ def main(argv=None):
         results.append(row)
         console.print(row)
 
-    table = Table(title=f"relevancy cost per answer, {args.shape} on {device} (prompt {n_prompt} tokens)")
-    for col in ["tokens", "per_step s", "exact s (+gen)", "capture s", "generate s", "per_step MiB", "exact MiB",
-                "capture MiB", "per_step/exact", "per_step/capture", "capture/generate", "exact vs per_step max rel diff"]:
+    table = Table(width=220, title=f"relevancy cost per answer, {args.shape} on {device} (prompt {n_prompt} tokens)")
+    for col in ["tokens", "per_step s", "exact s (+gen)", "exact other s", "capture s", "generate s",
+                "per_step MiB", "exact MiB", "capture MiB", "per_step/exact", "per_step/capture", "capture/generate",
+                "propagation full/row", "max rel diff"]:
         table.add_column(col, justify="right")
     for r in results:
         ps = r.get("per_step_s")
@@ -167,6 +232,7 @@ def main(argv=None):
             str(r["tokens"]),
             f"{ps:.3f}" if ps else "skipped",
             f"{r['exact_maps_s']:.3f} (+{r['generate_s']:.3f})",
+            f"{r['exact_loop_s']:.3f}",
             f"{r['capture_s']:.3f}",
             f"{r['generate_s']:.3f}",
             f"{r['per_step_mib']:.0f}" if ps else "-",
@@ -175,11 +241,14 @@ def main(argv=None):
             f"{ps / r['exact_total_s']:.1f}x" if ps else "-",
             f"{ps / r['capture_s']:.0f}x" if ps else "-",
             f"{r['capture_s'] / r['generate_s']:.3f}",
+            f"{r['propagation_full_s'] / r['propagation_row_s']:.0f}x",
             f"{r['max_rel_diff']:.1e}" if ps else "-",
         )
     console.print(table)
     console.print("per_step/exact compares whole answers: the exact column includes the generation it needs. "
-                  "capture's extra cost over plain generation is capture/generate - 1.")
+                  "capture's extra cost over plain generation is capture/generate - 1. 'propagation full/row' times "
+                  "the relevancy propagation alone (same L, N, T): full N x N products per token vs the row vector. "
+                  "Both gradient methods pay one backward pass per token; that is what dominates their time.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"shape": args.shape, "device": str(device), "results": results}, f, indent=2)

@@ -200,7 +200,7 @@ def _row_relevancy_one(
     *,
     chunk_size: int | None,
     memory_budget_gb: float,
-    batched_backward: bool,
+    batched_backward: bool | None,
 ) -> RelevancyMaps:
     model = adapter.model
     device = input_ids.device
@@ -221,18 +221,24 @@ def _row_relevancy_one(
             raise RelevancyError("the model produced non-finite logits (NaN/inf hidden states) for this sequence")
         ys = logits[positions, gen.to(device)]  # (T,) pre-softmax logits of the chosen tokens
         n_layers, n_heads = len(attns), attns[0].shape[1]
-        chunk = chunk_size or _auto_chunk(n_layers, n_heads, n_pos, memory_budget_gb * 2**30)
         rows = torch.empty(n_new, n_pos, dtype=torch.float32, device=device)
+        if batched_backward is None:  # vmap pays off on GPUs; on CPUs one backward per token is faster
+            batched_backward = device.type == "cuda"
+        chunk = (chunk_size or _auto_chunk(n_layers, n_heads, n_pos, memory_budget_gb * 2**30)) if batched_backward else 1
+        detached = [a.detach() for a in attns]
         start = 0
         while start < n_new:
             idx = torch.arange(start, min(start + chunk, n_new), device=device)
+            end = int(positions[idx].max()) + 1  # rows/cols after the chunk's last position never matter
             grads = _chunk_grads(ys, attns, idx, batched_backward)  # L x (C, H, N, N)
-            v = torch.zeros(idx.numel(), n_pos, dtype=torch.float32, device=device)  # (C, N)
+            v = torch.zeros(idx.numel(), end, dtype=torch.float32, device=device)  # (C, n)
             v[torch.arange(idx.numel()), positions[idx]] = 1.0
             for layer in range(n_layers - 1, -1, -1):
-                a_bar = (grads[layer].float() * attns[layer].detach().float()).mean(dim=1).clamp_min(0)  # (C, N, N)
+                g = grads[layer][..., :end, :end].float()
+                a_bar = (g * detached[layer][..., :end, :end].float()).mean(dim=1).clamp_min(0)  # (C, n, n)
                 v = v + torch.bmm(v[:, None, :], a_bar)[:, 0]
-            rows[idx] = v
+            rows[idx] = 0.0
+            rows[idx, :end] = v
             start += idx.numel()
             del grads
     if not torch.isfinite(rows).all():
@@ -261,10 +267,10 @@ def _chunk_grads(ys: torch.Tensor, attns: list[torch.Tensor], idx: torch.Tensor,
             return [_zeros_if_none(g, a, idx.numel()) for g, a in zip(grads, attns)]
         except RuntimeError:  # an op without a batching rule: fall back to one backward per token
             pass
-    per_token = []
-    for i in idx.tolist():
-        g = torch.autograd.grad(ys[i], attns, retain_graph=True, allow_unused=True)
-        per_token.append([_zeros_if_none(gi, a, None) for gi, a in zip(g, attns)])
+    if idx.numel() == 1:
+        g = torch.autograd.grad(ys[int(idx[0])], attns, retain_graph=True, allow_unused=True)
+        return [_zeros_if_none(gi, a, None) for gi, a in zip(g, attns)]
+    per_token = [_chunk_grads(ys, attns, i[None], False) for i in idx]
     return [torch.cat([tok[layer] for tok in per_token]) for layer in range(len(attns))]
 
 
@@ -282,7 +288,7 @@ def gradient_relevancy_batch(
     *,
     chunk_size: int | None = None,
     memory_budget_gb: float = 1.0,
-    batched_backward: bool = True,
+    batched_backward: bool | None = None,
     adapter: VLMAdapter | None = None,
 ) -> list[RelevancyMaps]:
     """Exact gradient relevancy maps for every row of a batch; one :class:`RelevancyMaps` per row.
@@ -293,9 +299,11 @@ def gradient_relevancy_batch(
             ``pixel_values``, ...). Left or right padding; image tokens anywhere.
         generated_ids: (B, T) new tokens, or (B, S + T) the full ``generate`` output. Tokens
             after the first end-of-sequence token (padding of finished rows) are ignored.
-        chunk_size: tokens whose backward passes are batched together. By default chosen so
-            the gradients of one chunk stay under ``memory_budget_gb``.
-        batched_backward: batch a chunk's backward passes (vmap); else one backward per token.
+        chunk_size: tokens whose backward passes are batched together (with ``batched_backward``).
+            By default chosen so the gradients of one chunk stay under ``memory_budget_gb``.
+        batched_backward: batch a chunk's backward passes (vmap); ``False``: one backward per token
+            (memory: one token's attention gradients); ``None`` (default): batched on CUDA only,
+            where it is faster.
 
     Returns:
         A list of B :class:`RelevancyMaps` (maps float32, on the CPU).

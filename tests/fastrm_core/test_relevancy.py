@@ -72,7 +72,8 @@ def test_chunked_and_unbatched_backward_agree(tiny_llava, make_inputs):
     inputs = make_inputs(processor)
     out = generate(model, inputs, 7)
     full = gradient_relevancy(model, inputs, out)
-    for kwargs in ({"chunk_size": 1}, {"chunk_size": 3}, {"batched_backward": False}):
+    for kwargs in ({"chunk_size": 1, "batched_backward": True}, {"chunk_size": 3, "batched_backward": True},
+                   {"batched_backward": True}, {"batched_backward": False}):
         other = gradient_relevancy(model, inputs, out, **kwargs)
         torch.testing.assert_close(other.rows, full.rows, rtol=1e-5, atol=1e-7)
 
