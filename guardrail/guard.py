@@ -110,6 +110,9 @@ class Guard:
         map_budget: bytes of encoded maps one span may carry (:class:`MapBudget`).
         prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``).
         model_name: the name used in spans (default: the model's id).
+        maps_dir: if set, every guarded call also writes its full-precision maps (T, rows, cols) to
+            ``maps_dir/<trace id>-<span id>.safetensors`` and records the path on the span
+            (``fastrm.maps.file``), for when the span's byte budget is too small.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class Guard:
         map_budget: MapBudget | None = None,
         prompt_template: str = PROMPT_TEMPLATE,
         model_name: str | None = None,
+        maps_dir: str | os.PathLike | None = None,
     ):
         self.model = model
         self.processor = processor
@@ -135,9 +139,12 @@ class Guard:
         self.proxy.to(device)
         self.calibration = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
         self.model_name = model_name or self.adapter.model_id
-        self.calibration.check_compatible(
-            model_id=self.adapter.model_id, proxy_hash=self.proxy.fingerprint() if self.calibration.proxy_hash else None
-        )
+        self.proxy_id = self.proxy.fingerprint()
+        self.calibration.check_compatible(model_id=self.adapter.model_id, proxy_hash=self.proxy_id)
+        self.calibration_id = f"{self.calibration.rule}@{self.calibration.threshold:.6g}"
+        if self.calibration.dataset_hash:
+            self.calibration_id += f" data:{self.calibration.dataset_hash[:16]}"
+        self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         if "{question}" not in prompt_template or "<image>" not in prompt_template:
             raise InputError("prompt_template must contain '<image>' and '{question}'")
@@ -401,7 +408,7 @@ class Guard:
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
         )
-        self._emit_guardrail_span(result, decision, parent)
+        self._emit_guardrail_span(result, decision, parent, model_s, time.perf_counter() - t_guard)
         guard_s = time.perf_counter() - t_guard
         result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
         return result
@@ -446,7 +453,19 @@ class Guard:
         except Exception:
             pass
 
-    def _emit_guardrail_span(self, result: GuardResult, decision: Decision, parent) -> None:
+    def _write_maps(self, maps: np.ndarray, span) -> Path:
+        from safetensors.numpy import save_file
+
+        ctx = span.get_span_context()
+        path = self.maps_dir / f"{ctx.trace_id:032x}-{ctx.span_id:016x}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"maps": np.ascontiguousarray(maps, dtype=np.float32)}, str(tmp))
+        tmp.replace(path)  # never a half-written file
+        return path
+
+    def _emit_guardrail_span(self, result: GuardResult, decision: Decision, parent, model_s: float = 0.0,
+                             guard_s: float = 0.0) -> None:
         try:
             with self.tracer.start_as_current_span(semconv.GUARDRAIL_SPAN_NAME, kind=SpanKind.INTERNAL) as span:
                 if not span.is_recording():
@@ -456,8 +475,18 @@ class Guard:
                     flagged=result.flagged, n_answer_tokens=sum(result.content),
                     max_token_entropy=max((e for e, c in zip(result.entropies, result.content) if c), default=None),
                 ))
+                span.set_attributes({
+                    semconv.FASTRM_SCORE_AGGREGATION: self.calibration.aggregation,
+                    semconv.FASTRM_MAP_GRID: list(self.adapter.grid),
+                    semconv.FASTRM_PROXY_ID: self.proxy_id,
+                    semconv.FASTRM_CALIBRATION_ID: self.calibration_id,
+                    semconv.FASTRM_MODEL_DURATION: float(model_s),
+                    semconv.FASTRM_GUARD_DURATION: float(guard_s),  # scoring and deciding, before telemetry
+                })
                 if result.error:
                     span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
+                if self.maps_dir is not None and result.maps is not None:
+                    span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
                 if result.maps is not None:
                     priority = [i for i, c in enumerate(result.content) if c]
                     plan = self.map_budget.plan(list(result.maps), priority=priority)

@@ -128,3 +128,14 @@ def test_calibrate_refuses_one_class_data(saved, tmp_path):
                          "--out", tmp_path / "cal.json", "--max-new-tokens", "2")
     assert code == 2 and "correct" in text
     assert not (tmp_path / "cal.json").exists()
+
+
+def test_demo_command_on_given_artifacts(saved, tmp_path):
+    out = tmp_path / "demo"
+    code, text = run_cli("demo", "--out", out, "--model", saved["model"], "--proxy", saved["proxy"],
+                         "--calibration", saved["calibration"], "--pool", "8")
+    assert code == 0, text
+    assert "8 scenes" in text and "verdict" in text and "trace" in text
+    assert list(out.glob("*_overlay.png"))
+    code, view = run_cli("view", out / "trace.jsonl")
+    assert code == 0 and view.count("guarded call") == 8

@@ -253,3 +253,42 @@ def test_broken_exporter_never_breaks_the_call(tiny_llava, tiny_proxy, calibrati
     g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider)
     r = g.generate(image, "What color?", **KW)
     assert r.error is None and r.verdict == "uncertain"
+
+
+def test_span_identity_attributes_and_maps_file(tiny_llava, tiny_proxy, calibration_uncertain, image, tmp_path):
+    from safetensors.numpy import load_file
+
+    provider, exporter = in_memory_provider()
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              maps_dir=tmp_path / "maps")
+    r = g.generate(image, "What color?", **KW)
+    span = [s for s in exporter.get_finished_spans() if s.name == "apply_guardrail fastrm"][0]
+    a = span.attributes
+    assert a["fastrm.score.aggregation"] == "mean" and tuple(a["fastrm.map.grid"]) == (4, 4)
+    assert a["fastrm.proxy.id"] == tiny_proxy.fingerprint() and a["fastrm.calibration.id"].startswith("paper_midpoint@")
+    assert a["fastrm.duration.model_s"] > 0
+    np.testing.assert_array_equal(load_file(a["fastrm.maps.file"])["maps"], r.maps.astype(np.float32))
+
+
+def test_hanging_exporter_does_not_slow_the_call_beyond_a_bound(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    import time
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from guardrail import configure_tracing
+
+    class Hanging(SpanExporter):
+        def export(self, spans):
+            time.sleep(5)
+            return SpanExportResult.SUCCESS
+
+    provider = configure_tracing(exporters=[Hanging()], otlp_from_env=False, export_timeout_s=0.5)
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider)
+    g.generate(image, "What color?", **KW)  # warm-up
+    start = time.perf_counter()
+    for _ in range(3):
+        r = g.generate(image, "What color?", **KW)
+    assert r.error is None and time.perf_counter() - start < 3.0
+    t0 = time.perf_counter()
+    provider.shutdown()
+    assert time.perf_counter() - t0 < 3.0
