@@ -99,6 +99,7 @@ def add_distill_parser(sub) -> None:
     t.add_argument("--head-dim", type=int, default=None, help="proxy head size (default: the hidden size)")
     t.add_argument("--label-threshold", type=float, default=None, help="default: the dataset's")
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--pos-weight", type=float, default=1.0, help="BCE weight of relevant patches (default 1)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--max-memory-gb", type=float, default=4.0, help="load datasets under this size into memory")
     t.set_defaults(func=_train)
@@ -187,7 +188,7 @@ def _train(args) -> int:
     config = TrainConfig(
         lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
         eval_every=args.eval_every, head_dim=args.head_dim, label_threshold=args.label_threshold,
-        weight_decay=args.weight_decay, device=args.device, max_memory_gb=args.max_memory_gb,
+        weight_decay=args.weight_decay, pos_weight=args.pos_weight, device=args.device, max_memory_gb=args.max_memory_gb,
     )
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn())

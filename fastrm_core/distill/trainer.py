@@ -7,7 +7,7 @@ labelling threshold tau (default 0.3, from the dataset manifest)::
     y_j = 1  if m_j >= tau * max(m) and max(m) > 0   else 0
 
 and the loss is the binary cross-entropy between sigmoid(proxy logits) and y, averaged over
-patches and tokens. Adam; the paper's defaults are lr 2e-5, batch 128, 3,500 steps.
+patches and tokens (``pos_weight`` > 1 weighs the relevant patches more, for sparse labels). Adam; the paper's defaults are lr 2e-5, batch 128, 3,500 steps.
 
 The validation split is by record (tokens of one answer never straddle the split), chosen
 from the seed; every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
@@ -60,6 +60,7 @@ class TrainConfig:
     head_dim: int | None = None
     label_threshold: float | None = None  # None: the dataset's
     weight_decay: float = 0.0
+    pos_weight: float = 1.0  # BCE weight of relevant patches (1 = the paper's plain BCE)
     device: str = "cpu"
     max_memory_gb: float = 4.0  # datasets larger than this are read lazily from the shards
 
@@ -70,6 +71,7 @@ class TrainConfig:
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.pos_weight > 0, f"pos_weight must be > 0, got {self.pos_weight}"),
             (self.label_threshold is None or 0 < self.label_threshold <= 1,
              f"label_threshold must be in (0, 1], got {self.label_threshold}"),
         ]
@@ -173,10 +175,11 @@ def split_records(n_records: int, val_fraction: float, seed: int) -> tuple[np.nd
 # training
 
 
-def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float):
+def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_weight: float = 1.0):
     logits = proxy(q[:, None], img)[:, 0]  # (B, N_img)
     labels = binarize_maps(maps, threshold).float()
-    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    weight = None if pos_weight == 1.0 else torch.tensor(pos_weight, device=logits.device)
+    loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
     pred = logits > 0  # probability > 0.5
     tp = (pred & labels.bool()).sum().item()
     fp = (pred & ~labels.bool()).sum().item()
@@ -185,13 +188,14 @@ def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float):
 
 
 @torch.no_grad()
-def _validate(proxy, store: PairStore, tokens: torch.Tensor, threshold: float, batch_size: int, device) -> dict:
+def _validate(proxy, store: PairStore, tokens: torch.Tensor, threshold: float, batch_size: int, device,
+              pos_weight: float) -> dict:
     proxy.eval()
     total, n, tp, fp, fn = 0.0, 0, 0, 0, 0
     for start in range(0, tokens.numel(), max(batch_size, 256)):
         idx = tokens[start : start + max(batch_size, 256)]
         q, img, maps = (x.to(device) for x in store.batch(idx))
-        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold)
+        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold, pos_weight)
         total += loss.item() * idx.numel()
         n += idx.numel()
         tp, fp, fn = tp + a, fp + b, fn + c
@@ -271,7 +275,7 @@ def train_proxy(
     for step in range(1, config.steps + 1):
         idx = next(stream)
         q, img, maps = (x.to(device) for x in store.batch(idx))
-        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold)
+        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold, config.pos_weight)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -279,7 +283,8 @@ def train_proxy(
         evaluation = None
         if val_tokens.numel() and (step % config.eval_every == 0 or step == config.steps):
             evaluation = {"step": step, "train_loss": float(np.mean(losses[-config.eval_every :]))}
-            evaluation.update(_validate(proxy, store, val_tokens, threshold, config.batch_size, device))
+            evaluation.update(_validate(proxy, store, val_tokens, threshold, config.batch_size, device,
+                                        config.pos_weight))
             history.append(evaluation)
             if best_loss is None or evaluation["val_loss"] < best_loss:
                 best_loss, best_step = evaluation["val_loss"], step

@@ -29,6 +29,8 @@ def test_training_is_deterministic_from_the_seed(distill_world):
     for (k, va), vb in zip(a.proxy.state_dict().items(), b.proxy.state_dict().values()):
         assert torch.equal(va, vb), k
     assert a.losses != c.losses
+    weighted = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3, pos_weight=3.0))
+    assert weighted.losses[0] != a.losses[0] and weighted.proxy.config.training["pos_weight"] == 3.0
 
 
 def test_best_checkpoint_and_saved_folder(distill_world, tmp_path):
@@ -79,5 +81,7 @@ def test_lazy_and_in_memory_stores_agree(distill_world):
 def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="val_fraction"):
         TrainConfig(val_fraction=1.0)
+    with pytest.raises(InputError, match="pos_weight must be > 0"):
+        TrainConfig(pos_weight=0)
     with pytest.raises(DataError, match="not a distillation dataset"):
         train_proxy(tmp_path, None, TrainConfig(steps=1))
