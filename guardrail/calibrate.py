@@ -20,8 +20,9 @@ from calibration.data import VQARecord
 from calibration.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
 from fastrm_core.errors import CalibrationError
+from fastrm_core.prompting import build_prompt
 
-from .guard import PROMPT_TEMPLATE, load_image
+from .guard import load_image
 from .scoring import cut_at_eos, score_answer
 
 __all__ = ["ScoredAnswer", "calibrate_scores", "score_records"]
@@ -48,7 +49,6 @@ def score_records(
     max_new_tokens: int = 8,
     batch_size: int = 8,
     normalized: bool = True,
-    prompt_template: str = PROMPT_TEMPLATE,
     progress=None,
 ) -> tuple[list[ScoredAnswer], list[str]]:
     """Greedy answers with per-token maps for every record; returns (scored answers, problems).
@@ -70,7 +70,7 @@ def score_records(
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             images = [load_image(r.image) for r in batch]
-            texts = [prompt_template.format(question=r.question) for r in batch]
+            texts = [build_prompt(processor, r.question)[0] for r in batch]
             inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(device)
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:

@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm
+from fastrm_core.prompting import build_prompt
 from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
@@ -57,7 +58,6 @@ from .telemetry import (
 __all__ = ["Guard", "load_image"]
 
 ImageLike = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821
-PROMPT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
 IMAGE_PATH_ATTRIBUTE = "fastrm.image.path"  # only with content capture
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -108,7 +108,9 @@ class Guard:
         capture_content: record prompt/answer text in spans (default: the
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable; off).
         map_budget: bytes of encoded maps one span may carry (:class:`MapBudget`).
-        prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``).
+        prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``);
+            default: the processor's chat template, else LLaVA-1.5's format
+            (:func:`fastrm_core.prompting.build_prompt`, as used for distillation and calibration).
         model_name: the name used in spans (default: the model's id).
         maps_dir: if set, every guarded call also writes its full-precision maps (T, rows, cols) to
             ``maps_dir/<trace id>-<span id>.safetensors`` and records the path on the span
@@ -126,7 +128,7 @@ class Guard:
         tracer_provider: trace.TracerProvider | None = None,
         capture_content: bool | None = None,
         map_budget: MapBudget | None = None,
-        prompt_template: str = PROMPT_TEMPLATE,
+        prompt_template: str | None = None,
         model_name: str | None = None,
         maps_dir: str | os.PathLike | None = None,
     ):
@@ -146,7 +148,7 @@ class Guard:
             self.calibration_id += f" data:{self.calibration.dataset_hash[:16]}"
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
-        if "{question}" not in prompt_template or "<image>" not in prompt_template:
+        if prompt_template is not None and ("{question}" not in prompt_template or "<image>" not in prompt_template):
             raise InputError("prompt_template must contain '<image>' and '{question}'")
         self.prompt_template = prompt_template
         self.tracer = get_tracer(tracer_provider)
@@ -197,6 +199,8 @@ class Guard:
 
     def prompt(self, question: str) -> str:
         """The prompt sent to the model for ``question``."""
+        if self.prompt_template is None:
+            return build_prompt(self.processor, question)[0]
         return self.prompt_template.format(question=question)
 
     def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:

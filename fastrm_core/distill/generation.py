@@ -17,25 +17,9 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter
 from fastrm_core.errors import DataError
+from fastrm_core.prompting import PLAIN_TEMPLATE, build_prompt
 
 __all__ = ["PLAIN_TEMPLATE", "build_prompt", "content_token_mask", "greedy_kwargs", "load_image", "prepare_inputs"]
-
-PLAIN_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
-
-
-def build_prompt(processor, question: str, suffix: str | None = None) -> tuple[str, str]:
-    """``(prompt, template_kind)`` for one image and one question.
-
-    ``template_kind`` is ``"chat"`` when the processor's chat template was used, ``"plain"`` for
-    the LLaVA-1.5 fallback (recorded in dataset manifests so a dataset says how it was prompted).
-    """
-    text = question.strip() if not suffix else f"{question.strip()} {suffix.strip()}"
-    template = getattr(processor, "chat_template", None)
-    if template:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), "chat"
-    return PLAIN_TEMPLATE.format(question=text), "plain"
-
 
 def load_image(path: str | Path):
     """The record's image as RGB. Raises :class:`DataError` (with the reason) when missing or unreadable."""
