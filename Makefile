@@ -26,3 +26,34 @@ test: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# ---------------------------------------------------------------------------------------------
+# Shipped artifacts, in dependency order: model -> proxy -> calibration -> demo.
+# When an upstream artifact changes, rebuild the downstream ones (`make artifacts` does all three).
+# World seeds: 17 trains the model, 999/1000 its monitoring, 101/102 the proxy, 103 the calibration,
+# 2026 the demo, 7 the acceptance evaluation; no split is reused.
+RUN := runs
+FASTRM := $(BIN)/fastrm
+SHAPES := $(BIN)/shapesvqa
+
+.PHONY: reference-model reference-proxy reference-calibration artifacts
+
+reference-model: install
+	$(BIN)/python -m shapesvqa.train --run $(RUN)/reference --ship
+
+reference-proxy: install
+	$(SHAPES) export --n 3000 --seed 101 --out $(RUN)/data/proxy-train
+	$(FASTRM) distill build --data $(RUN)/data/proxy-train/data.jsonl --out $(RUN)/proxy-dataset \
+		--model shapesvqa/assets/reference-llava --max-new-tokens 6
+	$(FASTRM) distill train --data $(RUN)/proxy-dataset --out shapesvqa/assets/reference-proxy \
+		--lr 1e-3 --steps 3500 --batch-size 128 --seed 0
+	$(SHAPES) export --n 500 --seed 102 --out $(RUN)/data/proxy-eval
+	$(FASTRM) distill eval --data $(RUN)/data/proxy-eval/data.jsonl --out shapesvqa/assets/reference-proxy-eval.json
+
+reference-calibration: install
+	$(SHAPES) export --n 4000 --seed 103 --out $(RUN)/data/calibration
+	$(BIN)/guardrail calibrate --data $(RUN)/data/calibration/data.jsonl \
+		--out shapesvqa/assets/reference-calibration.json --fit-fraction 0.5 --seed 0 \
+		--plot docs/img/reference-calibration-kde.png --scores-out $(RUN)/calibration-scores.jsonl
+
+artifacts: reference-model reference-proxy reference-calibration

@@ -96,9 +96,11 @@ def _cmd_calibrate(args, console: Console) -> int:
         target_precision=args.target_precision, model_id=model_identity(model), proxy_id=Path(proxy_path).name,
         proxy_hash=proxy.fingerprint(), dataset_hash=dataset_hash(args.data),
     )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cal.save(args.out)
     _print_calibration(console, cal, side)
     if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         import numpy as np
 
         scores = np.array([r.scores[args.aggregation] for r in rows])
