@@ -52,8 +52,7 @@ def main(argv=None):
         model, processor = load_vlm(args.model, device=device)
         label = args.model
     else:
-        model, processor = build_tiny_llava(SHAPES[args.shape])
-        model.to(device)
+        model, processor = build_tiny_llava(SHAPES[args.shape], device=device)
         label = args.shape
     adapter = get_adapter(model)
     rows, cols = adapter.grid

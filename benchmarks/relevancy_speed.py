@@ -175,8 +175,7 @@ def main(argv=None):
     console = Console()
     spec = SHAPES[args.shape]
     console.print(f"building {args.shape} ({spec.hidden_size=}, {spec.num_layers=}, image {spec.image_size}/{spec.patch_size}) on {device}")
-    model, processor = build_tiny_llava(spec)
-    model.to(device)
+    model, processor = build_tiny_llava(spec, device=device)
     adapter = get_adapter(model)
     model.generation_config.eos_token_id = None  # answers of exactly the requested length
     rows, cols = adapter.grid

@@ -84,10 +84,12 @@ class TinyLlavaSpec:
     dtype: torch.dtype = torch.float32
 
 
-def build_tiny_llava(spec: TinyLlavaSpec | None = None, *, seed: int = 0, **overrides):
+def build_tiny_llava(spec: TinyLlavaSpec | None = None, *, seed: int = 0, device: str | torch.device | None = None,
+                     **overrides):
     """Build ``(model, processor)`` for a randomly initialised LLaVA of the given shape.
 
     Keyword ``overrides`` replace fields of :class:`TinyLlavaSpec`. The model is in eval mode.
+    ``device`` builds the weights there directly (e.g. ``"cuda"`` for a 7B shape).
     """
     from transformers import (
         CLIPImageProcessorPil,
@@ -133,7 +135,8 @@ def build_tiny_llava(spec: TinyLlavaSpec | None = None, *, seed: int = 0, **over
     )
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(spec.dtype).eval()
+    with torch.device(device or "cpu"):
+        model = LlavaForConditionalGeneration(config).to(spec.dtype).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
