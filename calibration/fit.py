@@ -335,7 +335,7 @@ def fit_calibration(
     *,
     target_precision: float = 0.9,
     aggregation: Aggregation = "mean",
-    entropy_normalized: bool = False,
+    entropy_normalized: bool = True,
     heldout: tuple[Any, Any] | None = None,
     model_id: str | None = None,
     model_hash: str | None = None,

@@ -42,7 +42,7 @@ class Capture:
 
     Attributes:
         grid: (rows, cols) of the patch grid.
-        steps: list of per-step probabilities, each (B, rows, cols) float32 on the CPU.
+        steps: list of per-step probabilities, each (B, rows, cols) float32 on the model's device.
         image_states: (B, N_img, D) last hidden states of the image patches (only with ``keep_states``).
         token_states: list of per-step (B, D) last hidden states of the predicting positions (``keep_states``).
     """
@@ -63,17 +63,25 @@ class Capture:
 
     @property
     def maps(self) -> torch.Tensor:
-        """(B, T, rows, cols) per-token probabilities, float32."""
+        """(B, T, rows, cols) per-token probabilities, float32, on the CPU.
+
+        Raises :class:`CaptureError` when nothing was captured or a map is not finite (NaN hidden
+        states during generation: checked here, once, rather than with a device sync per token).
+        """
         with self._lock:
             if not self.steps:
                 raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
-            return torch.stack(self.steps, dim=1)
+            maps = torch.stack(self.steps, dim=1).cpu()
+        bad = (~torch.isfinite(maps)).flatten(2).any(-1).any(0)  # (T,)
+        if bool(bad.any()):
+            raise CaptureError(f"non-finite last hidden state at generation step {int(bad.nonzero()[0])}")
+        return maps
 
     @property
     def patch_logits(self) -> torch.Tensor:
-        """(B, T, N_img) the proxy's pre-sigmoid logits, float32."""
+        """(B, T, N_img) the proxy's pre-sigmoid logits, float32, on the CPU."""
         with self._lock:
-            return torch.stack(self.logits, dim=1)
+            return torch.stack(self.logits, dim=1).cpu()
 
     @property
     def queries(self) -> torch.Tensor:
@@ -83,8 +91,8 @@ class Capture:
         return torch.stack(self.token_states, dim=1)
 
     def map(self, step: int, row: int = 0) -> torch.Tensor:
-        """(rows, cols) map of generated token ``step`` of batch row ``row``."""
-        return self.steps[step][row]
+        """(rows, cols) map of generated token ``step`` of batch row ``row``, on the CPU."""
+        return self.steps[step][row].cpu()
 
 
 @contextlib.contextmanager
@@ -106,8 +114,8 @@ def capture(
             :class:`~fastrm_core.errors.ConfigMismatchError` before anything is hooked.
         keep_states: also keep the image tokens' states (B, N_img, D) and each predicting
             position's state (B, D) on the CPU, in the model's dtype (for dataset building).
-        on_token: called as ``on_token(step, probs)`` with probs (B, rows, cols) as soon as a
-            step's map exists (before the token is sampled and streamed).
+        on_token: called as ``on_token(step, probs)`` with probs (B, rows, cols) (on the model's
+            device) as soon as a step's map exists (before the token is sampled and streamed).
         thread: ``None`` records forwards from any thread; ``"current"`` (or a thread ident)
             only those of that thread, so an unguarded ``generate`` running concurrently on the
             same model in another thread is ignored.
@@ -120,7 +128,7 @@ def capture(
         raise InputError("capture needs a proxy, or keep_states=True to record hidden states only")
     if proxy is not None:
         proxy.check_compatible(adapter)
-        ref = next(adapter.final_norm.parameters(), None)
+        ref = next(adapter.final_norm.parameters(), None)  # for a sharded model, the last shard's device
         if ref is not None and next(proxy.parameters()).device != ref.device:
             raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
     owner = threading.get_ident() if thread == "current" else thread
@@ -141,8 +149,6 @@ def capture(
         hidden = output[0] if isinstance(output, tuple) else output  # (B, S, D)
         ids = step_ids["ids"]
         last = hidden[:, -1]  # (B, D): the position that predicts the next token
-        if not torch.isfinite(last).all():
-            raise CaptureError(f"non-finite last hidden state at generation step {cap.num_steps}")
         with torch.no_grad():
             if cap.prompt_ids is None:
                 _prefill(ids, hidden)
@@ -170,10 +176,11 @@ def capture(
             cap.token_states.append(last.detach().cpu())
         if proxy is None:
             return
+        # stays on the model's device: no host sync per token (the finiteness check runs in Capture.maps)
         logits = proxy.token_logits(last[:, None], cap._keys)[:, 0].float()  # (B, N_img)
-        probs = torch.sigmoid(logits).reshape(-1, *cap.grid).cpu()  # (B, rows, cols)
+        probs = torch.sigmoid(logits).reshape(-1, *cap.grid)  # (B, rows, cols)
         with cap._lock:
-            cap.logits.append(logits.cpu())
+            cap.logits.append(logits)
             cap.steps.append(probs)
         if on_token is not None:
             on_token(cap.num_steps - 1, probs)

@@ -4,7 +4,7 @@ For a generated token t predicted at position p, with y its pre-softmax logit an
 per language-model layer l, A_l (H, N, N) the attention probabilities and
 G_l = dy/dA_l::
 
-    Ā_l = clamp(mean_heads(G_l * A_l), min=0)             # (N, N)
+    Ā_l = mean_heads(clamp(G_l * A_l, min=0))             # (N, N), clamped per head as in Chefer's code
     R_L = (I + Ā_L) ... (I + Ā_1)                           # Chefer's R_l = R_{l-1} + Ā_l R_{l-1}
     map_t = R_L[p, image positions]  -> (rows, cols)
 
@@ -235,7 +235,7 @@ def _row_relevancy_one(
             v[torch.arange(idx.numel()), positions[idx]] = 1.0
             for layer in range(n_layers - 1, -1, -1):
                 g = grads[layer][..., :end, :end].float()
-                a_bar = (g * detached[layer][..., :end, :end].float()).mean(dim=1).clamp_min(0)  # (C, n, n)
+                a_bar = (g * detached[layer][..., :end, :end].float()).clamp_min(0).mean(dim=1)  # (C, n, n)
                 v = v + torch.bmm(v[:, None, :], a_bar)[:, 0]
             rows[idx] = 0.0
             rows[idx, :end] = v
@@ -417,8 +417,8 @@ def per_step_relevancy(
                     a = rec[layer].detach()
                     g = grads[s * n_layers + layer]
                     q = a.shape[2]
-                    prod = (a.float() * g.float()).mean(dim=1)[0] if g is not None else torch.zeros_like(a[0, 0]).float()
-                    a_bar[row0 : row0 + q, : a.shape[3]] = prod.clamp_min(0)
+                    prod = (a.float() * g.float()).clamp_min(0).mean(dim=1)[0] if g is not None else torch.zeros_like(a[0, 0]).float()
+                    a_bar[row0 : row0 + q, : a.shape[3]] = prod
                     row0 += q
                 r = r + a_bar @ r  # the full-matrix update, O(N^3)
             rows.append(r[n_pos - 1])

@@ -19,7 +19,6 @@ from calibration import Calibration, auroc, fit_calibration, split_fit_heldout
 from calibration.data import VQARecord
 from calibration.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
-from fastrm_core.errors import CalibrationError
 from fastrm_core.prompting import build_prompt
 
 from .guard import load_image
@@ -49,6 +48,7 @@ def score_records(
     max_new_tokens: int = 8,
     batch_size: int = 8,
     normalized: bool = True,
+    prompt_suffix: str | None = None,
     progress=None,
 ) -> tuple[list[ScoredAnswer], list[str]]:
     """Greedy answers with per-token maps for every record; returns (scored answers, problems).
@@ -70,7 +70,7 @@ def score_records(
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             images = [load_image(r.image) for r in batch]
-            texts = [build_prompt(processor, r.question)[0] for r in batch]
+            texts = [build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
             inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(device)
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
             with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
@@ -82,11 +82,10 @@ def score_records(
             for b, rec in enumerate(batch):
                 gen, _ = cut_at_eos(out.sequences[b, n_prompt:].tolist(), eos)
                 answer = tok.decode(gen, skip_special_tokens=True).strip()
-                try:
-                    scores = {agg: score_answer(maps[b, : len(gen)], gen, tok, normalized=normalized,
-                                                aggregation=agg, eos_ids=eos) for agg in ("mean", "max", "first")}
-                except CalibrationError as exc:
-                    problems.append(f"record {rec.id}: {exc} (answer {answer!r})")
+                scores = {agg: score_answer(maps[b, : len(gen)], gen, tok, normalized=normalized,
+                                            aggregation=agg, eos_ids=eos) for agg in ("mean", "max", "first")}
+                if scores["mean"].score is None:
+                    problems.append(f"record {rec.id}: the answer has no content token to score (answer {answer!r})")
                     continue
                 content = scores["mean"].content
                 token_p = probs[b, torch.arange(len(gen)), torch.tensor(gen)].numpy()  # (T,)

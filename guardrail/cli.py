@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -46,7 +47,7 @@ def _cmd_run(args, console: Console) -> int:
     table.add_row("answer", repr(result.answer))
     table.add_row("verdict", f"{result.verdict} (score {result.score if result.score is None else round(result.score, 4)}"
                   f" vs threshold {round(result.threshold, 4)})")
-    table.add_row("action", f"{result.action} [rule {result.rule}] -> {result.text!r}")
+    table.add_row("action", escape(f"{result.action} [rule {result.rule}] -> {result.text!r}"))
     table.add_row("timings", f"model {result.timings.model_s:.3f} s, guard {result.timings.guard_s:.3f} s")
     if result.error:
         table.add_row("guard error", result.error)
@@ -69,7 +70,7 @@ def _cmd_calibrate(args, console: Console) -> int:
 
     records, problems = read_vqa_jsonl(args.data, strict=args.strict)
     for p in problems:
-        console.print(f"[yellow]skipped[/yellow] {p}")
+        console.print(f"[yellow]skipped[/yellow] {escape(str(p))}")
     if args.limit:
         records = records[: args.limit]
     if args.model == "reference":
@@ -86,9 +87,10 @@ def _cmd_calibrate(args, console: Console) -> int:
                   TimeRemainingColumn(), console=console, transient=False) as progress:
         task = progress.add_task("answering", total=len(records))
         rows, skipped = score_records(model, processor, proxy, records, max_new_tokens=args.max_new_tokens,
-                                      batch_size=args.batch_size, progress=lambda n: progress.advance(task, n))
+                                      batch_size=args.batch_size, prompt_suffix=args.prompt_suffix,
+                                      progress=lambda n: progress.advance(task, n))
     for s in skipped:
-        console.print(f"[yellow]not scored[/yellow] {s}")
+        console.print(f"[yellow]not scored[/yellow] {escape(s)}")
     if args.scores_out:
         write_scores(Path(args.scores_out), rows)
     cal, side = calibrate_scores(
@@ -199,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--prompt-suffix", default=None, help="appended to every question (use the proxy's)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records")
     p.add_argument("--strict", action="store_true", help="reject the file on any malformed line")
     p.add_argument("--plot", default=None, help="draw the KDEs and threshold to this PNG")

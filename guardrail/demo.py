@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -65,7 +66,7 @@ def run_demo(
     for ex, path, res in shown:
         ok = is_correct(res.answer, ex.answers)
         head = Table.grid(padding=(0, 2))
-        head.add_row("question", ex.question)
+        head.add_row("question", escape(ex.question))
         head.add_row("answer", f"{res.answer!r}  ({'right' if ok else 'WRONG'}; truth {ex.answers[0]!r})")
         score = "-" if res.score is None else f"{res.score:.3f}"
         head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {res.threshold:.3f})")
@@ -77,7 +78,7 @@ def run_demo(
 
             save_overlay(out / f"{ex.id}_overlay.png", Image.open(path), res.answer_map)
         style = "green" if ok else "red"
-        console.print(Panel(Group(*body), title=f"{ex.id} [{ex.family}]", border_style=style, expand=False))
+        console.print(Panel(Group(*body), title=escape(f"{ex.id} [{ex.family}]"), border_style=style, expand=False))
     provider.force_flush()
     provider.shutdown()
     n_right = len(right)

@@ -111,6 +111,8 @@ class Guard:
         prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``);
             default: the processor's chat template, else LLaVA-1.5's format
             (:func:`fastrm_core.prompting.build_prompt`, as used for distillation and calibration).
+        prompt_suffix: text appended to every question (e.g. "Answer the question using up to two
+            words."); use the same suffix the proxy and calibration were fitted with.
         model_name: the name used in spans (default: the model's id).
         maps_dir: if set, every guarded call also writes its full-precision maps (T, rows, cols) to
             ``maps_dir/<trace id>-<span id>.safetensors`` and records the path on the span
@@ -129,6 +131,7 @@ class Guard:
         capture_content: bool | None = None,
         map_budget: MapBudget | None = None,
         prompt_template: str | None = None,
+        prompt_suffix: str | None = None,
         model_name: str | None = None,
         maps_dir: str | os.PathLike | None = None,
     ):
@@ -137,8 +140,7 @@ class Guard:
         self.adapter = get_adapter(model)
         self.proxy = proxy if isinstance(proxy, FastRMProxy) else FastRMProxy.from_pretrained(proxy)
         self.proxy.check_compatible(self.adapter)
-        device = next(model.parameters()).device
-        self.proxy.to(device)
+        self.proxy.to(next(self.adapter.final_norm.parameters()).device)  # a sharded model's last shard
         self.calibration = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
         self.model_name = model_name or self.adapter.model_id
         self.proxy_id = self.proxy.fingerprint()
@@ -151,6 +153,7 @@ class Guard:
         if prompt_template is not None and ("{question}" not in prompt_template or "<image>" not in prompt_template):
             raise InputError("prompt_template must contain '<image>' and '{question}'")
         self.prompt_template = prompt_template
+        self.prompt_suffix = prompt_suffix
         self.tracer = get_tracer(tracer_provider)
         self.capture_content = content_capture_enabled(capture_content)
         self.map_budget = map_budget or MapBudget()
@@ -200,8 +203,9 @@ class Guard:
     def prompt(self, question: str) -> str:
         """The prompt sent to the model for ``question``."""
         if self.prompt_template is None:
-            return build_prompt(self.processor, question)[0]
-        return self.prompt_template.format(question=question)
+            return build_prompt(self.processor, question, self.prompt_suffix)[0]
+        text = question if not self.prompt_suffix else f"{question.strip()} {self.prompt_suffix.strip()}"
+        return self.prompt_template.format(question=text)
 
     def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
         pil = [load_image(img) for img in images]
@@ -258,7 +262,7 @@ class Guard:
             span_cm = self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}")
             with span_cm as chat_span:
                 error: BaseException | None = None
-                maps = None
+                maps = out = None
                 t0 = time.perf_counter()
                 try:
                     with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
@@ -266,7 +270,6 @@ class Guard:
                     maps = cap.maps.numpy()  # (B, T, rows, cols)
                 except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
                     error = exc
-                    out = None
                 except Exception:
                     self._record_error(chat_span)
                     raise
@@ -339,8 +342,11 @@ class Guard:
                 break
             cap = box["cap"]
             m = cap.map(index).numpy()
-            yield TokenEvent(index=index, token_id=item, token=tok.decode([item]), map=m,
-                             entropy=float(token_entropy(m, normalized=True, map_ndim=2)))
+            try:
+                entropy = float(token_entropy(m, normalized=True, map_ndim=2))
+            except GuardrailError:  # a bad map (NaN): the final result applies on_error
+                entropy = float("nan")
+            yield TokenEvent(index=index, token_id=item, token=tok.decode([item]), map=m, entropy=entropy)
             index += 1
         thread.join()
         model_s = time.perf_counter() - start
@@ -348,11 +354,16 @@ class Guard:
         if error is not None and not isinstance(error, GuardrailError):
             raise error
         n_prompt = inputs["input_ids"].shape[1]
+        gen, maps = [], None
         if error is None:
             gen = box["out"][0, n_prompt:].tolist()
-            maps = box["cap"].maps[0].numpy()
-        else:
-            gen, maps = [], None
+            try:
+                maps = box["cap"].maps[0].numpy()
+            except GuardrailError as exc:
+                error = exc
+        if error is not None and not gen and self.policy.on_error == "fail_open":  # the answer, unguarded
+            with self._lock, torch.no_grad():
+                gen = self.model.generate(**inputs, **kwargs)[0, n_prompt:].tolist()
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
             result = self._finish(question, gen, maps, error, sorted(set(tags)), kwargs, model_s, start,
                                   n_prompt=n_prompt, parent=chat_span)
@@ -381,7 +392,8 @@ class Guard:
                 entropies = scored.entropies.tolist()
                 content = scored.content.tolist()
                 score = scored.score
-                verdict = self.calibration.verdict(score)
+                # an answer without content tokens has no score: nothing supports it, so "uncertain"
+                verdict = "uncertain" if score is None else self.calibration.verdict(score)
             except (GuardrailError, ValueError) as exc:
                 error = exc
         n_content = int(sum(content))

@@ -42,7 +42,10 @@ class GuardResult(BaseModel):
     ``answer`` is what the model said; ``text`` is what the policy lets the user see
     (the answer, or an abstain/withheld message). ``maps`` is (T, rows, cols) with one
     map per generated token (the end-of-sequence token included), ``entropies`` (T,)
-    their normalised entropies and ``content`` (T,) which of them count in the score.
+    their entropies (normalised by log N_img when the calibration was fitted on normalised
+    entropies, its ``entropy_normalized``; raw nats otherwise) and ``content`` (T,) which of
+    them count in the score. An answer without content tokens has ``score=None`` and the
+    verdict ``uncertain``.
     ``score`` aggregates the content tokens' entropies: higher = more uncertain; the
     answer is ``confident`` when ``score < threshold``. When the guard itself failed,
     ``error`` says why, ``unguarded`` is true and the policy's ``on_error`` decided.

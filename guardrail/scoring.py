@@ -15,11 +15,11 @@ __all__ = ["AnswerScore", "cut_at_eos", "score_answer"]
 @dataclass(frozen=True)
 class AnswerScore:
     """``entropies`` (T,) per-token map entropies, ``content`` (T,) which count, ``score`` their aggregate
-    (higher = more uncertain)."""
+    (higher = more uncertain), or None when the answer has no content token (nothing to score)."""
 
     entropies: np.ndarray
     content: np.ndarray
-    score: float
+    score: float | None
 
 
 def cut_at_eos(token_ids: Sequence[int], eos_ids: Iterable[int]) -> tuple[list[int], bool]:
@@ -45,10 +45,11 @@ def score_answer(
 
     Entropy per token (normalised by log(N_img) when ``normalized``), content tokens as the
     tokenizer defines them (special tokens, end-of-sequence and punctuation excluded), then
-    ``aggregation`` ("mean" | "max" | "first") over the content tokens. Raises
-    :class:`~fastrm_core.errors.CalibrationError` when the answer has no content token.
+    ``aggregation`` ("mean" | "max" | "first") over the content tokens. An answer without any
+    content token (only punctuation or end-of-sequence) gets ``score=None``.
     """
     maps = np.asarray(maps)
     ent = np.atleast_1d(np.asarray(token_entropy(maps, normalized=normalized, map_ndim=2), dtype=float))  # (T,)
     content = content_token_mask(list(token_ids), tokenizer, extra_excluded_ids=eos_ids)  # (T,)
-    return AnswerScore(ent, content, answer_score(ent, content, aggregate=aggregation))
+    score = answer_score(ent, content, aggregate=aggregation) if content.any() else None
+    return AnswerScore(ent, content, score)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -17,6 +18,10 @@ from .telemetry import map_from_attributes
 
 __all__ = ["guarded_calls", "view_trace"]
 
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,9 +68,9 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
             head.add_row("returned", message_text(chat[semconv.GEN_AI_OUTPUT_MESSAGES]))
         score = g.get(semconv.GUARDRAIL_SCORE)
         head.add_row("verdict", f"{g.get(semconv.GUARDRAIL_VERDICT, '-')}  (score "
-                     f"{'-' if score is None else f'{score:.3f}'} vs threshold {g.get(semconv.GUARDRAIL_THRESHOLD, '-')})")
-        head.add_row("action", f"{g.get(semconv.GUARDRAIL_ACTION)}  [{g.get(semconv.GUARDRAIL_POLICY_ID)} "
-                     f"v{g.get(semconv.GUARDRAIL_POLICY_VERSION)}, rule {g.get(semconv.GUARDRAIL_RULE)}]")
+                     f"{'-' if score is None else f'{score:.3f}'} vs threshold {_num(g.get(semconv.GUARDRAIL_THRESHOLD))})")
+        head.add_row("action", escape(f"{g.get(semconv.GUARDRAIL_ACTION)}  [{g.get(semconv.GUARDRAIL_POLICY_ID)} "
+                     f"v{g.get(semconv.GUARDRAIL_POLICY_VERSION)}, rule {g.get(semconv.GUARDRAIL_RULE)}]"))
         body = [head]
         image = None
         image_path = chat.get(IMAGE_PATH)

@@ -103,12 +103,32 @@ def test_nan_states_raise_capture_error(tiny_llava, proxy, make_inputs):
     layer = get_adapter(model).decoder_layers[-1]
     handle = layer.register_forward_hook(lambda m, a, o: o * float("nan"))
     try:
-        with pytest.raises(CaptureError, match="non-finite"):
+        with pytest.raises(CaptureError, match="non-finite hidden states on the image tokens at prefill"):
             with capture(model, proxy):
                 model.generate(**inputs, max_new_tokens=2)
     finally:
         handle.remove()
     assert hooks(model) == before
+
+
+def test_nan_during_decoding_is_reported_by_maps(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    layer = get_adapter(model).decoder_layers[-1]
+    calls = []
+
+    def poison_after_prefill(module, args, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) == 3 else output  # the 2nd decoding step
+
+    handle = layer.register_forward_hook(poison_after_prefill)
+    try:
+        with capture(model, proxy) as cap:
+            model.generate(**inputs, **gen_kwargs(model, 4, do_sample=False))
+    finally:
+        handle.remove()
+    with pytest.raises(CaptureError, match="non-finite last hidden state at generation step 2"):
+        cap.maps
 
 
 def test_mismatched_proxy_and_bad_arguments(tiny_llava):

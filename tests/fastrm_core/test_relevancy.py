@@ -26,7 +26,7 @@ def naive_rows(model, input_ids, pixel_values, gen):
             grads = [g.detach() for g in grads]
             attns = [a.detach() for a in attns]
             for a, g in zip(attns, grads):
-                a_bar = (g.double() * a.double()).mean(dim=1)[0].clamp_min(0)
+                a_bar = (g.double() * a.double()).clamp_min(0).mean(dim=1)[0]
                 r = r + a_bar @ r
             rows.append(r[-1])
     finally:

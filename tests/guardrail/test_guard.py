@@ -292,3 +292,49 @@ def test_hanging_exporter_does_not_slow_the_call_beyond_a_bound(tiny_llava, tiny
     t0 = time.perf_counter()
     provider.shutdown()
     assert time.perf_counter() - t0 < 3.0
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+def test_stream_failure_follows_on_error(tiny_llava, tiny_proxy, calibration_uncertain, image, tmp_path, mode):
+    model, processor = tiny_llava
+    policy = policy_file(tmp_path, f"id: p\nversion: '1'\non_error: {mode}\nabstain_message: Withheld.\ndefault: {{action: allow}}\n")
+    import copy
+
+    expected = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain).generate(image, "What color?", **KW)
+    broken = copy.deepcopy(tiny_proxy)
+    with torch.no_grad():
+        broken.q_proj.weight.fill_(float("nan"))  # the proxy fails, the model is fine
+    g = Guard(model, processor, proxy=broken, calibration=calibration_uncertain, policy=policy)
+    events = list(g.stream(image, "What color?", **KW))
+    final = events[-1]
+    assert isinstance(final, GuardResult) and final.unguarded and "non-finite" in final.error
+    if mode == "fail_open":
+        assert final.action == "flag" and final.answer == expected.answer and final.text == expected.answer
+    else:
+        assert final.action == "abstain" and final.text == "Withheld." and final.answer == ""
+
+
+def test_answer_without_content_is_uncertain_and_reaches_the_policy(tiny_llava, tiny_proxy, calibration_confident,
+                                                                    image, tmp_path):
+    model, processor = tiny_llava
+    tok = processor.tokenizer
+    policy = policy_file(tmp_path, """
+id: p
+version: "1"
+rules:
+  - name: nothing-scored
+    when: {n_answer_tokens: {lt: 1}}
+    action: abstain
+default: {action: allow}
+""")
+    g = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_confident, policy=policy)
+    # force an answer made of punctuation only: every word token is suppressed
+    words = [i for i in range(len(tok)) if tok.decode([i]).strip().isalpha()]
+    r = g.generate(image, "What color?", max_new_tokens=3, suppress_tokens=words + [get_adapter(model).image_token_id])
+    assert r.score is None and r.verdict == "uncertain" and not any(r.content)
+    assert r.rule == "nothing-scored" and r.action == "abstain" and r.error is None
+
+
+def test_prompt_suffix_is_appended(tiny_llava, tiny_proxy, calibration_uncertain):
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, prompt_suffix="Answer briefly.")
+    assert g.prompt("What color?") == "USER: <image>\nWhat color? Answer briefly. ASSISTANT:"
