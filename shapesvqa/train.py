@@ -58,6 +58,18 @@ class TrainConfig:
     attn_fade: float = 0.1  # fraction of steps over which it fades to zero
     curriculum: float = 0.3  # fraction of steps over which max objects grows 2 -> 6
     patch_label_coverage: float = 0.3
+    answer_attn_layers: str = "1-3"  # LM layers whose answer-position attention is supervised (warm-up)
+    keyword_attn_layers: str = ""  # LM layers whose colour/shape-word attention is supervised (warm-up)
+    vision_steps: int = 0  # vision-only pre-training steps (patch colour/shape heads) before the main run
+    vision_batch: int = 64
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 8
+    text_intermediate: int = 512
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_heads,
+                         text_intermediate=self.text_intermediate)
 
 
 class Batcher:
@@ -72,6 +84,12 @@ class Batcher:
         self.pad_id = tokenizer.pad_token_id
         self._cache: dict[str, list[int]] = {}
         self.colors = list(COLORS)
+        from .world import PLURALS
+
+        self.word_attr = {tokenizer.convert_tokens_to_ids(c): ("color", c) for c in COLORS}
+        for sh in SHAPES:
+            self.word_attr[tokenizer.convert_tokens_to_ids(sh)] = ("shape", sh)
+            self.word_attr[tokenizer.convert_tokens_to_ids(PLURALS[sh])] = ("shape", sh)
 
     def prompt_ids(self, question: str) -> list[int]:
         ids = self._cache.get(question)
@@ -107,6 +125,8 @@ class Batcher:
         align_c = np.full((len(examples), g * g), -1, dtype=np.int64)
         align_s = np.full((len(examples), g * g), -1, dtype=np.int64)
         patch_masks = []
+        kw_pos = np.full((len(examples), 3), -1, dtype=np.int64)
+        kw_target = np.zeros((len(examples), 3, g * g), dtype=np.float32)
         for i, ex in enumerate(examples):
             objs = ex.scene.objects
             if objs:
@@ -123,6 +143,20 @@ class Batcher:
             else:
                 pm = np.zeros((0, g * g), dtype=bool)
             patch_masks.append(pm)
+            # Colour / shape words of the question -> patches of every object with that attribute.
+            ids = self.prompt_ids(ex.question)
+            k = 0
+            for t, tid in enumerate(ids):
+                word = self.word_attr.get(tid)
+                if word is None or k >= kw_pos.shape[1]:
+                    continue
+                kind, value = word
+                sel = [j for j, o in enumerate(objs) if getattr(o, kind) == value]
+                if sel:
+                    tt = pm[sel].any(0).astype(np.float32)
+                    kw_pos[i, k] = t
+                    kw_target[i, k] = tt / tt.sum()
+                    k += 1
             if ex.evidence:
                 sel = [ex.evidence[0]] if ex.family in ("attribute", "relational") else ex.evidence
                 t = pm[sel].any(0).astype(np.float32)
@@ -138,6 +172,8 @@ class Batcher:
             "align_c": torch.from_numpy(align_c),
             "align_s": torch.from_numpy(align_s),
             "ev_target": torch.from_numpy(ev_target),
+            "kw_pos": torch.from_numpy(kw_pos),
+            "kw_target": torch.from_numpy(kw_target),
             "patch_masks": patch_masks,
         }
 
@@ -163,15 +199,32 @@ def _forward(model, heads, batch, need_attn: bool):
     return feat, img, logits_ans, logits_eos, (out.attentions if need_attn else None)
 
 
+def _patch_loss(cl: torch.Tensor, sl: torch.Tensor, batch) -> torch.Tensor:
+    """Colour (or background) of every patch + shape of object patches only.
+
+    The shape term skips background patches: averaged over all patches it is dominated by the
+    trivial background class and the tower never learns interior-patch shapes.
+    """
+    on = batch["shape_lab"] < len(SHAPES)  # (B, N_img)
+    loss = F.cross_entropy(cl.flatten(0, 1), batch["color_lab"].flatten())
+    if on.any():
+        loss = loss + F.cross_entropy(sl[on], batch["shape_lab"][on])
+    return loss
+
+
+def _vision_step(model, heads, batch) -> dict:
+    feat = model.model.vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states[-1][:, 1:]
+    loss = _patch_loss(heads["color"](feat), heads["shape"](feat), batch)
+    return {"patch": loss, "total": loss}
+
+
 def _losses(model, heads, batch, cfg: TrainConfig, w_attn: float) -> dict:
     feat, img, la, le, attns = _forward(model, heads, batch, need_attn=w_attn > 0)
     eos = torch.full_like(batch["answers"], model.config.eos_token_id)
     losses = {"answer": F.cross_entropy(la, batch["answers"]) + 0.5 * F.cross_entropy(le, eos)}
     cl = heads["color"](feat)  # (B, N_img, C+1)
     sl = heads["shape"](feat)
-    losses["patch"] = F.cross_entropy(cl.flatten(0, 1), batch["color_lab"].flatten()) + F.cross_entropy(
-        sl.flatten(0, 1), batch["shape_lab"].flatten()
-    )
+    losses["patch"] = _patch_loss(cl, sl, batch)
     on = batch["align_c"] >= 0  # (B, N_img)
     if on.any():
         E = model.get_input_embeddings().weight.detach()
@@ -180,22 +233,42 @@ def _losses(model, heads, batch, cfg: TrainConfig, w_attn: float) -> dict:
     else:
         losses["align"] = img.sum() * 0
     if attns is not None:
+        img_pos = batch["input_ids"] == model.config.image_token_id  # (B, N)
+        B = img_pos.shape[0]
+        terms = []
         tgt = batch["ev_target"]  # (B, N_img)
         has = tgt.sum(-1) > 0
-        img_pos = batch["input_ids"] == model.config.image_token_id  # (B, N)
-        b = torch.arange(tgt.shape[0])
-        terms = []
-        for a in attns[1:]:
-            row = a[b, :, batch["positions"]].mean(1)  # (B, N) head-mean attention of the answer position
-            ri = row[img_pos].view(tgt.shape[0], -1)  # (B, N_img)
-            ri = ri / ri.sum(-1, keepdim=True).clamp_min(1e-9)
-            terms.append(-(tgt * (ri + 1e-9).log()).sum(-1)[has].mean())
-        losses["attn"] = torch.stack(terms).mean() if has.any() else la.sum() * 0
+        b = torch.arange(B)
+        if has.any():
+            for li in _layers(cfg.answer_attn_layers):
+                row = attns[li][b, :, batch["positions"]].mean(1)  # (B, N) head-mean row of the answer position
+                ri = row[img_pos].view(B, -1)  # (B, N_img)
+                ri = ri / ri.sum(-1, keepdim=True).clamp_min(1e-9)
+                terms.append(-(tgt * (ri + 1e-9).log()).sum(-1)[has].mean())
+        kp = batch["kw_pos"]  # (B, K)
+        kb, kk = torch.nonzero(kp >= 0, as_tuple=True)
+        if len(kb):
+            ktgt = batch["kw_target"][kb, kk]  # (M, N_img)
+            for li in _layers(cfg.keyword_attn_layers):
+                row = attns[li][kb, :, kp[kb, kk]].mean(1)  # (M, N) head-mean row of each keyword
+                ri = row[img_pos[kb]].view(len(kb), -1)
+                ri = ri / ri.sum(-1, keepdim=True).clamp_min(1e-9)
+                terms.append(-(ktgt * (ri + 1e-9).log()).sum(-1).mean())
+        losses["attn"] = torch.stack(terms).mean() if terms else la.sum() * 0
     total = losses["answer"] + cfg.w_patch * losses["patch"] + cfg.w_align * losses["align"]
     if "attn" in losses:
         total = total + w_attn * losses["attn"]
     losses["total"] = total
     return losses
+
+
+def _layers(spec: str) -> list[int]:
+    """"1-3" -> [1, 2, 3]; "0,2" -> [0, 2]; "" -> []."""
+    out: list[int] = []
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def _attn_weight(step: int, cfg: TrainConfig) -> float:
@@ -217,6 +290,12 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 def _max_objects(step: int, cfg: TrainConfig) -> int:
     t = min(1.0, step / max(1, cfg.curriculum * cfg.steps))
     return int(round(2 + 4 * t))
+
+
+def vision_examples(step: int, cfg: TrainConfig):
+    """Stage-0 batches: scenes of 1..6 objects from their own split (world seed ``seed * 1000 + 18``)."""
+    wc = WorldConfig(n_objects=(1, 6))
+    return [make_example(cfg.seed * 1000 + 18, step * cfg.vision_batch + i, wc) for i in range(cfg.vision_batch)]
 
 
 def train_examples(step: int, cfg: TrainConfig):
@@ -287,7 +366,7 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
 
     torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = ModelSpec()
+    spec = cfg.spec()
     tok = build_tokenizer()
     processor = build_processor(spec, tok)
     model = build_model(tok, spec, seed=cfg.seed)
@@ -341,37 +420,51 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
     ema: dict[str, float] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as prog:
-        task = prog.add_task("train", total=cfg.steps, completed=step, info="")
-        while step < cfg.steps:
+        total_steps = cfg.vision_steps + cfg.steps
+        task = prog.add_task("train", total=total_steps, completed=step, info="")
+        while step < total_steps:
             if deadline and time.time() > deadline:
                 print("time budget reached")
                 break
-            for gparam in opt.param_groups:
-                gparam["lr"] = _lr(step, cfg)
-            w_attn = _attn_weight(step, cfg)
-            batch = batcher(train_examples(step, cfg), cov_threshold=cfg.patch_label_coverage)
-            losses = _losses(model, heads, batch, cfg, w_attn)
+            if step < cfg.vision_steps:  # stage 0: the vision tower learns what is where
+                for gparam in opt.param_groups:
+                    gparam["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+                w_attn = 0.0
+                batch = batcher(vision_examples(step, cfg), cov_threshold=cfg.patch_label_coverage)
+                losses = _vision_step(model, heads, batch)
+            else:
+                main_step = step - cfg.vision_steps
+                for gparam in opt.param_groups:
+                    gparam["lr"] = _lr(main_step, cfg)
+                w_attn = _attn_weight(main_step, cfg)
+                batch = batcher(train_examples(main_step, cfg), cov_threshold=cfg.patch_label_coverage)
+                losses = _losses(model, heads, batch, cfg, w_attn)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
             for k, v in losses.items():
-                ema[k] = 0.98 * ema.get(k, float(v)) + 0.02 * float(v)
+                v = float(v.detach())
+                ema[k] = 0.98 * ema.get(k, v) + 0.02 * v
             prog.update(task, completed=step, info=" ".join(f"{k}={v:.3f}" for k, v in ema.items()))
-            if step % eval_every == 0 or step == cfg.steps:
+            if step > cfg.vision_steps and ((step - cfg.vision_steps) % eval_every == 0 or step == total_steps):
                 ev = evaluate_quick(model, batcher)
                 rec = {"step": step, "time": round(elapsed_before + time.time() - t0, 1), "w_attn": w_attn,
-                       "max_obj": _max_objects(step, cfg), **{k: round(v, 4) for k, v in ema.items()}, **ev}
+                       "max_obj": _max_objects(step - cfg.vision_steps, cfg), **{k: round(v, 4) for k, v in ema.items()}, **ev}
                 with log_path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 prog.console.print(rec)
             if time.time() - last_ckpt > ckpt_every_s:
                 save_ckpt()
                 last_ckpt = time.time()
+            elif step <= cfg.vision_steps and step % 100 == 0:
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": step, "stage": "vision", "patch": round(ema["patch"], 4),
+                                        "time": round(elapsed_before + time.time() - t0, 1)}) + "\n")
     save_ckpt()
     final = run_dir / "final"
-    if step >= cfg.steps:
+    if step >= total_steps:
         save_reference(model, processor, final, cfg, spec)
         if ship:
             save_reference(model, processor, SHIPPED_MODEL_DIR, cfg, spec)
@@ -403,7 +496,7 @@ def export_checkpoint(run_dir: Path, folder: Path) -> Path:
     """Write the model of ``run_dir/checkpoint.pt`` as a save_pretrained folder (e.g. a run cut short)."""
     state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
     cfg = TrainConfig(**state["config"])
-    spec = ModelSpec()
+    spec = cfg.spec()
     tok = build_tokenizer()
     model = build_model(tok, spec)
     model.load_state_dict(state["model"])
