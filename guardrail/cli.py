@@ -120,18 +120,18 @@ def _fmt(v, pct=False):
 
 
 def _print_calibration(console: Console, cal, side: dict) -> None:
-    table = Table(title=f"held-out figures ({side['n_heldout']} answers; fitted on {side['n_fit']}; "
+    table = Table(min_width=100, title=f"held-out figures ({side['n_heldout']} answers; fitted on {side['n_fit']}; "
                         f"accuracy {_fmt(side['accuracy_heldout'], True)})")
-    for col in ["rule", "threshold", "AUROC", "below threshold", "precision confident", "precision uncertain",
-                "TP", "FP", "TN", "FN"]:
+    for col in ["rule", "threshold", "AUROC", "below thr.", "prec. confident", "prec. uncertain", "TP", "FP", "TN", "FN"]:
         table.add_column(col, justify="right")
     for rr in cal.rules_table():
         m = rr.heldout_metrics or rr.fit_metrics
-        chosen = " (chosen)" if rr.rule == cal.rule else ""
-        table.add_row(rr.rule + chosen, _fmt(rr.threshold), _fmt(m.auroc), _fmt(m.share_confident, True),
-                      _fmt(m.precision_confident, True), _fmt(m.precision_uncertain, True),
-                      str(m.tp), str(m.fp), str(m.tn), str(m.fn))
+        table.add_row(rr.rule + (" *" if rr.rule == cal.rule else ""), _fmt(rr.threshold), _fmt(m.auroc),
+                      _fmt(m.share_confident, True), _fmt(m.precision_confident, True),
+                      _fmt(m.precision_uncertain, True), str(m.tp), str(m.fp), str(m.tn), str(m.fn))
     console.print(table)
+    console.print("* the rule in use. Confident = score below the threshold; TP = confident and right, "
+                  "FP = confident and wrong, TN = uncertain and wrong, FN = uncertain and right.")
     ent = side.get("auroc_entropy_heldout") or {}
     console.print("AUROC on held-out answers for predicting a wrong answer: "
                   + ", ".join(f"entropy {k} {_fmt(v)}" for k, v in ent.items())

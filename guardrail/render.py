@@ -15,6 +15,9 @@ _RAMP = [(13, 8, 135), (84, 2, 163), (139, 10, 165), (185, 50, 137), (219, 92, 1
          (254, 188, 43), (240, 249, 33)]
 
 
+_SHADES = " ░▒▓█"
+
+
 def _unit(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=float)
     lo, hi = float(m.min()), float(m.max())
@@ -31,7 +34,9 @@ def heatmap_text(map_2d: np.ndarray, *, max_cols: int = 32) -> Text:
     for row in m:
         for v in row:
             r, g, b = _RAMP[min(int(v * len(_RAMP)), len(_RAMP) - 1)]
-            text.append("  ", style=f"on rgb({r},{g},{b})")
+            shade = _SHADES[min(int(v * len(_SHADES)), len(_SHADES) - 1)]
+            # colour where the terminal has it; the shade characters keep it readable where it has not
+            text.append(shade * 2, style=f"rgb({r},{g},{b}) on rgb({r},{g},{b})" if v > 0 else None)
         text.append("\n")
     return text
 
@@ -45,16 +50,23 @@ def _downsample(m: np.ndarray, max_cols: int) -> np.ndarray:
     return m[: r2 * f, : c2 * f].reshape(r2, f, c2, f).mean(axis=(1, 3))
 
 
-def overlay(image: Image.Image | None, map_2d: np.ndarray, *, size: int = 256, alpha: float = 0.55) -> Image.Image:
-    """The map (min-max scaled, colour ramp) blended over ``image`` (or alone when None), ``size`` px square."""
+def overlay(image: Image.Image | None, map_2d: np.ndarray, *, size: int = 256, alpha: float = 0.7) -> Image.Image:
+    """The map (min-max scaled, colour ramp) over ``image`` (or alone when None), ``size`` px square.
+
+    Each patch is blended with an opacity proportional to its value, so irrelevant patches leave the
+    image as it is and the relevant ones are painted.
+    """
     m = _unit(map_2d)
     ramp = np.array(_RAMP, dtype=np.float32)
     idx = np.clip((m * len(_RAMP)).astype(int), 0, len(_RAMP) - 1)
-    heat = Image.fromarray(ramp[idx].astype(np.uint8), "RGB").resize((size, size), Image.NEAREST)
+    heat = np.asarray(Image.fromarray(ramp[idx].astype(np.uint8), "RGB").resize((size, size), Image.NEAREST),
+                      dtype=np.float32)  # (size, size, 3)
     if image is None:
-        return heat
-    base = image.convert("RGB").resize((size, size), Image.BILINEAR)
-    return Image.blend(base, heat, alpha)
+        return Image.fromarray(heat.astype(np.uint8), "RGB")
+    weight = np.asarray(Image.fromarray((m * 255).astype(np.uint8), "L").resize((size, size), Image.NEAREST),
+                        dtype=np.float32)[..., None] / 255.0 * alpha  # (size, size, 1)
+    base = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return Image.fromarray((base * (1 - weight) + heat * weight).astype(np.uint8), "RGB")
 
 
 def save_overlay(path: str | Path, image: Image.Image | None, map_2d: np.ndarray, **kwargs) -> Path:
