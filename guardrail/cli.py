@@ -34,7 +34,7 @@ def _cmd_run(args, console: Console) -> int:
     from .guard import Guard
     from .render import heatmap_text, save_overlay
 
-    provider = configure_tracing(jsonl_path=args.trace, console=args.console_spans)
+    provider = configure_tracing(jsonl_path=args.trace, console=args.console_spans, otlp_endpoint=args.otlp_endpoint)
     guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
                                   tracer_provider=provider, capture_content=args.capture_content,
                                   dtype=args.dtype, device=args.device)
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--trace", default=None, help="append the spans to this JSONL file")
     p.add_argument("--console-spans", action="store_true", help="print the spans")
+    p.add_argument("--otlp-endpoint", default=None,
+                   help="send spans to this OTLP/HTTP collector (default: the OTEL_EXPORTER_OTLP_* variables)")
     p.add_argument("--capture-content", action="store_true", default=None, help="record question/answer text in spans")
     p.add_argument("--json", action="store_true", help="print the GuardResult as JSON")
     p.add_argument("--maps", action="store_true", help="with --json, include the maps")
