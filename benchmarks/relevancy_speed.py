@@ -159,6 +159,28 @@ def propagation_only(adapter, n_pos: int, n_tokens: int, device) -> tuple[float,
     return t_row, t_full
 
 
+def proxy_only(proxy, adapter, n_tokens: int, device, repeats: int = 5) -> float:
+    """Seconds the proxy itself needs for one answer's maps: image keys once, then one query per token
+    (what capture adds to each decoding step), on random states of the model's width. Best of ``repeats``."""
+    rows, cols = adapter.grid
+    dtype = next(proxy.parameters()).dtype
+    img = torch.randn(1, rows * cols, adapter.hidden_size, device=device, dtype=dtype)
+    steps = torch.randn(n_tokens, 1, 1, adapter.hidden_size, device=device, dtype=dtype)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            keys = proxy.image_keys(img)
+            maps = [torch.sigmoid(proxy.token_logits(h, keys)) for h in steps]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+    assert len(maps) == n_tokens
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
@@ -207,10 +229,11 @@ def main(argv=None):
         t_loop, m_loop, rel_loop = timed(lambda: gradient_relevancy(model, inputs, out, batched_backward=device.type != "cuda"), device)
         assert torch.allclose(rel.rows, rel_loop.rows, rtol=1e-4, atol=1e-7)
         t_prop_row, t_prop_full = propagation_only(adapter, n_prompt + n - 1, n, device)
+        t_proxy = proxy_only(proxy, adapter, n, device, repeats=5)
         row = {"tokens": n, "generate_s": t_gen, "capture_s": t_cap, "exact_maps_s": t_exact,
                "exact_total_s": t_exact + t_gen, "generate_mib": m_gen, "capture_mib": m_cap, "exact_mib": m_exact,
                "exact_loop_s": t_loop, "exact_loop_mib": m_loop,
-               "propagation_row_s": t_prop_row, "propagation_full_s": t_prop_full}
+               "propagation_row_s": t_prop_row, "propagation_full_s": t_prop_full, "proxy_maps_s": t_proxy}
         if n <= args.skip_per_step_above:
             t_ps, m_ps, slow = timed(lambda: per_step_relevancy(model, inputs, n, stop_at_eos=False,
                                                                 suppress_tokens=suppress), device)
@@ -220,10 +243,10 @@ def main(argv=None):
         results.append(row)
         console.print(row)
 
-    table = Table(width=220, title=f"relevancy cost per answer, {args.shape} on {device} (prompt {n_prompt} tokens)")
+    table = Table(width=260, title=f"relevancy cost per answer, {args.shape} on {device} (prompt {n_prompt} tokens)")
     for col in ["tokens", "per_step s", "exact s (+gen)", "exact other s", "capture s", "generate s",
                 "per_step MiB", "exact MiB", "capture MiB", "per_step/exact", "per_step/capture", "capture/generate",
-                "propagation full/row", "max rel diff"]:
+                "proxy maps s", "exact maps/proxy maps", "propagation full/row", "max rel diff"]:
         table.add_column(col, justify="right")
     for r in results:
         ps = r.get("per_step_s")
@@ -240,12 +263,16 @@ def main(argv=None):
             f"{ps / r['exact_total_s']:.1f}x" if ps else "-",
             f"{ps / r['capture_s']:.0f}x" if ps else "-",
             f"{r['capture_s'] / r['generate_s']:.3f}",
+            f"{r['proxy_maps_s']:.5f}",
+            f"{r['exact_maps_s'] / r['proxy_maps_s']:.0f}x",
             f"{r['propagation_full_s'] / r['propagation_row_s']:.0f}x",
             f"{r['max_rel_diff']:.1e}" if ps else "-",
         )
     console.print(table)
     console.print("per_step/exact compares whole answers: the exact column includes the generation it needs. "
-                  "capture's extra cost over plain generation is capture/generate - 1. 'propagation full/row' times "
+                  "capture's extra cost over plain generation is capture/generate - 1. 'proxy maps' is the proxy's own "
+                  "work for one answer (keys once, one query per token): 'exact maps/proxy maps' compares the cost of "
+                  "the maps themselves, given the generated tokens. 'propagation full/row' times "
                   "the relevancy propagation alone (same L, N, T): full N x N products per token vs the row vector. "
                   "Both gradient methods pay one backward pass per token; that is what dominates their time.")
     if args.json:
