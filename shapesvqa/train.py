@@ -60,6 +60,8 @@ class TrainConfig:
     patch_label_coverage: float = 0.3
     answer_attn_layers: str = "1-3"  # LM layers whose answer-position attention is supervised (warm-up)
     keyword_attn_layers: str = ""  # LM layers whose colour/shape-word attention is supervised (warm-up)
+    attn_heads: int = 0  # >0: supervise the full attention mass of the first attn_heads heads (else head mean over image)
+    answer_target: str = "evidence"  # answer-position warm-up target: "evidence" patches or the question's "keyword" tokens
     vision_steps: int = 0  # vision-only pre-training steps (patch colour/shape heads) before the main run
     vision_batch: int = 64
     text_hidden: int = 256
@@ -173,6 +175,7 @@ class Batcher:
             "align_s": torch.from_numpy(align_s),
             "ev_target": torch.from_numpy(ev_target),
             "kw_pos": torch.from_numpy(kw_pos),
+            "relational": torch.tensor([ex.family == "relational" for ex in examples]),
             "kw_target": torch.from_numpy(kw_target),
             "patch_masks": patch_masks,
         }
@@ -233,33 +236,58 @@ def _losses(model, heads, batch, cfg: TrainConfig, w_attn: float) -> dict:
     else:
         losses["align"] = img.sum() * 0
     if attns is not None:
-        img_pos = batch["input_ids"] == model.config.image_token_id  # (B, N)
-        B = img_pos.shape[0]
-        terms = []
-        tgt = batch["ev_target"]  # (B, N_img)
-        has = tgt.sum(-1) > 0
-        b = torch.arange(B)
-        if has.any():
-            for li in _layers(cfg.answer_attn_layers):
-                row = attns[li][b, :, batch["positions"]].mean(1)  # (B, N) head-mean row of the answer position
-                ri = row[img_pos].view(B, -1)  # (B, N_img)
-                ri = ri / ri.sum(-1, keepdim=True).clamp_min(1e-9)
-                terms.append(-(tgt * (ri + 1e-9).log()).sum(-1)[has].mean())
-        kp = batch["kw_pos"]  # (B, K)
-        kb, kk = torch.nonzero(kp >= 0, as_tuple=True)
-        if len(kb):
-            ktgt = batch["kw_target"][kb, kk]  # (M, N_img)
-            for li in _layers(cfg.keyword_attn_layers):
-                row = attns[li][kb, :, kp[kb, kk]].mean(1)  # (M, N) head-mean row of each keyword
-                ri = row[img_pos[kb]].view(len(kb), -1)
-                ri = ri / ri.sum(-1, keepdim=True).clamp_min(1e-9)
-                terms.append(-(ktgt * (ri + 1e-9).log()).sum(-1).mean())
-        losses["attn"] = torch.stack(terms).mean() if terms else la.sum() * 0
+        losses["attn"] = _attn_loss(attns, batch, cfg, model.config.image_token_id)
     total = losses["answer"] + cfg.w_patch * losses["patch"] + cfg.w_align * losses["align"]
     if "attn" in losses:
         total = total + w_attn * losses["attn"]
     losses["total"] = total
     return losses
+
+
+def _attn_ce(rows: torch.Tensor, target: torch.Tensor, img_pos: torch.Tensor, heads: int) -> torch.Tensor:
+    """Cross-entropy of supervised attention rows.
+
+    ``rows``: (M, H, N) attention rows; ``target``: (M, N) distribution over positions;
+    ``img_pos``: (M, N) bool. ``heads`` > 0: the mean of the first ``heads`` heads must put its
+    whole mass on the target. ``heads`` == 0: the head mean, renormalised over the image
+    positions, must match the target there (other heads / text attention stay free).
+    """
+    if heads > 0:
+        r = rows[:, :heads].mean(1)  # (M, N)
+    else:
+        r = rows.mean(1) * img_pos
+        r = r / r.sum(-1, keepdim=True).clamp_min(1e-9)
+    return -(target * (r + 1e-9).log()).sum(-1).mean()
+
+
+def _attn_loss(attns, batch, cfg: TrainConfig, image_token_id: int) -> torch.Tensor:
+    img_pos = batch["input_ids"] == image_token_id  # (B, N)
+    B, N = img_pos.shape
+    b = torch.arange(B)
+    terms = []
+    kp = batch["kw_pos"]  # (B, K) keyword positions, -1 = none
+    kb, kk = torch.nonzero(kp >= 0, as_tuple=True)
+    if cfg.answer_target == "keyword":
+        tgt = torch.zeros(B, N)
+        tgt[kb, kp[kb, kk]] = 1.0
+    else:
+        tgt = torch.zeros(B, N)
+        tgt[img_pos] = batch["ev_target"].flatten()
+    has = tgt.sum(-1) > 0
+    if cfg.answer_target == "keyword":
+        has &= ~batch["relational"]  # the named word is the reference, not the object answered about
+    tgt = tgt / tgt.sum(-1, keepdim=True).clamp_min(1e-9)
+    if has.any():
+        for li in _layers(cfg.answer_attn_layers):
+            rows = attns[li][b, :, batch["positions"]]  # (B, H, N) rows of the answer-predicting position
+            terms.append(_attn_ce(rows[has], tgt[has], img_pos[has], cfg.attn_heads))
+    if len(kb):
+        ktgt = torch.zeros(len(kb), N)
+        ktgt[img_pos[kb]] = batch["kw_target"][kb, kk].flatten()  # (M, N) objects with the word's attribute
+        for li in _layers(cfg.keyword_attn_layers):
+            rows = attns[li][kb, :, kp[kb, kk]]  # (M, H, N) rows of each colour/shape word
+            terms.append(_attn_ce(rows, ktgt, img_pos[kb], cfg.attn_heads))
+    return torch.stack(terms).mean() if terms else attns[0].sum() * 0
 
 
 def _layers(spec: str) -> list[int]:

@@ -100,3 +100,16 @@ def test_eval_cli_proxy_without_path_fails_clearly(tiny_folder, tmp_path, capsys
     rc = main(["eval", "--model", str(tiny_folder), "--method", "proxy", "--n", "2", "--out", str(tmp_path / "x.json")])
     assert rc == 2
     assert "proxy" in capsys.readouterr().err
+
+
+def test_trainer_inputs_equal_processor_inputs(tiny_folder):
+    from transformers import AutoProcessor
+
+    from shapesvqa.train import Batcher
+
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    batcher = Batcher(processor.tokenizer, ModelSpec())
+    for i in range(5):
+        ex = make_example(2, i)
+        inputs = processor(images=ex.image, text=prompt(ex.question), return_tensors="pt")
+        assert inputs["input_ids"][0].tolist() == batcher.prompt_ids(ex.question)
