@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -517,7 +518,7 @@ def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: Model
     processor.save_pretrained(folder)
     (folder / "training.json").write_text(json.dumps({"train": asdict(cfg), "model": spec.to_dict(),
                                                       "step": step if step is not None else cfg.steps,
-                                                      "command": "python -m shapesvqa.train"}, indent=2))
+                                                      "command": "python -m shapesvqa.train " + " ".join(sys.argv[1:])}, indent=2))
 
 
 def export_checkpoint(run_dir: Path, folder: Path) -> Path:
