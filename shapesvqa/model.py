@@ -68,10 +68,10 @@ class ModelSpec:
     vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
-    text_hidden: int = 256
+    text_hidden: int = 128
     text_layers: int = 4
-    text_heads: int = 8
-    text_intermediate: int = 512
+    text_heads: int = 4
+    text_intermediate: int = 256
     max_positions: int = 256
 
     @property

@@ -1,25 +1,35 @@
-"""Train the reference LLaVA on ShapesVQA: ``python -m shapesvqa.train --run runs/ref --minutes 70``.
+"""Train the reference LLaVA on ShapesVQA: ``python -m shapesvqa.train --run runs/ref4 --ship``.
 
-Recipe (all losses are summed with the weights of ``TrainConfig``):
+The defaults reproduce the shipped model (34 min on one shared CPU core). Stages and losses
+(weights in :class:`TrainConfig`):
 
-- ``answer``: cross-entropy of the answer word and of the closing ``</s>`` (the only supervised tokens).
-- ``patch`` (auxiliary, whole run): two linear heads on the vision tower's patch features predict
-  each patch's colour and shape (or background), like CLIP pre-training teaches a vision tower
-  what is where. The heads are discarded; they are not part of the shipped model.
-- ``align`` (auxiliary, whole run): the projected patch embedding of an object patch is pulled
-  (cosine) toward e(colour word) + e(shape word) of the LM's input embeddings (held fixed as
-  targets), as LLaVA's projector pre-training aligns image tokens with words.
-- ``attn`` (warm-up only, first ``attn_warmup`` of the steps, then linearly faded to zero over
-  ``attn_fade``): the head-mean attention of the answer-predicting position over the image tokens,
-  in every LM layer but the first, is supervised (cross-entropy) toward the patches of the evidence
-  object(s). After the fade the loss is off, and grounding is measured only on the final model.
-- Curriculum: the maximum number of objects per scene grows from 2 to 6 over ``curriculum`` of the run.
+0. Vision pre-training (``vision_steps``): only the vision tower and two throw-away linear heads
+   on its patch features, which predict each patch's colour (or background) and, on object
+   patches only, its shape -- like CLIP pre-training teaches a tower what is where.
+1. Main run (``steps``):
+
+   - ``answer``: cross-entropy of the answer word and of the closing ``</s>``;
+   - ``patch`` (whole run): the stage-0 loss, kept as an auxiliary;
+   - ``align`` (whole run): each object patch's projected embedding is pulled (cosine) toward
+     e(colour word) + e(shape word) of the LM's input embeddings (held fixed as targets), as
+     LLaVA's projector pre-training aligns image tokens with words;
+   - ``attn`` (warm-up only: full weight for the first ``attn_warmup`` of the main steps, then
+     faded linearly to zero over ``attn_fade``, then OFF): cross-entropy pulling (a) in the
+     ``keyword_attn_layers`` the attention of each colour/shape word of the question toward the
+     patches of the objects with that colour/shape, and (b) in the ``answer_attn_layers`` the
+     attention of the answer-predicting position toward the evidence object's patches
+     (``answer_target="evidence"``) or toward the question's colour/shape words ("keyword").
+     ``attn_heads=0`` supervises the head mean renormalised over the image tokens; ``attn_heads=k``
+     the full attention mass of the first k heads. Grounding is only ever measured on the final
+     model, long after this loss is off;
+   - curriculum: at most 2 objects per scene at the start, growing to 6 over ``curriculum``.
 
 Deterministic from ``--seed``: the batch of step s holds examples ``s*B .. s*B+B-1`` of the
-training split (world seed ``seed * 1000 + 17``); the torch RNG state is checkpointed. Resumable:
-re-running the same command continues from ``RUN/checkpoint.pt`` (a local training checkpoint,
-gitignored; the shipped artifact is the ``save_pretrained`` folder written at the end to
-``RUN/final`` and, with ``--ship``, to the package's assets folder).
+training split (world seed ``seed * 1000 + 17``; stage 0 uses ``seed * 1000 + 18``); the torch RNG
+state is checkpointed. Resumable: re-running the same command continues from ``RUN/checkpoint.pt``
+(a local training checkpoint, gitignored). The artifact is the ``save_pretrained`` folder written
+at the end to ``RUN/final`` and, with ``--ship``, to the package's assets folder;
+``--export-only DIR`` writes the last checkpoint as such a folder.
 """
 
 from __future__ import annotations
@@ -46,29 +56,29 @@ __all__ = ["Batcher", "TrainConfig", "evaluate_quick", "main", "train"]
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    steps: int = 6000
-    batch: int = 48
-    lr: float = 1e-3
+    steps: int = 7000  # main steps (after the vision stage)
+    batch: int = 32
+    lr: float = 1.5e-3
     min_lr: float = 5e-5
     warmup_steps: int = 100
     weight_decay: float = 0.01
     w_patch: float = 0.5
     w_align: float = 0.5
     w_attn: float = 1.0
-    attn_warmup: float = 0.15  # fraction of steps with full attention supervision
+    attn_warmup: float = 0.2  # fraction of main steps with full attention supervision
     attn_fade: float = 0.1  # fraction of steps over which it fades to zero
     curriculum: float = 0.3  # fraction of steps over which max objects grows 2 -> 6
     patch_label_coverage: float = 0.3
-    answer_attn_layers: str = "1-3"  # LM layers whose answer-position attention is supervised (warm-up)
-    keyword_attn_layers: str = ""  # LM layers whose colour/shape-word attention is supervised (warm-up)
+    answer_attn_layers: str = "2-3"  # LM layers whose answer-position attention is supervised (warm-up)
+    keyword_attn_layers: str = "0"  # LM layers whose colour/shape-word attention is supervised (warm-up)
     attn_heads: int = 0  # >0: supervise the full attention mass of the first attn_heads heads (else head mean over image)
     answer_target: str = "evidence"  # answer-position warm-up target: "evidence" patches or the question's "keyword" tokens
-    vision_steps: int = 0  # vision-only pre-training steps (patch colour/shape heads) before the main run
+    vision_steps: int = 800  # vision-only pre-training steps (patch colour/shape heads) before the main run
     vision_batch: int = 64
-    text_hidden: int = 256
+    text_hidden: int = 128
     text_layers: int = 4
-    text_heads: int = 8
-    text_intermediate: int = 512
+    text_heads: int = 4
+    text_intermediate: int = 256
 
     def spec(self) -> ModelSpec:
         return ModelSpec(text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_heads,
@@ -390,7 +400,7 @@ def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, groun
 
 
 def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_every_s: float = 180,
-          eval_every: int = 250, ship: bool = False, threads: int = 2) -> Path:
+          eval_every: int = 500, ship: bool = False, threads: int = 1) -> Path:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     torch.set_num_threads(threads)
@@ -538,10 +548,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", type=Path, default=Path("runs/reference"), help="run directory (checkpoint, log, final/)")
     ap.add_argument("--minutes", type=float, default=None, help="stop (checkpointed, resumable) after this wall time")
     ap.add_argument("--ship", action="store_true", help="also write the final model into the package assets")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: a busy shared core makes 2 threads 5x slower)")
     ap.add_argument("--export-only", type=Path, default=None, metavar="DIR",
                     help="do not train: write the run's last checkpoint as a model folder DIR")
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--ckpt-every", type=float, default=180, help="seconds between checkpoints")
     for f, v in asdict(TrainConfig()).items():
         ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
