@@ -487,7 +487,9 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
                 v = float(v.detach())
                 ema[k] = 0.98 * ema.get(k, v) + 0.02 * v
             prog.update(task, completed=step, info=" ".join(f"{k}={v:.3f}" for k, v in ema.items()))
-            if step > cfg.vision_steps and ((step - cfg.vision_steps) % eval_every == 0 or step == total_steps):
+            if eval_every > 0 and step > cfg.vision_steps and (
+                (step - cfg.vision_steps) % eval_every == 0 or step == total_steps
+            ):
                 ev = evaluate_quick(model, batcher)
                 rec = {"step": step, "time": round(elapsed_before + time.time() - t0, 1), "w_attn": w_attn,
                        "max_obj": _max_objects(step - cfg.vision_steps, cfg), **{k: round(v, 4) for k, v in ema.items()}, **ev}
