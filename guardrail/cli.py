@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None)
     p.add_argument("--policy", default="default")
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--pool", type=int, default=32, help="scenes answered (the panels show a few of them)")
+    p.add_argument("--pool", type=int, default=24, help="scenes answered (the panels show a few of them)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", help="one guarded call")

@@ -32,7 +32,7 @@ def run_demo(
     calibration: str | None = None,
     policy: str = "default",
     seed: int = 2026,
-    pool: int = 32,
+    pool: int = 24,
     show_right: int = 4,
     show_wrong: int = 3,
     console: Console | None = None,
