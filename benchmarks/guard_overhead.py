@@ -3,7 +3,9 @@
 Both calls generate the same number of tokens from the same prompt; they alternate, each measured
 ``--repeats`` times, and the medians are compared. The guard's extra work per token is the proxy
 (LayerNorm, one D x d projection, N_img dot products) plus, once per answer, entropy, calibration,
-policy and span building (telemetry goes to an in-memory exporter, so its cost is counted).
+policy and span building (telemetry goes to an in-memory exporter, so its cost is counted). Both
+sides include the processor call. On CPU, peak memory is sampled RSS above the level at the call's
+start, which the allocator's reuse of freed memory can hide (then it prints "-").
 
     python benchmarks/guard_overhead.py                       # random LLaVA-shaped model for this CPU
     python benchmarks/guard_overhead.py --model reference     # the shipped reference model
@@ -77,9 +79,9 @@ def main(argv=None):
     suppress = [adapter.image_token_id]
     kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, suppress_tokens=suppress)
 
-    def plain():
+    def plain():  # what an unguarded app does: preprocess, then generate
         with torch.no_grad():
-            return model.generate(**inputs, **kw)
+            return model.generate(**guard._prepare([image], [question]), **kw)
 
     def guarded():
         return guard.generate(image, question, **kw)
@@ -104,7 +106,7 @@ def main(argv=None):
     for c in ["", "model.generate", "guard.generate", "ratio"]:
         table.add_column(c, justify="right")
     table.add_row("seconds", f"{tp:.4f}", f"{tg:.4f}", f"{tg / tp:.3f}")
-    table.add_row("peak MiB above start", f"{mp:.1f}", f"{mg:.1f}", f"{mg / mp:.3f}" if mp > 0 else "-")
+    table.add_row("peak MiB above start", f"{mp:.1f}", f"{mg:.1f}", f"{mg / mp:.3f}" if mp >= 1 else "- (< 1 MiB)")
     console.print(table)
     console.print(f"all runs (s): plain {[round(t, 4) for t in t_plain]}  guard {[round(t, 4) for t in t_guard]}")
 
