@@ -79,8 +79,12 @@ def _eval(args) -> int:
     proxy = None
     if method == "proxy":
         if proxy_path is None:
-            console.print("[red]--method proxy needs a proxy folder: --method proxy PATH (none is shipped yet)[/red]")
-            return 2
+            shipped = Path(__file__).parent / "assets" / "reference-proxy"
+            if args.model is not None or not (shipped / "config.json").exists():
+                console.print("[red]--method proxy needs a proxy folder: --method proxy PATH "
+                              "(the shipped proxy is only the default for the shipped model)[/red]")
+                return 2
+            proxy_path = shipped
         try:
             from fastrm_core.proxy import FastRMProxy
         except ImportError as exc:
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy and pointing game per family on a fresh split")
     ev.add_argument("--model", type=Path, default=None, help="save_pretrained folder (default: the shipped model)")
     ev.add_argument("--method", nargs="+", default=["gradient"], metavar="METHOD [PATH]",
-                    help="gradient (default), none, or proxy PATH")
+                    help="gradient (default), none, or proxy [PATH] (default PATH: the shipped proxy, with the shipped model)")
     ev.add_argument("--proxy", type=Path, default=None, help="proxy folder (same as --method proxy PATH)")
     ev.add_argument("--n", type=int, default=1000)
     ev.add_argument("--seed", type=int, default=12345)
