@@ -87,9 +87,11 @@ class PeakMemory:
 
 
 def timed(fn, device, repeats=1):
-    """(best seconds, peak MiB, result). On CPU each repeat runs in a forked child process, so memory
-    that an earlier measurement freed (and the allocator kept) cannot hide this one's peak."""
-    if device.type == "cpu":
+    """(best seconds, peak MiB, result). On CPU with one thread each repeat runs in a forked child
+    process, so memory that an earlier measurement freed (and the allocator kept) cannot hide this
+    one's peak; with more threads it runs in-process (fork and OpenMP pools do not mix) and the
+    memory column can under-report."""
+    if device.type == "cpu" and torch.get_num_threads() == 1:  # OpenMP thread pools do not survive fork
         return _timed_forked(fn, repeats)
     best, result, mem = float("inf"), None, 0.0
     for _ in range(repeats):
