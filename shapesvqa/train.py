@@ -428,7 +428,7 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
     step = 0
     elapsed_before = 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         if state["config"] != asdict(cfg):
             raise SystemExit(f"{ckpt} was written with another config: {state['config']}")
         model.load_state_dict(state["model"])
@@ -535,7 +535,7 @@ def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: Model
 
 def export_checkpoint(run_dir: Path, folder: Path) -> Path:
     """Write the model of ``run_dir/checkpoint.pt`` as a save_pretrained folder (e.g. a run cut short)."""
-    state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)
+    state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
     cfg = TrainConfig(**state["config"])
     spec = cfg.spec()
     tok = build_tokenizer()
