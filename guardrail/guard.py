@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm
+from fastrm_core.images import ImageLike, load_image
 from fastrm_core.prompting import build_prompt
 from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
@@ -57,7 +58,6 @@ from .telemetry import (
 
 __all__ = ["Guard", "load_image"]
 
-ImageLike = Union[str, os.PathLike, "Image.Image", np.ndarray]  # noqa: F821
 IMAGE_PATH_ATTRIBUTE = "fastrm.image.path"  # only with content capture
 DEFAULT_MAX_NEW_TOKENS = 16
 
@@ -71,28 +71,6 @@ def _model_lock(model: torch.nn.Module) -> threading.Lock:
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.Lock()
         return lock
-
-
-def load_image(image: ImageLike):
-    """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 array; :class:`InputError` otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"an image array must be (H, W, 3), got shape {image.shape}")
-        return Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB")
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"unreadable image {path}: {exc}") from exc
-    raise InputError(f"unsupported image type {type(image).__name__}; expected a path, a PIL image or an array")
 
 
 class Guard:

@@ -17,22 +17,14 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter
 from fastrm_core.errors import DataError
+from fastrm_core.images import load_image as _load_image
 from fastrm_core.prompting import PLAIN_TEMPLATE, build_prompt
 
 __all__ = ["PLAIN_TEMPLATE", "build_prompt", "content_token_mask", "greedy_kwargs", "load_image", "prepare_inputs"]
 
 def load_image(path: str | Path):
     """The record's image as RGB. Raises :class:`DataError` (with the reason) when missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {str(path)!r}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"unreadable image {str(path)!r}: {exc}") from exc
+    return _load_image(path, error=DataError)
 
 
 def prepare_inputs(model: nn.Module, processor, image, prompt: str) -> dict:

@@ -68,7 +68,7 @@ def test_run_json_and_bad_input(saved):
     assert code == 0 and json.loads(out)["verdict"] == "uncertain"
     code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
                         saved["calibration"], "--image", saved["root"] / "nope.png", "--question", "What?")
-    assert code == 2 and "image file not found" in out
+    assert code == 2 and "image not found" in out
 
 
 def test_policy_check(tmp_path):

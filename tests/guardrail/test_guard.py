@@ -167,7 +167,7 @@ def test_bad_input_fails_before_generation(guard, tmp_path, tiny_llava, tiny_pro
     calls = []
     handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(InputError, match="image file not found"):
+        with pytest.raises(InputError, match="image not found"):
             guard.generate(tmp_path / "missing.png", "What?")
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not an image")
