@@ -1,6 +1,6 @@
-"""Train the reference LLaVA on ShapesVQA: ``python -m shapesvqa.train --run runs/ref4 --ship``.
+"""Train the reference LLaVA on ShapesVQA: ``python -m shapesvqa.train --run runs/reference --ship``.
 
-The defaults reproduce the shipped model (34 min on one shared CPU core). Stages and losses
+The defaults reproduce the shipped model (33 min on one shared CPU core). Stages and losses
 (weights in :class:`TrainConfig`):
 
 0. Vision pre-training (``vision_steps``): only the vision tower and two throw-away linear heads
@@ -65,12 +65,12 @@ class TrainConfig:
     w_patch: float = 0.5
     w_align: float = 0.5
     w_attn: float = 1.0
-    attn_warmup: float = 0.2  # fraction of main steps with full attention supervision
-    attn_fade: float = 0.1  # fraction of steps over which it fades to zero
+    attn_warmup: float = 0.3  # fraction of main steps with full attention supervision
+    attn_fade: float = 0.2  # fraction of steps over which it fades to zero
     curriculum: float = 0.3  # fraction of steps over which max objects grows 2 -> 6
     patch_label_coverage: float = 0.3
-    answer_attn_layers: str = "2-3"  # LM layers whose answer-position attention is supervised (warm-up)
-    keyword_attn_layers: str = "0"  # LM layers whose colour/shape-word attention is supervised (warm-up)
+    answer_attn_layers: str = "0-3"  # LM layers whose answer-position attention is supervised (warm-up)
+    keyword_attn_layers: str = "0-1"  # LM layers whose colour/shape-word attention is supervised (warm-up)
     attn_heads: int = 0  # >0: supervise the full attention mass of the first attn_heads heads (else head mean over image)
     answer_target: str = "evidence"  # answer-position warm-up target: "evidence" patches or the question's "keyword" tokens
     vision_steps: int = 800  # vision-only pre-training steps (patch colour/shape heads) before the main run
