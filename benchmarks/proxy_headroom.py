@@ -32,9 +32,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastrm_core import FastRMProxy, ProxyConfig  # noqa: E402
+from fastrm_core.distill.metrics import DEFAULT_THRESHOLDS, classification_scores, confusion_counts  # noqa: E402
 from fastrm_core.distill.trainer import PairStore, binarize_maps, split_records  # noqa: E402
-
-THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
 
 
 class PairProbe(torch.nn.Module):
@@ -57,14 +56,6 @@ def _logits(model, q, img):
     if isinstance(model, FastRMProxy):
         return model(q[:, None], img)[:, 0]
     return model(q, img)
-
-
-def _f1(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
-    pred = probs >= threshold
-    tp = (pred & labels).sum().item()
-    fp = (pred & ~labels).sum().item()
-    fn = (~pred & labels).sum().item()
-    return 2 * tp / max(1, 2 * tp + fp + fn)
 
 
 def fit(model, store, train_tokens, args) -> float:
@@ -91,10 +82,11 @@ def scores(model, store, tokens, args) -> dict:
         q, img, maps = store.batch(tokens[start : start + 512])
         probs.append(torch.sigmoid(_logits(model, q, img)))
         labels.append(binarize_maps(maps, args.label_threshold))
-    p, y = torch.cat(probs), torch.cat(labels)
-    by_t = {t: _f1(p, y, t) for t in THRESHOLDS}
+    p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    rows = classification_scores(confusion_counts(p, y, DEFAULT_THRESHOLDS))
+    by_t = {t: row["f1"] for t, row in zip(DEFAULT_THRESHOLDS, rows)}
     best = max(by_t, key=by_t.get)
-    return {"f1@0.5": by_t[0.5], "best_f1": by_t[best], "best_threshold": best, "positive_rate": y.float().mean().item()}
+    return {"f1@0.5": by_t[0.5], "best_f1": by_t[best], "best_threshold": best, "positive_rate": float(y.mean())}
 
 
 def main(argv=None) -> dict:
@@ -105,7 +97,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--pos-weight", type=float, default=1.0)
-    ap.add_argument("--label-threshold", type=float, default=0.3)
+    ap.add_argument("--label-threshold", type=float, default=None, help="default: the dataset's")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--probe-width", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
@@ -115,16 +107,16 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
 
     store = PairStore(args.data)
+    manifest = store.manifest
+    if args.label_threshold is None:
+        args.label_threshold = manifest.label_threshold
     train_rec, val_rec = split_records(store.n_records, args.val_fraction, args.seed)
     is_val = torch.from_numpy(np.isin(store.token_record.numpy(), val_rec))
     train_tokens, val_tokens = torch.nonzero(~is_val).squeeze(1), torch.nonzero(is_val).squeeze(1)
-    hidden = store.batch(train_tokens[:1])[0].shape[-1]
-    n_img = store.batch(train_tokens[:1])[1].shape[-2]
-    side = int(round(n_img**0.5))
-    grid = (side, n_img // side) if side * (n_img // side) == n_img else (1, n_img)
+    hidden, n_img = manifest.hidden_size, manifest.n_image_tokens
 
     models = {
-        "proxy (bilinear)": FastRMProxy(ProxyConfig(hidden_size=hidden, n_image_tokens=n_img, grid=grid)),
+        "proxy (bilinear)": FastRMProxy(ProxyConfig(hidden_size=hidden, n_image_tokens=n_img, grid=tuple(manifest.grid))),
         f"MLP probe (width {args.probe_width})": PairProbe(hidden, args.probe_width),
     }
     console = Console()
