@@ -13,13 +13,12 @@ Aggregations (:data:`Aggregation`):
 
 from __future__ import annotations
 
-import unicodedata
-from collections.abc import Iterable, Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from fastrm_core.errors import CalibrationError
+from fastrm_core.tokens import content_token_mask
 
 __all__ = ["AGGREGATIONS", "Aggregation", "answer_score", "content_token_mask"]
 
@@ -87,75 +86,3 @@ def answer_score(
     if aggregate == "max":
         return float(selected.max())
     return float(selected[0])
-
-
-def _is_punctuation_or_blank(text: str) -> bool:
-    """True when ``text`` holds only whitespace and Unicode punctuation (categories P*)."""
-    return all(ch.isspace() or unicodedata.category(ch).startswith("P") for ch in text)
-
-
-def content_token_mask(
-    token_ids: Iterable[int] | Any,
-    tokenizer: Any,
-    *,
-    extra_excluded_ids: Iterable[int] = (),
-) -> np.ndarray:
-    """Which generated tokens carry content, as the tokenizer defines them.
-
-    A token is **not** content when it is
-
-    - a special token of the tokenizer (``tokenizer.all_special_ids``: BOS, EOS, pad,
-      unk, image and chat-template markers, ...);
-    - the tokenizer's ``eos_token_id`` or ``pad_token_id``, or in ``extra_excluded_ids``
-      (pass the generation config's EOS ids here when they differ from the
-      tokenizer's, e.g. ``<|im_end|>`` or a list of stop tokens);
-    - decoded on its own (``tokenizer.decode([id])``) to an empty string, whitespace, or
-      punctuation only (Unicode categories ``P*``: ``.``, ``,``, ``?``, ``"``, ...).
-
-    Everything else counts, including digits and symbols such as ``+`` or ``%`` (they
-    can be the answer).
-
-    Args:
-        token_ids: shape ``(T,)``, the generated token ids (list, numpy or torch).
-        tokenizer: a Hugging Face tokenizer (or anything with ``decode``, and
-            optionally ``all_special_ids``, ``eos_token_id``, ``pad_token_id``).
-        extra_excluded_ids: more ids to exclude.
-
-    Returns:
-        Boolean array of shape ``(T,)``, True for content tokens.
-
-    Example:
-        >>> class Tok:  # a stand-in for a Hugging Face tokenizer
-        ...     vocab = {0: "</s>", 1: "▁dog", 2: "."}
-        ...     all_special_ids, eos_token_id, pad_token_id = [0], 0, None
-        ...     def decode(self, ids, **kw): return "".join(self.vocab[i] for i in ids)
-        >>> content_token_mask([1, 2, 0], Tok()).tolist()
-        [True, False, False]
-    """
-    if isinstance(token_ids, Sequence):
-        ids = [int(i) for i in token_ids]
-    else:  # numpy array or torch tensor
-        ids = [int(i) for i in _to_1d(token_ids, "token_ids").tolist()]
-    excluded: set[int] = {int(i) for i in extra_excluded_ids}
-    excluded.update(int(i) for i in (getattr(tokenizer, "all_special_ids", None) or ()))
-    for attr in ("eos_token_id", "pad_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple, set)):
-            excluded.update(int(v) for v in value)
-        else:
-            excluded.add(int(value))
-
-    mask = np.zeros(len(ids), dtype=bool)
-    cache: dict[int, bool] = {}
-    for t, tid in enumerate(ids):
-        if tid in excluded:
-            continue
-        if tid not in cache:
-            text = tokenizer.decode([tid], skip_special_tokens=False)
-            # SentencePiece's word marker survives some decoders; it is a space
-            text = text.replace("\u2581", " ")
-            cache[tid] = not _is_punctuation_or_blank(text)
-        mask[t] = cache[tid]
-    return mask

@@ -37,6 +37,7 @@ from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm
 from fastrm_core.images import ImageLike, load_image
 from fastrm_core.prompting import build_prompt
+from fastrm_core.tokens import eos_token_ids
 from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
@@ -169,14 +170,7 @@ class Guard:
 
     # ------------------------------------------------------------------ inputs
     def _eos_token_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.processor.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(e) for e in eos)
-        return ids
+        return eos_token_ids(self.model, self.processor.tokenizer)
 
     def prompt(self, question: str) -> str:
         """The prompt sent to the model for ``question``."""

@@ -100,6 +100,8 @@ def add_distill_parser(sub) -> None:
     t.add_argument("--label-threshold", type=float, default=None, help="default: the dataset's")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--pos-weight", type=float, default=1.0, help="BCE weight of relevant patches (default 1)")
+    t.add_argument("--tokens", choices=("content", "all"), default="content",
+                   help="distil the content tokens' maps (default: the ones the Guard scores) or every token's")
     t.add_argument("--device", default="cpu")
     t.add_argument("--max-memory-gb", type=float, default=4.0, help="load datasets under this size into memory")
     t.set_defaults(func=_train)
@@ -188,7 +190,7 @@ def _train(args) -> int:
     config = TrainConfig(
         lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
         eval_every=args.eval_every, head_dim=args.head_dim, label_threshold=args.label_threshold,
-        weight_decay=args.weight_decay, pos_weight=args.pos_weight, device=args.device, max_memory_gb=args.max_memory_gb,
+        weight_decay=args.weight_decay, pos_weight=args.pos_weight, tokens=args.tokens, device=args.device, max_memory_gb=args.max_memory_gb,
     )
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -250,12 +252,19 @@ def report_tables(report: dict) -> list:
         return "-" if x is None else f"{x:.3f}"
 
     tables = []
-    cls = Table(title=f"proxy vs binarised baseline (label threshold {report['classification']['label_threshold']})")
+    classification = report["classification"]
+    every = classification.get("all_tokens")
+    cls = Table(title=f"proxy vs binarised baseline (label threshold {classification['label_threshold']}; "
+                      f"{classification.get('n_tokens', '?')} content tokens)")
     for col in ("threshold", "accuracy", "precision", "recall", "F1"):
         cls.add_column(col, justify="right")
-    for row in report["classification"]["thresholds"]:
-        cls.add_row(f"{row['threshold']:.1f}", fmt(row["accuracy"]), fmt(row["precision"]), fmt(row["recall"]),
-                    fmt(row["f1"]))
+    if every:
+        cls.add_column(f"F1, all {every['n_tokens']} tokens", justify="right")
+    for k, row in enumerate(classification["thresholds"]):
+        cells = [f"{row['threshold']:.1f}", fmt(row["accuracy"]), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"])]
+        if every:
+            cells.append(fmt(every["thresholds"][k]["f1"]))
+        cls.add_row(*cells)
     tables.append(cls)
 
     methods: list[str] = []
@@ -278,8 +287,11 @@ def report_tables(report: dict) -> list:
         tables.append(summary)
     corr = report["correlation"]
     extra = Table(title="proxy probabilities vs continuous baseline maps")
-    for col in ("Pearson", "Spearman", "tokens"):
+    for col in ("tokens", "Pearson", "Spearman", "n"):
         extra.add_column(col, justify="right")
-    extra.add_row(fmt(corr["pearson"]), fmt(corr["spearman"]), str(corr["n_tokens"]))
+    extra.add_row("content", fmt(corr["pearson"]), fmt(corr["spearman"]), str(corr["n_tokens"]))
+    if corr.get("all_tokens"):
+        a = corr["all_tokens"]
+        extra.add_row("all", fmt(a["pearson"]), fmt(a["spearman"]), str(a["n_tokens"]))
     tables.append(extra)
     return tables

@@ -7,7 +7,8 @@ builder generates an answer greedily and keeps, for each generated token t:
   (:func:`fastrm_core.capture.capture` with ``keep_states=True``);
 * ``maps[t]`` (N_img,): the exact gradient relevancy map over the image patches
   (:func:`fastrm_core.relevancy.gradient_relevancy`), float32, row-major grid;
-* ``token_ids[t]``;
+* ``token_ids[t]`` and ``content[t]``, whether t is a content token (the trainer distils
+  those by default: they are the maps the Guard scores);
 
 and once per record ``image_states`` (N_img, D), the image patches' last hidden states.
 
@@ -23,6 +24,9 @@ A shard holds flat tensors and offsets::
     token_states   (T_tot, D)      states dtype
     maps           (T_tot, N_img)  float32
     token_ids      (T_tot,)        int64
+    content        (T_tot,)        bool: the tokens the Guard scores (no special, EOS or punctuation-only
+                                   token; :func:`fastrm_core.tokens.content_token_mask`). Datasets
+                                   from earlier builders lack it: rebuild them, or train on all tokens
     token_offsets  (R + 1,)        int64: record r owns rows token_offsets[r]:token_offsets[r+1]
 
 and its safetensors metadata ``records`` is a JSON list of ``{"id", "answer"}``.
@@ -230,7 +234,8 @@ def _versions() -> dict[str, str]:
 class RecordExample:
     """Everything the dataset keeps for one record.
 
-    token_ids (T,), token_states (T, D), maps (T, N_img) float32, image_states (N_img, D).
+    token_ids (T,), token_states (T, D), maps (T, N_img) float32, image_states (N_img, D),
+    content (T,) bool: the tokens the Guard scores (:func:`fastrm_core.tokens.content_token_mask`).
     """
 
     id: str
@@ -239,6 +244,7 @@ class RecordExample:
     token_states: torch.Tensor
     maps: torch.Tensor
     image_states: torch.Tensor
+    content: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,7 @@ def process_record(model, processor, adapter: VLMAdapter, record, settings: Buil
     from fastrm_core.capture import capture
     from fastrm_core.relevancy import gradient_relevancy
 
-    from .generation import build_prompt, greedy_kwargs, load_image, prepare_inputs
+    from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
 
     try:
         image = load_image(record.image)
@@ -305,6 +311,7 @@ def process_record(model, processor, adapter: VLMAdapter, record, settings: Buil
         token_states=queries.contiguous(),
         maps=rel.maps.reshape(n_tok, -1).float().contiguous(),  # (T, N_img)
         image_states=image_states.contiguous(),
+        content=content_mask(model, processor, rel.token_ids),
     )
 
 
@@ -334,6 +341,7 @@ def write_shard(folder: Path, index: int, examples: list[RecordExample]) -> tupl
         "token_states": torch.cat([e.token_states for e in examples]),  # (T_tot, D)
         "maps": torch.cat([e.maps for e in examples]),  # (T_tot, N_img)
         "token_ids": torch.cat([e.token_ids for e in examples]),  # (T_tot,)
+        "content": torch.cat([e.content for e in examples]),  # (T_tot,) bool
         "token_offsets": torch.cumsum(counts, 0),  # (R + 1,)
     }
     meta = {"format": FORMAT, "records": json.dumps([{"id": e.id, "answer": e.answer} for e in examples])}

@@ -5,10 +5,13 @@ the exact gradient maps of the same tokens (:func:`fastrm_core.relevancy.gradien
 then
 
 1. **classification**: the proxy's per-patch probabilities against the baseline maps binarised
-   at the labelling threshold, every generated token, confusion counts at thresholds 0.1..0.9
-   (pooled over tokens and records -> accuracy, precision, recall, F1);
+   at the labelling threshold, confusion counts at thresholds 0.1..0.9 pooled over tokens and
+   records (-> accuracy, precision, recall, F1). The headline figures are over the *content*
+   tokens (:func:`fastrm_core.tokens.content_token_mask`: the maps the Guard scores);
+   ``all_tokens`` gives the same over every generated token, end-of-sequence included;
 2. **correlation**: Pearson and Spearman between each token's proxy probabilities and its
-   continuous baseline map (mean over tokens; constant maps are left out);
+   continuous baseline map (mean over content tokens, and over all tokens; constant maps are
+   left out);
 3. **perturbation**: one map per record and method (the first content token's by default,
    ``token="mean"`` averages the answer's content tokens), patches ranked by it, then 0..50% of
    them removed (:mod:`fastrm_core.distill.perturbation`; most relevant first = positive,
@@ -153,7 +156,7 @@ def evaluate_record(
     from fastrm_core.capture import capture
     from fastrm_core.relevancy import gradient_relevancy
 
-    from .generation import build_prompt, content_token_mask, greedy_kwargs, load_image, prepare_inputs
+    from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
     from .gradcam import gradcam_maps
     from .perturbation import generate_without_patches
     from .trainer import binarize_maps
@@ -181,18 +184,20 @@ def evaluate_record(
     grad = rel.maps.reshape(n_tok, -1).float()  # (T, N)
     probs = cap.maps[0, :n_tok].reshape(n_tok, -1).float()  # (T, N)
     labels = binarize_maps(grad, label_threshold)
+    content = content_mask(model, processor, new)  # (T,)
     result: dict = {
         "id": record.id,
         "answer": answer,
         "correct": correct,
         "n_tokens": n_tok,
-        "counts": confusion_counts(probs.numpy(), labels.numpy(), config.thresholds).tolist(),
+        "content": content.tolist(),
+        "counts": confusion_counts(probs[content].numpy(), labels[content].numpy(), config.thresholds).tolist(),
+        "counts_all": confusion_counts(probs.numpy(), labels.numpy(), config.thresholds).tolist(),
     }
     pairs = [correlations(probs[t].numpy(), grad[t].numpy()) for t in range(n_tok)]
     result["pearson"] = [p for p, _ in pairs]
     result["spearman"] = [s for _, s in pairs]
 
-    content = content_token_mask(processor, new)
     chosen = content.nonzero(as_tuple=True)[0]
     if chosen.numel() == 0:
         chosen = torch.tensor([0])
@@ -301,20 +306,27 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "answer_accuracy": _mean([float(r["correct"]) for r in done]),
         "n_tokens": int(sum(r["n_tokens"] for r in done)),
     }
-    counts = np.sum([np.asarray(r["counts"]) for r in done], axis=0) if done else np.zeros((len(config.thresholds), 4))
+    def scores(key: str) -> list[dict]:
+        counts = np.sum([np.asarray(r[key]) for r in done], axis=0) if done else np.zeros((len(config.thresholds), 4))
+        return [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(counts))]
+
+    def correlation(content_only: bool) -> dict:
+        keep = [(p, s) for r in done for p, s, c in zip(r["pearson"], r["spearman"], r["content"]) if c or not content_only]
+        return {
+            "pearson": _mean([p for p, _ in keep]),
+            "spearman": _mean([s for _, s in keep]),
+            "n_tokens": int(sum(not np.isnan(p) for p, _ in keep)),
+        }
+
+    report["n_content_tokens"] = int(sum(sum(r["content"]) for r in done))
     report["classification"] = {
         "label_threshold": label_threshold if label_threshold is not None else config.label_threshold,
-        "thresholds": [
-            {"threshold": t, **scores} for t, scores in zip(config.thresholds, classification_scores(counts))
-        ],
+        "tokens": "content",
+        "n_tokens": report["n_content_tokens"],
+        "thresholds": scores("counts"),
+        "all_tokens": {"n_tokens": report["n_tokens"], "thresholds": scores("counts_all")},
     }
-    pear = [p for r in done for p in r["pearson"]]
-    spear = [s for r in done for s in r["spearman"]]
-    report["correlation"] = {
-        "pearson": _mean(pear),
-        "spearman": _mean(spear),
-        "n_tokens": int(sum(not np.isnan(p) for p in pear)),
-    }
+    report["correlation"] = {**correlation(True), "all_tokens": correlation(False)}
     with_curves = [r for r in done if "perturbation" in r]
     if with_curves:
         pert: dict = {"fractions": list(config.fractions), "n_records": len(with_curves)}

@@ -9,6 +9,12 @@ labelling threshold tau (default 0.3, from the dataset manifest)::
 and the loss is the binary cross-entropy between sigmoid(proxy logits) and y, averaged over
 patches and tokens (``pos_weight`` > 1 weighs the relevant patches more, for sparse labels). Adam; the paper's defaults are lr 2e-5, batch 128, 3,500 steps.
 
+Which tokens: by default the *content* tokens only (``tokens="content"``), the ones whose maps
+the Guard scores, calibrates and shows; end-of-sequence, special and punctuation-only tokens
+are left out. Their maps are unlike the answer's (on the reference model the EOS token's map
+spreads over the whole scene) and a proxy of D x D parameters spends capacity on them that no
+verdict uses. ``tokens="all"`` distils every generated token, as a plain reading of the paper.
+
 The validation split is by record (tokens of one answer never straddle the split), chosen
 from the seed; every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
 the best checkpoint (lowest validation loss) is kept. Everything random (initialisation,
@@ -34,7 +40,9 @@ from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 from .dataset import MANIFEST_NAME, Manifest, load_manifest
 
-__all__ = ["PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
+__all__ = ["TOKEN_SETS", "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
+
+TOKEN_SETS = ("content", "all")
 
 
 def binarize_maps(maps: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
@@ -61,6 +69,7 @@ class TrainConfig:
     label_threshold: float | None = None  # None: the dataset's
     weight_decay: float = 0.0
     pos_weight: float = 1.0  # BCE weight of relevant patches (1 = the paper's plain BCE)
+    tokens: str = "content"  # "content": the tokens the Guard scores; "all": every generated token (EOS too)
     device: str = "cpu"
     max_memory_gb: float = 4.0  # datasets larger than this are read lazily from the shards
 
@@ -72,6 +81,7 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.pos_weight > 0, f"pos_weight must be > 0, got {self.pos_weight}"),
+            (self.tokens in TOKEN_SETS, f"tokens must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}"),
             (self.label_threshold is None or 0 < self.label_threshold <= 1,
              f"label_threshold must be in (0, 1], got {self.label_threshold}"),
         ]
@@ -114,6 +124,7 @@ class PairStore:
             raise DataError(f"the dataset in {self.folder} holds no token (build it first, or check its skipped records)")
         self._handles = []
         token_shard, token_local, token_record, record_shard, record_local = [], [], [], [], []
+        content: list[torch.Tensor] | None = []
         n_bytes = 0
         for s_idx, shard in enumerate(shards):
             path = self.folder / shard.file
@@ -130,6 +141,8 @@ class PairStore:
                 token_local += list(range(int(offsets[r]), int(offsets[r]) + c))
                 token_record += [base + r] * c
             record_shard += [s_idx] * n_rec
+            if content is not None:
+                content = content + [fh.get_tensor("content").bool()] if "content" in fh.keys() else None
             record_local += list(range(n_rec))
             for name in ("image_states", "token_states", "maps"):
                 sl = fh.get_slice(name)
@@ -141,6 +154,7 @@ class PairStore:
         self.record_local = torch.tensor(record_local)
         self.n_records = len(record_shard)
         self.n_tokens = len(token_shard)
+        self._content = torch.cat(content) if content else None  # (T,) bool, None for older datasets
         if in_memory is None:
             in_memory = n_bytes <= max_memory_gb * 2**30
         self.in_memory = in_memory
@@ -148,6 +162,22 @@ class PairStore:
             self._image = torch.cat([fh.get_tensor("image_states") for fh in self._handles]).float()  # (R, N, D)
             self._tokens = torch.cat([fh.get_tensor("token_states") for fh in self._handles]).float()  # (T, D)
             self._maps = torch.cat([fh.get_tensor("maps") for fh in self._handles]).float()  # (T, N)
+
+    def token_mask(self, tokens: str = "content") -> torch.Tensor:
+        """(T,) bool: the tokens of ``tokens`` ("content": the ones the Guard scores, or "all").
+
+        Raises :class:`DataError` for "content" on a dataset whose shards carry no content flags.
+        """
+        if tokens == "all":
+            return torch.ones(self.n_tokens, dtype=torch.bool)
+        if tokens != "content":
+            raise InputError(f"unknown token set {tokens!r}; expected one of: {', '.join(TOKEN_SETS)}")
+        if self._content is None:
+            raise DataError(
+                f"the dataset in {self.folder} has no content-token flags (built by an earlier version): "
+                "rebuild it with `fastrm distill build --overwrite`, or train on every token (tokens='all')"
+            )
+        return self._content
 
     def batch(self, token_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(token_states (B, D), image_states (B, N_img, D), maps (B, N_img))`` float32 for global token indices."""
@@ -241,8 +271,11 @@ def train_proxy(
     train_rec, val_rec = split_records(store.n_records, config.val_fraction, config.seed)
     in_train = torch.zeros(store.n_records, dtype=torch.bool)
     in_train[torch.from_numpy(train_rec)] = True
-    train_tokens = in_train[store.token_record].nonzero(as_tuple=True)[0]  # (T_train,)
-    val_tokens = (~in_train)[store.token_record].nonzero(as_tuple=True)[0]  # (T_val,)
+    selected = store.token_mask(config.tokens)  # (T,)
+    train_tokens = (in_train[store.token_record] & selected).nonzero(as_tuple=True)[0]  # (T_train,)
+    val_tokens = ((~in_train)[store.token_record] & selected).nonzero(as_tuple=True)[0]  # (T_val,)
+    if train_tokens.numel() == 0:
+        raise DataError(f"no {config.tokens} token in the training split of {store.folder}")
 
     proxy_config = ProxyConfig(
         hidden_size=manifest.hidden_size,

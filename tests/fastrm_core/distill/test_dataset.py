@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastrm_core.tokens import content_token_mask, eos_token_ids
+
 from fastrm_core.adapters import get_adapter
 from fastrm_core.capture import capture
 from fastrm_core.distill.dataset import (
@@ -70,6 +72,9 @@ def test_shard_tensors_are_the_exact_maps_and_captured_states(distill_world, dis
     torch.testing.assert_close(tensors["image_states"][1], cap.image_states[0])
     assert tensors["token_ids"][3:6].tolist() == rel.token_ids.tolist()
     assert records[1]["answer"] == processor.tokenizer.decode(rel.token_ids, skip_special_tokens=True).strip()
+    tok = processor.tokenizer
+    expected = content_token_mask(tensors["token_ids"], tok, extra_excluded_ids=eos_token_ids(model, tok))
+    assert tensors["content"].dtype == torch.bool and tensors["content"].tolist() == expected.tolist()
 
 
 def test_prompt_uses_the_chat_template_when_present(distill_model):

@@ -47,7 +47,7 @@ def test_record_figures_are_the_metrics_of_the_captured_and_exact_maps(distill_m
     from calibration.data import read_vqa_jsonl
 
     from fastrm_core.capture import capture
-    from fastrm_core.distill.generation import build_prompt, greedy_kwargs, load_image, prepare_inputs
+    from fastrm_core.distill.generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
     from fastrm_core.distill.metrics import confusion_counts, correlations, mask_to_grid, pointing
     from fastrm_core.distill.trainer import binarize_maps
     from fastrm_core.adapters import get_adapter
@@ -64,7 +64,11 @@ def test_record_figures_are_the_metrics_of_the_captured_and_exact_maps(distill_m
         out = model.generate(**inputs, **greedy_kwargs(get_adapter(model), 2))
     rel = gradient_relevancy(model, inputs, out)
     probs, grad = cap.maps[0].reshape(2, 16), rel.maps.reshape(2, 16)
-    assert result["counts"] == confusion_counts(probs.numpy(), binarize_maps(grad, 0.3).numpy()).tolist()
+    content = content_mask(model, processor, rel.token_ids)
+    assert result["content"] == content.tolist()
+    labels = binarize_maps(grad, 0.3)
+    assert result["counts"] == confusion_counts(probs[content].numpy(), labels[content].numpy()).tolist()
+    assert result["counts_all"] == confusion_counts(probs.numpy(), labels.numpy()).tolist()
     assert result["pearson"][0] == pytest.approx(correlations(probs[0].numpy(), grad[0].numpy())[0], nan_ok=True)
     from PIL import Image
 

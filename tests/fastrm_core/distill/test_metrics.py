@@ -138,9 +138,9 @@ def test_correlations():
 
 def test_aggregate_pools_counts_and_integrates_mean_curves():
     cfg = EvalConfig(thresholds=(0.5,), fractions=(0.0, 0.25, 0.5), methods=("proxy", "random"))
-    def rec(rid, correct, counts, pos, neg, hit, pear):
-        return {"id": rid, "answer": "red", "correct": correct, "n_tokens": 2, "counts": [counts],
-                "pearson": pear, "spearman": pear,
+    def rec(rid, correct, counts, counts_all, content, pos, neg, hit, pear):
+        return {"id": rid, "answer": "red", "correct": correct, "n_tokens": 2, "content": content,
+                "counts": [counts], "counts_all": [counts_all], "pearson": pear, "spearman": pear,
                 "perturbation": {"positive": {"proxy": pos, "random": [1.0, 1.0, 1.0]},
                                  "negative": {"proxy": neg, "random": [1.0, 1.0, 1.0]}},
                 "agreement": {"positive": {"proxy": pos, "random": [1.0, 1.0, 1.0]},
@@ -149,15 +149,23 @@ def test_aggregate_pools_counts_and_integrates_mean_curves():
                              "random": {"hit": 0.25, "mass": 0.25, "chance": 0.25}}}
 
     results = [
-        rec("a", True, [3, 1, 0, 4], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], True, [1.0, float("nan")]),
-        rec("b", False, [1, 0, 2, 5], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0], False, [0.0, 0.5]),
+        rec("a", True, [3, 1, 0, 4], [3, 1, 4, 8], [True, False], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], True,
+            [1.0, float("nan")]),
+        rec("b", False, [1, 0, 2, 5], [1, 0, 2, 13], [False, True], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0], False,
+            [0.0, 0.5]),
         {"id": "c", "skipped": "image not found"},
     ]
     report = aggregate(results, cfg, label_threshold=0.3)
     assert report["n_records"] == 2 and report["n_skipped"] == 1 and report["answer_accuracy"] == 0.5
     (row,) = report["classification"]["thresholds"]
     assert row["threshold"] == 0.5 and row["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2), abs=1e-4)  # pooled 4/1/2/9
-    assert report["correlation"] == {"pearson": 0.5, "spearman": 0.5, "n_tokens": 3}
+    assert report["n_content_tokens"] == 2 and report["classification"]["n_tokens"] == 2
+    every = report["classification"]["all_tokens"]
+    assert every["n_tokens"] == 4
+    assert every["thresholds"][0]["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 6), abs=1e-4)  # pooled 4/1/6/21
+    # content tokens: a's first (1.0) and b's second (0.5); all tokens: 1.0, NaN (left out), 0.0, 0.5
+    assert report["correlation"] == {"pearson": 0.75, "spearman": 0.75, "n_tokens": 2,
+                                     "all_tokens": {"pearson": 0.5, "spearman": 0.5, "n_tokens": 3}}
     pos = report["perturbation"]["positive"]["proxy"]
     assert pos["accuracy"] == [1.0, 0.5, 0.0]
     assert pos["auc"] == pytest.approx(curve_auc([0, 0.25, 0.5], [1.0, 0.5, 0.0]))

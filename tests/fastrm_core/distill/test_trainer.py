@@ -85,3 +85,54 @@ def test_bad_inputs(tmp_path):
         TrainConfig(pos_weight=0)
     with pytest.raises(DataError, match="not a distillation dataset"):
         train_proxy(tmp_path, None, TrainConfig(steps=1))
+
+
+def _rewrite_content(src, dst, flags):
+    """A copy of dataset ``src`` whose shards carry ``flags(token_ids)`` as content flags (None: no flags)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    shutil.copytree(src, dst)
+    for shard in sorted(dst.glob("shard-*.safetensors")):
+        with safe_open(str(shard), framework="pt") as fh:
+            meta = fh.metadata()
+        tensors = load_file(shard)
+        content = flags(tensors["token_ids"])
+        if content is None:
+            tensors.pop("content")
+        else:
+            tensors["content"] = content
+        save_file(tensors, shard, metadata=meta)
+    return dst
+
+
+def test_content_tokens_only_by_default(distill_world, tmp_path):
+    every = PairStore(distill_world["dataset"])
+    half = _rewrite_content(distill_world["dataset"], tmp_path / "half",
+                            lambda ids: torch.arange(ids.numel()) % 2 == 0)  # every other token is "EOS"
+    store = PairStore(half)
+    from fastrm_core.distill.dataset import read_shard
+
+    expected = torch.cat([torch.arange(read_shard(f)[0]["token_ids"].numel()) % 2 == 0
+                          for f in sorted(half.glob("shard-*.safetensors"))])
+    assert store.token_mask("content").tolist() == expected.tolist()
+    assert store.token_mask("all").all()
+    content = train_proxy(half, None, TrainConfig(**FAST))
+    t = content.proxy.config.training
+    assert t["tokens"] == "content" and t["n_train_tokens"] + t["n_val_tokens"] == int(expected.sum())
+    full = train_proxy(half, None, TrainConfig(**FAST, tokens="all"))
+    t = full.proxy.config.training
+    assert t["tokens"] == "all" and t["n_train_tokens"] + t["n_val_tokens"] == every.n_tokens
+    assert content.losses != full.losses
+
+
+def test_a_dataset_without_content_flags_needs_a_rebuild_or_all_tokens(distill_world, tmp_path):
+    old = _rewrite_content(distill_world["dataset"], tmp_path / "old", lambda ids: None)
+    with pytest.raises(DataError, match="no content-token flags.*rebuild"):
+        train_proxy(old, None, TrainConfig(**FAST))
+    result = train_proxy(old, None, TrainConfig(**FAST, tokens="all"))
+    assert result.proxy.config.training["n_train_tokens"] + result.proxy.config.training["n_val_tokens"] == 18
+    with pytest.raises(InputError, match="tokens must be one of content, all"):
+        TrainConfig(tokens="eos")

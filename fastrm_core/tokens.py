@@ -1,0 +1,112 @@
+"""Which generated tokens carry content: the one definition the Guard, calibration and distillation share.
+
+Special tokens (BOS, EOS, padding, image and chat markers) and tokens that decode to
+punctuation or whitespace only are not content: their relevancy maps are computed but never
+scored, calibrated or distilled by default.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastrm_core.errors import InputError
+
+__all__ = ["content_token_mask", "eos_token_ids"]
+
+
+def _is_punctuation_or_blank(text: str) -> bool:
+    """True when ``text`` holds only whitespace and Unicode punctuation (categories P*)."""
+    return all(ch.isspace() or unicodedata.category(ch).startswith("P") for ch in text)
+
+
+def content_token_mask(
+    token_ids: Iterable[int] | Any,
+    tokenizer: Any,
+    *,
+    extra_excluded_ids: Iterable[int] = (),
+) -> np.ndarray:
+    """Which generated tokens carry content, as the tokenizer defines them.
+
+    A token is **not** content when it is
+
+    - a special token of the tokenizer (``tokenizer.all_special_ids``: BOS, EOS, pad,
+      unk, image and chat-template markers, ...);
+    - the tokenizer's ``eos_token_id`` or ``pad_token_id``, or in ``extra_excluded_ids``
+      (pass the generation config's EOS ids here when they differ from the
+      tokenizer's, e.g. ``<|im_end|>`` or a list of stop tokens);
+    - decoded on its own (``tokenizer.decode([id])``) to an empty string, whitespace, or
+      punctuation only (Unicode categories ``P*``: ``.``, ``,``, ``?``, ``"``, ...).
+
+    Everything else counts, including digits and symbols such as ``+`` or ``%`` (they
+    can be the answer).
+
+    Args:
+        token_ids: shape ``(T,)``, the generated token ids (list, numpy or torch).
+        tokenizer: a Hugging Face tokenizer (or anything with ``decode``, and
+            optionally ``all_special_ids``, ``eos_token_id``, ``pad_token_id``).
+        extra_excluded_ids: more ids to exclude.
+
+    Returns:
+        Boolean array of shape ``(T,)``, True for content tokens.
+
+    Example:
+        >>> class Tok:  # a stand-in for a Hugging Face tokenizer
+        ...     vocab = {0: "</s>", 1: "▁dog", 2: "."}
+        ...     all_special_ids, eos_token_id, pad_token_id = [0], 0, None
+        ...     def decode(self, ids, **kw): return "".join(self.vocab[i] for i in ids)
+        >>> content_token_mask([1, 2, 0], Tok()).tolist()
+        [True, False, False]
+    """
+    if isinstance(token_ids, Sequence):
+        ids = [int(i) for i in token_ids]
+    else:  # numpy array or torch tensor
+        if hasattr(token_ids, "detach"):  # torch.Tensor
+            token_ids = token_ids.detach().cpu().numpy()
+        arr = np.asarray(token_ids)
+        if arr.ndim != 1:
+            raise InputError(f"token_ids must be one-dimensional (one id per token), got shape {arr.shape}")
+        ids = [int(i) for i in arr.tolist()]
+    excluded: set[int] = {int(i) for i in extra_excluded_ids}
+    excluded.update(int(i) for i in (getattr(tokenizer, "all_special_ids", None) or ()))
+    for attr in ("eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple, set)):
+            excluded.update(int(v) for v in value)
+        else:
+            excluded.add(int(value))
+
+    mask = np.zeros(len(ids), dtype=bool)
+    cache: dict[int, bool] = {}
+    for t, tid in enumerate(ids):
+        if tid in excluded:
+            continue
+        if tid not in cache:
+            text = tokenizer.decode([tid], skip_special_tokens=False)
+            # SentencePiece's word marker survives some decoders; it is a space
+            text = text.replace("\u2581", " ")
+            cache[tid] = not _is_punctuation_or_blank(text)
+        mask[t] = cache[tid]
+    return mask
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids of the model's generation config and of its tokenizer, together.
+
+    Chat models often stop on a token the tokenizer does not call EOS (``<|im_end|>``, a list of
+    stop ids in ``generation_config.eos_token_id``); pass these to
+    :func:`content_token_mask` as ``extra_excluded_ids``.
+    """
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return ids
