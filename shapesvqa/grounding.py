@@ -107,12 +107,12 @@ def gradient_relevancy_rows(
     try:
         with torch.enable_grad(), _eager_attention_capture(model) as attns:
             out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
-            b = torch.arange(input_ids.shape[0])
+            b = torch.arange(input_ids.shape[0], device=input_ids.device)
             y = out.logits[b, positions, targets].sum()
             model.zero_grad(set_to_none=True)
             y.backward()
             N = input_ids.shape[1]
-            v = torch.zeros(input_ids.shape[0], N)
+            v = torch.zeros(input_ids.shape[0], N, device=input_ids.device)
             v[b, positions] = 1.0  # (B, N) = e_p
             for attn in reversed(attns):
                 a_bar = (attn.grad * attn).clamp(min=0).mean(dim=1).detach()  # (B, N, N)

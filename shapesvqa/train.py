@@ -192,6 +192,11 @@ class Batcher:
         }
 
 
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on ``device`` (the per-example numpy patch masks stay where they are)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def _forward(model, heads, batch, need_attn: bool):
     """Run the LLaVA pieces exactly as LlavaModel does, exposing what the auxiliary losses need."""
     inner = model.model
@@ -206,7 +211,7 @@ def _forward(model, heads, batch, need_attn: bool):
         inputs_embeds=emb, attention_mask=batch["attention_mask"], output_attentions=need_attn, return_dict=True
     )
     h = out.last_hidden_state  # (B, N, D)
-    b = torch.arange(ids.shape[0])
+    b = torch.arange(ids.shape[0], device=ids.device)
     pos = batch["positions"]
     logits_ans = model.lm_head(h[b, pos])  # (B, V) predicts the answer
     logits_eos = model.lm_head(h[b, pos + 1])  # (B, V) predicts </s>
@@ -274,15 +279,16 @@ def _attn_ce(rows: torch.Tensor, target: torch.Tensor, img_pos: torch.Tensor, he
 def _attn_loss(attns, batch, cfg: TrainConfig, image_token_id: int) -> torch.Tensor:
     img_pos = batch["input_ids"] == image_token_id  # (B, N)
     B, N = img_pos.shape
-    b = torch.arange(B)
+    dev = img_pos.device
+    b = torch.arange(B, device=dev)
     terms = []
     kp = batch["kw_pos"]  # (B, K) keyword positions, -1 = none
     kb, kk = torch.nonzero(kp >= 0, as_tuple=True)
     if cfg.answer_target == "keyword":
-        tgt = torch.zeros(B, N)
+        tgt = torch.zeros(B, N, device=dev)
         tgt[kb, kp[kb, kk]] = 1.0
     else:
-        tgt = torch.zeros(B, N)
+        tgt = torch.zeros(B, N, device=dev)
         tgt[img_pos] = batch["ev_target"].flatten()
     has = tgt.sum(-1) > 0
     if cfg.answer_target == "keyword":
@@ -293,7 +299,7 @@ def _attn_loss(attns, batch, cfg: TrainConfig, image_token_id: int) -> torch.Ten
             rows = attns[li][b, :, batch["positions"]]  # (B, H, N) rows of the answer-predicting position
             terms.append(_attn_ce(rows[has], tgt[has], img_pos[has], cfg.attn_heads))
     if len(kb):
-        ktgt = torch.zeros(len(kb), N)
+        ktgt = torch.zeros(len(kb), N, device=dev)
         ktgt[img_pos[kb]] = batch["kw_target"][kb, kk].flatten()  # (M, N) objects with the word's attribute
         for li in _layers(cfg.keyword_attn_layers):
             rows = attns[li][kb, :, kp[kb, kk]]  # (M, H, N) rows of each colour/shape word
@@ -349,8 +355,8 @@ def _predict(model, batch) -> torch.Tensor:
     out = model(
         input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]
     )
-    b = torch.arange(batch["input_ids"].shape[0])
-    return out.logits[b, batch["positions"]].argmax(-1)
+    b = torch.arange(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+    return out.logits[b, batch["positions"]].argmax(-1).cpu()
 
 
 def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, grounding_n: int = 48) -> dict:
@@ -359,10 +365,11 @@ def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, groun
     exs = [make_example(seed, i) for i in range(n)]
     res: dict = {}
     correct = []
+    device = next(model.parameters()).device
     for k in range(0, n, 48):
         chunk = exs[k : k + 48]
         batch = batcher(chunk, with_answer=False)
-        pred = _predict(model, batch)
+        pred = _predict(model, to_device(batch, device))
         correct += (pred == batch["answers"]).tolist()
     for fam in FAMILIES:
         c = [ok for ok, e in zip(correct, exs) if e.family == fam]
@@ -372,11 +379,13 @@ def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, groun
     # Grounding on correct attribute answers (fresh attribute-only examples).
     gex = [make_example(seed + 1, i, family="attribute") for i in range(grounding_n)]
     batch = batcher(gex, with_answer=False)
-    pred = _predict(model, batch)
+    on_dev = to_device(batch, device)
+    pred = _predict(model, on_dev)
     ok = (pred == batch["answers"]).numpy()
     rows = gradient_relevancy_rows(
-        model, batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["positions"], pred
-    )
+        model, on_dev["input_ids"], on_dev["pixel_values"], on_dev["attention_mask"], on_dev["positions"],
+        pred.to(device),
+    ).cpu()
     img_pos = batch["input_ids"] == model.config.image_token_id
     g = batcher.spec.grid
     hits, chance, mass = [], [], []
@@ -399,8 +408,35 @@ def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, groun
     return res
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch ``step`` of the run (vision stage, then main steps), rendered on demand.
+
+    Every batch is a pure function of (config, step), so worker processes can render ahead
+    (``data_workers``) and a resumed run sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, cfg: TrainConfig, batcher: Batcher):
+        self.cfg, self.batcher = cfg, batcher
+
+    def __len__(self) -> int:
+        return self.cfg.vision_steps + self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict:
+        cfg = self.cfg
+        if step < cfg.vision_steps:
+            examples = vision_examples(step, cfg)
+        else:
+            examples = train_examples(step - cfg.vision_steps, cfg)
+        return self.batcher(examples, cov_threshold=cfg.patch_label_coverage)
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
+
+
 def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_every_s: float = 180,
-          eval_every: int = 500, ship: bool = False, threads: int = 1) -> Path:
+          eval_every: int = 500, ship: bool = False, threads: int = 1, device: str = "cpu",
+          data_workers: int = 0) -> Path:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     torch.set_num_threads(threads)
@@ -415,6 +451,8 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
             "shape": torch.nn.Linear(spec.vision_hidden, len(SHAPES) + 1),
         }
     )
+    model.to(device)
+    heads.to(device)
     params = list(model.parameters()) + list(heads.parameters())
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -428,13 +466,13 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
     step = 0
     elapsed_before = 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         if state["config"] != asdict(cfg):
             raise SystemExit(f"{ckpt} was written with another config: {state['config']}")
         model.load_state_dict(state["model"])
         heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["opt"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         step = state["step"]
         elapsed_before = state.get("elapsed", 0.0)
         print(f"resumed from step {step}")
@@ -461,6 +499,11 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")) as prog:
         total_steps = cfg.vision_steps + cfg.steps
         task = prog.add_task("train", total=total_steps, completed=step, info="")
+        loader = torch.utils.data.DataLoader(
+            _StepBatches(cfg, batcher), batch_size=None, sampler=range(step, total_steps), collate_fn=_as_is,
+            num_workers=data_workers, prefetch_factor=4 if data_workers else None,
+        )
+        batches = iter(loader)
         while step < total_steps:
             if deadline and time.time() > deadline:
                 print("time budget reached")
@@ -469,22 +512,22 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
                 for gparam in opt.param_groups:
                     gparam["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
                 w_attn = 0.0
-                batch = batcher(vision_examples(step, cfg), cov_threshold=cfg.patch_label_coverage)
+                batch = to_device(next(batches), device)
                 losses = _vision_step(model, heads, batch)
             else:
                 main_step = step - cfg.vision_steps
                 for gparam in opt.param_groups:
                     gparam["lr"] = _lr(main_step, cfg)
                 w_attn = _attn_weight(main_step, cfg)
-                batch = batcher(train_examples(main_step, cfg), cov_threshold=cfg.patch_label_coverage)
+                batch = to_device(next(batches), device)
                 losses = _losses(model, heads, batch, cfg, w_attn)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
-            for k, v in losses.items():
-                v = float(v.detach())
+            values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
+            for k, v in zip(losses, values):
                 ema[k] = 0.98 * ema.get(k, v) + 0.02 * v
             prog.update(task, completed=step, info=" ".join(f"{k}={v:.3f}" for k, v in ema.items()))
             if eval_every > 0 and step > cfg.vision_steps and (
@@ -555,6 +598,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="do not train: write the run's last checkpoint as a model folder DIR")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--ckpt-every", type=float, default=180, help="seconds between checkpoints")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ... (GPU runs are not bit-identical to CPU runs)")
+    ap.add_argument("--data-workers", type=int, default=0, help="processes rendering batches ahead (default 0: inline)")
     for f, v in asdict(TrainConfig()).items():
         ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args(argv)
@@ -562,7 +607,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"exported {export_checkpoint(args.run, args.export_only)}")
         return
     cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
-    final = train(args.run, cfg, args.minutes, args.ckpt_every, args.eval_every, args.ship, args.threads)
+    final = train(args.run, cfg, args.minutes, args.ckpt_every, args.eval_every, args.ship, args.threads,
+                  device=args.device, data_workers=args.data_workers)
     print(f"final model: {final}")
 
 
