@@ -32,6 +32,7 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_core.errors import InputError, RelevancyError
+from fastrm_core.sequences import first_eos_id, split_generated, unpad_row
 
 __all__ = ["RelevancyMaps", "gradient_relevancy", "gradient_relevancy_batch", "per_step_relevancy"]
 
@@ -138,49 +139,6 @@ def _recording_attentions(adapter: VLMAdapter, *, leaf_embeds: bool):
 
 # --------------------------------------------------------------------------------------
 # inputs
-
-
-def _split_generated(prompt_ids: torch.Tensor, generated_ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
-    """New tokens of one sequence (T,), given either the new tokens or the full ``generate`` output row.
-
-    ``prompt_ids`` is the (possibly padded) prompt row as fed to ``generate``. Tokens after the first
-    end-of-sequence token (the padding of rows that finished early) are dropped.
-    """
-    gen = generated_ids.reshape(-1)
-    prompt_len = prompt_ids.numel()
-    if gen.numel() >= prompt_len and torch.equal(gen[:prompt_len].to(prompt_ids.device), prompt_ids):
-        gen = gen[prompt_len:]
-    if eos_id is not None:
-        hits = (gen == eos_id).nonzero(as_tuple=True)[0]
-        if hits.numel():
-            gen = gen[: int(hits[0]) + 1]
-    if gen.numel() == 0:
-        raise InputError("generated_ids holds no generated token: nothing to explain")
-    return gen
-
-
-def _eos_id(model: nn.Module) -> int | None:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
-    return None if eos is None else int(eos)
-
-
-def _unpad_row(inputs: dict, b: int) -> tuple[torch.Tensor, dict]:
-    """Row b of a processor batch without its padding: (input_ids (S,), extra model kwargs)."""
-    ids = inputs["input_ids"][b]
-    mask = inputs.get("attention_mask")
-    if mask is not None:
-        ids = ids[mask[b].bool()]
-    extra = {}
-    for key, value in inputs.items():
-        if key in {"input_ids", "attention_mask"}:
-            continue
-        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == inputs["input_ids"].shape[0]:
-            extra[key] = value[b : b + 1]
-        else:
-            extra[key] = value
-    return ids, extra
 
 
 # --------------------------------------------------------------------------------------
@@ -318,11 +276,11 @@ def gradient_relevancy_batch(
         raise InputError(
             f"generated_ids has {generated_ids.shape[0]} rows but inputs has {input_ids.shape[0]} prompts"
         )
-    eos = _eos_id(model)
+    eos = first_eos_id(model)
     results = []
     for b in range(input_ids.shape[0]):
-        ids, extra = _unpad_row(inputs, b)
-        gen = _split_generated(input_ids[b], generated_ids[b], eos)
+        ids, extra = unpad_row(inputs, b)
+        gen = split_generated(input_ids[b], generated_ids[b], eos)
         results.append(
             _row_relevancy_one(
                 adapter,
@@ -379,9 +337,9 @@ def per_step_relevancy(
     adapter = adapter or get_adapter(model)
     if inputs["input_ids"].shape[0] != 1:
         raise InputError("per_step_relevancy explains one sequence at a time")
-    ids, extra = _unpad_row(inputs, 0)
+    ids, extra = unpad_row(inputs, 0)
     layout = adapter.image_layout(ids)
-    eos = _eos_id(model) if stop_at_eos else None
+    eos = first_eos_id(model) if stop_at_eos else None
     prompt_len = ids.numel()
     device = ids.device
     tokens: list[int] = []

@@ -21,6 +21,7 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_core.errors import InputError, RelevancyError
+from fastrm_core.sequences import first_eos_id, split_generated, unpad_row
 
 __all__ = ["default_gradcam_layer", "gradcam_maps"]
 
@@ -48,13 +49,11 @@ def gradcam_maps(
             default :func:`default_gradcam_layer`.
         tokens: indices of the tokens to explain (default all); the others' maps are zero.
     """
-    from fastrm_core.relevancy import _eos_id, _split_generated, _unpad_row
-
     adapter = adapter or get_adapter(model)
     if inputs["input_ids"].shape[0] != 1:
         raise InputError("gradcam_maps explains one sequence at a time")
-    ids, extra = _unpad_row(inputs, 0)
-    gen = _split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), _eos_id(model))
+    ids, extra = unpad_row(inputs, 0)
+    gen = split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), first_eos_id(model))
     layers = adapter.decoder_layers
     n_layers = len(layers)
     layer = default_gradcam_layer(n_layers) if layer is None else layer
