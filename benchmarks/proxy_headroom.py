@@ -101,6 +101,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--probe-width", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokens", choices=("content", "all"), default="content",
+                    help="which tokens' maps to fit, as `fastrm distill train --tokens` (default content)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -112,7 +114,9 @@ def main(argv=None) -> dict:
         args.label_threshold = manifest.label_threshold
     train_rec, val_rec = split_records(store.n_records, args.val_fraction, args.seed)
     is_val = torch.from_numpy(np.isin(store.token_record.numpy(), val_rec))
-    train_tokens, val_tokens = torch.nonzero(~is_val).squeeze(1), torch.nonzero(is_val).squeeze(1)
+    selected = store.token_mask(args.tokens)  # (T,)
+    train_tokens = torch.nonzero(~is_val & selected).squeeze(1)
+    val_tokens = torch.nonzero(is_val & selected).squeeze(1)
     hidden, n_img = manifest.hidden_size, manifest.n_image_tokens
 
     models = {
@@ -122,7 +126,7 @@ def main(argv=None) -> dict:
     console = Console()
     console.print(
         f"{args.data}: {store.n_records} records, {len(train_rec)} train / {len(val_rec)} val, "
-        f"{train_tokens.numel()} / {val_tokens.numel()} tokens, hidden {hidden}, {n_img} image tokens; "
+        f"{train_tokens.numel()} / {val_tokens.numel()} {args.tokens} tokens, hidden {hidden}, {n_img} image tokens; "
         f"{args.steps} steps, batch {args.batch_size}, lr {args.lr}, pos_weight {args.pos_weight}"
     )
     table = Table("model", "params", "train F1@0.5", "val F1@0.5", "val best F1 (threshold)", "fit s")

@@ -24,6 +24,7 @@ from fastrm_core.errors import (
 from fastrm_core.loading import load_vlm
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 from fastrm_core.relevancy import RelevancyMaps, gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
+from fastrm_core.tokens import content_token_mask, eos_token_ids
 
 __all__ = [
     "CalibrationError",
@@ -43,6 +44,8 @@ __all__ = [
     "UnsupportedModelError",
     "VLMAdapter",
     "capture",
+    "content_token_mask",
+    "eos_token_ids",
     "get_adapter",
     "gradient_relevancy",
     "gradient_relevancy_batch",

@@ -6,7 +6,7 @@ def test_public_surface_is_deliberate():
     assert set(fastrm_core.__all__) == {
         "CalibrationError", "Capture", "CaptureError", "ConfigMismatchError", "DataError", "FastRMProxy",
         "GuardrailError", "ImageLayout", "InputError", "LlavaAdapter", "PolicyError", "ProxyConfig",
-        "RelevancyError", "RelevancyMaps", "UnsupportedModelError", "VLMAdapter", "capture", "get_adapter",
+        "RelevancyError", "RelevancyMaps", "UnsupportedModelError", "VLMAdapter", "capture", "content_token_mask", "eos_token_ids", "get_adapter",
         "gradient_relevancy", "gradient_relevancy_batch", "list_adapters", "load_vlm", "per_step_relevancy",
         "register_adapter",
     }
