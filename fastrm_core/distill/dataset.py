@@ -565,7 +565,8 @@ def iter_records(folder: str | Path) -> Iterator[tuple[dict, dict[str, torch.Ten
     """Yield ``(record_meta, tensors)`` per record of a dataset, in input order.
 
     ``tensors``: ``image_states`` (N_img, D), ``token_states`` (T, D), ``maps`` (T, N_img),
-    ``token_ids`` (T,). Reads one shard at a time (bounded memory).
+    ``token_ids`` (T,) and, for datasets that carry them, ``content`` (T,) bool. Reads one shard
+    at a time (bounded memory).
     """
     folder = Path(folder)
     manifest = load_manifest(folder)
@@ -581,4 +582,5 @@ def iter_records(folder: str | Path) -> Iterator[tuple[dict, dict[str, torch.Ten
                 "token_states": tensors["token_states"][lo:hi],
                 "maps": tensors["maps"][lo:hi],
                 "token_ids": tensors["token_ids"][lo:hi],
+                **({"content": tensors["content"][lo:hi]} if "content" in tensors else {}),
             }

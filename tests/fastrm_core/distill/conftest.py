@@ -86,6 +86,7 @@ def _assert_same_dataset(a, b, exact: bool = True) -> None:
     for (_, ta), (_, tb) in zip(ra, rb):
         assert set(ta) == set(tb)
         assert torch.equal(ta["token_ids"], tb["token_ids"])
+        assert torch.equal(ta["content"], tb["content"])
         for key in ("image_states", "token_states", "maps"):
             if exact:
                 assert torch.equal(ta[key], tb[key]), key
