@@ -47,8 +47,9 @@ reference-proxy: install
 		--model shapesvqa/assets/reference-llava --max-new-tokens 6 --backend ray --workers 2 --overwrite
 	$(FASTRM) distill train --data $(RUN)/proxy-dataset --out shapesvqa/assets/reference-proxy \
 		--lr 1e-3 --steps 10000 --batch-size 128 --seed 0 --pos-weight 2
-	$(SHAPES) export --n 500 --seed 102 --out $(RUN)/data/proxy-eval
-	$(FASTRM) distill eval --data $(RUN)/data/proxy-eval/data.jsonl --out shapesvqa/assets/reference-proxy-eval.json
+	$(SHAPES) export --n 2000 --seed 102 --out $(RUN)/data/proxy-eval
+	$(FASTRM) distill eval --data $(RUN)/data/proxy-eval/data.jsonl --out shapesvqa/assets/reference-proxy-eval.json \
+		--backend ray --workers 2
 
 reference-calibration: install
 	$(SHAPES) export --n 4000 --seed 103 --out $(RUN)/data/calibration
