@@ -391,7 +391,8 @@ class Guard:
         result = GuardResult(
             question=question, answer=answer_shown, text=text, token_ids=gen, tokens=token_strs,
             maps=maps if error is None else None, entropies=entropies, content=content, score=score,
-            threshold=self.calibration.threshold, verdict=verdict, action=decision.action, rule=decision.rule,
+            threshold=self.calibration.threshold, patch_threshold=self.proxy.config.classification_threshold,
+            verdict=verdict, action=decision.action, rule=decision.rule,
             reason=decision.reason, flagged=flagged, unguarded=decision.unguarded, policy_id=decision.policy_id,
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),

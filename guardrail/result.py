@@ -63,6 +63,8 @@ class GuardResult(BaseModel):
     content: list[bool] = Field(default_factory=list)
     score: Optional[float] = None
     threshold: Optional[float] = None
+    patch_threshold: Optional[float] = Field(
+        default=None, description="the proxy's classification threshold: a patch with probability >= it is relevant")
     verdict: Optional[Literal["confident", "uncertain"]] = None
     action: Literal["allow", "flag", "abstain", "escalate"]
     rule: str
@@ -84,6 +86,17 @@ class GuardResult(BaseModel):
     def grid(self) -> Optional[tuple[int, int]]:
         """(rows, cols) of the maps, or None when there are none."""
         return None if self.maps is None else tuple(self.maps.shape[1:])
+
+    def relevant_patches(self) -> Optional[np.ndarray]:
+        """(T, rows, cols) bool: the patches each token's map calls relevant (``maps >= patch_threshold``).
+
+        ``patch_threshold`` is the proxy's ``classification_threshold`` (0.5 unless the proxy says
+        otherwise). None when the call has no maps (or no threshold). The entropy and the verdict
+        use the probabilities, never this binary view.
+        """
+        if self.maps is None or self.patch_threshold is None:
+            return None
+        return np.asarray(self.maps) >= self.patch_threshold
 
     @property
     def answer_map(self) -> Optional[np.ndarray]:

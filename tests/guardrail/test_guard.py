@@ -44,7 +44,12 @@ def test_result_is_complete_and_consistent(guard, image):
     assert r.verdict == ("confident" if r.score < r.threshold else "uncertain") == "uncertain"
     assert (r.action, r.rule, r.flagged, r.text) == ("flag", "uncertain", True, r.answer)
     assert r.timings.model_s > 0 and r.timings.total_s >= r.timings.model_s
-    json.loads(r.model_dump_json())  # serialisable, maps included
+    assert r.patch_threshold == guard.proxy.config.classification_threshold
+    relevant = r.relevant_patches()
+    assert relevant.dtype == bool and relevant.shape == r.maps.shape
+    assert np.array_equal(relevant, r.maps >= r.patch_threshold)
+    dumped = json.loads(r.model_dump_json())  # serialisable, maps included
+    assert dumped["patch_threshold"] == r.patch_threshold
 
 
 def test_guarded_tokens_equal_plain_generate(guard, tiny_llava, image):
@@ -155,6 +160,7 @@ def test_guard_failure_follows_on_error(tiny_llava, tiny_proxy, calibration_unce
         handle.remove()
     assert hooks(model) == before
     assert r.unguarded and r.rule == "on_error" and "non-finite" in r.error and r.maps is None
+    assert r.relevant_patches() is None
     if mode == "fail_open":
         assert r.action == "flag" and r.flagged and r.text == r.answer
     else:
