@@ -100,6 +100,8 @@ def add_distill_parser(sub) -> None:
     t.add_argument("--label-threshold", type=float, default=None, help="default: the dataset's")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--pos-weight", type=float, default=1.0, help="BCE weight of relevant patches (default 1)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant learning rate (default, the paper's) or a cosine decay to 0 over the run")
     t.add_argument("--tokens", choices=("content", "all"), default="content",
                    help="distil the content tokens' maps (default: the ones the Guard scores) or every token's")
     t.add_argument("--device", default="cpu")
@@ -190,7 +192,8 @@ def _train(args) -> int:
     config = TrainConfig(
         lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
         eval_every=args.eval_every, head_dim=args.head_dim, label_threshold=args.label_threshold,
-        weight_decay=args.weight_decay, pos_weight=args.pos_weight, tokens=args.tokens, device=args.device, max_memory_gb=args.max_memory_gb,
+        weight_decay=args.weight_decay, pos_weight=args.pos_weight, tokens=args.tokens, lr_schedule=args.lr_schedule,
+        device=args.device, max_memory_gb=args.max_memory_gb,
     )
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn())

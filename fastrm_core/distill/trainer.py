@@ -16,7 +16,8 @@ spreads over the whole scene) and a proxy of D x D parameters spends capacity on
 verdict uses. ``tokens="all"`` distils every generated token, as a plain reading of the paper.
 
 The validation split is by record (tokens of one answer never straddle the split), chosen
-from the seed; every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
+from the seed; ``lr_schedule="cosine"`` decays the learning rate to 0 over the run (the paper
+keeps it constant); every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
 the best checkpoint (lowest validation loss) is kept. Everything random (initialisation,
 split, batches) derives from ``seed``: two runs with the same inputs give identical weights.
 """
@@ -40,9 +41,10 @@ from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 from .dataset import MANIFEST_NAME, Manifest, load_manifest
 
-__all__ = ["TOKEN_SETS", "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
+__all__ = ["LR_SCHEDULES", "TOKEN_SETS", "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
 
 TOKEN_SETS = ("content", "all")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def binarize_maps(maps: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
@@ -70,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     pos_weight: float = 1.0  # BCE weight of relevant patches (1 = the paper's plain BCE)
     tokens: str = "content"  # "content": the tokens the Guard scores; "all": every generated token (EOS too)
+    lr_schedule: str = "constant"  # "constant" (the paper) or "cosine": lr * (1 + cos(pi * step / steps)) / 2
     device: str = "cpu"
     max_memory_gb: float = 4.0  # datasets larger than this are read lazily from the shards
 
@@ -82,6 +85,8 @@ class TrainConfig:
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.pos_weight > 0, f"pos_weight must be > 0, got {self.pos_weight}"),
             (self.tokens in TOKEN_SETS, f"tokens must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
             (self.label_threshold is None or 0 < self.label_threshold <= 1,
              f"label_threshold must be in (0, 1], got {self.label_threshold}"),
         ]
@@ -311,6 +316,9 @@ def train_proxy(
         loss, _ = _loss_and_counts(proxy, q, img, maps, threshold, config.pos_weight)
         optim.zero_grad(set_to_none=True)
         loss.backward()
+        if config.lr_schedule == "cosine":  # decays to 0 at the last step
+            for group in optim.param_groups:
+                group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
         optim.step()
         losses.append(loss.item())
         evaluation = None

@@ -136,3 +136,26 @@ def test_a_dataset_without_content_flags_needs_a_rebuild_or_all_tokens(distill_w
     assert result.proxy.config.training["n_train_tokens"] + result.proxy.config.training["n_val_tokens"] == 18
     with pytest.raises(InputError, match="tokens must be one of content, all"):
         TrainConfig(tokens="eos")
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero(distill_world):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = spy
+    try:
+        cosine = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, lr_schedule="cosine"))
+    finally:
+        torch.optim.Adam.step = real_step
+    assert len(seen) == FAST["steps"]
+    assert seen[0] == pytest.approx(FAST["lr"], rel=1e-2) and seen[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(seen, seen[1:]))
+    assert cosine.proxy.config.training["lr_schedule"] == "cosine"
+    constant = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST))
+    assert constant.losses[:1] == cosine.losses[:1] and constant.losses != cosine.losses
+    with pytest.raises(InputError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig(lr_schedule="linear")
