@@ -269,6 +269,16 @@ def report_tables(report: dict) -> list:
             cells.append(fmt(every["thresholds"][k]["f1"]))
         cls.add_row(*cells)
     tables.append(cls)
+    if classification.get("by_family"):
+        fam = Table(title="per question family (content tokens)")
+        for col in ("family", "records", "tokens", "F1 at 0.5", "best F1 (threshold)"):
+            fam.add_column(col, justify="right")
+        for name, part in classification["by_family"].items():
+            at_half = next((r["f1"] for r in part["thresholds"] if abs(r["threshold"] - 0.5) < 1e-9), None)
+            best = max(part["thresholds"], key=lambda r: r["f1"])
+            fam.add_row(name, str(part["n_records"]), str(part["n_tokens"]), fmt(at_half),
+                        f"{best['f1']:.3f} ({best['threshold']:.1f})")
+        tables.append(fam)
 
     methods: list[str] = []
     for section in ("perturbation", "pointing"):

@@ -8,7 +8,8 @@ then
    at the labelling threshold, confusion counts at thresholds 0.1..0.9 pooled over tokens and
    records (-> accuracy, precision, recall, F1). The headline figures are over the *content*
    tokens (:func:`fastrm_core.tokens.content_token_mask`: the maps the Guard scores);
-   ``all_tokens`` gives the same over every generated token, end-of-sequence included;
+   ``all_tokens`` gives the same over every generated token, end-of-sequence included, and
+   ``by_family`` per question family when the records have a ``family`` field (ShapesVQA's);
 2. **correlation**: Pearson and Spearman between each token's proxy probabilities and its
    continuous baseline map (mean over content tokens, and over all tokens; constant maps are
    left out);
@@ -187,6 +188,7 @@ def evaluate_record(
     content = content_mask(model, processor, new)  # (T,)
     result: dict = {
         "id": record.id,
+        "family": getattr(record, "family", None),
         "answer": answer,
         "correct": correct,
         "n_tokens": n_tok,
@@ -306,8 +308,8 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "answer_accuracy": _mean([float(r["correct"]) for r in done]),
         "n_tokens": int(sum(r["n_tokens"] for r in done)),
     }
-    def scores(key: str) -> list[dict]:
-        counts = np.sum([np.asarray(r[key]) for r in done], axis=0) if done else np.zeros((len(config.thresholds), 4))
+    def scores(key: str, rows: list[dict] = done) -> list[dict]:
+        counts = np.sum([np.asarray(r[key]) for r in rows], axis=0) if rows else np.zeros((len(config.thresholds), 4))
         return [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(counts))]
 
     def correlation(content_only: bool) -> dict:
@@ -326,6 +328,14 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "thresholds": scores("counts"),
         "all_tokens": {"n_tokens": report["n_tokens"], "thresholds": scores("counts_all")},
     }
+    families = sorted({r["family"] for r in done if r.get("family")})
+    if families:  # records that say which kind of question they are (ShapesVQA's "family")
+        report["classification"]["by_family"] = {
+            fam: {"n_records": len(rows), "n_tokens": int(sum(sum(r["content"]) for r in rows)),
+                  "thresholds": scores("counts", rows)}
+            for fam in families
+            for rows in [[r for r in done if r.get("family") == fam]]
+        }
     report["correlation"] = {**correlation(True), "all_tokens": correlation(False)}
     with_curves = [r for r in done if "perturbation" in r]
     if with_curves:

@@ -66,6 +66,7 @@ def test_record_figures_are_the_metrics_of_the_captured_and_exact_maps(distill_m
     probs, grad = cap.maps[0].reshape(2, 16), rel.maps.reshape(2, 16)
     content = content_mask(model, processor, rel.token_ids)
     assert result["content"] == content.tolist()
+    assert result["family"] == "attribute"  # carried from the record for the per-family figures
     labels = binarize_maps(grad, 0.3)
     assert result["counts"] == confusion_counts(probs[content].numpy(), labels[content].numpy()).tolist()
     assert result["counts_all"] == confusion_counts(probs.numpy(), labels.numpy()).tolist()

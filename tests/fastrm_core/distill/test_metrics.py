@@ -139,7 +139,8 @@ def test_correlations():
 def test_aggregate_pools_counts_and_integrates_mean_curves():
     cfg = EvalConfig(thresholds=(0.5,), fractions=(0.0, 0.25, 0.5), methods=("proxy", "random"))
     def rec(rid, correct, counts, counts_all, content, pos, neg, hit, pear):
-        return {"id": rid, "answer": "red", "correct": correct, "n_tokens": 2, "content": content,
+        return {"id": rid, "family": {"a": "attribute", "b": "counting"}[rid], "answer": "red", "correct": correct,
+                "n_tokens": 2, "content": content,
                 "counts": [counts], "counts_all": [counts_all], "pearson": pear, "spearman": pear,
                 "perturbation": {"positive": {"proxy": pos, "random": [1.0, 1.0, 1.0]},
                                  "negative": {"proxy": neg, "random": [1.0, 1.0, 1.0]}},
@@ -160,6 +161,11 @@ def test_aggregate_pools_counts_and_integrates_mean_curves():
     (row,) = report["classification"]["thresholds"]
     assert row["threshold"] == 0.5 and row["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2), abs=1e-4)  # pooled 4/1/2/9
     assert report["n_content_tokens"] == 2 and report["classification"]["n_tokens"] == 2
+    by_family = report["classification"]["by_family"]
+    assert list(by_family) == ["attribute", "counting"]
+    assert by_family["attribute"]["n_records"] == 1 and by_family["attribute"]["n_tokens"] == 1
+    assert by_family["attribute"]["thresholds"][0]["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 0), abs=1e-4)
+    assert by_family["counting"]["thresholds"][0]["f1"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2), abs=1e-4)
     every = report["classification"]["all_tokens"]
     assert every["n_tokens"] == 4
     assert every["thresholds"][0]["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 6), abs=1e-4)  # pooled 4/1/6/21
