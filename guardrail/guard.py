@@ -138,7 +138,7 @@ class Guard:
         self.map_budget = map_budget or MapBudget()
         self._lock = _model_lock(model)
         tok = processor.tokenizer
-        self._eos_ids = self._eos_token_ids()
+        self._eos_ids = eos_token_ids(self.model, self.processor.tokenizer)
         self._special = set(getattr(tok, "all_special_ids", []) or [])
 
     @classmethod
@@ -169,9 +169,6 @@ class Guard:
         return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
 
     # ------------------------------------------------------------------ inputs
-    def _eos_token_ids(self) -> set[int]:
-        return eos_token_ids(self.model, self.processor.tokenizer)
-
     def prompt(self, question: str) -> str:
         """The prompt sent to the model for ``question``."""
         if self.prompt_template is None:

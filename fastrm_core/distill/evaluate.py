@@ -328,13 +328,15 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "thresholds": scores("counts"),
         "all_tokens": {"n_tokens": report["n_tokens"], "thresholds": scores("counts_all")},
     }
-    families = sorted({r["family"] for r in done if r.get("family")})
-    if families:  # records that say which kind of question they are (ShapesVQA's "family")
+    by_family: dict[str, list[dict]] = {}  # records that say which kind of question they are (ShapesVQA's)
+    for r in done:
+        if r.get("family"):
+            by_family.setdefault(r["family"], []).append(r)
+    if by_family:
         report["classification"]["by_family"] = {
             fam: {"n_records": len(rows), "n_tokens": int(sum(sum(r["content"]) for r in rows)),
                   "thresholds": scores("counts", rows)}
-            for fam in families
-            for rows in [[r for r in done if r.get("family") == fam]]
+            for fam, rows in sorted(by_family.items())
         }
     report["correlation"] = {**correlation(True), "all_tokens": correlation(False)}
     with_curves = [r for r in done if "perturbation" in r]

@@ -129,7 +129,7 @@ class PairStore:
             raise DataError(f"the dataset in {self.folder} holds no token (build it first, or check its skipped records)")
         self._handles = []
         token_shard, token_local, token_record, record_shard, record_local = [], [], [], [], []
-        content: list[torch.Tensor] | None = []
+        content: list[torch.Tensor] = []  # per shard, when the shard has content flags
         n_bytes = 0
         for s_idx, shard in enumerate(shards):
             path = self.folder / shard.file
@@ -146,8 +146,8 @@ class PairStore:
                 token_local += list(range(int(offsets[r]), int(offsets[r]) + c))
                 token_record += [base + r] * c
             record_shard += [s_idx] * n_rec
-            if content is not None:
-                content = content + [fh.get_tensor("content").bool()] if "content" in fh.keys() else None
+            if "content" in fh.keys():
+                content.append(fh.get_tensor("content").bool())
             record_local += list(range(n_rec))
             for name in ("image_states", "token_states", "maps"):
                 sl = fh.get_slice(name)
@@ -159,7 +159,8 @@ class PairStore:
         self.record_local = torch.tensor(record_local)
         self.n_records = len(record_shard)
         self.n_tokens = len(token_shard)
-        self._content = torch.cat(content) if content else None  # (T,) bool, None for older datasets
+        # (T,) bool; None when any shard predates the content flags
+        self._content = torch.cat(content) if len(content) == len(shards) else None
         if in_memory is None:
             in_memory = n_bytes <= max_memory_gb * 2**30
         self.in_memory = in_memory
