@@ -32,7 +32,7 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_core.errors import InputError, RelevancyError
-from fastrm_core.sequences import first_eos_id, split_generated, unpad_row
+from fastrm_core.sequences import split_generated, stop_token_ids, unpad_row
 
 __all__ = ["RelevancyMaps", "gradient_relevancy", "gradient_relevancy_batch", "per_step_relevancy"]
 
@@ -276,11 +276,11 @@ def gradient_relevancy_batch(
         raise InputError(
             f"generated_ids has {generated_ids.shape[0]} rows but inputs has {input_ids.shape[0]} prompts"
         )
-    eos = first_eos_id(model)
+    stops = stop_token_ids(model)
     results = []
     for b in range(input_ids.shape[0]):
         ids, extra = unpad_row(inputs, b)
-        gen = split_generated(input_ids[b], generated_ids[b], eos)
+        gen = split_generated(input_ids[b], generated_ids[b], stops)
         results.append(
             _row_relevancy_one(
                 adapter,
@@ -339,7 +339,7 @@ def per_step_relevancy(
         raise InputError("per_step_relevancy explains one sequence at a time")
     ids, extra = unpad_row(inputs, 0)
     layout = adapter.image_layout(ids)
-    eos = first_eos_id(model) if stop_at_eos else None
+    stops = stop_token_ids(model) if stop_at_eos else frozenset()
     prompt_len = ids.numel()
     device = ids.device
     tokens: list[int] = []
@@ -381,7 +381,7 @@ def per_step_relevancy(
                 r = r + a_bar @ r  # the full-matrix update, O(N^3)
             rows.append(r[n_pos - 1])
             tokens.append(token)
-            if eos is not None and token == eos:
+            if token in stops:
                 break
             step_ids = torch.tensor([[token]], device=device)
     if not tokens:

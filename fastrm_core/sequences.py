@@ -1,31 +1,36 @@
 """Helpers on generated sequences shared by the gradient baseline and Grad-CAM.
 
 Internal to fastrm_core (not re-exported): how to find the new tokens of a ``generate`` output
-row, the model's first end-of-sequence id, and one unpadded row of a processor batch.
+row, the ids ``generate`` stops on, and one unpadded row of a processor batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import torch
 from torch import nn
 
 from fastrm_core.errors import InputError
 
-__all__ = ["first_eos_id", "split_generated", "unpad_row"]
+__all__ = ["split_generated", "stop_token_ids", "unpad_row"]
 
 
-def split_generated(prompt_ids: torch.Tensor, generated_ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+def split_generated(
+    prompt_ids: torch.Tensor, generated_ids: torch.Tensor, stop_ids: Collection[int] = ()
+) -> torch.Tensor:
     """New tokens of one sequence (T,), given either the new tokens or the full ``generate`` output row.
 
     ``prompt_ids`` is the (possibly padded) prompt row as fed to ``generate``. Tokens after the first
-    end-of-sequence token (the padding of rows that finished early) are dropped.
+    token in ``stop_ids`` (the padding of rows that finished early) are dropped; that token is kept.
     """
     gen = generated_ids.reshape(-1)
     prompt_len = prompt_ids.numel()
     if gen.numel() >= prompt_len and torch.equal(gen[:prompt_len].to(prompt_ids.device), prompt_ids):
         gen = gen[prompt_len:]
-    if eos_id is not None:
-        hits = (gen == eos_id).nonzero(as_tuple=True)[0]
+    if stop_ids:
+        stops = torch.tensor(sorted(int(i) for i in stop_ids), device=gen.device, dtype=gen.dtype)
+        hits = torch.isin(gen, stops).nonzero(as_tuple=True)[0]
         if hits.numel():
             gen = gen[: int(hits[0]) + 1]
     if gen.numel() == 0:
@@ -33,11 +38,17 @@ def split_generated(prompt_ids: torch.Tensor, generated_ids: torch.Tensor, eos_i
     return gen
 
 
-def first_eos_id(model: nn.Module) -> int | None:
+def stop_token_ids(model: nn.Module) -> frozenset[int]:
+    """Every end-of-sequence id of the model's generation config: the ids ``generate`` stops on.
+
+    A chat model may list several (``generation_config.eos_token_id = [2, 32007]``); all count.
+    """
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        return frozenset()
     if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
-    return None if eos is None else int(eos)
+        return frozenset(int(e) for e in eos)
+    return frozenset({int(eos)})
 
 
 def unpad_row(inputs: dict, b: int) -> tuple[torch.Tensor, dict]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_core.errors import InputError, RelevancyError
-from fastrm_core.sequences import first_eos_id, split_generated, unpad_row
+from fastrm_core.sequences import split_generated, stop_token_ids, unpad_row
 
 __all__ = ["default_gradcam_layer", "gradcam_maps"]
 
@@ -53,7 +53,7 @@ def gradcam_maps(
     if inputs["input_ids"].shape[0] != 1:
         raise InputError("gradcam_maps explains one sequence at a time")
     ids, extra = unpad_row(inputs, 0)
-    gen = split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), first_eos_id(model))
+    gen = split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), stop_token_ids(model))
     layers = adapter.decoder_layers
     n_layers = len(layers)
     layer = default_gradcam_layer(n_layers) if layer is None else layer
