@@ -102,6 +102,8 @@ def add_distill_parser(sub) -> None:
     t.add_argument("--pos-weight", type=float, default=1.0, help="BCE weight of relevant patches (default 1)")
     t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant learning rate (default, the paper's) or a cosine decay to 0 over the run")
+    t.add_argument("--select", choices=("loss", "f1"), default="loss",
+                   help="keep the checkpoint of lowest validation loss (default) or of highest validation F1 at 0.5")
     t.add_argument("--tokens", choices=("content", "all"), default="content",
                    help="distil the content tokens' maps (default: the ones the Guard scores) or every token's")
     t.add_argument("--device", default="cpu")
@@ -193,7 +195,7 @@ def _train(args) -> int:
         lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
         eval_every=args.eval_every, head_dim=args.head_dim, label_threshold=args.label_threshold,
         weight_decay=args.weight_decay, pos_weight=args.pos_weight, tokens=args.tokens, lr_schedule=args.lr_schedule,
-        device=args.device, max_memory_gb=args.max_memory_gb,
+        select=args.select, device=args.device, max_memory_gb=args.max_memory_gb,
     )
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -208,8 +210,9 @@ def _train(args) -> int:
             progress.update(task, advance=1, **fields)
 
         result = train_proxy(args.data, args.out, config, on_step=on_step)
-    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
-    console.print(f"[green]proxy[/green] {result.path}: best step {result.best_step}, val loss {best} "
+    f1 = result.proxy.config.training["best_val_f1"]
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} (F1 {f1:.3f})"
+    console.print(f"[green]proxy[/green] {result.path}: best step {result.best_step} by {config.select}, val loss {best} "
                   f"({time.perf_counter() - start:.1f} s)")
     return 0
 

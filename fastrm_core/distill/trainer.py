@@ -18,7 +18,8 @@ verdict uses. ``tokens="all"`` distils every generated token, as a plain reading
 The validation split is by record (tokens of one answer never straddle the split), chosen
 from the seed; ``lr_schedule="cosine"`` decays the learning rate to 0 over the run (the paper
 keeps it constant); every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
-the best checkpoint (lowest validation loss) is kept. Everything random (initialisation,
+the best checkpoint is kept: lowest validation loss (``select="loss"``, the default) or highest
+validation F1 (``select="f1"``, the metric the evaluation reports; ties keep the earlier step). Everything random (initialisation,
 split, batches) derives from ``seed``: two runs with the same inputs give identical weights.
 """
 
@@ -41,10 +42,11 @@ from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 from .dataset import MANIFEST_NAME, Manifest, load_manifest
 
-__all__ = ["LR_SCHEDULES", "TOKEN_SETS", "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
+__all__ = ["LR_SCHEDULES", "SELECTION_METRICS", "TOKEN_SETS", "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
 
 TOKEN_SETS = ("content", "all")
 LR_SCHEDULES = ("constant", "cosine")
+SELECTION_METRICS = ("loss", "f1")
 
 
 def binarize_maps(maps: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
@@ -73,6 +75,7 @@ class TrainConfig:
     pos_weight: float = 1.0  # BCE weight of relevant patches (1 = the paper's plain BCE)
     tokens: str = "content"  # "content": the tokens the Guard scores; "all": every generated token (EOS too)
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine": lr * (1 + cos(pi * step / steps)) / 2
+    select: str = "loss"  # which checkpoint is kept: lowest validation "loss" or highest validation "f1" (at 0.5)
     device: str = "cpu"
     max_memory_gb: float = 4.0  # datasets larger than this are read lazily from the shards
 
@@ -87,6 +90,8 @@ class TrainConfig:
             (self.tokens in TOKEN_SETS, f"tokens must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}"),
             (self.lr_schedule in LR_SCHEDULES,
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (self.select in SELECTION_METRICS,
+             f"select must be one of {', '.join(SELECTION_METRICS)}, got {self.select!r}"),
             (self.label_threshold is None or 0 < self.label_threshold <= 1,
              f"label_threshold must be in (0, 1], got {self.label_threshold}"),
         ]
@@ -261,8 +266,8 @@ def train_proxy(
         on_step: called after each step as ``on_step(step, train_loss, evaluation_or_None)``.
 
     Returns:
-        A :class:`TrainResult` whose ``proxy`` holds the best weights (by validation loss; the
-        last weights when ``val_fraction`` is 0).
+        A :class:`TrainResult` whose ``proxy`` holds the best weights (by validation loss, or F1
+        with ``config.select="f1"``; the last weights when ``val_fraction`` is 0).
 
     Example::
 
@@ -307,7 +312,14 @@ def train_proxy(
                 if chunk.numel() == config.batch_size or perm.numel() < config.batch_size:
                     yield chunk
 
-    best_state, best_step, best_loss = None, 0, None
+    def better(evaluation: dict, best: dict | None) -> bool:
+        if best is None:
+            return True
+        if config.select == "f1":
+            return evaluation["val_f1"] > best["val_f1"]
+        return evaluation["val_loss"] < best["val_loss"]
+
+    best_state, best_eval = None, None
     history: list[dict] = []
     losses: list[float] = []
     stream = batches()
@@ -328,14 +340,14 @@ def train_proxy(
             evaluation.update(_validate(proxy, store, val_tokens, threshold, config.batch_size, device,
                                         config.pos_weight))
             history.append(evaluation)
-            if best_loss is None or evaluation["val_loss"] < best_loss:
-                best_loss, best_step = evaluation["val_loss"], step
+            if better(evaluation, best_eval):
+                best_eval = evaluation
                 best_state = copy.deepcopy(proxy.state_dict())
         if on_step is not None:
             on_step(step, losses[-1], evaluation)
-    if best_state is None:
-        best_step = config.steps
-    else:
+    best_step = config.steps if best_eval is None else best_eval["step"]
+    best_loss = None if best_eval is None else best_eval["val_loss"]
+    if best_state is not None:
         proxy.load_state_dict(best_state)
     proxy.eval()
 
@@ -344,7 +356,7 @@ def train_proxy(
         "label_threshold": threshold,
         "best_step": best_step,
         "best_val_loss": best_loss,
-        "best_val_f1": next((h["val_f1"] for h in history if h["step"] == best_step), None),
+        "best_val_f1": None if best_eval is None else best_eval["val_f1"],
         "n_train_records": int(len(train_rec)),
         "n_val_records": int(len(val_rec)),
         "n_train_tokens": int(train_tokens.numel()),

@@ -159,3 +159,22 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero(distill_world):
     assert constant.losses[:1] == cosine.losses[:1] and constant.losses != cosine.losses
     with pytest.raises(InputError, match="lr_schedule must be one of constant, cosine"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_select_f1_keeps_the_checkpoint_of_highest_validation_f1(distill_world):
+    slow = {**FAST, "lr": 3e-4, "steps": 60}  # F1 saturates before the loss stops falling
+    result = train_proxy(distill_world["dataset"], None, TrainConfig(**slow, select="f1"))
+    f1s = [h["val_f1"] for h in result.history]
+    best = result.history[f1s.index(max(f1s))]  # the earliest step among ties
+    assert result.best_step == best["step"] and result.best_val_loss == best["val_loss"]
+    assert result.proxy.config.training["best_val_f1"] == best["val_f1"]
+    assert result.proxy.config.training["select"] == "f1"
+    by_loss = train_proxy(distill_world["dataset"], None, TrainConfig(**slow))
+    assert by_loss.best_step == min(by_loss.history, key=lambda h: h["val_loss"])["step"] != result.best_step
+    # the kept weights are those of that step: a run stopped there ends on the same weights
+    prefix = train_proxy(distill_world["dataset"], None, TrainConfig(**{**slow, "steps": best["step"]}, select="f1"))
+    assert prefix.best_step == best["step"]
+    for k, v in result.proxy.state_dict().items():
+        assert torch.equal(prefix.proxy.state_dict()[k], v), k
+    with pytest.raises(InputError, match="select must be one of"):
+        TrainConfig(select="accuracy")
