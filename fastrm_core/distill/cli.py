@@ -123,6 +123,8 @@ def add_distill_parser(sub) -> None:
     e.add_argument("--gradcam-layer", type=int, default=None, help="decoder layer for Grad-CAM (default: the middle)")
     e.add_argument("--random-seeds", type=int, default=5)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--bootstrap", type=int, default=1000,
+                   help="resamples of records behind each F1's 95%% confidence interval (0: none)")
     e.add_argument("--no-perturbation", action="store_true", help="skip the perturbation curves (fast)")
     e.add_argument("--perturb-batch-size", type=int, default=32)
     _scale_args(e)
@@ -229,6 +231,7 @@ def _eval(args) -> int:
         max_new_tokens=args.max_new_tokens, prompt_suffix=args.prompt_suffix, label_threshold=args.label_threshold,
         fill=args.fill, token=args.token, gradcam_layer=args.gradcam_layer, random_seeds=args.random_seeds,
         seed=args.seed, perturbation=not args.no_perturbation, perturb_batch_size=args.perturb_batch_size,
+        bootstrap=args.bootstrap,
     )
     columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -257,30 +260,41 @@ def report_tables(report: dict) -> list:
     def fmt(x):
         return "-" if x is None else f"{x:.3f}"
 
-    tables = []
+    def ci(row):
+        bounds = row.get("f1_ci")
+        return "-" if not bounds else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
     classification = report["classification"]
+    level = classification.get("f1_ci")
+    ci_name = f"F1 {level['level']:.0%} CI" if level else None
+
+    tables = []
     every = classification.get("all_tokens")
     cls = Table(title=f"proxy vs binarised baseline (label threshold {classification['label_threshold']}; "
                       f"{classification.get('n_tokens', '?')} content tokens)")
     for col in ("threshold", "accuracy", "precision", "recall", "F1"):
         cls.add_column(col, justify="right")
+    if ci_name:
+        cls.add_column(ci_name, justify="right")
     if every:
         cls.add_column(f"F1, all {every['n_tokens']} tokens", justify="right")
     for k, row in enumerate(classification["thresholds"]):
         cells = [f"{row['threshold']:.1f}", fmt(row["accuracy"]), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"])]
+        if ci_name:
+            cells.append(ci(row))
         if every:
             cells.append(fmt(every["thresholds"][k]["f1"]))
         cls.add_row(*cells)
     tables.append(cls)
     if classification.get("by_family"):
         fam = Table(title="per question family (content tokens)")
-        for col in ("family", "records", "tokens", "F1 at 0.5", "best F1 (threshold)"):
+        for col in ("family", "records", "tokens", "F1 at 0.5", *([ci_name] if ci_name else []), "best F1 (threshold)"):
             fam.add_column(col, justify="right")
         for name, part in classification["by_family"].items():
-            at_half = next((r["f1"] for r in part["thresholds"] if abs(r["threshold"] - 0.5) < 1e-9), None)
+            at_half = next((r for r in part["thresholds"] if abs(r["threshold"] - 0.5) < 1e-9), {})
             best = max(part["thresholds"], key=lambda r: r["f1"])
-            fam.add_row(name, str(part["n_records"]), str(part["n_tokens"]), fmt(at_half),
-                        f"{best['f1']:.3f} ({best['threshold']:.1f})")
+            fam.add_row(name, str(part["n_records"]), str(part["n_tokens"]), fmt(at_half.get("f1")),
+                        *([ci(at_half)] if ci_name else []), f"{best['f1']:.3f} ({best['threshold']:.1f})")
         tables.append(fam)
 
     methods: list[str] = []

@@ -9,7 +9,9 @@ then
    records (-> accuracy, precision, recall, F1). The headline figures are over the *content*
    tokens (:func:`fastrm_core.tokens.content_token_mask`: the maps the Guard scores);
    ``all_tokens`` gives the same over every generated token, end-of-sequence included, and
-   ``by_family`` per question family when the records have a ``family`` field (ShapesVQA's);
+   ``by_family`` per question family when the records have a ``family`` field (ShapesVQA's).
+   Each F1 carries ``f1_ci``, a percentile bootstrap interval over records
+   (:func:`metrics.f1_interval`; ``bootstrap`` resamples at level ``confidence``);
 2. **correlation**: Pearson and Spearman between each token's proxy probabilities and its
    continuous baseline map (mean over content tokens, and over all tokens; constant maps are
    left out);
@@ -51,6 +53,7 @@ from .metrics import (
     confusion_counts,
     correlations,
     curve_auc,
+    f1_interval,
     mask_to_grid,
     pointing,
     rank_patches,
@@ -81,6 +84,8 @@ class EvalConfig:
     perturbation: bool = True
     perturb_batch_size: int = 32
     coverage: float = 0.3
+    bootstrap: int = 1000  # resamples of records behind each F1's confidence interval (0: none)
+    confidence: float = 0.95
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -94,6 +99,10 @@ class EvalConfig:
             raise InputError(f"fractions must start at 0 and increase, got {self.fractions}")
         if self.random_seeds < 1:
             raise InputError(f"random_seeds must be >= 1, got {self.random_seeds}")
+        if self.bootstrap < 0:
+            raise InputError(f"bootstrap must be >= 0 (0: no confidence interval), got {self.bootstrap}")
+        if not 0 < self.confidence < 1:
+            raise InputError(f"confidence must be in (0, 1), got {self.confidence}")
 
 
 # --------------------------------------------------------------------------------------
@@ -309,8 +318,15 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "n_tokens": int(sum(r["n_tokens"] for r in done)),
     }
     def scores(key: str, rows: list[dict] = done) -> list[dict]:
-        counts = np.sum([np.asarray(r[key]) for r in rows], axis=0) if rows else np.zeros((len(config.thresholds), 4))
-        return [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(counts))]
+        if not rows:
+            return [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(np.zeros((len(config.thresholds), 4))))]
+        per_record = np.asarray([r[key] for r in rows], dtype=np.int64)  # (R, K, 4)
+        table = [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(per_record.sum(0)))]
+        if config.bootstrap and len(rows) > 1:
+            bounds = f1_interval(per_record, n_boot=config.bootstrap, level=config.confidence, seed=config.seed)
+            for row, (lo, hi) in zip(table, bounds):
+                row["f1_ci"] = [round(float(lo), 4), round(float(hi), 4)]
+        return table
 
     def correlation(content_only: bool) -> dict:
         keep = [(p, s) for r in done for p, s, c in zip(r["pearson"], r["spearman"], r["content"]) if c or not content_only]
@@ -324,6 +340,8 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
     report["classification"] = {
         "label_threshold": label_threshold if label_threshold is not None else config.label_threshold,
         "tokens": "content",
+        "f1_ci": {"method": "percentile bootstrap over records", "level": config.confidence,
+                  "resamples": config.bootstrap} if config.bootstrap else None,
         "n_tokens": report["n_content_tokens"],
         "thresholds": scores("counts"),
         "all_tokens": {"n_tokens": report["n_tokens"], "thresholds": scores("counts_all")},

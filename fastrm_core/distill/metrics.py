@@ -2,7 +2,8 @@
 
 * :func:`confusion_counts` / :func:`classification_scores`: the proxy's probabilities
   against the binarised baseline, per patch, pooled over tokens, at several thresholds
-  (the FastRM paper's Table 1: accuracy and F1 at 0.5);
+  (the FastRM paper's Table 1: accuracy and F1 at 0.5); :func:`f1_interval`: how far that
+  pooled F1 could move on another sample of records (a bootstrap interval);
 * :func:`removal_masks` and :func:`curve_auc`: perturbation curves (which patches to remove
   for a ranking, and the normalised area under an accuracy curve);
 * :func:`mask_to_grid` and :func:`pointing`: the pointing game and the mask mass on an
@@ -26,6 +27,7 @@ __all__ = [
     "confusion_counts",
     "correlations",
     "curve_auc",
+    "f1_interval",
     "mask_to_grid",
     "pointing",
     "rank_patches",
@@ -75,6 +77,36 @@ def classification_scores(counts: np.ndarray) -> list[dict]:
             "f1": round(float(f1), 4),
         })
     return rows
+
+
+def f1_interval(record_counts: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:
+    """Percentile bootstrap interval of the pooled F1, resampling whole records: (K, 2) ``lo, hi``.
+
+    ``record_counts`` (R, K, 4) holds each record's ``tp, fp, fn, tn`` counts at K thresholds
+    (:func:`confusion_counts` per record). Each of ``n_boot`` resamples draws R records with
+    replacement, pools their counts and scores F1; the interval is the central ``level`` share
+    of those F1s. Records, not patches, are resampled: the patches of one map are not
+    independent draws. Deterministic from ``seed``.
+
+    >>> counts = np.array([[[5, 1, 1, 93]], [[3, 2, 0, 95]], [[4, 0, 2, 94]]])
+    >>> lo, hi = f1_interval(counts, n_boot=200)[0]
+    >>> bool(lo <= classification_scores(counts.sum(0))[0]["f1"] <= hi)
+    True
+    """
+    counts = np.asarray(record_counts, dtype=np.int64)
+    if counts.ndim != 3 or counts.shape[-1] != 4 or counts.shape[0] < 1:
+        raise ValueError(f"record_counts must be (R >= 1, K, 4), got shape {counts.shape}")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
+    n_records, n_thresholds, _ = counts.shape
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n_records, np.full(n_records, 1.0 / n_records), size=n_boot)  # (n_boot, R)
+    pooled = (weights @ counts.reshape(n_records, -1)).reshape(n_boot, n_thresholds, 4)
+    tp, fp, fn = pooled[..., 0], pooled[..., 1], pooled[..., 2]
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape, dtype=np.float64), where=denom > 0)  # (n_boot, K)
+    tail = (1 - level) / 2
+    return np.quantile(f1, [tail, 1 - tail], axis=0).T  # (K, 2)
 
 
 def curve_auc(fractions: Sequence[float], values: Sequence[float]) -> float:

@@ -86,6 +86,10 @@ def test_a_proxy_for_another_model_is_a_clear_error(distill_world, tmp_path):
 
 
 def test_config_is_validated():
+    with pytest.raises(InputError, match="bootstrap must be >= 0"):
+        EvalConfig(bootstrap=-1)
+    with pytest.raises(InputError, match="confidence must be in"):
+        EvalConfig(confidence=1.5)
     with pytest.raises(InputError, match="unknown method"):
         EvalConfig(methods=("proxy", "lime"))
     with pytest.raises(InputError, match="fractions must start at 0"):

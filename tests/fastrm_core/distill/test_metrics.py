@@ -12,6 +12,7 @@ from fastrm_core.distill.metrics import (
     confusion_counts,
     correlations,
     curve_auc,
+    f1_interval,
     mask_to_grid,
     pointing,
     rank_patches,
@@ -51,6 +52,32 @@ def test_scores_without_positives_are_zero_not_nan():
 def test_confusion_counts_checks_sizes():
     with pytest.raises(ValueError, match="differ in size"):
         confusion_counts(np.zeros(3), np.zeros(4, bool))
+
+
+def test_f1_interval_resamples_records():
+    perfect, wrong = [[2, 0, 0, 6]], [[0, 1, 1, 6]]  # one threshold; F1 1 and 0
+    # two records: a resample holds k perfect ones (k = 0, 1, 2 with probability 1/4, 1/2, 1/4),
+    # pooled F1 = 4k / (2k + 4) -> 0, 2/3, 1
+    counts = np.array([perfect, wrong])
+    (lo, hi), = f1_interval(counts, n_boot=4000, level=0.95, seed=1)
+    assert (lo, hi) == (0.0, 1.0)
+    (lo, hi), = f1_interval(counts, n_boot=4000, level=0.4, seed=1)
+    assert lo == pytest.approx(2 / 3) and hi == pytest.approx(2 / 3)
+    # identical records: nothing to vary
+    same = np.array([[[3, 1, 2, 10], [1, 0, 4, 11]]] * 5)  # two thresholds
+    bounds = f1_interval(same, n_boot=50)
+    assert bounds.shape == (2, 2)
+    assert bounds[:, 0] == pytest.approx([6 / 9, 2 / 6]) and bounds[:, 1] == pytest.approx([6 / 9, 2 / 6])
+    # seeded; more records -> a narrower interval around the same F1
+    rng = np.random.default_rng(0)
+    few = np.stack([[[rng.integers(0, 5), rng.integers(0, 3), rng.integers(0, 3), 50]] for _ in range(40)])
+    assert np.array_equal(f1_interval(few, seed=3), f1_interval(few, seed=3))
+    many = np.concatenate([few] * 16)
+    assert np.ptp(f1_interval(many)[0]) < 0.5 * np.ptp(f1_interval(few)[0])
+    with pytest.raises(ValueError, match="record_counts must be"):
+        f1_interval(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="n_boot"):
+        f1_interval(counts, level=1.0)
 
 
 def test_curve_auc_on_known_curves():
@@ -179,3 +206,12 @@ def test_aggregate_pools_counts_and_integrates_mean_curves():
     assert report["perturbation"]["positive"]["random"]["auc"] == 1.0
     assert report["pointing"]["all"]["proxy"]["hit"] == 0.5
     assert report["pointing"]["correct"]["proxy"]["hit"] == 1.0
+    # confidence intervals: over records, around the pooled F1; none with bootstrap=0
+    assert report["classification"]["f1_ci"] == {"method": "percentile bootstrap over records", "level": 0.95,
+                                                 "resamples": 1000}
+    lo, hi = row["f1_ci"]
+    assert 0 <= lo <= row["f1"] <= hi <= 1 and lo < hi
+    assert len(every["thresholds"][0]["f1_ci"]) == 2
+    assert "f1_ci" not in by_family["attribute"]["thresholds"][0]  # one record: no interval
+    plain = aggregate(results, EvalConfig(thresholds=(0.5,), fractions=(0.0, 0.25, 0.5), bootstrap=0))
+    assert plain["classification"]["f1_ci"] is None and "f1_ci" not in plain["classification"]["thresholds"][0]
