@@ -42,11 +42,11 @@ reference-model: install
 	$(BIN)/python -m shapesvqa.train --run $(RUN)/reference --ship
 
 reference-proxy: install
-	$(SHAPES) export --n 12000 --seed 101 --out $(RUN)/data/proxy-train
+	$(SHAPES) export --n 24000 --seed 101 --out $(RUN)/data/proxy-train
 	$(FASTRM) distill build --data $(RUN)/data/proxy-train/data.jsonl --out $(RUN)/proxy-dataset \
 		--model shapesvqa/assets/reference-llava --max-new-tokens 6 --backend ray --workers 2 --overwrite
 	$(FASTRM) distill train --data $(RUN)/proxy-dataset --out shapesvqa/assets/reference-proxy \
-		--lr 2e-3 --steps 20000 --lr-schedule cosine --batch-size 128 --seed 0 --pos-weight 2
+		--lr 2e-3 --steps 40000 --lr-schedule cosine --batch-size 128 --seed 0 --pos-weight 1.5 --select f1
 	$(SHAPES) export --n 2000 --seed 102 --out $(RUN)/data/proxy-eval
 	$(FASTRM) distill eval --data $(RUN)/data/proxy-eval/data.jsonl --out shapesvqa/assets/reference-proxy-eval.json \
 		--backend ray --workers 2
