@@ -17,10 +17,11 @@ verdict uses. ``tokens="all"`` distils every generated token, as a plain reading
 
 The validation split is by record (tokens of one answer never straddle the split), chosen
 from the seed; ``lr_schedule="cosine"`` decays the learning rate to 0 over the run (the paper
-keeps it constant); every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured and
-the best checkpoint is kept: lowest validation loss (``select="loss"``, the default) or highest
-validation F1 (``select="f1"``, the metric the evaluation reports; ties keep the earlier step). Everything random (initialisation,
-split, batches) derives from ``seed``: two runs with the same inputs give identical weights.
+keeps it constant); every ``eval_every`` steps the validation loss and F1 (at 0.5) are measured
+and the best checkpoint is kept: lowest validation loss (``select="loss"``, the default) or
+highest validation F1 (``select="f1"``, the metric the evaluation reports; ties keep the earlier
+step). Everything random (initialisation, split, batches) derives from ``seed``: two runs with
+the same inputs give identical weights.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 from .dataset import MANIFEST_NAME, Manifest, load_manifest
 
-__all__ = ["LR_SCHEDULES", "SELECTION_METRICS", "TOKEN_SETS", "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy"]
+__all__ = [
+    "LR_SCHEDULES", "SELECTION_METRICS", "TOKEN_SETS",
+    "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy",
+]
 
 TOKEN_SETS = ("content", "all")
 LR_SCHEDULES = ("constant", "cosine")
