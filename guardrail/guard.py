@@ -138,7 +138,7 @@ class Guard:
         self.map_budget = map_budget or MapBudget()
         self._lock = _model_lock(model)
         tok = processor.tokenizer
-        self._eos_ids = eos_token_ids(self.model, self.processor.tokenizer)
+        self._eos_ids = eos_token_ids(self.model, tok)
         self._special = set(getattr(tok, "all_special_ids", []) or [])
 
     @classmethod

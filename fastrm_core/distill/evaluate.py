@@ -318,9 +318,7 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "n_tokens": int(sum(r["n_tokens"] for r in done)),
     }
     def scores(key: str, rows: list[dict] = done) -> list[dict]:
-        if not rows:
-            return [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(np.zeros((len(config.thresholds), 4))))]
-        per_record = np.asarray([r[key] for r in rows], dtype=np.int64)  # (R, K, 4)
+        per_record = np.asarray([r[key] for r in rows], dtype=np.int64).reshape(len(rows), len(config.thresholds), 4)
         table = [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(per_record.sum(0)))]
         if config.bootstrap and len(rows) > 1:
             bounds = f1_interval(per_record, n_boot=config.bootstrap, level=config.confidence, seed=config.seed)
