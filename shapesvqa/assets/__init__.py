@@ -13,7 +13,8 @@ def reference_model_path() -> Path:
     """Folder of the shipped reference model; loads with ``from_pretrained`` / ``load_vlm``."""
     if not (_REFERENCE / "config.json").exists():
         raise FileNotFoundError(
-            f"the reference model is not in {_REFERENCE}; train it with `python -m shapesvqa.train --ship`"
+            f"the reference model is not in {_REFERENCE}; train it with "
+            "`python -m shapesvqa.train --seed 4 --ship` (= `make reference-model`)"
         )
     return _REFERENCE
 
