@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fastrm_core.errors import InputError
+from fastrm_core.tokens import eos_ids_of
 
 __all__ = ["split_generated", "stop_token_ids", "unpad_row"]
 
@@ -43,12 +44,7 @@ def stop_token_ids(model: nn.Module) -> frozenset[int]:
 
     A chat model may list several (``generation_config.eos_token_id = [2, 32007]``); all count.
     """
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        return frozenset()
-    if isinstance(eos, (list, tuple)):
-        return frozenset(int(e) for e in eos)
-    return frozenset({int(eos)})
+    return eos_ids_of(getattr(model, "generation_config", None))
 
 
 def unpad_row(inputs: dict, b: int) -> tuple[torch.Tensor, dict]:

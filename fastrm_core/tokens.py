@@ -95,6 +95,16 @@ def content_token_mask(
     return mask
 
 
+def eos_ids_of(source: Any) -> frozenset[int]:
+    """The ids in ``source.eos_token_id`` (a generation config or a tokenizer): none, one or a list."""
+    eos = getattr(source, "eos_token_id", None)
+    if isinstance(eos, int):
+        return frozenset({eos})
+    if isinstance(eos, (list, tuple)):
+        return frozenset(int(e) for e in eos)
+    return frozenset()
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """End-of-sequence ids of the model's generation config and of its tokenizer, together.
 
@@ -102,11 +112,4 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     stop ids in ``generation_config.eos_token_id``); pass these to
     :func:`content_token_mask` as ``extra_excluded_ids``.
     """
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(e) for e in eos)
-    return ids
+    return set(eos_ids_of(getattr(model, "generation_config", None)) | eos_ids_of(tokenizer))

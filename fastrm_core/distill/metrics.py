@@ -55,6 +55,13 @@ def confusion_counts(probs: np.ndarray, labels: np.ndarray, thresholds: Sequence
     return out
 
 
+def _f1(counts: np.ndarray) -> np.ndarray:
+    """F1 of ``(..., 4)`` ``tp, fp, fn, tn`` counts, shape ``(...)``; 0.0 where undefined."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros(tp.shape, dtype=np.float64), where=denom > 0)
+
+
 def classification_scores(counts: np.ndarray) -> list[dict]:
     """Accuracy, precision, recall and F1 from (K, 4) ``tp, fp, fn, tn`` counts; one dict per row.
 
@@ -64,12 +71,12 @@ def classification_scores(counts: np.ndarray) -> list[dict]:
     >>> classification_scores(np.array([[2, 1, 1, 6]]))[0]["f1"]
     0.6667
     """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, 4)
     rows = []
-    for tp, fp, fn, tn in np.asarray(counts, dtype=np.int64).reshape(-1, 4):
+    for (tp, fp, fn, tn), f1 in zip(counts, _f1(counts)):
         total = tp + fp + fn + tn
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0
         rows.append({
             "accuracy": round(float((tp + tn) / total), 4) if total else 0.0,
             "precision": round(float(precision), 4),
@@ -102,9 +109,7 @@ def f1_interval(record_counts: np.ndarray, *, n_boot: int = 1000, level: float =
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n_records, np.full(n_records, 1.0 / n_records), size=n_boot)  # (n_boot, R)
     pooled = (weights @ counts.reshape(n_records, -1)).reshape(n_boot, n_thresholds, 4)
-    tp, fp, fn = pooled[..., 0], pooled[..., 1], pooled[..., 2]
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros(tp.shape, dtype=np.float64), where=denom > 0)  # (n_boot, K)
+    f1 = _f1(pooled)  # (n_boot, K)
     tail = (1 - level) / 2
     return np.quantile(f1, [tail, 1 - tail], axis=0).T  # (K, 2)
 
