@@ -149,7 +149,7 @@ def _cmd_view(args, console: Console) -> int:
 def _cmd_policy_check(args, console: Console) -> int:
     from policies import cli_check
 
-    return cli_check(args.file, console=console)
+    return cli_check(args.file, console=console, import_handlers=args.import_handlers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="policy_command", required=True)
     c = psub.add_parser("check", help="validate and explain a policy file or bundled name")
     c.add_argument("file")
+    c.add_argument("--import-handlers", action="store_true",
+                   help="also import each escalation handler (runs its module's top-level code)")
     c.set_defaults(func=_cmd_policy_check)
     return ap
 

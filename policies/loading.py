@@ -13,6 +13,12 @@ location (``("rules", 1, "action")``) is walked down the nodes to the value's
 start mark; an unknown key points at the key itself, a missing field at the
 mapping that lacks it.
 
+Policy files are trusted configuration (a handler names code to run), but the
+loader still refuses documents that would make *loading* expensive: files over
+:data:`MAX_POLICY_BYTES`, YAML nested deeper than :data:`MAX_POLICY_DEPTH`,
+and documents whose aliases expand to more than :data:`MAX_POLICY_NODES` nodes
+(a "billion laughs" file) or refer to themselves. Each is a ``PolicyError``.
+
 Example::
 
     >>> from policies import load_policy
@@ -37,6 +43,10 @@ from .schema import Policy
 
 __all__ = ["list_bundled_policies", "load_policy", "parse_policy"]
 
+MAX_POLICY_BYTES = 1 << 20  # 1 MiB: a policy is a page of YAML, not a data file
+MAX_POLICY_DEPTH = 64  # real policies nest about 6 levels
+MAX_POLICY_NODES = 50_000  # YAML nodes after alias expansion; real policies have a few hundred
+
 PolicySource = Union[str, "os.PathLike[str]", Policy]
 
 _Loc = tuple[str | int, ...]
@@ -52,9 +62,12 @@ def load_policy(source: PolicySource) -> Policy:
     """Load a policy from a YAML file, a bundled name, or pass a :class:`Policy` through.
 
     ``source`` is treated as a file when it is a ``Path``, contains a path
-    separator, ends in ``.yaml``/``.yml`` or names an existing file; otherwise
-    as a bundled policy name (see :func:`list_bundled_policies`). Relative
-    escalation ``queue`` paths are resolved against the file's directory.
+    separator or ends in ``.yaml``/``.yml``. A bare name is a bundled policy
+    (see :func:`list_bundled_policies`) whenever one has that name, even if a
+    file of that name exists in the working directory (write ``./strict`` for
+    the file); any other bare name that names an existing file is read as a
+    file. Relative escalation ``queue`` paths are resolved against the file's
+    directory.
 
     Raises :class:`PolicyError` (file missing or unreadable, unknown bundled
     name, YAML or schema error) with the file, field and line in the message.
@@ -66,15 +79,15 @@ def load_policy(source: PolicySource) -> Policy:
             f"expected a policy file path, a bundled policy name or a Policy, got {type(source).__name__}"
         )
     text_source = os.fspath(source)
+    bundled = list_bundled_policies()
     looks_like_file = (
         not isinstance(source, str)
         or os.sep in text_source
         or "/" in text_source
         or text_source.endswith((".yaml", ".yml"))
-        or os.path.isfile(text_source)
+        or (text_source not in bundled and os.path.isfile(text_source))
     )
     if not looks_like_file:
-        bundled = list_bundled_policies()
         if text_source not in bundled:
             raise PolicyError(
                 f"unknown bundled policy {text_source!r}; expected one of: {', '.join(bundled)} "
@@ -84,12 +97,17 @@ def load_policy(source: PolicySource) -> Policy:
         return parse_policy(res.read_text(encoding="utf-8"), source=f"<bundled:{text_source}>")
     path = Path(text_source)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+        if len(raw) > MAX_POLICY_BYTES:
+            raise PolicyError(f"policy file {text_source} is larger than {MAX_POLICY_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise PolicyError(f"policy file not found: {text_source}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PolicyError(f"cannot read policy file {text_source}: {reason}") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"cannot read policy file {text_source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {text_source}: {exc.strerror or exc}") from None
     return parse_policy(text, source=text_source, base_dir=path.resolve().parent)
 
 
@@ -102,9 +120,18 @@ def parse_policy(text: str, *, source: str = "<string>", base_dir: str | os.Path
     >>> parse_policy("id: p\\nversion: 1\\ndefault: {action: allow}").version
     '1'
     """
+    if not isinstance(text, str):
+        raise PolicyError(f"{source}: expected the policy as text, got {type(text).__name__}")
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}: policy text is larger than {MAX_POLICY_BYTES} characters")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            raise PolicyError(f"{source}:1: policy file is empty")
+        _check_size(root, source)  # before anything walks or constructs the expanded document
         data = yaml.safe_load(text)
+    except PolicyError:
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -112,8 +139,10 @@ def parse_policy(text: str, *, source: str = "<string>", base_dir: str | os.Path
         raise PolicyError(f"{source}:{line}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: invalid YAML: {exc}") from None
-    if root is None:
-        raise PolicyError(f"{source}:1: policy file is empty")
+    except RecursionError:
+        raise PolicyError(f"{source}: invalid YAML: nested more than {MAX_POLICY_DEPTH} levels deep") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise PolicyError(f"{source}: invalid YAML value: {exc}") from None
     problems = _duplicate_keys(root)
     if problems:
         raise PolicyError(_render(source, problems))
@@ -228,11 +257,59 @@ def _line(root: yaml.Node, loc: _Loc, *, key: bool = False) -> int:
     return node.start_mark.line + 1
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Reject documents nested too deeply, containing themselves, or expanding past MAX_POLICY_NODES.
+
+    An alias makes the composed graph share one node in several places; the size of the
+    document once expanded is computed with one memo entry per distinct node, so a file whose
+    aliases expand to 10^9 nodes is measured (and rejected) in time linear in its length.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if key in open_nodes:
+            raise PolicyError(f"{source}:{line}: invalid YAML: an alias refers to a node that contains it")
+        if depth > MAX_POLICY_DEPTH:
+            raise PolicyError(f"{source}:{line}: invalid YAML: nested more than {MAX_POLICY_DEPTH} levels deep")
+        open_nodes.add(key)
+        total = 1
+        for child in _children(node):
+            total += size(child, depth + 1)
+            if total > MAX_POLICY_NODES:
+                how = "through its aliases " if len(sizes) < MAX_POLICY_NODES else ""
+                raise PolicyError(
+                    f"{source}:{line}: invalid YAML: the document expands {how}to more than "
+                    f"{MAX_POLICY_NODES} nodes"
+                )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
 def _duplicate_keys(root: yaml.Node) -> list[tuple[int, str, str]]:
     """YAML silently keeps the last of two equal keys; a policy treats that as an error."""
     problems: list[tuple[int, str, str]] = []
+    seen_nodes: set[int] = set()  # an aliased node is checked once, where it is first met
 
     def walk(node: yaml.Node, loc: _Loc) -> None:
+        if id(node) in seen_nodes:
+            return
+        seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for k, v in node.value:

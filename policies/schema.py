@@ -80,9 +80,11 @@ _HANDLER = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\
 
 
 class _Strict(BaseModel):
-    """Base of every schema model: unknown keys rejected, no coercion, immutable."""
+    """Base of every schema model: unknown keys rejected, no coercion, immutable, numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: a bound of .nan never matches and .inf makes a rule vacuous;
+    # either is a silent policy bypass, so both are schema errors.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Bounds(_Strict):

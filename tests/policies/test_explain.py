@@ -108,12 +108,12 @@ def test_cli_check_invalid_file(write_policy):
 def test_cli_check_fails_when_a_handler_does_not_import(write_policy, monkeypatch):
     path = write_policy('id: p\nversion: 1\ndefault: {action: escalate, escalation: {handler: "nope_mod_q:f"}}\n')
     console, buf = _console()
-    assert cli_check(path, console=console) == 1
+    assert cli_check(path, console=console, import_handlers=True) == 1
     assert "cannot import escalation handler 'nope_mod_q:f'" in buf.getvalue()
     module = types.ModuleType("nope_mod_q")
     module.f = lambda record: None
     monkeypatch.setitem(sys.modules, "nope_mod_q", module)
-    assert cli_check(path, console=_console()[0]) == 0
+    assert cli_check(path, console=_console()[0], import_handlers=True) == 0
 
 
 def test_cli_check_prints_markup_literally(write_policy):
