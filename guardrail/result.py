@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 __all__ = ["GuardResult", "Timings", "TokenEvent"]
+
+
+def _to_float32_array(value: Any) -> np.ndarray:
+    """Accept an array or the nested lists its JSON form holds; always give float32."""
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected an array of numbers (nested lists), got {type(value).__name__}: {exc}") from exc
+
+
+def _to_rounded_lists(value: np.ndarray) -> list:
+    # 6 decimals keep a map's JSON compact; probabilities in [0, 1] come back within 5e-7.
+    return np.asarray(value, dtype=np.float32).round(6).tolist()
+
+
+# A float32 array that serialises as nested lists (rounded to 6 decimals) and loads back from them,
+# so results round-trip through JSON: ``GuardResult.model_validate_json(r.model_dump_json())``.
+MapArray = Annotated[
+    np.ndarray,
+    PlainValidator(_to_float32_array),
+    PlainSerializer(_to_rounded_lists, return_type=list),
+    WithJsonSchema({"type": "array", "description": "nested lists of float32, rounded to 6 decimals"}),
+]
 
 
 class Timings(BaseModel):
@@ -28,12 +51,8 @@ class TokenEvent(BaseModel):
     index: int
     token_id: int
     token: str
-    map: np.ndarray = Field(description="(rows, cols) proxy probabilities")
+    map: MapArray = Field(description="(rows, cols) proxy probabilities")
     entropy: float = Field(description="normalised entropy of the map, in [0, 1]; higher = more diffuse")
-
-    @field_serializer("map")
-    def _ser_map(self, value: np.ndarray) -> list:
-        return np.asarray(value).round(6).tolist()
 
 
 class GuardResult(BaseModel):
@@ -49,6 +68,9 @@ class GuardResult(BaseModel):
     ``score`` aggregates the content tokens' entropies: higher = more uncertain; the
     answer is ``confident`` when ``score < threshold``. When the guard itself failed,
     ``error`` says why, ``unguarded`` is true and the policy's ``on_error`` decided.
+
+    A result round-trips through JSON: ``GuardResult.model_validate_json(r.model_dump_json())``
+    gives it back, with ``maps`` as a float32 array rounded to 6 decimals (within 5e-7).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -58,7 +80,7 @@ class GuardResult(BaseModel):
     text: str
     token_ids: list[int]
     tokens: list[str]
-    maps: Optional[np.ndarray] = None
+    maps: Optional[MapArray] = None
     entropies: list[float] = Field(default_factory=list)
     content: list[bool] = Field(default_factory=list)
     score: Optional[float] = None
@@ -77,10 +99,6 @@ class GuardResult(BaseModel):
     error: Optional[str] = None
     tags: list[str] = Field(default_factory=list)
     timings: Timings = Field(default_factory=Timings)
-
-    @field_serializer("maps")
-    def _ser_maps(self, value: Optional[np.ndarray]) -> Optional[list]:
-        return None if value is None else np.asarray(value).round(6).tolist()
 
     @property
     def grid(self) -> Optional[tuple[int, int]]:
