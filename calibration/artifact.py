@@ -129,6 +129,11 @@ class RuleResult(BaseModel):
     note: str | None = None
 
 
+def _named(kind: str, identity: str | None) -> str:
+    """`` (proxy 'x')`` beside a hash in a message, or nothing when that side has no id (never "(None)")."""
+    return f" ({kind} {identity!r})" if identity is not None else ""
+
+
 class Calibration(BaseModel):
     """A fitted entropy threshold for one model + proxy; see :mod:`calibration.artifact`.
 
@@ -216,16 +221,20 @@ class Calibration(BaseModel):
         ):
             if recorded_hash is not None and given_hash is not None:
                 if recorded_hash != given_hash:
+                    what = "config and weights" if kind == "proxy" else "weights"
                     raise ConfigMismatchError(
-                        f"calibration was fitted for {kind} hash {recorded_hash!r} "
-                        f"({kind} {recorded_id!r}) but the {kind} in use has hash {given_hash!r} "
-                        f"({given_id!r}); re-run `guardrail calibrate` for this {kind}"
+                        f"this calibration was fitted for another {kind}: it records {kind} hash {recorded_hash}"
+                        f"{_named(kind, recorded_id)}, but the {kind} in use has {kind} hash {given_hash}"
+                        f"{_named(kind, given_id)}. The hash covers the {kind}'s {what}, wherever they are "
+                        f"loaded from, so these {kind}s differ; re-run `guardrail calibrate` with this {kind}, "
+                        "or use the calibration fitted for it"
                     )
                 continue
             if recorded_id is not None and given_id is not None and recorded_id != given_id:
                 raise ConfigMismatchError(
-                    f"calibration was fitted for {kind} {recorded_id!r} but the {kind} in use is "
-                    f"{given_id!r}; re-run `guardrail calibrate` for this {kind}"
+                    f"this calibration was fitted for the {kind} {recorded_id!r} but the {kind} in use is "
+                    f"{given_id!r} (compared by name, as one side has no hash); re-run `guardrail calibrate` "
+                    f"with this {kind}, or use the calibration fitted for it"
                 )
 
     # ---- I/O (thin) ----------------------------------------------------------------

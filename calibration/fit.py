@@ -291,6 +291,27 @@ def _density_crossing(
     )
 
 
+def _too_few_message(n: int, n_c: int, n_w: int, need: int) -> str:
+    """Which side of the fitting data is short, and what to do about it."""
+    head = (f"the fitting data has {n_c} correct and {n_w} wrong answer(s) out of {n}; a threshold needs at "
+            f"least {need} of each (one score density per side).")
+    advice = []
+    if n_c < need:
+        advice.append(
+            f"Too few correct answers ({n_c}): check that the labelled answers match how the model answers "
+            "(the same words and format; a prompt suffix such as 'Answer with one word.' often helps), or "
+            "use questions this model can answer; if it gets almost nothing right, its confidence cannot be "
+            "calibrated on this data."
+        )
+    if n_w < need:
+        advice.append(
+            f"Too few wrong answers ({n_w}): add questions the model gets wrong (harder ones, or simply "
+            "more of them)."
+        )
+    advice.append("A larger data set, or a larger fitting part of it, adds answers on both sides.")
+    return " ".join([head, *advice])
+
+
 def _target_precision(
     s: np.ndarray, c: np.ndarray, target: float, beyond: float, min_confident: int
 ) -> tuple[float | None, str | None]:
@@ -402,17 +423,8 @@ def fit_calibration(
     s, c = _check_pair(scores, correct, "fitting data")
     n = s.shape[0]
     n_c, n_w = int(c.sum()), int((~c).sum())
-    missing = []
-    if n_c < min_per_class:
-        missing.append(f"{n_c} correct")
-    if n_w < min_per_class:
-        missing.append(f"{n_w} wrong")
-    if missing:
-        raise CalibrationError(
-            f"fitting data has only {' and '.join(missing)} answer(s) out of {n}; need at least "
-            f"{min_per_class} correct and {min_per_class} wrong answers to fit a calibration "
-            "(use more or harder questions)"
-        )
+    if n_c < min_per_class or n_w < min_per_class:
+        raise CalibrationError(_too_few_message(n, n_c, n_w, int(min_per_class)))
     if np.ptp(s) == 0:
         raise CalibrationError(f"all {n} scores are equal ({s[0]:.6g}); they carry no signal to threshold")
     for name, mask in (("correct", c), ("wrong", ~c)):

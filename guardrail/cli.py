@@ -120,16 +120,30 @@ def _fmt(v, pct=False):
 
 
 def _print_calibration(console: Console, cal, side: dict) -> None:
-    table = Table(min_width=100, title=f"held-out figures ({side['n_heldout']} answers; fitted on {side['n_fit']}; "
-                        f"accuracy {_fmt(side['accuracy_heldout'], True)})")
-    for col in ["rule", "threshold", "AUROC", "below thr.", "prec. confident", "prec. uncertain", "TP", "FP", "TN", "FN"]:
-        table.add_column(col, justify="right")
-    for rr in cal.rules_table():
+    """The rules side by side, readable at 80 columns: the rates in one table, the counts in another."""
+    rows = cal.rules_table()
+    title = (f"held-out figures ({side['n_heldout']} answers; fitted on {side['n_fit']}; "
+             f"accuracy {_fmt(side['accuracy_heldout'], True)})")
+    rates = Table(title=title)
+    rates.add_column("rule", no_wrap=True)
+    for col in ("threshold", "AUROC", "share\nconfident", "precision\nconfident", "precision\nuncertain"):
+        rates.add_column(col, justify="right")
+    counts = Table(title="counts on the same answers")
+    counts.add_column("rule", no_wrap=True)
+    for col in ("TP", "FP", "TN", "FN"):
+        counts.add_column(col, justify="right")
+    for rr in rows:
+        name = rr.rule + (" *" if rr.rule == cal.rule else "")
         m = rr.heldout_metrics or rr.fit_metrics
-        table.add_row(rr.rule + (" *" if rr.rule == cal.rule else ""), _fmt(rr.threshold), _fmt(m.auroc),
-                      _fmt(m.share_confident, True), _fmt(m.precision_confident, True),
-                      _fmt(m.precision_uncertain, True), str(m.tp), str(m.fp), str(m.tn), str(m.fn))
-    console.print(table)
+        if m is None:  # the rule found no threshold (its note says why)
+            rates.add_row(name, "-", "-", "-", "-", "-")
+            counts.add_row(name, "-", "-", "-", "-")
+            continue
+        rates.add_row(name, _fmt(rr.threshold), _fmt(m.auroc), _fmt(m.share_confident, True),
+                      _fmt(m.precision_confident, True), _fmt(m.precision_uncertain, True))
+        counts.add_row(name, str(m.tp), str(m.fp), str(m.tn), str(m.fn))
+    console.print(rates)
+    console.print(counts)
     console.print("* the rule in use. Confident = score below the threshold; TP = confident and right, "
                   "FP = confident and wrong, TN = uncertain and wrong, FN = uncertain and right.")
     ent = side.get("auroc_entropy_heldout") or {}
@@ -137,7 +151,10 @@ def _print_calibration(console: Console, cal, side: dict) -> None:
                   + ", ".join(f"entropy {k} {_fmt(v)}" for k, v in ent.items())
                   + f"; answer-token probability {_fmt(side.get('auroc_answer_prob_heldout'))}")
     for note in cal.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
+        console.print(f"[yellow]note[/yellow] {escape(note)}")
+    for rr in rows[1:]:  # the rule in use has its note in cal.notes; the alternatives keep theirs apart
+        if rr.note:
+            console.print(f"[yellow]note[/yellow] (rule not in use) {escape(rr.note)}")
 
 
 def _cmd_view(args, console: Console) -> int:

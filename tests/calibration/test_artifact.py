@@ -91,16 +91,28 @@ def test_unreadable_files(tmp_path):
         Calibration.load(path)
 
 
+def test_hash_mismatch_message_names_what_is_compared_and_each_side(cal):
+    # the Guard knows the proxy in use by its hash only: the message must not print "(None)" for its name
+    cal = cal.model_copy(update={"proxy_hash": "sha256:aaaa"})
+    with pytest.raises(ConfigMismatchError) as info:
+        cal.check_compatible(proxy_hash="sha256:bbbb")
+    message = str(info.value)
+    assert "None" not in message
+    assert "it records proxy hash sha256:aaaa (proxy 'proxy-tiny')" in message
+    assert "the proxy in use has proxy hash sha256:bbbb." in message
+    assert "covers the proxy's config and weights" in message and "re-run `guardrail calibrate`" in message
+
+
 def test_check_compatible(cal):
     cal.check_compatible(model_id="llava-tiny", proxy_id="proxy-tiny")
     cal.check_compatible()  # nothing known, nothing checked
     # the same weights under another path: the hash decides
     cal.check_compatible(model_id="/elsewhere/llava-tiny", model_hash="m" * 8)
-    with pytest.raises(ConfigMismatchError, match="fitted for model 'llava-tiny' but the model in use is 'other'"):
+    with pytest.raises(ConfigMismatchError, match="fitted for the model 'llava-tiny' but the model in use is 'other'"):
         cal.check_compatible(model_id="other")
     with pytest.raises(ConfigMismatchError, match="proxy"):
         cal.check_compatible(proxy_id="other-proxy")
-    with pytest.raises(ConfigMismatchError, match="model hash 'mmmmmmmm'"):
+    with pytest.raises(ConfigMismatchError, match="model hash mmmmmmmm"):
         cal.check_compatible(model_id="llava-tiny", model_hash="x" * 8)
     # no recorded proxy hash: the id is compared
     cal.check_compatible(proxy_id="proxy-tiny", proxy_hash="anything")

@@ -182,12 +182,25 @@ def test_heldout_metrics_for_every_rule():
 
 def test_too_few_answers_of_a_class():
     scores, correct = two_gaussians(40, 3)
-    with pytest.raises(CalibrationError, match=r"only 3 wrong answer\(s\) out of 43; need at least 5 correct and 5 wrong"):
+    with pytest.raises(CalibrationError, match=r"40 correct and 3 wrong answer\(s\) out of 43; a threshold needs at least 5 of each"):
         fit_calibration(scores, correct)
     scores, correct = two_gaussians(2, 1)
-    with pytest.raises(CalibrationError, match="only 2 correct and 1 wrong"):
+    with pytest.raises(CalibrationError, match="2 correct and 1 wrong"):
         fit_calibration(scores, correct)
     assert fit_calibration(*two_gaussians(40, 3), min_per_class=3).fit_metrics.n_wrong == 3
+
+
+def test_too_few_answers_says_which_side_is_missing_and_what_to_do():
+    scores, correct = two_gaussians(0, 40)  # every answer wrong: harder questions would not help
+    with pytest.raises(CalibrationError) as info:
+        fit_calibration(scores, correct)
+    message = str(info.value)
+    assert "0 correct and 40 wrong" in message and "Too few correct answers (0)" in message
+    assert "match how the model answers" in message and "harder" not in message
+    scores, correct = two_gaussians(40, 0)  # every answer right
+    with pytest.raises(CalibrationError, match=r"Too few wrong answers \(0\): add questions the model gets wrong") as info:
+        fit_calibration(scores, correct)
+    assert "Too few correct" not in str(info.value)
 
 
 @pytest.mark.parametrize(
