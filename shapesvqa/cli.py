@@ -1,6 +1,7 @@
 """``shapesvqa`` command line: ``export`` a split to disk, ``eval`` a model on a fresh split.
 
     shapesvqa export --n 1000 --seed 7 --out data/shapes-val
+    shapesvqa export                     # 100 questions of world seed 0 into shapesvqa-data/
     shapesvqa eval --n 1000 --seed 12345 --out runs/eval.json                   # shipped model, gradient maps
     shapesvqa eval --model DIR --method proxy PROXY_DIR --n 500 --seed 1 --out proxy.json
 
@@ -16,6 +17,10 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+# Defaults that make a first `shapesvqa export` / `shapesvqa eval` work without options.
+EXPORT_N, EXPORT_SEED, EXPORT_OUT = 100, 0, "shapesvqa-data"
+EVAL_OUT = "shapesvqa-eval.json"
+
 
 def _export(args) -> int:
     from rich.console import Console
@@ -25,7 +30,7 @@ def _export(args) -> int:
 
     cfg = WorldConfig(n_objects=(args.min_objects, args.max_objects))
     path = export_examples(generate(args.n, args.seed, cfg, family=args.family), args.out, seed=args.seed)
-    Console().print(f"wrote {args.n} questions to [bold]{path}[/bold]")
+    Console().print(f"wrote {args.n} questions (world seed {args.seed}) to [bold]{path}[/bold]")
     return 0
 
 
@@ -121,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("export", help="write PNG images, PNG evidence masks and data.jsonl")
-    ex.add_argument("--n", type=int, required=True, help="number of questions")
-    ex.add_argument("--seed", type=int, required=True)
-    ex.add_argument("--out", type=Path, required=True, help="output folder (data.jsonl, images/, masks/)")
+    ex.add_argument("--n", type=int, default=EXPORT_N, help=f"number of questions (default {EXPORT_N})")
+    ex.add_argument("--seed", type=int, default=EXPORT_SEED,
+                    help=f"world seed: the same seed gives the same questions (default {EXPORT_SEED})")
+    ex.add_argument("--out", type=Path, default=Path(EXPORT_OUT),
+                    help=f"output folder for data.jsonl, images/, masks/ (default {EXPORT_OUT})")
     ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
     ex.add_argument("--min-objects", type=int, default=2)
     ex.add_argument("--max-objects", type=int, default=6)
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--proxy", type=Path, default=None, help="proxy folder (same as --method proxy PATH)")
     ev.add_argument("--n", type=int, default=1000)
     ev.add_argument("--seed", type=int, default=12345)
-    ev.add_argument("--out", type=Path, required=True, help="JSON report")
+    ev.add_argument("--out", type=Path, default=Path(EVAL_OUT), help=f"JSON report (default {EVAL_OUT})")
     ev.add_argument("--rows", type=Path, default=None, help="also write per-question rows as JSONL")
     ev.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
     ev.add_argument("--min-objects", type=int, default=2)

@@ -46,3 +46,16 @@ def test_export_readable_by_calibration_reader(tmp_path):
     main(["export", "--n", "5", "--seed", "1", "--out", str(out)])
     records, problems = read_vqa_jsonl(out / "data.jsonl", strict=True)
     assert len(records) == 5 and not problems
+
+
+def test_export_works_without_options(tmp_path, monkeypatch):
+    # the first try of a new user: `shapesvqa export --n 3` (no seed, no folder)
+    from shapesvqa.cli import EXPORT_OUT, EXPORT_SEED, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--n", "3"]) == 0
+    recs = read_jsonl(tmp_path / EXPORT_OUT / "data.jsonl")
+    assert [r["question"] for r in recs] == [make_example(EXPORT_SEED, i).question for i in range(3)]
+    defaults = build_parser().parse_args(["export"])
+    assert (defaults.n, defaults.seed, str(defaults.out)) == (100, 0, "shapesvqa-data")
+    assert str(build_parser().parse_args(["eval"]).out) == "shapesvqa-eval.json"
