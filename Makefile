@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,distributed,otlp
+EXTRAS ?= dev,distributed,otlp,serve
 
 .PHONY: install demo test clean
 

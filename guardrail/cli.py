@@ -1,4 +1,4 @@
-"""The ``guardrail`` command: demo, run, calibrate, view, policy check.
+"""The ``guardrail`` command: demo, run, serve, calibrate, view, policy check.
 
 Each command parses its arguments, calls a library function and prints with rich.
 Exit codes: 0 success, 1 a check failed / nothing to show, 2 bad input (GuardrailError).
@@ -60,6 +60,12 @@ def _cmd_run(args, console: Console) -> int:
             path = save_overlay(args.png, load_image(args.image), result.answer_map)
             console.print(f"overlay: {path}")
     return 0
+
+
+def _cmd_serve(args, console: Console) -> int:
+    from .serve_cli import serve_command
+
+    return serve_command(args, console)
 
 
 def _cmd_calibrate(args, console: Console) -> int:
@@ -208,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--maps", action="store_true", help="with --json, include the maps")
     p.add_argument("--png", default=None, help="write the answer's map over the image here")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="a guarded OpenAI-compatible chat endpoint (the serve extra)")
+    model_args(p)
+    p.add_argument("--policy", default="default", help="bundled name or YAML file")
+    from .serve_cli import add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("calibrate", help="fit a confidence threshold on a labelled JSONL set")
     model_args(p, need_calibration=False)

@@ -21,6 +21,7 @@ API_DOC = ROOT / "docs" / "api.md"
 TOP_LEVEL = ("guardrail", "fastrm_core", "calibration", "policies", "shapesvqa")
 DOCUMENTED = (
     "guardrail",
+    "guardrail.serve",
     "fastrm_core",
     "fastrm_core.distill",
     "calibration",

@@ -1,0 +1,471 @@
+"""The guarded OpenAI-compatible endpoint as a FastAPI app (``create_app``).
+
+Routes: ``POST /v1/chat/completions`` (plain or SSE stream), ``GET /v1/models``, ``/healthz``
+(the process lives), ``/readyz`` (the model is loaded), ``/metrics`` (Prometheus text).
+
+A chat request is checked (auth, body size, fields, image, limits) before any model work, then
+queued in the :class:`~guardrail.serve.batching.Batcher`, which answers concurrent requests
+with one ``Guard.generate_batch`` call. Streams run ``Guard.stream`` on their own thread and
+hold a queue slot meanwhile. Every chat request is a SERVER span (the caller's W3C
+``traceparent`` continued), the parent of the Guard's ``chat`` span; a batch of several
+requests runs under a ``guardrail.serve batch`` span linked to each request's span.
+
+Errors are OpenAI-style JSON objects; a failure inside the server is a 500 with a fixed
+message (the details go to the server's log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Optional, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from fastrm_core.errors import GuardrailError, InputError
+from guardrail.guard import DEFAULT_MAX_NEW_TOKENS
+from guardrail.mapcodec import encode_map
+
+from .batching import Batcher, QueueFull
+from .config import ServeConfig
+from .images import image_from_url
+from .metrics import ServerMetrics
+from .protocol import (
+    ChatCall,
+    RequestError,
+    chat_completion,
+    completion_id,
+    cut_at_stop,
+    error_body,
+    finish_reason,
+    guardrail_object,
+    parse_chat_request,
+    replaced_by_policy,
+    shown_text,
+    stream_chunk,
+)
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("guardrail.serve")
+CHAT_ROUTE = "/v1/chat/completions"
+BATCH_SPAN_NAME = "guardrail.serve batch"
+_TRACER_NAME = "guardrail.serve"
+
+
+@dataclass
+class _Job:
+    call: ChatCall
+    ctx: Any  # the OpenTelemetry context of the request's server span
+
+
+class _State:
+    """What the routes share: the Guard (None while loading), the batcher, counters."""
+
+    def __init__(self, config: ServeConfig, guard, loader, tracer_provider):
+        self.config = config
+        self.guard = guard
+        self.loader = loader
+        self.load_error: Optional[str] = None
+        self.metrics = ServerMetrics()
+        self.tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
+        self.batcher = Batcher(self._run_batch, max_batch_size=config.max_batch_size,
+                               max_wait_s=config.max_wait_ms / 1000.0, max_queue=config.max_queue)
+        self.started = int(time.time())
+        self._n_image_tokens: Optional[int] = None
+
+    @property
+    def model_name(self) -> Optional[str]:
+        if self.config.model_name:
+            return self.config.model_name
+        return None if self.guard is None else self.guard.model_name
+
+    def load(self) -> None:
+        try:
+            self.guard = self.loader()
+        except Exception as exc:  # reported on /readyz; the details go to the log
+            log.exception("loading the guard failed")
+            self.load_error = type(exc).__name__
+
+    # -------------------------------------------------------------- the batch function (worker thread)
+    def _run_batch(self, jobs: Sequence[_Job], key: Hashable) -> list:
+        """One ``generate_batch`` for jobs of equal settings; a per-job exception where one failed."""
+        calls = [j.call for j in jobs]
+        token = otel_context.attach(jobs[0].ctx)
+        try:
+            if len(jobs) == 1:
+                return self._generate(calls)
+            links = [Link(trace.get_current_span(j.ctx).get_span_context()) for j in jobs]
+            with self.tracer.start_as_current_span(BATCH_SPAN_NAME, kind=SpanKind.INTERNAL, links=links) as span:
+                span.set_attribute("fastrm.serve.batch.size", len(jobs))
+                return self._generate(calls)
+        finally:
+            otel_context.detach(token)
+
+    def _generate(self, calls: Sequence[ChatCall]) -> list:
+        first = calls[0]
+        if first.seed is not None:
+            import torch
+
+            torch.manual_seed(first.seed)  # seeded requests run alone (see _batch_key)
+        try:
+            return self.guard.generate_batch([(c.image, c.question) for c in calls], tags=first.options.tags,
+                                             **first.generate_kwargs)
+        except GuardrailError:
+            if len(calls) == 1:
+                raise
+        # one bad input must not fail its neighbours: answer them one by one
+        out: list = []
+        for c in calls:
+            try:
+                out.extend(self.guard.generate_batch([(c.image, c.question)], tags=c.options.tags,
+                                                     **c.generate_kwargs))
+            except GuardrailError as exc:
+                out.append(exc)
+        return out
+
+    def prompt_tokens(self, question: str) -> int:
+        """Prompt length in tokens, the image's tokens included (0 if the tokenizer cannot say)."""
+        try:
+            if self._n_image_tokens is None:
+                self._n_image_tokens = int(self.guard.proxy.config.n_image_tokens)
+            ids = self.guard.processor.tokenizer(self.guard.prompt(question))["input_ids"]
+            return len(ids) - 1 + self._n_image_tokens  # the one <image> placeholder expands to the image's tokens
+        except Exception:
+            return 0
+
+
+def _batch_key(call: ChatCall) -> Hashable:
+    if call.seed is not None:  # a seed is reproducible only when the request runs alone
+        return ("seeded", id(call))
+    return call.batch_key
+
+
+def _error(status: int, message: str, *, type_: str = "invalid_request_error", param=None, code=None,
+           headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_=type_, param=param, code=code), status_code=status, headers=headers)
+
+
+def _trace_id(span) -> Optional[str]:
+    ctx = span.get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.trace_id else None
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config: Optional[ServeConfig] = None,
+               tracer_provider: Optional[trace.TracerProvider] = None) -> FastAPI:
+    """The guarded endpoint for ``guard`` (a :class:`guardrail.Guard`), or for the Guard ``loader()`` returns.
+
+    With a ``loader``, the model loads on a background thread once the server starts; until it
+    is ready, ``/readyz`` and the API answer 503 with ``Retry-After``.
+
+        >>> app = create_app(Guard.from_pretrained("reference"), config=ServeConfig(max_batch_size=16))
+        >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    if (guard is None) == (loader is None):
+        raise ValueError("pass either a guard or a loader")
+    config = config or ServeConfig()
+    state = _State(config, guard, loader, tracer_provider)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.batcher.start()
+        if state.guard is None:
+            threading.Thread(target=state.load, name="guardrail-serve-load", daemon=True).start()
+        yield
+        await state.batcher.drain(config.shutdown_timeout_s)
+
+    app = FastAPI(title="fastrm-guard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.guardrail = state
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "traceparent", "tracestate"])
+
+    def authorized(request: Request) -> bool:
+        key = config.api_key
+        if key is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), key.encode())
+
+    def refuse_auth() -> JSONResponse:
+        return _error(401, "missing or wrong API key (send Authorization: Bearer <key>)", code="invalid_api_key",
+                      headers={"WWW-Authenticate": "Bearer"})
+
+    def not_ready() -> Optional[JSONResponse]:
+        if state.guard is not None:
+            return None
+        if state.load_error is not None:
+            return _error(503, "the model failed to load; see the server log", type_="server_error")
+        return _error(503, "the model is loading; retry shortly", type_="server_error", code="model_loading",
+                      headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):  # never a stack trace to the caller
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(500, "internal server error", type_="server_error")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if state.guard is not None:
+            return {"status": "ready", "model": state.model_name}
+        status = "failed" if state.load_error else "loading"
+        return JSONResponse({"status": status}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        if not authorized(request):
+            return refuse_auth()
+        text = state.metrics.render(state.batcher.stats, queue_depth=state.batcher.depth,
+                                    in_flight=state.batcher.in_flight, ready=state.guard is not None)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        if not authorized(request):
+            return refuse_auth()
+        if (resp := not_ready()) is not None:
+            return resp
+        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.started,
+                                            "owned_by": "fastrm-guard"}]}
+
+    @app.post(CHAT_ROUTE)
+    async def chat(request: Request):
+        parent = propagate.extract(dict(request.headers))
+        span = state.tracer.start_span(f"POST {CHAT_ROUTE}", context=parent, kind=SpanKind.SERVER, attributes={
+            "http.request.method": "POST", "url.path": CHAT_ROUTE, "http.route": CHAT_ROUTE,
+            "server.address": request.url.hostname or "", "network.protocol.name": "http"})
+        started = time.perf_counter()
+        streaming = False
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                response = await _chat(request, span, started)
+            streaming = isinstance(response, StreamingResponse)
+            return response
+        except Exception as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+        finally:
+            if not streaming:  # a stream ends its span when its last chunk is sent
+                span.end()
+
+    def finish_span(span, status: int) -> None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        state.metrics.response(CHAT_ROUTE, status)
+
+    async def _chat(request: Request, span, started: float):
+        def fail(status, message, **kw):
+            finish_span(span, status)
+            if status < 500:
+                span.set_attribute("error.type", str(status))
+            return _error(status, message, **kw)
+
+        if not authorized(request):
+            finish_span(span, 401)
+            return refuse_auth()
+        if (resp := not_ready()) is not None:
+            finish_span(span, 503)
+            return resp
+        # limits before any model work: body size, fields, image, tokens
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+            return fail(413, f"the request body is larger than {config.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                return fail(413, f"the request body is larger than {config.max_body_bytes} bytes")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return fail(400, "the request body is not valid JSON")
+        if isinstance(payload, dict) and payload.get("model") not in (None, state.model_name):
+            return fail(404, f"the model {str(payload.get('model'))[:200]!r} does not exist; this server serves "
+                             f"{state.model_name!r}", param="model", code="model_not_found")
+        guard = state.guard
+
+        def load(url: str):
+            return image_from_url(url, max_pixels=config.max_image_pixels, image_dir=config.image_dir)
+
+        try:
+            call = parse_chat_request(payload, image_loader=load, max_tokens=config.max_tokens,
+                                      default_max_tokens=DEFAULT_MAX_NEW_TOKENS, max_question_chars=config.max_question_chars)
+        except RequestError as exc:
+            return fail(exc.status, str(exc), param=exc.param, code=exc.code)
+        except InputError as exc:
+            return fail(400, str(exc), param="messages")
+        if call.stream:
+            try:
+                state.batcher.reserve()
+            except QueueFull as exc:
+                return fail(429, str(exc), type_="rate_limit_error", code="queue_full",
+                            headers={"Retry-After": str(exc.retry_after)})
+            return StreamingResponse(_stream(guard, call, span, started), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        job = _Job(call, otel_context.get_current())
+        work = asyncio.ensure_future(state.batcher.submit(job, _batch_key(call)))
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the caller left: drop the queued job (a running batch finishes anyway)
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            finish_span(span, 499)
+            span.set_attribute("error.type", "client_disconnected")
+            return Response(status_code=499)
+        try:
+            result = work.result()
+            if isinstance(result, BaseException):
+                raise result
+        except QueueFull as exc:
+            return fail(429, str(exc), type_="rate_limit_error", code="queue_full",
+                        headers={"Retry-After": str(exc.retry_after)})
+        except InputError as exc:
+            return fail(400, str(exc), param="messages")
+        except GuardrailError as exc:
+            log.error("guarded call failed: %s", exc)
+            return fail(500, "the guarded call failed", type_="server_error")
+        state.metrics.result(result.verdict, result.action, time.perf_counter() - started)
+        _annotate(span, result)
+        finish_span(span, 200)
+        return JSONResponse(chat_completion(result, call, model=state.model_name,
+                                            prompt_tokens=state.prompt_tokens(call.question), trace_id=_trace_id(span)))
+
+    async def _stream(guard, call: ChatCall, span, started: float):
+        """SSE chunks: role, content deltas (with each token's map on request), the verdict last."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        stop_flag = threading.Event()
+        ctx = trace.set_span_in_context(span)
+        done = object()
+
+        def produce():
+            token = otel_context.attach(ctx)
+            gen = None
+            try:
+                if call.seed is not None:
+                    import torch
+
+                    torch.manual_seed(call.seed)
+                gen = guard.stream(call.image, call.question, tags=call.options.tags, **call.generate_kwargs)
+                for item in gen:
+                    loop.call_soon_threadsafe(events.put_nowait, item)
+                    if stop_flag.is_set():
+                        break
+            except BaseException as exc:
+                loop.call_soon_threadsafe(events.put_nowait, exc)
+            finally:
+                if gen is not None:
+                    gen.close()
+                otel_context.detach(token)
+                loop.call_soon_threadsafe(events.put_nowait, done)
+                loop.call_soon_threadsafe(state.batcher.release)
+
+        threading.Thread(target=produce, name="guardrail-serve-stream", daemon=True).start()
+        cid, created, model = completion_id(), int(time.time()), state.model_name
+        tok = guard.processor.tokenizer
+        hold = call.options.hold_until_verdict
+        keep = max((len(s) for s in call.stop), default=1) - 1  # characters held back: a stop string may be starting
+        ids: list[int] = []
+        sent = ""
+        stopped = False
+        status = 200
+
+        def sse(obj) -> str:
+            return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+        try:
+            yield sse(stream_chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
+            while True:
+                item = await events.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    status = 400 if isinstance(item, InputError) else 500
+                    if status == 500:
+                        log.error("stream failed: %s", type(item).__name__)
+                    message = str(item) if status == 400 else "the guarded call failed"
+                    yield sse(error_body(message, type_="invalid_request_error" if status == 400 else "server_error"))
+                    continue
+                if hasattr(item, "token_id"):  # a TokenEvent
+                    ids.append(item.token_id)
+                    piece = ""
+                    if not hold and not stopped:
+                        text = tok.decode(ids, skip_special_tokens=True).lstrip()
+                        cut, stopped = cut_at_stop(text, call.stop)
+                        ready = cut if stopped else cut[: max(len(sent), len(cut) - keep)]
+                        if ready.startswith(sent):
+                            piece, sent = ready[len(sent):], ready
+                    extra = None
+                    if call.options.maps:
+                        extra = {"token": {"index": item.index, "token_id": item.token_id, "entropy": item.entropy,
+                                           "map": encode_map(item.map)}}
+                    if piece or extra:
+                        yield sse(stream_chunk(cid, model, created, delta={"content": piece} if piece else {},
+                                               extra=extra))
+                    continue
+                result = item  # the GuardResult, last
+                text, by_stop = shown_text(result, call.stop)
+                if hold:
+                    if text:
+                        yield sse(stream_chunk(cid, model, created, delta={"content": text}))
+                elif not replaced_by_policy(result) and text.startswith(sent) and len(text) > len(sent):
+                    yield sse(stream_chunk(cid, model, created, delta={"content": text[len(sent):]}))
+                obj = guardrail_object(result, trace_id=_trace_id(span), maps=False)
+                obj["text"] = text  # what the policy lets the user see; differs from the streamed tokens on abstain
+                state.metrics.result(result.verdict, result.action, time.perf_counter() - started)
+                _annotate(span, result)
+                yield sse(stream_chunk(cid, model, created, finish=finish_reason(result, by_stop or stopped),
+                                       extra=obj))
+                if call.include_usage:
+                    n_prompt = state.prompt_tokens(call.question)
+                    n_out = len(result.token_ids)
+                    yield sse(stream_chunk(cid, model, created, choices=False, usage={
+                        "prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}))
+            yield "data: [DONE]\n\n"
+        except BaseException:  # the client left (cancelled) or the loop is shutting down
+            stop_flag.set()
+            status = 499
+            raise
+        finally:
+            finish_span(span, status)
+            span.end()
+
+    return app
+
+
+def _annotate(span, result) -> None:
+    try:
+        if span.is_recording():
+            span.set_attribute("fastrm.serve.verdict", str(result.verdict))
+            span.set_attribute("fastrm.serve.action", result.action)
+    except Exception:  # telemetry never breaks a response
+        pass
