@@ -2,41 +2,67 @@
 
 The pipeline, for one labelled set of answers::
 
-    token_entropy(maps)                       per-token map entropy (higher = less focused)
-      -> answer_score(H, content_token_mask)  one score per answer (higher = more uncertain)
+    AnswerSignals (maps' entropies, token log-probs, ...)  gathered during the one generate
+      -> get_score(name, **params)(signals)   one score per answer (higher = more uncertain)
       -> vqa_accuracy / is_correct            was the answer right
-      -> fit_calibration(scores, correct)     a Calibration: threshold + held-out metrics
+      -> fit_calibration(scores, correct)     a Calibration: score + threshold + held-out metrics
       -> Calibration.verdict(score)           "confident" if score < threshold else "uncertain"
 
-The math modules (``entropy``, ``scores``, ``vqa``, ``fit``) are pure; ``artifact``
-(JSON save/load), ``data`` (JSONL reading) and ``plot`` do the I/O.
+Scores are plug-ins (``answer_scores``: ``map_entropy`` of the FastRM paper, token
+probabilities, predictive entropy, margin, input ``novelty``, ``fused``); the
+``guaranteed_precision`` rule (``guarantee``) certifies the precision of confident answers.
+The math modules (``entropy``, ``scores``, ``answer_scores``, ``novelty``, ``fused``,
+``guarantee``, ``vqa``, ``fit``) are pure; ``artifact`` (JSON save/load), ``data`` (JSONL
+reading) and ``plot`` do the I/O.
 """
 
-from calibration.artifact import Calibration, KDECurves, RuleResult, ThresholdMetrics
+from calibration.answer_scores import AnswerSignals, Score, fit_score, get_score, list_scores, register_score
+from calibration.artifact import (
+    Calibration,
+    GroupThresholds,
+    KDECurves,
+    NoveltyGate,
+    RuleResult,
+    ScoreSpec,
+    ThresholdMetrics,
+)
 from calibration.data import DataProblem, VQARecord, dataset_hash, read_vqa_jsonl
 from calibration.entropy import token_entropy
 from calibration.fit import auroc, evaluate_threshold, fit_calibration, split_fit_heldout
+from calibration.guarantee import GuaranteeResult, clopper_pearson_upper, guaranteed_threshold
 from calibration.plot import plot_calibration
 from calibration.scores import answer_score, content_token_mask
 from calibration.vqa import is_correct, normalize_answer, vqa_accuracy
 
 __all__ = [
+    "AnswerSignals",
     "Calibration",
     "DataProblem",
+    "GroupThresholds",
+    "GuaranteeResult",
     "KDECurves",
+    "NoveltyGate",
     "RuleResult",
+    "Score",
+    "ScoreSpec",
     "ThresholdMetrics",
     "VQARecord",
     "answer_score",
     "auroc",
+    "clopper_pearson_upper",
     "content_token_mask",
     "dataset_hash",
     "evaluate_threshold",
     "fit_calibration",
+    "fit_score",
+    "get_score",
+    "guaranteed_threshold",
     "is_correct",
+    "list_scores",
     "normalize_answer",
     "plot_calibration",
     "read_vqa_jsonl",
+    "register_score",
     "split_fit_heldout",
     "token_entropy",
     "vqa_accuracy",

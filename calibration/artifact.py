@@ -3,8 +3,13 @@
 A :class:`Calibration` is plain JSON (``model_dump_json``), never a pickle. It records
 
 - *what it applies to*: the model, the proxy and the dataset it was fitted on (ids and
-  optional content hashes), the aggregation and whether entropies were normalised;
-- *the decision*: the rule and its threshold; ``score < threshold`` -> ``"confident"``;
+  optional content hashes), and the **score** the threshold applies to (its registry
+  name and parameters, :class:`ScoreSpec`; fitted scores carry their coefficients);
+- *the decision*: the rule and its threshold; ``score < threshold`` -> ``"confident"``
+  (``threshold`` is ``None`` when a guarantee was refused: nothing is confident), an
+  optional novelty gate (:class:`NoveltyGate`: inputs unlike the calibration data are
+  ``"uncertain"`` whatever their score) and optional per-group thresholds
+  (:class:`GroupThresholds`);
 - *the evidence*: metrics on the fitting data and on held-out data
   (:class:`ThresholdMetrics`), the other rules' thresholds and metrics side by side
   (``alternatives``), and both class densities sampled on a grid (:class:`KDECurves`)
@@ -12,16 +17,21 @@ A :class:`Calibration` is plain JSON (``model_dump_json``), never a pickle. It r
 
 Every model forbids unknown fields, so a typo in a hand-edited file fails loudly
 with the field's name.
+
+Versions: this code writes ``schema_version`` 2 and reads 1 and 2. A version-1 file
+has no ``score`` field; it loads as the ``map_entropy`` score with the file's
+``aggregation`` and ``entropy_normalized``, and gives the same verdicts as before.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from calibration.answer_scores import get_score
 from calibration.scores import Aggregation
 from fastrm_core.errors import CalibrationError, ConfigMismatchError
 
@@ -29,17 +39,22 @@ __all__ = [
     "RULES",
     "SCHEMA_VERSION",
     "Calibration",
+    "GroupThresholds",
     "KDECurves",
+    "NoveltyGate",
     "Rule",
     "RuleResult",
+    "ScoreSpec",
     "ThresholdMetrics",
     "Verdict",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
-Rule = Literal["paper_midpoint", "density_crossing", "target_precision"]
-RULES: tuple[str, ...] = get_args(Rule)
+Rule = Literal["paper_midpoint", "density_crossing", "guaranteed_precision", "target_precision"]
+#: the rules :func:`calibration.fit.fit_calibration` fits (``target_precision`` is read from version-1 files only)
+RULES: tuple[str, ...] = ("paper_midpoint", "density_crossing", "guaranteed_precision")
 Verdict = Literal["confident", "uncertain"]
 MetadataValue = str | int | float | bool | None
 
@@ -57,7 +72,7 @@ class ThresholdMetrics(BaseModel):
 
     model_config = _STRICT
 
-    threshold: float = Field(description="confident when score < threshold")
+    threshold: float | None = Field(description="confident when score < threshold; None: nothing is confident")
     n: int = Field(ge=0, description="answers evaluated")
     n_correct: int = Field(ge=0)
     n_wrong: int = Field(ge=0)
@@ -124,6 +139,8 @@ class RuleResult(BaseModel):
     rule: Rule
     threshold: float | None = Field(description="None when the rule could not produce a threshold (see note)")
     target_precision: float | None = None
+    delta: float | None = Field(default=None, description="guaranteed_precision: probability the guarantee fails")
+    guarantee: str | None = Field(default=None, description="guaranteed_precision: the guarantee in words")
     fit_metrics: ThresholdMetrics | None = None
     heldout_metrics: ThresholdMetrics | None = None
     note: str | None = None
@@ -132,6 +149,53 @@ class RuleResult(BaseModel):
 def _named(kind: str, identity: str | None) -> str:
     """`` (proxy 'x')`` beside a hash in a message, or nothing when that side has no id (never "(None)")."""
     return f" ({kind} {identity!r})" if identity is not None else ""
+
+
+class ScoreSpec(BaseModel):
+    """Which score a threshold applies to: a registry name and its parameters.
+
+    ``get_score(spec.name, **spec.params)`` (:mod:`calibration.answer_scores`) rebuilds it;
+    a fitted score's parameters hold its fitted state (plain numbers).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return get_score(self.name, **self.params).label
+
+
+class NoveltyGate(BaseModel):
+    """Inputs whose novelty is at least ``threshold`` are ``"uncertain"``, whatever their score.
+
+    ``threshold`` is the ``quantile`` of the novelty of the fitting split's inputs, so about
+    ``1 - quantile`` of in-distribution inputs are gated out.
+    """
+
+    model_config = _STRICT
+
+    score: ScoreSpec
+    threshold: float
+    quantile: float = Field(gt=0.0, le=1.0)
+    heldout_share_gated: float | None = Field(default=None, description="held-out inputs at or above the threshold")
+
+
+class GroupThresholds(BaseModel):
+    """Per-group thresholds (by question family or a caller's tag) with a fallback.
+
+    A group with fewer than ``min_per_class`` right or wrong fitting answers is not listed:
+    its answers use the global threshold.
+    """
+
+    model_config = _STRICT
+
+    key: Literal["family", "tag"] = "family"
+    min_per_class: int = Field(ge=1)
+    thresholds: dict[str, float | None] = Field(default_factory=dict)
+    heldout_metrics: dict[str, ThresholdMetrics] = Field(default_factory=dict)
 
 
 class Calibration(BaseModel):
@@ -152,10 +216,17 @@ class Calibration(BaseModel):
     proxy_hash: str | None = None
     dataset_hash: str | None = Field(default=None, description="sha256 of the calibration data file")
     rule: Rule
-    threshold: float = Field(description="confident when score < threshold")
-    target_precision: float | None = Field(default=None, description="the target of the target_precision rule")
+    threshold: float | None = Field(description="confident when score < threshold; None: nothing is confident")
+    target_precision: float | None = Field(default=None, description="the precision the rule targets or certifies")
+    delta: float | None = Field(default=None, description="guaranteed_precision: probability the guarantee fails")
+    guarantee: str | None = Field(default=None, description="the guarantee in words, with its assumption")
+    score: ScoreSpec = Field(default=None, description="the score the threshold applies to")  # type: ignore[assignment]
     aggregation: Aggregation = "mean"
     entropy_normalized: bool = Field(default=False, description="entropies divided by log(N_img)")
+    novelty_gate: NoveltyGate | None = None
+    groups: GroupThresholds | None = None
+    score_aurocs: dict[str, float | None] = Field(
+        default_factory=dict, description="held-out AUROC of every score compared when fitting (label -> AUROC)")
     fit_metrics: ThresholdMetrics
     heldout_metrics: ThresholdMetrics | None = None
     kde: KDECurves
@@ -171,22 +242,51 @@ class Calibration(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _known_schema(cls, value: int) -> int:
-        if value != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {value}; this version reads {SCHEMA_VERSION}")
+        if value not in READABLE_VERSIONS:
+            raise ValueError(f"unsupported schema_version {value}; this version reads {READABLE_VERSIONS}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_v1(cls, raw: Any) -> Any:
+        """A version-1 file (no ``score``) is a map-entropy calibration: upgrade it in memory."""
+        if isinstance(raw, dict) and raw.get("score") is None:
+            raw = dict(raw)
+            raw["score"] = {"name": "map_entropy", "params": {"aggregation": raw.get("aggregation", "mean"),
+                                                              "normalized": bool(raw.get("entropy_normalized", False))}}
+            raw["schema_version"] = SCHEMA_VERSION
+        return raw
 
     # ---- decisions -------------------------------------------------------------------
 
-    def verdict(self, score: float) -> Verdict:
+    def threshold_for(self, group: str | None = None) -> float | None:
+        """The threshold that applies to an answer of ``group`` (the global one when the group has none)."""
+        if group is not None and self.groups is not None and group in self.groups.thresholds:
+            return self.groups.thresholds[group]
+        return self.threshold
+
+    def verdict(self, score: float, *, novelty: float | None = None, group: str | None = None) -> Verdict:
         """``"confident"`` when ``score < threshold``, else ``"uncertain"``.
 
+        Args:
+            score: the answer's value of :attr:`score` (higher = more uncertain).
+            novelty: the input's novelty, when the calibration has a :attr:`novelty_gate`;
+                at or above the gate's threshold the verdict is ``"uncertain"``.
+            group: the answer's family or tag, for per-group thresholds.
+
         Raises:
-            CalibrationError: the score is NaN or infinite.
+            CalibrationError: the score is NaN or infinite, or the gate needs a novelty that is missing.
         """
         value = float(score)
         if value != value or value in (float("inf"), float("-inf")):
             raise CalibrationError(f"cannot give a verdict on a non-finite score ({score!r})")
-        return "confident" if value < self.threshold else "uncertain"
+        if self.novelty_gate is not None:
+            if novelty is None:
+                raise CalibrationError("this calibration gates on input novelty, but no novelty was given")
+            if float(novelty) >= self.novelty_gate.threshold or float(novelty) != float(novelty):
+                return "uncertain"
+        threshold = self.threshold_for(group)
+        return "confident" if threshold is not None and value < threshold else "uncertain"
 
     def rules_table(self) -> list[RuleResult]:
         """Every rule's result, the chosen rule first, then the alternatives in rule order."""
@@ -194,6 +294,8 @@ class Calibration(BaseModel):
             rule=self.rule,
             threshold=self.threshold,
             target_precision=self.target_precision,
+            delta=self.delta,
+            guarantee=self.guarantee,
             fit_metrics=self.fit_metrics,
             heldout_metrics=self.heldout_metrics,
         )
@@ -270,10 +372,10 @@ class Calibration(BaseModel):
                 f"calibration file {str(path)!r} must hold a JSON object, got {type(raw).__name__}"
             )
         version = raw.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise CalibrationError(
                 f"calibration file {str(path)!r} has schema_version {version!r}; "
-                f"this version of fastrm-guard reads {SCHEMA_VERSION}"
+                f"this version of fastrm-guard reads {', '.join(map(str, READABLE_VERSIONS))}"
             )
         try:
             return cls.model_validate(raw)

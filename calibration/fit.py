@@ -15,14 +15,14 @@ Threshold rules (the verdict is ``"confident"`` when ``score < threshold``):
     midpoint. If none lies between the means (a large class can dominate there), the
     whole KDE grid is searched; if there is still none, the rule falls back to the
     midpoint and says so in a note.
-``target_precision``
-    the largest threshold whose precision of "confident" (correct among answers below
-    it) on the fitting data is at least ``target_precision``. Candidate thresholds are
-    the distinct scores (``score < t`` changes only there), so the threshold is the
-    lowest score left out of the confident set. Fails (``None`` + note, or
-    :class:`CalibrationError` when it is the chosen rule) when no threshold reaches
-    the target; a note warns when fewer than ``min_per_class`` answers end up
-    below it (their precision is noise).
+``guaranteed_precision``
+    the largest threshold whose precision among confident answers is *certified*: with
+    probability at least ``1 - delta`` over the calibration sample, at least
+    ``target_precision`` of new confident answers are right (a Clopper-Pearson bound
+    scanned with fixed-sequence testing, Learn-then-Test; see
+    :mod:`calibration.guarantee`). When the target cannot be certified it says so in a
+    note and marks nothing confident (threshold ``None``). It replaces the heuristic
+    ``target_precision`` rule of version-1 files (which still load).
 
 Every rule is evaluated on the fitting data and, when given, on held-out data; only
 held-out numbers estimate what the threshold will do on new answers from the same
@@ -40,7 +40,8 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import gaussian_kde
 
-from calibration.artifact import RULES, Calibration, KDECurves, Rule, RuleResult, ThresholdMetrics
+from calibration.artifact import RULES, Calibration, KDECurves, Rule, RuleResult, ScoreSpec, ThresholdMetrics
+from calibration.guarantee import guaranteed_threshold
 from calibration.scores import AGGREGATIONS, Aggregation
 from fastrm_core.errors import CalibrationError
 
@@ -142,7 +143,7 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def evaluate_threshold(scores: Any, correct: Any, threshold: float) -> ThresholdMetrics:
+def evaluate_threshold(scores: Any, correct: Any, threshold: float | None) -> ThresholdMetrics:
     """What ``threshold`` does on labelled answers.
 
     "Confident" = ``score < threshold`` is the positive class of the confusion counts:
@@ -153,7 +154,8 @@ def evaluate_threshold(scores: Any, correct: Any, threshold: float) -> Threshold
         :class:`ThresholdMetrics` with the share below the threshold, the precision of
         "confident" (``tp / (tp + fp)``) and of "uncertain" (``tn / (tn + fn)``), the
         recall of correct answers, the model's accuracy, and the AUROC of the score for
-        predicting wrong answers (threshold-free).
+        predicting wrong answers (threshold-free). ``threshold=None`` (a refused
+        guarantee) marks nothing confident.
 
     Example:
         >>> m = evaluate_threshold([0.1, 0.2, 0.6, 0.9], [True, True, True, False], 0.5)
@@ -161,10 +163,14 @@ def evaluate_threshold(scores: Any, correct: Any, threshold: float) -> Threshold
         (2, 0, 1, 1, 1.0)
     """
     s, c = _check_pair(scores, correct, "evaluate_threshold")
-    t = float(threshold)
-    if not np.isfinite(t):
-        raise CalibrationError(f"threshold must be finite, got {threshold!r}")
-    confident = s < t  # (n,)
+    if threshold is None:  # a refused guarantee: nothing is confident
+        t = None
+        confident = np.zeros(s.shape, dtype=bool)
+    else:
+        t = float(threshold)
+        if not np.isfinite(t):
+            raise CalibrationError(f"threshold must be finite, got {threshold!r}")
+        confident = s < t  # (n,)
     tp = int((confident & c).sum())
     fp = int((confident & ~c).sum())
     tn = int((~confident & ~c).sum())
@@ -312,40 +318,6 @@ def _too_few_message(n: int, n_c: int, n_w: int, need: int) -> str:
     return " ".join([head, *advice])
 
 
-def _target_precision(
-    s: np.ndarray, c: np.ndarray, target: float, beyond: float, min_confident: int
-) -> tuple[float | None, str | None]:
-    """Largest threshold with precision(score < t) >= target on (s, c)."""
-    order = np.argsort(s, kind="mergesort")
-    ss, cc = s[order], c[order]
-    new_group = np.r_[True, ss[1:] != ss[:-1]]
-    starts = np.flatnonzero(new_group)  # the set {score < u_i} holds items [0, starts[i])
-    values = ss[starts]  # (k,) distinct scores, ascending
-    cum_correct = np.r_[0, np.cumsum(cc)]  # (n+1,)
-    # candidate i in 1..k: set = items [0, starts[i]) with threshold values[i]; i = k: everything
-    ends = np.r_[starts[1:], ss.shape[0]]  # (k,) set sizes for i = 1..k
-    precision = cum_correct[ends] / ends
-    ok = np.flatnonzero(precision >= target - 1e-12)
-    if ok.size == 0:
-        return None, (
-            f"target_precision: no threshold reaches a precision of {target:g} on the fitting data "
-            f"(best {precision.max():.3f}, over the {int(ends[int(np.argmax(precision))])} lowest scores)"
-        )
-    i = int(ok[-1])  # largest set meeting the target
-    if i + 1 < values.shape[0]:
-        note = None
-        if ends[i] < min_confident:
-            note = (
-                f"target_precision: only {int(ends[i])} fitting answers are below the threshold; "
-                "their precision is a noisy estimate"
-            )
-        return float(values[i + 1]), note
-    return float(beyond), (
-        f"target_precision: every fitting answer is below the threshold; the model's accuracy "
-        f"({precision[-1]:.3f}) already meets the target {target:g}"
-    )
-
-
 # ---- fitting ---------------------------------------------------------------------------
 
 
@@ -354,7 +326,9 @@ def fit_calibration(
     correct: Any,
     rule: Rule = "paper_midpoint",
     *,
-    target_precision: float = 0.9,
+    target_precision: float = 0.98,
+    delta: float = 0.1,
+    score: ScoreSpec | None = None,
     aggregation: Aggregation = "mean",
     entropy_normalized: bool = True,
     heldout: tuple[Any, Any] | None = None,
@@ -379,10 +353,14 @@ def fit_calibration(
     Args:
         scores: shape ``(n,)``, answer scores (higher = more uncertain).
         correct: shape ``(n,)``, booleans or 0/1: was the answer right.
-        rule: ``"paper_midpoint"``, ``"density_crossing"`` or ``"target_precision"``.
-        target_precision: the target of the ``target_precision`` rule, in ``(0, 1]``.
-        aggregation, entropy_normalized: how the scores were made; recorded so the
-            guard scores new answers the same way.
+        rule: ``"paper_midpoint"``, ``"density_crossing"`` or ``"guaranteed_precision"``.
+        target_precision: the precision ``guaranteed_precision`` certifies, in ``(0, 1)``.
+        delta: the probability that the guarantee fails, in ``(0, 1)``.
+        score: which score the scores are (name and parameters), recorded so the guard
+            scores new answers the same way; default: ``map_entropy`` with
+            ``aggregation`` and ``entropy_normalized``.
+        aggregation, entropy_normalized: how map-entropy scores were made (kept for
+            version-1 readers).
         heldout: optional ``(scores, correct)`` not used for fitting; every rule is
             evaluated on it.
         model_id, model_hash, proxy_id, proxy_hash, dataset_hash, command, metadata:
@@ -397,8 +375,9 @@ def fit_calibration(
     Raises:
         CalibrationError: mismatched lengths, NaN/infinite scores, fewer than
             ``min_per_class`` correct or wrong answers, constant scores (overall or
-            within a class), an unknown rule or aggregation, or a chosen
-            ``target_precision`` rule that no threshold satisfies.
+            within a class), an unknown rule or aggregation. A ``guaranteed_precision``
+            rule that cannot certify its target is not an error: the calibration marks
+            nothing confident and says so in ``notes``.
 
     Example:
         >>> import numpy as np
@@ -413,8 +392,10 @@ def fit_calibration(
         raise CalibrationError(f"unknown rule {rule!r}; expected one of: {', '.join(RULES)}")
     if aggregation not in AGGREGATIONS:
         raise CalibrationError(f"unknown aggregation {aggregation!r}; expected one of: {', '.join(AGGREGATIONS)}")
-    if not 0.0 < float(target_precision) <= 1.0:
-        raise CalibrationError(f"target_precision must be in (0, 1], got {target_precision!r}")
+    if not 0.0 < float(target_precision) < 1.0:
+        raise CalibrationError(f"target_precision must be strictly between 0 and 1, got {target_precision!r}")
+    if not 0.0 < float(delta) < 1.0:
+        raise CalibrationError(f"delta must be strictly between 0 and 1, got {delta!r}")
     if int(min_per_class) < 2:
         raise CalibrationError(f"min_per_class must be at least 2 (a KDE needs two points), got {min_per_class!r}")
     if int(grid_size) < 2:
@@ -457,7 +438,7 @@ def fit_calibration(
     if mean_c >= mean_w:
         notes.append(
             f"correct answers do not score lower than wrong ones (means {mean_c:.4g} vs {mean_w:.4g}); "
-            "the entropy does not separate them on this data and verdicts will not be informative"
+            "the score does not separate them on this data and verdicts will not be informative"
         )
     if held is None:
         notes.append("no held-out data: all metrics are on the fitting data and are optimistic")
@@ -470,21 +451,26 @@ def fit_calibration(
         elif r == "density_crossing":
             t, note = _density_crossing(kde_c, kde_w, prior_c, mean_c, mean_w, lo, hi)
         else:
-            t, note = _target_precision(s, c, float(target_precision), beyond=hi, min_confident=int(min_per_class))
+            g = guaranteed_threshold(s, c, float(target_precision), float(delta))
+            t, note = g.threshold, g.note
+            guarantee = g
+        guaranteed = r == "guaranteed_precision"
         results[r] = RuleResult(
             rule=r,
             threshold=t,
-            target_precision=float(target_precision) if r == "target_precision" else None,
-            fit_metrics=evaluate_threshold(s, c, t) if t is not None else None,
-            heldout_metrics=evaluate_threshold(*held, t) if (t is not None and held is not None) else None,
+            target_precision=float(target_precision) if guaranteed else None,
+            delta=float(delta) if guaranteed else None,
+            guarantee=guarantee.statement() if guaranteed else None,
+            fit_metrics=evaluate_threshold(s, c, t),
+            heldout_metrics=evaluate_threshold(*held, t) if held is not None else None,
             note=note,
         )
 
     chosen = results[rule]
-    if chosen.threshold is None or chosen.fit_metrics is None:
-        raise CalibrationError(chosen.note or f"rule {rule} produced no threshold")
     if chosen.note:
         notes.append(chosen.note)
+    if score is None:
+        score = ScoreSpec(name="map_entropy", params={"aggregation": aggregation, "normalized": bool(entropy_normalized)})
 
     return Calibration(
         model_id=model_id,
@@ -495,6 +481,9 @@ def fit_calibration(
         rule=rule,
         threshold=chosen.threshold,
         target_precision=chosen.target_precision,
+        delta=chosen.delta,
+        guarantee=chosen.guarantee,
+        score=score,
         aggregation=aggregation,
         entropy_normalized=bool(entropy_normalized),
         fit_metrics=chosen.fit_metrics,

@@ -109,7 +109,8 @@ def calibrate_scores(
     aggregation: str = "mean",
     fit_fraction: float = 0.5,
     seed: int = 0,
-    target_precision: float = 0.9,
+    target_precision: float = 0.98,
+    delta: float = 0.1,
     normalized: bool = True,
     **identity: Any,
 ) -> tuple[Calibration, dict]:
@@ -119,7 +120,7 @@ def calibrate_scores(
     correct = np.array([r.correct for r in rows], dtype=bool)
     fit_idx, ho_idx = split_fit_heldout(len(rows), fit_fraction, seed, stratify=correct)
     cal = fit_calibration(
-        scores[fit_idx], correct[fit_idx], rule=rule, target_precision=target_precision, aggregation=aggregation,
+        scores[fit_idx], correct[fit_idx], rule=rule, target_precision=target_precision, delta=delta, aggregation=aggregation,
         entropy_normalized=normalized, heldout=(scores[ho_idx], correct[ho_idx]) if len(ho_idx) else None,
         command=" ".join(shlex.quote(a) for a in ["guardrail", *sys.argv[1:]]) if sys.argv else None,
         metadata={"seed": seed, "fit_fraction": fit_fraction, "n_fit": int(len(fit_idx)), "n_heldout": int(len(ho_idx))},

@@ -101,7 +101,7 @@ def _cmd_calibrate(args, console: Console) -> int:
         write_scores(Path(args.scores_out), rows)
     cal, side = calibrate_scores(
         rows, rule=args.rule, aggregation=args.aggregation, fit_fraction=args.fit_fraction, seed=args.seed,
-        target_precision=args.target_precision, model_id=model_identity(model), proxy_id=Path(proxy_path).name,
+        target_precision=args.target_precision, delta=args.delta, model_id=model_identity(model), proxy_id=Path(proxy_path).name,
         proxy_hash=proxy.fingerprint(), dataset_hash=dataset_hash(args.data),
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -227,8 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p, need_calibration=False)
     p.add_argument("--data", required=True, help="JSONL: {id, image, question, answers, ...} per line")
     p.add_argument("--out", required=True, help="calibration JSON to write")
-    p.add_argument("--rule", default="paper_midpoint", choices=["paper_midpoint", "density_crossing", "target_precision"])
-    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--rule", default="paper_midpoint", choices=["paper_midpoint", "density_crossing", "guaranteed_precision"])
+    p.add_argument("--target-precision", type=float, default=0.98,
+                   help="guaranteed_precision: the precision of confident answers to certify")
+    p.add_argument("--delta", type=float, default=0.1,
+                   help="guaranteed_precision: the probability that the guarantee fails")
     p.add_argument("--aggregation", default="mean", choices=["mean", "max", "first"])
     p.add_argument("--fit-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)

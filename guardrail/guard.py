@@ -124,7 +124,8 @@ class Guard:
         self.model_name = model_name or self.adapter.model_id
         self.proxy_id = self.proxy.fingerprint()
         self.calibration.check_compatible(model_id=self.adapter.model_id, proxy_hash=self.proxy_id)
-        self.calibration_id = f"{self.calibration.rule}@{self.calibration.threshold:.6g}"
+        threshold = self.calibration.threshold
+        self.calibration_id = f"{self.calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
         if self.calibration.dataset_hash:
             self.calibration_id += f" data:{self.calibration.dataset_hash[:16]}"
         self.maps_dir = None if maps_dir is None else Path(maps_dir)

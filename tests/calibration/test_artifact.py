@@ -32,8 +32,9 @@ def test_json_round_trip(cal, tmp_path):
     assert loaded == cal
     assert loaded.verdict(0.2) == "confident"
     raw = json.loads(path.read_text())
-    assert raw["schema_version"] == 1 and raw["rule"] == "paper_midpoint"
-    assert set(raw["alternatives"]) == {"density_crossing", "target_precision"}
+    assert raw["schema_version"] == 2 and raw["rule"] == "paper_midpoint"
+    assert raw["score"] == {"name": "map_entropy", "params": {"aggregation": "mean", "normalized": True}}
+    assert set(raw["alternatives"]) == {"density_crossing", "guaranteed_precision"}
 
 
 def test_verdict_boundary_and_nan(cal):
@@ -70,8 +71,8 @@ def test_invalid_values_are_rejected(cal, tmp_path):
     with pytest.raises(CalibrationError, match="threshold: Field required"):
         Calibration.load(_write(tmp_path, raw))
     raw = json.loads(cal.model_dump_json())
-    raw["schema_version"] = 2
-    with pytest.raises(CalibrationError, match="schema_version 2; this version of fastrm-guard reads 1"):
+    raw["schema_version"] = 3
+    with pytest.raises(CalibrationError, match="schema_version 3; this version of fastrm-guard reads 1, 2"):
         Calibration.load(_write(tmp_path, raw))
     raw = json.loads(cal.model_dump_json())
     raw["fit_metrics"]["tp"] += 1
@@ -131,3 +132,52 @@ def test_nan_and_infinite_values_are_rejected(cal):
         Calibration.model_validate({**cal.model_dump(), "threshold": float("nan")})
     with pytest.raises(ValueError, match="threshold"):
         Calibration.model_validate({**cal.model_dump(), "threshold": float("inf")})
+
+
+def test_version_1_file_loads_as_map_entropy_with_the_same_verdicts(tmp_path):
+    """A file written by the previous release (schema 1, no score field, target_precision rule allowed)."""
+    from calibration import get_score
+    from calibration.answer_scores import AnswerSignals
+
+    shipped_v1 = {
+        "schema_version": 1, "model_id": "m", "proxy_id": "p", "rule": "target_precision", "threshold": 0.42,
+        "target_precision": 0.9, "aggregation": "max", "entropy_normalized": True,
+        "fit_metrics": {"threshold": 0.42, "n": 4, "n_correct": 3, "n_wrong": 1, "accuracy": 0.75, "auroc": 1.0,
+                        "share_confident": 0.5, "precision_confident": 1.0, "precision_uncertain": 0.5,
+                        "recall_confident": 0.667, "tp": 2, "fp": 0, "tn": 1, "fn": 1},
+        "kde": {"xs": [0.0, 1.0], "density_correct": [1.0, 0.0], "density_wrong": [0.0, 1.0], "prior_correct": 0.75,
+                "mean_correct": 0.3, "mean_wrong": 0.6, "std_correct": 0.1, "std_wrong": 0.1,
+                "bandwidth_correct": 0.1, "bandwidth_wrong": 0.1},
+        "alternatives": {"paper_midpoint": {"rule": "paper_midpoint", "threshold": 0.45}},
+    }
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(shipped_v1))
+    cal = Calibration.load(path)
+    assert cal.score.name == "map_entropy" and cal.score.params == {"aggregation": "max", "normalized": True}
+    for s in (0.1, 0.4199, 0.42, 0.9):
+        assert cal.verdict(s) == ("confident" if s < 0.42 else "uncertain")
+    # the recorded score rebuilds and gives the v1 score: max of normalised entropies over content tokens
+    sig = AnswerSignals(content=np.array([True, True, False]), map_entropy=np.log(64) * np.array([0.2, 0.5, 0.9]),
+                        n_patches=64)
+    assert get_score(cal.score.name, **cal.score.params)(sig) == pytest.approx(0.5)
+    # saving writes version 2 and loads back equal
+    again = Calibration.load(cal.save(tmp_path / "v2.json"))
+    assert again == cal and json.loads((tmp_path / "v2.json").read_text())["schema_version"] == 2
+
+
+def test_novelty_gate_and_groups(cal):
+    from calibration import GroupThresholds, NoveltyGate, ScoreSpec
+
+    gated = cal.model_copy(update={
+        "novelty_gate": NoveltyGate(score=ScoreSpec(name="novelty"), threshold=2.0, quantile=0.99),
+        "groups": GroupThresholds(key="family", min_per_class=5, thresholds={"counting": 0.25, "hard": None}),
+    })
+    low = cal.threshold - 0.01
+    assert gated.verdict(low, novelty=1.0) == "confident"
+    assert gated.verdict(low, novelty=2.0) == "uncertain"  # an input unlike the calibration data
+    with pytest.raises(CalibrationError, match="novelty"):
+        gated.verdict(low)
+    assert gated.verdict(0.26, novelty=1.0, group="counting") == "uncertain"  # the group's own threshold
+    assert gated.verdict(0.24, novelty=1.0, group="counting") == "confident"
+    assert gated.verdict(0.0, novelty=1.0, group="hard") == "uncertain"  # a refused group: nothing confident
+    assert gated.verdict(low, novelty=1.0, group="unseen") == "confident"  # fallback to the global threshold

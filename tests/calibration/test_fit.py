@@ -78,8 +78,8 @@ def test_paper_midpoint_is_the_midpoint_of_the_class_means():
     expected = 0.5 * (scores[correct].mean() + scores[~correct].mean())
     assert cal.threshold == pytest.approx(expected)
     assert cal.kde.mean_correct == pytest.approx(scores[correct].mean())
-    assert set(cal.alternatives) == {"density_crossing", "target_precision"}
-    assert [r.rule for r in cal.rules_table()] == ["paper_midpoint", "density_crossing", "target_precision"]
+    assert set(cal.alternatives) == {"density_crossing", "guaranteed_precision"}
+    assert [r.rule for r in cal.rules_table()] == ["paper_midpoint", "density_crossing", "guaranteed_precision"]
     assert cal.fit_metrics.auroc > 0.85
     assert cal.verdict(-1.0) == "confident" and cal.verdict(3.0) == "uncertain"
 
@@ -120,46 +120,34 @@ def test_density_crossing_outside_the_means_and_fallback_are_noted():
     assert cal.fit_metrics.auroc < 0.5
 
 
-@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
-def test_target_precision_meets_its_target_on_fitting_data(target):
-    scores, correct = two_gaussians(400, 300, seed=4)
-    cal = fit_calibration(scores, correct, rule="target_precision", target_precision=target)
-    assert cal.target_precision == target
-    assert cal.fit_metrics.precision_confident >= target
-    # largest such threshold: moving it to the next score would break the target
-    above = np.sort(scores[scores >= cal.threshold])
-    nxt = above[1] if above.size > 1 else above[0] + 1
-    assert evaluate_threshold(scores, correct, nxt).precision_confident < target or above.size <= 1
-    # and no larger threshold among all candidates reaches it
-    for t in np.unique(scores)[np.unique(scores) > cal.threshold]:
-        assert evaluate_threshold(scores, correct, t).precision_confident < target
+def test_guaranteed_precision_is_certified_on_fitting_data():
+    scores, correct = two_gaussians(1500, 300, seed=4)
+    cal = fit_calibration(scores, correct, rule="guaranteed_precision", target_precision=0.9, delta=0.1)
+    assert cal.target_precision == 0.9 and cal.delta == 0.1
+    assert "with probability >= 0.9" in cal.guarantee and "exchangeable" in cal.guarantee
+    m = cal.fit_metrics
+    assert m.precision_confident >= 0.9  # the bound is above the empirical error rate
+    # the certified bound at the chosen threshold is <= 10%
+    from calibration.guarantee import clopper_pearson_upper
+
+    assert clopper_pearson_upper(m.fp, m.tp + m.fp, 0.1 / 4) <= 0.1 + 1e-12
 
 
-def test_target_precision_unreachable():
-    # wrong and correct alternate, starting with a wrong answer: every prefix has precision <= 1/2
-    scores = np.arange(20, dtype=float)
-    correct = np.arange(20) % 2 == 1
-    cal = fit_calibration(scores, correct, target_precision=0.9)
-    alt = cal.alternatives["target_precision"]
-    assert alt.threshold is None and alt.fit_metrics is None
-    assert "no threshold reaches a precision of 0.9 on the fitting data (best 0.500" in alt.note
-    with pytest.raises(CalibrationError, match="no threshold reaches a precision of 0.9"):
-        fit_calibration(scores, correct, rule="target_precision", target_precision=0.9)
-
-
-def test_target_precision_on_a_small_confident_set_is_noted():
-    scores = np.arange(20, dtype=float)
-    correct = np.r_[True, True, np.arange(18) % 2 == 1]  # two right, then alternating
-    cal = fit_calibration(scores, correct, rule="target_precision", target_precision=0.95)
-    assert cal.threshold == 2.0 and cal.fit_metrics.tp == 2
-    assert any("only 2 fitting answers are below" in n for n in cal.notes)
-
-
-def test_target_precision_when_accuracy_already_meets_it():
-    scores, correct = two_gaussians(95, 5, seed=6)
-    cal = fit_calibration(scores, correct, rule="target_precision", target_precision=0.9)
-    assert cal.fit_metrics.share_confident == 1.0
-    assert any("already meets the target" in n for n in cal.notes)
+def test_guaranteed_precision_refuses_an_impossible_target():
+    # wrong and correct alternate: no prefix is 90% right, so nothing is confident
+    scores = np.arange(400, dtype=float)
+    correct = np.arange(400) % 2 == 1
+    cal = fit_calibration(scores, correct, rule="guaranteed_precision", target_precision=0.9)
+    assert cal.threshold is None
+    assert cal.verdict(-1e9) == "uncertain"
+    assert cal.fit_metrics.share_confident == 0.0 and cal.fit_metrics.tp == 0
+    assert any("cannot be certified" in n for n in cal.notes)
+    assert cal.guarantee.startswith("no guarantee")
+    # too little data for the target is also a refusal, never "everything confident"
+    few, ok = np.arange(50, dtype=float), np.ones(50, bool)
+    ok[-5:] = False
+    cal = fit_calibration(few, ok, rule="guaranteed_precision", target_precision=0.98, min_per_class=2)
+    assert cal.threshold is None and any("needs at least 183 confident" in n for n in cal.notes)
 
 
 def test_heldout_metrics_for_every_rule():
@@ -236,6 +224,8 @@ def test_bad_options():
         fit_calibration(scores, correct, aggregation="sum")
     with pytest.raises(CalibrationError, match="target_precision"):
         fit_calibration(scores, correct, target_precision=1.5)
+    with pytest.raises(CalibrationError, match="delta"):
+        fit_calibration(scores, correct, delta=0.0)
     with pytest.raises(CalibrationError, match="held-out data: 2 scores but 1"):
         fit_calibration(scores, correct, heldout=([0.1, 0.2], [True]))
 

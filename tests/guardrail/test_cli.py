@@ -114,7 +114,7 @@ def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
     assert cal["rule"] == "paper_midpoint" and cal["heldout_metrics"]["n"] == len(rows) // 2
     assert cal["proxy_hash"] == tiny_proxy.fingerprint()
     assert (tmp_path / "kde.png").is_file()
-    assert "density_crossing" in text and "target_precision" in text and "answer-token probability" in text
+    assert "density_crossing" in text and "guaranteed_precision" in text and "answer-token probability" in text
     scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == len(rows) and sum(s["correct"] for s in scores) == n_right
 

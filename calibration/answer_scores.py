@@ -1,0 +1,398 @@
+"""Answer scores as plug-ins: each turns one answer's signals into one number, higher = more uncertain.
+
+The signals of one answer (:class:`AnswerSignals`) are gathered during the one
+``model.generate`` that produced it, with no extra pass: the FastRM maps' entropies,
+the chosen tokens' log-probabilities, the next-token distributions' entropies and
+top-2 margins, and pooled hidden states of the prompt. A :class:`Score` declares which
+of them it ``needs`` and returns a float (or ``None`` when it cannot score the answer,
+e.g. no content token). Scores are built by name from a registry::
+
+    >>> from calibration.answer_scores import get_score, list_scores
+    >>> "token_nll" in list_scores()
+    True
+    >>> get_score("map_entropy", aggregation="max").label
+    'map_entropy(max)'
+
+Built-ins (all aggregate over the answer's content tokens):
+
+``map_entropy``
+    the FastRM paper's score: entropy of each token's relevancy map (normalised by
+    ``log N_img`` unless ``normalized=False``), aggregated ``mean`` | ``max`` | ``first``.
+``map_spread``
+    one minus the share of a map's mass on its ``k`` strongest patches (default 4), mean
+    over content tokens: a cruder view of focus than the entropy.
+``token_nll``
+    negative log-probability of each chosen token, ``max`` (the least likely token:
+    ``-log`` of the minimum probability) or ``mean``.
+``predictive_entropy``
+    entropy of the next-token distribution at each step (nats), ``max`` or ``mean``.
+``low_margin``
+    one minus the probability margin between the top two next tokens, ``max`` or ``mean``.
+``novelty``
+    how far the input's pooled hidden states lie from those of the calibration data
+    (a Mahalanobis distance, :mod:`calibration.novelty`); fitted.
+``fused``
+    a logistic regression over standardised base scores (:mod:`calibration.fused`),
+    fitted on the calibration's fitting split only; its value is the log-odds of a
+    wrong answer.
+
+A fitted score (``novelty``, ``fused``) is built with :func:`fit_score` from the
+fitting split; its fitted state lives in its ``params`` (plain JSON), so
+``get_score(spec.name, **spec.params)`` rebuilds it from a calibration file.
+
+Register your own with :func:`register_score`. This module is pure (numpy only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from calibration.fused import DEFAULT_BASES, FusedModel
+from calibration.novelty import NoveltyModel
+from fastrm_core.errors import CalibrationError
+
+__all__ = [
+    "SIGNALS",
+    "AnswerSignals",
+    "Score",
+    "ScoreFactory",
+    "fit_score",
+    "get_score",
+    "list_scores",
+    "register_score",
+]
+
+#: The signal names a score may declare in ``needs``.
+SIGNALS: tuple[str, ...] = ("map_entropy", "maps", "token_logprob", "predictive_entropy", "margin", "features")
+
+
+@dataclass
+class AnswerSignals:
+    """Everything gathered about one answer during its ``generate``; per-token arrays have shape ``(T,)``.
+
+    Attributes:
+        content: which generated tokens count (special, end-of-sequence and punctuation excluded).
+        map_entropy: each token's map entropy in nats, or None without a proxy.
+        n_patches: patches per map (``N_img``), to normalise ``map_entropy`` by ``log N_img``.
+        maps: ``(T, rows, cols)`` map probabilities, or None when not kept.
+        token_logprob: log-probability of each chosen token, or None.
+        predictive_entropy: entropy (nats) of each step's next-token distribution, or None.
+        margin: top-1 minus top-2 probability of each step's distribution, or None.
+        features: ``(F,)`` pooled hidden states of the prompt (for ``novelty``), or None.
+        group: the question family or caller tag used by per-group thresholds, or None.
+    """
+
+    content: np.ndarray
+    map_entropy: np.ndarray | None = None
+    n_patches: int | None = None
+    maps: np.ndarray | None = None
+    token_logprob: np.ndarray | None = None
+    predictive_entropy: np.ndarray | None = None
+    margin: np.ndarray | None = None
+    features: np.ndarray | None = None
+    group: str | None = None
+
+    def has(self, name: str) -> bool:
+        return getattr(self, name) is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (lists), for storing calibration data next to the scores."""
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if isinstance(value, np.ndarray):
+                out[key] = np.round(value.astype(np.float64), 7).tolist() if value.dtype != bool else value.tolist()
+            else:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> AnswerSignals:
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in cls.__dataclass_fields__:
+                raise CalibrationError(f"unknown signal field {key!r}; expected one of: {', '.join(cls.__dataclass_fields__)}")
+            if key == "content":
+                kwargs[key] = np.asarray(value, dtype=bool)
+            elif key in ("n_patches", "group") or value is None:
+                kwargs[key] = value
+            else:
+                kwargs[key] = np.asarray(value, dtype=np.float64)
+        return cls(**kwargs)
+
+
+def _content(sig: AnswerSignals, values: np.ndarray) -> np.ndarray | None:
+    mask = np.asarray(sig.content, dtype=bool)
+    if values.shape[0] != mask.shape[0]:
+        raise CalibrationError(f"{values.shape[0]} per-token values but {mask.shape[0]} content flags")
+    picked = values[mask]  # (T_content,)
+    return picked if picked.size else None
+
+
+def _aggregate(values: np.ndarray | None, how: str) -> float | None:
+    if values is None:
+        return None
+    if how == "mean":
+        return float(values.mean())
+    if how == "max":
+        return float(values.max())
+    if how == "min":
+        return float(values.min())
+    return float(values[0])  # "first"
+
+
+class Score:
+    """One answer score: ``score(signals) -> float | None``, higher = more uncertain.
+
+    Subclasses set ``name``, ``needs`` (signal names from :data:`SIGNALS`, or
+    ``"scores"`` for scores built on other scores), ``fitted`` (True when built from
+    data with :meth:`fit`) and implement :meth:`compute`. Their constructor keywords
+    are their parameters; :attr:`params` returns them for the calibration file.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    fitted: ClassVar[bool] = False
+    #: the accepted values of each choice parameter, checked by the constructor
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    def __init__(self, **params: Any):
+        for key, allowed in self.choices.items():
+            if key in params and params[key] not in allowed:
+                raise CalibrationError(
+                    f"score {self.name}: {key}={params[key]!r} is not one of: {', '.join(map(str, allowed))}")
+        self._params = params
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    @property
+    def label(self) -> str:
+        """A short name with the choice parameters, e.g. ``map_entropy(max)``."""
+        shown = [str(v) for k, v in self._params.items() if k in self.choices and not isinstance(v, bool)]
+        shown += [k if v else f"no {k}" for k, v in self._params.items() if isinstance(v, bool) and not v]
+        return f"{self.name}({', '.join(shown)})" if shown else self.name
+
+    def compute(self, signals: AnswerSignals) -> float | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, signals: AnswerSignals) -> float | None:
+        missing = [n for n in self.needs if n in SIGNALS and not signals.has(n)]
+        if missing:
+            raise CalibrationError(f"score {self.name} needs the signal(s) {', '.join(sorted(missing))}, "
+                                   "which were not gathered for this answer")
+        value = self.compute(signals)
+        if value is not None and not math.isfinite(value):
+            raise CalibrationError(f"score {self.name} is not finite ({value!r})")
+        return value
+
+    def many(self, signals: Sequence[AnswerSignals]) -> np.ndarray:
+        """Scores of many answers, shape ``(n,)``; NaN where an answer cannot be scored."""
+        return np.array([np.nan if (v := self(s)) is None else v for s in signals], dtype=np.float64)
+
+    @classmethod
+    def fit(cls, signals: Sequence[AnswerSignals], correct: Any, **params: Any) -> Score:
+        """Build a fitted score from the fitting split (only for ``fitted`` scores)."""
+        return cls(**params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.label})"
+
+
+class MapEntropy(Score):
+    name = "map_entropy"
+    needs = frozenset({"map_entropy"})
+    choices = {"aggregation": ("mean", "max", "first"), "normalized": (True, False)}
+
+    def __init__(self, aggregation: str = "mean", normalized: bool = True):
+        super().__init__(aggregation=aggregation, normalized=normalized)
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        h = np.asarray(sig.map_entropy, dtype=np.float64)
+        if self._params["normalized"]:
+            if not sig.n_patches or sig.n_patches < 2:
+                raise CalibrationError("normalised map entropy needs n_patches >= 2")
+            h = np.minimum(h / math.log(sig.n_patches), 1.0)
+        return _aggregate(_content(sig, h), self._params["aggregation"])
+
+
+class MapSpread(Score):
+    name = "map_spread"
+    needs = frozenset({"maps"})
+
+    def __init__(self, k: int = 4):
+        if int(k) < 1:
+            raise CalibrationError(f"score map_spread: k must be at least 1, got {k!r}")
+        super().__init__(k=int(k))
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        maps = np.asarray(sig.maps, dtype=np.float64)
+        flat = maps.reshape(maps.shape[0], -1)  # (T, N_img)
+        k = min(self._params["k"], flat.shape[1])
+        top = -np.sort(-flat, axis=1)[:, :k].sum(axis=1)  # (T,)
+        spread = 1.0 - top / np.maximum(flat.sum(axis=1), 1e-12)
+        return _aggregate(_content(sig, spread), "mean")
+
+
+class TokenNLL(Score):
+    name = "token_nll"
+    needs = frozenset({"token_logprob"})
+    choices = {"aggregation": ("max", "mean")}
+
+    def __init__(self, aggregation: str = "max"):
+        super().__init__(aggregation=aggregation)
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        return _aggregate(_content(sig, -np.asarray(sig.token_logprob, dtype=np.float64)), self._params["aggregation"])
+
+
+class PredictiveEntropy(Score):
+    name = "predictive_entropy"
+    needs = frozenset({"predictive_entropy"})
+    choices = {"aggregation": ("max", "mean")}
+
+    def __init__(self, aggregation: str = "max"):
+        super().__init__(aggregation=aggregation)
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        return _aggregate(_content(sig, np.asarray(sig.predictive_entropy, dtype=np.float64)),
+                          self._params["aggregation"])
+
+
+class LowMargin(Score):
+    name = "low_margin"
+    needs = frozenset({"margin"})
+    choices = {"aggregation": ("max", "mean")}
+
+    def __init__(self, aggregation: str = "max"):
+        super().__init__(aggregation=aggregation)
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        return _aggregate(_content(sig, 1.0 - np.asarray(sig.margin, dtype=np.float64)), self._params["aggregation"])
+
+
+class Novelty(Score):
+    """Mahalanobis distance of the prompt's pooled hidden states (see :mod:`calibration.novelty`)."""
+
+    name = "novelty"
+    needs = frozenset({"features"})
+    fitted = True
+
+    def __init__(self, **stats: Any):
+        self.model = NoveltyModel.from_params(stats)
+        super().__init__(**self.model.to_params())
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        return self.model.distance(np.asarray(sig.features, dtype=np.float64))
+
+    @classmethod
+    def fit(cls, signals: Sequence[AnswerSignals], correct: Any = None, *, rank: int = 32, **_: Any) -> Novelty:
+        feats = [s.features for s in signals if s.features is not None]
+        if not feats:
+            raise CalibrationError("score novelty: no answer carries pooled hidden states (features)")
+        return cls(**NoveltyModel.fit(np.stack(feats), rank=rank).to_params())
+
+
+class Fused(Score):
+    """Logistic regression over base scores (see :mod:`calibration.fused`); value = log-odds of a wrong answer."""
+
+    name = "fused"
+    needs = frozenset({"scores"})
+    fitted = True
+
+    def __init__(self, **params: Any):
+        self.model = FusedModel.from_params(params)
+        self.bases = [get_score(spec["name"], **spec.get("params", {})) for spec in self.model.bases]
+        super().__init__(**self.model.to_params())
+
+    @property
+    def label(self) -> str:
+        return f"fused({', '.join(b.label for b in self.bases)})"
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        values = [b(sig) for b in self.bases]
+        if any(v is None for v in values):
+            return None
+        return self.model.log_odds(np.asarray(values, dtype=np.float64))
+
+    @classmethod
+    def fit(cls, signals: Sequence[AnswerSignals], correct: Any, *, bases: Sequence[Any] | None = None,
+            l2: float = 1.0, seed: int = 0, **_: Any) -> Fused:
+        specs = []
+        base_scores = []
+        for b in bases if bases is not None else DEFAULT_BASES:
+            name, params = (b, {}) if isinstance(b, str) else (b["name"], dict(b.get("params", {})))
+            score = fit_score(name, signals, correct, **params) if _REGISTRY.get(name, Score).fitted else get_score(name, **params)
+            specs.append({"name": score.name, "params": score.params})
+            base_scores.append(score.many(signals))
+        x = np.stack(base_scores, axis=1)  # (n, k)
+        y_wrong = ~np.asarray(correct, dtype=bool)
+        ok = np.isfinite(x).all(axis=1)
+        model = FusedModel.fit(x[ok], y_wrong[ok], bases=specs, l2=l2, seed=seed)
+        return cls(**model.to_params())
+
+
+ScoreFactory = Callable[..., Score]
+_REGISTRY: dict[str, type[Score]] = {}
+
+
+def register_score(cls: type[Score], *, replace: bool = False) -> type[Score]:
+    """Add a :class:`Score` subclass to the registry under its ``name`` (usable as a decorator).
+
+    Raises:
+        CalibrationError: no name, or the name is taken (pass ``replace=True`` to override).
+    """
+    if not isinstance(cls, type) or not issubclass(cls, Score) or not cls.name:
+        raise CalibrationError("register_score needs a Score subclass with a non-empty name")
+    if cls.name in _REGISTRY and not replace:
+        raise CalibrationError(f"a score named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_scores() -> list[str]:
+    """The registered score names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> type[Score]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CalibrationError(f"unknown score {name!r}; expected one of: {', '.join(list_scores())}") from None
+
+
+def get_score(name: str, **params: Any) -> Score:
+    """Build the score ``name`` with ``params`` (a fitted score needs its fitted params).
+
+    Raises:
+        CalibrationError: unknown name (the message lists the registered ones) or bad parameters.
+    """
+    cls = _lookup(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise CalibrationError(f"score {name}: bad parameters {sorted(params)}: {exc}") from exc
+
+
+def fit_score(name: str, signals: Sequence[AnswerSignals], correct: Any, **params: Any) -> Score:
+    """Build ``name``, fitting it on ``(signals, correct)`` when it is a fitted score.
+
+    Pass the fitting split only: the held-out answers must not shape the score.
+    """
+    cls = _lookup(name)
+    if not cls.fitted:
+        return get_score(name, **params)
+    return cls.fit(signals, correct, **params)
+
+
+for _cls in (MapEntropy, MapSpread, TokenNLL, PredictiveEntropy, LowMargin, Novelty, Fused):
+    register_score(_cls)

@@ -1,0 +1,125 @@
+"""Scores as plug-ins: the registry, the built-ins' maths, the fitted scores."""
+
+import numpy as np
+import pytest
+
+from calibration import AnswerSignals, Score, auroc, fit_score, get_score, list_scores, register_score
+from calibration.answer_scores import _REGISTRY
+from fastrm_core.errors import CalibrationError
+
+BUILT_INS = ["fused", "low_margin", "map_entropy", "map_spread", "novelty", "predictive_entropy", "token_nll"]
+
+
+def _signals(n=400, seed=0):
+    """Synthetic answers: wrong ones have less likely tokens and slightly shifted features."""
+    rng = np.random.default_rng(seed)
+    out, correct = [], []
+    for _ in range(n):
+        ok = rng.random() < 0.8
+        T = 3
+        p = rng.uniform(0.6, 1.0, T) if ok else rng.uniform(0.2, 0.9, T)
+        maps = rng.random((T, 4, 4))
+        out.append(AnswerSignals(
+            content=np.array([True, True, False]),
+            map_entropy=rng.uniform(1.5, 2.7, T), n_patches=16, maps=maps,
+            token_logprob=np.log(p), predictive_entropy=rng.uniform(0, 1, T) + (0 if ok else 0.3),
+            margin=rng.uniform(0, 1, T), features=rng.normal(size=8) + (0.0 if ok else 0.2),
+        ))
+        correct.append(ok)
+    return out, np.array(correct)
+
+
+def test_registry_lists_and_names_the_choices():
+    assert list_scores() == BUILT_INS
+    with pytest.raises(CalibrationError, match="unknown score 'entropy'; expected one of: fused, low_margin, map_entropy"):
+        get_score("entropy")
+    with pytest.raises(CalibrationError, match="aggregation='median' is not one of: mean, max, first"):
+        get_score("map_entropy", aggregation="median")
+    with pytest.raises(CalibrationError, match="bad parameters"):
+        get_score("token_nll", window=3)
+
+
+def test_register_a_custom_score():
+    class AnswerLength(Score):
+        name = "answer_length"
+        needs = frozenset()
+
+        def compute(self, signals):
+            return float(np.asarray(signals.content).sum())
+
+    try:
+        register_score(AnswerLength)
+        assert "answer_length" in list_scores()
+        assert get_score("answer_length")(AnswerSignals(content=np.array([True, False, True]))) == 2.0
+        with pytest.raises(CalibrationError, match="already registered"):
+            register_score(AnswerLength)
+    finally:
+        _REGISTRY.pop("answer_length", None)
+
+
+def test_built_in_maths():
+    sig = AnswerSignals(
+        content=np.array([True, False, True]),
+        map_entropy=np.log(16) * np.array([0.2, 0.9, 0.6]), n_patches=16,
+        maps=np.stack([np.eye(4), np.ones((4, 4)), np.eye(4)]),
+        token_logprob=np.log([0.5, 0.01, 0.8]),
+        predictive_entropy=np.array([0.3, 2.0, 0.1]),
+        margin=np.array([0.9, 0.0, 0.4]),
+    )
+    assert get_score("map_entropy")(sig) == pytest.approx(0.4)
+    assert get_score("map_entropy", aggregation="max")(sig) == pytest.approx(0.6)
+    assert get_score("map_entropy", aggregation="first", normalized=False)(sig) == pytest.approx(0.2 * np.log(16))
+    assert get_score("token_nll")(sig) == pytest.approx(-np.log(0.5))  # the least likely content token
+    assert get_score("token_nll", aggregation="mean")(sig) == pytest.approx(-(np.log(0.5) + np.log(0.8)) / 2)
+    assert get_score("predictive_entropy")(sig) == pytest.approx(0.3)
+    assert get_score("low_margin")(sig) == pytest.approx(0.6)
+    assert get_score("map_spread")(sig) == pytest.approx(0.0)  # each content map has all its mass on 4 patches
+    # nothing to score: None, not a made-up number
+    empty = AnswerSignals(content=np.zeros(3, bool), token_logprob=np.zeros(3))
+    assert get_score("token_nll")(empty) is None
+    with pytest.raises(CalibrationError, match="needs the signal"):
+        get_score("map_entropy")(empty)
+
+
+def test_fused_is_deterministic_and_fitted_on_the_fitting_split_only():
+    sigs, ok = _signals()
+    fit, held = slice(0, 200), slice(200, 400)
+    a = fit_score("fused", sigs[fit], ok[fit], seed=3)
+    b = fit_score("fused", sigs[fit], ok[fit], seed=3)
+    assert a.params == b.params  # same data and seed -> the same coefficients
+    assert a.params["n_fit"] == 200
+    # rebuilt from its params (as from a calibration file), it scores identically
+    c = get_score("fused", **a.params)
+    assert np.array_equal(a.many(sigs), c.many(sigs))
+    # the held-out answers do not move it; changing them changes nothing
+    flipped = ok.copy()
+    flipped[held] = ~flipped[held]
+    assert fit_score("fused", sigs[fit], flipped[fit], seed=3).params == a.params
+    # and changing the fitting labels does
+    assert fit_score("fused", sigs[fit], flipped[200:400], seed=3).params != a.params
+    # it separates at least as well as its best base on held-out answers
+    best_base = max(auroc(get_score("token_nll").many(sigs[held]), ~ok[held]),
+                    auroc(get_score("predictive_entropy").many(sigs[held]), ~ok[held]))
+    assert auroc(a.many(sigs[held]), ~ok[held]) >= best_base - 0.02
+    with pytest.raises(CalibrationError, match="missing its fitted parameter"):
+        get_score("fused")
+
+
+def test_novelty_is_about_one_in_distribution_and_large_outside():
+    sigs, ok = _signals(600)
+    nov = fit_score("novelty", sigs[:300], ok[:300], rank=4)
+    inside = nov.many(sigs[300:])
+    assert 0.7 < np.median(inside) < 1.3
+    far = AnswerSignals(content=np.array([True]), features=np.full(8, 6.0))
+    assert nov(far) > 3 * np.quantile(inside, 0.99)
+    again = get_score("novelty", **nov.params)
+    assert again(far) == pytest.approx(nov(far))
+    with pytest.raises(CalibrationError, match="shape"):
+        nov(AnswerSignals(content=np.array([True]), features=np.zeros(5)))
+
+
+def test_signals_json_round_trip():
+    sigs, _ = _signals(2)
+    back = AnswerSignals.from_json(sigs[0].to_json())
+    assert get_score("token_nll")(back) == pytest.approx(get_score("token_nll")(sigs[0]))
+    assert np.array_equal(back.content, sigs[0].content)
