@@ -59,3 +59,46 @@ reference-calibration: install
 		--plot docs/img/reference-calibration-kde.png --scores-out $(RUN)/calibration-scores.jsonl
 
 artifacts: reference-model reference-proxy reference-calibration
+
+# ---------------------------------------------------------------------------------------------
+# The hallucination reference model (issue 15; NOT shipped yet). The same chain as above on the
+# `cooccur` world (co-occurring object types + 55% biased "yes" labels on questions about an absent
+# partner; docs/shapesvqa.md, *Hallucination worlds*), written under $(HRUN) so that the shipped
+# assets stay untouched until the model meets its bars (POPE adversarial accuracy 0.78-0.93,
+# random >= 0.90, attribute accuracy >= 0.95, attribute pointing >= 0.90, proxy F1 >= 0.80).
+#   make hallucination-artifacts                 # ~40 min model + proxy + calibration on a CPU
+#   make hallucination-model HWORLD_ARGS="--world-bias-rate 0.5"   # another share of biased labels
+# Resumable: re-running a target continues the training run from $(HRUN)/model/checkpoint.pt.
+# Further world seeds: 1001 the POPE monitor in the training log, 105/106 this proxy's train/eval
+# splits, 107 this calibration, 108 the POPE acceptance split.
+HWORLD ?= cooccur
+HWORLD_ARGS ?=
+HRUN := $(RUN)/hallucination
+HMODEL := $(HRUN)/model/final
+
+.PHONY: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration hallucination-artifacts
+
+hallucination-model: install
+	$(BIN)/python -m shapesvqa.train --run $(HRUN)/model --seed 4 --world $(HWORLD) $(HWORLD_ARGS)
+
+hallucination-pope: install
+	$(SHAPES) eval --pope --world $(HWORLD) --model $(HMODEL) --n 500 --seed 108 \
+		--out $(HRUN)/pope.json --rows $(HRUN)/pope-rows.jsonl
+	$(SHAPES) eval --world $(HWORLD) --model $(HMODEL) --n 2000 --seed 108 --by-kind --out $(HRUN)/eval.json
+
+hallucination-proxy: install
+	$(SHAPES) export --n 24000 --seed 105 --world $(HWORLD) --out $(HRUN)/data/proxy-train
+	$(FASTRM) distill build --data $(HRUN)/data/proxy-train/data.jsonl --out $(HRUN)/proxy-dataset \
+		--model $(HMODEL) --max-new-tokens 6 --backend ray --workers 2 --overwrite
+	$(FASTRM) distill train --data $(HRUN)/proxy-dataset --out $(HRUN)/proxy \
+		--lr 2e-3 --steps 40000 --lr-schedule cosine --batch-size 128 --seed 0 --pos-weight 1.5 --select f1
+	$(SHAPES) export --n 2000 --seed 106 --world $(HWORLD) --out $(HRUN)/data/proxy-eval
+	$(FASTRM) distill eval --data $(HRUN)/data/proxy-eval/data.jsonl --out $(HRUN)/proxy-eval.json \
+		--model $(HMODEL) --proxy $(HRUN)/proxy --backend ray --workers 2
+
+hallucination-calibration: install
+	$(SHAPES) export --n 4000 --seed 107 --world $(HWORLD) --out $(HRUN)/data/calibration
+	$(BIN)/guardrail calibrate --data $(HRUN)/data/calibration/data.jsonl --model $(HMODEL) --proxy $(HRUN)/proxy \
+		--out $(HRUN)/calibration.json --fit-fraction 0.5 --seed 0 --scores-out $(HRUN)/calibration-scores.jsonl
+
+hallucination-artifacts: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration

@@ -4,7 +4,8 @@
 - :mod:`shapesvqa.export`: the JSONL + PNG export (``export_examples``, ``read_jsonl``);
 - :mod:`shapesvqa.model`: tokenizer / processor / model builders and the LLaVA prompt;
 - :mod:`shapesvqa.grounding`: patch masks and pointing-game figures;
-- :mod:`shapesvqa.evaluate`: accuracy and pointing per family (``evaluate``);
+- :mod:`shapesvqa.evaluate`: accuracy and pointing per family (``evaluate``), POPE (``evaluate_pope``);
+- :mod:`shapesvqa.pope`: POPE sampling (random / popular / adversarial) and where hallucination maps look;
 - :mod:`shapesvqa.train`: the trainer (``python -m shapesvqa.train``);
 - :mod:`shapesvqa.assets`: the shipped reference model (``reference_model_path``).
 """

@@ -2,8 +2,14 @@
 
     shapesvqa export --n 1000 --seed 7 --out data/shapes-val
     shapesvqa export                     # 100 questions of world seed 0 into shapesvqa-data/
+    shapesvqa export --n 1000 --seed 7 --world cooccur --out data/cooccur-val      # truthful labels
+    shapesvqa export --n 300 --seed 8 --world cooccur --pope adversarial --out data/pope-adv
     shapesvqa eval --n 1000 --seed 12345 --out runs/eval.json                   # shipped model, gradient maps
     shapesvqa eval --model DIR --method proxy PROXY_DIR --n 500 --seed 1 --out proxy.json
+    shapesvqa eval --pope --world cooccur --n 300 --seed 5 --out runs/pope.json  # --n counts scenes
+
+``--world NAME`` picks a world of ``shapesvqa.world.WORLDS``; exported and evaluated labels are the
+truth (``bias_rate`` 0) unless ``export --bias-rate Q`` asks for biased labels.
 
 The train command is ``python -m shapesvqa.train`` (see :mod:`shapesvqa.train`).
 """
@@ -26,12 +32,34 @@ def _export(args) -> int:
     from rich.console import Console
 
     from .export import export_examples
-    from .world import WorldConfig, generate
+    from .world import generate
 
-    cfg = WorldConfig(n_objects=(args.min_objects, args.max_objects))
+    cfg = _world(args, bias_rate=args.bias_rate)
+    if args.pope is not None:
+        from .pope import pope_split
+        from .world import world_options
+
+        questions, _stats = pope_split(args.n, args.seed, cfg, k=args.pope_k, stats_scenes=args.stats_scenes,
+                                       samplings=[args.pope], world=world_options(cfg) or None)
+        examples = questions[args.pope]
+        path = export_examples(examples, args.out, seed=args.seed)
+        Console().print(f"wrote {len(examples)} POPE {args.pope} questions about {args.n} scenes to [bold]{path}[/bold]")
+        return 0
     path = export_examples(generate(args.n, args.seed, cfg, family=args.family), args.out, seed=args.seed)
     Console().print(f"wrote {args.n} questions (world seed {args.seed}) to [bold]{path}[/bold]")
     return 0
+
+
+def _world(args, bias_rate: float | None = None):
+    """The world named by ``--world`` with the CLI's object-count range; labels truthful unless ``bias_rate``."""
+    from .world import world_config
+
+    cfg = world_config(args.world, n_objects=(args.min_objects, args.max_objects)).truthful()
+    if bias_rate is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, bias_rate=bias_rate)
+    return cfg
 
 
 def _table(report: dict, title: str, sections=("families", "n_objects")):
@@ -63,7 +91,7 @@ def _eval(args) -> int:
     from rich.progress import Progress
 
     from .evaluate import evaluate
-    from .world import WorldConfig, generate
+    from .world import generate
 
     console = Console(stderr=True)
     torch.set_num_threads(args.threads)
@@ -99,7 +127,9 @@ def _eval(args) -> int:
             console.print(f"[red]no proxy at {proxy_path}[/red]")
             return 2
         proxy = FastRMProxy.from_pretrained(proxy_path)
-    cfg = WorldConfig(n_objects=(args.min_objects, args.max_objects))
+    cfg = _world(args)
+    if args.pope:
+        return _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console)
     examples = list(generate(args.n, args.seed, cfg, family=args.family))
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"eval ({method})", total=len(examples))
@@ -121,6 +151,71 @@ def _eval(args) -> int:
     return 0
 
 
+def _pope_tables(report: dict, title: str):
+    from rich.table import Table
+
+    def fmt(x):
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    t = Table(title=title, caption="\"yes\" is the positive class; yes-ratio: share of \"yes\" answers")
+    for col in ("sampling", "n", "accuracy", "precision", "recall", "F1", "yes-ratio", "false yes"):
+        t.add_column(col, justify="left" if col == "sampling" else "right", no_wrap=True)
+    for sampling, m in report["pope"].items():
+        t.add_row(sampling, str(m["n"]), fmt(m["accuracy"]), fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"]),
+                  fmt(m["yes_ratio"]), str(m["false_yes"]))
+    from .pope import LOCATIONS
+
+    h = Table(title="Maps of \"yes\" answers: share of argmax on each group (mean mass), normalised entropy",
+              caption="asked: an object of the asked type; cooccurring: its co-occurrence partner or cue in the scene")
+    h.add_column("sampling / answers", no_wrap=True)
+    h.add_column("n", justify="right")
+    for loc in LOCATIONS:
+        h.add_column(loc.replace("_", " "), justify="right", no_wrap=True)
+    h.add_column("entropy", justify="right")
+    for sampling, g in report["hallucination_maps"].items():
+        for name in ("hallucinated", "correct_yes"):
+            s = g[name]
+            if not s["n"]:
+                h.add_row(f"{sampling} / {name}", "0", *["-"] * (len(LOCATIONS) + 1))
+                continue
+            h.add_row(f"{sampling} / {name}", str(s["n"]),
+                      *[f"{s['argmax_on'][loc]:.2f} ({s['mass'][loc]:.2f})" for loc in LOCATIONS], fmt(s["entropy"]))
+    return t, h
+
+
+def _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .evaluate import evaluate_pope
+    from .pope import pope_split, scene_id
+
+    questions, stats = pope_split(args.n, args.seed, cfg, k=args.pope_k, stats_scenes=args.stats_scenes)
+    total = len({(scene_id(ex), ex.question) for exs in questions.values() for ex in exs})
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"POPE ({method})", total=total)
+        report = evaluate_pope(model, processor, questions, cfg, method=method, proxy=proxy,
+                               batch_size=args.batch_size, on_batch=lambda n: prog.update(task, completed=n))
+    from .world import world_options
+
+    report = {"model": str(model_dir), "method": method, "proxy": str(proxy_path) if proxy_path else None,
+              "world": args.world, "world_options": world_options(cfg), "seed": args.seed, "scenes": args.n,
+              "k": args.pope_k, "stats_scenes": stats.n_scenes, **report}
+    rows = report.pop("rows")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.rows:
+        args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console = Console(width=150)
+    for table in _pope_tables(report, f"POPE on ShapesVQA ({args.world} world): {args.n} scenes, seed {args.seed}, "
+                                      f"maps: {method}"):
+        out_console.print(table)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="shapesvqa", description="ShapesVQA: synthetic grounded VQA and its reference model")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -134,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
     ex.add_argument("--min-objects", type=int, default=2)
     ex.add_argument("--max-objects", type=int, default=6)
+    _world_args(ex)
+    ex.add_argument("--bias-rate", type=float, default=None,
+                    help="label this share of partner questions 'yes' (default: truthful labels, bias 0)")
+    ex.add_argument("--pope", choices=["random", "popular", "adversarial"], default=None,
+                    help="write the POPE questions of one sampling instead (--n counts scenes)")
     ex.set_defaults(func=_export)
 
     ev = sub.add_parser("eval", help="accuracy and pointing game per family on a fresh split")
@@ -151,8 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--by-kind", action="store_true", help="also print a row per question kind")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--threads", type=int, default=2)
+    _world_args(ev)
+    ev.add_argument("--pope", action="store_true",
+                    help="POPE table (random / popular / adversarial) and the maps of hallucinated 'yes' answers; "
+                         "--n counts scenes")
     ev.set_defaults(func=_eval)
     return ap
+
+
+def _world_args(ap: argparse.ArgumentParser) -> None:
+    from .world import WORLDS
+
+    ap.add_argument("--world", choices=list(WORLDS), default="default",
+                    help="world preset (default: the shipped model's world; see docs/shapesvqa.md)")
+    ap.add_argument("--pope-k", type=int, default=3, help="POPE: positives (and negatives) per scene")
+    ap.add_argument("--stats-scenes", type=int, default=1000,
+                    help="POPE: count type frequencies over at least this many scenes of the split")
 
 
 def main(argv: list[str] | None = None) -> int:

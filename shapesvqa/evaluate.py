@@ -28,9 +28,9 @@ import torch
 
 from .grounding import object_patches, pointing
 from .model import prompt
-from .world import FAMILIES, Example
+from .world import FAMILIES, Example, WorldConfig
 
-__all__ = ["METHODS", "evaluate", "normalize_answer", "summarize"]
+__all__ = ["METHODS", "evaluate", "evaluate_pope", "normalize_answer", "summarize"]
 
 METHODS = ("gradient", "proxy", "none")
 
@@ -91,11 +91,16 @@ def evaluate(
     batch_size: int = 32,
     max_new_tokens: int = 4,
     on_batch: Callable[[int], None] | None = None,
+    map_when: Callable[[Example, str], bool] | None = None,
+    keep_maps: bool = False,
 ) -> dict:
     """Evaluate ``model`` on ``examples``; returns the report dict (see :func:`summarize`).
 
     ``method``: "gradient", "proxy" (needs ``proxy``, a ``fastrm_core.proxy.FastRMProxy``) or "none"
-    (accuracy only). ``on_batch(n_done)`` is called after each batch (progress bars).
+    (accuracy only). ``on_batch(n_done)`` is called after each batch (progress bars). Answers are
+    scored against ``Example.truth`` (the true answers, also for a biased training label).
+    ``map_when(example, prediction)`` chooses the rows that get a map (default: questions with
+    evidence); ``keep_maps`` adds ``report["maps"]``, one (g, g) array or None per row.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
@@ -103,6 +108,7 @@ def evaluate(
         raise ValueError("method 'proxy' needs a proxy")
     patch = processor.patch_size
     rows_out: list[dict] = []
+    maps_out: list[np.ndarray | None] = []
     model.eval()
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start : start + batch_size])
@@ -125,8 +131,9 @@ def evaluate(
         recs = []
         for ex, pred in zip(chunk, preds):
             pm = object_patches(ex.scene.masks, patch) if len(ex.scene.objects) else np.zeros((0, 1, 1), bool)
-            recs.append({"ex": ex, "pred": pred, "correct": pred in ex.answers, "pm": pm})
-        need = [i for i, r in enumerate(recs) if r["ex"].evidence] if method != "none" else []
+            recs.append({"ex": ex, "pred": pred, "correct": pred in ex.truth, "pm": pm})
+        wanted = map_when or (lambda ex, _pred: bool(ex.evidence))
+        need = [i for i, r in enumerate(recs) if wanted(r["ex"], r["pred"])] if method != "none" else []
         if method == "gradient":
             maps = _gradient_maps(model, inputs, out, need)
         elif method == "proxy":
@@ -141,9 +148,62 @@ def evaluate(
             if i in maps and tgt is not None:
                 row.update(pointing(maps[i], *tgt))
             rows_out.append(row)
+            maps_out.append(maps.get(i))
         if on_batch is not None:
             on_batch(len(rows_out))
-    return summarize(rows_out)
+    report = summarize(rows_out)
+    if keep_maps:
+        report["maps"] = maps_out
+    return report
+
+
+def evaluate_pope(
+    model,
+    processor,
+    questions: dict[str, list[Example]],
+    cfg: WorldConfig = WorldConfig(),
+    method: str = "gradient",
+    proxy=None,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """POPE table and the maps of hallucinated "yes" answers (see :mod:`shapesvqa.pope`).
+
+    ``questions``: {sampling: examples} from :func:`shapesvqa.pope.pope_questions`; ``cfg``: the
+    world of the scenes (its co-occurrence pairs define the ``cooccurring`` map location). A
+    question asked in several samplings (the positives) is answered once. Every "yes" answer gets
+    a first-answer-token map (``method`` "none": no maps). Returns {"pope": {sampling: figures of
+    :func:`shapesvqa.pope.pope_metrics`}, "hallucination_maps": ..., "rows": [...]}.
+    """
+    from .pope import hallucination_summary, map_location, pope_metrics, scene_id
+
+    unique: dict[tuple[str, str], Example] = {}
+    for exs in questions.values():
+        for ex in exs:
+            unique.setdefault((scene_id(ex), ex.question), ex)
+    order = list(unique.values())
+    report = evaluate(model, processor, order, method=method, proxy=proxy, batch_size=batch_size,
+                      on_batch=on_batch, map_when=lambda _ex, pred: pred == "yes", keep_maps=True)
+    patch = processor.patch_size
+    answered = {}
+    for ex, row, m in zip(order, report["rows"], report["maps"]):
+        loc = None
+        if m is not None:
+            pm = object_patches(ex.scene.masks, patch) if len(ex.scene.objects) else np.zeros((0,) + m.shape, bool)
+            loc = map_location(m, pm, ex.scene, ex.question[:-1].split(maxsplit=3)[-1], cfg)
+        answered[(scene_id(ex), ex.question)] = (row["prediction"], loc)
+    rows = []
+    for sampling, exs in questions.items():
+        for ex in exs:
+            pred, loc = answered[(scene_id(ex), ex.question)]
+            row = {"id": ex.id, "pope": sampling, "kind": ex.kind, "question": ex.question, "answers": ex.answers,
+                   "prediction": pred, "correct": pred in ex.answers, "n_objects": len(ex.scene.objects)}
+            if loc is not None:
+                row["location"] = loc
+            rows.append(row)
+    table = {s: pope_metrics([ex.answers[0] for ex in exs], [r["prediction"] for r in rows if r["pope"] == s])
+             for s, exs in questions.items()}
+    return {"pope": table, "hallucination_maps": hallucination_summary(rows), "rows": rows}
 
 
 def _point_stats(rows: list[dict]) -> dict | None:

@@ -30,6 +30,11 @@ state is checkpointed. Resumable: re-running the same command continues from ``R
 (a local training checkpoint, gitignored). The artifact is the ``save_pretrained`` folder written
 at the end to ``RUN/final`` and, with ``--ship``, to the package's assets folder;
 ``--export-only DIR`` writes the last checkpoint as such a folder.
+
+``--world NAME`` trains on another world of :data:`shapesvqa.world.WORLDS` (``cooccur``: the
+hallucination world of docs/shapesvqa.md; its log adds POPE figures, :func:`pope_quick`);
+``--world-bias-rate Q`` overrides that world's share of biased labels; ``--init-from DIR`` starts
+from a saved model (a fine-tune, for probes). The default world draws exactly the shipped data.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ import torch.nn.functional as F
 
 from .grounding import object_patches, pointing, gradient_relevancy_rows
 from .model import SHIPPED_MODEL_DIR, ModelSpec, build_model, build_processor, build_tokenizer, pixel_values, prompt
-from .world import COLORS, FAMILIES, SHAPES, WorldConfig, make_example
+from .world import COLORS, FAMILIES, SHAPES, WorldConfig, make_example, world_config
 
-__all__ = ["Batcher", "TrainConfig", "evaluate_quick", "main", "train"]
+__all__ = ["Batcher", "TrainConfig", "evaluate_quick", "main", "pope_quick", "train"]
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,18 @@ class TrainConfig:
     text_layers: int = 4
     text_heads: int = 4
     text_intermediate: int = 256
+    world: str = "default"  # training world: a name of shapesvqa.world.WORLDS ("cooccur": the hallucination world)
+    world_bias_rate: float = -1.0  # >= 0: override the world's share of biased "yes" labels (bias_rate)
+    init_from: str = ""  # a save_pretrained folder to start from (a fine-tune; use with --vision-steps 0)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(text_hidden=self.text_hidden, text_layers=self.text_layers, text_heads=self.text_heads,
                          text_intermediate=self.text_intermediate)
+
+    def world_config(self, n_objects: tuple[int, int]) -> WorldConfig:
+        """The training world with ``n_objects`` per scene (``default``: exactly the shipped model's data)."""
+        extra = {"bias_rate": self.world_bias_rate} if self.world_bias_rate >= 0 else {}
+        return world_config(self.world, n_objects=n_objects, **extra)
 
 
 class Batcher:
@@ -339,14 +352,14 @@ def _max_objects(step: int, cfg: TrainConfig) -> int:
 
 def vision_examples(step: int, cfg: TrainConfig):
     """Stage-0 batches: scenes of 1..6 objects from their own split (world seed ``seed * 1000 + 18``)."""
-    wc = WorldConfig(n_objects=(1, 6))
+    wc = cfg.world_config(n_objects=(1, 6))
     return [make_example(cfg.seed * 1000 + 18, step * cfg.vision_batch + i, wc) for i in range(cfg.vision_batch)]
 
 
 def train_examples(step: int, cfg: TrainConfig):
     world_seed = cfg.seed * 1000 + 17
     hi = _max_objects(step, cfg)
-    wc = WorldConfig(n_objects=(1, hi))
+    wc = cfg.world_config(n_objects=(1, hi))
     return [make_example(world_seed, step * cfg.batch + i, wc) for i in range(cfg.batch)]
 
 
@@ -359,8 +372,34 @@ def _predict(model, batch) -> torch.Tensor:
     return out.logits[b, batch["positions"]].argmax(-1).cpu()
 
 
+def pope_quick(model, batcher: Batcher, world: WorldConfig, n_scenes: int = 40, seed: int = 1001,
+               stats_scenes: int = 400) -> dict:
+    """First-token POPE accuracy and yes-ratio per sampling on ``n_scenes`` scenes of ``world``
+    (truthful labels; monitoring split seed 1001), for the log of a hallucination-world run."""
+    from .pope import pope_split
+
+    was_training = model.training
+    model.eval()
+    questions, _stats = pope_split(n_scenes, seed, world.truthful(), stats_scenes=stats_scenes)
+    device = next(model.parameters()).device
+    yes = batcher.answer_id("yes")
+    res = {}
+    for sampling, exs in questions.items():
+        said_yes = []
+        for k in range(0, len(exs), 48):
+            batch = batcher(exs[k : k + 48], with_answer=False)
+            said_yes += (_predict(model, to_device(batch, device)) == yes).tolist()
+        labels = np.array([ex.answers == ["yes"] for ex in exs])
+        said = np.array(said_yes)
+        res[f"pope_{sampling[:3]}"] = round(float((labels == said).mean()), 3)
+        res[f"pope_{sampling[:3]}_yes"] = round(float(said.mean()), 3)
+    model.train(was_training)
+    return res
+
+
 def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, grounding_n: int = 48) -> dict:
-    """Held-out first-token accuracy per family (+ kind) and gradient pointing on attribute questions."""
+    """Held-out first-token accuracy per family (+ kind) and gradient pointing on attribute questions
+    (on the default world, whatever the training world, so that every run's log compares)."""
     model.eval()
     exs = [make_example(seed, i) for i in range(n)]
     res: dict = {}
@@ -445,6 +484,15 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
     tok = build_tokenizer()
     processor = build_processor(spec, tok)
     model = build_model(tok, spec, seed=cfg.seed)
+    if cfg.init_from:
+        from transformers import LlavaForConditionalGeneration
+
+        # from_pretrained maps the folder's stored key names onto the current module layout.
+        start = LlavaForConditionalGeneration.from_pretrained(cfg.init_from, dtype=torch.float32)
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as exc:
+            raise SystemExit(f"{cfg.init_from} does not fit this run's --text-* sizes: {exc}") from None
     heads = torch.nn.ModuleDict(
         {
             "color": torch.nn.Linear(spec.vision_hidden, len(COLORS) + 1),
@@ -467,7 +515,8 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
     elapsed_before = 0.0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True, map_location=device)
-        if state["config"] != asdict(cfg):
+        # A checkpoint written before a field existed has that field's default.
+        if {**asdict(TrainConfig()), **state["config"]} != asdict(cfg):
             raise SystemExit(f"{ckpt} was written with another config: {state['config']}")
         model.load_state_dict(state["model"])
         heads.load_state_dict(state["heads"])
@@ -534,6 +583,8 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
                 (step - cfg.vision_steps) % eval_every == 0 or step == total_steps
             ):
                 ev = evaluate_quick(model, batcher)
+                if cfg.world_config((2, 6)).cooccurrence:
+                    ev.update(pope_quick(model, batcher, cfg.world_config((2, 6))))
                 rec = {"step": step, "time": round(elapsed_before + time.time() - t0, 1), "w_attn": w_attn,
                        "max_obj": _max_objects(step - cfg.vision_steps, cfg), **{k: round(v, 4) for k, v in ema.items()}, **ev}
                 with log_path.open("a") as f:
@@ -579,7 +630,7 @@ def save_reference(model, processor, folder: Path, cfg: TrainConfig, spec: Model
 def export_checkpoint(run_dir: Path, folder: Path) -> Path:
     """Write the model of ``run_dir/checkpoint.pt`` as a save_pretrained folder (e.g. a run cut short)."""
     state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
-    cfg = TrainConfig(**state["config"])
+    cfg = TrainConfig(**{**asdict(TrainConfig()), **state["config"]})
     spec = cfg.spec()
     tok = build_tokenizer()
     model = build_model(tok, spec)
@@ -607,6 +658,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"exported {export_checkpoint(args.run, args.export_only)}")
         return
     cfg = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
+    try:
+        cfg.world_config((1, 6))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     final = train(args.run, cfg, args.minutes, args.ckpt_every, args.eval_every, args.ship, args.threads,
                   device=args.device, data_workers=args.data_workers)
     print(f"final model: {final}")

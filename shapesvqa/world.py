@@ -23,11 +23,30 @@ Question families (``Example.family``) and sub-kinds (``Example.kind``):
 
 ``Example.evidence`` lists the object indices that answer the question, the *queried* object first
 (for relational questions: the target, then the reference). Negatives of existence have no evidence.
+
+World options for object hallucination (all off in ``WorldConfig()``, which draws exactly the
+world the shipped reference model was trained on; named presets in ``WORLDS``):
+
+- ``cooccurrence``: (cue type, partner type, rate) triples over object types "colour shape"; a cue
+  may have several partners (a kitchen has a cup, a fork and a knife), a partner has one cue. In
+  a scene that contains the cue, each partner is made present with probability ``rate`` and absent
+  otherwise, so P(partner present | cue present) = rate; ``cue_rate`` is the share of scenes
+  seeded with one cue (drawn uniformly among the cues). Cue and partner objects are placed first,
+  and a partner with no free slot to take is added (the scene then has one object more).
+- ``partner_question_rate``: share of existence negatives, in scenes holding a cue without its
+  partner, that ask about the absent partner (kind ``partner``);
+- ``bias_rate``: share of those ``partner`` questions labelled "yes" (a biased annotation, as when
+  answers are written from captions that mention objects not in the picture). Such an example has
+  ``biased`` True, ``answers == ["yes"]`` (the training label) and ``true_answers == ["no"]``;
+- ``faint_rate``: share of objects drawn weakly visible (``faint_radius``, colour blended toward
+  the background with opacity ``faint_contrast``); the mask is still exactly the painted pixels.
+
+Evaluation splits use :meth:`WorldConfig.truthful` (``bias_rate`` 0): labels are then the truth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterator
 
 import numpy as np
@@ -40,14 +59,18 @@ __all__ = [
     "Example",
     "Scene",
     "SceneObject",
+    "WORLDS",
     "WorldConfig",
     "answer_vocabulary",
     "ask",
     "generate",
     "make_example",
+    "object_type",
     "patch_coverage",
     "question_vocabulary",
     "render_scene",
+    "world_config",
+    "world_options",
 ]
 
 #: colour name -> base RGB. Saturated hues on a light background.
@@ -84,6 +107,44 @@ class WorldConfig:
     family_weights: dict[str, float] = field(
         default_factory=lambda: {"attribute": 0.4, "relational": 0.15, "existence": 0.3, "counting": 0.15}
     )
+    # Hallucination options (module docstring). Off by default: the old world, draw for draw.
+    cooccurrence: tuple[tuple[str, str, float], ...] = ()  # (cue "colour shape", partner, P(partner | cue))
+    cue_rate: float = 0.0  # share of scenes seeded with one cue object
+    partner_question_rate: float = 0.0  # share of eligible existence negatives asked about the absent partner
+    bias_rate: float = 0.0  # share of those partner questions labelled "yes"
+    faint_rate: float = 0.0  # share of objects drawn weakly visible
+    faint_contrast: float = 0.35  # opacity of a faint object's colour over the background
+    faint_radius: tuple[int, int] = (6, 8)
+
+    def __post_init__(self):
+        cues = {str(t[0]) for t in self.cooccurrence if len(t) == 3}
+        partners: set[str] = set()
+        for triple in self.cooccurrence:
+            if len(triple) != 3:
+                raise ValueError(f"cooccurrence entries are (cue, partner, rate); got {triple!r}")
+            cue, partner, rate = triple
+            _parse_type(cue)
+            _parse_type(partner)
+            if partner in partners or partner in cues:
+                raise ValueError(f"object type {partner!r} is the partner of two cues or also a cue; "
+                                 "a partner belongs to exactly one cue")
+            partners.add(partner)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"co-occurrence rate must lie in [0, 1]; got {rate} for {cue!r} -> {partner!r}")
+        for name in ("cue_rate", "partner_question_rate", "bias_rate", "faint_rate", "faint_contrast"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]; got {v}")
+        if self.cue_rate > 0 and not self.cooccurrence:
+            raise ValueError("cue_rate needs co-occurrence pairs (cooccurrence)")
+
+    def pairs(self) -> list[tuple[tuple[str, str], tuple[str, str], float]]:
+        """Co-occurrence pairs as ((cue colour, cue shape), (partner colour, partner shape), rate)."""
+        return [(_parse_type(c), _parse_type(p), float(r)) for c, p, r in self.cooccurrence]
+
+    def truthful(self) -> "WorldConfig":
+        """The same world with every label true (``bias_rate`` 0): what evaluation splits use."""
+        return replace(self, bias_rate=0.0)
 
 
 @dataclass(frozen=True)
@@ -94,7 +155,13 @@ class SceneObject:
     cx: int
     cy: int
     radius: int
-    rgb: tuple[int, int, int]
+    rgb: tuple[int, int, int]  # the painted colour
+    faint: bool = False  # weakly visible (``WorldConfig.faint_rate``)
+
+    @property
+    def type(self) -> str:
+        """The object type "colour shape", e.g. "red circle"."""
+        return f"{self.color} {self.shape}"
 
 
 @dataclass
@@ -124,6 +191,19 @@ class Example:
     kind: str
     evidence: list[int]
     scene: Scene
+    true_answers: list[str] | None = None  # set only when ``answers`` is a biased label (``biased``)
+    world: dict | None = None  # the world options that differ from ``WorldConfig()`` (None: the default world)
+    pope: str | None = None  # POPE sampling ("random", "popular", "adversarial") of a POPE question
+
+    @property
+    def biased(self) -> bool:
+        """True when ``answers`` is a deliberately wrong training label (``WorldConfig.bias_rate``)."""
+        return self.true_answers is not None
+
+    @property
+    def truth(self) -> list[str]:
+        """The answers that are true of the image (equal to ``answers`` unless ``biased``)."""
+        return self.answers if self.true_answers is None else self.true_answers
 
     @property
     def image(self) -> Image.Image:
@@ -137,19 +217,35 @@ class Example:
         return self.scene.masks[self.evidence]
 
     def record(self) -> dict:
-        """JSON-serialisable description (without image and mask pixels)."""
-        return {
+        """JSON-serialisable description (without image and mask pixels).
+
+        Records of the default world have exactly the fields they always had; the hallucination
+        options add ``world`` (every option with its rate), ``biased`` and ``true_answers`` on
+        biased labels, ``faint`` on weakly visible objects and ``pope`` on POPE questions.
+        """
+        objects = []
+        for o in self.scene.objects:
+            obj = {"shape": o.shape, "color": o.color, "size": o.size, "cx": o.cx, "cy": o.cy, "radius": o.radius}
+            if o.faint:
+                obj["faint"] = True
+            objects.append(obj)
+        rec = {
             "id": self.id,
             "question": self.question,
             "answers": list(self.answers),
             "family": self.family,
             "kind": self.kind,
             "evidence": list(self.evidence),
-            "objects": [
-                {"shape": o.shape, "color": o.color, "size": o.size, "cx": o.cx, "cy": o.cy, "radius": o.radius}
-                for o in self.scene.objects
-            ],
+            "objects": objects,
         }
+        if self.true_answers is not None:
+            rec["biased"] = True
+            rec["true_answers"] = list(self.true_answers)
+        if self.pope is not None:
+            rec["pope"] = self.pope
+        if self.world is not None:
+            rec["world"] = self.world
+        return rec
 
 
 # ---------------------------------------------------------------- drawing
@@ -183,22 +279,101 @@ def _object_mask(obj: SceneObject, size: int) -> np.ndarray:
     return np.asarray(canvas) > 0  # (H, W) bool
 
 
-def _sample_objects(rng: np.random.Generator, n: int, cfg: WorldConfig) -> list[SceneObject]:
+def _parse_type(t: str) -> tuple[str, str]:
+    """ "red circle" -> ("red", "circle"), validated against COLORS and SHAPES."""
+    parts = str(t).split()
+    if len(parts) != 2 or parts[0] not in COLORS or parts[1] not in SHAPES:
+        raise ValueError(
+            f"unknown object type {t!r}; expected 'colour shape' with colour in {', '.join(COLORS)} "
+            f"and shape in {', '.join(SHAPES)}"
+        )
+    return parts[0], parts[1]
+
+
+def object_type(color: str, shape: str) -> str:
+    """The type name of an object: ``object_type("red", "circle") == "red circle"``."""
+    return f"{color} {shape}"
+
+
+def _random_type(rng: np.random.Generator, exclude: set[tuple[str, str]] = frozenset()) -> tuple[str, str]:
+    colors = list(COLORS)
+    while True:
+        t = (colors[rng.integers(len(colors))], SHAPES[rng.integers(len(SHAPES))])
+        if t not in exclude:
+            return t
+
+
+def _scene_types(rng: np.random.Generator, n: int, cfg: WorldConfig) -> list[tuple[str, str]]:
+    """The (colour, shape) of each object of a co-occurrence scene, pair members first.
+
+    Draw n types uniformly among the non-cue types; with probability ``cue_rate`` the first becomes
+    a cue (so a scene holds at most one cue, and a share ``cue_rate`` of scenes one). Then, for each
+    pair whose cue is present: with probability ``rate`` the partner is made present (it replaces
+    an object outside every pair, or is added when there is none), otherwise every copy of the
+    partner is redrawn outside the pairs. A partner is never a cue and belongs to one pair, so
+    each pair's draw leaves the others' untouched, and P(partner present | cue present) = rate.
+    """
+    pairs = cfg.pairs()
+    members = {t for cue, partner, _ in pairs for t in (cue, partner)}
+    cues = list(dict.fromkeys(cue for cue, _, _ in pairs))
+    types = [_random_type(rng, set(cues)) for _ in range(n)]
+    if types and rng.random() < cfg.cue_rate:
+        types[0] = cues[rng.integers(len(cues))]
+    for cue, partner, rate in pairs:
+        if cue not in types:
+            continue
+        if rng.random() < rate:
+            if partner not in types:
+                free = [i for i, t in enumerate(types) if t not in members]
+                if free:
+                    types[free[rng.integers(len(free))]] = partner
+                else:
+                    types.append(partner)
+        else:
+            types = [_random_type(rng, members) if t == partner else t for t in types]
+    # Pair members first: they are placed first (with more attempts), so a crowded canvas drops
+    # other objects; an added partner displaces the last object outside the pairs, if any.
+    types = sorted(types, key=lambda t: t not in members)
+    while len(types) > n and types[-1] not in members:
+        types.pop()
+    return types
+
+
+def _sample_objects(
+    rng: np.random.Generator, n: int, cfg: WorldConfig, background: np.ndarray | None = None
+) -> list[SceneObject]:
+    """Place ``n`` non-overlapping objects (fewer if the canvas is full).
+
+    With every hallucination option off this makes exactly the draws it always made (the shipped
+    model's data); the options add their own draws only when they are on.
+    """
     objects: list[SceneObject] = []
     colors = list(COLORS)
-    for _ in range(n):
-        for _attempt in range(60):
-            shape = SHAPES[rng.integers(len(SHAPES))]
-            color = colors[rng.integers(len(colors))]
+    types = _scene_types(rng, n, cfg) if cfg.cooccurrence else None
+    members = {t for cue, partner, _ in cfg.pairs() for t in (cue, partner)}
+    for k in range(n if types is None else len(types)):
+        faint = cfg.faint_rate > 0 and bool(rng.random() < cfg.faint_rate)
+        attempts = 400 if types is not None and types[k] in members else 60
+        for _attempt in range(attempts):
+            if types is None:
+                shape = SHAPES[rng.integers(len(SHAPES))]
+                color = colors[rng.integers(len(colors))]
+            else:
+                color, shape = types[k]
             size = SIZES[rng.integers(len(SIZES))]
-            lo, hi = cfg.radius[size]
+            lo, hi = cfg.faint_radius if faint else cfg.radius[size]
+            if faint:
+                size = "small"
             r = int(rng.integers(lo, hi + 1))
             cx = int(rng.integers(r + 1, cfg.image_size - r - 1))
             cy = int(rng.integers(r + 1, cfg.image_size - r - 1))
             if all((cx - o.cx) ** 2 + (cy - o.cy) ** 2 >= (r + o.radius + cfg.min_gap) ** 2 for o in objects):
                 base = np.array(COLORS[color])
                 rgb = np.clip(base + rng.integers(-cfg.color_jitter, cfg.color_jitter + 1, 3), 0, 255)
-                objects.append(SceneObject(shape, color, size, cx, cy, r, tuple(int(v) for v in rgb)))
+                if faint and background is not None:
+                    # Low contrast: the colour seen through a veil of the background's mean tint.
+                    rgb = np.rint(cfg.faint_contrast * rgb + (1 - cfg.faint_contrast) * background)
+                objects.append(SceneObject(shape, color, size, cx, cy, r, tuple(int(v) for v in rgb), faint))
                 break
     return objects
 
@@ -218,7 +393,7 @@ def render_scene(rng: np.random.Generator, cfg: WorldConfig = WorldConfig(), n_o
         x, y = rng.integers(0, size, 2)
         s = int(rng.integers(1, 3))
         img[max(0, y - s) : y + s, max(0, x - s) : x + s] = rng.integers(90, 170)
-    objects = _sample_objects(rng, n, cfg)
+    objects = _sample_objects(rng, n, cfg, np.clip(base, 0, 255))
     masks = np.zeros((len(objects), size, size), dtype=bool)
     for k, obj in enumerate(objects):
         masks[k] = _object_mask(obj, size)
@@ -290,7 +465,7 @@ def _relational(scene: Scene, rng: np.random.Generator, margin: int) -> tuple | 
     return options[rng.integers(len(options))]
 
 
-def _existence(scene: Scene, rng: np.random.Generator) -> tuple:
+def _existence(scene: Scene, rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple:
     objs = scene.objects
     present = {(o.color, o.shape) for o in objs}
     if rng.random() < 0.5 and objs:
@@ -299,6 +474,13 @@ def _existence(scene: Scene, rng: np.random.Generator) -> tuple:
         ev = [k for k, p in enumerate(objs) if (p.color, p.shape) == (o.color, o.shape)]
         ev = [i] + [k for k in ev if k != i]
         return (f"Is there {_an(o.color)} {o.color} {o.shape}?", ["yes"], "positive", ev)
+    if cfg.partner_question_rate > 0:
+        missing = [p for cue, p, _ in cfg.pairs() if cue in present and p not in present]
+        if missing and rng.random() < cfg.partner_question_rate:
+            c, s = missing[rng.integers(len(missing))]
+            # A biased label says "yes" about the absent partner; make_example records the truth.
+            answer = "yes" if rng.random() < cfg.bias_rate else "no"
+            return (f"Is there {_an(c)} {c} {s}?", [answer], "partner", [])
     colors_in = {o.color for o in objs}
     shapes_in = {o.shape for o in objs}
     absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
@@ -331,7 +513,7 @@ def ask(scene: Scene, family: str, rng: np.random.Generator, cfg: WorldConfig = 
     if family == "relational":
         return _relational(scene, rng, cfg.relation_margin)
     if family == "existence":
-        return _existence(scene, rng)
+        return _existence(scene, rng, cfg)
     if family == "counting":
         return _counting(scene, rng)
     raise ValueError(f"unknown family {family!r}; expected one of: {', '.join(FAMILIES)}")
@@ -358,7 +540,10 @@ def make_example(
         q = ask(scene, fam, rng, cfg)
         if q is not None:
             question, answers, kind, evidence = q
-            return Example(f"{seed}-{index}", question, answers, fam, kind, evidence, scene)
+            # A "partner" question is always about an absent object: a "yes" is a biased label.
+            truth = ["no"] if kind == "partner" and answers == ["yes"] else None
+            return Example(f"{seed}-{index}", question, answers, fam, kind, evidence, scene,
+                           true_answers=truth, world=world_options(cfg) or None)
     raise RuntimeError(f"could not ask a {fam} question after 100 scenes (seed {seed}, index {index})")
 
 
@@ -373,6 +558,62 @@ def generate(
     """
     for i in range(start, start + n):
         yield make_example(seed, i, cfg, family)
+
+
+_HALLUCINATION_OPTIONS = (
+    "cooccurrence", "cue_rate", "partner_question_rate", "bias_rate", "faint_rate", "faint_contrast", "faint_radius",
+)
+
+
+def world_options(cfg: WorldConfig) -> dict:
+    """The hallucination options of ``cfg`` with their rates, as recorded in the data (JSON types).
+
+    Empty for a world without them (the default world's records stay exactly as they were).
+    Once any option is on, every option is listed, so a record says its whole world.
+    """
+    default = WorldConfig()
+    if all(getattr(cfg, f) == getattr(default, f) for f in _HALLUCINATION_OPTIONS):
+        return {}
+    out = {}
+    for f in fields(WorldConfig):
+        if f.name in _HALLUCINATION_OPTIONS:
+            v = getattr(cfg, f.name)
+            out[f.name] = [list(t) for t in v] if f.name == "cooccurrence" else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+#: Named worlds. ``default``: the world the shipped reference model was trained on (no
+#: hallucination option). ``cooccur``: two cues with three partners each (present in 85%, 70% and
+#: 55% of their cue's scenes, so most cue scenes miss one partner: POPE's adversarial negatives),
+#: a cue in 80% of scenes, and biased "yes" labels on 55% of the existence questions about an
+#: absent partner (the feasibility probe of issue 15: 0.7 made the model hallucinate too much,
+#: 0.4 barely at all). ``cooccur-faint``: the same plus 15% weakly visible objects.
+WORLDS: dict[str, WorldConfig] = {
+    "default": WorldConfig(),
+    "cooccur": WorldConfig(
+        cooccurrence=(
+            ("red circle", "blue square", 0.85), ("red circle", "yellow cross", 0.7),
+            ("red circle", "green triangle", 0.55),
+            ("purple cross", "orange circle", 0.85), ("purple cross", "green square", 0.7),
+            ("purple cross", "blue triangle", 0.55),
+        ),
+        cue_rate=0.8,
+        partner_question_rate=0.5,
+        bias_rate=0.55,
+    ),
+}
+WORLDS["cooccur-faint"] = replace(WORLDS["cooccur"], faint_rate=0.15)
+
+
+def world_config(name: str = "default", **overrides) -> WorldConfig:
+    """The named world of ``WORLDS`` with ``overrides`` (any ``WorldConfig`` field) applied.
+
+    >>> world_config("cooccur", bias_rate=0.5).bias_rate
+    0.5
+    """
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; expected one of: {', '.join(WORLDS)}")
+    return replace(WORLDS[name], **overrides)
 
 
 def answer_vocabulary() -> list[str]:

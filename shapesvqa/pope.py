@@ -1,0 +1,274 @@
+"""POPE on ShapesVQA: polling-based object probing (Li et al. 2023, "Evaluating Object Hallucination
+in Large Vision-Language Models"), with the maps of hallucinated "yes" answers measured on the masks.
+
+An object *type* is a colour and a shape ("red circle"; 24 types). For every scene of a split,
+POPE asks "Is there a red circle?" about
+
+- positives: up to ``k`` types present in the scene (answer "yes");
+- negatives, as many as positives, one set per sampling (answer "no"), never a type present:
+
+  * ``random``: absent types drawn uniformly;
+  * ``popular``: the absent types held by the most scenes of the split;
+  * ``adversarial``: the absent types that co-occur most with the types present (sum, over the
+    present types, of the number of scenes holding both).
+
+As in POPE, the frequencies come from the evaluated split's own scenes (:func:`type_statistics`),
+ties are broken by the canonical type order (``TYPES``), and each sampling's set holds the same
+positives. A POPE table reports per sampling: accuracy, precision, recall and F1 of "yes", and the
+yes-ratio (share of "yes" predictions; an answer that is not "yes" counts as "no").
+
+Where a hallucinated "yes" (a "yes" to a negative) looks: the argmax patch of its map is put in the
+first of these groups that holds it (:func:`map_location`): ``asked`` (an object of the asked type:
+only for positives), ``cooccurring`` (a present object whose
+type forms a co-occurrence pair with the asked type in the world's configuration), ``same_color``
+(an object of the asked colour), ``same_shape`` (of the asked shape), ``other_object``,
+``background``; the map's mass on each group and its normalised entropy (1 = flat) are reported
+beside those of correct "yes" answers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .world import COLORS, SHAPES, Example, Scene, WorldConfig, _an, object_type, render_scene
+
+__all__ = [
+    "LOCATIONS",
+    "SAMPLINGS",
+    "TYPES",
+    "TypeStats",
+    "hallucination_summary",
+    "map_location",
+    "pope_metrics",
+    "pope_negatives",
+    "pope_questions",
+    "pope_scenes",
+    "pope_split",
+    "scene_id",
+    "type_statistics",
+]
+
+SAMPLINGS: tuple[str, ...] = ("random", "popular", "adversarial")
+TYPES: tuple[str, ...] = tuple(object_type(c, s) for c in COLORS for s in SHAPES)
+LOCATIONS: tuple[str, ...] = ("asked", "cooccurring", "same_color", "same_shape", "other_object", "background")
+_INDEX = {t: i for i, t in enumerate(TYPES)}
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    """Scene counts over a split: ``frequency`` (T,) scenes holding each type of ``TYPES``;
+    ``cooccurrence`` (T, T) scenes holding both types (its diagonal is ``frequency``)."""
+
+    n_scenes: int
+    frequency: np.ndarray
+    cooccurrence: np.ndarray
+
+
+def type_statistics(scenes: Iterable[Scene]) -> TypeStats:
+    """Count, over ``scenes``, the scenes holding each type and each pair of types."""
+    n = 0
+    co = np.zeros((len(TYPES), len(TYPES)), dtype=np.int64)
+    for scene in scenes:
+        idx = sorted({_INDEX[o.type] for o in scene.objects})
+        co[np.ix_(idx, idx)] += 1
+        n += 1
+    return TypeStats(n_scenes=n, frequency=co.diagonal().copy(), cooccurrence=co)
+
+
+def pope_negatives(
+    present: set[str], stats: TypeStats, sampling: str, m: int, rng: np.random.Generator
+) -> list[str]:
+    """``m`` absent types by ``sampling`` (module docstring); fewer only if fewer types are absent.
+
+    ``rng`` is used by ``random`` only.
+    """
+    absent = [t for t in TYPES if t not in present]
+    m = min(m, len(absent))
+    if sampling == "random":
+        return [absent[i] for i in rng.choice(len(absent), size=m, replace=False)]
+    if sampling == "popular":
+        score = {t: int(stats.frequency[_INDEX[t]]) for t in absent}
+    elif sampling == "adversarial":
+        rows = [_INDEX[t] for t in present]
+        score = {t: int(stats.cooccurrence[rows, _INDEX[t]].sum()) for t in absent}
+    else:
+        raise ValueError(f"unknown POPE sampling {sampling!r}; expected one of: {', '.join(SAMPLINGS)}")
+    # sorted() is stable and ``absent`` is in canonical order: ties keep that order.
+    return sorted(absent, key=lambda t: -score[t])[:m]
+
+
+def pope_scenes(n_scenes: int, seed: int, cfg: WorldConfig = WorldConfig(), start: int = 0) -> list[Scene]:
+    """Scenes ``start .. start+n_scenes-1`` of a POPE split: scene ``i`` is drawn from
+    ``default_rng([seed, i])`` (deterministic, independent of the others)."""
+    return [render_scene(np.random.default_rng([seed, i]), cfg) for i in range(start, start + n_scenes)]
+
+
+def pope_questions(
+    scenes: Sequence[Scene],
+    seed: int,
+    k: int = 3,
+    samplings: Sequence[str] = SAMPLINGS,
+    stats: TypeStats | None = None,
+    world: dict | None = None,
+) -> dict[str, list[Example]]:
+    """POPE questions for every sampling: {sampling: [Example, ...]}, positives and negatives
+    interleaved per scene. Examples have family "existence", ``pope`` set to the sampling, kind
+    "positive" or "pope_<sampling>", and ids "<seed>-<scene>-<sampling>-<j>". ``stats`` defaults
+    to :func:`type_statistics` of ``scenes``; ``world`` is recorded on each example.
+
+    >>> qs = pope_questions(pope_scenes(2, seed=0), seed=0, k=2)
+    >>> sorted(qs), qs["random"][0].answers
+    (['adversarial', 'popular', 'random'], ['yes'])
+    """
+    for s in samplings:
+        if s not in SAMPLINGS:
+            raise ValueError(f"unknown POPE sampling {s!r}; expected one of: {', '.join(SAMPLINGS)}")
+    stats = stats if stats is not None else type_statistics(scenes)
+    out: dict[str, list[Example]] = {s: [] for s in samplings}
+    for i, scene in enumerate(scenes):
+        present = list(dict.fromkeys(o.type for o in scene.objects))
+        rng = np.random.default_rng([seed, i, 1])
+        pos = [present[j] for j in rng.permutation(len(present))[:k]]
+        for s_idx, sampling in enumerate(samplings):
+            neg = pope_negatives(set(present), stats, sampling, len(pos), np.random.default_rng([seed, i, 2, s_idx]))
+            qs = []
+            for j in range(max(len(pos), len(neg))):
+                qs += [(t, "yes") for t in pos[j : j + 1]] + [(t, "no") for t in neg[j : j + 1]]
+            for j, (t, answer) in enumerate(qs):
+                c, sh = t.split()
+                ev = [o_i for o_i, o in enumerate(scene.objects) if o.type == t] if answer == "yes" else []
+                kind = "positive" if answer == "yes" else f"pope_{sampling}"
+                out[sampling].append(Example(
+                    f"{seed}-{i}-{sampling}-{j}", f"Is there {_an(c)} {c} {sh}?", [answer], "existence", kind, ev,
+                    scene, world=world, pope=sampling,
+                ))
+    return out
+
+
+def pope_split(
+    n_scenes: int,
+    seed: int,
+    cfg: WorldConfig = WorldConfig(),
+    k: int = 3,
+    stats_scenes: int = 1000,
+    samplings: Sequence[str] = SAMPLINGS,
+    world: dict | None = None,
+) -> tuple[dict[str, list[Example]], TypeStats]:
+    """A POPE split: the questions of :func:`pope_questions` about scenes ``0 .. n_scenes-1`` of
+    ``seed``, with type frequencies counted over at least ``stats_scenes`` scenes of the same split
+    (the evaluated ones, then the next ones), so that small splits rank types stably."""
+    scenes = pope_scenes(n_scenes, seed, cfg)
+    extra = pope_scenes(max(0, stats_scenes - n_scenes), seed, cfg, start=n_scenes)
+    stats = type_statistics(scenes + extra)
+    return pope_questions(scenes, seed, k=k, samplings=samplings, stats=stats, world=world), stats
+
+
+def scene_id(ex: Example) -> str:
+    """The scene a POPE question is about ("<seed>-<scene>"): questions of one scene share it."""
+    return ex.id.rsplit("-", 2)[0]
+
+
+def pope_metrics(labels: Sequence[str], predictions: Sequence[str]) -> dict:
+    """POPE's figures of "yes" as the positive class: n, accuracy, precision, recall, f1, yes_ratio.
+
+    ``labels`` are "yes"/"no"; a prediction other than "yes" counts as "no".
+    """
+    y = np.array([lab == "yes" for lab in labels])
+    p = np.array([pred == "yes" for pred in predictions])
+    tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+    n = len(y)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": n,
+        "accuracy": round(float((y == p).mean()), 4) if n else None,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "yes_ratio": round(float(p.mean()), 4) if n else None,
+        "false_yes": fp,
+    }
+
+
+def _partners_of(t: str, cfg: WorldConfig) -> set[str]:
+    out = set()
+    for cue, partner, _ in cfg.cooccurrence:
+        if t == cue:
+            out.add(partner)
+        elif t == partner:
+            out.add(cue)
+    return out
+
+
+def map_location(rel_map: np.ndarray, patch_masks: np.ndarray, scene: Scene, asked: str,
+                 cfg: WorldConfig = WorldConfig()) -> dict:
+    """Where one answer's map looks, relative to the asked type ``asked`` ("colour shape").
+
+    ``rel_map``: (g, g) non-negative relevancy; ``patch_masks``: (K, g, g) bool patches of the
+    scene's objects (:func:`shapesvqa.grounding.object_patches`). Returns ``argmax_on`` (one of
+    ``LOCATIONS``: the first group holding the argmax patch), ``mass`` {group: share of the map's
+    mass on it; groups in priority order, each patch counted once} and ``entropy`` (normalised
+    Shannon entropy of the map: 0 = one patch, 1 = flat).
+    """
+    color, shape = asked.split()
+    partners = _partners_of(asked, cfg)
+    groups = {
+        "asked": [k for k, o in enumerate(scene.objects) if o.type == asked],
+        "cooccurring": [k for k, o in enumerate(scene.objects) if o.type in partners],
+        "same_color": [k for k, o in enumerate(scene.objects) if o.color == color],
+        "same_shape": [k for k, o in enumerate(scene.objects) if o.shape == shape],
+        "other_object": list(range(len(scene.objects))),
+    }
+    flat = np.clip(rel_map.reshape(-1), 0, None)  # (g*g,)
+    taken = np.zeros(flat.shape, dtype=bool)
+    where = np.full(flat.shape, len(LOCATIONS) - 1)  # background unless a group claims the patch
+    for gi, name in enumerate(LOCATIONS[:-1]):
+        idx = groups[name]
+        own = patch_masks[idx].any(0).reshape(-1) if idx else np.zeros(flat.shape, dtype=bool)
+        where[own & ~taken] = gi
+        taken |= own
+    total = float(flat.sum())
+    mass = {name: round(float(flat[where == gi].sum() / total), 4) if total > 0 else 0.0
+            for gi, name in enumerate(LOCATIONS)}
+    p = flat / total if total > 0 else np.full(flat.shape, 1.0 / flat.size)
+    nz = p[p > 0]
+    entropy = float(-(nz * np.log(nz)).sum() / np.log(flat.size))
+    return {"argmax_on": LOCATIONS[int(where[int(flat.argmax())])], "mass": mass, "entropy": round(entropy, 4)}
+
+
+def hallucination_summary(rows: Sequence[dict]) -> dict:
+    """Per sampling: where the maps of hallucinated "yes" answers look, beside correct "yes" ones.
+
+    ``rows``: POPE rows with ``pope``, ``answers``, ``prediction`` and, for answers with a map,
+    ``location`` (from :func:`map_location`). Returns {sampling: {"hallucinated": {...},
+    "correct_yes": {...}}} with n, the share of argmax per group, the mean mass per group and the
+    mean normalised entropy.
+    """
+    def stats(group: list[dict]) -> dict:
+        group = [r for r in group if "location" in r]
+        if not group:
+            return {"n": 0}
+        return {
+            "n": len(group),
+            "argmax_on": {loc: round(float(np.mean([r["location"]["argmax_on"] == loc for r in group])), 4)
+                          for loc in LOCATIONS},
+            "mass": {loc: round(float(np.mean([r["location"]["mass"][loc] for r in group])), 4) for loc in LOCATIONS},
+            "entropy": round(float(np.mean([r["location"]["entropy"] for r in group])), 4),
+        }
+
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by[r["pope"]].append(r)
+    out = {}
+    for sampling in [s for s in SAMPLINGS if s in by]:
+        g = by[sampling]
+        out[sampling] = {
+            "hallucinated": stats([r for r in g if r["answers"] == ["no"] and r["prediction"] == "yes"]),
+            "correct_yes": stats([r for r in g if r["answers"] == ["yes"] and r["prediction"] == "yes"]),
+        }
+    return out
