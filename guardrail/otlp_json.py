@@ -6,7 +6,7 @@ protocol encoding with its resource and scope inlined::
     {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
      "parentSpanId": "eee19b7ec3c1b173", "name": "apply_guardrail fastrm", "kind": 1,
      "startTimeUnixNano": "1544712660000000000", "endTimeUnixNano": "1544712661000000000",
-     "attributes": [{"key": "gen_ai.guardrail.verdict", "value": {"stringValue": "confident"}}],
+     "attributes": [{"key": "fastrm.guardrail.verdict", "value": {"stringValue": "confident"}}],
      "droppedAttributesCount": 0,
      "events": [{"timeUnixNano": "...", "name": "fastrm.token", "attributes": [...], "droppedAttributesCount": 0}],
      "droppedEventsCount": 0, "links": [], "droppedLinksCount": 0,

@@ -2,21 +2,27 @@
 
 Three families (the full table with types and units is ``docs/telemetry.md``):
 
-- ``gen_ai.*`` keys from the OpenTelemetry GenAI semantic conventions, on the
-  ``chat {model}`` span (operation, model, token usage, finish reasons, opt-in
-  message content) and the evaluation keys on the guardrail result event;
-- ``gen_ai.guardrail.*`` keys for the guard's verdict and decision, on the
-  ``apply_guardrail fastrm`` span and its ``gen_ai.guardrail.result`` event
-  (the GenAI conventions have no guardrail namespace yet; we use this one);
-- ``fastrm.*`` keys for what is specific to FastRM: per-token events with the
-  token's entropy and its compactly encoded relevancy map, map budget counters.
+- ``gen_ai.*`` keys, each one defined by the OpenTelemetry GenAI semantic
+  conventions (``opentelemetry-semantic-conventions``; a test checks every
+  ``gen_ai.*`` value here against the package's constants): operation, model,
+  token usage, finish reasons, opt-in message content, and the evaluation keys
+  of the ``gen_ai.evaluation.result`` event;
+- OpenInference keys (``openinference.span.kind``, ``input.value``,
+  ``llm.*`` ...), written beside the GenAI ones so that Arize Phoenix and other
+  OpenInference viewers show the spans natively (checked against
+  ``openinference-semantic-conventions`` in the tests);
+- ``fastrm.*`` keys for everything that is ours: the guard's verdict and
+  decision (``fastrm.guardrail.*``; the GenAI conventions define no guardrail
+  attributes, and custom keys must not squat an official namespace), per-token
+  events with the token's entropy and its compactly encoded map, map budget
+  counters, image reference.
 
 Span tree of one guarded call::
 
-    chat {model}                       kind INTERNAL, gen_ai.operation.name = "chat"
-    └── apply_guardrail fastrm         kind INTERNAL, verdict / score / policy / action
-        ├── event fastrm.token  (x N)  one per generated token, map attached if the budget allows
-        └── event gen_ai.guardrail.result
+    chat {model}                        kind INTERNAL, openinference.span.kind LLM
+    └── apply_guardrail fastrm          kind INTERNAL, openinference.span.kind GUARDRAIL
+        ├── event fastrm.token  (x N)   one per generated token, map attached if the budget allows
+        └── event gen_ai.evaluation.result
 
 Only plain string constants live here (no OpenTelemetry import).
 """
@@ -45,6 +51,18 @@ GEN_AI_EVALUATION_SCORE_LABEL = "gen_ai.evaluation.score.label"
 GEN_AI_EVALUATION_EXPLANATION = "gen_ai.evaluation.explanation"
 # General conventions.
 ERROR_TYPE = "error.type"
+# GenAI client metrics and their token-type attribute (gen_ai_metrics, gen_ai_attributes).
+GEN_AI_CLIENT_OPERATION_DURATION = "gen_ai.client.operation.duration"
+GEN_AI_CLIENT_TOKEN_USAGE = "gen_ai.client.token.usage"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+GEN_AI_TOKEN_TYPE_INPUT = "input"
+GEN_AI_TOKEN_TYPE_OUTPUT = "output"
+
+# --- Our metrics (guardrail.metrics)
+METRIC_VERDICTS = "fastrm.guardrail.verdicts"
+METRIC_ACTIONS = "fastrm.guardrail.actions"
+METRIC_ANSWER_SCORE = "fastrm.guardrail.answer_score"
+METRIC_GUARD_DURATION = "fastrm.guardrail.duration"
 
 # --- Span names
 CHAT_SPAN_PREFIX = "chat"
@@ -52,20 +70,52 @@ GUARDRAIL_OPERATION = "apply_guardrail"
 GUARDRAIL_NAME = "fastrm"
 GUARDRAIL_SPAN_NAME = f"{GUARDRAIL_OPERATION} {GUARDRAIL_NAME}"  # "apply_guardrail fastrm"
 
-# --- Guardrail span / result event attributes
-GUARDRAIL_NAME_KEY = "gen_ai.guardrail.name"
-GUARDRAIL_VERDICT = "gen_ai.guardrail.verdict"
-GUARDRAIL_SCORE = "gen_ai.guardrail.score"
-GUARDRAIL_THRESHOLD = "gen_ai.guardrail.threshold"
-GUARDRAIL_POLICY_ID = "gen_ai.guardrail.policy.id"
-GUARDRAIL_POLICY_VERSION = "gen_ai.guardrail.policy.version"
-GUARDRAIL_ACTION = "gen_ai.guardrail.action"
-GUARDRAIL_RULE = "gen_ai.guardrail.rule"
-GUARDRAIL_REASON = "gen_ai.guardrail.reason"
-GUARDRAIL_FLAGGED = "gen_ai.guardrail.flagged"
-GUARDRAIL_UNGUARDED = "gen_ai.guardrail.unguarded"
-GUARDRAIL_ESCALATION_TARGET = "gen_ai.guardrail.escalation.target"
-GUARDRAIL_RESULT_EVENT = "gen_ai.guardrail.result"
+# --- Guardrail span / evaluation event attributes (ours, so under fastrm.)
+GUARDRAIL_NAME_KEY = "fastrm.guardrail.name"
+GUARDRAIL_VERDICT = "fastrm.guardrail.verdict"
+GUARDRAIL_SCORE = "fastrm.guardrail.score"
+GUARDRAIL_THRESHOLD = "fastrm.guardrail.threshold"
+GUARDRAIL_POLICY_ID = "fastrm.guardrail.policy.id"
+GUARDRAIL_POLICY_VERSION = "fastrm.guardrail.policy.version"
+GUARDRAIL_ACTION = "fastrm.guardrail.action"
+GUARDRAIL_RULE = "fastrm.guardrail.rule"
+GUARDRAIL_REASON = "fastrm.guardrail.reason"
+GUARDRAIL_FLAGGED = "fastrm.guardrail.flagged"
+GUARDRAIL_UNGUARDED = "fastrm.guardrail.unguarded"
+GUARDRAIL_ESCALATION_TARGET = "fastrm.guardrail.escalation.target"
+# Content capture only: the model's own answer (also when an action withheld it) and the text returned instead.
+GUARDRAIL_ANSWER = "fastrm.guardrail.answer"
+GUARDRAIL_RETURNED_TEXT = "fastrm.guardrail.returned_text"
+# The GenAI conventions' evaluation event (gen-ai-events.md, "Event: gen_ai.evaluation.result");
+# the event name has no constant in the Python package yet.
+EVALUATION_RESULT_EVENT = "gen_ai.evaluation.result"
+GUARDRAIL_RESULT_EVENT = EVALUATION_RESULT_EVENT
+
+# --- OpenInference (Arize) keys, beside the GenAI ones
+OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
+OPENINFERENCE_KIND_LLM = "LLM"
+OPENINFERENCE_KIND_GUARDRAIL = "GUARDRAIL"
+INPUT_VALUE = "input.value"
+INPUT_MIME_TYPE = "input.mime_type"
+OUTPUT_VALUE = "output.value"
+OUTPUT_MIME_TYPE = "output.mime_type"
+MIME_TEXT = "text/plain"
+MIME_JSON = "application/json"
+LLM_MODEL_NAME = "llm.model_name"
+LLM_INVOCATION_PARAMETERS = "llm.invocation_parameters"
+LLM_TOKEN_COUNT_PROMPT = "llm.token_count.prompt"
+LLM_TOKEN_COUNT_COMPLETION = "llm.token_count.completion"
+LLM_TOKEN_COUNT_TOTAL = "llm.token_count.total"
+LLM_INPUT_MESSAGES = "llm.input_messages"  # flattened: llm.input_messages.0.message.role ...
+LLM_OUTPUT_MESSAGES = "llm.output_messages"
+MESSAGE_ROLE = "message.role"
+MESSAGE_CONTENT = "message.content"
+MESSAGE_CONTENTS = "message.contents"
+MESSAGE_CONTENT_TYPE = "message_content.type"
+MESSAGE_CONTENT_TEXT = "message_content.text"
+MESSAGE_CONTENT_IMAGE = "message_content.image"
+IMAGE_URL = "image.url"
+METADATA = "metadata"
 
 # --- FastRM attributes (guardrail span)
 FASTRM_SCORE_AGGREGATION = "fastrm.score.aggregation"
@@ -82,6 +132,14 @@ FASTRM_MAPS_BITS = "fastrm.maps.bits"
 FASTRM_MAPS_BYTES = "fastrm.maps.bytes"
 FASTRM_MAPS_BUDGET_BYTES = "fastrm.maps.budget_bytes"
 FASTRM_MAPS_FILE = "fastrm.maps.file"
+# The image of the call: its path (when it was given as a path; content capture only) and the SHA-256 of
+# its RGB pixels (always; lets a reviewer match an escalation or a trace to an image without storing it).
+FASTRM_IMAGE_PATH = "fastrm.image.path"
+FASTRM_IMAGE_SHA256 = "fastrm.image.sha256"
+FASTRM_IMAGE_SIZE = "fastrm.image.size"
+# Calls guarded together in one padded generate_batch: the row of this call and the batch size.
+FASTRM_BATCH_INDEX = "fastrm.batch.index"
+FASTRM_BATCH_SIZE = "fastrm.batch.size"
 
 # --- Per-token event (on the guardrail span)
 TOKEN_EVENT = "fastrm.token"

@@ -19,7 +19,7 @@ Typical use inside the Guard (sketch)::
                     span.add_event(TOKEN_EVENT, token_event_attributes(
                         i, entropies[i], encoded_map=plan.encoded.get(i), text=tok if capture else None))
                 span.set_attributes(map_budget_attributes(plan, budget))
-                span.add_event(GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(decision, ...))
+                span.add_event(EVALUATION_RESULT_EVENT, guardrail_result_event_attributes(decision, ...))
 
 Nothing here raises on telemetry's behalf: callers still wrap span work so that
 telemetry never breaks inference.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -54,6 +55,7 @@ __all__ = [
     "MapBudget",
     "MapPlan",
     "chat_attributes",
+    "chat_content_attributes",
     "content_capture_enabled",
     "decode_map",
     "encode_map",
@@ -61,6 +63,9 @@ __all__ = [
     "get_tracer",
     "guardrail_attributes",
     "guardrail_result_event_attributes",
+    "image_attributes",
+    "image_data_uri",
+    "image_reference",
     "input_messages_json",
     "map_attributes",
     "map_budget_attributes",
@@ -101,11 +106,14 @@ def chat_attributes(
     temperature: float | None = None,
     top_p: float | None = None,
 ) -> dict[str, Any]:
-    """Attributes of the ``chat {model}`` span (GenAI conventions).
+    """Attributes of the ``chat {model}`` span: GenAI conventions and, beside them, OpenInference's
+    LLM keys (span kind, model name, token counts, invocation parameters) for Phoenix-style viewers.
 
     >>> chat_attributes("tiny-llava", input_tokens=12, output_tokens=3, finish_reasons=["stop"])["gen_ai.operation.name"]
     'chat'
     """
+    params = _clean({"max_new_tokens": max_tokens, "temperature": temperature, "top_p": top_p})
+    total = None if input_tokens is None or output_tokens is None else int(input_tokens) + int(output_tokens)
     return _clean(
         {
             semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_CHAT,
@@ -117,6 +125,101 @@ def chat_attributes(
             semconv.GEN_AI_REQUEST_MAX_TOKENS: max_tokens,
             semconv.GEN_AI_REQUEST_TEMPERATURE: temperature,
             semconv.GEN_AI_REQUEST_TOP_P: top_p,
+            semconv.OPENINFERENCE_SPAN_KIND: semconv.OPENINFERENCE_KIND_LLM,
+            semconv.LLM_MODEL_NAME: model,
+            semconv.LLM_TOKEN_COUNT_PROMPT: input_tokens,
+            semconv.LLM_TOKEN_COUNT_COMPLETION: output_tokens,
+            semconv.LLM_TOKEN_COUNT_TOTAL: total,
+            semconv.LLM_INVOCATION_PARAMETERS: _dumps(params) if params else None,
+        }
+    )
+
+
+def chat_content_attributes(
+    question: str, answer: str, *, finish_reason: str = "stop", image_uri: str | None = None
+) -> dict[str, Any]:
+    """The ``chat`` span's content attributes (content capture only; the caller decides).
+
+    ``answer`` is what the model generated, also when a policy withheld it from the user.
+    GenAI: ``gen_ai.input.messages`` / ``gen_ai.output.messages``. OpenInference:
+    ``input.value`` (the question), ``output.value`` (the answer) and the flattened
+    ``llm.input_messages`` / ``llm.output_messages``; ``image_uri`` (a ``data:`` URI from
+    :func:`image_data_uri`) becomes an image part of the user message, which Phoenix displays.
+
+    >>> a = chat_content_attributes("How many?", "3")
+    >>> a["input.value"], a["output.value"], a["llm.output_messages.0.message.content"]
+    ('How many?', '3', '3')
+    """
+    user = f"{semconv.LLM_INPUT_MESSAGES}.0.{semconv.MESSAGE_CONTENTS}"
+    attrs: dict[str, Any] = {
+        semconv.GEN_AI_INPUT_MESSAGES: input_messages_json(question),
+        semconv.GEN_AI_OUTPUT_MESSAGES: output_messages_json(answer, finish_reason),
+        semconv.INPUT_VALUE: question,
+        semconv.INPUT_MIME_TYPE: semconv.MIME_TEXT,
+        semconv.OUTPUT_VALUE: answer,
+        semconv.OUTPUT_MIME_TYPE: semconv.MIME_TEXT,
+        f"{semconv.LLM_INPUT_MESSAGES}.0.{semconv.MESSAGE_ROLE}": "user",
+        f"{user}.0.{semconv.MESSAGE_CONTENT_TYPE}": "text",
+        f"{user}.0.{semconv.MESSAGE_CONTENT_TEXT}": question,
+        f"{semconv.LLM_OUTPUT_MESSAGES}.0.{semconv.MESSAGE_ROLE}": "assistant",
+        f"{semconv.LLM_OUTPUT_MESSAGES}.0.{semconv.MESSAGE_CONTENT}": answer,
+    }
+    if image_uri:
+        attrs[f"{user}.1.{semconv.MESSAGE_CONTENT_TYPE}"] = "image"
+        attrs[f"{user}.1.{semconv.MESSAGE_CONTENT_IMAGE}.{semconv.IMAGE_URL}"] = image_uri
+    return attrs
+
+
+def image_data_uri(image: Any, *, max_side: int = 256, max_bytes: int = 96_000) -> str | None:
+    """A PIL image as a ``data:image/...;base64,`` URI for a span, downscaled and size-bounded.
+
+    The image is shrunk (aspect ratio kept) so that its longer side is at most ``max_side``
+    pixels, then written as PNG; if the URI is longer than ``max_bytes`` characters it is
+    written as JPEG (quality 85, then 60); if still too long, None (nothing is attached).
+    Only call this with content capture on: the image is content.
+    """
+    import base64
+    import io
+
+    from PIL import Image
+
+    img = image.convert("RGB")
+    scale = max_side / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    for fmt, kwargs in (("PNG", {"optimize": True}), ("JPEG", {"quality": 85}), ("JPEG", {"quality": 60})):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kwargs)
+        uri = f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        if len(uri) <= max_bytes:
+            return uri
+    return None
+
+
+def image_reference(image: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What identifies a call's image without storing it: SHA-256 of its RGB pixels and (w, h).
+
+    ``{"sha256": ..., "size": [w, h]}``, plus ``"path"`` (absolute) when one is given.
+    The hash is of the decoded RGB pixels, so the same picture saved as PNG or re-encoded
+    losslessly hashes the same.
+    """
+    import hashlib
+
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+    ref: dict[str, Any] = {"sha256": digest, "size": [rgb.width, rgb.height]}
+    if path is not None:
+        ref["path"] = str(Path(path).resolve())
+    return ref
+
+
+def image_attributes(reference: Mapping[str, Any], *, capture_content: bool) -> dict[str, Any]:
+    """Span attributes of an :func:`image_reference`; the path only with content capture."""
+    return _clean(
+        {
+            semconv.FASTRM_IMAGE_SHA256: reference.get("sha256"),
+            semconv.FASTRM_IMAGE_SIZE: list(reference["size"]) if reference.get("size") else None,
+            semconv.FASTRM_IMAGE_PATH: reference.get("path") if capture_content else None,
         }
     )
 
@@ -130,15 +233,34 @@ def guardrail_attributes(
     flagged: bool | None = None,
     n_answer_tokens: int | None = None,
     max_token_entropy: float | None = None,
+    answer: str | None = None,
+    returned_text: str | None = None,
 ) -> dict[str, Any]:
     """Attributes of the ``apply_guardrail fastrm`` span: verdict, score, threshold, policy, rule, action.
 
     ``decision`` is a :class:`policies.Decision`; verdict/score/threshold may be
-    None when the guard failed (then ``gen_ai.guardrail.unguarded`` is true).
+    None when the guard failed (then ``fastrm.guardrail.unguarded`` is true).
+    ``answer`` (the model's answer, kept even when withheld) and ``returned_text`` (what the
+    caller got) are content: pass them only with content capture on.
+    For OpenInference viewers the span is of kind ``GUARDRAIL``, its ``input.value`` is the
+    answer under test (content capture only) and its ``output.value`` a JSON summary of the
+    decision (with the returned text under content capture).
     """
+    summary = _clean(
+        {
+            "verdict": verdict,
+            "score": score,
+            "threshold": threshold,
+            "action": decision.action,
+            "rule": decision.rule,
+            "flagged": flagged,
+            "unguarded": decision.unguarded,
+            "text": returned_text,
+        }
+    )
     return _clean(
         {
-            semconv.GEN_AI_OPERATION_NAME: semconv.GUARDRAIL_OPERATION,
+            semconv.OPENINFERENCE_SPAN_KIND: semconv.OPENINFERENCE_KIND_GUARDRAIL,
             semconv.GUARDRAIL_NAME_KEY: semconv.GUARDRAIL_NAME,
             semconv.GUARDRAIL_VERDICT: verdict,
             semconv.GUARDRAIL_SCORE: score,
@@ -151,8 +273,14 @@ def guardrail_attributes(
             semconv.GUARDRAIL_FLAGGED: flagged,
             semconv.GUARDRAIL_UNGUARDED: decision.unguarded,
             semconv.GUARDRAIL_ESCALATION_TARGET: decision.escalation_target,
+            semconv.GUARDRAIL_ANSWER: answer,
+            semconv.GUARDRAIL_RETURNED_TEXT: returned_text,
             semconv.FASTRM_ANSWER_TOKENS: n_answer_tokens,
             semconv.FASTRM_MAX_TOKEN_ENTROPY: max_token_entropy,
+            semconv.INPUT_VALUE: answer,
+            semconv.INPUT_MIME_TYPE: semconv.MIME_TEXT if answer is not None else None,
+            semconv.OUTPUT_VALUE: _dumps(summary),
+            semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
         }
     )
 
@@ -164,19 +292,31 @@ def guardrail_result_event_attributes(
     score: float | None = None,
     threshold: float | None = None,
     flagged: bool | None = None,
+    error_type: str | None = None,
 ) -> dict[str, Any]:
-    """Attributes of the ``gen_ai.guardrail.result`` event: the decision, plus the GenAI
-    evaluation keys (``gen_ai.evaluation.name = "fastrm"``, ``score.value``, ``score.label`` = verdict,
-    ``explanation`` = reason) so generic GenAI tooling can read the score."""
-    attrs = guardrail_attributes(decision, verdict=verdict, score=score, threshold=threshold, flagged=flagged)
-    attrs.pop(semconv.GEN_AI_OPERATION_NAME, None)
+    """Attributes of the ``gen_ai.evaluation.result`` event (GenAI conventions' evaluation event).
+
+    The official keys: ``gen_ai.evaluation.name = "fastrm"``, ``score.value`` (the answer
+    score, higher = more uncertain), ``score.label`` (the verdict, or ``"unguarded"`` when
+    the guard failed), ``explanation`` (the decision's reason), ``error.type`` when the guard
+    failed; plus our decision keys (``fastrm.guardrail.*``: threshold, policy, rule, action).
+    """
+    attrs = {
+        k: v
+        for k, v in guardrail_attributes(
+            decision, verdict=verdict, score=score, threshold=threshold, flagged=flagged
+        ).items()
+        if k.startswith("fastrm.guardrail.")
+    }
     attrs.update(
         _clean(
             {
                 semconv.GEN_AI_EVALUATION_NAME: semconv.GUARDRAIL_NAME,
                 semconv.GEN_AI_EVALUATION_SCORE_VALUE: score,
-                semconv.GEN_AI_EVALUATION_SCORE_LABEL: verdict,
+                semconv.GEN_AI_EVALUATION_SCORE_LABEL: verdict if verdict is not None else (
+                    "unguarded" if decision.unguarded else None),
                 semconv.GEN_AI_EVALUATION_EXPLANATION: decision.reason,
+                semconv.ERROR_TYPE: error_type,
             }
         )
     )

@@ -223,13 +223,13 @@ def test_spans_names_parentage_attributes_and_maps(tiny_llava, tiny_proxy, calib
     assert tuple(a["gen_ai.response.finish_reasons"]) == (r.finish_reason,)
     assert "gen_ai.input.messages" not in a  # content capture is off by default
     ga = guard_span.attributes
-    assert ga["gen_ai.guardrail.verdict"] == r.verdict and ga["gen_ai.guardrail.action"] == r.action
-    assert ga["gen_ai.guardrail.score"] == pytest.approx(r.score)
-    assert ga["gen_ai.guardrail.threshold"] == pytest.approx(r.threshold)
-    assert ga["gen_ai.guardrail.policy.id"] == "default"
+    assert ga["fastrm.guardrail.verdict"] == r.verdict and ga["fastrm.guardrail.action"] == r.action
+    assert ga["fastrm.guardrail.score"] == pytest.approx(r.score)
+    assert ga["fastrm.guardrail.threshold"] == pytest.approx(r.threshold)
+    assert ga["fastrm.guardrail.policy.id"] == "default"
     events = [e for e in guard_span.events if e.name == "fastrm.token"]
     assert len(events) == len(r.token_ids)
-    assert any(e.name == "gen_ai.guardrail.result" for e in guard_span.events)
+    assert any(e.name == "gen_ai.evaluation.result" for e in guard_span.events)
     for i, e in enumerate(events):
         decoded = map_from_attributes(dict(e.attributes))
         lo, hi = r.maps[i].min(), r.maps[i].max()

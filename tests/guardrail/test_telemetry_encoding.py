@@ -89,20 +89,28 @@ def test_span_names_parentage_and_attributes(memory):
         "gen_ai.usage.input_tokens": 40,
         "gen_ai.usage.output_tokens": 3,
         "gen_ai.response.finish_reasons": ("stop",),
+        "openinference.span.kind": "LLM",
+        "llm.model_name": "tiny-llava",
+        "llm.token_count.prompt": 40,
+        "llm.token_count.completion": 3,
+        "llm.token_count.total": 43,
     }
+    summary = json.loads(guard.attributes["output.value"])
+    assert summary == {"verdict": "uncertain", "score": 1.3, "threshold": 1.1, "action": "flag", "rule": "uncertain",
+                       "flagged": True, "unguarded": False}
     assert dict(guard.attributes) == {
-        "gen_ai.operation.name": "apply_guardrail",
-        "gen_ai.guardrail.name": "fastrm",
-        "gen_ai.guardrail.verdict": "uncertain",
-        "gen_ai.guardrail.score": 1.3,
-        "gen_ai.guardrail.threshold": 1.1,
-        "gen_ai.guardrail.policy.id": "default",
-        "gen_ai.guardrail.policy.version": "1",
-        "gen_ai.guardrail.rule": "uncertain",
-        "gen_ai.guardrail.action": "flag",
-        "gen_ai.guardrail.reason": "the model's attention to the image is diffuse; the answer may not be grounded in it",
-        "gen_ai.guardrail.flagged": True,
-        "gen_ai.guardrail.unguarded": False,
+        "openinference.span.kind": "GUARDRAIL",
+        "fastrm.guardrail.name": "fastrm",
+        "fastrm.guardrail.verdict": "uncertain",
+        "fastrm.guardrail.score": 1.3,
+        "fastrm.guardrail.threshold": 1.1,
+        "fastrm.guardrail.policy.id": "default",
+        "fastrm.guardrail.policy.version": "1",
+        "fastrm.guardrail.rule": "uncertain",
+        "fastrm.guardrail.action": "flag",
+        "fastrm.guardrail.reason": "the model's attention to the image is diffuse; the answer may not be grounded in it",
+        "fastrm.guardrail.flagged": True,
+        "fastrm.guardrail.unguarded": False,
         "fastrm.answer_tokens": 2,
         "fastrm.max_token_entropy": 2.0,
         "fastrm.maps.attached": 3,
@@ -110,16 +118,17 @@ def test_span_names_parentage_and_attributes(memory):
         "fastrm.maps.bits": 8,
         "fastrm.maps.bytes": guard.attributes["fastrm.maps.bytes"],
         "fastrm.maps.budget_bytes": 65536,
+        "output.value": guard.attributes["output.value"],
+        "output.mime_type": "application/json",
     }
     assert not chat.events
-    assert [e.name for e in guard.events] == ["fastrm.token"] * 3 + ["gen_ai.guardrail.result"]
+    assert [e.name for e in guard.events] == ["fastrm.token"] * 3 + ["gen_ai.evaluation.result"]
     result = guard.events[-1]
-    assert result.name == "gen_ai.guardrail.result"
     assert result.attributes["gen_ai.evaluation.name"] == "fastrm"
     assert result.attributes["gen_ai.evaluation.score.value"] == 1.3
     assert result.attributes["gen_ai.evaluation.score.label"] == "uncertain"
-    assert result.attributes["gen_ai.guardrail.action"] == "flag"
-    assert "gen_ai.operation.name" not in result.attributes
+    assert result.attributes["fastrm.guardrail.action"] == "flag"
+    assert not any(k.startswith(("gen_ai.operation", "openinference", "input.", "output.")) for k in result.attributes)
 
 
 def test_token_events_carry_decodable_maps_and_no_text_by_default(memory):
@@ -172,9 +181,9 @@ def test_budget_drops_are_reported_on_the_span(memory):
 def test_on_error_decision_attributes():
     decision = decide_on_error(load_policy("strict"), RuntimeError("boom"))
     attrs = guardrail_attributes(decision, flagged=False)
-    assert attrs["gen_ai.guardrail.unguarded"] is True
-    assert attrs["gen_ai.guardrail.rule"] == "on_error"
-    assert "gen_ai.guardrail.verdict" not in attrs and "gen_ai.guardrail.score" not in attrs
+    assert attrs["fastrm.guardrail.unguarded"] is True
+    assert attrs["fastrm.guardrail.rule"] == "on_error"
+    assert "fastrm.guardrail.verdict" not in attrs and "fastrm.guardrail.score" not in attrs
 
 
 def test_escalation_target_attribute(tmp_path):
@@ -184,7 +193,7 @@ def test_escalation_target_attribute(tmp_path):
         f"id: p\nversion: 1\ndefault: {{action: escalate, escalation: {{queue: {tmp_path / 'q.jsonl'}}}}}\n"
     )
     d = decide(p, DecisionContext(verdict="confident"))
-    assert guardrail_attributes(d)["gen_ai.guardrail.escalation.target"] == f"queue:{tmp_path / 'q.jsonl'}"
+    assert guardrail_attributes(d)["fastrm.guardrail.escalation.target"] == f"queue:{tmp_path / 'q.jsonl'}"
 
 
 def test_attribute_values_are_plain_python():
