@@ -49,6 +49,7 @@ from .otlp_json import read_trace_jsonl, span_to_dict
 __all__ = [
     "BoundedSpanExporter",
     "JsonlFileSpanExporter",
+    "configure_metrics",
     "configure_tracing",
     "otlp_endpoint_from_env",
     "read_trace_jsonl",
@@ -58,6 +59,7 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "fastrm-guard"
 _OTLP_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_OTLP_METRICS_ENV = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 class JsonlFileSpanExporter(SpanExporter):
@@ -162,9 +164,10 @@ class BoundedSpanExporter(SpanExporter):
         return done, result, thread
 
 
-def otlp_endpoint_from_env() -> str | None:
-    """The OTLP traces endpoint set by ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, if any."""
-    for name in _OTLP_ENV:
+def otlp_endpoint_from_env(signal: str = "traces") -> str | None:
+    """The OTLP endpoint set for ``signal`` (``"traces"`` or ``"metrics"``) by
+    ``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``, if any."""
+    for name in _OTLP_METRICS_ENV if signal == "metrics" else _OTLP_ENV:
         value = os.environ.get(name, "").strip()
         if value:
             return value
@@ -245,3 +248,63 @@ def _traces_url(endpoint: str) -> str:
     """``http://host:4318`` -> ``http://host:4318/v1/traces`` (the exporter takes a full URL)."""
     base = endpoint.rstrip("/")
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+def configure_metrics(
+    *,
+    console: bool | TextIO = False,
+    otlp_endpoint: str | None = None,
+    otlp_from_env: bool = True,
+    readers: Sequence[Any] = (),
+    service_name: str | None = None,
+    export_interval_s: float = 60.0,
+    export_timeout_s: float = 5.0,
+    set_global: bool = False,
+) -> Any:
+    """A ``MeterProvider`` for :class:`guardrail.metrics.GuardMetrics`, set up like :func:`configure_tracing`.
+
+    - ``console``: True for stdout, or a text stream;
+    - ``otlp_endpoint``: an OTLP/HTTP collector (``/v1/metrics`` is appended unless present); when
+      None and ``otlp_from_env``, ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``
+      enable it (needs the ``otlp`` extra);
+    - ``readers``: further metric readers of your own (e.g. the SDK's ``InMemoryMetricReader``);
+    - ``export_interval_s``: how often the periodic readers export (also at ``shutdown``/``force_flush``).
+
+    Pass the provider to ``Guard(meter_provider=...)`` and call ``provider.shutdown()`` at exit.
+    """
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+    interval_ms = export_interval_s * 1000
+    chosen: list[Any] = []
+    if console:
+        exporter = ConsoleMetricExporter(out=sys.stdout if console is True else console)
+        chosen.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms))
+    endpoint = otlp_endpoint or (otlp_endpoint_from_env("metrics") if otlp_from_env else None)
+    if endpoint:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        except ImportError as exc:
+            raise GuardrailError(
+                f"OTLP metrics export was requested ({endpoint}) but the OTLP/HTTP exporter is not installed; "
+                "install it with: pip install 'fastrm-guard[otlp]'"
+            ) from exc
+        kwargs: dict[str, Any] = {"timeout": export_timeout_s}
+        if otlp_endpoint:
+            kwargs["endpoint"] = _signal_url(otlp_endpoint, "metrics")
+        chosen.append(PeriodicExportingMetricReader(
+            OTLPMetricExporter(**kwargs), export_interval_millis=interval_ms,
+            export_timeout_millis=export_timeout_s * 1000,
+        ))
+    chosen.extend(readers)
+    name = service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
+    provider = MeterProvider(metric_readers=chosen, resource=Resource.create({"service.name": name}))
+    if set_global:
+        otel_metrics.set_meter_provider(provider)
+    return provider
+
+
+def _signal_url(endpoint: str, signal: str) -> str:
+    base = endpoint.rstrip("/")
+    return base if base.endswith(f"/v1/{signal}") else f"{base}/v1/{signal}"
