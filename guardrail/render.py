@@ -1,14 +1,23 @@
-"""Drawing maps: coloured blocks in the terminal (rich) and PNG overlays on the image (PIL)."""
+"""Drawing maps: coloured blocks in the terminal (rich), overlays on the image (PIL) and explained figures.
+
+Where a map sits on the image: the processor resizes and usually centre-crops, so the model
+sees one box of the original image, and the (rows, cols) map covers that box only.
+:func:`view_box` computes the box from the processor's real settings; :func:`overlay`
+paints the map inside it and dims what the model never saw. Without a processor, the
+default box is the centred square of side min(width, height) (what a shortest-edge resize
+plus a square centre crop keeps, as in LLaVA-1.5 and the shipped reference model).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from rich.text import Text
 
-__all__ = ["heatmap_text", "overlay", "save_overlay"]
+__all__ = ["default_view_box", "explained_figure", "heatmap_text", "overlay", "save_overlay", "view_box"]
 
 # a perceptually ordered ramp (dark blue -> teal -> yellow), 8 steps
 _RAMP = [(13, 8, 135), (84, 2, 163), (139, 10, 165), (185, 50, 137), (219, 92, 104), (244, 136, 73),
@@ -50,23 +59,110 @@ def _downsample(m: np.ndarray, max_cols: int) -> np.ndarray:
     return m[: r2 * f, : c2 * f].reshape(r2, f, c2, f).mean(axis=(1, 3))
 
 
-def overlay(image: Image.Image | None, map_2d: np.ndarray, *, size: int = 256, alpha: float = 0.7) -> Image.Image:
-    """The map (min-max scaled, colour ramp) over ``image`` (or alone when None), ``size`` px square.
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original image pixels
 
-    Each patch is blended with an opacity proportional to its value, so irrelevant patches leave the
-    image as it is and the relevant ones are painted.
+
+def default_view_box(width: int, height: int) -> Box:
+    """The centred square of side ``min(width, height)``: a shortest-edge resize plus a square centre crop."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return (float(left), float(top), float(left + side), float(top + side))
+
+
+def view_box(image_processor: Any, width: int, height: int) -> Box:
+    """The part of a ``width`` x ``height`` image that ``image_processor`` hands to the model.
+
+    Follows Hugging Face's CLIP-style processors: ``do_resize`` with ``size = {"shortest_edge": S}``
+    (aspect kept, short side S, long side truncated as HF does) or ``{"height", "width"}``
+    (stretched), then ``do_center_crop`` with ``crop_size`` (offsets floored as HF does). The
+    box is in original pixels and may be fractional; it may extend outside the image if the
+    crop is larger than the resized image (HF pads there).
+
+    >>> from types import SimpleNamespace as P
+    >>> view_box(P(do_resize=True, size={"shortest_edge": 96}, do_center_crop=True,
+    ...            crop_size={"height": 96, "width": 96}), 192, 96)
+    (48.0, 0.0, 144.0, 96.0)
+    """
+    proc = getattr(image_processor, "image_processor", image_processor)  # a full processor or its image part
+    w, h = float(width), float(height)
+    rw, rh = w, h
+    size = _as_dict(getattr(proc, "size", None))
+    if getattr(proc, "do_resize", False) and size:
+        if "shortest_edge" in size:
+            short = float(size["shortest_edge"])
+            if w <= h:
+                rw, rh = short, float(int(short * h / w))
+            else:
+                rw, rh = float(int(short * w / h)), short
+        elif "height" in size and "width" in size:
+            rw, rh = float(size["width"]), float(size["height"])
+    left, top, right, bottom = 0.0, 0.0, rw, rh
+    crop = _as_dict(getattr(proc, "crop_size", None))
+    if getattr(proc, "do_center_crop", False) and crop and "height" in crop and "width" in crop:
+        cw, ch = float(crop["width"]), float(crop["height"])
+        left, top = float((int(rw) - int(cw)) // 2), float((int(rh) - int(ch)) // 2)
+        right, bottom = left + cw, top + ch
+    sx, sy = rw / w, rh / h
+    return (left / sx, top / sy, right / sx, bottom / sy)
+
+
+def _as_dict(value: Any) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (int, float)):
+        return {"shortest_edge": value}
+    try:
+        return {k: v for k, v in dict(value).items() if v is not None}
+    except (TypeError, ValueError):
+        return {k: getattr(value, k) for k in ("shortest_edge", "height", "width") if getattr(value, k, None)}
+
+
+def _grid_index(width: int, height: int, box: Box, rows: int, cols: int, scale: float):
+    """For each displayed pixel: the (row, col) of the map cell it shows, and whether it is inside the box."""
+    left, top, right, bottom = box
+    xs = (np.arange(width) + 0.5) / scale  # pixel centres in original coordinates
+    ys = (np.arange(height) + 0.5) / scale
+    col = np.floor((xs - left) / (right - left) * cols).astype(int)  # (W,)
+    row = np.floor((ys - top) / (bottom - top) * rows).astype(int)  # (H,)
+    inside = (row[:, None] >= 0) & (row[:, None] < rows) & (col[None, :] >= 0) & (col[None, :] < cols)  # (H, W)
+    return np.clip(row, 0, rows - 1), np.clip(col, 0, cols - 1), inside
+
+
+def _ramp_rgb(m: np.ndarray) -> np.ndarray:
+    ramp = np.array(_RAMP, dtype=np.float32)
+    return ramp[np.clip((m * len(_RAMP)).astype(int), 0, len(_RAMP) - 1)]
+
+
+def overlay(image: Image.Image | None, map_2d: np.ndarray, *, size: int = 256, alpha: float = 0.75,
+            box: Box | None = None) -> Image.Image:
+    """The map (min-max scaled, colour ramp) placed on ``image`` where the model saw it.
+
+    The result keeps the image's aspect ratio, its longer side ``size`` px. ``box`` is the part of
+    the image the map covers (:func:`view_box`; default :func:`default_view_box`). Inside the box
+    the image is shown in grey and each patch is painted with an opacity proportional to its value,
+    so the ramp's colours never mix with the objects' own colours; outside it the image is dimmed
+    (the model never saw it). With ``image=None`` the map alone is drawn, ``size`` px square.
     """
     m = _unit(map_2d)
-    ramp = np.array(_RAMP, dtype=np.float32)
-    idx = np.clip((m * len(_RAMP)).astype(int), 0, len(_RAMP) - 1)
-    heat = np.asarray(Image.fromarray(ramp[idx].astype(np.uint8), "RGB").resize((size, size), Image.NEAREST),
-                      dtype=np.float32)  # (size, size, 3)
+    rows, cols = m.shape
     if image is None:
-        return Image.fromarray(heat.astype(np.uint8), "RGB")
-    weight = np.asarray(Image.fromarray((m * 255).astype(np.uint8), "L").resize((size, size), Image.NEAREST),
-                        dtype=np.float32)[..., None] / 255.0 * alpha  # (size, size, 1)
-    base = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-    return Image.fromarray((base * (1 - weight) + heat * weight).astype(np.uint8), "RGB")
+        heat = _ramp_rgb(m).astype(np.uint8)
+        return Image.fromarray(heat, "RGB").resize((size, size), Image.NEAREST)
+    img = image.convert("RGB")
+    w, h = img.size
+    box = box or default_view_box(w, h)
+    scale = size / max(w, h)
+    dw, dh = max(1, round(w * scale)), max(1, round(h * scale))
+    base = np.asarray(img.resize((dw, dh), Image.BILINEAR), dtype=np.float32)  # (H, W, 3)
+    grey = base.mean(axis=2, keepdims=True).repeat(3, axis=2)
+    r, c, inside = _grid_index(dw, dh, box, rows, cols, scale)
+    values = m[r[:, None], c[None, :]]  # (H, W)
+    weight = (values * alpha)[..., None]
+    painted = grey * (1 - weight) + _ramp_rgb(values) * weight
+    out = np.where(inside[..., None], painted, base * 0.35 + 255 * 0.1)
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8), "RGB")
 
 
 def save_overlay(path: str | Path, image: Image.Image | None, map_2d: np.ndarray, **kwargs) -> Path:
@@ -74,4 +170,62 @@ def save_overlay(path: str | Path, image: Image.Image | None, map_2d: np.ndarray
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay(image, map_2d, **kwargs).save(path)
+    return path
+
+
+def explained_figure(
+    path: str | Path,
+    image: Image.Image | None,
+    map_2d: np.ndarray,
+    *,
+    box: Box | None = None,
+    title: str = "",
+    lines: tuple[str, ...] = (),
+    value_label: str = "relevancy (proxy probability)",
+) -> Path:
+    """A PNG that explains itself: the image as it is (with the box the model saw) beside the map
+    over it, a colour bar with the map's real values, and a title (question, answer, verdict, token).
+
+    ``lines`` are extra caption lines under the title. Parents of ``path`` are created.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import colors as mcolors
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    m = np.asarray(map_2d, dtype=float)
+    lo, hi = float(m.min()), float(m.max())
+    cmap = mcolors.ListedColormap(np.array(_RAMP) / 255.0, name="fastrm")
+    n_panels = 2 if image is not None else 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels + 0.6, 4.6), dpi=80, squeeze=False)
+    axes = axes[0]
+    if image is not None:
+        img = image.convert("RGB")
+        w, h = img.size
+        box = box or default_view_box(w, h)
+        axes[0].imshow(img, extent=(0, w, h, 0))
+        axes[0].add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
+                                    edgecolor="white", linewidth=1.5, linestyle="--"))
+        axes[0].set_title("image (dashed: what the model saw)", fontsize=9)
+        shown = overlay(img, m, box=box, size=max(256, max(w, h)))
+        axes[1].imshow(shown, extent=(0, w, h, 0))
+        axes[1].set_title("map over the image (grey: the image; colour: relevancy)", fontsize=9)
+    else:
+        axes[0].imshow(_unit(m), cmap=cmap, interpolation="nearest")
+        axes[0].set_title("map (no image in the trace)", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    norm = mcolors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), fraction=0.04, pad=0.02)
+    bar.set_label(value_label, fontsize=8)
+    text = "\n".join([t for t in (title, *lines) if t])
+    fig.suptitle(text, fontsize=9, ha="left", x=0.02, y=0.99, va="top")
+    fig.subplots_adjust(top=0.78 if text.count("\n") >= 2 else 0.84)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
     return path
