@@ -199,7 +199,10 @@ def explained_figure(
     lo, hi = float(m.min()), float(m.max())
     cmap = mcolors.ListedColormap(np.array(_RAMP) / 255.0, name="fastrm")
     n_panels = 2 if image is not None else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels + 0.6, 4.6), dpi=80, squeeze=False)
+    aspect = image.size[1] / image.size[0] if image is not None else m.shape[0] / m.shape[1]
+    n_text = len([t for t in (title, *lines) if t])
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.0 * n_panels + 1.0, 4.0 * min(aspect, 1.6) + 0.5 + 0.25 * n_text),
+                             dpi=80, squeeze=False, layout="constrained")
     axes = axes[0]
     if image is not None:
         img = image.convert("RGB")
@@ -211,7 +214,7 @@ def explained_figure(
         axes[0].set_title("image (dashed: what the model saw)", fontsize=9)
         shown = overlay(img, m, box=box, size=max(256, max(w, h)))
         axes[1].imshow(shown, extent=(0, w, h, 0))
-        axes[1].set_title("map over the image (grey: the image; colour: relevancy)", fontsize=9)
+        axes[1].set_title("map over the image (in grey)", fontsize=9)
     else:
         axes[0].imshow(_unit(m), cmap=cmap, interpolation="nearest")
         axes[0].set_title("map (no image in the trace)", fontsize=9)
@@ -219,11 +222,11 @@ def explained_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     norm = mcolors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
-    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), fraction=0.04, pad=0.02)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.9)
     bar.set_label(value_label, fontsize=8)
     text = "\n".join([t for t in (title, *lines) if t])
-    fig.suptitle(text, fontsize=9, ha="left", x=0.02, y=0.99, va="top")
-    fig.subplots_adjust(top=0.78 if text.count("\n") >= 2 else 0.84)
+    if text:
+        fig.suptitle(text, fontsize=9, ha="left", x=0.02)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
