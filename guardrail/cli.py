@@ -166,7 +166,7 @@ def _print_calibration(console: Console, cal, side: dict) -> None:
 def _cmd_view(args, console: Console) -> int:
     from .viewer import view_trace
 
-    return view_trace(args.trace, png_dir=args.png, console=console, all_tokens=args.all_tokens)
+    return view_trace(args.trace, png_dir=args.png, console=console, all_tokens=args.all_tokens, html=args.html)
 
 
 def _cmd_policy_check(args, console: Console) -> int:
@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("view", help="render the guarded calls of a JSONL trace")
     p.add_argument("trace")
-    p.add_argument("--png", default=None, help="write an overlay PNG per token map into this folder")
+    p.add_argument("--png", default=None, help="write an explained figure (PNG) per token map into this folder")
+    p.add_argument("--html", default=None, help="write a self-contained HTML report of the trace to this file")
     p.add_argument("--all-tokens", action="store_true", help="also show non-content tokens")
     p.set_defaults(func=_cmd_view)
 

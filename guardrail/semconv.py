@@ -137,6 +137,9 @@ FASTRM_MAPS_FILE = "fastrm.maps.file"
 FASTRM_IMAGE_PATH = "fastrm.image.path"
 FASTRM_IMAGE_SHA256 = "fastrm.image.sha256"
 FASTRM_IMAGE_SIZE = "fastrm.image.size"
+# The part of the image the model saw (after the processor's resize and crop), [left, top, right, bottom]
+# in original pixels: where the maps go (guardrail.render.view_box).
+FASTRM_IMAGE_BOX = "fastrm.image.box"
 # Calls guarded together in one padded generate_batch: the row of this call and the batch size.
 FASTRM_BATCH_INDEX = "fastrm.batch.index"
 FASTRM_BATCH_SIZE = "fastrm.batch.size"

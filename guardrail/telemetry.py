@@ -196,10 +196,11 @@ def image_data_uri(image: Any, *, max_side: int = 256, max_bytes: int = 96_000) 
     return None
 
 
-def image_reference(image: Any, path: str | os.PathLike | None = None) -> dict[str, Any]:
+def image_reference(image: Any, path: str | os.PathLike | None = None, box: Sequence[float] | None = None) -> dict[str, Any]:
     """What identifies a call's image without storing it: SHA-256 of its RGB pixels and (w, h).
 
-    ``{"sha256": ..., "size": [w, h]}``, plus ``"path"`` (absolute) when one is given.
+    ``{"sha256": ..., "size": [w, h]}``, plus ``"path"`` (absolute) when one is given and ``"box"``
+    (the part the model saw, :func:`guardrail.render.view_box`) when given.
     The hash is of the decoded RGB pixels, so the same picture saved as PNG or re-encoded
     losslessly hashes the same.
     """
@@ -210,6 +211,8 @@ def image_reference(image: Any, path: str | os.PathLike | None = None) -> dict[s
     ref: dict[str, Any] = {"sha256": digest, "size": [rgb.width, rgb.height]}
     if path is not None:
         ref["path"] = str(Path(path).resolve())
+    if box is not None:
+        ref["box"] = [float(v) for v in box]
     return ref
 
 
@@ -219,6 +222,7 @@ def image_attributes(reference: Mapping[str, Any], *, capture_content: bool) -> 
         {
             semconv.FASTRM_IMAGE_SHA256: reference.get("sha256"),
             semconv.FASTRM_IMAGE_SIZE: list(reference["size"]) if reference.get("size") else None,
+            semconv.FASTRM_IMAGE_BOX: [float(v) for v in reference["box"]] if reference.get("box") else None,
             semconv.FASTRM_IMAGE_PATH: reference.get("path") if capture_content else None,
         }
     )

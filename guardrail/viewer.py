@@ -1,23 +1,22 @@
-"""``guardrail view``: render the guarded calls of a JSONL trace in the terminal (and as PNG overlays)."""
+"""``guardrail view``: the guarded calls of a JSONL trace in the terminal, as explained PNG figures
+(``--png DIR``) or as one self-contained HTML page (``--html FILE``, :mod:`guardrail.report`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from . import semconv
-from .guard import IMAGE_PATH_ATTRIBUTE as IMAGE_PATH
 from .otlp_json import read_trace_jsonl
-from .render import heatmap_text, save_overlay
-from .telemetry import map_from_attributes
+from .render import explained_figure, heatmap_text
+from .telemetry import map_from_attributes, message_text
 
-__all__ = ["guarded_calls", "view_trace"]
-
+__all__ = ["guarded_calls", "token_label", "view_trace"]
 
 
 def _num(value) -> str:
@@ -46,52 +45,88 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return calls
 
 
+def token_label(token_attributes: dict[str, Any]) -> str:
+    """``'red'`` with content capture, else ``#3 (text not recorded)``."""
+    text = token_attributes.get(semconv.TOKEN_TEXT)
+    return repr(text) if text is not None else f"#{token_attributes.get(semconv.TOKEN_INDEX)} (text not recorded)"
+
+
+def _load_image(chat: dict, guard: dict):
+    path = chat.get(semconv.FASTRM_IMAGE_PATH) or guard.get(semconv.FASTRM_IMAGE_PATH)
+    if path and Path(path).is_file():
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    uri = chat.get(f"{semconv.LLM_INPUT_MESSAGES}.0.{semconv.MESSAGE_CONTENTS}.1."
+                   f"{semconv.MESSAGE_CONTENT_IMAGE}.{semconv.IMAGE_URL}")
+    if isinstance(uri, str) and uri.startswith("data:image/") and ";base64," in uri:
+        import base64
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+    return None
+
+
 def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: Console | None = None,
-               all_tokens: bool = False) -> int:
-    """Print every guarded call of a trace file; with ``png_dir`` also write one overlay per token map."""
+               all_tokens: bool = False, html: str | Path | None = None) -> int:
+    """Print every guarded call of a trace file.
+
+    ``png_dir``: also write one explained figure per token map, named
+    ``<trace id>-<span id>-token<NNN>.png``; ``html``: also write the HTML report there.
+    """
     console = console or Console()
     calls = guarded_calls(read_trace_jsonl(path))
     if not calls:
         console.print(f"[yellow]no guarded call in {path}[/yellow]")
         return 1
-    image_cache: dict[str, Any] = {}
     for n, call in enumerate(calls):
         g = call["guard"]["attributes"]
         chat = (call["chat"] or {}).get("attributes", {})
         head = Table.grid(padding=(0, 2))
         head.add_row("model", str(chat.get(semconv.GEN_AI_REQUEST_MODEL, "?")))
-        from .telemetry import message_text
-
-        if semconv.GEN_AI_INPUT_MESSAGES in chat:
-            head.add_row("question", message_text(chat[semconv.GEN_AI_INPUT_MESSAGES]))
-        if semconv.GEN_AI_OUTPUT_MESSAGES in chat:
-            head.add_row("returned", message_text(chat[semconv.GEN_AI_OUTPUT_MESSAGES]))
+        question = message_text(chat[semconv.GEN_AI_INPUT_MESSAGES]) if semconv.GEN_AI_INPUT_MESSAGES in chat else None
+        answer = g.get(semconv.GUARDRAIL_ANSWER)
+        if answer is None and semconv.GEN_AI_OUTPUT_MESSAGES in chat:
+            answer = message_text(chat[semconv.GEN_AI_OUTPUT_MESSAGES])
+        head.add_row("question", escape(question) if question is not None else "[dim](not recorded: content capture was off)[/dim]")
+        head.add_row("answer", escape(answer) if answer is not None else "[dim](not recorded)[/dim]")
+        returned = g.get(semconv.GUARDRAIL_RETURNED_TEXT)
+        if returned is not None and returned != answer:
+            head.add_row("returned", escape(returned))
         score = g.get(semconv.GUARDRAIL_SCORE)
-        head.add_row("verdict", f"{g.get(semconv.GUARDRAIL_VERDICT, '-')}  (score "
-                     f"{'-' if score is None else f'{score:.3f}'} vs threshold {_num(g.get(semconv.GUARDRAIL_THRESHOLD))})")
-        head.add_row("action", escape(f"{g.get(semconv.GUARDRAIL_ACTION)}  [{g.get(semconv.GUARDRAIL_POLICY_ID)} "
-                     f"v{g.get(semconv.GUARDRAIL_POLICY_VERSION)}, rule {g.get(semconv.GUARDRAIL_RULE)}]"))
-        body = [head]
-        image = None
-        image_path = chat.get(IMAGE_PATH)
-        if png_dir is not None and image_path and Path(image_path).is_file():
-            from PIL import Image
-
-            image = image_cache.setdefault(image_path, Image.open(image_path).convert("RGB"))
+        verdict_line = (f"{g.get(semconv.GUARDRAIL_VERDICT, '-')}  (score {_num(score)} vs threshold "
+                        f"{_num(g.get(semconv.GUARDRAIL_THRESHOLD))})")
+        action_line = (f"{g.get(semconv.GUARDRAIL_ACTION)}  [{g.get(semconv.GUARDRAIL_POLICY_ID)} "
+                       f"v{g.get(semconv.GUARDRAIL_POLICY_VERSION)}, rule {g.get(semconv.GUARDRAIL_RULE)}]")
+        head.add_row("verdict", verdict_line)
+        head.add_row("action", escape(action_line))
+        body: list[Any] = [head]
+        image = _load_image(chat, g) if png_dir is not None else None
+        box = g.get(semconv.FASTRM_IMAGE_BOX) or chat.get(semconv.FASTRM_IMAGE_BOX)
         for tok in call["tokens"]:
             scored = tok.get(semconv.TOKEN_SCORED, True)
             if tok["map"] is None or (not scored and not all_tokens):
                 continue
-            label = tok.get(semconv.TOKEN_TEXT, f"#{tok.get(semconv.TOKEN_INDEX)}")
+            label = token_label(tok)
             ent = tok.get(semconv.TOKEN_ENTROPY_NORMALIZED, tok.get(semconv.TOKEN_ENTROPY))
-            body.append(f"\ntoken {label!r}  entropy {ent:.3f}" if ent is not None else f"\ntoken {label!r}")
+            body.append(f"\ntoken {escape(label)}  entropy {ent:.3f}" if ent is not None else f"\ntoken {escape(label)}")
             body.append(heatmap_text(tok["map"]))
             if png_dir is not None:
-                out = Path(png_dir) / f"call{n:03d}_token{tok.get(semconv.TOKEN_INDEX):03d}.png"
-                save_overlay(out, image, tok["map"])
-        from rich.console import Group
-
+                ids = f"{call['guard'].get('traceId', 'trace')}-{call['guard'].get('spanId', n)}"
+                out = Path(png_dir) / f"{ids}-token{tok.get(semconv.TOKEN_INDEX, 0):03d}.png"
+                title = f"Q: {question}   A: {answer}" if question is not None else "question and answer not recorded (content capture off)"
+                explained_figure(out, image, tok["map"], box=tuple(box) if box else None, title=title,
+                                 lines=(f"verdict {verdict_line}; action {action_line}",
+                                        f"token {label}, entropy {_num(ent)}"
+                                        + ("" if image is not None else "; image not in the trace")))
         console.print(Panel(Group(*body), title=f"guarded call {n}", expand=False))
     if png_dir is not None:
-        console.print(f"overlays written to {png_dir}")
+        console.print(f"figures written to {png_dir}")
+    if html is not None:
+        from .report import write_html_report
+
+        console.print(f"report written to {write_html_report(path, html)}")
     return 0

@@ -59,7 +59,9 @@ def test_run_prints_verdict_and_writes_trace(saved, tmp_path):
     assert {s["name"] for s in lines} >= {"apply_guardrail fastrm"}
     code, view = run_cli("view", trace, "--png", tmp_path / "view")
     assert code == 0 and "guarded call 0" in view and "What color is it?" in view
-    assert list((tmp_path / "view").glob("call000_token*.png"))
+    figures = list((tmp_path / "view").glob("*-token*.png"))
+    span_id = next(s["spanId"] for s in lines if s["name"] == "apply_guardrail fastrm")
+    assert figures and all(f.name.startswith(f"{lines[0]['traceId']}-{span_id}-token") for f in figures)
 
 
 def test_run_json_and_bad_input(saved):
