@@ -276,6 +276,9 @@ function renderCall(call, n) {
   drawBar(barCanvas);
   const lo = el("span", {"data-field": "map-lo"}), hi = el("span", {"data-field": "map-hi"});
   left.append(el("div", {class: "bar"}, lo, barCanvas, hi, el("span", {text: "relevancy"})));
+  const toggle = el("input", {type: "checkbox", "data-field": "toggle"});
+  toggle.checked = true;
+  left.append(el("label", {class: "readout"}, toggle, " map over the image (untick to see the image's own colours)"));
   const readout = el("div", {class: "readout", "data-field": "readout"});
   left.append(readout);
   left.append(el("div", {class: "readout", text: `image: ${call.image_note}`}));
@@ -325,8 +328,10 @@ function renderCall(call, n) {
       (tok.entropy_normalized !== null && tok.entropy_normalized !== undefined ? ` (normalised ${fmt(tok.entropy_normalized)})` : "") +
       (tok.scored ? ", counts in the score" : ", not scored") + `; map ${tok.map.length}x${tok.map[0].length}`;
     readout.dataset.index = tok.index;
-    drawOverlay(canvas, img, tok.map, call.box);
+    if (img && !toggle.checked) canvas.getContext("2d").drawImage(img, 0, 0, canvas.width, canvas.height);
+    else drawOverlay(canvas, img, tok.map, call.box);
   }
+  toggle.addEventListener("change", () => show(Number(slider.value)));
   call.tokens.forEach(t => {
     const b = el("button", {class: (t.scored ? "scored" : "") + (t.map ? "" : " nomap"), "data-index": t.index,
       title: `entropy ${fmt(t.entropy)}${t.map ? "" : " (no map in the trace)"}`,
