@@ -107,7 +107,8 @@ def test_explained_figure(tmp_path):
     m = np.random.default_rng(0).random((8, 8)).astype(np.float32)
     out = explained_figure(tmp_path / "f.png", img, m, title="Q: what colour? A: red", lines=("verdict confident",))
     fig = Image.open(out)
-    assert fig.size[0] > 600 and fig.size[1] > 300
+    assert fig.size[0] > 600 and fig.size[1] > 200  # two panels side by side, sized to the 2:1 image
+    assert fig.size[0] > 2 * fig.size[1]
     a = np.asarray(fig.convert("RGB"), dtype=int)
     assert (np.abs(a[..., 0] - a[..., 2]) > 100).sum() > 500  # the colour bar and the map are there
     alone = explained_figure(tmp_path / "g.png", None, m)
