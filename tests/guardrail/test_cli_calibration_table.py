@@ -31,7 +31,7 @@ def test_calibration_table_is_readable_at_80_columns():
     assert "…" not in out  # nothing cut short
     tables = out.split("* the rule in use")[0]
     assert max(len(line) for line in tables.splitlines()) <= 80
-    for word in ("paper_midpoint *", "density_crossing", "target_precision", "threshold", "AUROC",
+    for word in ("paper_midpoint *", "density_crossing", "guaranteed_precision", "threshold", "AUROC",
                  "confident", "uncertain", "precision", "TP", "FN"):
         assert word in tables
 
