@@ -25,7 +25,6 @@ has no ``score`` field; it loads as the ``map_entropy`` score with the file's
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from calibration.answer_scores import get_score
 from calibration.scores import Aggregation
 from fastrm_core.errors import CalibrationError, ConfigMismatchError
+from fastrm_core.safe_io import read_json
 
 __all__ = [
     "RULES",
@@ -58,7 +58,8 @@ RULES: tuple[str, ...] = ("paper_midpoint", "density_crossing", "guaranteed_prec
 Verdict = Literal["confident", "uncertain"]
 MetadataValue = str | int | float | bool | None
 
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+# strict: no coercion ("0.5" or true is not a threshold); integers are still accepted for floats.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
 
 
 class ThresholdMetrics(BaseModel):
@@ -257,6 +258,24 @@ class Calibration(BaseModel):
             raw["schema_version"] = SCHEMA_VERSION
         return raw
 
+    @model_validator(mode="after")
+    def _thresholds_within_fitted_scores(self) -> Calibration:
+        # A threshold far outside the scores it was fitted on (1e308, -1e308) makes every
+        # answer confident (or none): it cannot come from fitting, so the file was edited.
+        if not self.kde.xs:
+            return self
+        lo, hi = min(self.kde.xs[0], self.kde.xs[-1]), max(self.kde.xs[0], self.kde.xs[-1])
+        named = [("threshold", self.threshold)]
+        if self.groups is not None:
+            named += [(f"groups.thresholds[{k!r}]", v) for k, v in self.groups.thresholds.items()]
+        for name, value in named:
+            if value is not None and not lo <= value <= hi:
+                raise ValueError(
+                    f"{name} {value:g} lies outside the score range it was fitted on "
+                    f"({lo:g} .. {hi:g}, kde.xs); re-run `guardrail calibrate`"
+                )
+        return self
+
     # ---- decisions -------------------------------------------------------------------
 
     def threshold_for(self, group: str | None = None) -> float | None:
@@ -313,14 +332,22 @@ class Calibration(BaseModel):
         """Raise :class:`ConfigMismatchError` when this calibration was fitted for another model/proxy.
 
         For each of model and proxy: when both this file and the caller know a hash, the
-        hashes decide (the same weights loaded from another path are compatible);
-        otherwise the ids are compared as strings when both are known. Identity that
-        either side does not know is not checked.
+        hashes decide (the same weights loaded from another path are compatible). An id
+        recorded here without a hash, while the caller identifies the artifact by hash
+        only, cannot be verified and is refused. Otherwise the ids are compared as
+        strings when both are known. Identity that either side does not know is not
+        checked: the :class:`~guardrail.Guard` therefore always passes the proxy's hash,
+        and the model's weights hash whenever this file records one.
         """
         for kind, recorded_id, recorded_hash, given_id, given_hash in (
             ("model", self.model_id, self.model_hash, model_id, model_hash),
             ("proxy", self.proxy_id, self.proxy_hash, proxy_id, proxy_hash),
         ):
+            if recorded_hash is None and recorded_id is not None and given_hash is not None and given_id is None:
+                raise ConfigMismatchError(
+                    f"calibration names {kind} {recorded_id!r} but records no {kind}_hash, so the {kind} in use "
+                    f"(hash {given_hash!r}) cannot be verified against it; re-run `guardrail calibrate`"
+                )
             if recorded_hash is not None and given_hash is not None:
                 if recorded_hash != given_hash:
                     what = "config and weights" if kind == "proxy" else "weights"
@@ -352,21 +379,13 @@ class Calibration(BaseModel):
         """Read a calibration JSON file.
 
         Raises:
-            CalibrationError: the file cannot be read, is not JSON, has another schema
-                version, or a field is missing, unknown or invalid (the message names
-                the file and the field).
+            CalibrationError: the file cannot be read, is over 32 MiB, is not UTF-8 JSON
+                (or nests too deeply, has a key twice or an integer too long), has another
+                schema version, or a field is missing, unknown or invalid (the message
+                names the file and the field), e.g. a threshold outside the fitted scores.
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CalibrationError(f"cannot read calibration file {str(path)!r}: {exc}") from exc
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(
-                f"calibration file {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
-            ) from exc
+        raw = read_json(path, error=CalibrationError, what="calibration file")
         if not isinstance(raw, dict):
             raise CalibrationError(
                 f"calibration file {str(path)!r} must hold a JSON object, got {type(raw).__name__}"

@@ -21,6 +21,7 @@ from fastrm_core.errors import (
     RelevancyError,
     UnsupportedModelError,
 )
+from fastrm_core.integrity import weights_fingerprint
 from fastrm_core.loading import load_vlm
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 from fastrm_core.relevancy import RelevancyMaps, gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
@@ -53,4 +54,5 @@ __all__ = [
     "load_vlm",
     "per_step_relevancy",
     "register_adapter",
+    "weights_fingerprint",
 ]

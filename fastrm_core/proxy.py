@@ -23,7 +23,6 @@ A proxy is saved as ``model.safetensors`` + ``config.json`` (no pickle)::
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -32,11 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from fastrm_core.errors import ConfigMismatchError, DataError
+from fastrm_core.safe_io import read_json
 
 __all__ = ["FastRMProxy", "ProxyConfig"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MAX_PROXY_DIM = 65_536  # hidden and head sizes; the largest VLMs today use 8,192
+MAX_PROXY_IMAGE_TOKENS = 1 << 20
 
 
 class ProxyConfig(BaseModel):
@@ -47,16 +49,16 @@ class ProxyConfig(BaseModel):
     ``hidden_size`` as in the paper.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     format: str = "fastrm-proxy/1"
-    hidden_size: int = Field(gt=0)
-    head_dim: int | None = Field(default=None, gt=0)
-    n_image_tokens: int = Field(gt=0)
+    hidden_size: int = Field(gt=0, le=MAX_PROXY_DIM)
+    head_dim: int | None = Field(default=None, gt=0, le=MAX_PROXY_DIM)
+    n_image_tokens: int = Field(gt=0, le=MAX_PROXY_IMAGE_TOKENS)
     grid: tuple[int, int]
     label_threshold: float = Field(default=0.3, gt=0, le=1)
     classification_threshold: float = Field(default=0.5, gt=0, lt=1)
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = Field(default=1e-5, gt=0, lt=1)
     distilled_from: str | None = None
     adapter: str = "llava"
     training_data_hash: str | None = None
@@ -64,6 +66,8 @@ class ProxyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _grid_matches(self) -> "ProxyConfig":
+        if min(self.grid) < 1:
+            raise ValueError(f"grid {self.grid} must have positive sides")
         if self.grid[0] * self.grid[1] != self.n_image_tokens:
             raise ValueError(f"grid {self.grid} has {self.grid[0] * self.grid[1]} cells but n_image_tokens is {self.n_image_tokens}")
         return self
@@ -157,7 +161,14 @@ class FastRMProxy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None) -> "FastRMProxy":
-        """Load a proxy folder written by :meth:`save_pretrained` (safetensors only, never pickle)."""
+        """Load a proxy folder written by :meth:`save_pretrained` (safetensors only, never pickle).
+
+        The config is validated and compared with the tensor shapes in the weights file's
+        header before anything is allocated, so a config that claims a huge size fails at
+        once; memory is then allocated once, for the tensors the file really holds.
+        Raises :class:`DataError` naming the file for any problem.
+        """
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -165,14 +176,39 @@ class FastRMProxy(nn.Module):
         if not cfg_file.is_file() or not weights.is_file():
             raise DataError(f"{path} is not a FastRM proxy folder: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
         try:
-            config = ProxyConfig.model_validate(json.loads(cfg_file.read_text()))
-        except (ValidationError, json.JSONDecodeError) as exc:
-            raise DataError(f"invalid proxy config {cfg_file}: {exc}") from exc
-        proxy = cls(config)
-        state = load_file(str(weights), device="cpu")
-        missing, unexpected = proxy.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise DataError(f"proxy weights {weights} do not match its config: missing {missing}, unexpected {unexpected}")
+            config = ProxyConfig.model_validate(read_json(cfg_file, error=DataError, what="proxy config"))
+        except ValidationError as exc:
+            raise DataError(f"invalid proxy config {cfg_file}: {_describe(exc)}") from None
+        with torch.device("meta"):  # shapes only: no memory until the real tensors are assigned
+            proxy = cls(config)
+        expected = {name: tuple(t.shape) for name, t in proxy.state_dict().items()}
+        try:
+            with safe_open(str(weights), framework="pt", device="cpu") as fh:
+                found = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
+            if found != expected:
+                raise DataError(
+                    f"proxy weights {weights} do not match its config: "
+                    + "; ".join(_shape_diff(expected, found))
+                )
+            state = load_file(str(weights), device="cpu")
+        except SafetensorError as exc:
+            raise DataError(f"proxy weights {weights} are unreadable (truncated or damaged?): {exc}") from None
+        proxy.load_state_dict(state, strict=True, assign=True)
         if device is not None:
             proxy.to(device)
         return proxy.eval()
+
+
+def _shape_diff(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    out = [f"missing {k}" for k in sorted(set(expected) - set(found))]
+    out += [f"unexpected {k}" for k in sorted(set(found) - set(expected))]
+    out += [
+        f"{k}: shape {list(found[k])} in the file, {list(expected[k])} from the config (hidden_size/head_dim)"
+        for k in sorted(set(expected) & set(found))
+        if expected[k] != found[k]
+    ]
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())

@@ -11,6 +11,7 @@ Telemetry: the Guard uses the OpenTelemetry API; :func:`configure_tracing` sets 
 
 from guardrail.exporters import JsonlFileSpanExporter, configure_tracing
 from guardrail.guard import Guard, load_image
+from guardrail.limits import Limits
 from guardrail.otlp_json import read_trace_jsonl
 from guardrail.result import GuardResult, Timings, TokenEvent
 from guardrail.telemetry import MapBudget, decode_map, encode_map
@@ -19,6 +20,7 @@ __all__ = [
     "Guard",
     "GuardResult",
     "JsonlFileSpanExporter",
+    "Limits",
     "MapBudget",
     "Timings",
     "TokenEvent",

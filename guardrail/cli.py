@@ -70,7 +70,7 @@ def _cmd_serve(args, console: Console) -> int:
 
 def _cmd_calibrate(args, console: Console) -> int:
     from calibration import dataset_hash, plot_calibration, read_vqa_jsonl
-    from fastrm_core import FastRMProxy, load_vlm
+    from fastrm_core import FastRMProxy, load_vlm, weights_fingerprint
 
     from .calibrate import calibrate_scores, model_identity, score_records, write_scores
 
@@ -101,7 +101,8 @@ def _cmd_calibrate(args, console: Console) -> int:
         write_scores(Path(args.scores_out), rows)
     cal, side = calibrate_scores(
         rows, rule=args.rule, aggregation=args.aggregation, fit_fraction=args.fit_fraction, seed=args.seed,
-        target_precision=args.target_precision, delta=args.delta, model_id=model_identity(model), proxy_id=Path(proxy_path).name,
+        target_precision=args.target_precision, delta=args.delta, model_id=model_identity(model),
+        model_hash=weights_fingerprint(model), proxy_id=Path(proxy_path).name,
         proxy_hash=proxy.fingerprint(), dataset_hash=dataset_hash(args.data),
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import Calibration, token_entropy
-from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm
+from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fingerprint
 from fastrm_core.images import ImageLike, load_image
 from fastrm_core.prompting import build_prompt
 from fastrm_core.tokens import eos_token_ids
@@ -42,6 +42,7 @@ from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, I
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
 from . import semconv
+from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, Timings, TokenEvent
 from .scoring import cut_at_eos, score_answer
 from .telemetry import (
@@ -96,6 +97,8 @@ class Guard:
         maps_dir: if set, every guarded call also writes its full-precision maps (T, rows, cols) to
             ``maps_dir/<trace id>-<span id>.safetensors`` and records the path on the span
             (``fastrm.maps.file``), for when the span's byte budget is too small.
+        limits: bounds on one call (:class:`~guardrail.limits.Limits`: image pixels and aspect
+            ratio, question characters and tokens, ``max_new_tokens``), checked before any model work.
     """
 
     def __init__(
@@ -113,7 +116,11 @@ class Guard:
         prompt_suffix: str | None = None,
         model_name: str | None = None,
         maps_dir: str | os.PathLike | None = None,
+        limits: Limits | None = None,
     ):
+        if limits is not None and not isinstance(limits, Limits):
+            raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
+        self.limits = limits or Limits()
         self.model = model
         self.processor = processor
         self.adapter = get_adapter(model)
@@ -123,7 +130,11 @@ class Guard:
         self.calibration = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
         self.model_name = model_name or self.adapter.model_id
         self.proxy_id = self.proxy.fingerprint()
-        self.calibration.check_compatible(model_id=self.adapter.model_id, proxy_hash=self.proxy_id)
+        # The weights are hashed only when the calibration records a hash to compare with (one
+        # pass over the weights); the folder name alone never vouches for the model.
+        model_hash = weights_fingerprint(model) if self.calibration.model_hash is not None else None
+        self.calibration.check_compatible(model_id=self.adapter.model_id, model_hash=model_hash,
+                                          proxy_hash=self.proxy_id)
         threshold = self.calibration.threshold
         self.calibration_id = f"{self.calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
         if self.calibration.dataset_hash:
@@ -178,20 +189,19 @@ class Guard:
         return self.prompt_template.format(question=text)
 
     def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
-        pil = [load_image(img) for img in images]
-        for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise InputError("the question is empty")
+        lim = self.limits
         tok = self.processor.tokenizer
-        old_side = getattr(tok, "padding_side", "left")
+        for q in questions:  # cheap checks first: a 100k-character question never reaches the processor
+            check_question(q, lim, tok)
+        pil = [load_image(img, max_pixels=lim.max_image_pixels, max_aspect_ratio=lim.max_image_aspect_ratio)
+               for img in images]
         try:
-            tok.padding_side = "left"  # decoder-only generation needs left padding
+            # decoder-only generation needs left padding; asked per call, so the shared
+            # tokenizer's padding_side is never mutated (a concurrent call could see it)
             inputs = self.processor(images=pil, text=[self.prompt(q) for q in questions], return_tensors="pt",
-                                    padding=len(questions) > 1)
+                                    padding=len(questions) > 1, padding_side="left")
         except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
             raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
-        finally:
-            tok.padding_side = old_side
         try:
             self.adapter.image_layouts(inputs["input_ids"])
         except InputError as exc:
@@ -204,12 +214,7 @@ class Guard:
         return inputs
 
     def _generate_kwargs(self, generate_kwargs: dict) -> dict:
-        for name in ("return_dict_in_generate", "streamer", "num_return_sequences", "num_beams"):
-            if name in generate_kwargs and not (name in ("num_beams", "num_return_sequences") and generate_kwargs[name] == 1):
-                raise InputError(
-                    f"generate argument {name!r} is not supported under guard (greedy or sampling, one sequence per prompt)"
-                )
-        return {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "do_sample": False, **generate_kwargs}
+        return check_generate_kwargs(generate_kwargs, self.limits, default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
 
     # ------------------------------------------------------------------ public calls
     def generate(self, image: ImageLike, question: str, *, tags: Iterable[str] = (), **generate_kwargs: Any) -> GuardResult:
@@ -220,9 +225,13 @@ class Guard:
         self, items: Sequence[tuple[ImageLike, str]], *, tags: Iterable[str] = (), **generate_kwargs: Any
     ) -> list[GuardResult]:
         """Guard several (image, question) pairs in one padded ``generate`` call; one result each, in order."""
+        tags = check_tags(tags)
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise InputError(f"items must be a sequence of (image, question) pairs, got {type(items).__name__}")
         if not items:
             return []
-        tags = sorted(set(tags))
+        if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
+            raise InputError("items must be a sequence of (image, question) pairs")
         kwargs = self._generate_kwargs(generate_kwargs)
         images, questions = zip(*items)
         inputs = self._prepare(images, questions)  # bad input fails here, before any generation
@@ -240,6 +249,9 @@ class Guard:
                     maps = cap.maps.numpy()  # (B, T, rows, cols)
                 except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
                     error = exc
+                except (ValueError, TypeError) as exc:  # generate validates its arguments before any work
+                    self._record_error(chat_span)
+                    raise InputError(f"model.generate refused the call: {type(exc).__name__}: {exc}") from exc
                 except Exception:
                     self._record_error(chat_span)
                     raise
@@ -270,6 +282,7 @@ class Guard:
         """
         from transformers.generation.streamers import BaseStreamer
 
+        tags = check_tags(tags)
         kwargs = self._generate_kwargs(generate_kwargs)
         inputs = self._prepare([image], [question])
         tokens: "queue.Queue[Any]" = queue.Queue()
@@ -335,7 +348,7 @@ class Guard:
             with self._lock, torch.no_grad():
                 gen = self.model.generate(**inputs, **kwargs)[0, n_prompt:].tolist()
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
-            result = self._finish(question, gen, maps, error, sorted(set(tags)), kwargs, model_s, start,
+            result = self._finish(question, gen, maps, error, tags, kwargs, model_s, start,
                                   n_prompt=n_prompt, parent=chat_span)
             self._annotate_chat(chat_span, [result], n_prompt, kwargs, [image])
         yield result

@@ -8,7 +8,7 @@ def test_public_surface_is_deliberate():
         "GuardrailError", "ImageLayout", "InputError", "LlavaAdapter", "PolicyError", "ProxyConfig",
         "RelevancyError", "RelevancyMaps", "UnsupportedModelError", "VLMAdapter", "capture", "content_token_mask", "eos_token_ids", "get_adapter",
         "gradient_relevancy", "gradient_relevancy_batch", "list_adapters", "load_vlm", "per_step_relevancy",
-        "register_adapter",
+        "register_adapter", "weights_fingerprint",
     }
     for name in fastrm_core.__all__:
         assert getattr(fastrm_core, name) is not None
