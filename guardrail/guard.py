@@ -237,11 +237,12 @@ class Guard:
         inputs = self._prepare(images, questions)  # bad input fails here, before any generation
         n_prompt = inputs["input_ids"].shape[1]
         start = time.perf_counter()
-        with self._lock:
-            span_cm = self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}")
-            with span_cm as chat_span:
-                error: BaseException | None = None
-                maps = out = None
+        # The model lock covers the model's work only: span processors, scoring, the policy and
+        # an escalation handler (which may be slow) run outside it, so they never stall other calls.
+        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
+            error: BaseException | None = None
+            maps = out = None
+            with self._lock:
                 t0 = time.perf_counter()
                 try:
                     with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
@@ -262,15 +263,15 @@ class Guard:
                     else:
                         out = inputs["input_ids"]  # nothing generated is shown
                 model_s = time.perf_counter() - t0
-                results = []
-                for b, question in enumerate(questions):
-                    gen = out[b, n_prompt:].tolist()
-                    row_maps = None if maps is None else maps[b]
-                    results.append(
-                        self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
-                                     n_prompt=int(inputs["attention_mask"][b].sum()), parent=chat_span)
-                    )
-                self._annotate_chat(chat_span, results, n_prompt, kwargs, images)
+            results = []
+            for b, question in enumerate(questions):
+                gen = out[b, n_prompt:].tolist()
+                row_maps = None if maps is None else maps[b]
+                results.append(
+                    self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
+                                 n_prompt=int(inputs["attention_mask"][b].sum()), parent=chat_span)
+                )
+            self._annotate_chat(chat_span, results, n_prompt, kwargs, images)
         return results
 
     def stream(
@@ -390,7 +391,8 @@ class Guard:
         if decision.action == "escalate" and error is None:
             try:
                 escalate(decision, {"question": question, "answer": answer, "score": score, "verdict": verdict,
-                                    "threshold": self.calibration.threshold, "tags": tags})
+                                    "threshold": self.calibration.threshold, "tags": tags},
+                         timeout_s=self.limits.handler_timeout_s)
             except PolicyError as exc:
                 error = exc
                 decision = decide_on_error(self.policy, exc)

@@ -10,10 +10,22 @@ same *escalation record*, a JSON-serialisable dict::
 
 A queue file gets one line per record, written with a single ``O_APPEND``
 write under a per-file lock, so concurrent escalations from threads never
-interleave and an existing file is never rewritten. Any failure (handler not
-importable, handler raised, file not writable, payload not serialisable) is
-raised as :class:`~fastrm_core.errors.PolicyError`; the Guard decides what to do
-with it according to ``on_error``.
+interleave and an existing file is never rewritten. The queue must be a regular
+file: a symbolic link, a FIFO, a device or ``/proc/self/fd/N`` is refused
+(opened with ``O_NOFOLLOW | O_NONBLOCK``, then checked), a new file is created
+``0600`` (records hold questions and answers), a failed write (disk full) is
+truncated away so no partial line stays, and a record appended after a line
+left unfinished by a crash starts on a new line.
+
+A handler runs in a worker thread: whatever it raises, ``SystemExit`` and
+``KeyboardInterrupt`` included, becomes a ``PolicyError``, and with
+``timeout_s`` a handler still running after that long is abandoned (left to
+finish in its daemon thread) and reported as a failure.
+
+Any failure (handler not importable, handler raised or timed out, file not
+writable, payload not serialisable) is raised as
+:class:`~fastrm_core.errors.PolicyError`; the Guard decides what to do with it
+according to ``on_error``.
 
 Example::
 
@@ -24,9 +36,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -84,13 +98,19 @@ def escalation_record(
 
 
 def escalate(
-    decision: Decision, payload: Mapping[str, Any] | None = None, *, now: datetime | None = None
+    decision: Decision,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Send one escalation for ``decision`` to its handler or queue; return the record sent.
 
     ``payload`` is any JSON-serialisable mapping (numpy arrays and scalars,
     paths, sets and dataclasses/pydantic models are converted). The handler is
-    called as ``handler(record)``; its return value is ignored.
+    called as ``handler(record)`` in a worker thread; its return value is
+    ignored, anything it raises (``BaseException`` included) is a failure, and
+    so is still running after ``timeout_s`` seconds (``None``: wait).
 
     Raises :class:`PolicyError` if ``decision`` is not an escalation or the
     escalation fails for any reason (the cause is chained).
@@ -101,15 +121,37 @@ def escalate(
     esc = decision.escalation
     if esc.handler is not None:
         handler = resolve_handler(esc.handler)
-        try:
-            handler(record)
-        except Exception as exc:  # a user's handler may raise anything; the Guard applies on_error
-            raise PolicyError(f"escalation handler {esc.handler!r} failed: {type(exc).__name__}: {exc}") from exc
+        _run_handler(esc.handler, handler, record, timeout_s)
         return record
     if esc.queue is None:  # the schema guarantees one of handler/queue; guard hand-built objects
         raise PolicyError(f"escalation of rule {decision.rule!r} has neither a handler nor a queue")
-    _append_line(Path(esc.queue).expanduser(), _dumps(record))
+    _append_line(Path(esc.queue), _dumps(record))
     return record
+
+
+def _run_handler(spec: str, handler: Callable[[dict[str, Any]], Any], record: dict[str, Any],
+                 timeout_s: float | None) -> None:
+    """Call ``handler(record)`` in a daemon thread; raise PolicyError on any exception or timeout."""
+    box: dict[str, BaseException] = {}
+
+    def call() -> None:
+        try:
+            handler(record)
+        except BaseException as exc:  # SystemExit / KeyboardInterrupt from a handler must not end the app
+            box["error"] = exc
+
+    worker = threading.Thread(target=call, name=f"fastrm-escalation {spec}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise PolicyError(f"escalation handler {spec!r} did not finish within {timeout_s:g} s")
+    exc = box.get("error")
+    if exc is not None:
+        # type and message only: a handler's message may quote the payload, and this text
+        # reaches results and logs (telemetry records only the error type)
+        raise PolicyError(f"escalation handler {spec!r} failed: {type(exc).__name__}: {exc}") from (
+            exc if isinstance(exc, Exception) else None
+        )
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
@@ -139,18 +181,46 @@ def _lock_for(path: Path) -> threading.Lock:
         return _LOCKS.setdefault(key, threading.Lock())
 
 
+_OPEN_FLAGS = (
+    os.O_RDWR | os.O_APPEND | os.O_CREAT  # read: to see whether the file ends mid-line
+    | getattr(os, "O_NOFOLLOW", 0)  # a symlink as the last component is refused (ELOOP)
+    | getattr(os, "O_NONBLOCK", 0)  # a FIFO without a reader fails (ENXIO) instead of blocking
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
 def _append_line(path: Path, line: str) -> None:
     data = (line + "\n").encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _lock_for(path):
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                view = memoryview(data)
-                while view:  # os.write may write less than asked for very large records
-                    n = os.write(fd, view)
-                    view = view[n:]
+                fd = os.open(path, _OPEN_FLAGS, 0o600)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP or path.is_symlink():
+                    raise PolicyError(f"escalation queue {path} is a symbolic link; give the real file's path") from None
+                if exc.errno == errno.ENXIO:
+                    raise PolicyError(f"escalation queue {path} is a FIFO or socket, not a regular file") from None
+                raise
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise PolicyError(f"escalation queue {path} is not a regular file")
+                start = info.st_size
+                if start and os.pread(fd, 1, start - 1) != b"\n":
+                    data = b"\n" + data  # a line left unfinished (crash): never glue a record to it
+                try:
+                    view = memoryview(data)
+                    while view:  # os.write may write less than asked for very large records
+                        n = os.write(fd, view)
+                        view = view[n:]
+                except OSError:
+                    try:  # disk full mid-record: remove the partial line so the file stays parseable
+                        os.ftruncate(fd, start)
+                    except OSError:
+                        pass
+                    raise
             finally:
                 os.close(fd)
     except OSError as exc:
-        raise PolicyError(f"cannot append to escalation queue {path}: {exc.strerror or exc}") from exc
+        raise PolicyError(f"cannot append to escalation queue {path}: {exc.strerror or exc}") from None

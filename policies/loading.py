@@ -370,7 +370,7 @@ def _anchor_queues(data: dict, base_dir: Path) -> dict:
             esc = action["escalation"]
             queue = esc.get("queue")
             if isinstance(queue, str) and queue.strip():
-                q = Path(queue).expanduser()
+                q = Path(queue)
                 if not q.is_absolute():
                     q = base_dir / q
                 return {**action, "escalation": {**esc, "queue": str(q)}}

@@ -196,8 +196,10 @@ class Escalation(_Strict):
     - ``handler``: ``"package.module:callable"``, imported when the escalation
       runs and called with one dict (the escalation record);
     - ``queue``: a JSONL file that receives one line per escalation (append
-      only; parents created). A relative path is resolved against the directory
-      of the policy file when loaded from a file, else the working directory.
+      only; parents created; a new file is private, ``0600``). A relative path is
+      resolved against the directory of the policy file when loaded from a
+      file, else the working directory. ``~`` is not expanded (refused), and the
+      queue must be a regular file, not a symbolic link, FIFO or device.
 
     ``withhold`` (default true) replaces the answer by ``message`` while the case
     is reviewed; ``withhold: false`` returns the answer, flagged.
@@ -224,6 +226,11 @@ class Escalation(_Strict):
     def _queue_nonempty(cls, v: str | None) -> str | None:
         if v is not None and not v.strip():
             raise PydanticCustomError("queue_empty", "queue path is empty")
+        if v is not None and v.startswith("~"):
+            # "~" depends on the HOME of whichever process loads the policy: say where, exactly
+            raise PydanticCustomError(
+                "queue_home", "queue path '{value}' starts with '~'; write the absolute path", {"value": v}
+            )
         return v
 
     @model_validator(mode="after")
