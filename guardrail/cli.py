@@ -268,8 +268,9 @@ def main(argv: list[str] | None = None, *, console: Console | None = None) -> in
     console = console or Console()
     try:
         return int(args.func(args, console) or 0)
-    except (GuardrailError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (GuardrailError, OSError) as exc:  # bad input, bad file, bad argument: one line, exit 2
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
         return 2
 
 
