@@ -20,6 +20,7 @@ runs the guarded generation, so an unguarded call elsewhere never mixes in.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -42,6 +43,7 @@ from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, I
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
 from . import semconv
+from .contained import contained_span, event_limit
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, Timings, TokenEvent
 from .scoring import cut_at_eos, score_answer
@@ -417,11 +419,8 @@ class Guard:
 
     # ------------------------------------------------------------------ telemetry (never raises)
     def _span(self, name: str):
-        try:
-            return self.tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, end_on_exit=True,
-                                                     record_exception=False, set_status_on_exception=False)
-        except Exception:  # a broken tracer must not break inference
-            return _NullSpanContext()
+        # span processors run in a bounded worker: one that raises or hangs never reaches the caller
+        return contained_span(self.tracer, name, kind=SpanKind.INTERNAL, timeout_s=self.limits.telemetry_timeout_s)
 
     def _record_error(self, span) -> None:
         try:
@@ -469,7 +468,12 @@ class Guard:
     def _emit_guardrail_span(self, result: GuardResult, decision: Decision, parent, model_s: float = 0.0,
                              guard_s: float = 0.0) -> None:
         try:
-            with self.tracer.start_as_current_span(semconv.GUARDRAIL_SPAN_NAME, kind=SpanKind.INTERNAL) as span:
+            if decision.unguarded and not self.capture_content:
+                # the reason quotes the error's message, which may quote the question (a handler's
+                # exception): with content capture off only the error's type leaves the process
+                decision = dataclasses.replace(decision, reason=decision.reason.split(" (", 1)[0]
+                                               + f" ({(result.error or 'error').split(':')[0]})")
+            with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
                 if not span.is_recording():
                     return
                 span.set_attributes(guardrail_attributes(
@@ -490,28 +494,34 @@ class Guard:
                 if self.maps_dir is not None and result.maps is not None:
                     span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
                 if result.maps is not None:
-                    priority = [i for i, c in enumerate(result.content) if c]
-                    plan = self.map_budget.plan(list(result.maps), priority=priority)
+                    n_tokens = len(result.tokens)
+                    # The SDK keeps at most event_limit events per span and drops the *oldest*
+                    # silently: emit no more token events than fit beside the result event,
+                    # answer (scored) tokens first, and say how many tokens got none.
+                    limit = event_limit(span)
+                    room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1))
+                    scored = [i for i, c in enumerate(result.content) if c]
+                    order = list(dict.fromkeys([*scored, *range(n_tokens)]))
+                    emitted = sorted(order[:room])
+                    plan = self.map_budget.plan([result.maps[i] for i in emitted],
+                                                priority=[k for k, i in enumerate(emitted) if result.content[i]])
                     raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
                     log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
-                    for i, token in enumerate(result.tokens):
+                    for k, i in enumerate(emitted):
                         span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
                             i, float(raw[i]), entropy_normalized=float(raw[i] / log_n), scored=result.content[i],
-                            encoded_map=plan.encoded.get(i), token_id=result.token_ids[i],
-                            text=token if self.capture_content else None,
+                            encoded_map=plan.encoded.get(k),
+                            token_id=result.token_ids[i] if self.capture_content else None,
+                            text=result.tokens[i] if self.capture_content else None,
                         ))
                     span.set_attributes(map_budget_attributes(plan, self.map_budget))
+                    span.set_attributes({
+                        semconv.FASTRM_MAPS_DROPPED: n_tokens - len(plan.encoded),  # incl. tokens without an event
+                        semconv.FASTRM_TOKEN_EVENTS_DROPPED: n_tokens - len(emitted),
+                    })
                 span.add_event(semconv.GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(
                     decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
                     flagged=result.flagged,
                 ))
         except Exception:  # telemetry must never break the guarded call
             pass
-
-
-class _NullSpanContext:
-    def __enter__(self):
-        return trace.INVALID_SPAN
-
-    def __exit__(self, *exc):
-        return False

@@ -44,6 +44,8 @@ class Limits:
     - ``max_new_tokens``: the largest ``max_new_tokens`` a caller may ask for.
     - ``handler_timeout_s``: seconds an escalation handler may run before the escalation counts
       as failed (the policy's ``on_error`` applies); the handler runs outside the model lock.
+    - ``telemetry_timeout_s``: seconds a call waits for span processors when a span starts or
+      ends; a processor that raises or is still busy after that is ignored.
     """
 
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
@@ -52,13 +54,14 @@ class Limits:
     max_question_tokens: int = 2_048
     max_new_tokens: int = 1_024
     handler_timeout_s: float = 10.0
+    telemetry_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_image_pixels", "max_question_chars", "max_question_tokens", "max_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"Limits.{name} must be a positive integer, got {value!r}")
-        for name in ("max_image_aspect_ratio", "handler_timeout_s"):
+        for name in ("max_image_aspect_ratio", "handler_timeout_s", "telemetry_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise InputError(f"Limits.{name} must be a positive finite number, got {value!r}")

@@ -128,6 +128,7 @@ FASTRM_MODEL_DURATION = "fastrm.duration.model_s"
 FASTRM_GUARD_DURATION = "fastrm.duration.guard_s"
 FASTRM_MAPS_ATTACHED = "fastrm.maps.attached"
 FASTRM_MAPS_DROPPED = "fastrm.maps.dropped"
+FASTRM_TOKEN_EVENTS_DROPPED = "fastrm.token_events.dropped"  # tokens left without an event (span event limit)
 FASTRM_MAPS_BITS = "fastrm.maps.bits"
 FASTRM_MAPS_BYTES = "fastrm.maps.bytes"
 FASTRM_MAPS_BUDGET_BYTES = "fastrm.maps.budget_bytes"

@@ -1,0 +1,72 @@
+"""Span start and end that a misbehaving span processor can neither break nor stall.
+
+OpenTelemetry's SDK calls every span processor's ``on_start`` / ``on_end`` synchronously in
+the thread that starts or ends the span; a processor that raises would reach the guarded
+call, and one whose exporter hangs would stall it. Here both calls run in a short-lived
+daemon thread that the caller waits on for at most ``timeout_s``: an exception becomes a
+non-recording span (start) or is dropped (end), and a processor still busy after the timeout
+is left to finish on its own. The span's context is passed explicitly, so parentage is the
+same as with ``start_as_current_span``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+__all__ = ["DEFAULT_EVENT_LIMIT", "contained_span", "event_limit"]
+
+DEFAULT_EVENT_LIMIT = 128  # the SDK's default SpanLimits.max_events (OTEL_SPAN_EVENT_COUNT_LIMIT)
+
+T = TypeVar("T")
+
+
+def _bounded(fn: Callable[[], T], timeout_s: float, default: T) -> T:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException:  # a processor's failure is telemetry's problem, not the caller's
+            pass
+
+    worker = threading.Thread(target=run, name="fastrm-telemetry", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return box.get("value", default)
+
+
+@contextmanager
+def contained_span(tracer: trace.Tracer, name: str, *, timeout_s: float,
+                   kind: SpanKind = SpanKind.INTERNAL) -> Iterator[trace.Span]:
+    """Like ``tracer.start_as_current_span(name)``, but processors cannot raise into or stall the caller.
+
+    The span is current inside the block; exceptions of the block pass through untouched
+    (recording them on the span is the caller's job).
+    """
+    parent = otel_context.get_current()
+    try:
+        span = _bounded(lambda: tracer.start_span(name, context=parent, kind=kind), timeout_s, trace.INVALID_SPAN)
+    except Exception:  # e.g. a tracer whose start_span is not callable
+        span = trace.INVALID_SPAN
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            yield span
+    finally:
+        if span is not trace.INVALID_SPAN:
+            _bounded(span.end, timeout_s, None)
+
+
+def event_limit(span: trace.Span) -> int | None:
+    """How many events ``span`` keeps (the SDK drops the oldest beyond it); ``None`` = no limit known to apply."""
+    limits = getattr(span, "_limits", None)
+    if limits is not None:
+        value = getattr(limits, "max_events", DEFAULT_EVENT_LIMIT)
+        return value if isinstance(value, int) and value >= 0 else None
+    return DEFAULT_EVENT_LIMIT if span.is_recording() else None
