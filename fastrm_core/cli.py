@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     from fastrm_core.errors import GuardrailError
 
     args = build_parser().parse_args(argv)
+    if hasattr(args, "model"):  # a command that loads a model
+        from fastrm_core.verbosity import quiet_model_loading
+
+        quiet_model_loading(args.model, verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except GuardrailError as exc:

@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--calibration", default=None, help="calibration JSON (default: the shipped one)")
         p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
         p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")
+        verbose_arg(p)
+
+    def verbose_arg(p):
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also show the libraries' progress bars (transformers' 'Loading weights')")
 
     p = sub.add_parser("demo", help="the offline demo on the shipped reference model")
     p.add_argument("--out", default="guardrail-demo", help="folder for overlays and the trace")
@@ -197,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="default")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--pool", type=int, default=24, help="scenes answered (the panels show a few of them)")
+    verbose_arg(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", help="one guarded call")
@@ -266,6 +272,10 @@ def main(argv: list[str] | None = None, *, console: Console | None = None) -> in
     """Entry point of ``guardrail``; returns the exit code."""
     args = build_parser().parse_args(argv)
     console = console or Console()
+    if hasattr(args, "model"):  # a command that loads a model
+        from fastrm_core.verbosity import quiet_model_loading
+
+        quiet_model_loading(args.model, verbose=args.verbose)
     try:
         return int(args.func(args, console) or 0)
     except (GuardrailError, OSError) as exc:  # bad input, bad file, bad argument: one line, exit 2

@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pope", action="store_true",
                     help="POPE table (random / popular / adversarial) and the maps of hallucinated 'yes' answers; "
                          "--n counts scenes")
+    ev.add_argument("-v", "--verbose", action="store_true",
+                    help="also show the libraries' progress bars (transformers' 'Loading weights')")
     ev.set_defaults(func=_eval)
     return ap
 
@@ -271,6 +273,10 @@ def _world_args(ap: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "model"):  # a command that loads a model
+        from fastrm_core.verbosity import quiet_model_loading
+
+        quiet_model_loading(args.model, verbose=args.verbose)
     return args.func(args)
 
 

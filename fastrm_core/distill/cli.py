@@ -68,6 +68,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=10, help="greedy generation length (default 10)")
     p.add_argument("--prompt-suffix", default=None,
                    help="appended to each question (the paper: 'Answer the question using up to two words.')")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' progress bars (transformers' 'Loading weights')")
 
 
 def add_distill_parser(sub) -> None:
