@@ -1,10 +1,16 @@
 # Two entry points, used by the README quickstart and by CI:
-#   make demo   install into .venv and run the offline demo on the shipped reference model
-#   make test   install into .venv (with dev extras) and run the test suite
+#   make demo   install into .venv (once) and run the offline demo on the shipped reference model
+#   make test   install into .venv (once, with dev extras) and run the test suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,distributed,otlp,serve
+
+# Install once: the stamp records that .venv holds this pyproject.toml with these extras; the
+# editable install picks up source changes by itself, so only a newer pyproject.toml (or other
+# EXTRAS) installs again. `make clean` starts over.
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install demo test clean browser phoenix-venv test-phoenix
 
@@ -12,11 +18,14 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+install: $(STAMP)
+
 # Without a GPU, take the CPU build of torch that lies on this disk (fast) instead of a multi-GB CUDA build.
-install: $(BIN)/python
+$(STAMP): pyproject.toml | $(BIN)/python
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 		$(BIN)/python -m pip install -q torch==2.13.0; fi
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
 
 demo: install
 	$(BIN)/guardrail demo
