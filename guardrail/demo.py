@@ -35,6 +35,7 @@ def run_demo(
     pool: int = 24,
     show_right: int = 4,
     show_wrong: int = 3,
+    max_new_tokens: int = 8,
     console: Console | None = None,
 ) -> dict:
     """Run the demo; returns a summary dict (counts, paths). See the module docstring."""
@@ -59,7 +60,7 @@ def run_demo(
         paths.append(p)
     results = []
     for ex, path in zip(examples, paths):  # one call per scene, so each gets its own trace
-        results.append(guard.generate(path, ex.question, max_new_tokens=8))
+        results.append(guard.generate(path, ex.question, max_new_tokens=max_new_tokens))
     right = [(e, p, r) for e, p, r in zip(examples, paths, results) if is_correct(r.answer, e.answers)]
     wrong = [(e, p, r) for e, p, r in zip(examples, paths, results) if not is_correct(r.answer, e.answers)]
     shown = right[:show_right] + wrong[:show_wrong]

@@ -23,7 +23,7 @@ from rich.markup import escape
 from fastrm_core.errors import PolicyError
 
 from .escalation import resolve_handler
-from .loading import load_policy
+from .loading import list_bundled_policies, load_policy
 from .schema import DEFAULT_WITHHELD_MESSAGE, ActionSpec, Policy
 
 __all__ = ["cli_check", "describe_action", "explain_policy", "policy_warnings"]
@@ -99,7 +99,8 @@ def cli_check(
     callable; this runs the handler modules' top-level code, so it is off by default
     and the output says the handlers were not imported.
 
-    Returns the exit code: 0 valid (warnings are printed but allowed), 1 invalid.
+    Returns the exit code: 0 valid (warnings are printed but allowed), 1 invalid, 2 when
+    ``source`` names neither a file nor a bundled policy (bad input, as in the other commands).
     """
     console = console or Console(highlight=False)
     handlers: list[str] = []
@@ -116,7 +117,7 @@ def cli_check(
     except PolicyError as exc:
         console.print(f"[bold red]invalid policy[/] {escape(os.fspath(source))}")
         console.print(escape(str(exc)), soft_wrap=True)
-        return 1
+        return 2 if _names_nothing(source) else 1
     console.print(f"[bold green]valid policy[/] {escape(os.fspath(source))}")
     text = explain_policy(policy)
     for line in text.splitlines():
@@ -133,3 +134,9 @@ def cli_check(
 
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+def _names_nothing(source: str | os.PathLike[str]) -> bool:
+    """True when ``source`` is neither an existing path nor a bundled policy name."""
+    text = os.fspath(source)
+    return not os.path.exists(text) and text not in list_bundled_policies()
