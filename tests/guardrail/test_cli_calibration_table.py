@@ -27,13 +27,15 @@ def fitted(correct_scores, wrong_scores, **kwargs):
 
 def test_calibration_table_is_readable_at_80_columns():
     rng = np.random.default_rng(0)
-    out = printed(fitted(rng.normal(0.3, 0.05, 80), rng.normal(0.6, 0.05, 80)))
+    cal = fitted(rng.normal(0.3, 0.05, 80), rng.normal(0.6, 0.05, 80))
+    out = printed(cal)
     assert "…" not in out  # nothing cut short
     tables = out.split("* the rule in use")[0]
     assert max(len(line) for line in tables.splitlines()) <= 80
-    for word in ("paper_midpoint *", "density_crossing", "guaranteed_precision", "threshold", "AUROC",
-                 "confident", "uncertain", "precision", "TP", "FN"):
-        assert word in tables
+    rules = [r.rule for r in cal.rules_table()]
+    assert len(rules) >= 3 and f"{cal.rule} *" in tables
+    for word in (*rules, "threshold", "AUROC", "confident", "uncertain", "precision", "TP", "FN"):
+        assert tables.count(word) >= (2 if word in rules else 1), word  # each rule in both tables
 
 
 def test_a_note_of_a_rule_not_in_use_is_printed():
