@@ -235,11 +235,22 @@ def _eval(args) -> int:
         seed=args.seed, perturbation=not args.no_perturbation, perturb_batch_size=args.perturb_batch_size,
         bootstrap=args.bootstrap,
     )
+    loaded = {}
+    if args.backend == "local":  # refuse a proxy that does not fit before the progress bar and the data
+        from fastrm_core.loading import load_vlm
+        from fastrm_core.proxy import FastRMProxy
+
+        from .evaluate import check_proxy_fits
+
+        vlm, processor = load_vlm(model, dtype=args.dtype, device=args.device)
+        loaded = {"model": vlm, "processor": processor,
+                  "proxy": FastRMProxy.from_pretrained(proxy, device=next(vlm.parameters()).device)}
+        check_proxy_fits(loaded["proxy"], vlm, model)
     columns = (TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("eval", total=None)
         report = evaluate_proxy(
-            args.data, model_name=model, proxy_path=proxy, config=config, n=args.n, dtype=args.dtype,
+            args.data, **loaded, model_name=model, proxy_path=proxy, config=config, n=args.n, dtype=args.dtype,
             device=args.device, backend=args.backend, workers=args.workers, ray_address=args.ray_address,
             on_start=lambda total: progress.update(task, total=total),
             on_record=lambda _result: progress.advance(task),

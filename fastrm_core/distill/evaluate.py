@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
-from fastrm_core.errors import DataError, GuardrailError, InputError
+from fastrm_core.errors import ConfigMismatchError, DataError, GuardrailError, InputError
 
 from .metrics import (
     DEFAULT_FRACTIONS,
@@ -392,6 +392,23 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
     return report
 
 
+def check_proxy_fits(proxy, model, model_name: str | Path | None = None) -> None:
+    """Raise :class:`ConfigMismatchError` unless ``proxy`` fits ``model``, naming the model it was distilled from.
+
+    Cheap (configs only): callers run it before reading data or generating anything.
+    """
+    try:
+        proxy.check_compatible(get_adapter(model))
+    except ConfigMismatchError as exc:
+        origin = proxy.config.distilled_from
+        if origin and str(origin) != str(model_name):
+            hint = (f"; the proxy records that it was distilled from {origin!r}: evaluate it with that model "
+                    f"(--model {origin}), or pass a proxy distilled for this one")
+        else:
+            hint = "; pass the proxy distilled for this model (or the model this proxy was distilled from)"
+        raise ConfigMismatchError(f"{exc}{hint}") from None
+
+
 def evaluate_records(model, processor, proxy, records, config: EvalConfig, *, base_dir, on_record=None) -> list[dict]:
     """:func:`evaluate_record` over ``records`` in order (the local backend; also each Ray worker's job)."""
     adapter = get_adapter(model)
@@ -426,7 +443,9 @@ def evaluate_proxy(
 
     Pass a loaded ``model``/``processor``/``proxy``, or ``model_name``/``proxy_path`` (required
     for ``backend="ray"``, whose workers load their own copies). A proxy that does not fit the
-    model raises :class:`~fastrm_core.errors.ConfigMismatchError` before any record is run.
+    model raises :class:`~fastrm_core.errors.ConfigMismatchError` before any record is run (with
+    the local backend, before the data file is read or ``on_start`` is called; the message names
+    the model the proxy was distilled from).
 
     Example::
 
@@ -441,6 +460,18 @@ def evaluate_proxy(
 
     if backend not in ("local", "ray"):
         raise InputError(f"unknown backend {backend!r}; expected one of: local, ray")
+    if backend == "local":  # load and check first: a proxy that does not fit is refused before any data is read
+        if model is None:
+            if model_name is None:
+                raise InputError("pass a loaded model and processor, or model_name")
+            from fastrm_core.loading import load_vlm
+
+            model, processor = load_vlm(model_name, dtype=dtype, device=device)
+        if proxy is None:
+            if proxy_path is None:
+                raise InputError("pass a loaded proxy, or proxy_path")
+            proxy = FastRMProxy.from_pretrained(proxy_path, device=next(model.parameters()).device)
+        check_proxy_fits(proxy, model, model_name)
     data = Path(data)
     records, problems = read_vqa_jsonl(data, check_images=False)
     if n is not None:
@@ -460,16 +491,6 @@ def evaluate_proxy(
             config=config, dtype=dtype, device=device, workers=workers, ray_address=ray_address, on_record=on_record,
         )
     else:
-        if model is None:
-            if model_name is None:
-                raise InputError("pass a loaded model and processor, or model_name")
-            from fastrm_core.loading import load_vlm
-
-            model, processor = load_vlm(model_name, dtype=dtype, device=device)
-        if proxy is None:
-            if proxy_path is None:
-                raise InputError("pass a loaded proxy, or proxy_path")
-            proxy = FastRMProxy.from_pretrained(proxy_path, device=next(model.parameters()).device)
         proxy_config = proxy.config
         model_id = get_adapter(model).model_id
         results = evaluate_records(model, processor, proxy, records, config, base_dir=data.resolve().parent,

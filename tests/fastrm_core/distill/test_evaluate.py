@@ -94,3 +94,29 @@ def test_config_is_validated():
         EvalConfig(methods=("proxy", "lime"))
     with pytest.raises(InputError, match="fractions must start at 0"):
         EvalConfig(fractions=(0.1, 0.5))
+
+
+def test_a_proxy_that_does_not_fit_is_refused_before_the_data_is_read(distill_world, tmp_path):
+    # the data file does not even exist: the refusal must come first, and name the proxy's own model
+    cfg = ProxyConfig(hidden_size=32, n_image_tokens=16, grid=(4, 4), distilled_from="my-org/other-llava")
+    FastRMProxy(cfg).save_pretrained(tmp_path / "p")
+    started = []
+    with pytest.raises(ConfigMismatchError) as info:
+        evaluate_proxy(tmp_path / "no-such-data.jsonl", model_name=distill_world["model_dir"],
+                       proxy_path=tmp_path / "p", on_start=started.append)
+    assert started == []
+    message = str(info.value)
+    assert "hidden size 32 (proxy) != 64 (model)" in message
+    assert "distilled from 'my-org/other-llava'" in message and "--model my-org/other-llava" in message
+
+
+def test_eval_cli_refuses_before_its_progress_bar(distill_world, tmp_path, capsys):
+    from fastrm_core.cli import main
+
+    cfg = ProxyConfig(hidden_size=32, n_image_tokens=16, grid=(4, 4), distilled_from="my-org/other-llava")
+    FastRMProxy(cfg).save_pretrained(tmp_path / "p")
+    code = main(["distill", "eval", "--data", str(tmp_path / "no-such-data.jsonl"), "--out", str(tmp_path / "r.json"),
+                 "--model", str(distill_world["model_dir"]), "--proxy", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--model my-org/other-llava" in err
+    assert err.startswith("error:") and "━" not in err  # the refusal, and no progress bar drawn before it
