@@ -192,6 +192,8 @@ def _build(args) -> int:
 def _train(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from rich.markup import escape
+
     from .trainer import TrainConfig, train_proxy
 
     console = _console()
@@ -213,16 +215,28 @@ def _train(args) -> int:
                 fields["val"] = f"{evaluation['val_loss']:.4f} (F1 {evaluation['val_f1']:.3f})"
             progress.update(task, advance=1, **fields)
 
-        result = train_proxy(args.data, args.out, config, on_step=on_step)
+        def on_split(split: dict, warnings: list[str]) -> None:
+            val = (f"validation {split['n_val_records']} records, {split['n_val_tokens']} tokens"
+                   if split["n_val_records"] else "no validation split (--val-fraction 0): the last step is kept")
+            progress.console.print(f"split ({config.tokens} tokens): train {split['n_train_records']} records, "
+                                   f"{split['n_train_tokens']} tokens; {val}", markup=False, highlight=False)
+            for warning in warnings:
+                progress.console.print(f"[yellow]warning[/yellow] {escape(warning)}")
+
+        result = train_proxy(args.data, args.out, config, on_step=on_step, on_split=on_split)
     f1 = result.proxy.config.training["best_val_f1"]
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f} (F1 {f1:.3f})"
     console.print(f"[green]proxy[/green] {result.path}: best step {result.best_step} by {config.select}, val loss {best} "
                   f"({time.perf_counter() - start:.1f} s)")
+    for warning in result.warnings:  # again under the result, where it is read
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     return 0
 
 
 def _eval(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from rich.markup import escape
 
     from .evaluate import EvalConfig, evaluate_proxy
 
@@ -261,13 +275,20 @@ def _eval(args) -> int:
 
     for table in report_tables(report):
         Console().print(table)
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
     console.print(f"[green]report[/green] {args.out} ({report['n_records']} records, {report['n_skipped']} skipped, "
                   f"{report['seconds']:.1f} s)")
     return 0
 
 
 def report_tables(report: dict) -> list:
-    """Rich tables of an evaluation report: classification, perturbation AUC, pointing and correlation."""
+    """Rich tables of an evaluation report: classification, perturbation AUC, pointing and correlation.
+
+    They fit 80 columns. Every F1 stands beside the label positive rate and what constant maps
+    score on the same labels (``all 1``: every patch relevant; ``all 0``: none).
+    """
+    from rich import box
     from rich.table import Table
 
     def fmt(x):
@@ -279,18 +300,21 @@ def report_tables(report: dict) -> list:
 
     classification = report["classification"]
     level = classification.get("f1_ci")
-    ci_name = f"F1 {level['level']:.0%} CI" if level else None
+    ci_name = f"{level['level']:.0%} CI" if level else None
 
     tables = []
     every = classification.get("all_tokens")
-    cls = Table(title=f"proxy vs binarised baseline (label threshold {classification['label_threshold']}; "
-                      f"{classification.get('n_tokens', '?')} content tokens)")
+    rate = classification.get("positive_rate")
+    title = (f"proxy vs binarised baseline (label threshold {classification['label_threshold']}; "
+             f"{classification.get('n_tokens', '?')} content tokens")
+    title += f"; {rate:.1%} of patches relevant)" if rate is not None else ")"
+    cls = Table(title=title)
     for col in ("threshold", "accuracy", "precision", "recall", "F1"):
         cls.add_column(col, justify="right")
     if ci_name:
         cls.add_column(ci_name, justify="right")
     if every:
-        cls.add_column(f"F1, all {every['n_tokens']} tokens", justify="right")
+        cls.add_column(f"F1, all\n{every['n_tokens']} tokens", justify="right")
     for k, row in enumerate(classification["thresholds"]):
         cells = [f"{row['threshold']:.1f}", fmt(row["accuracy"]), fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"])]
         if ci_name:
@@ -298,16 +322,35 @@ def report_tables(report: dict) -> list:
         if every:
             cells.append(fmt(every["thresholds"][k]["f1"]))
         cls.add_row(*cells)
+    baselines = classification.get("baselines")
+    if baselines:  # what constant maps score on the same labels: the floor every F1 and accuracy is read against
+        cls.add_section()
+        for name, label in (("all_positive", "all 1"), ("all_negative", "all 0")):
+            b = baselines[name]
+            cells = [label, fmt(b["accuracy"]), fmt(b["precision"]), fmt(b["recall"]), fmt(b["f1"])]
+            if ci_name:
+                cells.append("")
+            if every:
+                cells.append(fmt(((every.get("baselines") or {}).get(name) or {}).get("f1")))
+            cls.add_row(*cells)
+        cls.caption = "all 1 / all 0: a map calling every patch relevant / none, on the same labels"
     tables.append(cls)
     if classification.get("by_family"):
-        fam = Table(title="per question family (content tokens)")
-        for col in ("family", "records", "tokens", "F1 at 0.5", *([ci_name] if ci_name else []), "best F1 (threshold)"):
-            fam.add_column(col, justify="right")
+        # eight columns in 80: a light box whose paddings collapse
+        fam = Table(title="per question family (content tokens)", box=box.SIMPLE_HEAD, pad_edge=False,
+                    collapse_padding=True)
+        fam.add_column("family", no_wrap=True)
+        for col in ("records", "tokens", "relevant", "F1 at\n0.5", *([ci_name] if ci_name else []), "all 1\nF1",
+                    "best F1\n(thr.)"):
+            fam.add_column(col, justify="right", no_wrap=True)
         for name, part in classification["by_family"].items():
             at_half = next((r for r in part["thresholds"] if abs(r["threshold"] - 0.5) < 1e-9), {})
             best = max(part["thresholds"], key=lambda r: r["f1"])
-            fam.add_row(name, str(part["n_records"]), str(part["n_tokens"]), fmt(at_half.get("f1")),
-                        *([ci(at_half)] if ci_name else []), f"{best['f1']:.3f} ({best['threshold']:.1f})")
+            share = part.get("positive_rate")
+            fam.add_row(name, str(part["n_records"]), str(part["n_tokens"]), "-" if share is None else f"{share:.1%}",
+                        fmt(at_half.get("f1")), *([ci(at_half)] if ci_name else []),
+                        fmt(((part.get("baselines") or {}).get("all_positive") or {}).get("f1")),
+                        f"{best['f1']:.3f} ({best['threshold']:.1f})")
         tables.append(fam)
 
     methods: list[str] = []

@@ -58,6 +58,7 @@ from .metrics import (
     pointing,
     rank_patches,
     removal_masks,
+    trivial_baselines,
 )
 
 __all__ = ["METHODS", "EvalConfig", "aggregate", "evaluate_proxy", "evaluate_record", "evaluate_records"]
@@ -317,14 +318,17 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "answer_accuracy": _mean([float(r["correct"]) for r in done]),
         "n_tokens": int(sum(r["n_tokens"] for r in done)),
     }
-    def scores(key: str, rows: list[dict] = done) -> list[dict]:
+    def scores(key: str, rows: list[dict] = done) -> dict:
+        """The threshold table of one set of tokens, with its label positive rate and trivial baselines."""
         per_record = np.asarray([r[key] for r in rows], dtype=np.int64).reshape(len(rows), len(config.thresholds), 4)
-        table = [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(per_record.sum(0)))]
+        pooled = per_record.sum(0)  # (K, 4)
+        table = [{"threshold": t, **row} for t, row in zip(config.thresholds, classification_scores(pooled))]
         if config.bootstrap and len(rows) > 1:
             bounds = f1_interval(per_record, n_boot=config.bootstrap, level=config.confidence, seed=config.seed)
             for row, (lo, hi) in zip(table, bounds):
                 row["f1_ci"] = [round(float(lo), 4), round(float(hi), 4)]
-        return table
+        baselines = trivial_baselines(pooled[0] if len(pooled) else np.zeros(4))  # labels: the same at every threshold
+        return {"positive_rate": baselines.pop("positive_rate"), "baselines": baselines, "thresholds": table}
 
     def correlation(content_only: bool) -> dict:
         keep = [(p, s) for r in done for p, s, c in zip(r["pearson"], r["spearman"], r["content"]) if c or not content_only]
@@ -341,8 +345,8 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
         "f1_ci": {"method": "percentile bootstrap over records", "level": config.confidence,
                   "resamples": config.bootstrap} if config.bootstrap else None,
         "n_tokens": report["n_content_tokens"],
-        "thresholds": scores("counts"),
-        "all_tokens": {"n_tokens": report["n_tokens"], "thresholds": scores("counts_all")},
+        **scores("counts"),
+        "all_tokens": {"n_tokens": report["n_tokens"], **scores("counts_all")},
     }
     by_family: dict[str, list[dict]] = {}  # records that say which kind of question they are (ShapesVQA's)
     for r in done:
@@ -351,7 +355,7 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
     if by_family:
         report["classification"]["by_family"] = {
             fam: {"n_records": len(rows), "n_tokens": int(sum(sum(r["content"]) for r in rows)),
-                  "thresholds": scores("counts", rows)}
+                  **scores("counts", rows)}
             for fam, rows in sorted(by_family.items())
         }
     report["correlation"] = {**correlation(True), "all_tokens": correlation(False)}
@@ -389,7 +393,45 @@ def aggregate(results: list[dict], config: EvalConfig = EvalConfig(), *, label_t
     report["records"] = [
         {"id": r["id"], "answer": r["answer"], "correct": r["correct"], "n_tokens": r["n_tokens"]} for r in done
     ]
+    report["warnings"] = report_warnings(report)
     return report
+
+
+EXTREME_POSITIVE_RATE = (0.05, 0.75)  # outside this range a constant map already scores high F1 or accuracy
+
+
+def report_warnings(report: dict) -> list[str]:
+    """What makes figures of a report misleading, in words (an empty list when nothing does)."""
+    warnings = []
+    cls = report.get("classification") or {}
+    p, base = cls.get("positive_rate"), cls.get("baselines")
+    if p is not None and base and report.get("n_records"):
+        low, high = EXTREME_POSITIVE_RATE
+        if p > high:
+            warnings.append(
+                f"{p:.0%} of the patches are labelled relevant (label threshold {cls.get('label_threshold')}): a map "
+                f"that calls every patch relevant already scores F1 {base['all_positive']['f1']:.3f}, so read the "
+                "proxy's F1 against that, not against 1 (the baseline maps may be nearly flat: a random or "
+                "untrained model, or a label threshold too low)"
+            )
+        elif p < low:
+            warnings.append(
+                f"only {p:.1%} of the patches are labelled relevant: a map that calls no patch relevant already "
+                f"has accuracy {base['all_negative']['accuracy']:.3f}, so judge the proxy by F1, not accuracy"
+            )
+        at_half = next((r for r in cls.get("thresholds", []) if abs(r["threshold"] - 0.5) < 1e-9), None)
+        if at_half is not None and at_half["f1"] <= base["all_positive"]["f1"]:
+            warnings.append(
+                f"the proxy's F1 at 0.5 ({at_half['f1']:.3f}) is no better than calling every patch relevant "
+                f"({base['all_positive']['f1']:.3f})"
+            )
+    if report.get("perturbation") and report.get("answer_accuracy") == 0:
+        warnings.append(
+            "no answer is correct (answer accuracy 0): every perturbation accuracy curve is 0 and its AUC says "
+            "nothing about the maps; compare the agreement AUCs (answers unchanged by the removal) instead, "
+            "or evaluate on questions the model answers correctly"
+        )
+    return warnings
 
 
 def check_proxy_fits(proxy, model, model_name: str | Path | None = None) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "pointing",
     "rank_patches",
     "removal_masks",
+    "trivial_baselines",
 ]
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -84,6 +85,27 @@ def classification_scores(counts: np.ndarray) -> list[dict]:
             "f1": round(float(f1), 4),
         })
     return rows
+
+
+def trivial_baselines(counts: np.ndarray) -> dict:
+    """The label positive rate of pooled ``tp, fp, fn, tn`` counts (4,) and what constant maps score there.
+
+    A map that calls every patch relevant ("all positive") has recall 1, precision = the positive
+    rate p, so F1 = 2p / (1 + p); one that calls none ("all negative") has accuracy 1 - p and F1 0.
+    A proxy's F1 or accuracy means something only beside these.
+
+    >>> trivial_baselines(np.array([3, 1, 5, 1]))["all_positive"]["f1"]   # 8 of 10 patches positive
+    0.8889
+    """
+    tp, fp, fn, tn = (int(x) for x in np.asarray(counts, dtype=np.int64).reshape(4))
+    total = tp + fp + fn + tn
+    p = (tp + fn) / total if total else 0.0
+    return {
+        "positive_rate": round(p, 4),
+        "all_positive": {"accuracy": round(p, 4), "precision": round(p, 4), "recall": 1.0 if p else 0.0,
+                         "f1": round(2 * p / (1 + p), 4)},
+        "all_negative": {"accuracy": round(1 - p, 4), "precision": 0.0, "recall": 0.0, "f1": 0.0},
+    }
 
 
 def f1_interval(record_counts: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> np.ndarray:

@@ -114,6 +114,36 @@ class TrainResult:
     best_val_loss: float | None
     history: list[dict] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    split: dict = field(default_factory=dict)  # records and tokens per split: n_train_records, n_val_tokens ...
+    warnings: list[str] = field(default_factory=list)
+
+
+# Below these, a validation split's loss and F1 move by chance from one checkpoint to the next.
+MIN_VAL_RECORDS, MIN_VAL_TOKENS = 20, 50
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def split_warnings(split: dict, select: str = "loss") -> list[str]:
+    """Why a validation split cannot be trusted to select a checkpoint, in words (empty when it can).
+
+    >>> split_warnings({"n_val_records": 3, "n_val_tokens": 1})[0].split(":")[0]
+    'the validation split has only 3 records and 1 token'
+    """
+    n_rec, n_tok = split["n_val_records"], split["n_val_tokens"]
+    if n_rec == 0:
+        return []  # no validation split asked for: the last step is kept, and the CLI says so
+    if n_rec >= MIN_VAL_RECORDS and n_tok >= MIN_VAL_TOKENS:
+        return []
+    return [
+        f"the validation split has only {_count(n_rec, 'record')} and {_count(n_tok, 'token')}: too few to "
+        "select a checkpoint on "
+        f"(its {'F1' if select == 'f1' else 'loss'} moves by chance between evaluations, and the validation "
+        f"figures are a rough guess). Use more data or a larger --val-fraction: at least {MIN_VAL_RECORDS} "
+        f"records and {MIN_VAL_TOKENS} tokens, and judge the proxy with `fastrm distill eval` on held-out questions"
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -259,6 +289,7 @@ def train_proxy(
     config: TrainConfig = TrainConfig(),
     *,
     on_step: Callable[[int, float, dict | None], None] | None = None,
+    on_split: Callable[[dict, list[str]], None] | None = None,
 ) -> TrainResult:
     """Distil a :class:`FastRMProxy` from a dataset folder written by :func:`build_dataset`.
 
@@ -268,6 +299,9 @@ def train_proxy(
             :meth:`FastRMProxy.from_pretrained`, plus ``training_log.json``); ``None`` saves nothing.
         config: hyper-parameters (:class:`TrainConfig`).
         on_step: called after each step as ``on_step(step, train_loss, evaluation_or_None)``.
+        on_split: called once before the first step as ``on_split(split, warnings)``: the records and
+            tokens of each split (``n_train_records``, ``n_val_records``, ``n_train_tokens``,
+            ``n_val_tokens``) and :func:`split_warnings` (a validation split too small to select on).
 
     Returns:
         A :class:`TrainResult` whose ``proxy`` holds the best weights (by validation loss, or F1
@@ -291,6 +325,11 @@ def train_proxy(
     val_tokens = ((~in_train)[store.token_record] & selected).nonzero(as_tuple=True)[0]  # (T_val,)
     if train_tokens.numel() == 0:
         raise DataError(f"no {config.tokens} token in the training split of {store.folder}")
+    split = {"n_train_records": int(len(train_rec)), "n_val_records": int(len(val_rec)),
+             "n_train_tokens": int(train_tokens.numel()), "n_val_tokens": int(val_tokens.numel())}
+    warnings = split_warnings(split, config.select)
+    if on_split is not None:
+        on_split(split, warnings)
 
     proxy_config = ProxyConfig(
         hidden_size=manifest.hidden_size,
@@ -361,10 +400,8 @@ def train_proxy(
         "best_step": best_step,
         "best_val_loss": best_loss,
         "best_val_f1": None if best_eval is None else best_eval["val_f1"],
-        "n_train_records": int(len(train_rec)),
-        "n_val_records": int(len(val_rec)),
-        "n_train_tokens": int(train_tokens.numel()),
-        "n_val_tokens": int(val_tokens.numel()),
+        **split,
+        "warnings": warnings,
         "dataset": str(store.folder.resolve()),
         "dataset_manifest_sha256": _manifest_digest(store.folder),
         "data": manifest.data,
@@ -375,4 +412,5 @@ def train_proxy(
         path = proxy.save_pretrained(out)
         log = {"history": history, "losses": [round(x, 6) for x in losses]}
         (path / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    return TrainResult(proxy=proxy, path=path, best_step=best_step, best_val_loss=best_loss, history=history, losses=losses)
+    return TrainResult(proxy=proxy, path=path, best_step=best_step, best_val_loss=best_loss, history=history,
+                       losses=losses, split=split, warnings=warnings)
