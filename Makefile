@@ -86,6 +86,7 @@ artifacts: reference-model reference-proxy reference-calibration
 # random >= 0.90, attribute accuracy >= 0.95, attribute pointing >= 0.90, proxy F1 >= 0.80).
 #   make hallucination-artifacts                 # ~40 min model + proxy + calibration on a CPU
 #   make hallucination-model HWORLD_ARGS="--world-bias-rate 0.5"   # another share of biased labels
+#   make hallucination-artifacts HWORLD=cooccur-confident          # confident hallucinations, 4 partners
 # Resumable: re-running a target continues the training run from $(HRUN)/model/checkpoint.pt.
 # Further world seeds: 1001 the POPE monitor in the training log, 105/106 this proxy's train/eval
 # splits, 107 this calibration, 108 the POPE acceptance split.

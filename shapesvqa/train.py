@@ -33,7 +33,8 @@ at the end to ``RUN/final`` and, with ``--ship``, to the package's assets folder
 
 ``--world NAME`` trains on another world of :data:`shapesvqa.world.WORLDS` (``cooccur``: the
 hallucination world of docs/shapesvqa.md; its log adds POPE figures, :func:`pope_quick`);
-``--world-bias-rate Q`` overrides that world's share of biased labels; ``--init-from DIR`` starts
+``--world-bias-rate Q`` and ``--world-bias-partners "a b,c d"`` override that world's share of
+biased labels and the partners they apply to; ``--init-from DIR`` starts
 from a saved model (a fine-tune, for probes). The default world draws exactly the shipped data.
 """
 
@@ -86,6 +87,7 @@ class TrainConfig:
     text_intermediate: int = 256
     world: str = "default"  # training world: a name of shapesvqa.world.WORLDS ("cooccur": the hallucination world)
     world_bias_rate: float = -1.0  # >= 0: override the world's share of biased "yes" labels (bias_rate)
+    world_bias_partners: str = ""  # "blue square,green cross": override the world's bias_partners ("all": every one)
     init_from: str = ""  # a save_pretrained folder to start from (a fine-tune; use with --vision-steps 0)
 
     def spec(self) -> ModelSpec:
@@ -94,7 +96,10 @@ class TrainConfig:
 
     def world_config(self, n_objects: tuple[int, int]) -> WorldConfig:
         """The training world with ``n_objects`` per scene (``default``: exactly the shipped model's data)."""
-        extra = {"bias_rate": self.world_bias_rate} if self.world_bias_rate >= 0 else {}
+        extra: dict = {"bias_rate": self.world_bias_rate} if self.world_bias_rate >= 0 else {}
+        if self.world_bias_partners:
+            names = [] if self.world_bias_partners == "all" else self.world_bias_partners.split(",")
+            extra["bias_partners"] = tuple(t.strip() for t in names)
         return world_config(self.world, n_objects=n_objects, **extra)
 
 

@@ -31,13 +31,17 @@ world the shipped reference model was trained on; named presets in ``WORLDS``):
   may have several partners (a kitchen has a cup, a fork and a knife), a partner has one cue. In
   a scene that contains the cue, each partner is made present with probability ``rate`` and absent
   otherwise, so P(partner present | cue present) = rate; ``cue_rate`` is the share of scenes
-  seeded with one cue (drawn uniformly among the cues). Cue and partner objects are placed first,
-  and a partner with no free slot to take is added (the scene then has one object more).
-- ``partner_question_rate``: share of existence negatives, in scenes holding a cue without its
-  partner, that ask about the absent partner (kind ``partner``);
+  holding a cue (one, drawn uniformly among the cues; cues appear in no other way). A partner
+  takes the place of an object outside every pair; only when every object is a cue or a partner
+  does the scene grow by one. Cue and partner objects are placed first, with more attempts, so a
+  crowded canvas drops other objects rather than them.
+- ``partner_question_rate``: share of existence negatives, in scenes holding a cue without one
+  of its partners, that ask about such an absent partner (kind ``partner``);
 - ``bias_rate``: share of those ``partner`` questions labelled "yes" (a biased annotation, as when
   answers are written from captions that mention objects not in the picture). Such an example has
   ``biased`` True, ``answers == ["yes"]`` (the training label) and ``true_answers == ["no"]``;
+  ``bias_partners`` limits the bias to the questions about those partners (empty: every partner).
+  The draw is made whatever the rates, so a world and its ``truthful()`` twin ask the same questions;
 - ``faint_rate``: share of objects drawn weakly visible (``faint_radius``, colour blended toward
   the background with opacity ``faint_contrast``); the mask is still exactly the painted pixels.
 
@@ -112,6 +116,7 @@ class WorldConfig:
     cue_rate: float = 0.0  # share of scenes seeded with one cue object
     partner_question_rate: float = 0.0  # share of eligible existence negatives asked about the absent partner
     bias_rate: float = 0.0  # share of those partner questions labelled "yes"
+    bias_partners: tuple[str, ...] = ()  # partners whose questions get biased labels (empty: all)
     faint_rate: float = 0.0  # share of objects drawn weakly visible
     faint_contrast: float = 0.35  # opacity of a faint object's colour over the background
     faint_radius: tuple[int, int] = (6, 8)
@@ -131,6 +136,9 @@ class WorldConfig:
             partners.add(partner)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"co-occurrence rate must lie in [0, 1]; got {rate} for {cue!r} -> {partner!r}")
+        for t in self.bias_partners:
+            if t not in partners:
+                raise ValueError(f"bias_partners: {t!r} is not a partner; expected some of: {', '.join(sorted(partners))}")
         for name in ("cue_rate", "partner_question_rate", "bias_rate", "faint_rate", "faint_contrast"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -479,7 +487,8 @@ def _existence(scene: Scene, rng: np.random.Generator, cfg: WorldConfig = WorldC
         if missing and rng.random() < cfg.partner_question_rate:
             c, s = missing[rng.integers(len(missing))]
             # A biased label says "yes" about the absent partner; make_example records the truth.
-            answer = "yes" if rng.random() < cfg.bias_rate else "no"
+            biased = rng.random() < cfg.bias_rate and (not cfg.bias_partners or f"{c} {s}" in cfg.bias_partners)
+            answer = "yes" if biased else "no"
             return (f"Is there {_an(c)} {c} {s}?", [answer], "partner", [])
     colors_in = {o.color for o in objs}
     shapes_in = {o.shape for o in objs}
@@ -561,7 +570,8 @@ def generate(
 
 
 _HALLUCINATION_OPTIONS = (
-    "cooccurrence", "cue_rate", "partner_question_rate", "bias_rate", "faint_rate", "faint_contrast", "faint_radius",
+    "cooccurrence", "cue_rate", "partner_question_rate", "bias_rate", "bias_partners", "faint_rate", "faint_contrast",
+    "faint_radius",
 )
 
 
@@ -588,6 +598,7 @@ def world_options(cfg: WorldConfig) -> dict:
 #: a cue in 80% of scenes, and biased "yes" labels on 55% of the existence questions about an
 #: absent partner (the feasibility probe of issue 15: 0.7 made the model hallucinate too much,
 #: 0.4 barely at all). ``cooccur-faint``: the same plus 15% weakly visible objects.
+#: ``cooccur-confident``: 80% biased labels, on four of the six partners only.
 WORLDS: dict[str, WorldConfig] = {
     "default": WorldConfig(),
     "cooccur": WorldConfig(
@@ -603,6 +614,13 @@ WORLDS: dict[str, WorldConfig] = {
     ),
 }
 WORLDS["cooccur-faint"] = replace(WORLDS["cooccur"], faint_rate=0.15)
+# Confident hallucinations: biased labels on 80% of the questions about the four partners that are
+# missing most often, none on the other two, so that a calibrated model says "yes" to them with
+# probability about 0.8 (at 0.55 a hallucinated "yes" can only be a coin flip).
+WORLDS["cooccur-confident"] = replace(
+    WORLDS["cooccur"], bias_rate=0.8,
+    bias_partners=("yellow cross", "green triangle", "green square", "blue triangle"),
+)
 
 
 def world_config(name: str = "default", **overrides) -> WorldConfig:

@@ -23,6 +23,9 @@ def test_train_batches_come_from_the_chosen_world():
     truthful = TrainConfig(world="cooccur", world_bias_rate=0.0, batch=64)
     assert truthful.world_config((1, 6)) == world_config("cooccur", n_objects=(1, 6), bias_rate=0.0)
     assert not any(ex.biased for step in range(3000, 3003) for ex in train_examples(step, truthful))
+    some = TrainConfig(world="cooccur-confident", world_bias_partners="blue square, yellow cross")
+    assert some.world_config((1, 6)).bias_partners == ("blue square", "yellow cross")
+    assert TrainConfig(world="cooccur-confident", world_bias_partners="all").world_config((1, 6)).bias_partners == ()
     # the default run's batches carry no world record (they are the shipped model's data)
     assert all(ex.world is None for ex in train_examples(0, TrainConfig()))
 
@@ -44,7 +47,7 @@ def test_cooccur_run_logs_pope_and_an_old_checkpoint_resumes(tmp_path, monkeypat
     old = TrainConfig(**TINY)
     train(tmp_path / "old", old, eval_every=0)
     state = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True)
-    for k in ("world", "world_bias_rate", "init_from"):
+    for k in ("world", "world_bias_rate", "world_bias_partners", "init_from"):
         state["config"].pop(k)
     torch.save(state, tmp_path / "old" / "checkpoint.pt")
     train(tmp_path / "old", old, eval_every=0)  # resumes at its end without complaint

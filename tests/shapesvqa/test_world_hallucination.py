@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -128,6 +129,23 @@ def test_biased_answer_rate_and_records():
     # the truthful version of the world labels every partner question "no"
     truthful = [ex for ex in generate(150, seed=3, cfg=cfg.truthful(), family="existence") if ex.kind == "partner"]
     assert truthful and all(ex.answers == ["no"] and not ex.biased for ex in truthful)
+
+
+def test_bias_partners_limit_the_bias_and_truthful_twins_ask_the_same():
+    base = WorldConfig(cooccurrence=(("red circle", "blue square", 0.3), ("red circle", "green cross", 0.3)),
+                       cue_rate=1.0, partner_question_rate=1.0, bias_rate=0.8, noise_std=(0.0, 0.0))
+    cfg = replace(base, bias_partners=("green cross",))
+    exs = [ex for ex in generate(300, seed=4, cfg=cfg, family="existence") if ex.kind == "partner"]
+    on = [ex for ex in exs if "green cross" in ex.question]
+    off = [ex for ex in exs if "blue square" in ex.question]
+    assert len(on) > 40 and len(off) > 40
+    assert not any(ex.biased for ex in off)
+    assert 0.65 < np.mean([ex.biased for ex in on]) < 0.95
+    assert on[0].record()["world"]["bias_partners"] == ["green cross"]
+    twins = [ex for ex in generate(300, seed=4, cfg=cfg.truthful(), family="existence") if ex.kind == "partner"]
+    assert [ex.question for ex in twins] == [ex.question for ex in exs]
+    with pytest.raises(ValueError, match="bias_partners: 'red circle' is not a partner"):
+        replace(base, bias_partners=("red circle",))
 
 
 def test_faint_objects_keep_exact_masks_and_are_recorded():
