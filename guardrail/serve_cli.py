@@ -29,6 +29,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", default=None, help="append spans to this JSONL file")
     p.add_argument("--otlp-endpoint", default=None, help="send spans to this OTLP/HTTP collector")
     p.add_argument("--capture-content", action="store_true", default=None, help="record question/answer text in spans")
+    p.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment (the distributed extra)")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (one GPU each when GPUs exist)")
+    p.add_argument("--ray-address", default=None, help="with --ray: join this cluster (default: start a local one)")
     p.add_argument("--log-level", default="info")
 
 
@@ -52,6 +55,14 @@ def serve_command(args, console: Console) -> int:
         raise GuardrailError(str(exc)) from None
     guard_kwargs = dict(proxy=args.proxy, calibration=args.calibration, policy=args.policy, dtype=args.dtype,
                         device=args.device, capture_content=args.capture_content)
+    if args.ray:
+        if args.trace:
+            raise GuardrailError("--trace (one JSONL file) does not work with several replicas; use --otlp-endpoint")
+        from .serve.ray_app import serve_on_ray
+
+        return serve_on_ray(args.model, guard_kwargs, config, host=args.host, port=args.port, replicas=args.replicas,
+                            otlp_endpoint=args.otlp_endpoint, address=args.ray_address,
+                            allow_insecure=args.insecure, console=console)
     provider = configure_tracing(jsonl_path=args.trace, otlp_endpoint=args.otlp_endpoint)
 
     def load():

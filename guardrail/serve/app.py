@@ -169,11 +169,12 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config: Optional[ServeConfig] = None,
-               tracer_provider: Optional[trace.TracerProvider] = None) -> FastAPI:
+               tracer_provider: Optional[trace.TracerProvider] = None, instance_id: Optional[str] = None) -> FastAPI:
     """The guarded endpoint for ``guard`` (a :class:`guardrail.Guard`), or for the Guard ``loader()`` returns.
 
     With a ``loader``, the model loads on a background thread once the server starts; until it
-    is ready, ``/readyz`` and the API answer 503 with ``Retry-After``.
+    is ready, ``/readyz`` and the API answer 503 with ``Retry-After``. ``instance_id`` (e.g. a
+    Ray Serve replica's id) is sent back in the ``X-Guardrail-Instance`` header of every response.
 
         >>> app = create_app(Guard.from_pretrained("reference"), config=ServeConfig(max_batch_size=16))
         >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
@@ -193,6 +194,8 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
 
     app = FastAPI(title="fastrm-guard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.guardrail = state
+    if instance_id is not None:
+        app.add_middleware(_InstanceHeader, value=str(instance_id))
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -460,6 +463,25 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             span.end()
 
     return app
+
+
+class _InstanceHeader:
+    """Pure ASGI middleware adding ``X-Guardrail-Instance`` (no buffering, streams untouched)."""
+
+    def __init__(self, app, value: str):
+        self.app = app
+        self.header = (b"x-guardrail-instance", value.encode("latin-1"))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 def _annotate(span, result) -> None:
