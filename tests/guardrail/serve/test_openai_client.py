@@ -295,3 +295,23 @@ def test_client_disconnect_cancels_queued_work(reference_guard, scenes):
         first.join(30)
         time.sleep(0.2)
     assert batcher.stats.cancelled == 1 and counting.batch_sizes == [1]  # the dropped request never ran
+
+
+def test_shutdown_drains_in_flight_requests(reference_guard, scenes):
+    gate = threading.Event()
+    counting = CountingGuard(reference_guard, gate=gate)
+    image, question = scenes[0]
+    server = LoopbackServer(create_app(counting, config=ServeConfig(max_batch_size=1))).start()
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault(
+        "r", c.chat.completions.create(model=MODEL, messages=user_message(image, question))))
+    worker.start()
+    assert counting.entered.wait(10)  # the request is on the model
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()  # shutdown begins while the request is in flight
+    time.sleep(0.3)
+    gate.set()
+    worker.join(30)
+    stopper.join(30)
+    assert out["r"].choices[0].message.content  # answered, not dropped
