@@ -5,8 +5,11 @@ Routes: ``POST /v1/chat/completions`` (plain or SSE stream), ``GET /v1/models``,
 
 A chat request is checked (auth, body size, fields, image, limits) before any model work, then
 queued in the :class:`~guardrail.serve.batching.Batcher`, which answers concurrent requests
-with one ``Guard.generate_batch`` call. Streams run ``Guard.stream`` on their own thread and
-hold a queue slot meanwhile. Every chat request is a SERVER span (the caller's W3C
+with one ``Guard.generate_batch`` call. Streams run ``Guard.stream`` and hold a queue slot
+meanwhile. Every use of the Guard and its tokenizer (batches, streams, token counting, decoding
+streamed text) happens on the batcher's one worker thread: a Hugging Face fast tokenizer must not
+be used from two threads while one of them changes its padding settings, and the model is one
+anyway, so nothing is lost. Every chat request is a SERVER span (the caller's W3C
 ``traceparent`` continued), the parent of the Guard's ``chat`` span; a batch of several
 requests runs under a ``guardrail.serve batch`` span linked to each request's span.
 
@@ -99,18 +102,21 @@ class _State:
 
     # -------------------------------------------------------------- the batch function (worker thread)
     def _run_batch(self, jobs: Sequence[_Job], key: Hashable) -> list:
-        """One ``generate_batch`` for jobs of equal settings; a per-job exception where one failed."""
+        """One ``generate_batch`` for jobs of equal settings: ``(result, prompt tokens)`` per job, or its exception."""
         calls = [j.call for j in jobs]
         token = otel_context.attach(jobs[0].ctx)
         try:
             if len(jobs) == 1:
-                return self._generate(calls)
-            links = [Link(trace.get_current_span(j.ctx).get_span_context()) for j in jobs]
-            with self.tracer.start_as_current_span(BATCH_SPAN_NAME, kind=SpanKind.INTERNAL, links=links) as span:
-                span.set_attribute("fastrm.serve.batch.size", len(jobs))
-                return self._generate(calls)
+                results = self._generate(calls)
+            else:
+                links = [Link(trace.get_current_span(j.ctx).get_span_context()) for j in jobs]
+                with self.tracer.start_as_current_span(BATCH_SPAN_NAME, kind=SpanKind.INTERNAL, links=links) as span:
+                    span.set_attribute("fastrm.serve.batch.size", len(jobs))
+                    results = self._generate(calls)
         finally:
             otel_context.detach(token)
+        return [r if isinstance(r, BaseException) else (r, self.prompt_tokens(c.question))
+                for r, c in zip(results, calls)]
 
     def _generate(self, calls: Sequence[ChatCall]) -> list:
         first = calls[0]
@@ -121,9 +127,10 @@ class _State:
         try:
             return self.guard.generate_batch([(c.image, c.question) for c in calls], tags=first.options.tags,
                                              **first.generate_kwargs)
-        except GuardrailError:
+        except GuardrailError as exc:
             if len(calls) == 1:
                 raise
+            log.warning("a batch of %d failed (%s); answering its requests one by one", len(calls), type(exc).__name__)
         # one bad input must not fail its neighbours: answer them one by one
         out: list = []
         for c in calls:
@@ -345,9 +352,10 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             span.set_attribute("error.type", "client_disconnected")
             return Response(status_code=499)
         try:
-            result = work.result()
-            if isinstance(result, BaseException):
-                raise result
+            outcome = work.result()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            result, n_prompt = outcome
         except QueueFull as exc:
             return fail(429, str(exc), type_="rate_limit_error", code="queue_full",
                         headers={"Retry-After": str(exc.retry_after)})
@@ -360,7 +368,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         _annotate(span, result)
         finish_span(span, 200)
         return JSONResponse(chat_completion(result, call, model=state.model_name,
-                                            prompt_tokens=state.prompt_tokens(call.question), trace_id=_trace_id(span)))
+                                            prompt_tokens=n_prompt, trace_id=_trace_id(span)))
 
     async def _stream(guard, call: ChatCall, span, started: float):
         """SSE chunks: role, content deltas (with each token's map on request), the verdict last."""
@@ -368,38 +376,53 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         events: asyncio.Queue = asyncio.Queue()
         stop_flag = threading.Event()
         ctx = trace.set_span_in_context(span)
-        done = object()
+        hold = call.options.hold_until_verdict
+        keep = max((len(s) for s in call.stop), default=1) - 1  # characters held back: a stop string may be starting
+
+        def emit(*item):
+            loop.call_soon_threadsafe(events.put_nowait, item)
 
         def produce():
+            """On the worker thread: run the stream, decode the text to show, hand events to the loop."""
             token = otel_context.attach(ctx)
             gen = None
             try:
+                if stop_flag.is_set():  # the client left while the stream waited for the worker
+                    return
                 if call.seed is not None:
                     import torch
 
                     torch.manual_seed(call.seed)
+                tok = guard.processor.tokenizer
+                ids: list[int] = []
+                sent, stopped = "", False
                 gen = guard.stream(call.image, call.question, tags=call.options.tags, **call.generate_kwargs)
                 for item in gen:
-                    loop.call_soon_threadsafe(events.put_nowait, item)
                     if stop_flag.is_set():
                         break
+                    if hasattr(item, "token_id"):  # a TokenEvent
+                        ids.append(item.token_id)
+                        piece = ""
+                        if not hold and not stopped:
+                            text = tok.decode(ids, skip_special_tokens=True).lstrip()
+                            cut, stopped = cut_at_stop(text, call.stop)
+                            ready = cut if stopped else cut[: max(len(sent), len(cut) - keep)]
+                            if ready.startswith(sent):
+                                piece, sent = ready[len(sent):], ready
+                        emit("token", item, piece)
+                    else:  # the GuardResult, last
+                        emit("result", item, (sent, stopped), state.prompt_tokens(call.question))
             except BaseException as exc:
-                loop.call_soon_threadsafe(events.put_nowait, exc)
+                emit("error", exc)
             finally:
                 if gen is not None:
                     gen.close()
                 otel_context.detach(token)
-                loop.call_soon_threadsafe(events.put_nowait, done)
+                emit("done",)
                 loop.call_soon_threadsafe(state.batcher.release)
 
-        threading.Thread(target=produce, name="guardrail-serve-stream", daemon=True).start()
+        worker = asyncio.ensure_future(state.batcher.run_on_worker(produce))
         cid, created, model = completion_id(), int(time.time()), state.model_name
-        tok = guard.processor.tokenizer
-        hold = call.options.hold_until_verdict
-        keep = max((len(s) for s in call.stop), default=1) - 1  # characters held back: a stop string may be starting
-        ids: list[int] = []
-        sent = ""
-        stopped = False
         status = 200
 
         def sse(obj) -> str:
@@ -408,25 +431,18 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         try:
             yield sse(stream_chunk(cid, model, created, delta={"role": "assistant", "content": ""}))
             while True:
-                item = await events.get()
-                if item is done:
+                kind, *rest = await events.get()
+                if kind == "done":
                     break
-                if isinstance(item, BaseException):
-                    status = 400 if isinstance(item, InputError) else 500
+                if kind == "error":
+                    exc = rest[0]
+                    status = 400 if isinstance(exc, InputError) else 500
                     if status == 500:
-                        log.error("stream failed: %s", type(item).__name__)
-                    message = str(item) if status == 400 else "the guarded call failed"
+                        log.error("stream failed: %s", type(exc).__name__)
+                    message = str(exc) if status == 400 else "the guarded call failed"
                     yield sse(error_body(message, type_="invalid_request_error" if status == 400 else "server_error"))
-                    continue
-                if hasattr(item, "token_id"):  # a TokenEvent
-                    ids.append(item.token_id)
-                    piece = ""
-                    if not hold and not stopped:
-                        text = tok.decode(ids, skip_special_tokens=True).lstrip()
-                        cut, stopped = cut_at_stop(text, call.stop)
-                        ready = cut if stopped else cut[: max(len(sent), len(cut) - keep)]
-                        if ready.startswith(sent):
-                            piece, sent = ready[len(sent):], ready
+                elif kind == "token":
+                    item, piece = rest
                     extra = None
                     if call.options.maps:
                         extra = {"token": {"index": item.index, "token_id": item.token_id, "entropy": item.entropy,
@@ -434,31 +450,32 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                     if piece or extra:
                         yield sse(stream_chunk(cid, model, created, delta={"content": piece} if piece else {},
                                                extra=extra))
-                    continue
-                result = item  # the GuardResult, last
-                text, by_stop = shown_text(result, call.stop)
-                if hold:
-                    if text:
-                        yield sse(stream_chunk(cid, model, created, delta={"content": text}))
-                elif not replaced_by_policy(result) and text.startswith(sent) and len(text) > len(sent):
-                    yield sse(stream_chunk(cid, model, created, delta={"content": text[len(sent):]}))
-                obj = guardrail_object(result, trace_id=_trace_id(span), maps=False)
-                obj["text"] = text  # what the policy lets the user see; differs from the streamed tokens on abstain
-                state.metrics.result(result.verdict, result.action, time.perf_counter() - started)
-                _annotate(span, result)
-                yield sse(stream_chunk(cid, model, created, finish=finish_reason(result, by_stop or stopped),
-                                       extra=obj))
-                if call.include_usage:
-                    n_prompt = state.prompt_tokens(call.question)
-                    n_out = len(result.token_ids)
-                    yield sse(stream_chunk(cid, model, created, choices=False, usage={
-                        "prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}))
+                else:  # the result
+                    result, (sent, stopped), n_prompt = rest
+                    text, by_stop = shown_text(result, call.stop)
+                    if hold:
+                        if text:
+                            yield sse(stream_chunk(cid, model, created, delta={"content": text}))
+                    elif not replaced_by_policy(result) and text.startswith(sent) and len(text) > len(sent):
+                        yield sse(stream_chunk(cid, model, created, delta={"content": text[len(sent):]}))
+                    obj = guardrail_object(result, trace_id=_trace_id(span), maps=False)
+                    obj["text"] = text  # what the policy lets the user see; differs from the streamed tokens on abstain
+                    state.metrics.result(result.verdict, result.action, time.perf_counter() - started)
+                    _annotate(span, result)
+                    yield sse(stream_chunk(cid, model, created, finish=finish_reason(result, by_stop or stopped),
+                                           extra=obj))
+                    if call.include_usage:
+                        n_out = len(result.token_ids)
+                        yield sse(stream_chunk(cid, model, created, choices=False, usage={
+                            "prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}))
             yield "data: [DONE]\n\n"
         except BaseException:  # the client left (cancelled) or the loop is shutting down
             stop_flag.set()
             status = 499
             raise
         finally:
+            if not worker.done():
+                worker.add_done_callback(lambda f: f.cancelled() or f.exception())
             finish_span(span, status)
             span.end()
 

@@ -3,7 +3,8 @@
 A :class:`Batcher` lives on the server's event loop. ``submit`` queues a job and awaits its
 result; one worker task takes the oldest job, waits at most ``max_wait_s`` (from that job's
 arrival) for up to ``max_batch_size - 1`` more jobs with the same key, and runs them together
-in a single worker thread (the model is one, so one batch runs at a time). While a batch runs,
+in a single worker thread (the model is one, so one batch runs at a time; work that must not
+overlap a batch, such as a stream, runs on the same thread through ``run_on_worker``). While a batch runs,
 new jobs queue up and form the next batch, so batches grow with the load.
 
 Backpressure: at most ``max_queue`` jobs wait (``reserve`` counts streams too); ``submit``
@@ -153,6 +154,10 @@ class Batcher:
         except asyncio.CancelledError:
             self.cancel(job)
             raise
+
+    async def run_on_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the batches' worker thread, after the running batch (a stream uses this)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def cancel(self, job: _Job) -> None:
         if job in self._pending:

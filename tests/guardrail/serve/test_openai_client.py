@@ -315,3 +315,37 @@ def test_shutdown_drains_in_flight_requests(reference_guard, scenes):
     worker.join(30)
     stopper.join(30)
     assert out["r"].choices[0].message.content  # answered, not dropped
+
+
+def test_a_stream_whose_client_leaves_frees_its_slot(reference_guard, scenes):
+    gate = threading.Event()
+
+    class HeldStream(CountingGuard):
+        def stream(self, image, question, **kwargs):
+            self.entered.set()
+            assert self.gate.wait(30)
+            yield from self._guard.stream(image, question, **kwargs)
+
+    held = HeldStream(reference_guard, gate=gate)
+    image, question = scenes[0]
+    app = create_app(held)
+    body = json.dumps({"model": MODEL, "stream": True, "messages": user_message(image, question)}).encode()
+    with LoopbackServer(app) as s:
+        sock = socket.create_connection(("127.0.0.1", int(s.url.rsplit(":", 1)[1])))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert held.entered.wait(10)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # headers and the role chunk
+        batcher = app.state.guardrail.batcher
+        assert batcher.depth == 1  # the stream holds a queue slot
+        sock.close()
+        time.sleep(0.3)
+        gate.set()
+        deadline = time.monotonic() + 20
+        while batcher.depth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert batcher.depth == 0
+        text = app.state.guardrail.metrics.render(batcher.stats, queue_depth=0, in_flight=0, ready=True)
+        assert 'status="499"' in text  # recorded as a client that went away
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        assert c.chat.completions.create(model=MODEL, messages=user_message(image, question)).choices[0].message.content
