@@ -150,6 +150,8 @@ class Manifest(BaseModel):
     grid: tuple[int, int]
     data: str
     data_hash: str
+    model_hash: str | None = None  # sha256 of the weights (fastrm_core.weights_fingerprint)
+    images_hash: str | None = None  # sha256 over every referenced image file's path and bytes
     label_threshold: float
     settings: dict
     prompt_template: str
@@ -181,6 +183,8 @@ class Manifest(BaseModel):
             "hidden_size": self.hidden_size,
             "grid": tuple(self.grid),
             "data_hash": self.data_hash,
+            "model_hash": self.model_hash,
+            "images_hash": self.images_hash,
             "settings": self.settings,
             "prompt_template": self.prompt_template,
         }
@@ -256,13 +260,17 @@ class ModelInfo:
     hidden_size: int
     grid: tuple[int, int]
     prompt_template: str
+    model_hash: str | None = None  # weights_fingerprint: the weights, not the folder's name
 
     @classmethod
     def from_model(cls, adapter: VLMAdapter, processor, settings: "BuildSettings") -> "ModelInfo":
+        from fastrm_core.integrity import weights_fingerprint
+
         from .generation import build_prompt
 
         _, template = build_prompt(processor, "?", settings.prompt_suffix)
-        return cls(adapter.model_id, adapter.name, adapter.hidden_size, tuple(adapter.grid), template)
+        return cls(adapter.model_id, adapter.name, adapter.hidden_size, tuple(adapter.grid), template,
+                   weights_fingerprint(adapter.model))
 
 
 class SkipRecord(Exception):
@@ -361,6 +369,8 @@ def read_shard(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (OSError, RuntimeError, ValueError) as exc:
         raise DataError(f"cannot read shard {path}: {exc}") from exc
+    except Exception as exc:  # safetensors' own SafetensorError (truncated or damaged file)
+        raise DataError(f"cannot read shard {path} (truncated or damaged?): {exc}") from None
     return tensors, json.loads(meta.get("records", "[]"))
 
 
@@ -429,7 +439,53 @@ def records_done(manifest: Manifest) -> int:
 
 
 def _shard_done(folder: Path, entry: ShardEntry) -> bool:
-    return entry.file is None or (folder / entry.file).is_file()
+    """True when the shard's file is there with the bytes the manifest recorded (a damaged one is redone)."""
+    if entry.file is None:
+        return True
+    path = folder / entry.file
+    if not path.is_file():
+        return False
+    if entry.sha256 is not None and _sha256(path) != entry.sha256:
+        path.unlink()
+        return False
+    return True
+
+
+def verify_shard(folder: str | Path, entry: ShardEntry) -> Path:
+    """The shard's path, after checking its bytes against the manifest's sha256.
+
+    Raises :class:`DataError` naming the shard when it is missing or its content changed
+    (a flipped bit, a swapped or truncated file) since ``fastrm distill build`` wrote it.
+    """
+    path = Path(folder) / str(entry.file)
+    if not path.is_file():
+        raise DataError(f"shard {path} listed in the manifest is missing")
+    if entry.sha256 is None:
+        raise DataError(f"shard {path} has no sha256 in the manifest; rebuild the dataset with --overwrite")
+    digest = _sha256(path)
+    if digest != entry.sha256:
+        raise DataError(
+            f"shard {path} changed since it was built (sha256 {digest[:16]}..., manifest {entry.sha256[:16]}...); "
+            "re-run `fastrm distill build` with the same arguments to recompute it"
+        )
+    return path
+
+
+def images_hash(records, base: str | Path | None = None) -> str:
+    """sha256 over the sorted (path, sha256 of the bytes) of every image the records reference.
+
+    Paths are taken relative to ``base`` (the data file's folder) when under it, so a moved
+    dataset folder keeps its hash; a missing image counts as missing.
+    """
+    digest = hashlib.sha256()
+    for image in sorted({Path(getattr(r, "image", "")) for r in records}):
+        try:
+            name = str(image.relative_to(base)) if base is not None else str(image)
+        except ValueError:
+            name = str(image)
+        digest.update(name.encode() + b"\0")
+        digest.update(_sha256(image).encode() if image.is_file() else b"<missing>")
+    return digest.hexdigest()
 
 
 def prepare_manifest(
@@ -456,6 +512,8 @@ def prepare_manifest(
         grid=tuple(info.grid),
         data=str(data.resolve()),
         data_hash=dataset_hash(data),
+        model_hash=info.model_hash,
+        images_hash=images_hash(records, data.resolve().parent),
         label_threshold=settings.label_threshold,
         settings=asdict(settings),
         prompt_template=info.prompt_template,
@@ -476,6 +534,7 @@ def prepare_manifest(
                 f"{out} holds a dataset built with different inputs ({details}); "
                 "use a new --out folder or --overwrite"
             )
+        # a shard whose bytes no longer match the manifest (damaged, truncated) is removed and redone
         manifest.shards = [s for s in old.shards if _shard_done(out, s)]
     elif overwrite:
         for stale in out.glob("shard-*.safetensors"):

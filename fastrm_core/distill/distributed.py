@@ -131,7 +131,8 @@ def ray_build(
         actors = _actors(ray, workers, model_name, dtype, device)
         try:
             info = ModelInfo(**ray.get(actors[0].describe.remote(asdict(settings))))
-            info = ModelInfo(info.model_id, info.adapter, info.hidden_size, tuple(info.grid), info.prompt_template)
+            info = ModelInfo(info.model_id, info.adapter, info.hidden_size, tuple(info.grid), info.prompt_template,
+                             info.model_hash)
             manifest, todo = prepare_manifest(data, out, model_name=model_name, info=info, settings=settings,
                                               overwrite=overwrite)
             if on_start is not None:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from fastrm_core.errors import DataError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
-from .dataset import MANIFEST_NAME, Manifest, load_manifest
+from .dataset import MANIFEST_NAME, Manifest, load_manifest, verify_shard
 
 __all__ = [
     "LR_SCHEDULES", "SELECTION_METRICS", "TOKEN_SETS",
@@ -171,10 +171,11 @@ class PairStore:
         content: list[torch.Tensor] = []  # per shard, when the shard has content flags
         n_bytes = 0
         for s_idx, shard in enumerate(shards):
-            path = self.folder / shard.file
-            if not path.is_file():
-                raise DataError(f"shard {path} listed in the manifest is missing")
-            fh = safe_open(str(path), framework="pt")
+            path = verify_shard(self.folder, shard)  # the bytes the manifest recorded, or DataError
+            try:
+                fh = safe_open(str(path), framework="pt")
+            except Exception as exc:  # SafetensorError: truncated or damaged
+                raise DataError(f"cannot read shard {path}: {exc}") from None
             self._handles.append(fh)
             offsets = fh.get_tensor("token_offsets")  # (R + 1,)
             n_rec = offsets.numel() - 1

@@ -105,6 +105,14 @@ def _rewrite_content(src, dst, flags):
         else:
             tensors["content"] = content
         save_file(tensors, shard, metadata=meta)
+    # as a rebuild would: the manifest records the new files' hashes (PairStore checks them)
+    from fastrm_core.distill.dataset import _sha256, load_manifest, save_manifest
+
+    manifest = load_manifest(dst)
+    for entry in manifest.shards:
+        if entry.file:
+            entry.sha256 = _sha256(dst / entry.file)
+    save_manifest(dst, manifest)
     return dst
 
 
