@@ -42,8 +42,24 @@ browser:
 		else echo "The HTML report tests need a headless Chromium: run 'sudo apt-get install chromium-headless-shell'" \
 			"or set FASTRM_CHROMIUM to a Chromium binary." >&2; exit 1; fi; fi
 
+# The real-viewer test: guarded calls sent to a live Arize Phoenix on loopback and read back through its
+# REST API. Phoenix is big (a pip install of several minutes), so it has its own virtual environment and
+# its own target; `make test` runs the same checks against the SDK's in-memory exporter.
+# FASTRM_SCREENSHOTS=docs/img make test-phoenix also refreshes the Phoenix screenshots of the docs.
+PHOENIX_VENV := .venv-phoenix
+PHOENIX_VERSION ?= 20.26.1
+
+$(PHOENIX_VENV)/bin/phoenix:
+	$(PY) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install -q "arize-phoenix==$(PHOENIX_VERSION)"
+
+phoenix-venv: $(PHOENIX_VENV)/bin/phoenix
+
+test-phoenix: install browser phoenix-venv
+	FASTRM_PHOENIX=$(abspath $(PHOENIX_VENV))/bin/phoenix $(BIN)/python -m pytest -q -m phoenix tests/guardrail/test_phoenix.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PHOENIX_VENV) build *.egg-info
 
 # ---------------------------------------------------------------------------------------------
 # Shipped artifacts, in dependency order: model -> proxy -> calibration -> demo.

@@ -25,21 +25,23 @@ def _cmd_demo(args, console: Console) -> int:
     from .demo import run_demo
 
     run_demo(args.out, model=args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
-             seed=args.seed, pool=args.pool, console=console)
+             seed=args.seed, pool=args.pool, console=console, otlp_endpoint=args.otlp_endpoint,
+             phoenix=args.phoenix, console_spans=args.console_spans)
     return 0
 
 
 def _cmd_run(args, console: Console) -> int:
     from .exporters import configure_tracing
     from .guard import Guard
-    from .render import heatmap_text, save_overlay
+    from .render import explained_figure, heatmap_text, view_box
 
-    provider = configure_tracing(jsonl_path=args.trace, console=args.console_spans, otlp_endpoint=args.otlp_endpoint)
+    provider, meters = telemetry_from_args(args, jsonl_path=args.trace)
     guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
-                                  tracer_provider=provider, capture_content=args.capture_content,
+                                  tracer_provider=provider, meter_provider=meters, capture_content=args.capture_content,
                                   dtype=args.dtype, device=args.device)
     result = guard.generate(args.image, args.question, tags=args.tag or (), max_new_tokens=args.max_new_tokens)
-    provider.force_flush()
+    provider.shutdown()
+    meters.shutdown()
     if args.json:
         console.print_json(result.model_dump_json(exclude={"maps"} if not args.maps else None))
         return 0
@@ -57,7 +59,13 @@ def _cmd_run(args, console: Console) -> int:
         if args.png:
             from .guard import load_image
 
-            path = save_overlay(args.png, load_image(args.image), result.answer_map)
+            img = load_image(args.image)
+            score = "-" if result.score is None else f"{result.score:.3f}"
+            path = explained_figure(args.png, img, result.answer_map, box=view_box(guard.processor, *img.size),
+                                    title=f"Q: {args.question}   A: {result.answer}",
+                                    lines=(f"verdict {result.verdict} (score {score} vs threshold "
+                                           f"{result.threshold:.3f}); action {result.action} [rule {result.rule}]",
+                                           "map: mean over the answer's scored tokens"))
             console.print(f"overlay: {path}")
     return 0
 
@@ -66,6 +74,33 @@ def _cmd_serve(args, console: Console) -> int:
     from .serve_cli import serve_command
 
     return serve_command(args, console)
+
+
+def telemetry_args(p: argparse.ArgumentParser) -> None:
+    """The OpenTelemetry options every command that makes guarded calls takes."""
+    p.add_argument("--otlp-endpoint", default=None,
+                   help="send spans and metrics to this OTLP/HTTP collector, e.g. http://localhost:4318 "
+                        "(default: the standard OTEL_EXPORTER_OTLP_* variables, if set)")
+    p.add_argument("--phoenix", default=None, metavar="URL",
+                   help="send to an Arize Phoenix at URL (OTLP) and post each verdict there as a span annotation")
+    p.add_argument("--console-spans", action="store_true", help="print the spans")
+
+
+def telemetry_from_args(args, *, jsonl_path=None):
+    """(tracer provider, meter provider) for the options of :func:`telemetry_args`; the standard
+    ``OTEL_EXPORTER_OTLP_*`` variables apply when no endpoint is given."""
+    from .exporters import configure_metrics, configure_tracing
+
+    endpoint = args.otlp_endpoint or args.phoenix
+    extra = []
+    if args.phoenix:
+        from .phoenix import PhoenixAnnotationExporter
+
+        extra.append(PhoenixAnnotationExporter(args.phoenix))
+    provider = configure_tracing(jsonl_path=jsonl_path, console=args.console_spans, otlp_endpoint=endpoint,
+                                 exporters=extra)
+    meters = configure_metrics(otlp_endpoint=None if args.phoenix and not args.otlp_endpoint else endpoint)
+    return provider, meters
 
 
 def _cmd_calibrate(args, console: Console) -> int:
@@ -203,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--pool", type=int, default=24, help="scenes answered (the panels show a few of them)")
     verbose_arg(p)
+    telemetry_args(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("run", help="one guarded call")
@@ -213,9 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", help="request tag (repeatable), for policy rules")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--trace", default=None, help="append the spans to this JSONL file")
-    p.add_argument("--console-spans", action="store_true", help="print the spans")
-    p.add_argument("--otlp-endpoint", default=None,
-                   help="send spans to this OTLP/HTTP collector (default: the OTEL_EXPORTER_OTLP_* variables)")
+    telemetry_args(p)
     p.add_argument("--capture-content", action="store_true", default=None, help="record question/answer text in spans")
     p.add_argument("--json", action="store_true", help="print the GuardResult as JSON")
     p.add_argument("--maps", action="store_true", help="with --json, include the maps")

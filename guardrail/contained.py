@@ -44,15 +44,16 @@ def _bounded(fn: Callable[[], T], timeout_s: float, default: T) -> T:
 
 @contextmanager
 def contained_span(tracer: trace.Tracer, name: str, *, timeout_s: float,
-                   kind: SpanKind = SpanKind.INTERNAL) -> Iterator[trace.Span]:
+                   kind: SpanKind = SpanKind.INTERNAL, start_time: int | None = None) -> Iterator[trace.Span]:
     """Like ``tracer.start_as_current_span(name)``, but processors cannot raise into or stall the caller.
 
     The span is current inside the block; exceptions of the block pass through untouched
-    (recording them on the span is the caller's job).
+    (recording them on the span is the caller's job). ``start_time`` (ns since the epoch) backdates
+    the span, for one opened after the work it describes.
     """
     parent = otel_context.get_current()
     try:
-        span = _bounded(lambda: tracer.start_span(name, context=parent, kind=kind), timeout_s, trace.INVALID_SPAN)
+        span = _bounded(lambda: tracer.start_span(name, context=parent, kind=kind, start_time=start_time), timeout_s, trace.INVALID_SPAN)
     except Exception:  # e.g. a tracer whose start_span is not callable
         span = trace.INVALID_SPAN
     try:

@@ -17,9 +17,8 @@ from rich.table import Table
 
 from calibration.vqa import is_correct
 
-from .exporters import configure_tracing
 from .guard import Guard
-from .render import heatmap_text, save_overlay
+from .render import explained_figure, heatmap_text, view_box
 
 __all__ = ["run_demo"]
 
@@ -37,8 +36,16 @@ def run_demo(
     show_wrong: int = 3,
     max_new_tokens: int = 8,
     console: Console | None = None,
+    otlp_endpoint: str | None = None,
+    phoenix: str | None = None,
+    console_spans: bool = False,
 ) -> dict:
-    """Run the demo; returns a summary dict (counts, paths). See the module docstring."""
+    """Run the demo; returns a summary dict (counts, paths). See the module docstring.
+
+    Spans go to ``out_dir/trace.jsonl`` and, with ``otlp_endpoint`` (or the standard
+    ``OTEL_EXPORTER_OTLP_*`` variables), to a collector; ``phoenix`` sends them to an Arize Phoenix
+    and posts each verdict there as an annotation. Metrics go to the same OTLP endpoint.
+    """
     from shapesvqa.world import generate
 
     console = console or Console()
@@ -47,9 +54,15 @@ def run_demo(
     (out / "images").mkdir(parents=True, exist_ok=True)
     trace_path = out / "trace.jsonl"
     trace_path.unlink(missing_ok=True)
-    provider = configure_tracing(jsonl_path=trace_path, otlp_from_env=False)
+    from types import SimpleNamespace
+
+    from .cli import telemetry_from_args
+
+    provider, meters = telemetry_from_args(
+        SimpleNamespace(otlp_endpoint=otlp_endpoint, phoenix=phoenix, console_spans=console_spans),
+        jsonl_path=trace_path)
     guard = Guard.from_pretrained(model, proxy=proxy, calibration=calibration, policy=policy,
-                                  tracer_provider=provider, capture_content=True)
+                                  tracer_provider=provider, meter_provider=meters, capture_content=True)
     console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
                   f"v{guard.policy.version}, threshold {guard.calibration.threshold:.3f} ({guard.calibration.rule})")
     examples = list(generate(pool, seed=seed))
@@ -77,11 +90,16 @@ def run_demo(
             body += ["\nwhere the answer looked:", heatmap_text(res.answer_map)]
             from PIL import Image
 
-            save_overlay(out / f"{ex.id}_overlay.png", Image.open(path), res.answer_map)
+            with Image.open(path) as img:
+                explained_figure(out / f"{ex.id}_overlay.png", img, res.answer_map,
+                                 box=view_box(guard.processor, *img.size), title=f"Q: {ex.question}   A: {res.answer}",
+                                 lines=(f"verdict {res.verdict} (score {score} vs threshold {res.threshold:.3f}); "
+                                        f"action {res.action} -> user sees {res.text!r}",
+                                        "map: mean over the answer's scored tokens"))
         style = "green" if ok else "red"
         console.print(Panel(Group(*body), title=escape(f"{ex.id} [{ex.family}]"), border_style=style, expand=False))
-    provider.force_flush()
     provider.shutdown()
+    meters.shutdown()
     n_right = len(right)
     confident = [r for r in results if r.verdict == "confident"]
     conf_right = sum(is_correct(r.answer, e.answers) for e, r in zip(examples, results) if r.verdict == "confident")

@@ -21,6 +21,7 @@ runs the guarded generation, so an unguarded call elsewhere never mixes in.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
 import threading
@@ -44,29 +45,69 @@ from policies import Decision, DecisionContext, Policy, apply, decide, decide_on
 
 from . import semconv
 from .contained import contained_span, event_limit
+from .metrics import GuardMetrics
+from .render import view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, Timings, TokenEvent
 from .scoring import cut_at_eos, score_answer
 from .telemetry import (
     MapBudget,
     chat_attributes,
+    chat_content_attributes,
     content_capture_enabled,
     get_tracer,
     guardrail_attributes,
     guardrail_result_event_attributes,
-    input_messages_json,
+    image_attributes,
+    image_data_uri,
+    image_reference,
     map_budget_attributes,
-    output_messages_json,
     token_event_attributes,
 )
 
 __all__ = ["Guard", "load_image"]
 
-IMAGE_PATH_ATTRIBUTE = "fastrm.image.path"  # only with content capture
+IMAGE_PATH_ATTRIBUTE = semconv.FASTRM_IMAGE_PATH  # only with content capture
 DEFAULT_MAX_NEW_TOKENS = 16
 
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+
+
+class _Image:
+    """One call's image as the processor got it, and its identity for traces and escalations (computed once)."""
+
+    def __init__(self, pil: Any, source: Any, processor: Any) -> None:
+        self.pil = pil
+        self.path = source if isinstance(source, (str, os.PathLike)) else None
+        self.processor = processor
+        self._ref: dict[str, Any] | None = None
+
+    def reference(self) -> dict[str, Any]:
+        if self._ref is None:
+            try:
+                box = view_box(self.processor, *self.pil.size)
+            except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
+                box = None
+            self._ref = image_reference(self.pil, self.path, box=box)
+        return self._ref
+
+
+class _StepClock:
+    """A generate streamer that only notes the wall-clock time (ns) at which each step's tokens came out."""
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self._prompt = True
+
+    def put(self, value) -> None:
+        if self._prompt:  # generate first sends the prompt
+            self._prompt = False
+            return
+        self.times.append(time.time_ns())
+
+    def end(self) -> None:
+        pass
 
 
 def _model_lock(model: torch.nn.Module) -> threading.Lock:
@@ -119,6 +160,7 @@ class Guard:
         model_name: str | None = None,
         maps_dir: str | os.PathLike | None = None,
         limits: Limits | None = None,
+        meter_provider: Any = None,
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
@@ -150,6 +192,7 @@ class Guard:
         self.tracer = get_tracer(tracer_provider)
         self.capture_content = content_capture_enabled(capture_content)
         self.map_budget = map_budget or MapBudget()
+        self.metrics = GuardMetrics(meter_provider)
         self._lock = _model_lock(model)
         tok = processor.tokenizer
         self._eos_ids = eos_token_ids(self.model, tok)
@@ -191,6 +234,9 @@ class Guard:
         return self.prompt_template.format(question=text)
 
     def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
+        return self._prepare_with_images(images, questions)[0]
+
+    def _prepare_with_images(self, images: Sequence[ImageLike], questions: Sequence[str]) -> tuple[dict, list[_Image]]:
         lim = self.limits
         tok = self.processor.tokenizer
         for q in questions:  # cheap checks first: a 100k-character question never reaches the processor
@@ -213,7 +259,7 @@ class Guard:
         inputs = inputs.to(device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        return inputs
+        return inputs, [_Image(p, src, self.processor) for p, src in zip(pil, images)]
 
     def _generate_kwargs(self, generate_kwargs: dict) -> dict:
         return check_generate_kwargs(generate_kwargs, self.limits, default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
@@ -236,8 +282,9 @@ class Guard:
             raise InputError("items must be a sequence of (image, question) pairs")
         kwargs = self._generate_kwargs(generate_kwargs)
         images, questions = zip(*items)
-        inputs = self._prepare(images, questions)  # bad input fails here, before any generation
+        inputs, pil = self._prepare_with_images(images, questions)  # bad input fails here, before any generation
         n_prompt = inputs["input_ids"].shape[1]
+        clock = _StepClock()  # when each step's tokens came out, for the token events
         start = time.perf_counter()
         # The model lock covers the model's work only: span processors, scoring, the policy and
         # an escalation handler (which may be slow) run outside it, so they never stall other calls.
@@ -248,7 +295,7 @@ class Guard:
                 t0 = time.perf_counter()
                 try:
                     with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
-                        out = self.model.generate(**inputs, **kwargs)
+                        out = self.model.generate(**inputs, **kwargs, streamer=clock)
                     maps = cap.maps.numpy()  # (B, T, rows, cols)
                 except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
                     error = exc
@@ -265,15 +312,17 @@ class Guard:
                     else:
                         out = inputs["input_ids"]  # nothing generated is shown
                 model_s = time.perf_counter() - t0
-            results = []
+            results, answers, prompts = [], [], []
             for b, question in enumerate(questions):
                 gen = out[b, n_prompt:].tolist()
                 row_maps = None if maps is None else maps[b]
-                results.append(
-                    self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
-                                 n_prompt=int(inputs["attention_mask"][b].sum()), parent=chat_span)
-                )
-            self._annotate_chat(chat_span, results, n_prompt, kwargs, images)
+                prompts.append(int(inputs["attention_mask"][b].sum()))  # this row's prompt, without padding
+                result, answer = self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
+                                              n_prompt=prompts[-1], image=pil[b], row=b, n_rows=len(questions),
+                                              token_times=clock.times)
+                results.append(result)
+                answers.append(answer)
+            self._annotate_chat(chat_span, results, answers, prompts, kwargs, pil)
         return results
 
     def stream(
@@ -287,8 +336,9 @@ class Guard:
 
         tags = check_tags(tags)
         kwargs = self._generate_kwargs(generate_kwargs)
-        inputs = self._prepare([image], [question])
+        inputs, pil = self._prepare_with_images([image], [question])
         tokens: "queue.Queue[Any]" = queue.Queue()
+        times: list[int] = []
         done = object()
         tok = self.processor.tokenizer
 
@@ -300,6 +350,7 @@ class Guard:
                 if not self.prompt_seen:  # generate first sends the prompt
                     self.prompt_seen = True
                     return
+                times.append(time.time_ns())
                 tokens.put(int(value.reshape(-1)[0]))
 
             def end(self):
@@ -319,6 +370,7 @@ class Guard:
                 tokens.put(done)
 
         start = time.perf_counter()
+        start_ns = time.time_ns()  # the chat span is opened after the stream, with the real start time
         thread = threading.Thread(target=worker, name="fastrm-guard-stream", daemon=True)
         thread.start()
         index = 0
@@ -350,15 +402,28 @@ class Guard:
         if error is not None and not gen and self.policy.on_error == "fail_open":  # the answer, unguarded
             with self._lock, torch.no_grad():
                 gen = self.model.generate(**inputs, **kwargs)[0, n_prompt:].tolist()
-        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
-            result = self._finish(question, gen, maps, error, tags, kwargs, model_s, start,
-                                  n_prompt=n_prompt, parent=chat_span)
-            self._annotate_chat(chat_span, [result], n_prompt, kwargs, [image])
+        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}", start_time=start_ns) as chat_span:
+            result, answer = self._finish(question, gen, maps, error, tags, kwargs, model_s, start,
+                                          n_prompt=n_prompt, image=pil[0], token_times=times)
+            self._annotate_chat(chat_span, [result], [answer], [n_prompt], kwargs, pil)
         yield result
 
     # ------------------------------------------------------------------ scoring and deciding
-    def _finish(self, question, gen, maps, error, tags, kwargs, model_s, start, *, n_prompt, parent) -> GuardResult:
-        t_guard = time.perf_counter()
+    def _finish(self, question, gen, maps, error, tags, kwargs, model_s, start, *, n_prompt, image=None, row=0,
+                n_rows=1, token_times=()) -> tuple[GuardResult, str]:
+        """Score, decide and escalate one row, inside its ``apply_guardrail`` span; returns the result and
+        the model's own answer (which the result may withhold)."""
+        with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
+            t_guard = time.perf_counter()
+            result, decision, answer = self._decide(question, gen, maps, error, tags, span, image)
+            guard_s = time.perf_counter() - t_guard
+            result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
+            self._annotate_guard(span, result, decision, answer, model_s, guard_s, image=image, row=row,
+                                 n_rows=n_rows, n_prompt=n_prompt, token_times=token_times)
+        self.metrics.record(result, model=self.model_name, input_tokens=n_prompt)
+        return result, answer
+
+    def _decide(self, question, gen, maps, error, tags, span, image) -> tuple[GuardResult, Decision, str]:
         tok = self.processor.tokenizer
         gen, stopped = cut_at_eos(gen, self._eos_ids)
         finish = "stop" if stopped else "length"
@@ -392,9 +457,8 @@ class Guard:
         text, flagged = apply(decision, answer)
         if decision.action == "escalate" and error is None:
             try:
-                escalate(decision, {"question": question, "answer": answer, "score": score, "verdict": verdict,
-                                    "threshold": self.calibration.threshold, "tags": tags},
-                         timeout_s=self.limits.handler_timeout_s)
+                escalate(decision, self._escalation_payload(question, answer, text, score, verdict, tags, image),
+                         timeout_s=self.limits.handler_timeout_s, **_ids(span))
             except PolicyError as exc:
                 error = exc
                 decision = decide_on_error(self.policy, exc)
@@ -412,15 +476,27 @@ class Guard:
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
         )
-        self._emit_guardrail_span(result, decision, parent, model_s, time.perf_counter() - t_guard)
-        guard_s = time.perf_counter() - t_guard
-        result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
-        return result
+        return result, decision, answer
+
+    def _escalation_payload(self, question, answer, text, score, verdict, tags, image) -> dict[str, Any]:
+        """What a reviewer needs: the question, the model's answer and what the user got, the scores, the
+        model and guard artifacts, and the image by reference (its data only with content capture)."""
+        payload: dict[str, Any] = {
+            "question": question, "answer": answer, "returned_text": text, "score": score, "verdict": verdict,
+            "threshold": self.calibration.threshold, "tags": list(tags), "model": self.model_name,
+            "proxy_id": self.proxy_id, "calibration_id": self.calibration_id,
+        }
+        if image is not None:
+            payload["image"] = dict(image.reference())
+            if self.capture_content:
+                payload["image"]["data_uri"] = image_data_uri(image.pil)
+        return payload
 
     # ------------------------------------------------------------------ telemetry (never raises)
-    def _span(self, name: str):
+    def _span(self, name: str, start_time: int | None = None):
         # span processors run in a bounded worker: one that raises or hangs never reaches the caller
-        return contained_span(self.tracer, name, kind=SpanKind.INTERNAL, timeout_s=self.limits.telemetry_timeout_s)
+        return contained_span(self.tracer, name, kind=SpanKind.INTERNAL, timeout_s=self.limits.telemetry_timeout_s,
+                              start_time=start_time)
 
     def _record_error(self, span) -> None:
         try:
@@ -433,24 +509,35 @@ class Guard:
         except Exception:
             pass
 
-    def _annotate_chat(self, span, results: list[GuardResult], n_prompt: int, kwargs: dict, images=()) -> None:
+    def _annotate_chat(self, span, results: list[GuardResult], answers: list[str], prompts: list[int], kwargs: dict,
+                       images: Sequence[_Image] = ()) -> None:
+        """The ``chat`` span: token counts summed over the rows (each row's prompt without padding); content
+        (question, the model's answer even when withheld, the image) for a single call under content capture.
+        A batch's per-row content is on each row's ``apply_guardrail`` span."""
         try:
             if not span.is_recording():
                 return
             span.set_attributes(chat_attributes(
                 self.model_name,
-                input_tokens=n_prompt,
+                input_tokens=sum(prompts),
                 output_tokens=sum(len(r.token_ids) for r in results),
                 finish_reasons=[r.finish_reason for r in results],
                 max_tokens=kwargs.get("max_new_tokens"),
                 temperature=kwargs.get("temperature") if kwargs.get("do_sample") else None,
             ))
-            if self.capture_content and len(results) == 1:
-                span.set_attribute(semconv.GEN_AI_INPUT_MESSAGES, input_messages_json(results[0].question))
-                span.set_attribute(semconv.GEN_AI_OUTPUT_MESSAGES,
-                                   output_messages_json(results[0].text, results[0].finish_reason))
-                if images and isinstance(images[0], (str, os.PathLike)):
-                    span.set_attribute(IMAGE_PATH_ATTRIBUTE, str(Path(images[0]).resolve()))
+            if not self.capture_content:
+                return
+            if len(results) == 1:
+                uri = image_data_uri(images[0].pil) if images else None
+                span.set_attributes(chat_content_attributes(results[0].question, answers[0],
+                                                            finish_reason=results[0].finish_reason, image_uri=uri))
+            else:
+                span.set_attributes({
+                    semconv.INPUT_VALUE: json.dumps([r.question for r in results], ensure_ascii=False),
+                    semconv.INPUT_MIME_TYPE: semconv.MIME_JSON,
+                    semconv.OUTPUT_VALUE: json.dumps(answers, ensure_ascii=False),
+                    semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
+                })
         except Exception:
             pass
 
@@ -465,63 +552,84 @@ class Guard:
         tmp.replace(path)  # never a half-written file
         return path
 
-    def _emit_guardrail_span(self, result: GuardResult, decision: Decision, parent, model_s: float = 0.0,
-                             guard_s: float = 0.0) -> None:
+    def _annotate_guard(self, span, result: GuardResult, decision: Decision, answer: str, model_s: float,
+                        guard_s: float, *, image: _Image | None, row: int, n_rows: int, n_prompt: int,
+                        token_times: Sequence[int] = ()) -> None:
         try:
+            content = self.capture_content
             if decision.unguarded and not self.capture_content:
                 # the reason quotes the error's message, which may quote the question (a handler's
                 # exception): with content capture off only the error's type leaves the process
                 decision = dataclasses.replace(decision, reason=decision.reason.split(" (", 1)[0]
                                                + f" ({(result.error or 'error').split(':')[0]})")
-            with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
-                if not span.is_recording():
-                    return
-                span.set_attributes(guardrail_attributes(
-                    decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
-                    flagged=result.flagged, n_answer_tokens=sum(result.content),
-                    max_token_entropy=max((e for e, c in zip(result.entropies, result.content) if c), default=None),
-                ))
+            if not span.is_recording():
+                return
+            span.set_attributes(guardrail_attributes(
+                decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
+                flagged=result.flagged, n_answer_tokens=sum(result.content),
+                max_token_entropy=max((e for e, c in zip(result.entropies, result.content) if c), default=None),
+                answer=answer if content else None, returned_text=result.text if content else None,
+            ))
+            span.set_attributes({
+                semconv.FASTRM_SCORE_AGGREGATION: self.calibration.aggregation,
+                semconv.FASTRM_MAP_GRID: list(self.adapter.grid),
+                semconv.FASTRM_PROXY_ID: self.proxy_id,
+                semconv.FASTRM_CALIBRATION_ID: self.calibration_id,
+                semconv.FASTRM_MODEL_DURATION: float(model_s),
+                semconv.FASTRM_GUARD_DURATION: float(guard_s),  # scoring, deciding, escalating
+                semconv.FASTRM_INPUT_TOKENS: int(n_prompt),
+                semconv.FASTRM_OUTPUT_TOKENS: len(result.token_ids),
+            })
+            if n_rows > 1:
+                span.set_attributes({semconv.FASTRM_BATCH_INDEX: row, semconv.FASTRM_BATCH_SIZE: n_rows})
+                if content:
+                    span.set_attribute(semconv.GUARDRAIL_QUESTION, result.question)
+            if image is not None:
+                span.set_attributes(image_attributes(image.reference(), capture_content=content))
+            if result.error:
+                span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
+            if self.maps_dir is not None and result.maps is not None:
+                span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
+            if result.maps is not None:
+                n_tokens = len(result.tokens)
+                # The SDK keeps at most event_limit events per span and drops the *oldest*
+                # silently: emit no more token events than fit beside the result event,
+                # answer (scored) tokens first, and say how many tokens got none.
+                limit = event_limit(span)
+                room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1))
+                scored = [i for i, c in enumerate(result.content) if c]
+                order = list(dict.fromkeys([*scored, *range(n_tokens)]))
+                emitted = sorted(order[:room])
+                plan = self.map_budget.plan([result.maps[i] for i in emitted],
+                                            priority=[k for k, i in enumerate(emitted) if result.content[i]])
+                raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
+                log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
+                for k, i in enumerate(emitted):
+                    span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
+                        i, float(raw[i]), entropy_normalized=float(raw[i] / log_n), scored=result.content[i],
+                        encoded_map=plan.encoded.get(k),
+                        token_id=result.token_ids[i] if self.capture_content else None,
+                        text=result.tokens[i] if self.capture_content else None,
+                    ), timestamp=token_times[i] if i < len(token_times) else None)
+                span.set_attributes(map_budget_attributes(plan, self.map_budget))
                 span.set_attributes({
-                    semconv.FASTRM_SCORE_AGGREGATION: self.calibration.aggregation,
-                    semconv.FASTRM_MAP_GRID: list(self.adapter.grid),
-                    semconv.FASTRM_PROXY_ID: self.proxy_id,
-                    semconv.FASTRM_CALIBRATION_ID: self.calibration_id,
-                    semconv.FASTRM_MODEL_DURATION: float(model_s),
-                    semconv.FASTRM_GUARD_DURATION: float(guard_s),  # scoring and deciding, before telemetry
+                    semconv.FASTRM_MAPS_DROPPED: n_tokens - len(plan.encoded),  # incl. tokens without an event
+                    semconv.FASTRM_TOKEN_EVENTS_DROPPED: n_tokens - len(emitted),
                 })
-                if result.error:
-                    span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
-                if self.maps_dir is not None and result.maps is not None:
-                    span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
-                if result.maps is not None:
-                    n_tokens = len(result.tokens)
-                    # The SDK keeps at most event_limit events per span and drops the *oldest*
-                    # silently: emit no more token events than fit beside the result event,
-                    # answer (scored) tokens first, and say how many tokens got none.
-                    limit = event_limit(span)
-                    room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1))
-                    scored = [i for i, c in enumerate(result.content) if c]
-                    order = list(dict.fromkeys([*scored, *range(n_tokens)]))
-                    emitted = sorted(order[:room])
-                    plan = self.map_budget.plan([result.maps[i] for i in emitted],
-                                                priority=[k for k, i in enumerate(emitted) if result.content[i]])
-                    raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
-                    log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
-                    for k, i in enumerate(emitted):
-                        span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
-                            i, float(raw[i]), entropy_normalized=float(raw[i] / log_n), scored=result.content[i],
-                            encoded_map=plan.encoded.get(k),
-                            token_id=result.token_ids[i] if self.capture_content else None,
-                            text=result.tokens[i] if self.capture_content else None,
-                        ))
-                    span.set_attributes(map_budget_attributes(plan, self.map_budget))
-                    span.set_attributes({
-                        semconv.FASTRM_MAPS_DROPPED: n_tokens - len(plan.encoded),  # incl. tokens without an event
-                        semconv.FASTRM_TOKEN_EVENTS_DROPPED: n_tokens - len(emitted),
-                    })
-                span.add_event(semconv.GUARDRAIL_RESULT_EVENT, guardrail_result_event_attributes(
-                    decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
-                    flagged=result.flagged,
-                ))
+            span.add_event(semconv.EVALUATION_RESULT_EVENT, guardrail_result_event_attributes(
+                decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
+                flagged=result.flagged, error_type=result.error.split(":")[0] if result.error else None,
+            ))
         except Exception:  # telemetry must never break the guarded call
             pass
+
+
+def _ids(span) -> dict[str, str]:
+    """``{"trace_id", "span_id"}`` of a recording span, lowercase hex; empty for a non-recording one."""
+    try:
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+    except Exception:
+        pass
+    return {}

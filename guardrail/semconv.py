@@ -86,6 +86,7 @@ GUARDRAIL_ESCALATION_TARGET = "fastrm.guardrail.escalation.target"
 # Content capture only: the model's own answer (also when an action withheld it) and the text returned instead.
 GUARDRAIL_ANSWER = "fastrm.guardrail.answer"
 GUARDRAIL_RETURNED_TEXT = "fastrm.guardrail.returned_text"
+GUARDRAIL_QUESTION = "fastrm.guardrail.question"  # batches only: the row's question
 # The GenAI conventions' evaluation event (gen-ai-events.md, "Event: gen_ai.evaluation.result");
 # the event name has no constant in the Python package yet.
 EVALUATION_RESULT_EVENT = "gen_ai.evaluation.result"
@@ -144,6 +145,9 @@ FASTRM_IMAGE_BOX = "fastrm.image.box"
 # Calls guarded together in one padded generate_batch: the row of this call and the batch size.
 FASTRM_BATCH_INDEX = "fastrm.batch.index"
 FASTRM_BATCH_SIZE = "fastrm.batch.size"
+# This row's own token counts (its prompt without padding, its generated tokens); the chat span sums them.
+FASTRM_INPUT_TOKENS = "fastrm.usage.input_tokens"
+FASTRM_OUTPUT_TOKENS = "fastrm.usage.output_tokens"
 
 # --- Per-token event (on the guardrail span)
 TOKEN_EVENT = "fastrm.token"

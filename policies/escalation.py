@@ -6,6 +6,7 @@ same *escalation record*, a JSON-serialisable dict::
     {"time": "2025-01-01T12:00:00.000000+00:00",   # UTC, ISO 8601
      "policy_id": "strict", "policy_version": "1",
      "rule": "uncertain-medical", "reason": "...",
+     "trace_id": "5b8e...", "span_id": "eee1...",  # the guarded call's trace, when the caller has one
      "payload": {...}}                              # what the caller passed
 
 A queue file gets one line per record, written with a single ``O_APPEND``
@@ -83,18 +84,30 @@ def resolve_handler(spec: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def escalation_record(
-    decision: Decision, payload: Mapping[str, Any] | None = None, *, now: datetime | None = None
+    decision: Decision,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
 ) -> dict[str, Any]:
-    """The dict that :func:`escalate` sends: time, policy, rule, reason and the caller's payload."""
+    """The dict that :func:`escalate` sends: time, policy, rule, reason, the trace and span ids of the
+    guarded call (lowercase hex, as in OTLP/JSON and trace viewers; left out when not given) and the
+    caller's payload."""
     when = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return {
+    record: dict[str, Any] = {
         "time": when.isoformat(timespec="microseconds"),
         "policy_id": decision.policy_id,
         "policy_version": decision.policy_version,
         "rule": decision.rule,
         "reason": decision.reason,
-        "payload": dict(payload or {}),
     }
+    if trace_id:
+        record["trace_id"] = trace_id
+    if span_id:
+        record["span_id"] = span_id
+    record["payload"] = dict(payload or {})
+    return record
 
 
 def escalate(
@@ -103,6 +116,8 @@ def escalate(
     *,
     now: datetime | None = None,
     timeout_s: float | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
 ) -> dict[str, Any]:
     """Send one escalation for ``decision`` to its handler or queue; return the record sent.
 
@@ -117,7 +132,7 @@ def escalate(
     """
     if decision.action != "escalate" or decision.escalation is None:
         raise PolicyError(f"decision of rule {decision.rule!r} is {decision.action!r}, not an escalation")
-    record = escalation_record(decision, payload, now=now)
+    record = escalation_record(decision, payload, now=now, trace_id=trace_id, span_id=span_id)
     esc = decision.escalation
     if esc.handler is not None:
         handler = resolve_handler(esc.handler)

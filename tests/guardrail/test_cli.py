@@ -141,3 +141,54 @@ def test_demo_command_on_given_artifacts(saved, tmp_path):
     assert list(out.glob("*_overlay.png"))
     code, view = run_cli("view", out / "trace.jsonl")
     assert code == 0 and view.count("guarded call") == 8
+
+
+@pytest.fixture
+def otlp_receiver():
+    """A loopback HTTP server that records the paths of OTLP posts."""
+    import http.server
+    import threading
+
+    paths = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            paths.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    server.shutdown()
+
+
+def test_run_honours_the_standard_otlp_variables(saved, otlp_receiver, monkeypatch):
+    url, paths = otlp_receiver
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+    code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
+                        saved["calibration"], "--image", saved["image"], "--question", "What?", "--max-new-tokens", "2")
+    assert code == 0, out
+    assert "/v1/traces" in paths and "/v1/metrics" in paths
+
+
+def test_every_command_that_guards_takes_the_telemetry_options():
+    from guardrail.cli import build_parser
+
+    for command in (["demo"], ["run", "--image", "x", "--question", "q"]):
+        args = build_parser().parse_args([*command, "--otlp-endpoint", "http://h:4318", "--phoenix", "http://h:6006"])
+        assert args.otlp_endpoint == "http://h:4318" and args.phoenix == "http://h:6006"
+
+
+def test_demo_exports_to_the_otlp_endpoint_flag(saved, otlp_receiver, tmp_path):
+    url, paths = otlp_receiver
+    code, text = run_cli("demo", "--out", tmp_path / "demo", "--model", saved["model"], "--proxy", saved["proxy"],
+                         "--calibration", saved["calibration"], "--pool", "2", "--otlp-endpoint", url)
+    assert code == 0, text
+    assert "/v1/traces" in paths and "/v1/metrics" in paths

@@ -344,3 +344,92 @@ default: {action: allow}
 def test_prompt_suffix_is_appended(tiny_llava, tiny_proxy, calibration_uncertain):
     g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, prompt_suffix="Answer briefly.")
     assert g.prompt("What color?") == "USER: <image>\nWhat color? Answer briefly. ASSISTANT:"
+
+
+def test_openinference_view_of_a_guarded_call(tiny_llava, tiny_proxy, calibration_uncertain, tmp_path):
+    """What Phoenix reads (tests/guardrail/test_phoenix.py checks it live), here through the in-memory exporter:
+    span kinds, input/output, the image as a data URI, the evaluation event; the guard span covers the guard's
+    work; token events carry their own times."""
+    import json
+
+    from PIL import Image
+
+    from guardrail.phoenix import annotation_for
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(path)
+    provider, exporter = in_memory_provider()
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              capture_content=True, model_name="tiny-llava")
+    r = g.generate(path, "What color is the circle?", max_new_tokens=5, min_new_tokens=3)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    chat, guard_span = spans["chat tiny-llava"], spans["apply_guardrail fastrm"]
+    a, ga = chat.attributes, guard_span.attributes
+    assert a["openinference.span.kind"] == "LLM" and ga["openinference.span.kind"] == "GUARDRAIL"
+    assert a["input.value"] == "What color is the circle?" and a["output.value"] == r.answer
+    assert a["llm.input_messages.0.message.contents.1.message_content.image.image.url"].startswith("data:image/png")
+    assert a["llm.token_count.prompt"] == a["gen_ai.usage.input_tokens"] and a["llm.token_count.completion"] == len(r.token_ids)
+    assert ga["input.value"] == r.answer and json.loads(ga["output.value"])["verdict"] == r.verdict
+    assert ga["fastrm.image.path"] == str(path.resolve()) and tuple(ga["fastrm.image.size"]) == (64, 32)
+    assert len(ga["fastrm.image.sha256"]) == 64
+    assert tuple(ga["fastrm.image.box"]) == (16.0, 0.0, 48.0, 32.0)  # the tiny processor's centre crop
+    evaluation = [e for e in guard_span.events if e.name == "gen_ai.evaluation.result"]
+    assert evaluation[0].attributes["gen_ai.evaluation.score.value"] == pytest.approx(r.score)
+    # the guard span covers scoring, deciding and escalating: its duration is at least the measured guard time
+    assert (guard_span.end_time - guard_span.start_time) / 1e9 >= ga["fastrm.duration.guard_s"]
+    assert guard_span.start_time >= chat.start_time and guard_span.end_time <= chat.end_time
+    # token events carry the times the tokens came out, in order, inside the chat span, not one shared time
+    times = [e.timestamp for e in guard_span.events if e.name == "fastrm.token"]
+    assert len(times) == len(r.token_ids) >= 3 and times == sorted(times) and len(set(times)) == len(times)
+    assert chat.start_time <= times[0] and times[-1] < guard_span.start_time
+    note = annotation_for(f"{guard_span.context.span_id:016x}", dict(ga))
+    assert note["result"] == {"label": r.verdict, "score": pytest.approx(r.score), "explanation": r.reason}
+
+
+def test_batch_rows_have_their_own_counts_and_content(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    provider, exporter = in_memory_provider()
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              capture_content=True, model_name="tiny-llava")
+    questions = ["What color?", "How many circles are in the picture?", "Where is the square?"]
+    results = g.generate_batch([(image, q) for q in questions], max_new_tokens=4)
+    spans = exporter.get_finished_spans()
+    chat = next(s for s in spans if s.name == "chat tiny-llava")
+    rows = sorted((s for s in spans if s.name == "apply_guardrail fastrm"),
+                  key=lambda s: s.attributes["fastrm.batch.index"])
+    assert [s.attributes["fastrm.batch.index"] for s in rows] == [0, 1, 2]
+    assert all(s.attributes["fastrm.batch.size"] == 3 for s in rows)
+    assert [s.attributes["fastrm.guardrail.question"] for s in rows] == questions
+    inputs = [s.attributes["fastrm.usage.input_tokens"] for s in rows]
+    assert len(set(inputs)) == 3  # each row's own prompt, not the padded length
+    assert chat.attributes["gen_ai.usage.input_tokens"] == sum(inputs)
+    assert chat.attributes["gen_ai.usage.output_tokens"] == sum(len(r.token_ids) for r in results)
+    assert [s.attributes["fastrm.usage.output_tokens"] for s in rows] == [len(r.token_ids) for r in results]
+    assert json.loads(chat.attributes["input.value"]) == questions
+
+
+def test_withheld_answer_is_recorded_and_escalation_has_trace_ids(tiny_llava, tiny_proxy, calibration_uncertain,
+                                                                 image, tmp_path):
+    import json
+
+    from policies import parse_policy
+
+    queue = tmp_path / "q.jsonl"
+    policy = parse_policy(f"id: p\nversion: 1\ndefault: {{action: escalate, escalation: {{queue: {queue}, "
+                          f"withhold: true, message: under review}}}}\n")
+    provider, exporter = in_memory_provider()
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              policy=policy, capture_content=True, model_name="tiny-llava")
+    r = g.generate(image, "What color?", max_new_tokens=4, min_new_tokens=2)
+    assert r.action == "escalate" and r.text == "under review"
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    chat, guard_span = spans["chat tiny-llava"], spans["apply_guardrail fastrm"]
+    assert chat.attributes["output.value"] == r.answer != "under review"
+    assert "under review" not in chat.attributes["gen_ai.output.messages"]
+    assert guard_span.attributes["fastrm.guardrail.answer"] == r.answer
+    assert guard_span.attributes["fastrm.guardrail.returned_text"] == "under review"
+    record = json.loads(queue.read_text())
+    assert record["trace_id"] == f"{guard_span.context.trace_id:032x}"
+    assert record["span_id"] == f"{guard_span.context.span_id:016x}"
+    p = record["payload"]
+    assert p["answer"] == r.answer and p["returned_text"] == "under review" and p["model"] == "tiny-llava"
+    assert len(p["image"]["sha256"]) == 64 and p["image"]["data_uri"].startswith("data:image/png")

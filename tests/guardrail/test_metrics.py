@@ -97,3 +97,21 @@ def test_otlp_metrics_url():
 
     assert _signal_url("http://h:4318", "metrics") == "http://h:4318/v1/metrics"
     assert _signal_url("http://h:4318/v1/metrics/", "metrics") == "http://h:4318/v1/metrics"
+
+
+def test_the_guard_records_its_calls(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    from guardrail.guard import Guard
+
+    reader = InMemoryMetricReader()
+    provider = configure_metrics(readers=[reader], otlp_from_env=False)
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, meter_provider=provider,
+              model_name="tiny-llava")
+    results = g.generate_batch([(image, "What color?"), (image, "How many circles are there?")], max_new_tokens=3)
+    pts = _points(reader)
+    (attrs, verdicts), = pts["fastrm.guardrail.verdicts"][1]
+    assert verdicts.value == 2 and attrs["fastrm.guardrail.verdict"] == "uncertain"
+    assert attrs["gen_ai.request.model"] == "tiny-llava"
+    tokens = {a["gen_ai.token.type"]: p for a, p in pts["gen_ai.client.token.usage"][1]}
+    assert tokens["output"].sum == sum(len(r.token_ids) for r in results)
+    assert tokens["input"].count == 2
+    provider.shutdown()

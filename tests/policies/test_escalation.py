@@ -162,3 +162,12 @@ def test_record_helper_defaults():
     d = _decision("{queue: q.jsonl}")
     record = escalation_record(d)
     assert record["payload"] == {} and record["time"].endswith("+00:00")
+    assert "trace_id" not in record and "span_id" not in record
+
+
+def test_record_carries_trace_and_span_ids(tmp_path):
+    d = _decision(f"{{queue: {tmp_path / 'q.jsonl'}}}")
+    sent = escalate(d, {"question": "q"}, now=NOW, trace_id="ab" * 16, span_id="cd" * 8)
+    line = json.loads((tmp_path / "q.jsonl").read_text())
+    assert line == sent and line["trace_id"] == "ab" * 16 and line["span_id"] == "cd" * 8
+    assert list(line) == ["time", "policy_id", "policy_version", "rule", "reason", "trace_id", "span_id", "payload"]
