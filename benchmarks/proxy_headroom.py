@@ -33,7 +33,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastrm_core import FastRMProxy, ProxyConfig  # noqa: E402
 from fastrm_core.distill.metrics import DEFAULT_THRESHOLDS, classification_scores, confusion_counts  # noqa: E402
-from fastrm_core.distill.trainer import PairStore, binarize_maps, split_records  # noqa: E402
+from fastrm_core.distill.metrics import binarize_maps  # noqa: E402
+from fastrm_core.distill.trainer import PairStore, split_records  # noqa: E402
 
 
 class PairProbe(torch.nn.Module):

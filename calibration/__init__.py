@@ -12,8 +12,10 @@ Scores are plug-ins (``answer_scores``: ``map_entropy`` of the FastRM paper, tok
 probabilities, predictive entropy, margin, input ``novelty``, ``fused``); the
 ``guaranteed_precision`` rule (``guarantee``) certifies the precision of confident answers.
 The math modules (``entropy``, ``scores``, ``answer_scores``, ``novelty``, ``fused``,
-``guarantee``, ``vqa``, ``fit``) are pure; ``artifact`` (JSON save/load), ``data`` (JSONL
-reading) and ``plot`` do the I/O.
+``guarantee``, ``fit``) are pure; ``artifact`` (JSON save/load) and ``plot`` do the I/O.
+The VQA records (JSONL reading) and accuracy live in the torch-free leaf
+(:mod:`fastrm_common.records`, :mod:`fastrm_common.vqa`), shared with distillation, and are
+re-exported here. ``import calibration`` does not import torch.
 """
 
 from calibration.answer_scores import AnswerSignals, Score, fit_score, get_score, list_scores, register_score
@@ -26,13 +28,13 @@ from calibration.artifact import (
     ScoreSpec,
     ThresholdMetrics,
 )
-from calibration.data import DataProblem, VQARecord, dataset_hash, read_vqa_jsonl
 from calibration.entropy import token_entropy
 from calibration.fit import auroc, evaluate_threshold, fit_calibration, split_fit_heldout
 from calibration.guarantee import GuaranteeResult, clopper_pearson_upper, guaranteed_threshold
 from calibration.plot import plot_calibration
 from calibration.scores import answer_score, content_token_mask
-from calibration.vqa import is_correct, normalize_answer, vqa_accuracy
+from fastrm_common.records import DataProblem, VQARecord, dataset_hash, read_vqa_jsonl
+from fastrm_common.vqa import is_correct, normalize_answer, vqa_accuracy
 
 __all__ = [
     "AnswerSignals",

@@ -53,7 +53,7 @@ import numpy as np
 
 from calibration.fused import DEFAULT_BASES, FusedModel
 from calibration.novelty import NoveltyModel
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 __all__ = [
     "SIGNALS",

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calibration.answer_scores import get_score
 from calibration.scores import Aggregation
-from fastrm_core.errors import CalibrationError, ConfigMismatchError
+from fastrm_common.errors import CalibrationError, ConfigMismatchError
 from fastrm_core.safe_io import read_json
 
 __all__ = [

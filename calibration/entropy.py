@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 __all__ = ["token_entropy"]
 

@@ -43,7 +43,7 @@ from scipy.stats import gaussian_kde
 from calibration.artifact import RULES, Calibration, KDECurves, Rule, RuleResult, ScoreSpec, ThresholdMetrics
 from calibration.guarantee import guaranteed_threshold
 from calibration.scores import AGGREGATIONS, Aggregation
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 __all__ = [
     "DEFAULT_MIN_PER_CLASS",

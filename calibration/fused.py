@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 __all__ = ["DEFAULT_BASES", "FusedModel"]
 

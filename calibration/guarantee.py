@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta as _beta
 
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 __all__ = ["STARTS", "GuaranteeResult", "clopper_pearson_upper", "guaranteed_threshold", "min_confident_for"]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 __all__ = ["NoveltyModel"]
 

@@ -17,8 +17,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from fastrm_core.errors import CalibrationError
-from fastrm_core.tokens import content_token_mask
+from fastrm_common.errors import CalibrationError
+from fastrm_common.tokens import content_token_mask
 
 __all__ = ["AGGREGATIONS", "Aggregation", "answer_score", "content_token_mask"]
 

@@ -8,9 +8,9 @@
     >>> cap.maps.shape                                       # (B, T, rows, cols)
 """
 
-from fastrm_core.adapters import ImageLayout, LlavaAdapter, VLMAdapter, get_adapter, list_adapters, register_adapter
-from fastrm_core.capture import Capture, capture
-from fastrm_core.errors import (
+from typing import TYPE_CHECKING
+
+from fastrm_common.errors import (
     CalibrationError,
     CaptureError,
     ConfigMismatchError,
@@ -21,11 +21,52 @@ from fastrm_core.errors import (
     RelevancyError,
     UnsupportedModelError,
 )
-from fastrm_core.integrity import weights_fingerprint
-from fastrm_core.loading import load_vlm
-from fastrm_core.proxy import FastRMProxy, ProxyConfig
-from fastrm_core.relevancy import RelevancyMaps, gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
-from fastrm_core.tokens import content_token_mask, eos_token_ids
+from fastrm_common.tokens import content_token_mask, eos_token_ids
+
+# The torch-backed names load on first use (PEP 562), so that importing the torch-free parts
+# (errors, token helpers) or ``fastrm_core.cli --help`` does not pay for torch and transformers.
+_LAZY = {
+    "ImageLayout": "fastrm_core.adapters",
+    "LlavaAdapter": "fastrm_core.adapters",
+    "VLMAdapter": "fastrm_core.adapters",
+    "get_adapter": "fastrm_core.adapters",
+    "list_adapters": "fastrm_core.adapters",
+    "register_adapter": "fastrm_core.adapters",
+    "Capture": "fastrm_core.capture",
+    "capture": "fastrm_core.capture",
+    "weights_fingerprint": "fastrm_core.integrity",
+    "load_vlm": "fastrm_core.loading",
+    "FastRMProxy": "fastrm_core.proxy",
+    "ProxyConfig": "fastrm_core.proxy",
+    "RelevancyMaps": "fastrm_core.relevancy",
+    "gradient_relevancy": "fastrm_core.relevancy",
+    "gradient_relevancy_batch": "fastrm_core.relevancy",
+    "per_step_relevancy": "fastrm_core.relevancy",
+}
+
+if TYPE_CHECKING:
+    from fastrm_core.adapters import ImageLayout, LlavaAdapter, VLMAdapter, get_adapter, list_adapters, register_adapter
+    from fastrm_core.capture import Capture, capture
+    from fastrm_core.integrity import weights_fingerprint
+    from fastrm_core.loading import load_vlm
+    from fastrm_core.proxy import FastRMProxy, ProxyConfig
+    from fastrm_core.relevancy import RelevancyMaps, gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastrm_core' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "CalibrationError",

@@ -10,7 +10,7 @@ patch grid they form. Adapters are found by name in a plain registry::
     ['llava']
 
 :func:`get_adapter` picks the adapter for a loaded model (or raises
-:class:`~fastrm_core.errors.UnsupportedModelError` naming the supported ones).
+:class:`~fastrm_common.errors.UnsupportedModelError` naming the supported ones).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastrm_core.errors import InputError, UnsupportedModelError
+from fastrm_common.errors import InputError, UnsupportedModelError
 
 __all__ = ["ImageLayout", "LlavaAdapter", "VLMAdapter", "get_adapter", "list_adapters", "register_adapter"]
 

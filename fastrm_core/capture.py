@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
-from fastrm_core.errors import CaptureError, InputError
+from fastrm_common.errors import CaptureError, InputError
 from fastrm_core.proxy import FastRMProxy
 
 __all__ = ["Capture", "capture"]
@@ -111,7 +111,7 @@ def capture(
         model: a supported VLM (see :func:`fastrm_core.adapters.list_adapters`).
         proxy: the FastRM proxy; ``None`` records states only (needs ``keep_states=True``).
             It must match the model (hidden size, image tokens, grid), else
-            :class:`~fastrm_core.errors.ConfigMismatchError` before anything is hooked.
+            :class:`~fastrm_common.errors.ConfigMismatchError` before anything is hooked.
         keep_states: also keep the image tokens' states (B, N_img, D) and each predicting
             position's state (B, D) on the CPU, in the model's dtype (for dataset building).
         on_token: called as ``on_token(step, probs)`` with probs (B, rows, cols) (on the model's

@@ -5,7 +5,7 @@
     fastrm distill eval  --data shapes-test/data.jsonl --out runs/report.json --proxy runs/proxy
 
 Each command parses its arguments, calls a library function, saves and prints. Errors the
-library raises on purpose (:class:`~fastrm_core.errors.GuardrailError`) are printed without a
+library raises on purpose (:class:`~fastrm_common.errors.GuardrailError`) are printed without a
 traceback and exit with status 2.
 """
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``fastrm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from fastrm_core.errors import GuardrailError
+    from fastrm_common.errors import GuardrailError
 
     args = build_parser().parse_args(argv)
     if hasattr(args, "model"):  # a command that loads a model

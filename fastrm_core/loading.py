@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from fastrm_core.adapters import get_adapter
-from fastrm_core.errors import UnsupportedModelError
+from fastrm_common.errors import UnsupportedModelError
+from fastrm_common.presets import resolve_model
 
 __all__ = ["load_vlm"]
 
@@ -19,8 +20,9 @@ def load_vlm(name_or_path: str | Path, *, dtype: torch.dtype | str | None = None
     """Load ``(model, processor)`` from a hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``) or a local folder.
 
     Args:
-        name_or_path: anything ``from_pretrained`` accepts. ``"reference"`` is the shipped
-            ShapesVQA reference model.
+        name_or_path: anything ``from_pretrained`` accepts. A preset name
+            (:mod:`fastrm_common.presets`; ``"reference"`` is the shipped ShapesVQA model) loads
+            that preset's model.
         dtype: ``torch.float16``/``"bf16"``/... ; ``None`` keeps the checkpoint's dtype.
         device: where to put the model (``"cuda"``, ``"cpu"``...); ``None`` leaves it on the CPU.
 
@@ -30,10 +32,7 @@ def load_vlm(name_or_path: str | Path, *, dtype: torch.dtype | str | None = None
     """
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
-    if str(name_or_path) == "reference":
-        from shapesvqa.assets import reference_model_path
-
-        name_or_path = reference_model_path()
+    name_or_path = resolve_model(name_or_path)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of: {', '.join(_DTYPES)}")

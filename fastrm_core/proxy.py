@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from fastrm_core.errors import ConfigMismatchError, DataError
+from fastrm_common.errors import ConfigMismatchError, DataError
 from fastrm_core.safe_io import read_json
 
 __all__ = ["FastRMProxy", "ProxyConfig"]

@@ -11,8 +11,8 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from fastrm_core.errors import InputError
-from fastrm_core.tokens import eos_ids_of
+from fastrm_common.errors import InputError
+from fastrm_common.tokens import eos_ids_of
 
 __all__ = ["split_generated", "stop_token_ids", "unpad_row"]
 

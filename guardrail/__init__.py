@@ -9,12 +9,48 @@ Telemetry: the Guard uses the OpenTelemetry API; :func:`configure_tracing` sets 
 (console, JSONL file, OTLP/HTTP) for applications that have none.
 """
 
-from guardrail.exporters import JsonlFileSpanExporter, configure_tracing
-from guardrail.guard import Guard, load_image
-from guardrail.limits import Limits
-from guardrail.otlp_json import read_trace_jsonl
-from guardrail.result import GuardResult, Timings, TokenEvent
-from guardrail.telemetry import MapBudget, decode_map, encode_map
+from typing import TYPE_CHECKING
+
+# Names load on first use (PEP 562): ``guardrail --help`` and ``guardrail policy check`` must not
+# pay for torch, which ``guardrail.guard`` imports.
+_LAZY = {
+    "JsonlFileSpanExporter": "guardrail.exporters",
+    "configure_tracing": "guardrail.exporters",
+    "Guard": "guardrail.guard",
+    "load_image": "guardrail.guard",
+    "Limits": "guardrail.limits",
+    "read_trace_jsonl": "guardrail.otlp_json",
+    "GuardResult": "guardrail.result",
+    "Timings": "guardrail.result",
+    "TokenEvent": "guardrail.result",
+    "MapBudget": "guardrail.telemetry",
+    "decode_map": "guardrail.telemetry",
+    "encode_map": "guardrail.telemetry",
+}
+
+if TYPE_CHECKING:
+    from guardrail.exporters import JsonlFileSpanExporter, configure_tracing
+    from guardrail.guard import Guard, load_image
+    from guardrail.limits import Limits
+    from guardrail.otlp_json import read_trace_jsonl
+    from guardrail.result import GuardResult, Timings, TokenEvent
+    from guardrail.telemetry import MapBudget, decode_map, encode_map
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'guardrail' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "Guard",

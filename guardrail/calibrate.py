@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from calibration import Calibration, auroc, fit_calibration, split_fit_heldout
-from calibration.data import VQARecord
-from calibration.vqa import is_correct
+from fastrm_common.records import VQARecord
+from fastrm_common.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
-from fastrm_core.prompting import build_prompt
+from fastrm_common.prompting import build_prompt
 
 from .guard import load_image
 from .scoring import cut_at_eos, score_answer

@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fastrm_core.errors import GuardrailError
+from fastrm_common.errors import GuardrailError
+from fastrm_common.presets import DEFAULT_PRESET, preset_path
 
 __all__ = ["build_parser", "main"]
 
@@ -114,14 +115,9 @@ def _cmd_calibrate(args, console: Console) -> int:
         console.print(f"[yellow]skipped[/yellow] {escape(str(p))}")
     if args.limit:
         records = records[: args.limit]
-    if args.model == "reference":
-        from shapesvqa.assets import reference_proxy_path
-
-        proxy_path = args.proxy or reference_proxy_path()
-    else:
-        if not args.proxy:
-            raise GuardrailError("--proxy is required for models other than the shipped reference")
-        proxy_path = args.proxy
+    proxy_path = args.proxy or preset_path(args.model, "proxy")
+    if proxy_path is None:
+        raise GuardrailError("--proxy is required for models other than a preset (such as the shipped 'reference')")
     model, processor = load_vlm(args.model, dtype=args.dtype, device=args.device)
     proxy = FastRMProxy.from_pretrained(proxy_path).to(next(model.parameters()).device)
     with Progress(TextColumn("[bold]answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -217,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def model_args(p, need_calibration=True):
-        p.add_argument("--model", default="reference", help="load_vlm name or folder (default: the shipped reference)")
+        p.add_argument("--model", default=DEFAULT_PRESET, help="load_vlm name or folder (default: the shipped reference)")
         p.add_argument("--proxy", default=None, help="FastRM proxy folder (default: the shipped one for 'reference')")
         if need_calibration:
             p.add_argument("--calibration", default=None, help="calibration JSON (default: the shipped one)")
@@ -231,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the offline demo on the shipped reference model")
     p.add_argument("--out", default="guardrail-demo", help="folder for overlays and the trace")
-    p.add_argument("--model", default="reference")
+    p.add_argument("--model", default=DEFAULT_PRESET)
     p.add_argument("--proxy", default=None)
     p.add_argument("--calibration", default=None)
     p.add_argument("--policy", default="default")

@@ -15,7 +15,9 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from calibration.vqa import is_correct
+from fastrm_common.errors import InputError
+from fastrm_common.presets import DEFAULT_PRESET, get_preset, list_presets
+from fastrm_common.vqa import is_correct
 
 from .guard import Guard
 from .render import explained_figure, heatmap_text, view_box
@@ -46,8 +48,9 @@ def run_demo(
     ``OTEL_EXPORTER_OTLP_*`` variables), to a collector; ``phoenix`` sends them to an Arize Phoenix
     and posts each verdict there as an annotation. Metrics go to the same OTLP endpoint.
     """
-    from shapesvqa.world import generate
-
+    preset = get_preset(model) or get_preset(DEFAULT_PRESET)  # whose example scenes the demo asks about
+    if preset is None or preset.examples is None:
+        raise InputError(f"the demo needs a preset with example scenes (installed: {', '.join(list_presets()) or 'none'})")
     console = console or Console()
     start = time.perf_counter()
     out = Path(out_dir)
@@ -65,7 +68,7 @@ def run_demo(
                                   tracer_provider=provider, meter_provider=meters, capture_content=True)
     console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
                   f"v{guard.policy.version}, threshold {guard.calibration.threshold:.3f} ({guard.calibration.rule})")
-    examples = list(generate(pool, seed=seed))
+    examples = list(preset.examples(pool, seed))
     paths = []
     for ex in examples:
         p = out / "images" / f"{ex.id}.png"

@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
-from fastrm_core.errors import GuardrailError
+from fastrm_common.errors import GuardrailError
 
 from .otlp_json import read_trace_jsonl, span_to_dict
 

@@ -37,10 +37,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fingerprint
-from fastrm_core.images import ImageLike, load_image
-from fastrm_core.prompting import build_prompt
-from fastrm_core.tokens import eos_token_ids
-from fastrm_core.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
+from fastrm_common.images import ImageLike, load_image
+from fastrm_common.prompting import build_prompt
+from fastrm_common.tokens import eos_token_ids
+from fastrm_common.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
+from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
 from . import semconv
@@ -133,7 +134,7 @@ class Guard:
         map_budget: bytes of encoded maps one span may carry (:class:`MapBudget`).
         prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``);
             default: the processor's chat template, else LLaVA-1.5's format
-            (:func:`fastrm_core.prompting.build_prompt`, as used for distillation and calibration).
+            (:func:`fastrm_common.prompting.build_prompt`, as used for distillation and calibration).
         prompt_suffix: text appended to every question (e.g. "Answer the question using up to two
             words."); use the same suffix the proxy and calibration were fitted with.
         model_name: the name used in spans (default: the model's id).
@@ -212,16 +213,14 @@ class Guard:
     ) -> "Guard":
         """Load a model by name or folder (``"reference"``: the shipped ShapesVQA model) and guard it.
 
-        ``proxy`` and ``calibration`` default to the shipped reference ones when ``model`` is
-        ``"reference"``; for any other model they are required.
+        ``proxy`` and ``calibration`` default to the preset's when ``model`` is a preset name
+        (:mod:`fastrm_common.presets`, e.g. ``"reference"``); for any other model they are required.
         """
-        if str(model) == "reference":
-            from shapesvqa.assets import reference_calibration_path, reference_proxy_path
-
-            proxy = proxy if proxy is not None else reference_proxy_path()
-            calibration = calibration if calibration is not None else reference_calibration_path()
+        proxy = proxy if proxy is not None else preset_path(model, "proxy")
+        calibration = calibration if calibration is not None else preset_path(model, "calibration")
         if proxy is None or calibration is None:
-            raise InputError("a proxy and a calibration are required for models other than the shipped reference")
+            raise InputError("a proxy and a calibration are required for models other than a preset "
+                             f"(presets: {', '.join(list_presets()) or 'none installed'})")
         vlm, processor = load_vlm(model, dtype=dtype, device=device)
         return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
 

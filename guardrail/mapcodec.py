@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fastrm_core.errors import DataError, RelevancyError
+from fastrm_common.errors import DataError, RelevancyError
 
 from . import semconv
 

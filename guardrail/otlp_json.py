@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastrm_core.errors import DataError
+from fastrm_common.errors import DataError
 
 __all__ = ["decode_attributes", "decode_value", "encode_attributes", "encode_value", "read_trace_jsonl", "span_to_dict"]
 

@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from fastrm_core.errors import GuardrailError
+from fastrm_common.errors import GuardrailError
 
 __all__ = ["add_serve_arguments", "serve_command"]
 

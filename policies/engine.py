@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 
 from .schema import (
     DEFAULT_WITHHELD_MESSAGE,

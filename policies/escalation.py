@@ -25,7 +25,7 @@ finish in its daemon thread) and reported as a failure.
 
 Any failure (handler not importable, handler raised or timed out, file not
 writable, payload not serialisable) is raised as
-:class:`~fastrm_core.errors.PolicyError`; the Guard decides what to do with it
+:class:`~fastrm_common.errors.PolicyError`; the Guard decides what to do with it
 according to ``on_error``.
 
 Example::
@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastrm_core.errors import PolicyError
+from fastrm_common.errors import PolicyError
 
 from .engine import Decision
 

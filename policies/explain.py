@@ -20,7 +20,7 @@ import os
 from rich.console import Console
 from rich.markup import escape
 
-from fastrm_core.errors import PolicyError
+from fastrm_common.errors import PolicyError
 
 from .escalation import resolve_handler
 from .loading import list_bundled_policies, load_policy

@@ -3,7 +3,7 @@
 ``load_policy`` accepts a path to a ``.yaml`` file, the name of a bundled policy
 (``default``, ``strict``, ``observe-only``) or an already built :class:`Policy`.
 Every problem (YAML syntax, duplicate key, schema) raises one
-:class:`~fastrm_core.errors.PolicyError` whose message has one line per problem::
+:class:`~fastrm_common.errors.PolicyError` whose message has one line per problem::
 
     policies/mine.yaml:7: rules[1].action: unknown action 'abstian'; expected one of: allow, flag, abstain, escalate
     policies/mine.yaml:9: rules[1].when.treshold: unknown key 'treshold'; expected one of: margin, max_token_entropy, ...
@@ -37,7 +37,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fastrm_core.errors import PolicyError
+from fastrm_common.errors import PolicyError
 
 from .schema import Policy
 

@@ -8,17 +8,20 @@
     train_proxy("runs/ds", "runs/proxy", TrainConfig(lr=1e-3, steps=3500))
     report = evaluate_proxy("shapes-test/data.jsonl", model_name="reference", proxy_path="runs/proxy")
 
-Modules: :mod:`.dataset` (builder, shards, manifest), :mod:`.trainer`, :mod:`.evaluate`,
+Modules: :mod:`.runner` (:func:`build_dataset`, :func:`evaluate_proxy`: the one place that picks the local
+loop or Ray), :mod:`.dataset` (records, shards, manifest), :mod:`.trainer`, :mod:`.evaluate`,
 :mod:`.metrics` (pure metric functions), :mod:`.perturbation` (patch removal), :mod:`.gradcam`,
 :mod:`.distributed` (Ray actors; imported only by ``backend="ray"``), :mod:`.cli`
 (``fastrm distill ...``). See docs/distillation.md.
 """
 
-from fastrm_core.distill.dataset import BuildSettings, Manifest, build_dataset, iter_records, load_manifest, read_shard
-from fastrm_core.distill.evaluate import EvalConfig, aggregate, evaluate_proxy, evaluate_record
+from fastrm_core.distill.dataset import BuildSettings, Manifest, iter_records, load_manifest, read_shard
+from fastrm_core.distill.evaluate import EvalConfig, aggregate, evaluate_record
 from fastrm_core.distill.gradcam import gradcam_maps
 from fastrm_core.distill.perturbation import generate_without_patches, removed_patches
-from fastrm_core.distill.trainer import PairStore, TrainConfig, TrainResult, binarize_maps, train_proxy
+from fastrm_core.distill.metrics import binarize_maps
+from fastrm_core.distill.runner import build_dataset, evaluate_proxy
+from fastrm_core.distill.trainer import PairStore, TrainConfig, TrainResult, train_proxy
 
 __all__ = [
     "BuildSettings",

@@ -15,40 +15,34 @@ import json
 import time
 from pathlib import Path
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
+from fastrm_common.presets import DEFAULT_PRESET, preset_path
 
 __all__ = ["add_distill_parser", "default_model", "default_proxy"]
 
 
 # --------------------------------------------------------------------------------------
-# defaults shipped with ShapesVQA (imported lazily: they may not be shipped yet)
+# defaults: the default preset's artifacts (fastrm_common.presets; "reference" = the shipped ShapesVQA model)
+
+
+def _default(artifact: str, flag: str) -> str:
+    try:
+        path = preset_path(DEFAULT_PRESET, artifact)
+    except FileNotFoundError as exc:
+        raise InputError(f"no {flag} given and the {DEFAULT_PRESET} {artifact} is not shipped: {exc}; pass {flag}") from exc
+    if path is None:
+        raise InputError(f"no {flag} given and no {DEFAULT_PRESET!r} preset with a {artifact} is installed; pass {flag}")
+    return str(path)
 
 
 def default_model() -> str:
-    """The shipped reference model's folder, or an :class:`InputError` saying to pass ``--model``."""
-    try:
-        from shapesvqa.assets import reference_model_path
-    except ImportError as exc:
-        raise InputError(f"no --model given and the ShapesVQA reference model is not available ({exc}); pass --model") from exc
-    try:
-        return str(reference_model_path())
-    except FileNotFoundError as exc:
-        raise InputError(f"no --model given and the reference model is not shipped: {exc}; pass --model") from exc
+    """The default preset's model folder, or an :class:`InputError` saying to pass ``--model``."""
+    return _default("model", "--model")
 
 
 def default_proxy() -> str:
-    """The shipped reference proxy's folder, or an :class:`InputError` saying to pass ``--proxy``."""
-    try:
-        from shapesvqa.assets import reference_proxy_path
-    except ImportError as exc:
-        raise InputError(
-            "no --proxy given and the reference proxy is not shipped yet "
-            f"(shapesvqa.assets.reference_proxy_path is not available: {exc}); pass --proxy"
-        ) from exc
-    try:
-        return str(reference_proxy_path())
-    except FileNotFoundError as exc:
-        raise InputError(f"no --proxy given and the reference proxy is not shipped: {exc}; pass --proxy") from exc
+    """The default preset's proxy folder, or an :class:`InputError` saying to pass ``--proxy``."""
+    return _default("proxy", "--proxy")
 
 
 # --------------------------------------------------------------------------------------
@@ -146,7 +140,8 @@ def _console():
 def _build(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from .dataset import BuildSettings, build_dataset
+    from .dataset import BuildSettings
+    from .runner import build_dataset
 
     console = _console()
     model = args.model or default_model()
@@ -238,7 +233,8 @@ def _eval(args) -> int:
 
     from rich.markup import escape
 
-    from .evaluate import EvalConfig, evaluate_proxy
+    from .evaluate import EvalConfig
+    from .runner import evaluate_proxy
 
     console = _console()
     model = args.model or default_model()

@@ -25,7 +25,7 @@ A shard holds flat tensors and offsets::
     maps           (T_tot, N_img)  float32
     token_ids      (T_tot,)        int64
     content        (T_tot,)        bool: the tokens the Guard scores (no special, EOS or punctuation-only
-                                   token; :func:`fastrm_core.tokens.content_token_mask`). Datasets
+                                   token; :func:`fastrm_common.tokens.content_token_mask`). Datasets
                                    from earlier builders lack it: rebuild them, or train on all tokens
     token_offsets  (R + 1,)        int64: record r owns rows token_offsets[r]:token_offsets[r+1]
 
@@ -57,7 +57,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
-from fastrm_core.errors import ConfigMismatchError, DataError, GuardrailError, InputError
+from fastrm_common.errors import ConfigMismatchError, DataError, GuardrailError, InputError
+from fastrm_common.records import dataset_hash, read_vqa_jsonl
+from fastrm_core.capture import capture
+from fastrm_core.integrity import weights_fingerprint
+from fastrm_core.relevancy import gradient_relevancy
+
+from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
 
 __all__ = [
     "BuildSettings",
@@ -66,7 +72,6 @@ __all__ = [
     "RecordExample",
     "ShardEntry",
     "SkippedRecord",
-    "build_dataset",
     "build_shard",
     "load_manifest",
     "read_shard",
@@ -74,7 +79,6 @@ __all__ = [
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "fastrm-distill/1"
-EXIT_AFTER_ENV = "FASTRM_DISTILL_EXIT_AFTER"  # testing hook: os._exit after K records (simulates a kill)
 
 OnRecord = Callable[[str, int], None]  # (record id, number of tokens; 0 when skipped)
 
@@ -239,7 +243,7 @@ class RecordExample:
     """Everything the dataset keeps for one record.
 
     token_ids (T,), token_states (T, D), maps (T, N_img) float32, image_states (N_img, D),
-    content (T,) bool: the tokens the Guard scores (:func:`fastrm_core.tokens.content_token_mask`).
+    content (T,) bool: the tokens the Guard scores (:func:`fastrm_common.tokens.content_token_mask`).
     """
 
     id: str
@@ -264,10 +268,6 @@ class ModelInfo:
 
     @classmethod
     def from_model(cls, adapter: VLMAdapter, processor, settings: "BuildSettings") -> "ModelInfo":
-        from fastrm_core.integrity import weights_fingerprint
-
-        from .generation import build_prompt
-
         _, template = build_prompt(processor, "?", settings.prompt_suffix)
         return cls(adapter.model_id, adapter.name, adapter.hidden_size, tuple(adapter.grid), template,
                    weights_fingerprint(adapter.model))
@@ -282,11 +282,6 @@ def process_record(model, processor, adapter: VLMAdapter, record, settings: Buil
 
     Raises :class:`SkipRecord` with the reason when the record cannot be used.
     """
-    from fastrm_core.capture import capture
-    from fastrm_core.relevancy import gradient_relevancy
-
-    from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
-
     try:
         image = load_image(record.image)
         prompt, _ = build_prompt(processor, record.question, settings.prompt_suffix)
@@ -383,12 +378,11 @@ def build_shard(
     folder: str | Path,
     settings: BuildSettings,
     on_record: OnRecord | None = None,
-    exit_after: list[int] | None = None,
 ) -> ShardEntry:
     """Process the records of shard ``index``, write its file and return its manifest entry.
 
-    Used by the local loop and by each Ray worker. ``exit_after`` is a one-element counter of
-    records left before a simulated kill (the ``FASTRM_DISTILL_EXIT_AFTER`` testing hook).
+    Used by the local loop and by each Ray worker. ``on_record(record_id, n_tokens)`` is called
+    after each record (0 tokens = skipped).
     """
     folder = Path(folder)
     start = time.perf_counter()
@@ -403,10 +397,6 @@ def build_shard(
             n_tok = 0
         if on_record is not None:
             on_record(record.id, n_tok)
-        if exit_after is not None:
-            exit_after[0] -= 1
-            if exit_after[0] <= 0:
-                os._exit(17)  # a kill mid-shard, for the resume test
     file, digest = write_shard(folder, index, examples) if examples else (None, None)
     return ShardEntry(
         index=index,
@@ -417,11 +407,6 @@ def build_shard(
         skipped=skipped,
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-def _exit_counter() -> list[int] | None:
-    value = os.environ.get(EXIT_AFTER_ENV)
-    return [int(value)] if value else None
 
 
 # --------------------------------------------------------------------------------------
@@ -498,8 +483,6 @@ def prepare_manifest(
     overwrite: bool = False,
 ) -> tuple[Manifest, list[tuple[int, list]]]:
     """Read the data, create or resume the manifest in ``out``; returns it and the shards still to do."""
-    from calibration.data import dataset_hash, read_vqa_jsonl
-
     data, out = Path(data), Path(out)
     records, problems = read_vqa_jsonl(data, check_images=False)
     plan = plan_shards(records, settings.records_per_shard)
@@ -542,82 +525,6 @@ def prepare_manifest(
     done = {s.index for s in manifest.shards}
     save_manifest(out, manifest)
     return manifest, [(k, recs) for k, recs in plan if k not in done]
-
-
-def build_dataset(
-    data: str | Path,
-    out: str | Path,
-    *,
-    model=None,
-    processor=None,
-    model_name: str | Path | None = None,
-    settings: BuildSettings = BuildSettings(),
-    dtype: str | None = None,
-    device: str | None = None,
-    backend: Literal["local", "ray"] = "local",
-    workers: int = 1,
-    ray_address: str | None = None,
-    overwrite: bool = False,
-    on_record: OnRecord | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-) -> Manifest:
-    """Build (or resume) a distillation dataset from a VQA JSONL file into folder ``out``.
-
-    Args:
-        data: the JSONL file (ShapesVQA export format).
-        out: the output folder; if it already holds a manifest of the same inputs, the run resumes.
-        model, processor: a loaded VLM (local backend). Without them, ``model_name`` is loaded
-            with :func:`fastrm_core.loading.load_vlm` (``dtype``, ``device``).
-        model_name: the path or hub id recorded in the manifest (and loaded by Ray workers).
-        backend: ``"local"`` (this process, no Ray import) or ``"ray"`` (``workers`` actors, each
-            holding one model copy; needs ``model_name``; see :mod:`fastrm_core.distill.distributed`).
-        on_start: called once as ``on_start(records_to_do, records_done_before)``.
-        on_record: called after each record as ``on_record(record_id, n_tokens)`` (0 = skipped).
-
-    Returns:
-        The final :class:`Manifest` (``complete`` is True).
-
-    Example::
-
-        manifest = build_dataset("shapes/data.jsonl", "runs/ds", model_name="reference",
-                                 settings=BuildSettings(max_new_tokens=4))
-        manifest.n_records, manifest.n_tokens
-    """
-    if backend not in ("local", "ray"):
-        raise InputError(f"unknown backend {backend!r}; expected one of: local, ray")
-    if backend == "ray":
-        if model_name is None:
-            raise InputError("the ray backend loads the model in each worker: pass model_name (a path or hub id)")
-        from .distributed import ray_build
-
-        return ray_build(
-            data, out, model_name=str(model_name), settings=settings, dtype=dtype, device=device,
-            workers=workers, ray_address=ray_address, overwrite=overwrite, on_record=on_record, on_start=on_start,
-        )
-
-    if model is None:
-        if model_name is None:
-            raise InputError("pass a loaded model and processor, or model_name")
-        from fastrm_core.loading import load_vlm
-
-        model, processor = load_vlm(model_name, dtype=dtype, device=device)
-    elif processor is None:
-        raise InputError("a model was passed without its processor")
-    adapter = get_adapter(model)
-    name = str(model_name) if model_name is not None else adapter.model_id
-    manifest, todo = prepare_manifest(
-        data, out, model_name=name, info=ModelInfo.from_model(adapter, processor, settings), settings=settings,
-        overwrite=overwrite,
-    )
-    if on_start is not None:
-        on_start(sum(len(r) for _, r in todo), records_done(manifest))
-    out = Path(out)
-    exit_after = _exit_counter()
-    for index, records in todo:
-        entry = build_shard(model, processor, adapter, index, records, out, settings, on_record, exit_after)
-        manifest.shards.append(entry)
-        save_manifest(out, manifest)
-    return load_manifest(out)
 
 
 def iter_records(folder: str | Path) -> Iterator[tuple[dict, dict[str, torch.Tensor]]]:

@@ -24,7 +24,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
+from fastrm_core.adapters import get_adapter
+from fastrm_core.loading import load_vlm
+from fastrm_core.proxy import FastRMProxy, ProxyConfig
+
+from .dataset import BuildSettings, ModelInfo, ShardEntry, build_shard, load_manifest, prepare_manifest, records_done, save_manifest
+from .evaluate import EvalConfig, evaluate_records
 
 __all__ = ["DistillWorker", "ray_build", "ray_evaluate"]
 
@@ -61,9 +67,6 @@ class DistillWorker:
     def __init__(self, model_name: str, dtype: str | None = None, device: str | None = None, threads: int | None = None):
         import torch
 
-        from fastrm_core.adapters import get_adapter
-        from fastrm_core.loading import load_vlm
-
         if threads:
             torch.set_num_threads(threads)
         self.model, self.processor = load_vlm(model_name, dtype=dtype, device=device)
@@ -71,13 +74,9 @@ class DistillWorker:
         self.proxy = None
 
     def describe(self, settings: dict) -> dict:
-        from .dataset import BuildSettings, ModelInfo
-
         return asdict(ModelInfo.from_model(self.adapter, self.processor, BuildSettings(**settings)))
 
     def build_shard(self, index: int, records: list, folder: str, settings: dict) -> tuple[dict, list[tuple[str, int]]]:
-        from .dataset import BuildSettings, build_shard
-
         seen: list[tuple[str, int]] = []
         entry = build_shard(
             self.model, self.processor, self.adapter, index, records, folder, BuildSettings(**settings),
@@ -86,15 +85,11 @@ class DistillWorker:
         return entry.model_dump(), seen
 
     def load_proxy(self, path: str) -> dict:
-        from fastrm_core.proxy import FastRMProxy
-
         self.proxy = FastRMProxy.from_pretrained(path, device=next(self.model.parameters()).device)
         self.proxy.check_compatible(self.adapter)
         return {"proxy_config": self.proxy.config.model_dump(), "model_id": self.adapter.model_id}
 
     def evaluate(self, start: int, records: list, config: dict, base_dir: str) -> tuple[int, list[dict]]:
-        from .evaluate import EvalConfig, evaluate_records
-
         cfg = EvalConfig(**config)
         return start, evaluate_records(self.model, self.processor, self.proxy, records, cfg, base_dir=base_dir)
 
@@ -121,9 +116,7 @@ def ray_build(
     on_record: Callable[[str, int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ):
-    """:func:`fastrm_core.distill.dataset.build_dataset` on ``workers`` Ray actors (same arguments)."""
-    from .dataset import ModelInfo, ShardEntry, load_manifest, prepare_manifest, records_done, save_manifest
-
+    """:func:`fastrm_core.distill.runner.build_dataset` on ``workers`` Ray actors (same arguments)."""
     out = Path(out).resolve()
     with _ray_session(workers, ray_address) as ray:
         from ray.util import ActorPool
@@ -168,8 +161,6 @@ def ray_evaluate(
     block_size: int | None = None,
 ):
     """Per-record evaluation results (input order), the proxy config and the model id, from Ray actors."""
-    from fastrm_core.proxy import ProxyConfig
-
     with _ray_session(workers, ray_address) as ray:
         from ray.util import ActorPool
 

@@ -7,7 +7,7 @@ then
 1. **classification**: the proxy's per-patch probabilities against the baseline maps binarised
    at the labelling threshold, confusion counts at thresholds 0.1..0.9 pooled over tokens and
    records (-> accuracy, precision, recall, F1). The headline figures are over the *content*
-   tokens (:func:`fastrm_core.tokens.content_token_mask`: the maps the Guard scores);
+   tokens (:func:`fastrm_common.tokens.content_token_mask`: the maps the Guard scores);
    ``all_tokens`` gives the same over every generated token, end-of-sequence included, and
    ``by_family`` per question family when the records have a ``family`` field (ShapesVQA's).
    Each F1 carries ``f1_ci``, a percentile bootstrap interval over records
@@ -19,7 +19,7 @@ then
    ``token="mean"`` averages the answer's content tokens), patches ranked by it, then 0..50% of
    them removed (:mod:`fastrm_core.distill.perturbation`; most relevant first = positive,
    least relevant first = negative) and the question answered again greedily. Accuracy
-   against the reference answers (:func:`calibration.vqa.is_correct`) and agreement with the
+   against the reference answers (:func:`fastrm_common.vqa.is_correct`) and agreement with the
    unperturbed answer, per fraction; AUC = the curve's mean height (:func:`metrics.curve_auc`).
    Methods: ``proxy``, ``gradient``, ``gradcam`` (:mod:`fastrm_core.distill.gradcam`) and
    ``random`` (the mean over ``random_seeds`` seeded permutations);
@@ -44,9 +44,17 @@ import numpy as np
 import torch
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
-from fastrm_core.errors import ConfigMismatchError, DataError, GuardrailError, InputError
+from fastrm_common.errors import ConfigMismatchError, DataError, GuardrailError, InputError
+from fastrm_common.vqa import is_correct, normalize_answer
+from fastrm_core.capture import capture
+from fastrm_core.relevancy import gradient_relevancy
+
+from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
+from .gradcam import gradcam_maps
+from .perturbation import generate_without_patches
 
 from .metrics import (
+    binarize_maps,
     DEFAULT_FRACTIONS,
     DEFAULT_THRESHOLDS,
     classification_scores,
@@ -61,7 +69,7 @@ from .metrics import (
     trivial_baselines,
 )
 
-__all__ = ["METHODS", "EvalConfig", "aggregate", "evaluate_proxy", "evaluate_record", "evaluate_records"]
+__all__ = ["METHODS", "EvalConfig", "aggregate", "evaluate_record", "evaluate_records"]
 
 METHODS = ("proxy", "gradient", "gradcam", "random")
 OnRecord = Callable[[dict], None]
@@ -159,19 +167,10 @@ def evaluate_record(
 ) -> dict:
     """All per-record measurements (a JSON-able dict); ``{"id", "skipped": reason}`` when unusable.
 
-    ``record`` is a :class:`calibration.data.VQARecord` (``id``, ``image``, ``question``,
+    ``record`` is a :class:`fastrm_common.records.VQARecord` (``id``, ``image``, ``question``,
     ``answers``, optional ``evidence_masks`` and ``family``); ``base_dir`` is the JSONL file's
     folder, against which relative ``evidence_masks`` paths resolve.
     """
-    from calibration.vqa import is_correct
-    from fastrm_core.capture import capture
-    from fastrm_core.relevancy import gradient_relevancy
-
-    from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
-    from .gradcam import gradcam_maps
-    from .perturbation import generate_without_patches
-    from .trainer import binarize_maps
-
     adapter = adapter or get_adapter(model)
     base_dir = Path(base_dir) if base_dir is not None else None
     label_threshold = config.label_threshold or proxy.config.label_threshold
@@ -247,10 +246,6 @@ def evaluate_record(
 
 def _perturb(model, inputs, adapter, gen_kwargs, config, method_maps, random_maps, tok, refs, answer, correct) -> dict:
     """Positive/negative perturbation accuracy and agreement per method and fraction."""
-    from calibration.vqa import is_correct, normalize_answer
-
-    from .perturbation import generate_without_patches
-
     fractions = list(config.fractions)
     rankings: dict[str, list[np.ndarray]] = {m: [rank_patches(v)] for m, v in method_maps.items()}
     if random_maps:
@@ -461,96 +456,3 @@ def evaluate_records(model, processor, proxy, records, config: EvalConfig, *, ba
         if on_record is not None:
             on_record(results[-1])
     return results
-
-
-def evaluate_proxy(
-    data: str | Path,
-    *,
-    model=None,
-    processor=None,
-    proxy=None,
-    model_name: str | Path | None = None,
-    proxy_path: str | Path | None = None,
-    config: EvalConfig = EvalConfig(),
-    n: int | None = None,
-    dtype: str | None = None,
-    device: str | None = None,
-    backend: Literal["local", "ray"] = "local",
-    workers: int = 1,
-    ray_address: str | None = None,
-    on_start: Callable[[int], None] | None = None,
-    on_record: OnRecord | None = None,
-) -> dict:
-    """Evaluate a proxy on the first ``n`` records of a VQA JSONL file; returns the report dict.
-
-    Pass a loaded ``model``/``processor``/``proxy``, or ``model_name``/``proxy_path`` (required
-    for ``backend="ray"``, whose workers load their own copies). A proxy that does not fit the
-    model raises :class:`~fastrm_core.errors.ConfigMismatchError` before any record is run (with
-    the local backend, before the data file is read or ``on_start`` is called; the message names
-    the model the proxy was distilled from).
-
-    Example::
-
-        report = evaluate_proxy("shapes-test/data.jsonl", model_name="reference",
-                                proxy_path="runs/proxy", n=200)
-        report["classification"]["thresholds"][4]["f1"]      # F1 at 0.5
-        report["perturbation"]["positive"]["proxy"]["auc"]   # lower = better
-    """
-    from calibration.data import dataset_hash, read_vqa_jsonl
-
-    from fastrm_core.proxy import FastRMProxy
-
-    if backend not in ("local", "ray"):
-        raise InputError(f"unknown backend {backend!r}; expected one of: local, ray")
-    if backend == "local":  # load and check first: a proxy that does not fit is refused before any data is read
-        if model is None:
-            if model_name is None:
-                raise InputError("pass a loaded model and processor, or model_name")
-            from fastrm_core.loading import load_vlm
-
-            model, processor = load_vlm(model_name, dtype=dtype, device=device)
-        if proxy is None:
-            if proxy_path is None:
-                raise InputError("pass a loaded proxy, or proxy_path")
-            proxy = FastRMProxy.from_pretrained(proxy_path, device=next(model.parameters()).device)
-        check_proxy_fits(proxy, model, model_name)
-    data = Path(data)
-    records, problems = read_vqa_jsonl(data, check_images=False)
-    if n is not None:
-        if n < 1:
-            raise InputError(f"n must be >= 1, got {n}")
-        records = records[:n]
-    start = time.perf_counter()
-    if on_start is not None:
-        on_start(len(records))
-    if backend == "ray":
-        if model_name is None or proxy_path is None:
-            raise InputError("the ray backend loads model and proxy in each worker: pass model_name and proxy_path")
-        from .distributed import ray_evaluate
-
-        results, proxy_config, model_id = ray_evaluate(
-            records, base_dir=data.resolve().parent, model_name=str(model_name), proxy_path=str(proxy_path),
-            config=config, dtype=dtype, device=device, workers=workers, ray_address=ray_address, on_record=on_record,
-        )
-    else:
-        proxy_config = proxy.config
-        model_id = get_adapter(model).model_id
-        results = evaluate_records(model, processor, proxy, records, config, base_dir=data.resolve().parent,
-                                   on_record=on_record)
-    label_threshold = config.label_threshold or proxy_config.label_threshold
-    report = aggregate(results, config, label_threshold=label_threshold)
-    report["skipped"] = [{"line": p.line, "reason": p.message} for p in problems] + report["skipped"]
-    report["n_skipped"] = len(report["skipped"])
-    report = {
-        "model": str(model_name) if model_name is not None else model_id,
-        "model_id": model_id,
-        "proxy": str(proxy_path) if proxy_path is not None else None,
-        "proxy_distilled_from": proxy_config.distilled_from,
-        "proxy_training_data_hash": proxy_config.training_data_hash,
-        "data": str(data.resolve()),
-        "data_hash": dataset_hash(data),
-        "settings": {**asdict(config), "backend": backend, "workers": workers},
-        "seconds": round(time.perf_counter() - start, 2),
-        **report,
-    }
-    return report

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from fastrm_core.adapters import VLMAdapter
-from fastrm_core.errors import DataError
-from fastrm_core.images import load_image as _load_image
-from fastrm_core.prompting import PLAIN_TEMPLATE, build_prompt
-from fastrm_core.tokens import content_token_mask, eos_token_ids
+from fastrm_common.errors import DataError
+from fastrm_common.images import load_image as _load_image
+from fastrm_common.prompting import PLAIN_TEMPLATE, build_prompt
+from fastrm_common.tokens import content_token_mask, eos_token_ids
 
 __all__ = ["PLAIN_TEMPLATE", "build_prompt", "content_mask", "greedy_kwargs", "load_image", "prepare_inputs"]
 
@@ -54,7 +54,7 @@ def greedy_kwargs(adapter: VLMAdapter, max_new_tokens: int) -> dict:
 
 def content_mask(model: nn.Module, processor, token_ids: torch.Tensor) -> torch.Tensor:
     """(T,) bool: the generated tokens that carry content, as the Guard scores them
-    (:func:`fastrm_core.tokens.content_token_mask`: no special, end-of-sequence or punctuation-only token)."""
+    (:func:`fastrm_common.tokens.content_token_mask`: no special, end-of-sequence or punctuation-only token)."""
     tok = processor.tokenizer
     mask = content_token_mask(token_ids.reshape(-1).cpu(), tok, extra_excluded_ids=eos_token_ids(model, tok))
     return torch.from_numpy(mask)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
-from fastrm_core.errors import InputError, RelevancyError
+from fastrm_common.errors import InputError, RelevancyError
 from fastrm_core.sequences import split_generated, stop_token_ids, unpad_row
 
 __all__ = ["default_gradcam_layer", "gradcam_maps"]

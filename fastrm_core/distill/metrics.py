@@ -16,13 +16,17 @@ in row-major patch order; a grid-shaped (rows, cols) array is flattened.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_FRACTIONS",
     "DEFAULT_THRESHOLDS",
+    "binarize_maps",
     "classification_scores",
     "confusion_counts",
     "correlations",
@@ -241,3 +245,14 @@ def correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")
     return float(pearsonr(x, y)[0]), float(spearmanr(x, y)[0])
+
+
+def binarize_maps(maps: "torch.Tensor", threshold: float = 0.3) -> "torch.Tensor":
+    """Labels of continuous maps (..., N_img): ``m >= threshold * max(m)`` per map, all-zero maps -> 0.
+
+    >>> import torch
+    >>> binarize_maps(torch.tensor([[0.0, 0.2, 1.0, 0.3]]), 0.3).tolist()
+    [[False, False, True, True]]
+    """
+    peak = maps.amax(dim=-1, keepdim=True)  # (..., 1)
+    return (maps >= threshold * peak) & (peak > 0)

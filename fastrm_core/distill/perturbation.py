@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fastrm_core.adapters import VLMAdapter
-from fastrm_core.errors import InputError, UnsupportedModelError
+from fastrm_common.errors import InputError, UnsupportedModelError
 
 __all__ = ["FILLS", "generate_without_patches", "removed_patches"]
 

@@ -38,29 +38,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastrm_core.errors import DataError, InputError
+from fastrm_common.errors import DataError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 from .dataset import MANIFEST_NAME, Manifest, load_manifest, verify_shard
+from .metrics import binarize_maps
 
 __all__ = [
     "LR_SCHEDULES", "SELECTION_METRICS", "TOKEN_SETS",
-    "PairStore", "TrainConfig", "TrainResult", "binarize_maps", "train_proxy",
+    "PairStore", "TrainConfig", "TrainResult", "train_proxy",
 ]
 
 TOKEN_SETS = ("content", "all")
 LR_SCHEDULES = ("constant", "cosine")
 SELECTION_METRICS = ("loss", "f1")
-
-
-def binarize_maps(maps: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
-    """Labels of continuous maps (..., N_img): ``m >= threshold * max(m)`` per map, all-zero maps -> 0.
-
-    >>> binarize_maps(torch.tensor([[0.0, 0.2, 1.0, 0.3]]), 0.3).tolist()
-    [[False, False, True, True]]
-    """
-    peak = maps.amax(dim=-1, keepdim=True)  # (..., 1)
-    return (maps >= threshold * peak) & (peak > 0)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from fastrm_core.errors import GuardrailError, InputError
+from fastrm_common.errors import GuardrailError, InputError
 from guardrail.guard import DEFAULT_MAX_NEW_TOKENS
 from guardrail.mapcodec import encode_map
 

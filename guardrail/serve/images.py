@@ -14,7 +14,7 @@ inflates to a huge bitmap is refused cheaply.
     >>> image_from_url("https://example.com/cat.png", max_pixels=100)
     Traceback (most recent call last):
     ...
-    fastrm_core.errors.InputError: remote image URLs are not fetched; send the image as a data: URL
+    fastrm_common.errors.InputError: remote image URLs are not fetched; send the image as a data: URL
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 
 __all__ = ["image_from_url"]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["reference_calibration_path", "reference_model_path", "reference_proxy_path"]
+from fastrm_common.presets import Preset
+
+__all__ = ["REFERENCE", "reference_calibration_path", "reference_model_path", "reference_proxy_path"]
 
 _REFERENCE = Path(__file__).parent / "reference-llava"
 
@@ -39,3 +41,20 @@ def reference_calibration_path() -> Path:
             f"the reference calibration is not at {_CALIBRATION}; fit it with `guardrail calibrate` (docs/calibration.md)"
         )
     return _CALIBRATION
+
+
+def _examples(n: int, seed: int) -> list:
+    from shapesvqa.world import generate
+
+    return list(generate(n, seed=seed))
+
+
+REFERENCE = Preset(
+    "reference",
+    model=reference_model_path,
+    proxy=reference_proxy_path,
+    calibration=reference_calibration_path,
+    examples=_examples,
+    description="the shipped ShapesVQA reference LLaVA with its proxy and calibration",
+)
+"""The ``"reference"`` preset, registered through the ``fastrm_guard.presets`` entry point (pyproject.toml)."""

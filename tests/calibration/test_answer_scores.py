@@ -5,7 +5,7 @@ import pytest
 
 from calibration import AnswerSignals, Score, auroc, fit_score, get_score, list_scores, register_score
 from calibration.answer_scores import _REGISTRY
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 BUILT_INS = ["fused", "low_margin", "map_entropy", "map_spread", "novelty", "predictive_entropy", "token_nll"]
 

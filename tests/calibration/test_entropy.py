@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calibration import token_entropy
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 
 @pytest.mark.parametrize("n", [2, 16, 576])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calibration import Calibration, auroc, evaluate_threshold, fit_calibration, split_fit_heldout
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 
 def brute_force_auroc(scores, positive):

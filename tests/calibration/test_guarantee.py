@@ -5,7 +5,7 @@ import pytest
 
 from calibration import clopper_pearson_upper, guaranteed_threshold
 from calibration.guarantee import min_confident_for
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 
 def test_clopper_pearson_matches_known_values():

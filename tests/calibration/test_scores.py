@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from calibration import answer_score, content_token_mask
-from fastrm_core.errors import CalibrationError
+from fastrm_common.errors import CalibrationError
 
 H = [0.5, 0.9, 0.1, 0.3]
 

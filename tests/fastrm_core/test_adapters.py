@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from fastrm_core.adapters import get_adapter, list_adapters
-from fastrm_core.errors import InputError, UnsupportedModelError
+from fastrm_common.errors import InputError, UnsupportedModelError
 from fastrm_core.loading import load_vlm
 
 

@@ -5,7 +5,7 @@ import torch
 
 from fastrm_core.adapters import get_adapter
 from fastrm_core.capture import capture
-from fastrm_core.errors import CaptureError, ConfigMismatchError, InputError
+from fastrm_common.errors import CaptureError, ConfigMismatchError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 

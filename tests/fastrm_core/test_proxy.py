@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastrm_core.adapters import get_adapter
-from fastrm_core.errors import ConfigMismatchError, DataError
+from fastrm_common.errors import ConfigMismatchError, DataError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 

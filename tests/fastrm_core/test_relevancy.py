@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastrm_core.adapters import get_adapter
-from fastrm_core.errors import InputError, RelevancyError
+from fastrm_common.errors import InputError, RelevancyError
 from fastrm_core.relevancy import gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
 
 

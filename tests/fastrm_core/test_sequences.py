@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 from fastrm_core.sequences import split_generated, stop_token_ids
 
 

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from fastrm_core.errors import DataError, GuardrailError
+from fastrm_common.errors import DataError, GuardrailError
 from guardrail.exporters import (
     BoundedSpanExporter,
     JsonlFileSpanExporter,

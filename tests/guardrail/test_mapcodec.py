@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fastrm_core.errors import DataError, RelevancyError
+from fastrm_common.errors import DataError, RelevancyError
 from guardrail.mapcodec import (
     MapBudget,
     MapPlan,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 from policies import (
     Conditions,
     Decision,

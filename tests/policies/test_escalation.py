@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from fastrm_core.errors import PolicyError
+from fastrm_common.errors import PolicyError
 from policies import (
     DecisionContext,
     decide,

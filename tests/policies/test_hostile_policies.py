@@ -9,7 +9,7 @@ import time
 import pytest
 from rich.console import Console
 
-from fastrm_core.errors import PolicyError
+from fastrm_common.errors import PolicyError
 from policies import cli_check, load_policy, parse_policy
 
 # The classic "billion laughs": 9 levels of 9 aliases each, ~10^9 leaves once expanded; 500-odd bytes.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fastrm_core.errors import GuardrailError, PolicyError
+from fastrm_common.errors import GuardrailError, PolicyError
 from policies import ACTIONS, Policy, list_bundled_policies, load_policy, parse_policy
 
 FULL = """

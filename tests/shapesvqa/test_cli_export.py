@@ -39,7 +39,7 @@ def test_export_cli_writes_valid_jsonl(tmp_path):
 
 def test_export_readable_by_calibration_reader(tmp_path):
     try:
-        from calibration.data import read_vqa_jsonl
+        from fastrm_common.records import read_vqa_jsonl
     except ImportError:  # pragma: no cover - calibration is another package of the repo
         return
     out = tmp_path / "split"

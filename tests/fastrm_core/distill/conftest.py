@@ -47,7 +47,8 @@ def _write_vqa(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def distill_world(tmp_path_factory):
     """``{"root", "model_dir", "data", "dataset"}``: a saved tiny model, the JSONL and its local dataset."""
-    from fastrm_core.distill.dataset import BuildSettings, build_dataset
+    from fastrm_core.distill.dataset import BuildSettings
+    from fastrm_core.distill.runner import build_dataset
 
     root = tmp_path_factory.mktemp("distill")
     model, processor = build_tiny_llava(num_layers=2)

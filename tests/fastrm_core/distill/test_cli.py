@@ -40,13 +40,14 @@ def test_user_errors_exit_2_with_a_message(distill_world, tmp_path, capsys):
 
 
 def test_eval_defaults_to_the_shipped_reference_assets(monkeypatch, tmp_path, capsys):
-    import shapesvqa.assets as assets
+    from fastrm_common import presets
 
     def missing():
         raise FileNotFoundError("the reference proxy is not in X")
 
-    monkeypatch.setattr(assets, "reference_proxy_path", missing)
-    monkeypatch.setattr(assets, "reference_model_path", lambda: tmp_path)
+    presets.list_presets()  # load the entry points first, then shadow the shipped preset for this test
+    monkeypatch.setitem(presets._REGISTERED, "reference",
+                        presets.Preset("reference", model=lambda: tmp_path, proxy=missing))
     assert main(["distill", "eval", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "r.json")]) == 2
     assert "pass --proxy" in capsys.readouterr().err
 

@@ -9,21 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastrm_core.tokens import content_token_mask, eos_token_ids
+from fastrm_common.tokens import content_token_mask, eos_token_ids
 
 from fastrm_core.adapters import get_adapter
 from fastrm_core.capture import capture
 from fastrm_core.distill.dataset import (
-    EXIT_AFTER_ENV,
     BuildSettings,
-    build_dataset,
     iter_records,
     load_manifest,
     read_shard,
     save_manifest,
 )
+from fastrm_core.distill.runner import build_dataset
 from fastrm_core.distill.generation import build_prompt, greedy_kwargs, load_image, prepare_inputs
-from fastrm_core.errors import ConfigMismatchError, InputError
+from fastrm_common.errors import ConfigMismatchError, InputError
 from fastrm_core.relevancy import gradient_relevancy
 
 N_GOOD = 6  # as in conftest.py
@@ -38,7 +37,7 @@ def test_manifest_records_inputs_and_skipped_records(distill_world):
     assert m.model == str(distill_world["model_dir"]) and m.adapter == "llava"
     assert m.hidden_size == 64 and m.grid == (4, 4) and m.n_image_tokens == 16
     assert m.label_threshold == 0.3 and m.settings["max_new_tokens"] == 3 and m.prompt_template == "plain"
-    from calibration.data import dataset_hash
+    from fastrm_common.records import dataset_hash
 
     assert m.data_hash == dataset_hash(distill_world["data"])
     assert m.library_version and m.versions["torch"] == torch.__version__
@@ -142,7 +141,7 @@ def test_a_shard_written_but_not_yet_in_the_manifest_is_redone(distill_world, di
     assert_same_dataset(out, distill_world["dataset"])
 
 
-_KILLED_RUN = """
+_RUN = """
 import sys, torch
 torch.set_num_threads(1)
 from fastrm_core.cli import main
@@ -151,20 +150,37 @@ assert "ray" not in sys.modules, "a local run imported ray"
 sys.exit(code)
 """
 
+# The same run, killed by os._exit (no cleanup, no finally) once 5 records are done: inside shard 2.
+_KILLED_RUN = """
+import os, sys, torch
+torch.set_num_threads(1)
+from fastrm_core.distill import runner
+from fastrm_core.cli import main
+build = runner.build_dataset
+done = []
+
+def kill_after_five(record_id, n_tokens):
+    done.append(record_id)
+    if len(done) == 5:
+        os._exit(17)
+
+runner.build_dataset = lambda *a, **kw: build(*a, **{**kw, "on_record": kill_after_five})
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 def test_resume_after_a_kill_gives_the_records_of_an_uninterrupted_run(distill_world, tmp_path, assert_same_dataset):
     out = tmp_path / "ds"
     args = ["distill", "build", "--data", str(distill_world["data"]), "--out", str(out),
             "--model", str(distill_world["model_dir"]), "--max-new-tokens", "3", "--records-per-shard", "2"]
-    env = {**os.environ, EXIT_AFTER_ENV: "5", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, *args], env=env, capture_output=True, text=True,
                             timeout=120)
     assert killed.returncode == 17, killed.stderr[-2000:]  # killed after 5 records, inside shard 2
     m = load_manifest(out)
     assert not m.complete and [s.index for s in m.shards] == [0, 1]
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
-    env.pop(EXIT_AFTER_ENV)
-    resumed = subprocess.run([sys.executable, "-c", _KILLED_RUN, *args], env=env, capture_output=True, text=True,
+    resumed = subprocess.run([sys.executable, "-c", _RUN, *args], env=env, capture_output=True, text=True,
                              timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = load_manifest(out)

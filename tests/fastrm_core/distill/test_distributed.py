@@ -4,8 +4,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'fastrm-guard[distributed]'")
 
-from fastrm_core.distill.dataset import BuildSettings, build_dataset, load_manifest  # noqa: E402
-from fastrm_core.distill.evaluate import EvalConfig, evaluate_proxy  # noqa: E402
+from fastrm_core.distill.dataset import BuildSettings, load_manifest  # noqa: E402
+from fastrm_core.distill.runner import build_dataset  # noqa: E402
+from fastrm_core.distill.evaluate import EvalConfig  # noqa: E402
+from fastrm_core.distill.runner import evaluate_proxy  # noqa: E402
 
 SETTINGS = dict(max_new_tokens=3, records_per_shard=2)  # as in conftest.py
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from fastrm_core.distill.evaluate import EvalConfig, evaluate_proxy, evaluate_record
+from fastrm_core.distill.evaluate import EvalConfig, evaluate_record
+from fastrm_core.distill.runner import evaluate_proxy
 from fastrm_core.distill.metrics import curve_auc
-from fastrm_core.errors import ConfigMismatchError, InputError
+from fastrm_common.errors import ConfigMismatchError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
 FAST = dict(max_new_tokens=2, fractions=(0.0, 0.25, 0.5), random_seeds=2)
@@ -44,12 +45,12 @@ def test_report_has_every_figure(report):
 
 
 def test_record_figures_are_the_metrics_of_the_captured_and_exact_maps(distill_model, distill_world, trained_proxy):
-    from calibration.data import read_vqa_jsonl
+    from fastrm_common.records import read_vqa_jsonl
 
     from fastrm_core.capture import capture
     from fastrm_core.distill.generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
     from fastrm_core.distill.metrics import confusion_counts, correlations, mask_to_grid, pointing
-    from fastrm_core.distill.trainer import binarize_maps
+    from fastrm_core.distill.metrics import binarize_maps
     from fastrm_core.adapters import get_adapter
     from fastrm_core.relevancy import gradient_relevancy
 

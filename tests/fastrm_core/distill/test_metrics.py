@@ -18,7 +18,7 @@ from fastrm_core.distill.metrics import (
     rank_patches,
     removal_masks,
 )
-from fastrm_core.distill.trainer import binarize_maps
+from fastrm_core.distill.metrics import binarize_maps
 
 
 def test_binarize_maps_relative_to_each_maps_max():

@@ -6,7 +6,7 @@ import torch
 from fastrm_core.adapters import get_adapter
 from fastrm_core.distill.generation import greedy_kwargs
 from fastrm_core.distill.perturbation import generate_without_patches, removed_patches
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 
 
 def _embeds(model, inputs):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fastrm_core.distill.dataset import load_manifest
-from fastrm_core.distill.trainer import PairStore, TrainConfig, binarize_maps, split_records, train_proxy
-from fastrm_core.errors import DataError, InputError
+from fastrm_core.distill.metrics import binarize_maps
+from fastrm_core.distill.trainer import PairStore, TrainConfig, split_records, train_proxy
+from fastrm_common.errors import DataError, InputError
 from fastrm_core.proxy import FastRMProxy
 
 FAST = dict(lr=1e-2, batch_size=8, steps=40, eval_every=10, val_fraction=0.2)

@@ -8,7 +8,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 from guardrail.serve.images import image_from_url
 from guardrail.serve.protocol import RequestError, cut_at_stop, parse_chat_request
 

@@ -14,7 +14,7 @@ from typing import Union
 
 import numpy as np
 
-from fastrm_core.errors import GuardrailError, InputError
+from fastrm_common.errors import GuardrailError, InputError
 
 __all__ = ["DEFAULT_MAX_IMAGE_ASPECT_RATIO", "DEFAULT_MAX_IMAGE_PIXELS", "ImageLike", "check_image_size", "load_image"]
 
@@ -61,7 +61,7 @@ def load_image(
     Anything else, a missing file, an unreadable one, a closed PIL image, an array that is
     not uint8 (a float array in [0, 1] would silently become black), or an image beyond
     ``max_pixels`` / ``max_aspect_ratio`` (checked from the file header, before decoding)
-    raises ``error`` (default :class:`~fastrm_core.errors.InputError`; the distillation
+    raises ``error`` (default :class:`~fastrm_common.errors.InputError`; the distillation
     pipeline passes ``DataError``, so a bad record is skipped with the reason), with a
     message that names the path.
     """

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from fastrm_core.errors import DataError
+from fastrm_common.errors import DataError
 
 __all__ = ["is_correct", "normalize_answer", "vqa_accuracy"]
 

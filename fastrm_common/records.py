@@ -9,7 +9,7 @@ One JSON object per line::
   are kept as they are);
 - ``question``: non-empty string;
 - ``answers``: non-empty list of reference answers (strings); one reference means exact
-  match, several mean VQA soft accuracy (:mod:`calibration.vqa`);
+  match, several mean VQA soft accuracy (:mod:`fastrm_common.vqa`);
 - any other field is kept on the record (``record.model_extra``).
 
 Blank lines are ignored. A malformed line (bad JSON, a missing or invalid field, a
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fastrm_core.errors import DataError
+from fastrm_common.errors import DataError
 
 __all__ = ["DataProblem", "VQARecord", "dataset_hash", "read_vqa_jsonl"]
 

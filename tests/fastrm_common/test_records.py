@@ -4,7 +4,7 @@ import json
 import pytest
 
 from calibration import dataset_hash, read_vqa_jsonl
-from fastrm_core.errors import DataError
+from fastrm_common.errors import DataError
 
 
 @pytest.fixture

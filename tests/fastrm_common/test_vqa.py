@@ -1,7 +1,7 @@
 import pytest
 
 from calibration import is_correct, normalize_answer, vqa_accuracy
-from fastrm_core.errors import DataError
+from fastrm_common.errors import DataError
 
 
 @pytest.mark.parametrize(

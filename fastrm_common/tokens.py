@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastrm_core.errors import InputError
+from fastrm_common.errors import InputError
 
 __all__ = ["content_token_mask", "eos_token_ids"]
 

@@ -1,0 +1,126 @@
+"""Named presets: a short name (``"reference"``) for a model folder with its proxy and calibration.
+
+A preset is registered by the package that ships it, through the entry-point group
+``fastrm_guard.presets`` in its ``pyproject.toml``::
+
+    [project.entry-points."fastrm_guard.presets"]
+    reference = "shapesvqa.assets:REFERENCE"
+
+or at run time with :func:`register_preset`. Every place that accepts a model name resolves it
+here (:func:`get_preset`), so no library package imports the package that ships a preset.
+
+    >>> from pathlib import Path
+from typing import Any
+    >>> register_preset(Preset("doc-example", model=lambda: Path("models/tiny")))
+    >>> get_preset("doc-example").model()
+    PosixPath('models/tiny')
+    >>> get_preset("models/some-folder") is None          # not a preset: a path or a hub id
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastrm_common.errors import InputError
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "ENTRY_POINT_GROUP",
+    "Preset",
+    "get_preset",
+    "list_presets",
+    "preset_path",
+    "register_preset",
+    "resolve_model",
+]
+
+ENTRY_POINT_GROUP = "fastrm_guard.presets"
+DEFAULT_PRESET = "reference"  # what the CLIs load when no --model is given
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where a named preset's artifacts are.
+
+    Each field is a function returning a path, called only when the artifact is needed, so a
+    preset whose proxy is not shipped still loads its model. A missing artifact raises
+    ``FileNotFoundError`` from that function, with how to build it. ``examples(n, seed)``, when
+    given, returns ``n`` labelled questions (objects with ``id``, ``image`` (PIL), ``question``,
+    ``answers``, ``family``) for demos.
+    """
+
+    name: str
+    model: Callable[[], Path]
+    proxy: Callable[[], Path] | None = None
+    calibration: Callable[[], Path] | None = None
+    examples: Callable[[int, int], Sequence[Any]] | None = None
+    description: str = ""
+
+
+_REGISTERED: dict[str, Preset] = {}
+_LOADED_ENTRY_POINTS = False
+
+
+def register_preset(preset: Preset) -> None:
+    """Make ``preset`` resolvable by its name (replaces one of the same name)."""
+    if not isinstance(preset, Preset):
+        raise InputError(f"register_preset expects a Preset, got {type(preset).__name__}")
+    _REGISTERED[preset.name] = preset
+
+
+def _load_entry_points() -> None:
+    global _LOADED_ENTRY_POINTS
+    if _LOADED_ENTRY_POINTS:
+        return
+    from importlib.metadata import entry_points
+
+    _LOADED_ENTRY_POINTS = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTERED:  # registered at run time: that one wins
+            continue
+        preset = ep.load()
+        if not isinstance(preset, Preset):
+            raise InputError(f"entry point {ep.value!r} ({ENTRY_POINT_GROUP}) is not a Preset")
+        _REGISTERED[ep.name] = preset
+
+
+def list_presets() -> list[str]:
+    """The names of the registered presets, sorted."""
+    _load_entry_points()
+    return sorted(_REGISTERED)
+
+
+def get_preset(name: str | os.PathLike) -> Preset | None:
+    """The preset called ``name``, or ``None`` when ``name`` is not one (then it is a path or hub id).
+
+    A local folder of the same name shadows nothing: preset names are checked first, as
+    ``"reference"`` always has been.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        return None
+    _load_entry_points()
+    return _REGISTERED.get(os.fspath(name))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """The model folder of a preset name; anything else (a folder, a hub id) unchanged."""
+    preset = get_preset(name_or_path)
+    return preset.model() if preset is not None else name_or_path
+
+
+def preset_path(name_or_path: str | os.PathLike, artifact: str) -> Path | None:
+    """The path of a preset's ``artifact`` (``"model"``, ``"proxy"`` or ``"calibration"``).
+
+    ``None`` when ``name_or_path`` is not a preset or the preset has no such artifact; a
+    ``FileNotFoundError`` (saying how to build it) when the preset has it but it is missing.
+    """
+    if artifact not in ("model", "proxy", "calibration"):
+        raise InputError(f"unknown preset artifact {artifact!r}; expected one of: model, proxy, calibration")
+    preset = get_preset(name_or_path)
+    find = getattr(preset, artifact) if preset is not None else None
+    return find() if find is not None else None

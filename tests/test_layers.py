@@ -1,0 +1,143 @@
+"""The packages import one way only, and the light ones do not load torch.
+
+Layers, lowest first (a package may import only the packages listed for it)::
+
+    fastrm_common                  the torch-free leaf: errors, tokens, prompts, images, VQA records/accuracy, presets
+    policies      -> fastrm_common
+    fastrm_core   -> fastrm_common                                   (torch: adapters, relevancy, proxy, capture, distill)
+    calibration   -> fastrm_common, fastrm_core
+    guardrail     -> fastrm_common, fastrm_core, calibration, policies
+    shapesvqa     -> fastrm_common, fastrm_core                      (registers the "reference" preset; nobody imports it)
+
+The graph is read from the modules' own source (every ``import``, including those inside
+functions and ``TYPE_CHECKING`` blocks), so it stays true as the code changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED = {
+    "fastrm_common": set(),
+    "policies": {"fastrm_common"},
+    "fastrm_core": {"fastrm_common"},
+    "calibration": {"fastrm_common", "fastrm_core"},
+    "guardrail": {"fastrm_common", "fastrm_core", "calibration", "policies"},
+    "shapesvqa": {"fastrm_common", "fastrm_core"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in ALLOWED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports: ``from a import b`` counts as ``a.b`` when that is a module."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # ``import a.b.c`` where a.b.c is an attribute
+                target = target.rpartition(".")[0]
+            if target and target.split(".")[0] in ALLOWED:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) - {name} for name, path in modules.items()}
+
+
+def test_packages_import_only_lower_layers():
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        for target in targets
+        if target.split(".")[0] != module.split(".")[0] and target.split(".")[0] not in ALLOWED[module.split(".")[0]]
+    )
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_no_module_imports_shapesvqa_from_outside():
+    outside = sorted(m for m, ts in _graph().items() if not m.startswith("shapesvqa")
+                     and any(t.startswith("shapesvqa") for t in ts))
+    assert not outside, f"the reference preset is registered by an entry point; these import shapesvqa: {outside}"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    cycles = _cycles(_graph())
+    assert not cycles, "modules that import each other (directly or in a circle): " + "; ".join(
+        " <-> ".join(c) for c in cycles
+    )
+
+
+def test_the_cycle_check_sees_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("module", ["fastrm_common", "policies", "calibration", "guardrail.cli", "fastrm_core.cli"])
+def test_light_imports_do_not_load_torch(module):
+    code = (f"import sys, {module}; heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "", f"import {module} loaded {out.stdout.strip()}"
