@@ -32,8 +32,8 @@ _LAZY = {
     "get_adapter": "fastrm_core.adapters",
     "list_adapters": "fastrm_core.adapters",
     "register_adapter": "fastrm_core.adapters",
-    "Capture": "fastrm_core.capture",
-    "capture": "fastrm_core.capture",
+    "Capture": "fastrm_core.capturing",
+    "capture": "fastrm_core.capturing",
     "weights_fingerprint": "fastrm_core.integrity",
     "load_vlm": "fastrm_core.loading",
     "FastRMProxy": "fastrm_core.proxy",
@@ -46,7 +46,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from fastrm_core.adapters import ImageLayout, LlavaAdapter, VLMAdapter, get_adapter, list_adapters, register_adapter
-    from fastrm_core.capture import Capture, capture
+    from fastrm_core.capturing import Capture, capture
     from fastrm_core.integrity import weights_fingerprint
     from fastrm_core.loading import load_vlm
     from fastrm_core.proxy import FastRMProxy, ProxyConfig

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import semconv
 from .otlp_json import read_trace_jsonl
-from .viewer import guarded_calls
+from .trace_calls import guarded_calls
 
 __all__ = ["report_calls", "write_html_report"]
 

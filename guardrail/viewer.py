@@ -14,35 +14,15 @@ from rich.table import Table
 from . import semconv
 from .otlp_json import read_trace_jsonl
 from .render import explained_figure, heatmap_text
-from .telemetry import map_from_attributes, message_text
+from .report import write_html_report
+from .trace_calls import guarded_calls
+from .telemetry import message_text
 
 __all__ = ["guarded_calls", "token_label", "view_trace"]
 
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pair each ``apply_guardrail fastrm`` span with its parent ``chat`` span.
-
-    Returns one dict per guarded call: ``chat`` (span dict or None), ``guard`` (span dict),
-    ``tokens`` (list of per-token event attribute dicts, in order, with ``map`` decoded or None).
-    """
-    by_id = {s.get("spanId"): s for s in spans}
-    calls = []
-    for span in spans:
-        if span.get("name") != semconv.GUARDRAIL_SPAN_NAME:
-            continue
-        tokens = []
-        for ev in span.get("events", []):
-            if ev.get("name") == semconv.TOKEN_EVENT:
-                attrs = dict(ev.get("attributes", {}))
-                attrs["map"] = map_from_attributes(attrs)
-                tokens.append(attrs)
-        tokens.sort(key=lambda a: a.get(semconv.TOKEN_INDEX, 0))
-        calls.append({"chat": by_id.get(span.get("parentSpanId")), "guard": span, "tokens": tokens})
-    return calls
 
 
 def token_label(token_attributes: dict[str, Any]) -> str:
@@ -126,7 +106,5 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
     if png_dir is not None:
         console.print(f"figures written to {png_dir}")
     if html is not None:
-        from .report import write_html_report
-
         console.print(f"report written to {write_html_report(path, html)}")
     return 0

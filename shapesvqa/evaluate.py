@@ -118,7 +118,7 @@ def evaluate(
         )
         prompt_len = inputs["input_ids"].shape[1]
         if method == "proxy":
-            from fastrm_core.capture import capture
+            from fastrm_core.capturing import capture
 
             with torch.no_grad(), capture(model, proxy) as cap:
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

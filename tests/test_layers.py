@@ -141,3 +141,22 @@ def test_light_imports_do_not_load_torch(module):
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"import {module} loaded {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("package", ["fastrm_core", "guardrail", "calibration", "policies"])
+def test_public_names_survive_importing_every_submodule(package):
+    """A lazily loaded name must not be shadowed by a submodule of the same name (Python binds
+    ``package.sub`` on import, so ``from fastrm_core import capture`` would give the module)."""
+    code = (
+        "import importlib, pkgutil, sys, types\n"
+        f"import {package} as pkg\n"
+        "for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "    if '.serve' in info.name or info.name.endswith('__main__'):\n"
+        "        continue  # an optional extra; a command line\n"
+        "    importlib.import_module(info.name)\n"
+        "bad = [n for n in pkg.__all__ if isinstance(getattr(pkg, n), types.ModuleType)]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"{package}.__all__ names that resolve to a submodule: {out.stdout.strip()}"

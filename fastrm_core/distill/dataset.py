@@ -4,7 +4,7 @@ For every record of a VQA JSONL file (``id``, ``image``, ``question``, ``answers
 builder generates an answer greedily and keeps, for each generated token t:
 
 * ``token_states[t]`` (D,): the last hidden state of the position that predicted t
-  (:func:`fastrm_core.capture.capture` with ``keep_states=True``);
+  (:func:`fastrm_core.capturing.capture` with ``keep_states=True``);
 * ``maps[t]`` (N_img,): the exact gradient relevancy map over the image patches
   (:func:`fastrm_core.relevancy.gradient_relevancy`), float32, row-major grid;
 * ``token_ids[t]`` and ``content[t]``, whether t is a content token (the trainer distils
@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_common.errors import ConfigMismatchError, DataError, GuardrailError, InputError
 from fastrm_common.records import dataset_hash, read_vqa_jsonl
-from fastrm_core.capture import capture
+from fastrm_core.capturing import capture
 from fastrm_core.integrity import weights_fingerprint
 from fastrm_core.relevancy import gradient_relevancy
 

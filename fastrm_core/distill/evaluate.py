@@ -1,6 +1,6 @@
 """Evaluating a FastRM proxy against the exact gradient baseline on a VQA JSONL file.
 
-Per record: one greedy generation with the proxy captured (:func:`fastrm_core.capture.capture`),
+Per record: one greedy generation with the proxy captured (:func:`fastrm_core.capturing.capture`),
 the exact gradient maps of the same tokens (:func:`fastrm_core.relevancy.gradient_relevancy`),
 then
 
@@ -46,7 +46,7 @@ import torch
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_common.errors import ConfigMismatchError, DataError, GuardrailError, InputError
 from fastrm_common.vqa import is_correct, normalize_answer
-from fastrm_core.capture import capture
+from fastrm_core.capturing import capture
 from fastrm_core.relevancy import gradient_relevancy
 
 from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastrm_core.adapters import get_adapter
-from fastrm_core.capture import capture
+from fastrm_core.capturing import capture
 from fastrm_common.errors import CaptureError, ConfigMismatchError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 

@@ -12,7 +12,7 @@ import torch
 from fastrm_common.tokens import content_token_mask, eos_token_ids
 
 from fastrm_core.adapters import get_adapter
-from fastrm_core.capture import capture
+from fastrm_core.capturing import capture
 from fastrm_core.distill.dataset import (
     BuildSettings,
     iter_records,

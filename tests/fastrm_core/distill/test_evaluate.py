@@ -47,7 +47,7 @@ def test_report_has_every_figure(report):
 def test_record_figures_are_the_metrics_of_the_captured_and_exact_maps(distill_model, distill_world, trained_proxy):
     from fastrm_common.records import read_vqa_jsonl
 
-    from fastrm_core.capture import capture
+    from fastrm_core.capturing import capture
     from fastrm_core.distill.generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
     from fastrm_core.distill.metrics import confusion_counts, correlations, mask_to_grid, pointing
     from fastrm_core.distill.metrics import binarize_maps
