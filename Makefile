@@ -1,6 +1,7 @@
 # Two entry points, used by the README quickstart and by CI:
 #   make demo   install into .venv (once) and run the offline demo on the shipped reference model
-#   make test   install into .venv (once, with dev extras) and run the test suite
+#   make test   install into .venv (once, with dev extras), lint (ruff) and run the whole test suite
+#   make test-fast  lint and run the tests not marked slow (the quick loop while developing)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ EXTRAS ?= dev,distributed,otlp,serve
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test clean browser phoenix-venv test-phoenix
+.PHONY: install demo test test-fast lint clean browser phoenix-venv test-phoenix
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,8 +31,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: install
 	$(BIN)/guardrail demo
 
-test: install browser
+test: install browser lint
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (end-to-end runs of the shipped model, Ray, subprocess kills).
+test-fast: install browser lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
 
 # The HTML report is tested in a real headless browser: Debian's chromium-headless-shell, driven by
 # playwright (dev extra). Installed here when missing (CI runs as root); elsewhere, say how.

@@ -75,7 +75,6 @@ def main(argv=None):
     size = processor.image_processor.crop_size["height"]
     image = blank_image(size, (180, 60, 60))
     question = "What color is the circle?"
-    inputs = guard._prepare([image], [question])
     suppress = [adapter.image_token_id]
     kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, suppress_tokens=suppress)
 

@@ -2,8 +2,11 @@
 
 For one model, in one run, for answers of 10, 30 and 100 tokens:
 
-* ``per_step``  greedy generation computing each token's map during generation the way
-  interactive tools do (attentions kept in the graph, a backward per step, full N x N products);
+* ``per_step``  greedy generation computing each token's exact Chefer map during generation, the
+  naive way (attentions kept in the graph, a backward per step, full N x N products). This is our
+  own slow reference, not a port of an interactive tool: LVLM-Interpret, for instance, reuses
+  earlier steps' gradients (an approximation), also takes parameter and vision-tower gradients
+  and backpropagates temperature-scaled logits, so its cost is not measured here;
 * ``exact``     :func:`fastrm_core.gradient_relevancy` on the same tokens (one forward,
   row-vector propagation, batched backward), timed alone and with the generation it needs;
 * ``capture``   ``model.generate`` inside :func:`fastrm_core.capture` with a FastRM proxy;

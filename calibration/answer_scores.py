@@ -46,7 +46,7 @@ Register your own with :func:`register_score`. This module is pure (numpy only).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np

@@ -26,7 +26,7 @@ has no ``score`` field; it loads as the ``map_entropy`` score with the file's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 

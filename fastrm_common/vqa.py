@@ -17,7 +17,7 @@ Accuracy: with several reference answers ``min(#references equal to the predicti
 (3 of 10 annotators agreeing counts as fully right); with a single reference, exact
 match after normalisation. The official script averages this over the 10 subsets of 9
 annotators, which gives slightly different values for 1 or 3 matches (0.3 vs 0.33, 0.9
-vs 1.0); the simple form is the common re-implementation and what issue 5 specifies.
+vs 1.0); the simple form is the common re-implementation, and the one used here.
 An answer counts as correct when its accuracy is at least 0.5 (:func:`is_correct`).
 """
 

@@ -14,9 +14,14 @@ One forward over the whole generated sequence gives every A_l (causal masking ma
 rows <= p equal to what step t saw during generation) and the backward passes for a
 chunk of tokens are batched (``torch.func``-style ``is_grads_batched``).
 
-:func:`per_step_relevancy` computes the same maps the way interactive tools do during
-generation (each step's attentions kept in the autograd graph, one backward per step,
-full N x N matrices). It exists for the benchmark comparison.
+:func:`per_step_relevancy` computes the same maps, exactly, during generation and the
+costly way: each step's attentions kept in the autograd graph, one backward per step, full
+N x N matrices. It is our naive per-step implementation of Chefer's rule, kept as the
+benchmark's slow reference; it is *not* a port of any interactive tool. LVLM-Interpret, for
+one, computes something different: it reuses earlier steps' gradients for the earlier rows
+(an approximation that grows with the token index), also takes parameter and vision-tower
+gradients, backpropagates temperature-scaled logits and hard-codes the image slice, so ratios
+against :func:`per_step_relevancy` are not ratios against that tool.
 
 Both functions leave the model as they found it: attention implementation,
 ``requires_grad`` flags, hooks and train/eval mode are restored even on error.
@@ -314,7 +319,7 @@ def gradient_relevancy(model: nn.Module, inputs: dict, generated_ids: torch.Tens
 
 
 # --------------------------------------------------------------------------------------
-# the per-step method (what interactive tools do), for the benchmark
+# the per-step method (exact, naive), the benchmark's slow reference
 
 
 def per_step_relevancy(
@@ -330,8 +335,10 @@ def per_step_relevancy(
 
     Every step's attention probabilities stay in one autograd graph (KV cache on); after
     each step, one backward from the chosen token's logit (graph retained) and full N x N
-    products R <- R + Ā_l R. The result equals :func:`gradient_relevancy` on the same
-    greedy tokens; it exists to measure what that exact, row-vector method saves.
+    products R <- R + Ā_l R, following Chefer's rule exactly. The result equals
+    :func:`gradient_relevancy` on the same greedy tokens; it exists to measure what that
+    row-vector method saves over a naive exact one (not what it saves over any other tool,
+    see the module docstring).
     ``suppress_tokens`` are never chosen (like ``generate``'s option of that name).
     """
     adapter = adapter or get_adapter(model)

@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 a check failed / nothing to show, 2 bad input (Guardrai
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

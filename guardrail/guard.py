@@ -40,7 +40,7 @@ from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fin
 from fastrm_common.images import ImageLike, load_image
 from fastrm_common.prompting import build_prompt
 from fastrm_common.tokens import eos_token_ids
-from fastrm_common.errors import CalibrationError, CaptureError, GuardrailError, InputError, PolicyError
+from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
 from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 

@@ -5,7 +5,7 @@ Patch membership rule (used by every pointing figure): a patch belongs to an obj
 object covers at least ``PATCH_COVERAGE`` (30%) of the patch's pixels; an object that reaches that
 share on no patch keeps its single best-covered patch, so every object owns at least one patch.
 
-``gradient_relevancy_rows`` is the training-time check. It follows DESIGN.md section 2 exactly
+``gradient_relevancy_rows`` is the training-time check. It follows docs/concepts.md exactly
 (row propagation of R = prod_l (I + mean_h clamp(G_l * A_l, min=0))) and is kept independent of
 ``fastrm_core.relevancy`` so that the trainer never depends on code under active development;
 ``shapesvqa eval`` prefers the core implementation when it is importable.

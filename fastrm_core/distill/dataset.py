@@ -56,7 +56,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fastrm_core.adapters import VLMAdapter, get_adapter
+from fastrm_core.adapters import VLMAdapter
 from fastrm_common.errors import ConfigMismatchError, DataError, GuardrailError, InputError
 from fastrm_common.records import dataset_hash, read_vqa_jsonl
 from fastrm_core.capturing import capture

@@ -34,9 +34,7 @@ then
 
 from __future__ import annotations
 
-import time
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -50,7 +48,7 @@ from fastrm_core.capturing import capture
 from fastrm_core.relevancy import gradient_relevancy
 
 from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
-from .gradcam import gradcam_maps
+from .methods import Explained, get_method, list_methods
 from .perturbation import generate_without_patches
 
 from .metrics import (
@@ -71,7 +69,7 @@ from .metrics import (
 
 __all__ = ["METHODS", "EvalConfig", "aggregate", "evaluate_record", "evaluate_records"]
 
-METHODS = ("proxy", "gradient", "gradcam", "random")
+METHODS = ("proxy", "gradient", "gradcam", "random")  # the default methods; the registry (.methods) has more
 OnRecord = Callable[[dict], None]
 
 
@@ -97,9 +95,9 @@ class EvalConfig:
     confidence: float = 0.95
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in list_methods()]
         if unknown:
-            raise InputError(f"unknown method(s) {', '.join(unknown)}; expected some of: {', '.join(METHODS)}")
+            raise InputError(f"unknown method(s) {', '.join(unknown)}; expected some of: {', '.join(list_methods())}")
         if self.token not in ("first", "mean"):
             raise InputError(f"unknown token {self.token!r}; expected one of: first, mean")
         if self.max_new_tokens < 1:
@@ -141,18 +139,6 @@ def _target_mask(record, base_dir: Path | None, grid: tuple[int, int], coverage:
     if not pixels.any():
         return None
     return mask_to_grid(pixels, grid, coverage)
-
-
-def _record_rng(record_id: str, seed: int, k: int) -> np.random.Generator:
-    # seeded by the record id, not its position: the same numbers in any worker and any order
-    return np.random.default_rng([seed, zlib.crc32(record_id.encode()), k])
-
-
-def _select(maps: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
-    """One (N,) ranking map from per-token maps (T, N): the mean of the chosen tokens' sum-normalised maps."""
-    sub = maps[chosen].double()  # (k, N)
-    sub = sub / sub.sum(dim=-1, keepdim=True).clamp_min(1e-30)
-    return sub.mean(dim=0).numpy()
 
 
 def evaluate_record(
@@ -214,42 +200,34 @@ def evaluate_record(
         chosen = torch.tensor([0])
     if config.token == "first":
         chosen = chosen[:1]
-    n_patches = grad.shape[1]
-    method_maps: dict[str, np.ndarray] = {}
-    if "proxy" in config.methods:
-        method_maps["proxy"] = _select(probs, chosen)
-    if "gradient" in config.methods:
-        method_maps["gradient"] = _select(grad, chosen)
-    if "gradcam" in config.methods:
+    explained = Explained(model=model, inputs=inputs, generated=out, adapter=adapter, gradient=grad, proxy=probs,
+                          chosen=chosen, record_id=record.id, seed=config.seed, random_seeds=config.random_seeds,
+                          gradcam_layer=config.gradcam_layer)
+    method_maps: dict[str, list[np.ndarray]] = {}  # method -> its ranking maps (N,), several for random ones
+    for name in config.methods:
+        method = get_method(name)
         try:
-            cam = gradcam_maps(model, inputs, out, layer=config.gradcam_layer, tokens=chosen, adapter=adapter)
+            method_maps[name] = method.rankings(explained)
         except GuardrailError as exc:
-            return {"id": record.id, "skipped": f"grad-cam: {type(exc).__name__}: {exc}"}
-        method_maps["gradcam"] = _select(cam.reshape(n_tok, -1), chosen)
-    random_maps = (
-        [_record_rng(record.id, config.seed, k).random(n_patches) for k in range(config.random_seeds)]
-        if "random" in config.methods else []
-    )
+            return {"id": record.id, "skipped": f"{method.label}: {type(exc).__name__}: {exc}"}
 
     if target is not None:
-        point = {m: pointing(v, target) for m, v in method_maps.items()}
-        if random_maps:
-            rp = [pointing(v, target) for v in random_maps]
-            point["random"] = {key: float(np.mean([r[key] for r in rp])) for key in ("hit", "mass", "chance")}
+        point = {}
+        for name, maps in method_maps.items():
+            scores = [pointing(v, target) for v in maps]
+            point[name] = scores[0] if len(scores) == 1 else {
+                key: float(np.mean([r[key] for r in scores])) for key in ("hit", "mass", "chance")}
         result["pointing"] = point
 
     if config.perturbation:
-        result.update(_perturb(model, inputs, adapter, gen_kwargs, config, method_maps, random_maps, tok,
-                               record.answers, answer, correct))
+        result.update(_perturb(model, inputs, adapter, gen_kwargs, config, method_maps, tok, record.answers, answer))
     return result
 
 
-def _perturb(model, inputs, adapter, gen_kwargs, config, method_maps, random_maps, tok, refs, answer, correct) -> dict:
-    """Positive/negative perturbation accuracy and agreement per method and fraction."""
+def _perturb(model, inputs, adapter, gen_kwargs, config, method_maps, tok, refs, answer) -> dict:
+    """Positive/negative perturbation accuracy and agreement per method and fraction (averaged over a method's maps)."""
     fractions = list(config.fractions)
-    rankings: dict[str, list[np.ndarray]] = {m: [rank_patches(v)] for m, v in method_maps.items()}
-    if random_maps:
-        rankings["random"] = [rank_patches(v) for v in random_maps]
+    rankings: dict[str, list[np.ndarray]] = {m: [rank_patches(v) for v in maps] for m, maps in method_maps.items()}
     # every (method, direction, ranking) x fraction mask; identical masks are generated once
     unique: dict[bytes, int] = {}
     masks: list[np.ndarray] = []

@@ -1,4 +1,4 @@
-"""Training a FastRM proxy on a distillation dataset (DESIGN.md section 3).
+"""Training a FastRM proxy on a distillation dataset (docs/distillation.md).
 
 Each training example is one generated token: its predicting state q (D,), its record's image
 states (N_img, D) and its exact gradient map m (N_img,). Labels binarise the map with the

@@ -87,7 +87,6 @@ def test_on_token_callback_and_long_generation(tiny_llava, proxy, make_inputs):
 
 def test_hooks_removed_also_on_error(tiny_llava, proxy, make_inputs):
     model, processor = tiny_llava
-    inputs = make_inputs(processor)
     before = hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with capture(model, proxy):

@@ -105,6 +105,7 @@ def test_batch_with_padding_equals_single_rows(tiny_llava, make_inputs):
         torch.testing.assert_close(results[b].maps, ref.maps, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # per-step maps of a long answer
 def test_long_answers(tiny_llava, make_inputs):
     model, processor = tiny_llava
     inputs = make_inputs(processor)

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fastrm_core import FastRMProxy, ProxyConfig, get_adapter
 from fastrm_common.errors import ConfigMismatchError, InputError
-from guardrail import Guard, GuardResult, TokenEvent, decode_map
+from guardrail import Guard, GuardResult, TokenEvent
 from guardrail.telemetry import map_from_attributes
 from policies import load_policy
 

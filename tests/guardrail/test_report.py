@@ -163,7 +163,7 @@ def test_overlay_in_the_page_sits_on_the_box(browser, tmp_path):
     assert map_attributes(encode_map(m))
     spans = [
         {"traceId": "a" * 32, "spanId": "1" * 16, "parentSpanId": "", "name": "chat tiny", "attributes": [
-            {"key": f"llm.input_messages.0.message.contents.1.message_content.image.image.url",
+            {"key": "llm.input_messages.0.message.contents.1.message_content.image.image.url",
              "value": {"stringValue": image_data_uri(img, max_side=200)}},
             {"key": "gen_ai.request.model", "value": {"stringValue": "tiny"}}], "events": []},
         {"traceId": "a" * 32, "spanId": "2" * 16, "parentSpanId": "1" * 16, "name": semconv.GUARDRAIL_SPAN_NAME,

@@ -115,6 +115,7 @@ def test_trainer_inputs_equal_processor_inputs(tiny_folder):
         assert inputs["input_ids"][0].tolist() == batcher.prompt_ids(ex.question)
 
 
+@pytest.mark.slow  # exact gradient maps of the shipped model on 64 questions: the longest test
 def test_shipped_model_points_at_the_queried_object():
     """A regression guard on the shipped weights: loaded with ``load_vlm``, they answer attribute questions
     and their exact gradient maps point at the queried object (the full figures: docs/shapesvqa.md)."""

@@ -1,10 +1,8 @@
 """The dataset builder: contents, bad records, atomic shards, resume after a kill."""
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -169,6 +167,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # two subprocesses, each loading torch and the model
 def test_resume_after_a_kill_gives_the_records_of_an_uninterrupted_run(distill_world, tmp_path, assert_same_dataset):
     out = tmp_path / "ds"
     args = ["distill", "build", "--data", str(distill_world["data"]), "--out", str(out),

@@ -5,9 +5,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'fastrm-guard[distributed]'")
 
 from fastrm_core.distill.dataset import BuildSettings, load_manifest  # noqa: E402
-from fastrm_core.distill.runner import build_dataset  # noqa: E402
 from fastrm_core.distill.evaluate import EvalConfig  # noqa: E402
-from fastrm_core.distill.runner import evaluate_proxy  # noqa: E402
+from fastrm_core.distill.runner import build_dataset, evaluate_proxy  # noqa: E402
 
 SETTINGS = dict(max_new_tokens=3, records_per_shard=2)  # as in conftest.py
 
@@ -19,6 +18,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow  # starts a Ray cluster and runs build + eval twice
 def test_ray_build_and_eval_match_the_local_run(ray_cluster, distill_world, trained_proxy, tmp_path,
                                                 assert_same_dataset):
     out = tmp_path / "ds"

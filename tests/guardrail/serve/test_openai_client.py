@@ -15,7 +15,7 @@ from guardrail import Guard
 from guardrail.serve import LoopbackServer, ServeConfig, create_app
 from policies.schema import Policy
 
-from .conftest import CountingGuard, data_url, user_message
+from .conftest import CountingGuard, user_message
 
 MODEL = "reference-llava"
 KEY = "s3cret-key"
