@@ -197,7 +197,6 @@ class Guard:
         self._lock = _model_lock(model)
         tok = processor.tokenizer
         self._eos_ids = eos_token_ids(self.model, tok)
-        self._special = set(getattr(tok, "all_special_ids", []) or [])
 
     @classmethod
     def from_pretrained(

@@ -30,13 +30,14 @@ from .grounding import object_patches, pointing
 from .model import prompt
 from .world import FAMILIES, Example, WorldConfig
 
-__all__ = ["METHODS", "evaluate", "evaluate_pope", "normalize_answer", "summarize"]
+__all__ = ["METHODS", "evaluate", "evaluate_pope", "first_word", "summarize"]
 
 METHODS = ("gradient", "proxy", "none")
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case first word without punctuation: ' Red.' -> 'red'."""
+def first_word(text: str) -> str:
+    """Lower-case first word without punctuation: ' Red.' -> 'red' (ShapesVQA answers are one word;
+    not :func:`fastrm_common.vqa.normalize_answer`, which keeps every word)."""
     words = text.strip().lower().replace(".", " ").replace(",", " ").split()
     return words[0] if words else ""
 
@@ -127,7 +128,7 @@ def evaluate(
             with torch.no_grad():
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
-        preds = [normalize_answer(t) for t in texts]
+        preds = [first_word(t) for t in texts]
         recs = []
         for ex, pred in zip(chunk, preds):
             pm = object_patches(ex.scene.masks, patch) if len(ex.scene.objects) else np.zeros((0, 1, 1), bool)
