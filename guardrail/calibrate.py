@@ -19,6 +19,7 @@ from calibration import Calibration, auroc, fit_calibration, split_fit_heldout
 from fastrm_common.records import VQARecord
 from fastrm_common.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
+from fastrm_core.inputs import prepare_inputs
 from fastrm_common.prompting import build_prompt
 
 from .guard import load_image
@@ -60,45 +61,37 @@ def score_records(
     eos = {int(e) for e in np.atleast_1d(model.generation_config.eos_token_id or [])}
     if tok.eos_token_id is not None:
         eos.add(int(tok.eos_token_id))
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     out_rows: list[ScoredAnswer] = []
     problems: list[str] = []
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
-            images = [load_image(r.image) for r in batch]
-            texts = [build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
-            inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-            with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     return_dict_in_generate=True, output_scores=True)
-            maps = cap.maps.numpy()  # (B, T, rows, cols)
-            probs = torch.stack([torch.softmax(s.float(), dim=-1) for s in out.scores], dim=1)  # (B, T, V)
-            n_prompt = inputs["input_ids"].shape[1]
-            for b, rec in enumerate(batch):
-                gen, _ = cut_at_eos(out.sequences[b, n_prompt:].tolist(), eos)
-                answer = tok.decode(gen, skip_special_tokens=True).strip()
-                scores = {agg: score_answer(maps[b, : len(gen)], gen, tok, normalized=normalized,
-                                            aggregation=agg, eos_ids=eos) for agg in ("mean", "max", "first")}
-                if scores["mean"].score is None:
-                    problems.append(f"record {rec.id}: the answer has no content token to score (answer {answer!r})")
-                    continue
-                content = scores["mean"].content
-                token_p = probs[b, torch.arange(len(gen)), torch.tensor(gen)].numpy()  # (T,)
-                extra = rec.model_extra or {}
-                out_rows.append(ScoredAnswer(
-                    id=rec.id, answer=answer, correct=is_correct(answer, rec.answers),
-                    scores={k: v.score for k, v in scores.items()}, answer_prob=float(token_p[content].mean()),
-                    extra={k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))},
-                ))
-            if progress is not None:
-                progress(len(batch))
-    finally:
-        tok.padding_side = old_side
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        images = [load_image(r.image) for r in batch]
+        texts = [build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
+        inputs = prepare_inputs(model, processor, images, texts)
+        with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 return_dict_in_generate=True, output_scores=True)
+        maps = cap.maps.numpy()  # (B, T, rows, cols)
+        probs = torch.stack([torch.softmax(s.float(), dim=-1) for s in out.scores], dim=1)  # (B, T, V)
+        n_prompt = inputs["input_ids"].shape[1]
+        for b, rec in enumerate(batch):
+            gen, _ = cut_at_eos(out.sequences[b, n_prompt:].tolist(), eos)
+            answer = tok.decode(gen, skip_special_tokens=True).strip()
+            scores = {agg: score_answer(maps[b, : len(gen)], gen, tok, normalized=normalized,
+                                        aggregation=agg, eos_ids=eos) for agg in ("mean", "max", "first")}
+            if scores["mean"].score is None:
+                problems.append(f"record {rec.id}: the answer has no content token to score (answer {answer!r})")
+                continue
+            content = scores["mean"].content
+            token_p = probs[b, torch.arange(len(gen)), torch.tensor(gen)].numpy()  # (T,)
+            extra = rec.model_extra or {}
+            out_rows.append(ScoredAnswer(
+                id=rec.id, answer=answer, correct=is_correct(answer, rec.answers),
+                scores={k: v.score for k, v in scores.items()}, answer_prob=float(token_p[content].mean()),
+                extra={k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))},
+            ))
+        if progress is not None:
+            progress(len(batch))
     return out_rows, problems
 
 

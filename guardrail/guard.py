@@ -37,6 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fingerprint
+from fastrm_core.inputs import prepare_inputs
 from fastrm_common.images import ImageLike, load_image
 from fastrm_common.prompting import build_prompt
 from fastrm_common.tokens import eos_token_ids
@@ -242,21 +243,13 @@ class Guard:
         pil = [load_image(img, max_pixels=lim.max_image_pixels, max_aspect_ratio=lim.max_image_aspect_ratio)
                for img in images]
         try:
-            # decoder-only generation needs left padding; asked per call, so the shared
-            # tokenizer's padding_side is never mutated (a concurrent call could see it)
-            inputs = self.processor(images=pil, text=[self.prompt(q) for q in questions], return_tensors="pt",
-                                    padding=len(questions) > 1, padding_side="left")
+            inputs = prepare_inputs(self.model, self.processor, pil, [self.prompt(q) for q in questions])
         except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
             raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
         try:
             self.adapter.image_layouts(inputs["input_ids"])
         except InputError as exc:
             raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
-        device = next(self.model.parameters()).device
-        dtype = next(self.model.parameters()).dtype
-        inputs = inputs.to(device)
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         return inputs, [_Image(p, src, self.processor) for p, src in zip(pil, images)]
 
     def _generate_kwargs(self, generate_kwargs: dict) -> dict:

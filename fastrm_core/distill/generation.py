@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fastrm_core.adapters import VLMAdapter
+from fastrm_core.inputs import prepare_inputs as _prepare_batch
 from fastrm_common.errors import DataError
 from fastrm_common.images import load_image as _load_image
 from fastrm_common.prompting import PLAIN_TEMPLATE, build_prompt
@@ -29,17 +30,9 @@ def load_image(path: str | Path):
 
 
 def prepare_inputs(model: nn.Module, processor, image, prompt: str) -> dict:
-    """Processor output for one (image, prompt), on the model's device, pixels in the model's dtype."""
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
-    param = next(model.parameters())
-    out = {}
-    for key, value in inputs.items():
-        if torch.is_tensor(value):
-            value = value.to(param.device)
-            if value.is_floating_point():
-                value = value.to(param.dtype)
-        out[key] = value
-    return out
+    """Processor output for one (image, prompt), on the model's device, pixels in the model's dtype
+    (:func:`fastrm_core.inputs.prepare_inputs` for a batch of one)."""
+    return _prepare_batch(model, processor, [image], [prompt])
 
 
 def greedy_kwargs(adapter: VLMAdapter, max_new_tokens: int) -> dict:
