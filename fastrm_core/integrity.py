@@ -2,7 +2,7 @@
 
 A calibration records the hash of the model weights it was fitted with (not the folder's
 name), the proxy's fingerprint and the dataset file's hash; the Guard recomputes the first
-two and refuses a mismatch (:class:`~fastrm_core.errors.ConfigMismatchError`).
+two and refuses a mismatch (:class:`~fastrm_common.errors.ConfigMismatchError`).
 """
 
 from __future__ import annotations

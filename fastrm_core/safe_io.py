@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastrm_core.errors import GuardrailError
+from fastrm_common.errors import GuardrailError
 
 __all__ = ["MAX_JSON_BYTES", "read_json"]
 

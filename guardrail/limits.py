@@ -2,7 +2,7 @@
 
 :class:`Limits` bounds the work one guarded call may ask for (image pixels and aspect
 ratio, question length in characters and tokens, answer length, escalation handler time).
-The check functions turn every bad argument into an :class:`~fastrm_core.errors.InputError`
+The check functions turn every bad argument into an :class:`~fastrm_common.errors.InputError`
 naming the argument, so a caller never sees a raw ``ValueError``/``TypeError`` from
 transformers or PIL, and a hostile input never holds the model lock.
 
@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastrm_core.errors import InputError
-from fastrm_core.images import DEFAULT_MAX_IMAGE_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
+from fastrm_common.errors import InputError
+from fastrm_common.images import DEFAULT_MAX_IMAGE_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["Limits", "check_generate_kwargs", "check_question", "check_tags"]
 

@@ -138,7 +138,7 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_html_report(trace: str | Path, out: str | Path, *, title: str | None = None) -> Path:
     """Write the report of every guarded call in the JSONL ``trace`` to ``out``; returns its path.
 
-    Raises :class:`~fastrm_core.errors.DataError` for an unreadable trace. A trace without
+    Raises :class:`~fastrm_common.errors.DataError` for an unreadable trace. A trace without
     guarded calls gives a page that says so.
     """
     calls = report_calls(read_trace_jsonl(trace))

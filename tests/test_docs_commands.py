@@ -15,7 +15,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calibration import Calibration, fit_calibration
-from fastrm_core.errors import CalibrationError, ConfigMismatchError
+from fastrm_common.errors import CalibrationError, ConfigMismatchError
 
 
 @pytest.fixture(scope="module")

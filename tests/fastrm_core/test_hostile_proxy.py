@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fastrm_core import FastRMProxy, ProxyConfig
-from fastrm_core.errors import DataError
+from fastrm_common.errors import DataError
 
 
 @pytest.fixture

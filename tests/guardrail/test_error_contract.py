@@ -22,7 +22,7 @@ from rich.console import Console
 
 from calibration import Calibration
 from fastrm_core import FastRMProxy, ProxyConfig
-from fastrm_core.errors import (
+from fastrm_common.errors import (
     CalibrationError,
     ConfigMismatchError,
     DataError,

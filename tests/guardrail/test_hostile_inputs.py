@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from fastrm_core.errors import ConfigMismatchError, InputError
+from fastrm_common.errors import ConfigMismatchError, InputError
 from fastrm_core.testing import blank_image
 from guardrail import Guard, Limits
 from policies import parse_policy

@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-from fastrm_core.errors import PolicyError
+from fastrm_common.errors import PolicyError
 from policies import DecisionContext, decide, escalate, parse_policy
 from policies import escalation as escalation_module
 
