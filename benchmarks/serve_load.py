@@ -22,7 +22,6 @@ import base64
 import http.client
 import io
 import json
-import statistics
 import sys
 import threading
 import time

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from fastrm_core.errors import GuardrailError
+from fastrm_common.errors import GuardrailError
 
 from .config import ServeConfig
 from .server import is_loopback

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fastrm_core.distill.dataset import BuildSettings, build_dataset, load_manifest
 from fastrm_core.distill.trainer import PairStore
-from fastrm_core.errors import ConfigMismatchError, DataError
+from fastrm_common.errors import ConfigMismatchError, DataError
 
 from .conftest import SETTINGS
 
