@@ -39,7 +39,7 @@ test-fast: install browser lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check .
+	$(BIN)/python -m ruff check .
 
 # The HTML report is tested in a real headless browser: Debian's chromium-headless-shell, driven by
 # playwright (dev extra). Installed here when missing (CI runs as root); elsewhere, say how.

@@ -18,6 +18,8 @@ from rich.table import Table
 from fastrm_common.errors import GuardrailError
 from fastrm_common.presets import DEFAULT_PRESET, preset_path
 
+from .telemetry_setup import telemetry_from_args
+
 __all__ = ["build_parser", "main"]
 
 
@@ -31,7 +33,6 @@ def _cmd_demo(args, console: Console) -> int:
 
 
 def _cmd_run(args, console: Console) -> int:
-    from .exporters import configure_tracing
     from .guard import Guard
     from .render import explained_figure, heatmap_text, view_box
 
@@ -84,23 +85,6 @@ def telemetry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phoenix", default=None, metavar="URL",
                    help="send to an Arize Phoenix at URL (OTLP) and post each verdict there as a span annotation")
     p.add_argument("--console-spans", action="store_true", help="print the spans")
-
-
-def telemetry_from_args(args, *, jsonl_path=None):
-    """(tracer provider, meter provider) for the options of :func:`telemetry_args`; the standard
-    ``OTEL_EXPORTER_OTLP_*`` variables apply when no endpoint is given."""
-    from .exporters import configure_metrics, configure_tracing
-
-    endpoint = args.otlp_endpoint or args.phoenix
-    extra = []
-    if args.phoenix:
-        from .phoenix import PhoenixAnnotationExporter
-
-        extra.append(PhoenixAnnotationExporter(args.phoenix))
-    provider = configure_tracing(jsonl_path=jsonl_path, console=args.console_spans, otlp_endpoint=endpoint,
-                                 exporters=extra)
-    meters = configure_metrics(otlp_endpoint=None if args.phoenix and not args.otlp_endpoint else endpoint)
-    return provider, meters
 
 
 def _cmd_calibrate(args, console: Console) -> int:

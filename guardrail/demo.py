@@ -59,7 +59,7 @@ def run_demo(
     trace_path.unlink(missing_ok=True)
     from types import SimpleNamespace
 
-    from .cli import telemetry_from_args
+    from .telemetry_setup import telemetry_from_args
 
     provider, meters = telemetry_from_args(
         SimpleNamespace(otlp_endpoint=otlp_endpoint, phoenix=phoenix, console_spans=console_spans),

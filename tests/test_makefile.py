@@ -51,7 +51,7 @@ def test_make_test_installs_once_then_only_when_pyproject_changes(project):
     first = make(project, "test")  # a fresh clone: venv, pip, the package, then the tests
     assert first[0] == "-m venv .venv" and len(installs(first)) == 1 and first[-1] == "-m pytest -q"
     again = make(project, "test")
-    assert installs(again) == [] and again == ["-m pytest -q"]
+    assert installs(again) == [] and again == ["-m ruff check .", "-m pytest -q"]  # lint, then the tests
     assert make(project, "demo") == ["demo"]
     pyproject = project / "pyproject.toml"
     for stamp in (project / ".venv").glob(".installed*"):  # installed a while ago ...

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastrm_core.distill.dataset import BuildSettings, build_dataset, load_manifest
+from fastrm_core.distill.dataset import BuildSettings, load_manifest
+from fastrm_core.distill.runner import build_dataset
 from fastrm_core.distill.trainer import PairStore
 from fastrm_common.errors import ConfigMismatchError, DataError
 
