@@ -73,20 +73,24 @@ def plot_calibration(
             )
     ax.plot(xs, prior * np.asarray(kde.density_correct), color=_CORRECT_COLOR, lw=2, label="KDE correct")
     ax.plot(xs, (1 - prior) * np.asarray(kde.density_wrong), color=_WRONG_COLOR, lw=2, label="KDE wrong")
-    ax.axvline(
-        cal.threshold,
-        color="black",
-        ls="--",
-        lw=1.5,
-        label=(
-            f"threshold {cal.threshold:.3g}: {_pct(m.share_confident)} confident, "
-            f"precision {_pct(m.precision_confident)}"
-        ),
-    )
-    ax.set_xlabel("answer score (map entropy, " + ("normalised" if cal.entropy_normalized else "nats") + ")")
+    if cal.threshold is not None:  # None: a refused guarantee, nothing is confident
+        ax.axvline(
+            cal.threshold,
+            color="black",
+            ls="--",
+            lw=1.5,
+            label=(
+                f"threshold {cal.threshold:.3g}: {_pct(m.share_confident)} confident, "
+                f"precision {_pct(m.precision_confident)}"
+            ),
+        )
+    if cal.score.name == "map_entropy":
+        ax.set_xlabel("answer score (map entropy, " + ("normalised" if cal.entropy_normalized else "nats") + ")")
+    else:
+        ax.set_xlabel(f"answer score ({cal.score.label}; higher = more uncertain)")
     ax.set_ylabel("density × class share")
     auroc = "n/a" if m.auroc is None else f"{m.auroc:.3f}"
-    ax.set_title(title or f"{cal.rule} ({cal.aggregation} over answer tokens), AUROC {auroc}")
+    ax.set_title(title or f"{cal.rule} ({cal.score.label}), AUROC {auroc}", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path = Path(path)

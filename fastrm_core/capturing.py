@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +46,9 @@ class Capture:
         steps: list of per-step probabilities, each (B, rows, cols) float32 on the model's device.
         image_states: (B, N_img, D) last hidden states of the image patches (only with ``keep_states``).
         token_states: list of per-step (B, D) last hidden states of the predicting positions (``keep_states``).
+        prompt_features: (B, 3 D) float32 on the model's device, set at prefill: the mean last hidden
+            state of the image tokens, that of the other (non-padding) prompt tokens, and the state
+            of the position predicting the first answer token; input-novelty scores read them.
     """
 
     grid: tuple[int, int]
@@ -53,6 +57,7 @@ class Capture:
     image_states: torch.Tensor | None = None
     token_states: list[torch.Tensor] = field(default_factory=list)
     prompt_ids: torch.Tensor | None = None
+    prompt_features: torch.Tensor | None = None
     _keys: torch.Tensor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -89,6 +94,13 @@ class Capture:
         if not self.token_states:
             raise CaptureError("token states were not kept: use capture(..., keep_states=True)")
         return torch.stack(self.token_states, dim=1)
+
+    @property
+    def features(self) -> "np.ndarray":
+        """(B, 3 D) float64 pooled prompt states on the CPU (see ``prompt_features``)."""
+        if self.prompt_features is None:
+            raise CaptureError("no prefill was captured (was model.generate called inside the block?)")
+        return self.prompt_features.double().cpu().numpy()
 
     def map(self, step: int, row: int = 0) -> torch.Tensor:
         """(rows, cols) map of generated token ``step`` of batch row ``row``, on the CPU."""
@@ -133,7 +145,7 @@ def capture(
             raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
     owner = threading.get_ident() if thread == "current" else thread
     cap = Capture(grid=tuple(adapter.grid))
-    step_ids: dict[str, torch.Tensor | None] = {"ids": None}
+    step_ids: dict[str, torch.Tensor | None] = {"ids": None, "mask": None}
 
     def mine() -> bool:
         return owner is None or threading.get_ident() == owner
@@ -142,6 +154,7 @@ def capture(
         if mine():
             ids = kwargs.get("input_ids", args[0] if args else None)
             step_ids["ids"] = ids
+            step_ids["mask"] = kwargs.get("attention_mask")
 
     def after_norm(module, args, output):
         if not mine():
@@ -166,10 +179,20 @@ def capture(
         if not torch.isfinite(image_states).all():
             raise CaptureError("non-finite hidden states on the image tokens at prefill")
         cap.prompt_ids = ids.detach().cpu()
+        cap.prompt_features = _pool(ids, hidden, positions.to(hidden.device), image_states)
         if keep_states:
             cap.image_states = image_states.detach().cpu()
         if proxy is not None:
             cap._keys = proxy.image_keys(image_states)  # (B, N_img, d), computed once
+
+    def _pool(ids, hidden, positions, image_states) -> torch.Tensor:
+        # stays on the device, computed once per call: (B, 3 D)
+        mask = step_ids["mask"]
+        text = torch.ones(ids.shape, dtype=torch.bool, device=hidden.device) if mask is None else mask.to(hidden.device).bool()
+        text = text.scatter(1, positions, False)  # (B, S) prompt tokens that are not image patches
+        w = text.to(torch.float32)[..., None]  # (B, S, 1)
+        text_mean = (hidden.float() * w).sum(1) / w.sum(1).clamp(min=1.0)  # (B, D)
+        return torch.cat([image_states.float().mean(1), text_mean, hidden[:, -1].float()], dim=-1)
 
     def _step(last: torch.Tensor) -> None:
         if keep_states:

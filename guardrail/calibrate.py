@@ -1,11 +1,15 @@
-"""``guardrail calibrate``: run a model with proxy capture over a labelled JSONL set and fit a threshold.
+"""``guardrail calibrate``: run a model over a labelled JSONL set, gather every answer's signals, fit a threshold.
 
-The data loop (:func:`score_records`) and the fit (:func:`calibrate_scores`) are separate so that the
-same scores can be re-fitted with other rules without running the model again.
+The data loop (:func:`score_records`) runs the model once per batch, with the FastRM capture and
+the token-signal recorder (the Guard's own path: no extra pass), and returns one
+:class:`ScoredAnswer` per record with its :class:`calibration.AnswerSignals`. The fit
+(:func:`calibrate_scores`) is separate, so stored signals (:func:`write_signals`,
+:func:`read_signals`) can be re-fitted with other scores and rules without the model.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -14,30 +18,73 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from transformers import LogitsProcessorList
 
-from calibration import Calibration, auroc, fit_calibration, split_fit_heldout
+from calibration import (
+    AnswerSignals,
+    Calibration,
+    GroupThresholds,
+    NoveltyGate,
+    ScoreSpec,
+    auroc,
+    evaluate_threshold,
+    fit_calibration,
+    fit_score,
+    get_score,
+    split_fit_heldout,
+)
 from fastrm_common.records import VQARecord
 from fastrm_common.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
-from fastrm_core.inputs import prepare_inputs
+from fastrm_common.errors import CalibrationError
+from fastrm_common.images import load_image
 from fastrm_common.prompting import build_prompt
+from fastrm_common.tokens import eos_token_ids
+from fastrm_core.inputs import prepare_inputs
 
-from .guard import load_image
-from .scoring import cut_at_eos, score_answer
+from .scoring import answer_signals, cut_at_eos
+from .signals import TokenSignals
 
-__all__ = ["ScoredAnswer", "calibrate_scores", "score_records"]
+__all__ = [
+    "TABLE_SCORES",
+    "ScoredAnswer",
+    "calibrate_scores",
+    "read_signals",
+    "score_records",
+    "write_signals",
+]
+
+#: the scores compared in the calibrate table (name, parameters), in print order
+TABLE_SCORES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("map_entropy", {"aggregation": "mean"}),
+    ("map_entropy", {"aggregation": "max"}),
+    ("map_entropy", {"aggregation": "first"}),
+    ("map_spread", {}),
+    ("token_nll", {"aggregation": "max"}),
+    ("token_nll", {"aggregation": "mean"}),
+    ("predictive_entropy", {"aggregation": "max"}),
+    ("predictive_entropy", {"aggregation": "mean"}),
+    ("low_margin", {"aggregation": "max"}),
+    ("low_margin", {"aggregation": "mean"}),
+    ("novelty", {}),
+    ("fused", {}),
+)
 
 
 @dataclass
 class ScoredAnswer:
-    """One record's answer, whether it is correct, and its uncertainty signals (higher = more uncertain)."""
+    """One record's answer, whether it is correct, and the signals gathered while generating it."""
 
     id: str
     answer: str
     correct: bool
-    scores: dict[str, float] = field(default_factory=dict)  # aggregation -> entropy score
-    answer_prob: float = float("nan")  # mean probability of the content tokens (the simplest alternative)
+    signals: AnswerSignals
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str | None:
+        fam = self.extra.get("family")
+        return None if fam is None else str(fam)
 
 
 def score_records(
@@ -48,19 +95,17 @@ def score_records(
     *,
     max_new_tokens: int = 8,
     batch_size: int = 8,
-    normalized: bool = True,
     prompt_suffix: str | None = None,
     progress=None,
+    keep_maps: bool = True,
 ) -> tuple[list[ScoredAnswer], list[str]]:
-    """Greedy answers with per-token maps for every record; returns (scored answers, problems).
+    """Greedy answers with every signal for each record; returns (scored answers, problems).
 
     A record whose answer has no content token is reported in ``problems`` and left out.
     """
     adapter = get_adapter(model)
     tok = processor.tokenizer
-    eos = {int(e) for e in np.atleast_1d(model.generation_config.eos_token_id or [])}
-    if tok.eos_token_id is not None:
-        eos.add(int(tok.eos_token_id))
+    eos = eos_token_ids(model, tok)
     out_rows: list[ScoredAnswer] = []
     problems: list[str] = []
     for start in range(0, len(records), batch_size):
@@ -68,66 +113,180 @@ def score_records(
         images = [load_image(r.image) for r in batch]
         texts = [build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
         inputs = prepare_inputs(model, processor, images, texts)
+        recorder = TokenSignals()
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 return_dict_in_generate=True, output_scores=True)
+                                 logits_processor=LogitsProcessorList([recorder]))
         maps = cap.maps.numpy()  # (B, T, rows, cols)
-        probs = torch.stack([torch.softmax(s.float(), dim=-1) for s in out.scores], dim=1)  # (B, T, V)
+        feats = cap.features  # (B, F)
+        tsig = recorder.result(out)  # (B, T) each
         n_prompt = inputs["input_ids"].shape[1]
         for b, rec in enumerate(batch):
-            gen, _ = cut_at_eos(out.sequences[b, n_prompt:].tolist(), eos)
+            gen, _ = cut_at_eos(out[b, n_prompt:].tolist(), eos)
             answer = tok.decode(gen, skip_special_tokens=True).strip()
-            scores = {agg: score_answer(maps[b, : len(gen)], gen, tok, normalized=normalized,
-                                        aggregation=agg, eos_ids=eos) for agg in ("mean", "max", "first")}
-            if scores["mean"].score is None:
+            extra = {k: v for k, v in (rec.model_extra or {}).items() if isinstance(v, (str, int, float, bool))}
+            sig = answer_signals(gen, tok, maps=maps[b], token_logprob=tsig.token_logprob[b],
+                                 predictive_entropy=tsig.predictive_entropy[b], margin=tsig.margin[b],
+                                 features=feats[b], eos_ids=eos, keep_maps=keep_maps,
+                                 group=None if extra.get("family") is None else str(extra["family"]))
+            if not sig.content.any():
                 problems.append(f"record {rec.id}: the answer has no content token to score (answer {answer!r})")
                 continue
-            content = scores["mean"].content
-            token_p = probs[b, torch.arange(len(gen)), torch.tensor(gen)].numpy()  # (T,)
-            extra = rec.model_extra or {}
-            out_rows.append(ScoredAnswer(
-                id=rec.id, answer=answer, correct=is_correct(answer, rec.answers),
-                scores={k: v.score for k, v in scores.items()}, answer_prob=float(token_p[content].mean()),
-                extra={k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool))},
-            ))
+            out_rows.append(ScoredAnswer(id=rec.id, answer=answer, correct=is_correct(answer, rec.answers),
+                                         signals=sig, extra=extra))
         if progress is not None:
             progress(len(batch))
     return out_rows, problems
 
 
+def _label(name: str, params: dict[str, Any]) -> str:
+    return get_score(name, **params).label if name not in ("novelty", "fused") else name
+
+
+def _available(name: str, rows: Sequence[ScoredAnswer]) -> bool:
+    from calibration.answer_scores import SIGNALS, _lookup
+
+    cls = _lookup(name)
+    need = [n for n in cls.needs if n in SIGNALS]
+    if name == "fused":
+        need = ["map_entropy", "token_logprob", "predictive_entropy", "margin"]
+    return all(r.signals.has(n) for r in rows for n in need)
+
+
+def _auroc_table(rows, fit_idx, ho_idx, correct, families) -> list[dict[str, Any]]:
+    """Held-out AUROC of every available score (fitted scores fitted on the fitting split only)."""
+    fit_sig = [rows[i].signals for i in fit_idx]
+    ho_sig = [rows[i].signals for i in ho_idx]
+    table = []
+    for name, params in TABLE_SCORES:
+        if not _available(name, rows):
+            continue
+        score = fit_score(name, fit_sig, correct[fit_idx], **params)
+        values = score.many(ho_sig)
+        ok = np.isfinite(values)
+        y = ~correct[ho_idx]
+        by_family = {}
+        for fam in families:
+            sel = ok & (np.array([rows[i].family for i in ho_idx]) == fam)
+            by_family[fam] = auroc(values[sel], y[sel]) if sel.sum() > 1 else None
+        table.append({"name": name, "params": params, "label": _label(name, params),
+                      "auroc": auroc(values[ok], y[ok]) if ok.sum() > 1 else None, "families": by_family})
+    return table
+
+
 def calibrate_scores(
     rows: Sequence[ScoredAnswer],
     *,
+    score: str = "map_entropy",
+    score_params: dict[str, Any] | None = None,
     rule: str = "paper_midpoint",
-    aggregation: str = "mean",
     fit_fraction: float = 0.5,
     seed: int = 0,
     target_precision: float = 0.98,
     delta: float = 0.1,
-    normalized: bool = True,
+    novelty_quantile: float | None = None,
+    group_by: str | None = None,
+    min_per_class: int = 5,
+    table: bool = True,
+    command: str | None = None,
     **identity: Any,
 ) -> tuple[Calibration, dict]:
-    """Fit on one part, report on the held-out rest. Returns the calibration and side figures
-    (AUROC of the answer-probability signal on the held-out part, split sizes)."""
-    scores = np.array([r.scores[aggregation] for r in rows])
+    """Fit ``score`` and a threshold on one part of ``rows``, report on the held-out rest.
+
+    Args:
+        rows: scored answers from :func:`score_records` or :func:`read_signals`.
+        score, score_params: the score the threshold applies to (a registry name and its
+            parameters); fitted scores (``fused``, ``novelty``) are fitted on the fitting split only.
+        rule, target_precision, delta: the threshold rule (see :func:`calibration.fit_calibration`).
+        fit_fraction, seed: the stratified fitting / held-out split.
+        novelty_quantile: add a novelty gate at this quantile of the fitting inputs' novelty
+            (e.g. 0.995); None: no gate.
+        group_by: ``"family"`` for per-family thresholds (records with a ``family`` field),
+            with the global threshold as fallback for groups with fewer than ``min_per_class``
+            right or wrong answers.
+        table: also compute every available score's held-out AUROC (overall and per family).
+
+    Returns:
+        ``(calibration, side)``: side figures for printing (split sizes, the score table, the
+        held-out figures with the gate, the held-out scores of the chosen score for the plot).
+    """
+    if not rows:
+        raise CalibrationError("no scored answers to calibrate on")
     correct = np.array([r.correct for r in rows], dtype=bool)
     fit_idx, ho_idx = split_fit_heldout(len(rows), fit_fraction, seed, stratify=correct)
+    fit_sig = [rows[i].signals for i in fit_idx]
+    chosen = fit_score(score, fit_sig, correct[fit_idx], **(score_params or {}))
+    values = chosen.many([r.signals for r in rows])  # (n,)
+    fit_ok = fit_idx[np.isfinite(values[fit_idx])]
+    ho_ok = ho_idx[np.isfinite(values[ho_idx])]
+    params = chosen.params
+    is_map = chosen.name == "map_entropy"
     cal = fit_calibration(
-        scores[fit_idx], correct[fit_idx], rule=rule, target_precision=target_precision, delta=delta, aggregation=aggregation,
-        entropy_normalized=normalized, heldout=(scores[ho_idx], correct[ho_idx]) if len(ho_idx) else None,
-        command=" ".join(shlex.quote(a) for a in ["guardrail", *sys.argv[1:]]) if sys.argv else None,
-        metadata={"seed": seed, "fit_fraction": fit_fraction, "n_fit": int(len(fit_idx)), "n_heldout": int(len(ho_idx))},
+        values[fit_ok], correct[fit_ok], rule=rule, target_precision=target_precision, delta=delta,
+        score=ScoreSpec(name=chosen.name, params=params),
+        aggregation=params.get("aggregation", "mean") if is_map else "mean",
+        entropy_normalized=bool(params.get("normalized", True)) if is_map else True,
+        heldout=(values[ho_ok], correct[ho_ok]) if len(ho_ok) else None,
+        command=command if command is not None else (" ".join(shlex.quote(a) for a in ["guardrail", *sys.argv[1:]]) if sys.argv else None),
+        metadata={"seed": seed, "fit_fraction": fit_fraction, "n_fit": int(len(fit_ok)), "n_heldout": int(len(ho_ok))},
+        min_per_class=min_per_class,
         **identity,
     )
-    prob = np.array([r.answer_prob for r in rows])
-    side = {
-        "n_fit": int(len(fit_idx)),
-        "n_heldout": int(len(ho_idx)),
+    families = sorted({r.family for r in rows if r.family is not None})
+    side: dict[str, Any] = {
+        "n_fit": int(len(fit_ok)), "n_heldout": int(len(ho_ok)),
         "accuracy_heldout": float(correct[ho_idx].mean()) if len(ho_idx) else None,
-        "auroc_answer_prob_heldout": auroc(-prob[ho_idx], ~correct[ho_idx]) if len(ho_idx) else None,
-        "auroc_entropy_heldout": {agg: auroc(np.array([r.scores[agg] for r in rows])[ho_idx], ~correct[ho_idx])
-                                  for agg in ("mean", "max", "first")} if len(ho_idx) else None,
+        "families": families, "score_label": chosen.label,
+        "heldout_scores": values[ho_ok], "heldout_correct": correct[ho_ok],
     }
+    update: dict[str, Any] = {}
+    gated_ho = np.zeros(len(ho_ok), dtype=bool)
+    if novelty_quantile is not None and novelty_quantile > 0:
+        if not _available("novelty", rows):
+            raise CalibrationError("a novelty gate needs the pooled hidden states (features) of every answer")
+        nov = fit_score("novelty", fit_sig, correct[fit_idx])
+        nov_fit = nov.many(fit_sig)
+        gate_t = float(np.quantile(nov_fit, float(novelty_quantile)))
+        nov_ho = nov.many([rows[i].signals for i in ho_ok])
+        gated_ho = nov_ho >= gate_t
+        update["novelty_gate"] = NoveltyGate(score=ScoreSpec(name="novelty", params=nov.params), threshold=gate_t,
+                                             quantile=float(novelty_quantile),
+                                             heldout_share_gated=float(gated_ho.mean()) if len(ho_ok) else None)
+    if group_by is not None:
+        if group_by != "family":
+            raise CalibrationError(f"group_by must be 'family' for calibration data, got {group_by!r}")
+        thresholds, metrics = {}, {}
+        fam_of = np.array([rows[i].family or "" for i in range(len(rows))])
+        for fam in families:
+            f_idx = fit_ok[fam_of[fit_ok] == fam]
+            n_c, n_w = int(correct[f_idx].sum()), int((~correct[f_idx]).sum())
+            if n_c < min_per_class or n_w < min_per_class:
+                continue  # too few of one class: the global threshold applies
+            g = fit_calibration(values[f_idx], correct[f_idx], rule=rule, target_precision=target_precision,
+                                delta=delta, min_per_class=min_per_class, grid_size=16)
+            thresholds[fam] = g.threshold
+            h_idx = ho_ok[fam_of[ho_ok] == fam]
+            if len(h_idx):
+                metrics[fam] = evaluate_threshold(values[h_idx], correct[h_idx], g.threshold)
+        update["groups"] = GroupThresholds(key="family", min_per_class=min_per_class, thresholds=thresholds,
+                                           heldout_metrics=metrics)
+    if table:
+        side["score_table"] = _auroc_table(rows, fit_idx, ho_idx, correct, families)
+        update["score_aurocs"] = {t["label"]: t["auroc"] for t in side["score_table"]}
+    if update:
+        cal = cal.model_copy(update=update)
+    # the verdict as the Guard gives it (gate and groups included) on held-out answers
+    if len(ho_ok):
+        groups = [rows[i].family for i in ho_ok]
+        thr = np.array([np.nan if (t := cal.threshold_for(g)) is None else t for g in groups])
+        confident = (values[ho_ok] < thr) & ~gated_ho
+        c = correct[ho_ok]
+        side["verdict_heldout"] = {
+            "share_confident": float(confident.mean()),
+            "precision_confident": float(c[confident].mean()) if confident.any() else None,
+            "n_confident": int(confident.sum()), "n_wrong_confident": int((confident & ~c).sum()),
+            "share_gated": float(gated_ho.mean()),
+        }
     return cal, side
 
 
@@ -135,10 +294,36 @@ def model_identity(model) -> str:
     return get_adapter(model).model_id
 
 
-def write_scores(path: Path, rows: Sequence[ScoredAnswer]) -> None:
-    import json
-
-    with open(path, "w") as f:
+def write_signals(path: str | Path, rows: Sequence[ScoredAnswer], meta: dict[str, Any] | None = None) -> Path:
+    """One JSON object per answer (id, answer, correct, signals, extra fields); ``meta`` as the first line."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        f.write(json.dumps({"_meta": dict(meta or {})}) + "\n")
         for r in rows:
-            f.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct, "scores": r.scores,
-                                "answer_prob": r.answer_prob, **r.extra}) + "\n")
+            f.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct,
+                                "signals": r.signals.to_json(), "extra": r.extra}) + "\n")
+    return path
+
+
+def read_signals(path: str | Path) -> tuple[list[ScoredAnswer], dict[str, Any]]:
+    """Read what :func:`write_signals` wrote: ``(rows, meta)``."""
+    rows, meta = [], {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        raw = json.loads(line)
+        if "_meta" in raw:
+            meta = raw["_meta"]
+            continue
+        rows.append(ScoredAnswer(id=str(raw["id"]), answer=raw["answer"], correct=bool(raw["correct"]),
+                                 signals=AnswerSignals.from_json(raw["signals"]), extra=raw.get("extra", {})))
+    return rows, meta
+
+
+def write_scores(path: Path, rows: Sequence[ScoredAnswer], table: Sequence[tuple[str, dict[str, Any]]] = TABLE_SCORES) -> None:
+    """Per-record values of the unfitted table scores (JSONL), for quick inspection."""
+    scores = [(_label(n, p), get_score(n, **p)) for n, p in table if n not in ("novelty", "fused") and _available(n, rows)]
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct,
+                                "scores": {label: s(r.signals) for label, s in scores}, **r.extra}) + "\n")

@@ -87,11 +87,60 @@ def telemetry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console-spans", action="store_true", help="print the spans")
 
 
+PRESETS = {
+    # the FastRM paper's configuration: mean normalised map entropy, midpoint of the class means, no gate
+    "paper": {"score": "map_entropy", "aggregation": "mean", "rule": "paper_midpoint", "novelty_quantile": None},
+}
+
+
+def _score_params(args) -> dict:
+    return {} if args.aggregation is None else {"aggregation": args.aggregation}
+
+
 def _cmd_calibrate(args, console: Console) -> int:
     from calibration import dataset_hash, plot_calibration, read_vqa_jsonl
+
+    from .calibrate import calibrate_scores, read_signals, score_records, write_scores, write_signals
+
+    if args.preset is not None:
+        for key, value in PRESETS[args.preset].items():
+            setattr(args, key, value)
+    if args.from_signals:
+        rows, meta = read_signals(args.from_signals)
+        identity = {k: meta.get(k) for k in ("model_id", "model_hash", "proxy_id", "proxy_hash", "dataset_hash")}
+    else:
+        if not args.data:
+            raise GuardrailError("--data is required (or --from-signals with stored signals)")
+        rows, identity = _answer_records(args, console)
+        if args.signals_out:
+            write_signals(args.signals_out, rows, meta=identity)
+            console.print(f"signals: {args.signals_out}")
+    if args.scores_out:
+        write_scores(Path(args.scores_out), rows)
+    cal, side = calibrate_scores(
+        rows, score=args.score, score_params=_score_params(args), rule=args.rule, fit_fraction=args.fit_fraction,
+        seed=args.seed, target_precision=args.target_precision, delta=args.delta,
+        novelty_quantile=args.novelty_quantile, group_by=args.group_by, **identity,
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    cal.save(args.out)
+    _print_score_table(console, side)
+    _print_calibration(console, cal, side)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_calibration(cal, side["heldout_scores"], side["heldout_correct"], args.plot,
+                         title=f"{side['score_label']}, {cal.rule}: held-out answers (n={side['n_heldout']}); "
+                               f"KDE of the fitting answers (n={side['n_fit']})")
+        console.print(f"plot: {args.plot} (histograms: the held-out answers)")
+    console.print(f"calibration written to {args.out}")
+    return 0
+
+
+def _answer_records(args, console: Console):
+    from calibration import dataset_hash, read_vqa_jsonl
     from fastrm_core import FastRMProxy, load_vlm, weights_fingerprint
 
-    from .calibrate import calibrate_scores, model_identity, score_records, write_scores
+    from .calibrate import model_identity, score_records
 
     records, problems = read_vqa_jsonl(args.data, strict=args.strict)
     for p in problems:
@@ -111,27 +160,27 @@ def _cmd_calibrate(args, console: Console) -> int:
                                       progress=lambda n: progress.advance(task, n))
     for s in skipped:
         console.print(f"[yellow]not scored[/yellow] {escape(s)}")
-    if args.scores_out:
-        write_scores(Path(args.scores_out), rows)
-    cal, side = calibrate_scores(
-        rows, rule=args.rule, aggregation=args.aggregation, fit_fraction=args.fit_fraction, seed=args.seed,
-        target_precision=args.target_precision, delta=args.delta, model_id=model_identity(model),
-        model_hash=weights_fingerprint(model), proxy_id=Path(proxy_path).name,
-        proxy_hash=proxy.fingerprint(), dataset_hash=dataset_hash(args.data),
-    )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    cal.save(args.out)
-    _print_calibration(console, cal, side)
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        import numpy as np
+    identity = {"model_id": model_identity(model), "model_hash": weights_fingerprint(model), "proxy_id": Path(proxy_path).name,
+                "proxy_hash": proxy.fingerprint(), "dataset_hash": dataset_hash(args.data)}
+    return rows, identity
 
-        scores = np.array([r.scores[args.aggregation] for r in rows])
-        correct = np.array([r.correct for r in rows])
-        plot_calibration(cal, scores, correct, args.plot)
-        console.print(f"plot: {args.plot}")
-    console.print(f"calibration written to {args.out}")
-    return 0
+
+def _print_score_table(console: Console, side: dict) -> None:
+    """Every available score's held-out AUROC for predicting a wrong answer, overall and per family."""
+    table_rows = side.get("score_table") or []
+    if not table_rows:
+        return
+    fams = side.get("families") or []
+    table = Table(title=f"held-out AUROC of each score ({side['n_heldout']} answers; 1 = perfect, 0.5 = chance)")
+    table.add_column("score", no_wrap=True)
+    table.add_column("all", justify="right")
+    for fam in fams:
+        table.add_column(fam[:10], justify="right")
+    for row in table_rows:
+        mark = " *" if row["label"] == side.get("score_label") else ""
+        table.add_row(row["label"] + mark, _fmt(row["auroc"]), *[_fmt(row["families"].get(f)) for f in fams])
+    console.print(table)
+    console.print("* the score in use. novelty and fused are fitted on the fitting answers only.")
 
 
 def _fmt(v, pct=False):
@@ -143,8 +192,8 @@ def _fmt(v, pct=False):
 def _print_calibration(console: Console, cal, side: dict) -> None:
     """The rules side by side, readable at 80 columns: the rates in one table, the counts in another."""
     rows = cal.rules_table()
-    title = (f"held-out figures ({side['n_heldout']} answers; fitted on {side['n_fit']}; "
-             f"accuracy {_fmt(side['accuracy_heldout'], True)})")
+    title = (f"rules on {side.get('score_label', cal.score.name)}: held-out figures ({side['n_heldout']} answers; "
+             f"fitted on {side['n_fit']}; accuracy {_fmt(side['accuracy_heldout'], True)})")
     rates = Table(title=title)
     rates.add_column("rule", no_wrap=True)
     for col in ("threshold", "AUROC", "share\nconfident", "precision\nconfident", "precision\nuncertain"):
@@ -167,10 +216,17 @@ def _print_calibration(console: Console, cal, side: dict) -> None:
     console.print(counts)
     console.print("* the rule in use. Confident = score below the threshold; TP = confident and right, "
                   "FP = confident and wrong, TN = uncertain and wrong, FN = uncertain and right.")
-    ent = side.get("auroc_entropy_heldout") or {}
-    console.print("AUROC on held-out answers for predicting a wrong answer: "
-                  + ", ".join(f"entropy {k} {_fmt(v)}" for k, v in ent.items())
-                  + f"; answer-token probability {_fmt(side.get('auroc_answer_prob_heldout'))}")
+    if cal.guarantee:
+        console.print(f"guarantee: {escape(cal.guarantee)}")
+    verdict = side.get("verdict_heldout")
+    if verdict is not None:
+        console.print(
+            f"the verdict on held-out answers (score {escape(side.get('score_label', ''))}, rule {cal.rule}"
+            + (f", novelty gate at the {cal.novelty_gate.quantile:g} quantile" if cal.novelty_gate else "")
+            + (", per-family thresholds" if cal.groups else "")
+            + f"): {_fmt(verdict['share_confident'], True)} confident, precision "
+            f"{_fmt(verdict['precision_confident'], True)} ({verdict['n_wrong_confident']} wrong of "
+            f"{verdict['n_confident']}); {_fmt(verdict['share_gated'], True)} gated as novel")
     for note in cal.notes:
         console.print(f"[yellow]note[/yellow] {escape(note)}")
     for rr in rows[1:]:  # the rule in use has its note in cal.notes; the alternatives keep theirs apart
@@ -245,14 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit a confidence threshold on a labelled JSONL set")
     model_args(p, need_calibration=False)
-    p.add_argument("--data", required=True, help="JSONL: {id, image, question, answers, ...} per line")
+    p.add_argument("--data", default=None, help="JSONL: {id, image, question, answers, ...} per line")
     p.add_argument("--out", required=True, help="calibration JSON to write")
+    p.add_argument("--score", default="map_entropy",
+                   help="the score the threshold applies to: map_entropy, map_spread, token_nll, predictive_entropy, "
+                        "low_margin, novelty, fused (see docs/calibration.md)")
+    p.add_argument("--aggregation", default=None, choices=["mean", "max", "first"],
+                   help="over content tokens (default: the score's own; first is for map_entropy only)")
     p.add_argument("--rule", default="paper_midpoint", choices=["paper_midpoint", "density_crossing", "guaranteed_precision"])
     p.add_argument("--target-precision", type=float, default=0.98,
                    help="guaranteed_precision: the precision of confident answers to certify")
     p.add_argument("--delta", type=float, default=0.1,
                    help="guaranteed_precision: the probability that the guarantee fails")
-    p.add_argument("--aggregation", default="mean", choices=["mean", "max", "first"])
+    p.add_argument("--novelty-quantile", type=float, default=None,
+                   help="gate inputs whose novelty is above this quantile of the fitting inputs' (e.g. 0.995)")
+    p.add_argument("--group-by", default=None, choices=["family"], help="per-family thresholds (global fallback)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="paper: the FastRM paper's configuration (map_entropy mean, paper_midpoint, no gate)")
     p.add_argument("--fit-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
@@ -260,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-suffix", default=None, help="appended to every question (use the proxy's)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records")
     p.add_argument("--strict", action="store_true", help="reject the file on any malformed line")
-    p.add_argument("--plot", default=None, help="draw the KDEs and threshold to this PNG")
+    p.add_argument("--plot", default=None, help="draw the chosen score's KDEs and threshold to this PNG")
     p.add_argument("--scores-out", default=None, help="also write per-record scores (JSONL)")
+    p.add_argument("--signals-out", default=None, help="also write every answer's signals (JSONL), for --from-signals")
+    p.add_argument("--from-signals", default=None, help="fit from stored signals instead of running the model")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("view", help="render the guarded calls of a JSONL trace")

@@ -67,7 +67,7 @@ def run_demo(
     guard = Guard.from_pretrained(model, proxy=proxy, calibration=calibration, policy=policy,
                                   tracer_provider=provider, meter_provider=meters, capture_content=True)
     console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
-                  f"v{guard.policy.version}, threshold {guard.calibration.threshold:.3f} ({guard.calibration.rule})")
+                  f"v{guard.policy.version}, {guard.calibration_id.split(' data:')[0]}")
     examples = list(preset.examples(pool, seed))
     paths = []
     for ex in examples:

@@ -51,7 +51,8 @@ from .metrics import GuardMetrics
 from .render import view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, Timings, TokenEvent
-from .scoring import cut_at_eos, score_answer
+from .scoring import Scorer, answer_signals, cut_at_eos, score_answer
+from .signals import TokenSignals
 from .telemetry import (
     MapBudget,
     chat_attributes,
@@ -152,7 +153,7 @@ class Guard:
         processor: Any,
         *,
         proxy: FastRMProxy | str | os.PathLike,
-        calibration: Calibration | str | os.PathLike,
+        calibration: Calibration | str | os.PathLike | None = None,
         policy: Policy | str | os.PathLike = "default",
         tracer_provider: trace.TracerProvider | None = None,
         capture_content: bool | None = None,
@@ -173,20 +174,27 @@ class Guard:
         self.proxy = proxy if isinstance(proxy, FastRMProxy) else FastRMProxy.from_pretrained(proxy)
         self.proxy.check_compatible(self.adapter)
         self.proxy.to(next(self.adapter.final_norm.parameters()).device)  # a sharded model's last shard
-        self.calibration = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+        if calibration is not None and not isinstance(calibration, Calibration):
+            calibration = Calibration.load(calibration)
+        self.calibration = calibration  # None: observe-only (every score, no verdict)
         self.model_name = model_name or self.adapter.model_id
         self.proxy_id = self.proxy.fingerprint()
-        # The weights are hashed only when the calibration records a hash to compare with (one
-        # pass over the weights); the folder name alone never vouches for the model.
-        model_hash = weights_fingerprint(model) if self.calibration.model_hash is not None else None
-        self.calibration.check_compatible(model_id=self.adapter.model_id, model_hash=model_hash,
-                                          proxy_hash=self.proxy_id)
-        threshold = self.calibration.threshold
-        self.calibration_id = f"{self.calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
-        if self.calibration.dataset_hash:
-            self.calibration_id += f" data:{self.calibration.dataset_hash[:16]}"
+        self.calibration_id = "none"
+        if self.calibration is not None:
+            # The weights are hashed only when the calibration records a hash to compare with (one
+            # pass over the weights); the folder name alone never vouches for the model.
+            model_hash = weights_fingerprint(model) if self.calibration.model_hash is not None else None
+            self.calibration.check_compatible(model_id=self.adapter.model_id, model_hash=model_hash,
+                                              proxy_hash=self.proxy_id)
+            threshold = self.calibration.threshold
+            self.calibration_id = (f"{self.calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
+                                   f" score:{self.calibration.score.name}")
+            if self.calibration.dataset_hash:
+                self.calibration_id += f" data:{self.calibration.dataset_hash[:16]}"
+        self._scorer = Scorer(self.calibration)
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        self._check_policy_scores()
         if prompt_template is not None and ("{question}" not in prompt_template or "<image>" not in prompt_template):
             raise InputError("prompt_template must contain '<image>' and '{question}'")
         self.prompt_template = prompt_template
@@ -223,6 +231,28 @@ class Guard:
                              f"(presets: {', '.join(list_presets()) or 'none installed'})")
         vlm, processor = load_vlm(model, dtype=dtype, device=device)
         return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
+
+    def _check_policy_scores(self) -> None:
+        unknown = sorted({name for rule in self.policy.rules for name in (rule.when.scores or {})}
+                         - set(self._scorer.names()))
+        if unknown:
+            raise PolicyError(f"policy {self.policy.id!r} has conditions on unknown score(s) {', '.join(unknown)}; "
+                              f"this guard computes: {', '.join(self._scorer.names())}")
+
+    def _with_recorder(self, kwargs: dict, recorder: TokenSignals) -> dict:
+        """``kwargs`` with the token-signal recorder appended to any logits processors of the caller."""
+        from transformers import LogitsProcessorList
+
+        return {**kwargs, "logits_processor": LogitsProcessorList([*(kwargs.get("logits_processor") or []), recorder])}
+
+    @staticmethod
+    def _signal_rows(cap, recorder: TokenSignals, out) -> list[dict]:
+        """Per batch row, the token signals (T,) and pooled prompt features (F,) of the one generate."""
+        tsig = recorder.result(out)
+        feats = cap.features if cap.prompt_features is not None else None
+        return [{"token_logprob": tsig.token_logprob[b], "predictive_entropy": tsig.predictive_entropy[b],
+                 "margin": tsig.margin[b], "features": None if feats is None else feats[b]}
+                for b in range(out.shape[0])]
 
     # ------------------------------------------------------------------ inputs
     def prompt(self, question: str) -> str:
@@ -282,12 +312,15 @@ class Guard:
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
             error: BaseException | None = None
             maps = out = None
+            rows_signals: list[dict] = [{} for _ in questions]
             with self._lock:
                 t0 = time.perf_counter()
                 try:
+                    recorder = TokenSignals()
                     with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
-                        out = self.model.generate(**inputs, **kwargs, streamer=clock)
+                        out = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder), streamer=clock)
                     maps = cap.maps.numpy()  # (B, T, rows, cols)
+                    rows_signals = self._signal_rows(cap, recorder, out)
                 except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
                     error = exc
                 except (ValueError, TypeError) as exc:  # generate validates its arguments before any work
@@ -310,7 +343,7 @@ class Guard:
                 prompts.append(int(inputs["attention_mask"][b].sum()))  # this row's prompt, without padding
                 result, answer = self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
                                               n_prompt=prompts[-1], image=pil[b], row=b, n_rows=len(questions),
-                                              token_times=clock.times)
+                                              token_times=clock.times, signals=rows_signals[b])
                 results.append(result)
                 answers.append(answer)
             self._annotate_chat(chat_span, results, answers, prompts, kwargs, pil)
@@ -351,10 +384,13 @@ class Guard:
 
         def worker():
             try:
+                recorder = TokenSignals()
                 with self._lock, torch.no_grad(), capture(self.model, self.proxy, thread="current",
                                                           adapter=self.adapter) as cap:
                     box["cap"] = cap
-                    box["out"] = self.model.generate(**inputs, **kwargs, streamer=_Streamer())
+                    box["out"] = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder),
+                                                     streamer=_Streamer())
+                box["signals"] = self._signal_rows(cap, recorder, box["out"])[0]
             except BaseException as exc:  # handed to the consumer thread
                 box["error"] = exc
             finally:
@@ -395,18 +431,20 @@ class Guard:
                 gen = self.model.generate(**inputs, **kwargs)[0, n_prompt:].tolist()
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}", start_time=start_ns) as chat_span:
             result, answer = self._finish(question, gen, maps, error, tags, kwargs, model_s, start,
-                                          n_prompt=n_prompt, image=pil[0], token_times=times)
+                                          n_prompt=n_prompt, image=pil[0], token_times=times,
+                                          signals=box.get("signals") or {})
             self._annotate_chat(chat_span, [result], [answer], [n_prompt], kwargs, pil)
         yield result
 
     # ------------------------------------------------------------------ scoring and deciding
     def _finish(self, question, gen, maps, error, tags, kwargs, model_s, start, *, n_prompt, image=None, row=0,
-                n_rows=1, token_times=()) -> tuple[GuardResult, str]:
+                n_rows=1, token_times=(), signals: dict | None = None) -> tuple[GuardResult, str]:
         """Score, decide and escalate one row, inside its ``apply_guardrail`` span; returns the result and
         the model's own answer (which the result may withhold)."""
         with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
             t_guard = time.perf_counter()
-            result, decision, answer = self._decide(question, gen, maps, error, tags, span, image)
+            result, decision, answer = self._decide(question, gen, maps, error, tags, span, image,
+                                                      signals=signals)
             guard_s = time.perf_counter() - t_guard
             result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
             self._annotate_guard(span, result, decision, answer, model_s, guard_s, image=image, row=row,
@@ -414,7 +452,8 @@ class Guard:
         self.metrics.record(result, model=self.model_name, input_tokens=n_prompt)
         return result, answer
 
-    def _decide(self, question, gen, maps, error, tags, span, image) -> tuple[GuardResult, Decision, str]:
+    def _decide(self, question, gen, maps, error, tags, span, image,
+                signals: dict | None = None) -> tuple[GuardResult, Decision, str]:
         tok = self.processor.tokenizer
         gen, stopped = cut_at_eos(gen, self._eos_ids)
         finish = "stop" if stopped else "length"
@@ -423,32 +462,37 @@ class Guard:
         entropies: list[float] = []
         content: list[bool] = []
         score = verdict = None
+        scores: dict = {}
         if maps is not None:
             maps = maps[: len(gen)]
         if error is None:
             try:
                 if maps is None or len(maps) != len(gen):
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
-                scored = score_answer(maps, gen, tok, normalized=self.calibration.entropy_normalized,
-                                      aggregation=self.calibration.aggregation, eos_ids=self._eos_ids)
+                cal = self.calibration
+                scored = score_answer(maps, gen, tok, normalized=True if cal is None else cal.entropy_normalized,
+                                      aggregation="mean" if cal is None else cal.aggregation, eos_ids=self._eos_ids)
                 entropies = scored.entropies.tolist()
                 content = scored.content.tolist()
-                score = scored.score
-                # an answer without content tokens has no score: nothing supports it, so "uncertain"
-                verdict = "uncertain" if score is None else self.calibration.verdict(score)
+                sig = answer_signals(gen, tok, maps=maps, eos_ids=self._eos_ids, **(signals or {}))
+                group = next((t for t in tags if cal is not None and cal.groups and t in cal.groups.thresholds), None)
+                # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
+                scores, score, verdict = self._scorer.evaluate(sig, group=group)
             except (GuardrailError, ValueError) as exc:
                 error = exc
         n_content = int(sum(content))
         max_entropy = max((e for e, c in zip(entropies, content) if c), default=None)
         if error is None:
-            decision = decide(self.policy, DecisionContext(verdict=verdict, score=score, threshold=self.calibration.threshold,
-                                                           n_answer_tokens=n_content, max_token_entropy=max_entropy, tags=tags))
+            decision = decide(self.policy, DecisionContext(verdict=verdict, score=score, threshold=self._threshold(tags),
+                                                           n_answer_tokens=n_content, max_token_entropy=max_entropy,
+                                                           tags=tags, scores=scores))
         else:
             decision = decide_on_error(self.policy, error)
         text, flagged = apply(decision, answer)
         if decision.action == "escalate" and error is None:
             try:
-                escalate(decision, self._escalation_payload(question, answer, text, score, verdict, tags, image),
+                escalate(decision, {**self._escalation_payload(question, answer, text, score, verdict, tags, image),
+                                    "scores": scores},
                          timeout_s=self.limits.handler_timeout_s, **_ids(span))
             except PolicyError as exc:
                 error = exc
@@ -461,7 +505,7 @@ class Guard:
         result = GuardResult(
             question=question, answer=answer_shown, text=text, token_ids=gen, tokens=token_strs,
             maps=maps if error is None else None, entropies=entropies, content=content, score=score,
-            threshold=self.calibration.threshold, patch_threshold=self.proxy.config.classification_threshold,
+            scores=scores, threshold=self._threshold(tags), patch_threshold=self.proxy.config.classification_threshold,
             verdict=verdict, action=decision.action, rule=decision.rule,
             reason=decision.reason, flagged=flagged, unguarded=decision.unguarded, policy_id=decision.policy_id,
             policy_version=decision.policy_version, finish_reason=finish,
@@ -474,7 +518,7 @@ class Guard:
         model and guard artifacts, and the image by reference (its data only with content capture)."""
         payload: dict[str, Any] = {
             "question": question, "answer": answer, "returned_text": text, "score": score, "verdict": verdict,
-            "threshold": self.calibration.threshold, "tags": list(tags), "model": self.model_name,
+            "threshold": self._threshold(tags), "tags": list(tags), "model": self.model_name,
             "proxy_id": self.proxy_id, "calibration_id": self.calibration_id,
         }
         if image is not None:
@@ -482,6 +526,12 @@ class Guard:
             if self.capture_content:
                 payload["image"]["data_uri"] = image_data_uri(image.pil)
         return payload
+
+    def _threshold(self, tags) -> float | None:
+        if self.calibration is None:
+            return None
+        group = next((t for t in tags if self.calibration.groups and t in self.calibration.groups.thresholds), None)
+        return self.calibration.threshold_for(group)
 
     # ------------------------------------------------------------------ telemetry (never raises)
     def _span(self, name: str, start_time: int | None = None):
@@ -562,7 +612,9 @@ class Guard:
                 answer=answer if content else None, returned_text=result.text if content else None,
             ))
             span.set_attributes({
-                semconv.FASTRM_SCORE_AGGREGATION: self.calibration.aggregation,
+                semconv.FASTRM_SCORE_AGGREGATION: "none" if self.calibration is None else self.calibration.aggregation,
+                semconv.FASTRM_SCORE_NAME: "none" if self.calibration is None else self.calibration.score.name,
+                **{f"{semconv.FASTRM_SCORES_PREFIX}{k}": float(v) for k, v in result.scores.items() if v is not None},
                 semconv.FASTRM_MAP_GRID: list(self.adapter.grid),
                 semconv.FASTRM_PROXY_ID: self.proxy_id,
                 semconv.FASTRM_CALIBRATION_ID: self.calibration_id,

@@ -65,8 +65,12 @@ class GuardResult(BaseModel):
     entropies, its ``entropy_normalized``; raw nats otherwise) and ``content`` (T,) which of
     them count in the score. An answer without content tokens has ``score=None`` and the
     verdict ``uncertain``.
-    ``score`` aggregates the content tokens' entropies: higher = more uncertain; the
-    answer is ``confident`` when ``score < threshold``. When the guard itself failed,
+    ``score`` is the value of the calibration's score (``calibration.score``: map entropy, token
+    probability, fused, ...; higher = more uncertain); the answer is ``confident`` when
+    ``score < threshold`` (and, with a novelty gate, the input is not novel). ``scores`` holds every
+    score the guard computed, by name (see docs/calibration.md). Without a calibration
+    (observe-only), ``verdict``, ``score`` and ``threshold`` are None: the call is *unscored*,
+    and the policy decides on ``scores`` or on ``verdict: unscored``. When the guard itself failed,
     ``error`` says why, ``unguarded`` is true and the policy's ``on_error`` decided.
 
     A result round-trips through JSON: ``GuardResult.model_validate_json(r.model_dump_json())``
@@ -84,6 +88,7 @@ class GuardResult(BaseModel):
     entropies: list[float] = Field(default_factory=list)
     content: list[bool] = Field(default_factory=list)
     score: Optional[float] = None
+    scores: dict[str, Optional[float]] = Field(default_factory=dict)
     threshold: Optional[float] = None
     patch_threshold: Optional[float] = Field(
         default=None, description="the proxy's classification threshold: a patch with probability >= it is relevant")

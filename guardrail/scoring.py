@@ -1,4 +1,4 @@
-"""From one answer's per-token maps to its score: shared by the Guard and ``guardrail calibrate``."""
+"""From one answer's per-token maps and signals to its scores: shared by the Guard and ``guardrail calibrate``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from calibration import answer_score, content_token_mask, token_entropy
+from calibration import AnswerSignals, answer_score, content_token_mask, token_entropy
 
-__all__ = ["AnswerScore", "cut_at_eos", "score_answer"]
+__all__ = ["OBSERVED_SCORES", "AnswerScore", "Scorer", "answer_signals", "cut_at_eos", "score_answer"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,90 @@ def score_answer(
     content = content_token_mask(list(token_ids), tokenizer, extra_excluded_ids=eos_ids)  # (T,)
     score = answer_score(ent, content, aggregate=aggregation) if content.any() else None
     return AnswerScore(ent, content, score)
+
+
+def answer_signals(
+    token_ids: Sequence[int],
+    tokenizer: Any,
+    *,
+    maps: np.ndarray | None = None,
+    token_logprob: np.ndarray | None = None,
+    predictive_entropy: np.ndarray | None = None,
+    margin: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    eos_ids: Iterable[int] = (),
+    group: str | None = None,
+    keep_maps: bool = True,
+) -> AnswerSignals:
+    """Everything the scores need about one answer, from what its ``generate`` recorded.
+
+    ``token_ids`` (T,) is the answer cut at its end-of-sequence token; the per-token arrays may be
+    longer (padding steps of a batch) and are cut to ``T``. ``maps`` (T, rows, cols) give the map
+    entropies (nats) and, with ``keep_maps``, the maps themselves (for ``map_spread``).
+    """
+    ids = list(token_ids)
+    t = len(ids)
+    content = content_token_mask(ids, tokenizer, extra_excluded_ids=eos_ids)  # (T,)
+
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.asarray(a, dtype=np.float64)[:t]
+
+    entropy = n_patches = kept = None
+    if maps is not None:
+        m = np.asarray(maps)[:t]  # (T, rows, cols)
+        n_patches = int(np.prod(m.shape[1:]))
+        entropy = np.atleast_1d(np.asarray(token_entropy(m, map_ndim=2), dtype=np.float64)) if t else np.zeros(0)
+        kept = m.astype(np.float32) if keep_maps else None
+    return AnswerSignals(
+        content=np.asarray(content, dtype=bool), map_entropy=entropy, n_patches=n_patches, maps=kept,
+        token_logprob=cut(token_logprob), predictive_entropy=cut(predictive_entropy), margin=cut(margin),
+        features=None if features is None else np.asarray(features, dtype=np.float64), group=group,
+    )
+
+
+#: the scores every guarded call reports (``GuardResult.scores``), by name, with their default parameters
+OBSERVED_SCORES: tuple[tuple[str, dict], ...] = (
+    ("map_entropy", {"aggregation": "mean", "normalized": True}),
+    ("map_spread", {}),
+    ("token_nll", {"aggregation": "max"}),
+    ("predictive_entropy", {"aggregation": "max"}),
+    ("low_margin", {"aggregation": "max"}),
+)
+
+
+class Scorer:
+    """The Guard's scores: every observed score, the calibration's own score and its novelty gate.
+
+    ``evaluate(signals)`` returns ``(scores, score, verdict)``: ``scores`` by name (the
+    calibration's score under its own name, replacing the observed one of that name; ``novelty``
+    when the calibration has a gate), ``score`` the calibration's score (None without a calibration
+    or when the answer has nothing to score), and ``verdict`` (None without a calibration:
+    *unscored*; ``uncertain`` for an answer without content tokens).
+    """
+
+    def __init__(self, calibration: Any | None):
+        from calibration import get_score
+
+        self.calibration = calibration
+        self.scores = {name: get_score(name, **params) for name, params in OBSERVED_SCORES}
+        self.score = self.gate = None
+        if calibration is not None:
+            self.score = get_score(calibration.score.name, **calibration.score.params)
+            self.scores[self.score.name] = self.score
+            if calibration.novelty_gate is not None:
+                self.gate = get_score(calibration.novelty_gate.score.name, **calibration.novelty_gate.score.params)
+                self.scores["novelty"] = self.gate
+
+    def names(self) -> list[str]:
+        return sorted(self.scores)
+
+    def evaluate(self, signals: AnswerSignals, group: str | None = None) -> tuple[dict, float | None, str | None]:
+        values = {name: s(signals) if all(signals.has(n) for n in s.needs if n != "scores") else None
+                  for name, s in self.scores.items()}
+        if self.calibration is None:
+            return values, None, None
+        score = values[self.score.name]
+        if score is None:  # nothing to score: nothing supports the answer
+            return values, None, "uncertain"
+        novelty = values.get("novelty") if self.gate is not None else None
+        return values, score, self.calibration.verdict(score, novelty=novelty, group=group)

@@ -120,6 +120,8 @@ METADATA = "metadata"
 
 # --- FastRM attributes (guardrail span)
 FASTRM_SCORE_AGGREGATION = "fastrm.score.aggregation"
+FASTRM_SCORE_NAME = "fastrm.score.name"  # the score the verdict applies to ("none": observe-only)
+FASTRM_SCORES_PREFIX = "fastrm.scores."  # + score name: every score of the answer (higher = more uncertain)
 FASTRM_ANSWER_TOKENS = "fastrm.answer_tokens"
 FASTRM_MAX_TOKEN_ENTROPY = "fastrm.max_token_entropy"
 FASTRM_MAP_GRID = "fastrm.map.grid"

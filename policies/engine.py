@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fastrm_common.errors import InputError
@@ -41,23 +42,26 @@ __all__ = ["Decision", "DecisionContext", "apply", "decide", "decide_on_error", 
 class DecisionContext:
     """What a policy sees of one guarded call.
 
-    - ``verdict``: ``"confident"`` or ``"uncertain"`` (from the calibration).
+    - ``verdict``: ``"confident"`` or ``"uncertain"`` (from the calibration), or None when the
+      guard runs without a calibration (observe-only: ``when: {verdict: unscored}`` matches).
     - ``score``: the answer score (aggregated map entropy; higher = more uncertain), or None.
     - ``threshold``: the calibration threshold the score was compared with, or None.
     - ``n_answer_tokens``: number of answer tokens that were scored.
     - ``max_token_entropy``: largest per-token entropy among them, or None when there are none.
+    - ``scores``: every answer score the guard computed, by name (None where it could not).
     - ``tags``: the request's tags (any iterable of strings; stored as a frozenset).
     """
 
-    verdict: Verdict
+    verdict: Verdict | None
     score: float | None = None
     threshold: float | None = None
     n_answer_tokens: int = 0
     max_token_entropy: float | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
+    scores: Mapping[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
+        if self.verdict is not None and self.verdict not in VERDICTS:
             raise InputError(f"unknown verdict {self.verdict!r}; expected one of: {', '.join(VERDICTS)}")
         if isinstance(self.tags, str):
             raise InputError(f"tags must be a collection of strings, got the string {self.tags!r}")
@@ -113,8 +117,13 @@ def matches(conditions: Conditions, ctx: DecisionContext) -> bool:
 
     A range on a quantity that is None or NaN in ``ctx`` does not match.
     """
-    if conditions.verdict is not None and ctx.verdict != conditions.verdict:
-        return False
+    if conditions.verdict is not None:
+        if (ctx.verdict or "unscored") != conditions.verdict:
+            return False
+    for name, bounds in (conditions.scores or {}).items():
+        value = ctx.scores.get(name)
+        if value is None or math.isnan(value) or not bounds.contains(value):
+            return False
     for name, value in (
         ("score", ctx.score),
         ("margin", ctx.margin),

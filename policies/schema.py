@@ -62,6 +62,8 @@ __all__ = [
 
 ActionName = Literal["allow", "flag", "abstain", "escalate"]
 Verdict = Literal["confident", "uncertain"]
+#: what a ``when: {verdict: ...}`` condition may ask: a verdict, or ``unscored`` (an observe-only guard gave none)
+VerdictCondition = Literal["confident", "uncertain", "unscored"]
 OnError = Literal["fail_open", "fail_closed"]
 
 ACTIONS: tuple[str, ...] = get_args(ActionName)
@@ -147,12 +149,16 @@ def _num(x: float) -> str:
 class Conditions(_Strict):
     """The ``when`` block of a rule. Every condition is optional; those given are ANDed.
 
-    - ``verdict``: the calibrated verdict, ``confident`` or ``uncertain``.
+    - ``verdict``: the calibrated verdict, ``confident`` or ``uncertain``; ``unscored``
+      matches a call without a verdict (an observe-only guard, without a calibration).
     - ``score``: range of the answer score (aggregated entropy; higher = more uncertain).
     - ``margin``: range of ``score - threshold`` (positive = on the uncertain side),
       which does not depend on the scale of a particular model's scores.
     - ``n_answer_tokens``: range of the number of answer tokens scored.
     - ``max_token_entropy``: range of the largest per-token entropy in the answer.
+    - ``scores``: ranges of named answer scores (each higher = more uncertain), e.g.
+      ``scores: {token_nll: {gt: 0.9}}``; the guard rejects names it does not compute,
+      listing the ones it does (see docs/calibration.md for each score).
     - ``tags_any``: the request carries at least one of these tags.
     - ``tags_all``: the request carries all of these tags.
 
@@ -160,11 +166,12 @@ class Conditions(_Strict):
     the guard could not compute (``None`` in the context) does not match.
     """
 
-    verdict: Verdict | None = None
+    verdict: VerdictCondition | None = None
     score: Bounds | None = None
     margin: Bounds | None = None
     n_answer_tokens: Bounds | None = None
     max_token_entropy: Bounds | None = None
+    scores: dict[str, Bounds] | None = Field(default=None, min_length=1)
     tags_any: list[str] | None = Field(default=None, min_length=1)
     tags_all: list[str] | None = Field(default=None, min_length=1)
 
@@ -181,6 +188,8 @@ class Conditions(_Strict):
             bounds = getattr(self, name)
             if bounds is not None:
                 parts.append(bounds.describe(name))
+        for name, bounds in sorted((self.scores or {}).items()):
+            parts.append(bounds.describe(f"score {name}"))
         if self.tags_any is not None:
             parts.append(f"tags include any of [{', '.join(self.tags_any)}]")
         if self.tags_all is not None:

@@ -116,9 +116,28 @@ def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
     assert cal["rule"] == "paper_midpoint" and cal["heldout_metrics"]["n"] == len(rows) // 2
     assert cal["proxy_hash"] == tiny_proxy.fingerprint()
     assert (tmp_path / "kde.png").is_file()
-    assert "density_crossing" in text and "guaranteed_precision" in text and "answer-token probability" in text
+    assert "density_crossing" in text and "guaranteed_precision" in text
+    # the table of every score's held-out AUROC, the chosen one marked
+    assert "held-out AUROC of each score" in text and "map_entropy(mean) *" in text and "token_nll(max)" in text
+    assert "fused" in text and "novelty" in text
+    assert set(cal["score_aurocs"]) >= {"map_entropy(mean)", "token_nll(max)", "fused", "novelty"}
     scores = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == len(rows) and sum(s["correct"] for s in scores) == n_right
+    # re-fit from stored signals, on another score and rule, without the model
+    sig_path, out2 = tmp_path / "signals.jsonl", tmp_path / "cal2.json"
+    from guardrail.calibrate import write_signals
+
+    import dataclasses
+
+    labelled = {sc["id"]: sc["correct"] for sc in scores}
+    write_signals(sig_path, [dataclasses.replace(r, correct=labelled[r.id]) for r in rows],
+                  meta={"model_id": "m", "proxy_hash": cal["proxy_hash"]})
+    code, text = run_cli("calibrate", "--from-signals", sig_path, "--out", out2, "--score", "token_nll",
+                         "--rule", "guaranteed_precision", "--target-precision", "0.9", "--novelty-quantile", "0.9")
+    assert code == 0, text
+    cal2 = json.loads(out2.read_text())
+    assert cal2["score"]["name"] == "token_nll" and cal2["rule"] == "guaranteed_precision"
+    assert cal2["novelty_gate"]["quantile"] == 0.9 and "guarantee" in text
 
 
 def test_calibrate_refuses_one_class_data(saved, tmp_path):

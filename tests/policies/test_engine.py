@@ -200,3 +200,24 @@ def test_decision_is_immutable():
     assert isinstance(d, Decision)
     with pytest.raises(AttributeError):
         d.action = "allow"  # type: ignore[misc]
+
+
+def test_conditions_on_named_scores_and_on_a_missing_verdict():
+    from policies import Policy
+
+    policy = Policy.model_validate({
+        "id": "p", "version": "1",
+        "rules": [
+            {"name": "unlikely", "when": {"scores": {"token_nll": {"gt": 0.9}}}, "action": "abstain"},
+            {"name": "observe", "when": {"verdict": "unscored"}, "action": "flag"},
+        ],
+        "default": {"action": "allow"},
+    })
+    assert "score token_nll" in policy.rules[0].when.describe()
+    ctx = DecisionContext(verdict="confident", scores={"token_nll": 1.2})
+    assert decide(policy, ctx).rule == "unlikely"
+    assert decide(policy, DecisionContext(verdict="confident", scores={"token_nll": 0.1})).rule == "default"
+    # a score the guard could not compute does not match
+    assert decide(policy, DecisionContext(verdict="confident", scores={"token_nll": None})).rule == "default"
+    # no calibration: no verdict, the policy decides on the absence
+    assert decide(policy, DecisionContext(verdict=None, scores={"token_nll": 0.1})).rule == "observe"

@@ -124,7 +124,7 @@ def test_unknown_key_names_file_line_field_and_choices(write_policy):
     )
     assert _error(path) == (
         f"{path}:7: rules[0].when.treshold: unknown key 'treshold'; expected one of: "
-        "margin, max_token_entropy, n_answer_tokens, score, tags_all, tags_any, verdict"
+        "margin, max_token_entropy, n_answer_tokens, score, scores, tags_all, tags_any, verdict"
     )
 
 

@@ -1,0 +1,127 @@
+"""The Guard's scores: signals from the one generate, observe-only mode, policies on scores, other scores' verdicts."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from calibration import NoveltyGate, ScoreSpec, fit_calibration
+from fastrm_core import capture
+from fastrm_common.errors import PolicyError
+from guardrail import Guard
+from guardrail.signals import TokenSignals
+from policies import Policy
+
+KW = dict(max_new_tokens=5, min_new_tokens=5)
+Q = "What color is the circle?"
+
+
+def _policy(rules):
+    return Policy.model_validate({"id": "p", "version": "1", "rules": rules, "default": {"action": "allow"}})
+
+
+def test_same_tokens_and_maps_with_the_signals_on(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain)
+    inputs = guard._prepare([image], [Q])
+    with torch.no_grad(), capture(model, tiny_proxy) as cap:  # the signals off
+        plain = model.generate(**inputs, do_sample=False, **KW)
+    plain_maps = cap.maps.numpy()
+    rec = TokenSignals()
+    with torch.no_grad(), capture(model, tiny_proxy) as cap:  # the signals on
+        out = model.generate(**inputs, do_sample=False, logits_processor=LogitsProcessorList([rec]), **KW)
+    assert torch.equal(plain, out)
+    np.testing.assert_array_equal(plain_maps, cap.maps.numpy())
+    # the recorded signals match the logits computed in a separate forward (test only)
+    sig = rec.result(out)
+    assert sig.token_logprob.shape == (1, 5) and rec.num_steps == 5
+    assert np.all(sig.token_logprob <= 0) and np.all((sig.margin >= 0) & (sig.margin <= 1))
+    with torch.no_grad():
+        logits = model(**{**inputs, "input_ids": out, "attention_mask": torch.ones_like(out)}).logits[0]
+    n = inputs["input_ids"].shape[1]
+    logits = logits[n - 1 : -1].double()  # (T, V): the positions predicting each token
+    # the recorder sees the distribution the token is drawn from: min_new_tokens masks end-of-sequence
+    eos = model.generation_config.eos_token_id
+    logits[:, torch.as_tensor(eos if isinstance(eos, list) else [eos])] = -float("inf")
+    logp = torch.log_softmax(logits, -1)
+    chosen = logp.gather(1, out[0, n:, None])[:, 0].numpy()
+    np.testing.assert_allclose(sig.token_logprob[0], chosen, atol=1e-4)
+    ent = -torch.special.xlogy(logp.exp(), logp.exp()).sum(-1).numpy()
+    np.testing.assert_allclose(sig.predictive_entropy[0], ent, atol=1e-4)
+    # the guard itself gives the same tokens and maps as the plain capture
+    r = guard.generate(image, Q, **KW)
+    assert r.token_ids == out[0, n:].tolist()[: len(r.token_ids)]
+    np.testing.assert_allclose(r.maps, plain_maps[0, : len(r.token_ids)], atol=1e-6)
+
+
+def test_no_host_sync_per_token(tiny_llava, tiny_proxy, image, monkeypatch):
+    """The recorder never moves a tensor to the host during generation (.item / .cpu / .tolist / .numpy)."""
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy)
+    inputs = guard._prepare([image], [Q])
+    calls = []
+    rec = TokenSignals()
+    for name in ("item", "cpu", "tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _name=name, _orig=original, **k):
+            calls.append(_name)
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    with torch.no_grad():
+        rec_only = LogitsProcessorList([rec])
+        scores = torch.randn(1, 55)
+        ids = inputs["input_ids"]
+        for _ in range(4):
+            rec_only(ids, scores)
+    assert calls == []  # nothing leaves the device inside the loop
+    rec.result(torch.cat([ids, ids[:, -1:]], 1))
+    assert calls  # one transfer at the end
+
+
+def test_observe_only_guard_returns_every_score_and_no_verdict(tiny_llava, tiny_proxy, image):
+    model, processor = tiny_llava
+    policy = _policy([{"name": "unlikely", "when": {"scores": {"token_nll": {"gt": 1e9}}}, "action": "abstain"},
+                      {"name": "observe", "when": {"verdict": "unscored"}, "action": "flag"}])
+    guard = Guard(model, processor, proxy=tiny_proxy, policy=policy)
+    assert guard.calibration is None and guard.calibration_id == "none"
+    r = guard.generate(image, Q, **KW)
+    assert r.verdict is None and r.score is None and r.threshold is None
+    assert set(r.scores) == {"low_margin", "map_entropy", "map_spread", "predictive_entropy", "token_nll"}
+    assert all(v is not None and np.isfinite(v) for v in r.scores.values())
+    assert r.maps is not None and r.rule == "observe" and r.action == "flag"
+    content = [e for e, c in zip(r.entropies, r.content) if c]
+    assert r.scores["map_entropy"] == pytest.approx(np.mean(content))
+    # the policy decides on a raw score
+    guard = Guard(model, processor, proxy=tiny_proxy,
+                  policy=_policy([{"name": "any", "when": {"scores": {"token_nll": {"gte": 0}}}, "action": "abstain"}]))
+    assert guard.generate(image, Q, **KW).action == "abstain"
+
+
+def test_unknown_score_in_a_policy_lists_the_available_ones(tiny_llava, tiny_proxy):
+    model, processor = tiny_llava
+    with pytest.raises(PolicyError, match="unknown score.*token_prob_min.*computes: low_margin, map_entropy"):
+        Guard(model, processor, proxy=tiny_proxy,
+              policy=_policy([{"name": "r", "when": {"scores": {"token_prob_min": {"lt": 0.4}}}, "action": "flag"}]))
+
+
+def test_verdict_on_another_score_and_the_novelty_gate(tiny_llava, tiny_proxy, image):
+    model, processor = tiny_llava
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.normal(1.0, 0.1, 40), rng.normal(3.0, 0.1, 40)]
+    ok = np.r_[np.ones(40, bool), np.zeros(40, bool)]
+    cal = fit_calibration(s, ok, score=ScoreSpec(name="token_nll", params={"aggregation": "max"}))
+    cal = cal.model_copy(update={"threshold": 1e6})  # every answer confident on the score alone
+    guard = Guard(model, processor, proxy=tiny_proxy, calibration=cal)
+    r = guard.generate(image, Q, **KW)
+    assert r.score == r.scores["token_nll"] and r.verdict == "confident" and r.threshold == 1e6
+    # a gate fitted around other inputs: this one is novel, so uncertain whatever its score
+    feats = rng.normal(size=(50, 3 * 64)) * 1e-3
+    from calibration.novelty import NoveltyModel
+
+    gate = NoveltyGate(score=ScoreSpec(name="novelty", params=NoveltyModel.fit(feats, rank=4).to_params()),
+                       threshold=5.0, quantile=0.99)
+    guard = Guard(model, processor, proxy=tiny_proxy, calibration=cal.model_copy(update={"novelty_gate": gate}))
+    r = guard.generate(image, Q, **KW)
+    assert r.scores["novelty"] > 5.0 and r.verdict == "uncertain"
