@@ -1,10 +1,12 @@
 """Time and peak-memory ratio of ``guard.generate`` over plain ``model.generate``, same model, one run.
 
-Both calls generate the same number of tokens from the same prompt; they alternate, each measured
-``--repeats`` times, and the medians are compared. The guard's extra work per token is the proxy
-(LayerNorm, one D x d projection, N_img dot products) plus, once per answer, entropy, calibration,
-policy and span building (telemetry goes to an in-memory exporter, so its cost is counted). Both
-sides include the processor call. On CPU, peak memory is sampled RSS above the level at the call's
+All calls generate the same number of tokens from the same prompt; they alternate, each measured
+``--repeats`` times, and the medians are compared. Side by side: plain ``model.generate``; the same
+inside the FastRM capture (maps only); the capture plus the token-signal recorder (maps, chosen-token
+log-probabilities, predictive entropy, margin, pooled prompt states: everything the scores need, no
+host sync per token); and the full ``guard.generate`` (all of that, plus every score, the verdict,
+policy and span building; telemetry goes to an in-memory exporter, so its cost is counted). All
+include the processor call. On CPU, peak memory is sampled RSS above the level at the call's
 start, which the allocator's reuse of freed memory can hide (then it prints "-").
 
     python benchmarks/guard_overhead.py                       # random LLaVA-shaped model for this CPU
@@ -32,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from relevancy_speed import SHAPES, PeakMemory  # noqa: E402
 
 from calibration import fit_calibration  # noqa: E402
-from fastrm_core import FastRMProxy, ProxyConfig, get_adapter, load_vlm  # noqa: E402
+from fastrm_core import FastRMProxy, ProxyConfig, capture, get_adapter, load_vlm  # noqa: E402
 from fastrm_core.testing import blank_image, build_tiny_llava  # noqa: E402
 from guardrail import Guard  # noqa: E402
+from guardrail.signals import TokenSignals  # noqa: E402
 
 
 def main(argv=None):
@@ -82,13 +85,33 @@ def main(argv=None):
         with torch.no_grad():
             return model.generate(**guard._prepare([image], [question]), **kw)
 
+    def maps_only():
+        with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
+            out = model.generate(**guard._prepare([image], [question]), **kw)
+        cap.maps
+        return out
+
+    def maps_and_signals():
+        from transformers import LogitsProcessorList
+
+        rec = TokenSignals()
+        with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
+            out = model.generate(**guard._prepare([image], [question]), **kw, logits_processor=LogitsProcessorList([rec]))
+        cap.maps, cap.features, rec.result(out)
+        return out
+
     def guarded():
         return guard.generate(image, question, **kw)
 
-    plain(), guarded()  # warm-up
-    t_plain, t_guard, m_plain, m_guard = [], [], [], []
+    sides = {"model.generate": plain, "+ maps": maps_only, "+ maps + signals": maps_and_signals,
+             "guard.generate": guarded}
+    for fn in sides.values():  # warm-up
+        fn()
+    times_of = {k: [] for k in sides}
+    mems_of = {k: [] for k in sides}
     for _ in range(args.repeats):
-        for fn, times, mems in ((plain, t_plain, m_plain), (guarded, t_guard, m_guard)):
+        for name, fn in sides.items():
+            times, mems = times_of[name], mems_of[name]
             with PeakMemory(device) as pm:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -99,15 +122,17 @@ def main(argv=None):
                 times.append(time.perf_counter() - t0)
             mems.append(pm.peak_mib)
         exporter.clear()
-    tp, tg = statistics.median(t_plain), statistics.median(t_guard)
-    mp, mg = statistics.median(m_plain), statistics.median(m_guard)
-    table = Table(title=f"guard.generate vs model.generate: {label} on {device}, {args.tokens} tokens, median of {args.repeats}")
-    for c in ["", "model.generate", "guard.generate", "ratio"]:
+    tp = statistics.median(times_of["model.generate"])
+    mp = statistics.median(mems_of["model.generate"])
+    table = Table(title=f"vs model.generate: {label} on {device}, {args.tokens} tokens, median of {args.repeats}")
+    for c in ["", "seconds", "ratio", "peak MiB above start", "ratio "]:
         table.add_column(c, justify="right")
-    table.add_row("seconds", f"{tp:.4f}", f"{tg:.4f}", f"{tg / tp:.3f}")
-    table.add_row("peak MiB above start", f"{mp:.1f}", f"{mg:.1f}", f"{mg / mp:.3f}" if mp >= 1 else "- (< 1 MiB)")
+    for name in sides:
+        t, m = statistics.median(times_of[name]), statistics.median(mems_of[name])
+        table.add_row(name, f"{t:.4f}", f"{t / tp:.3f}", f"{m:.1f}", f"{m / mp:.3f}" if mp >= 1 else "- (< 1 MiB)")
     console.print(table)
-    console.print(f"all runs (s): plain {[round(t, 4) for t in t_plain]}  guard {[round(t, 4) for t in t_guard]}")
+    for name in sides:
+        console.print(f"all runs (s), {name}: {[round(t, 4) for t in times_of[name]]}")
 
 
 if __name__ == "__main__":

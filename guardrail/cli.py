@@ -129,8 +129,8 @@ def _cmd_calibrate(args, console: Console) -> int:
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_calibration(cal, side["heldout_scores"], side["heldout_correct"], args.plot,
-                         title=f"{side['score_label']}, {cal.rule}: held-out answers (n={side['n_heldout']}); "
-                               f"KDE of the fitting answers (n={side['n_fit']})")
+                         title=f"{side['score_label']}, {cal.rule}\nhistograms: held-out answers (n={side['n_heldout']}); "
+                               f"KDE curves: fitting answers (n={side['n_fit']})")
         console.print(f"plot: {args.plot} (histograms: the held-out answers)")
     console.print(f"calibration written to {args.out}")
     return 0
