@@ -98,9 +98,9 @@ def _score_params(args) -> dict:
 
 
 def _cmd_calibrate(args, console: Console) -> int:
-    from calibration import dataset_hash, plot_calibration, read_vqa_jsonl
+    from calibration import plot_calibration
 
-    from .calibrate import calibrate_scores, read_signals, score_records, write_scores, write_signals
+    from .calibrate import calibrate_scores, read_signals, write_scores, write_signals
 
     if args.preset is not None:
         for key, value in PRESETS[args.preset].items():
