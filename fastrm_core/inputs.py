@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fastrm_common.tokenizer_lock import tokenizer_lock
+
 __all__ = ["prepare_inputs"]
 
 
@@ -26,8 +28,9 @@ def prepare_inputs(model: nn.Module, processor, images: Sequence, prompts: Seque
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
     # left padding asked per call: the shared tokenizer's padding_side is never mutated (a
     # concurrent call on the same processor could see it)
-    inputs = processor(images=list(images), text=list(prompts), return_tensors="pt", padding=len(prompts) > 1,
-                       padding_side="left")
+    with tokenizer_lock(processor):  # the tokenizer's padding state is shared by threads
+        inputs = processor(images=list(images), text=list(prompts), return_tensors="pt", padding=len(prompts) > 1,
+                           padding_side="left")
     param = next(model.parameters())
     out = {}
     for key, value in inputs.items():

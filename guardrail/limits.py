@@ -21,6 +21,7 @@ from typing import Any
 
 from fastrm_common.errors import InputError
 from fastrm_common.images import DEFAULT_MAX_IMAGE_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
+from fastrm_common.tokenizer_lock import tokenizer_lock
 
 __all__ = ["Limits", "check_generate_kwargs", "check_question", "check_tags"]
 
@@ -101,7 +102,8 @@ def check_question(question: Any, limits: Limits, tokenizer: Any = None) -> str:
         )
     if tokenizer is not None:
         try:
-            n = len(tokenizer(question, add_special_tokens=False)["input_ids"])
+            with tokenizer_lock(tokenizer):  # shared padding state: see fastrm_common.tokenizer_lock
+                n = len(tokenizer(question, add_special_tokens=False)["input_ids"])
         except Exception as exc:  # a tokenizer may reject odd text in its own way
             raise InputError(f"the question cannot be tokenised: {type(exc).__name__}: {exc}") from None
         if n > limits.max_question_tokens:
