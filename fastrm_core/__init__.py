@@ -10,6 +10,8 @@
 
 from typing import TYPE_CHECKING
 
+from fastrm_common.lazy import lazy_exports
+
 from fastrm_common.errors import (
     CalibrationError,
     CaptureError,
@@ -53,19 +55,6 @@ if TYPE_CHECKING:
     from fastrm_core.relevancy import RelevancyMaps, gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastrm_core' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
@@ -97,3 +86,5 @@ __all__ = [
     "register_adapter",
     "weights_fingerprint",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

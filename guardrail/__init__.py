@@ -11,6 +11,8 @@ Telemetry: the Guard uses the OpenTelemetry API; :func:`configure_tracing` sets 
 
 from typing import TYPE_CHECKING
 
+from fastrm_common.lazy import lazy_exports
+
 # Names load on first use (PEP 562): ``guardrail --help`` and ``guardrail policy check`` must not
 # pay for torch, which ``guardrail.guard`` imports.
 _LAZY = {
@@ -37,19 +39,6 @@ if TYPE_CHECKING:
     from guardrail.telemetry import MapBudget, decode_map, encode_map
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'guardrail' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
@@ -66,3 +55,5 @@ __all__ = [
     "load_image",
     "read_trace_jsonl",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)
