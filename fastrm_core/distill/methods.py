@@ -71,21 +71,14 @@ def select_tokens(maps: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Proxy:
-    name: str = "proxy"
-    label: str = "proxy"
+class _Stored:
+    """Maps already computed for the record (``Explained.proxy`` or ``Explained.gradient``)."""
+
+    name: str
+    label: str
 
     def rankings(self, x: Explained) -> list[np.ndarray]:
-        return [select_tokens(x.proxy, x.chosen)]
-
-
-@dataclass(frozen=True)
-class _Gradient:
-    name: str = "gradient"
-    label: str = "gradient"
-
-    def rankings(self, x: Explained) -> list[np.ndarray]:
-        return [select_tokens(x.gradient, x.chosen)]
+        return [select_tokens(getattr(x, self.name), x.chosen)]
 
 
 @dataclass(frozen=True)
@@ -145,5 +138,5 @@ def get_method(name: str) -> RelevancyMethod:
     return _REGISTRY[name]
 
 
-for _method in (_Proxy(), _Gradient(), _PerStep(), _GradCAM(), _Random()):
+for _method in (_Stored("proxy", "proxy"), _Stored("gradient", "gradient"), _PerStep(), _GradCAM(), _Random()):
     register_method(_method)
