@@ -13,8 +13,8 @@ __all__ = ["PLAIN_TEMPLATE", "build_prompt"]
 PLAIN_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
 
 
-def build_prompt(processor, question: str, suffix: str | None = None) -> tuple[str, str]:
-    """``(prompt, template_kind)`` for one image and one question.
+def build_prompt(processor, question: str, suffix: str | None = None, n_images: int = 1) -> tuple[str, str]:
+    """``(prompt, template_kind)`` for ``n_images`` images (default one) followed by one question.
 
     ``template_kind`` is ``"chat"`` when the processor's chat template was used, ``"plain"`` for
     the LLaVA-1.5 fallback (recorded in dataset manifests so a dataset says how it was prompted).
@@ -22,6 +22,7 @@ def build_prompt(processor, question: str, suffix: str | None = None) -> tuple[s
     text = question.strip() if not suffix else f"{question.strip()} {suffix.strip()}"
     template = getattr(processor, "chat_template", None)
     if template:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), "chat"
-    return PLAIN_TEMPLATE.format(question=text), "plain"
+    return PLAIN_TEMPLATE.replace("<image>", "<image>" * n_images).format(question=text), "plain"

@@ -1,36 +1,89 @@
 """Model adapters: what the SDK needs to know about one VLM family.
 
-An adapter answers structural questions about a loaded model without touching its
-weights: where the language model's decoder layers and final norm are, the hidden
-size, the image placeholder token, where image tokens sit in ``input_ids`` and the
-patch grid they form. Adapters are found by name in a plain registry::
+An adapter answers structural questions about a loaded model without touching its weights,
+so that everything else (the gradient baseline, Grad-CAM, capture, distillation, the Guard)
+runs the same code on every family. Adapters are found by name in a plain registry::
 
     >>> from fastrm_core.adapters import list_adapters
-    >>> list_adapters()
-    ['llava']
+    >>> "llava" in list_adapters() and "qwen2_vl" in list_adapters()
+    True
 
-:func:`get_adapter` picks the adapter for a loaded model (or raises
-:class:`~fastrm_common.errors.UnsupportedModelError` naming the supported ones).
+:func:`get_adapter` picks the adapter for a loaded model from its **config** (``model_type`` and
+the vision tower), or raises :class:`~fastrm_common.errors.UnsupportedModelError` naming the
+supported ones; an adapter refuses a config it does not understand rather than guess (a LLaVA
+with a Pixtral vision tower is not a LLaVA-1.5 grid).
+
+Writing an adapter for a new family (the contract)
+--------------------------------------------------
+Subclass :class:`VLMAdapter`, set ``name`` and ``model_types``, and provide:
+
+* **structure**: :attr:`~VLMAdapter.language_model` (the decoder whose config's
+  ``_attn_implementation`` is switched to ``"eager"`` for gradient maps and whose forward receives
+  ``inputs_embeds`` as a keyword), :attr:`~VLMAdapter.decoder_layers`,
+  :meth:`~VLMAdapter.attention_module` (its forward returns ``(out, weights)``),
+  :attr:`~VLMAdapter.final_norm` (its output (B, S, D) is the last hidden state: capture hooks it),
+  :attr:`~VLMAdapter.hidden_size`;
+* **tokens**: :attr:`~VLMAdapter.image_token_id` and :attr:`~VLMAdapter.placeholder_token_ids`
+  (every id that must never be generated and fed back: image, newline, break, separators; the
+  pipeline suppresses them in ``generate``), ``chat_end_tokens`` (token strings that end a turn,
+  looked up in the tokenizer by :meth:`~VLMAdapter.stop_token_ids`);
+* **regions**: :meth:`~VLMAdapter.regions` returns, for one row of a batch, one
+  :class:`~fastrm_core.regions.ImageRegion` per grid of image tokens, in prompt order, with
+  sequence positions in row-major order (tokens that are not spatial, such as a CLS token or
+  row-end newlines, are in no region). It must raise :class:`InputError` when the image tokens of
+  the row cannot be accounted for;
+* **replay inputs** (only where the defaults do not fit): :meth:`~VLMAdapter.row_inputs` cuts one
+  row out of a processor batch without its padding (every per-token tensor is unpadded, ``labels``
+  dropped, per-image tensors sliced to the row's images; override :meth:`~VLMAdapter.images_of_row`
+  for flattened layouts such as Qwen's ``pixel_values``), and :meth:`~VLMAdapter.extend_inputs`
+  appends generated tokens to it (per-token type tensors are extended with ``token_type_fill``,
+  e.g. PaliGemma's ``token_type_ids`` = 1 for generated tokens);
+* **prompts**: :meth:`~VLMAdapter.build_prompt` (default: the processor's chat template with one
+  image entry per picture, else LLaVA-1.5's plain template);
+* **choice**: :meth:`~VLMAdapter.supports` on a config (default: ``config.model_type`` in
+  ``model_types``; refine it to refuse vision towers the adapter does not understand).
+
+Then :func:`register_adapter` the class. Built-in families live in :mod:`fastrm_core.families`
+(one module each, listed in ``fastrm_core.families.BUILTIN``); they are imported on the first
+registry look-up. The tests of an adapter check that its regions account for every image token,
+that its row-major order follows the family's own structure, that ``generate`` logits equal a
+forward over :meth:`~VLMAdapter.replay_inputs`, and that the gradient maps equal a naive reference.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from fastrm_common.errors import InputError, UnsupportedModelError
+from fastrm_common.prompting import build_prompt as _build_prompt
+from fastrm_common.tokens import eos_ids_of
+from fastrm_core.regions import ImageRegion, check_regions, flat_positions
 
-__all__ = ["ImageLayout", "LlavaAdapter", "VLMAdapter", "get_adapter", "list_adapters", "register_adapter"]
+__all__ = [
+    "ImageLayout",
+    "LlavaAdapter",
+    "VLMAdapter",
+    "adapter_for_config",
+    "get_adapter",
+    "list_adapters",
+    "register_adapter",
+    "supported_model_types",
+]
 
 
 @dataclass(frozen=True)
 class ImageLayout:
-    """Where the image tokens of one sequence are and how they map to the patch grid.
+    """Where the image tokens of one single-image sequence are and the patch grid they form.
 
-    ``positions`` (N_img,) are indices into the sequence (padding included), in order;
-    the first ``offset`` of them are not patches (e.g. a CLS token kept by the "full"
+    Kept for code written before :class:`~fastrm_core.regions.ImageRegion` (one fixed grid per
+    sequence, LLaVA-1.5). ``positions`` (N_img,) are indices into the sequence (padding included),
+    in order; the first ``offset`` of them are not patches (e.g. a CLS token kept by the "full"
     feature strategy); the rest reshape row-major to ``grid`` = (rows, cols).
     """
 
@@ -44,17 +97,64 @@ class ImageLayout:
         return self.positions[self.offset :]
 
 
-class VLMAdapter:
-    """Interface of a model adapter. Subclass it and :func:`register_adapter` the subclass."""
+def _as_inputs(inputs) -> Mapping:
+    """``inputs`` as a mapping with ``input_ids`` (B, S): a processor output, or bare ids (S,) / (B, S)."""
+    if torch.is_tensor(inputs):
+        ids = inputs if inputs.dim() == 2 else inputs.reshape(1, -1)
+        return {"input_ids": ids}
+    if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+        raise InputError("expected the processor's output (a mapping with 'input_ids') or an input_ids tensor")
+    ids = inputs["input_ids"]
+    if ids.dim() == 1:
+        return {**inputs, "input_ids": ids[None]}
+    if ids.dim() != 2:
+        raise InputError(f"input_ids must be (B, S) or (S,), got shape {tuple(ids.shape)}")
+    return inputs
 
+
+class VLMAdapter:
+    """Interface of a model adapter (see the module docstring for the contract).
+
+    Structural properties raise ``NotImplementedError`` here; the token, replay and prompt methods
+    have defaults that fit LLaVA-style families (one placeholder id, per-image tensors with one
+    leading entry per image, token-type tensors filled with 0 for generated tokens).
+    """
+
+    #: Registry name, also recorded in proxy configs and dataset manifests.
     name: str = ""
+    #: ``config.model_type`` values this adapter may accept (see :meth:`supports`).
+    model_types: tuple[str, ...] = ()
+    #: Token strings that end an assistant turn (stop tokens beside the generation config's EOS).
+    chat_end_tokens: tuple[str, ...] = ()
+    #: Per-token input tensors and the value a generated token takes in them.
+    token_type_fill: Mapping[str, int] = {"token_type_ids": 0, "mm_token_type_ids": 0}
+    #: Processor outputs never passed to the model.
+    dropped_inputs: frozenset[str] = frozenset({"labels"})
+    #: Processor outputs with one leading entry per image (over the whole batch, in prompt order).
+    per_image_inputs: frozenset[str] = frozenset({"pixel_values", "image_sizes", "pixel_attention_mask"})
 
     def __init__(self, model: nn.Module):
         self.model = model
 
+    # choice ------------------------------------------------------------------
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:  # pragma: no cover - interface
-        raise NotImplementedError
+    def supports(cls, config) -> bool:
+        """Whether this adapter understands a model with this (top-level) config."""
+        return getattr(config, "model_type", None) in cls.model_types
+
+    @classmethod
+    def load_processor(cls, name_or_path):
+        """The processor of a checkpoint (``AutoProcessor.from_pretrained``; override where the
+        family's processor cannot be built, e.g. it needs video packages that are not installed)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(name_or_path)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter understands a loaded ``model`` (by its config)."""
+        config = getattr(model, "config", None)
+        return config is not None and cls.supports(config)
 
     # structure -----------------------------------------------------------
     @property
@@ -62,86 +162,9 @@ class VLMAdapter:
         raise NotImplementedError
 
     @property
-    def decoder_layers(self) -> list[nn.Module]:
-        raise NotImplementedError
-
-    @property
-    def final_norm(self) -> nn.Module:
-        raise NotImplementedError
-
-    def attention_module(self, layer: nn.Module) -> nn.Module:
-        raise NotImplementedError
-
-    @property
-    def hidden_size(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def image_token_id(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        raise NotImplementedError
-
-    @property
-    def image_token_offset(self) -> int:
-        """Number of leading image tokens per image that are not grid patches."""
-        return 0
-
-    @property
-    def n_image_tokens(self) -> int:
-        rows, cols = self.grid
-        return rows * cols + self.image_token_offset
-
-    @property
-    def model_id(self) -> str:
-        """A stable identity string for artifacts: the hub id, or the folder's name for a local model."""
-        from pathlib import Path
-
-        name = str(getattr(self.model.config, "_name_or_path", "") or "")
-        if not name:
-            return type(self.model).__name__
-        path = Path(name)
-        return path.name if path.exists() else name
-
-    # positions -----------------------------------------------------------
-    def image_layout(self, input_ids: torch.Tensor) -> ImageLayout:
-        """Image-token layout of ONE sequence ``input_ids`` (S,). Any position, any padding side.
-
-        Raises :class:`InputError` when the sequence does not hold exactly one image's tokens.
-        """
-        if input_ids.dim() != 1:
-            raise InputError(f"image_layout takes one sequence (S,), got shape {tuple(input_ids.shape)}")
-        positions = (input_ids == self.image_token_id).nonzero(as_tuple=True)[0]
-        if positions.numel() != self.n_image_tokens:
-            raise InputError(
-                f"expected exactly one image of {self.n_image_tokens} image tokens (id {self.image_token_id}) "
-                f"in the sequence, found {positions.numel()}"
-            )
-        return ImageLayout(positions=positions, grid=self.grid, offset=self.image_token_offset)
-
-    def image_layouts(self, input_ids: torch.Tensor) -> list[ImageLayout]:
-        """One :class:`ImageLayout` per row of a batch ``input_ids`` (B, S)."""
-        return [self.image_layout(row) for row in input_ids]
-
-
-class LlavaAdapter(VLMAdapter):
-    """transformers' ``LlavaForConditionalGeneration`` (LLaVA-1.5 and the shipped reference model)."""
-
-    name = "llava"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ in {"LlavaForConditionalGeneration", "LlavaModel"}
-
-    @property
-    def _llava_model(self) -> nn.Module:
-        return self.model.model if hasattr(self.model, "lm_head") else self.model
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self._llava_model.language_model
+    def text_config(self):
+        """The language model's config (where ``_attn_implementation`` is switched)."""
+        return self.language_model.config
 
     @property
     def decoder_layers(self) -> list[nn.Module]:
@@ -156,29 +179,262 @@ class LlavaAdapter(VLMAdapter):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
+        return int(self.text_config.hidden_size)
 
     @property
+    def model_id(self) -> str:
+        """A stable identity string for artifacts: the hub id, or the folder's name for a local model."""
+        name = str(getattr(self.model.config, "_name_or_path", "") or "")
+        if not name:
+            return type(self.model).__name__
+        path = Path(name)
+        return path.name if path.exists() else name
+
+    # tokens --------------------------------------------------------------
+    @property
     def image_token_id(self) -> int:
+        """The id that marks image tokens in ``input_ids``."""
         cfg = self.model.config
         value = getattr(cfg, "image_token_id", None)
         if value is None:
-            value = getattr(cfg, "image_token_index")
+            value = getattr(cfg, "image_token_index", None)
+        if value is None:
+            raise UnsupportedModelError(f"{type(self.model).__name__}'s config names no image token id")
         return int(value)
 
     @property
+    def placeholder_token_ids(self) -> frozenset[int]:
+        """Ids that stand for image content and must never be generated and fed back to the model.
+
+        The pipeline passes them as ``suppress_tokens`` to ``generate`` and refuses to replay a
+        generated sequence that holds one.
+        """
+        return frozenset({self.image_token_id})
+
+    def stop_token_ids(self, tokenizer=None) -> frozenset[int]:
+        """Ids that end generation: the generation config's EOS ids, plus ``chat_end_tokens``
+        found in ``tokenizer`` (when given). Pass them as ``generate(eos_token_id=sorted(...))``."""
+        ids = set(eos_ids_of(getattr(self.model, "generation_config", None)))
+        if tokenizer is not None:
+            ids |= eos_ids_of(tokenizer)
+            unk = getattr(tokenizer, "unk_token_id", None)
+            for token in self.chat_end_tokens:
+                tid = tokenizer.convert_tokens_to_ids(token)
+                if isinstance(tid, int) and tid != unk:
+                    ids.add(tid)
+        return frozenset(ids)
+
+    # prompts -------------------------------------------------------------
+    def build_prompt(self, processor, question: str, suffix: str | None = None, n_images: int = 1) -> tuple[str, str]:
+        """``(prompt, template_kind)`` for ``n_images`` pictures followed by one question.
+
+        ``template_kind`` is ``"chat"`` when the processor's chat template was used, else
+        ``"plain"`` (LLaVA-1.5's ``"USER: <image>\\n{question} ASSISTANT:"``).
+        """
+        return _build_prompt(processor, question, suffix, n_images=n_images)
+
+    # regions -------------------------------------------------------------
+    def regions(self, inputs, row: int = 0) -> list[ImageRegion]:
+        """The image regions of row ``row`` of ``inputs``, in prompt order.
+
+        ``inputs`` is the processor's output (a mapping with ``input_ids`` (B, S) and whatever
+        else the family needs, e.g. ``image_grid_thw``) or a bare ``input_ids`` tensor (S,) / (B, S)
+        for families whose ids say everything. Positions index that row as given (padding
+        included). Raises :class:`InputError` when the row's image tokens cannot be accounted for.
+        """
+        raise NotImplementedError
+
+    def batch_regions(self, inputs) -> list[list[ImageRegion]]:
+        """:meth:`regions` of every row of a batch."""
+        inputs = _as_inputs(inputs)
+        return [self.regions(inputs, b) for b in range(inputs["input_ids"].shape[0])]
+
+    def image_positions(self, inputs, row: int = 0) -> torch.Tensor:
+        """(N_img,) the flat image positions of one row: its regions' positions, concatenated."""
+        return flat_positions(self.regions(inputs, row))
+
+    # replay ----------------------------------------------------------------
+    def images_of_row(self, inputs: Mapping, row: int) -> Mapping:
+        """The per-image inputs of row ``row`` (every key of ``per_image_inputs`` present in ``inputs``).
+
+        Default: the entries of the row's images, counted by :meth:`regions` over the rows before
+        it (one ``image`` index per picture).
+        """
+        keys = [k for k in self.per_image_inputs if torch.is_tensor(inputs.get(k))]
+        if not keys:
+            return {}
+        counts = [_n_images(self.regions(inputs, b)) for b in range(inputs["input_ids"].shape[0])]
+        start, n = sum(counts[:row]), counts[row]
+        out = {}
+        for key in keys:
+            value = inputs[key]
+            if value.shape[0] != sum(counts):
+                raise InputError(
+                    f"inputs[{key!r}] has {value.shape[0]} entries for {sum(counts)} images in the batch"
+                )
+            out[key] = value[start : start + n]
+        return out
+
+    def row_inputs(self, inputs: Mapping, row: int) -> dict:
+        """Model inputs of row ``row`` alone, without padding: ``input_ids`` (1, S_row), an all-ones
+        ``attention_mask``, per-token tensors unpadded, per-image tensors sliced to the row's
+        images, ``dropped_inputs`` (``labels``) left out, everything else passed on unchanged."""
+        inputs = _as_inputs(inputs)
+        ids = inputs["input_ids"]
+        batch, seq = ids.shape
+        mask = inputs.get("attention_mask")
+        keep = mask[row].bool() if mask is not None else torch.ones(seq, dtype=torch.bool, device=ids.device)
+        out = {"input_ids": ids[row][keep][None], "attention_mask": torch.ones(1, int(keep.sum()), dtype=torch.long,
+                                                                                device=ids.device)}
+        out.update(self.images_of_row(inputs, row))
+        for key, value in inputs.items():
+            if key in out or key in self.dropped_inputs or key == "attention_mask":
+                continue
+            if torch.is_tensor(value) and value.dim() >= 2 and tuple(value.shape[:2]) == (batch, seq):
+                out[key] = value[row][keep][None]  # per token
+            elif torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch:
+                out[key] = value[row : row + 1]  # per row
+            else:
+                out[key] = value
+        return out
+
+    def extend_inputs(self, row_inputs: Mapping, new_ids: torch.Tensor) -> dict:
+        """``row_inputs`` (from :meth:`row_inputs`) with ``new_ids`` (T,) appended: the inputs of
+        one forward over prompt + generated tokens. Per-token tensors (``token_type_fill``) are
+        extended with their generated-token value; ``attention_mask`` stays all ones."""
+        ids = row_inputs["input_ids"]
+        new = new_ids.reshape(1, -1).to(device=ids.device, dtype=ids.dtype)
+        bad = sorted(set(new.reshape(-1).tolist()) & self.placeholder_token_ids)
+        if bad:
+            raise InputError(
+                f"the generated tokens contain image placeholder token(s) {bad}; they cannot be fed back to the model"
+            )
+        out = dict(row_inputs)
+        out["input_ids"] = torch.cat([ids, new], dim=1)
+        out["attention_mask"] = torch.ones_like(out["input_ids"])
+        n = new.shape[1]
+        for key, fill in self.token_type_fill.items():
+            value = out.get(key)
+            if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == ids.shape[1]:
+                pad = torch.full((1, n, *value.shape[2:]), fill, dtype=value.dtype, device=value.device)
+                out[key] = torch.cat([value, pad], dim=1)
+        return out
+
+    def replay_inputs(self, inputs: Mapping, row: int, new_ids: torch.Tensor | None = None) -> dict:
+        """:meth:`row_inputs`, then :meth:`extend_inputs` when ``new_ids`` (T,) is given."""
+        out = self.row_inputs(inputs, row)
+        return out if new_ids is None or new_ids.numel() == 0 else self.extend_inputs(out, new_ids)
+
+    # fixed-grid families (LLaVA-1.5) --------------------------------------
+    @property
+    def fixed_grid(self) -> tuple[int, int] | None:
+        """The one grid every image has, for families with a fixed grid; ``None`` otherwise."""
+        return None
+
+    @property
     def grid(self) -> tuple[int, int]:
+        """The fixed grid (``fixed_grid``); raises :class:`InputError` for variable-grid families."""
+        grid = self.fixed_grid
+        if grid is None:
+            raise InputError(f"{self.name} models have no fixed grid: read each row's regions instead")
+        return grid
+
+    @property
+    def image_token_offset(self) -> int:
+        """Number of leading image tokens per image that are not grid patches (fixed-grid families)."""
+        return 0
+
+    @property
+    def n_image_tokens(self) -> int:
+        """Image tokens per image for a fixed-grid family (grid cells plus ``image_token_offset``)."""
+        rows, cols = self.grid
+        return rows * cols + self.image_token_offset
+
+    def image_layout(self, input_ids: torch.Tensor) -> ImageLayout:
+        """The :class:`ImageLayout` of ONE sequence ``input_ids`` (S,) holding exactly one image with
+        one region (compatibility with single-image code; prefer :meth:`regions`)."""
+        if input_ids.dim() != 1:
+            raise InputError(f"image_layout takes one sequence (S,), got shape {tuple(input_ids.shape)}")
+        regions = self.regions(input_ids)
+        if len(regions) != 1:
+            raise InputError(f"expected exactly one image region in the sequence, found {len(regions)}")
+        (region,) = regions
+        positions = (input_ids == self.image_token_id).nonzero(as_tuple=True)[0]
+        offset = positions.numel() - region.size
+        return ImageLayout(positions=positions, grid=region.grid, offset=offset)
+
+    def image_layouts(self, input_ids: torch.Tensor) -> list[ImageLayout]:
+        """One :class:`ImageLayout` per row of a batch ``input_ids`` (B, S)."""
+        return [self.image_layout(row) for row in input_ids]
+
+
+def _n_images(regions: Sequence[ImageRegion]) -> int:
+    return len({r.image for r in regions})
+
+
+class LlavaAdapter(VLMAdapter):
+    """transformers' ``LlavaForConditionalGeneration`` with a CLIP (or SigLIP "full") vision tower:
+    LLaVA-1.5 and the shipped reference model. One fixed square grid per image; a prompt may hold
+    several images (each its own contiguous run of image tokens)."""
+
+    name = "llava"
+    model_types = ("llava",)
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        if getattr(config, "model_type", None) != "llava":
+            return False
+        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+        strategy = getattr(config, "vision_feature_select_strategy", "default")
+        if vision == "clip_vision_model":
+            return strategy in ("default", "full")
+        # SigLIP has no CLS token: "full" keeps every patch; "default" would drop a real patch
+        return vision == "siglip_vision_model" and strategy == "full"
+
+    @property
+    def _llava_model(self) -> nn.Module:
+        return self.model.model if hasattr(self.model, "lm_head") else self.model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self._llava_model.language_model
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def fixed_grid(self) -> tuple[int, int]:
         vc = self.model.config.vision_config
         side = int(vc.image_size) // int(vc.patch_size)
         return (side, side)
 
     @property
     def image_token_offset(self) -> int:
-        # "default" drops the vision tower's CLS token; "full" keeps it as the first image token.
-        return 1 if self.model.config.vision_feature_select_strategy == "full" else 0
+        # CLIP + "default" drops the CLS token; CLIP + "full" keeps it as the first image token
+        cfg = self.model.config
+        return 1 if cfg.vision_feature_select_strategy == "full" and cfg.vision_config.model_type == "clip_vision_model" else 0
+
+    def regions(self, inputs, row: int = 0) -> list[ImageRegion]:
+        ids = _as_inputs(inputs)["input_ids"][row]
+        positions = (ids == self.image_token_id).nonzero(as_tuple=True)[0]
+        per_image = self.n_image_tokens
+        if positions.numel() == 0 or positions.numel() % per_image:
+            raise InputError(
+                f"expected exactly one image of {per_image} image tokens (id {self.image_token_id}) per picture "
+                f"in the sequence, found {positions.numel()}"
+            )
+        out = []
+        for k, chunk in enumerate(positions.split(per_image)):
+            if int(chunk[-1] - chunk[0]) != per_image - 1:
+                raise InputError(f"the tokens of image {k} are not one contiguous run of {per_image} tokens")
+            out.append(ImageRegion(image=k, kind="full", positions=chunk[self.image_token_offset :], grid=self.fixed_grid))
+        check_regions(out, ids.numel())
+        return out
 
 
 _ADAPTERS: dict[str, type[VLMAdapter]] = {}
+_BUILTINS_LOADED = False
 
 
 def register_adapter(cls: type[VLMAdapter]) -> type[VLMAdapter]:
@@ -192,26 +448,60 @@ def register_adapter(cls: type[VLMAdapter]) -> type[VLMAdapter]:
 register_adapter(LlavaAdapter)
 
 
+def _registry() -> dict[str, type[VLMAdapter]]:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from fastrm_core.families import BUILTIN
+
+        for module in BUILTIN:
+            importlib.import_module(module)
+    return _ADAPTERS
+
+
 def list_adapters() -> list[str]:
     """Names of the registered adapters, sorted."""
-    return sorted(_ADAPTERS)
+    return sorted(_registry())
 
 
-def get_adapter(model: nn.Module, name: str | None = None) -> VLMAdapter:
-    """The adapter for ``model``, by ``name`` or found by inspecting the model.
+def supported_model_types() -> list[str]:
+    """``config.model_type`` values some registered adapter may accept, sorted."""
+    return sorted({t for cls in _registry().values() for t in cls.model_types})
 
-    Raises :class:`UnsupportedModelError` listing the supported adapters when none fits.
-    """
-    if name is not None:
-        if name not in _ADAPTERS:
-            raise UnsupportedModelError(f"unknown adapter {name!r}; expected one of: {', '.join(list_adapters())}")
-        return _ADAPTERS[name](model)
-    for cls in _ADAPTERS.values():
-        if cls.matches(model):
-            return cls(model)
-    raise UnsupportedModelError(
-        f"no adapter supports {type(model).__name__}; supported adapters: {', '.join(list_adapters())} "
-        "(transformers' LlavaForConditionalGeneration)"
+
+def adapter_for_config(config) -> type[VLMAdapter] | None:
+    """The registered adapter class that understands ``config``, or ``None``."""
+    for cls in _registry().values():
+        if cls.supports(config):
+            return cls
+    return None
+
+
+def _refusal(config, what: str) -> UnsupportedModelError:
+    model_type = getattr(config, "model_type", None)
+    vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+    detail = f"model_type {model_type!r}" + (f" with a {vision!r} vision tower" if vision else "")
+    return UnsupportedModelError(
+        f"no adapter supports {what} ({detail}); supported adapters: {', '.join(list_adapters())} "
+        f"(model types: {', '.join(supported_model_types())})"
     )
 
 
+def get_adapter(model: nn.Module, name: str | None = None) -> VLMAdapter:
+    """The adapter for ``model``, by ``name`` or chosen by its config (``model_type`` and vision tower).
+
+    Raises :class:`UnsupportedModelError` listing the supported adapters when none fits (also when
+    the named adapter does not understand the model's config).
+    """
+    registry = _registry()
+    if name is not None:
+        if name not in registry:
+            raise UnsupportedModelError(f"unknown adapter {name!r}; expected one of: {', '.join(list_adapters())}")
+        if not registry[name].matches(model):
+            raise _refusal(getattr(model, "config", None), f"{type(model).__name__} as {name!r}")
+        return registry[name](model)
+    config = getattr(model, "config", None)
+    cls = adapter_for_config(config) if config is not None else None
+    if cls is None:
+        raise _refusal(config, type(model).__name__)
+    return cls(model)

@@ -8,7 +8,9 @@ so each generated token gets its map while it is being generated::
 
     with capture(model, proxy) as cap:
         out = model.generate(**inputs, max_new_tokens=20)
-    cap.maps            # (B, T, rows, cols) probabilities, T = number of generated tokens
+    cap.row_maps(0)     # (T, N_img) probabilities of row 0, flat over its image regions
+    cap.regions[0]      # those regions (image index, kind, positions, grid)
+    cap.maps            # (B, T, rows, cols) when every row has one region of one grid (LLaVA-1.5)
 
 No ``output_hidden_states``/``output_attentions``, no gradients: per token the extra
 cost is one LayerNorm, one D x d projection and N_img dot products. Works with
@@ -31,6 +33,7 @@ from torch import nn
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_common.errors import CaptureError, InputError
 from fastrm_core.proxy import FastRMProxy
+from fastrm_core.regions import ImageRegion, flat_positions, split_flat
 
 __all__ = ["Capture", "capture"]
 
@@ -41,19 +44,28 @@ OnToken = Callable[[int, torch.Tensor], None]
 class Capture:
     """What one :func:`capture` block recorded. Filled step by step during generation.
 
+    Maps are flat over each row's image regions (the regions' positions concatenated, see
+    :mod:`fastrm_core.regions`); rows may have different numbers of image tokens (pictures of
+    different sizes), so per-step tensors are padded to the longest row, ``lengths[b]`` long.
+
     Attributes:
-        grid: (rows, cols) of the patch grid.
-        steps: list of per-step probabilities, each (B, rows, cols) float32 on the model's device.
-        image_states: (B, N_img, D) last hidden states of the image patches (only with ``keep_states``).
+        grid: (rows, cols) of the model's fixed grid, or ``None`` for variable-grid families.
+        regions: per batch row, its image regions (positions index the padded batch row); set at prefill.
+        lengths: per batch row, its number of image tokens N_b.
+        steps: list of per-step probabilities, each (B, N_max) float32 on the model's device.
+        image_states: (B, N_max, D) last hidden states of the image tokens (only with ``keep_states``;
+            rows shorter than N_max are zero-padded: :meth:`row_image_states`).
         token_states: list of per-step (B, D) last hidden states of the predicting positions (``keep_states``).
         prompt_features: (B, 3 D) float32 on the model's device, set at prefill: the mean last hidden
             state of the image tokens, that of the other (non-padding) prompt tokens, and the state
             of the position predicting the first answer token; input-novelty scores read them.
     """
 
-    grid: tuple[int, int]
+    grid: tuple[int, int] | None = None
     steps: list[torch.Tensor] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
+    regions: list[list[ImageRegion]] | None = None
+    lengths: list[int] = field(default_factory=list)
     image_states: torch.Tensor | None = None
     token_states: list[torch.Tensor] = field(default_factory=list)
     prompt_ids: torch.Tensor | None = None
@@ -66,25 +78,54 @@ class Capture:
         """Number of generated tokens seen so far."""
         return len(self.steps)
 
-    @property
-    def maps(self) -> torch.Tensor:
-        """(B, T, rows, cols) per-token probabilities, float32, on the CPU.
-
-        Raises :class:`CaptureError` when nothing was captured or a map is not finite (NaN hidden
-        states during generation: checked here, once, rather than with a device sync per token).
-        """
+    def _stacked(self) -> torch.Tensor:
+        """(B, T, N_max) every step's probabilities on the CPU, checked finite on the real (unpadded) entries."""
         with self._lock:
             if not self.steps:
                 raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
             maps = torch.stack(self.steps, dim=1).cpu()
-        bad = (~torch.isfinite(maps)).flatten(2).any(-1).any(0)  # (T,)
+        bad = torch.zeros(maps.shape[1], dtype=torch.bool)  # (T,)
+        for b, n in enumerate(self.lengths):
+            bad |= (~torch.isfinite(maps[b, :, :n])).any(-1)
         if bool(bad.any()):
             raise CaptureError(f"non-finite last hidden state at generation step {int(bad.nonzero()[0])}")
         return maps
 
+    def row_maps(self, row: int = 0) -> torch.Tensor:
+        """(T, N_row) per-token probabilities of batch row ``row``, flat over ``regions[row]``, on the CPU.
+
+        Raises :class:`CaptureError` when nothing was captured or a map is not finite (NaN hidden
+        states during generation: checked here, once, rather than with a device sync per token).
+        """
+        return self._stacked()[row, :, : self.lengths[row]]
+
+    def region_maps(self, row: int = 0) -> list[torch.Tensor]:
+        """One (T, rows, cols) map per image region of batch row ``row``."""
+        return split_flat(self.row_maps(row), self.regions[row])
+
+    @property
+    def flat_maps(self) -> torch.Tensor:
+        """(B, T, N_img) per-token probabilities when every row has the same number of image tokens."""
+        maps = self._stacked()
+        if len(set(self.lengths)) != 1:
+            raise CaptureError(f"rows have different numbers of image tokens ({self.lengths}): use row_maps(b)")
+        return maps
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """(B, T, rows, cols) per-token probabilities, float32, on the CPU, when every row has exactly
+        one region of the same grid (LLaVA-1.5); :meth:`row_maps` / :meth:`region_maps` otherwise."""
+        grids = {tuple(r.grid) for rows in (self.regions or []) for r in rows}
+        if self.regions is None or any(len(rows) != 1 for rows in self.regions) or len(grids) != 1:
+            if self.regions is None:
+                raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
+            raise CaptureError("the prompts hold several image regions or grids: use row_maps(b) / region_maps(b)")
+        maps = self._stacked()
+        return maps.reshape(*maps.shape[:2], *next(iter(grids)))
+
     @property
     def patch_logits(self) -> torch.Tensor:
-        """(B, T, N_img) the proxy's pre-sigmoid logits, float32, on the CPU."""
+        """(B, T, N_max) the proxy's pre-sigmoid logits, float32, on the CPU (row b: the first ``lengths[b]``)."""
         with self._lock:
             return torch.stack(self.logits, dim=1).cpu()
 
@@ -95,6 +136,12 @@ class Capture:
             raise CaptureError("token states were not kept: use capture(..., keep_states=True)")
         return torch.stack(self.token_states, dim=1)
 
+    def row_image_states(self, row: int = 0) -> torch.Tensor:
+        """(N_row, D) last hidden states of row ``row``'s image tokens (``keep_states=True`` only)."""
+        if self.image_states is None:
+            raise CaptureError("image states were not kept: use capture(..., keep_states=True)")
+        return self.image_states[row, : self.lengths[row]]
+
     @property
     def features(self) -> "np.ndarray":
         """(B, 3 D) float64 pooled prompt states on the CPU (see ``prompt_features``)."""
@@ -103,8 +150,11 @@ class Capture:
         return self.prompt_features.double().cpu().numpy()
 
     def map(self, step: int, row: int = 0) -> torch.Tensor:
-        """(rows, cols) map of generated token ``step`` of batch row ``row``, on the CPU."""
-        return self.steps[step][row].cpu()
+        """Map of generated token ``step`` of batch row ``row`` on the CPU: (rows, cols) when the row has
+        one region, else (N_row,) flat over its regions."""
+        flat = self.steps[step][row, : self.lengths[row]].cpu()
+        regions = self.regions[row]
+        return flat.reshape(regions[0].grid) if len(regions) == 1 else flat
 
 
 @contextlib.contextmanager
@@ -122,12 +172,13 @@ def capture(
     Args:
         model: a supported VLM (see :func:`fastrm_core.adapters.list_adapters`).
         proxy: the FastRM proxy; ``None`` records states only (needs ``keep_states=True``).
-            It must match the model (hidden size, image tokens, grid), else
+            It must match the model (hidden size; the grid of a proxy that pins one), else
             :class:`~fastrm_common.errors.ConfigMismatchError` before anything is hooked.
         keep_states: also keep the image tokens' states (B, N_img, D) and each predicting
             position's state (B, D) on the CPU, in the model's dtype (for dataset building).
-        on_token: called as ``on_token(step, probs)`` with probs (B, rows, cols) (on the model's
-            device) as soon as a step's map exists (before the token is sampled and streamed).
+        on_token: called as ``on_token(step, probs)`` with probs (B, N_max) (on the model's device,
+            flat over each row's regions, see :class:`Capture`) as soon as a step's map exists
+            (before the token is sampled and streamed).
         thread: ``None`` records forwards from any thread; ``"current"`` (or a thread ident)
             only those of that thread, so an unguarded ``generate`` running concurrently on the
             same model in another thread is ignored.
@@ -144,8 +195,9 @@ def capture(
         if ref is not None and next(proxy.parameters()).device != ref.device:
             raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
     owner = threading.get_ident() if thread == "current" else thread
-    cap = Capture(grid=tuple(adapter.grid))
-    step_ids: dict[str, torch.Tensor | None] = {"ids": None, "mask": None}
+    placeholders = torch.tensor(sorted(adapter.placeholder_token_ids))
+    cap = Capture(grid=adapter.fixed_grid)
+    step_ids: dict = {"ids": None, "mask": None, "kwargs": None}
 
     def mine() -> bool:
         return owner is None or threading.get_ident() == owner
@@ -155,6 +207,7 @@ def capture(
             ids = kwargs.get("input_ids", args[0] if args else None)
             step_ids["ids"] = ids
             step_ids["mask"] = kwargs.get("attention_mask")
+            step_ids["kwargs"] = kwargs if cap.prompt_ids is None else None  # the prefill's (image sizes ...)
 
     def after_norm(module, args, output):
         if not mine():
@@ -165,34 +218,50 @@ def capture(
         with torch.no_grad():
             if cap.prompt_ids is None:
                 _prefill(ids, hidden)
-            elif ids is not None and bool((ids == adapter.image_token_id).any()):
+            elif ids is not None and bool(torch.isin(ids, placeholders.to(ids.device)).any()):
                 raise CaptureError("a second prompt reached the model inside one capture block: use one block per generate call")
             _step(last)
 
     def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
         if ids is None:
             raise CaptureError("the prefill step got no input_ids: capture needs input_ids to find the image tokens")
-        layouts = adapter.image_layouts(ids)  # one image per row
-        positions = torch.stack([lay.patch_positions for lay in layouts])  # (B, N_img)
-        index = positions.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
-        image_states = torch.gather(hidden, 1, index)  # (B, N_img, D)
+        prefill_kwargs = {k: v for k, v in (step_ids["kwargs"] or {}).items() if k != "input_ids"}
+        regions = adapter.batch_regions({**prefill_kwargs, "input_ids": ids})
+        lengths = [sum(r.size for r in row) for row in regions]
+        n_max = max(lengths)
+        positions = torch.zeros(len(regions), n_max, dtype=torch.long)  # (B, N_max), padded with position 0
+        for b, row in enumerate(regions):
+            positions[b, : lengths[b]] = flat_positions(row)
+        positions = positions.to(hidden.device)
+        index = positions[..., None].expand(-1, -1, hidden.shape[-1])
+        image_states = torch.gather(hidden, 1, index)  # (B, N_max, D)
+        ragged = len(set(lengths)) > 1
+        if ragged:
+            valid = torch.arange(n_max)[None] < torch.tensor(lengths)[:, None]  # (B, N_max)
+            image_states = image_states * valid.to(hidden.device)[..., None].to(image_states.dtype)
         if not torch.isfinite(image_states).all():
             raise CaptureError("non-finite hidden states on the image tokens at prefill")
+        cap.regions, cap.lengths = regions, lengths
         cap.prompt_ids = ids.detach().cpu()
-        cap.prompt_features = _pool(ids, hidden, positions.to(hidden.device), image_states)
+        cap.prompt_features = _pool(ids, hidden, regions, image_states, lengths if ragged else None)
         if keep_states:
             cap.image_states = image_states.detach().cpu()
         if proxy is not None:
-            cap._keys = proxy.image_keys(image_states)  # (B, N_img, d), computed once
+            cap._keys = proxy.image_keys(image_states)  # (B, N_max, d), computed once
 
-    def _pool(ids, hidden, positions, image_states) -> torch.Tensor:
+    def _pool(ids, hidden, regions, image_states, lengths) -> torch.Tensor:
         # stays on the device, computed once per call: (B, 3 D)
         mask = step_ids["mask"]
         text = torch.ones(ids.shape, dtype=torch.bool, device=hidden.device) if mask is None else mask.to(hidden.device).bool()
-        text = text.scatter(1, positions, False)  # (B, S) prompt tokens that are not image patches
+        for b, row in enumerate(regions):  # (B, S) prompt tokens that are not image patches
+            text[b, flat_positions(row).to(hidden.device)] = False
         w = text.to(torch.float32)[..., None]  # (B, S, 1)
         text_mean = (hidden.float() * w).sum(1) / w.sum(1).clamp(min=1.0)  # (B, D)
-        return torch.cat([image_states.float().mean(1), text_mean, hidden[:, -1].float()], dim=-1)
+        if lengths is None:
+            image_mean = image_states.float().mean(1)
+        else:  # padded rows: the mean over each row's own image tokens
+            image_mean = image_states.float().sum(1) / torch.tensor(lengths, device=hidden.device, dtype=torch.float32)[:, None]
+        return torch.cat([image_mean, text_mean, hidden[:, -1].float()], dim=-1)
 
     def _step(last: torch.Tensor) -> None:
         if keep_states:
@@ -200,8 +269,8 @@ def capture(
         if proxy is None:
             return
         # stays on the model's device: no host sync per token (the finiteness check runs in Capture.maps)
-        logits = proxy.token_logits(last[:, None], cap._keys)[:, 0].float()  # (B, N_img)
-        probs = torch.sigmoid(logits).reshape(-1, *cap.grid)  # (B, rows, cols)
+        logits = proxy.token_logits(last[:, None], cap._keys)[:, 0].float()  # (B, N_max)
+        probs = torch.sigmoid(logits)  # (B, N_max), flat over each row's regions
         with cap._lock:
             cap.logits.append(logits)
             cap.steps.append(probs)

@@ -1,4 +1,4 @@
-"""Loading a VLM and its processor through transformers' ``from_pretrained``."""
+"""Loading a VLM and its processor through transformers' auto classes for image-text-to-text models."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from fastrm_core.adapters import get_adapter
-from fastrm_common.errors import UnsupportedModelError
+from fastrm_core.adapters import _refusal, adapter_for_config, get_adapter
 from fastrm_common.presets import resolve_model
 
 __all__ = ["load_vlm"]
@@ -27,10 +26,14 @@ def load_vlm(name_or_path: str | Path, *, dtype: torch.dtype | str | None = None
         device: where to put the model (``"cuda"``, ``"cpu"``...); ``None`` leaves it on the CPU.
 
     Returns:
-        The model in eval mode and its processor. Raises :class:`UnsupportedModelError` when no
-        adapter supports the loaded architecture (the message lists the supported ones).
+        The model in eval mode and its processor. Raises :class:`UnsupportedModelError` before
+        loading any weight when no adapter supports the config (``model_type`` and vision tower;
+        the message lists the supported ones). The model is loaded with
+        ``AutoModelForImageTextToText``; the processor by the adapter's
+        :meth:`~fastrm_core.adapters.VLMAdapter.load_processor` (``AutoProcessor``, or an image-only
+        processor where the family's full one needs video packages that are not installed).
     """
-    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     name_or_path = resolve_model(name_or_path)
     if isinstance(dtype, str):
@@ -38,15 +41,14 @@ def load_vlm(name_or_path: str | Path, *, dtype: torch.dtype | str | None = None
             raise ValueError(f"unknown dtype {dtype!r}; expected one of: {', '.join(_DTYPES)}")
         dtype = _DTYPES[dtype]
     config = AutoConfig.from_pretrained(name_or_path)
-    if config.model_type != "llava":
-        raise UnsupportedModelError(
-            f"{name_or_path} is a {config.model_type!r} model; supported: llava (LlavaForConditionalGeneration)"
-        )
+    adapter_cls = adapter_for_config(config)
+    if adapter_cls is None:
+        raise _refusal(config, str(name_or_path))
     kwargs = {} if dtype is None else {"dtype": dtype}
-    model = LlavaForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     if device is not None:
         model = model.to(device)
     model.eval()
-    get_adapter(model)  # fail early if unsupported
-    processor = AutoProcessor.from_pretrained(name_or_path)
+    get_adapter(model)  # the loaded model's config, checked again
+    processor = adapter_cls.load_processor(name_or_path)
     return model, processor

@@ -14,9 +14,15 @@ Two ways to use it:
   :meth:`FastRMProxy.token_logits` with one query per generated token;
 * batched (training): :meth:`FastRMProxy.forward` over stored hidden states.
 
+The maths does not depend on the number of image tokens N_img: one proxy scores one picture or
+several, fixed or variable grids (maps stay flat over the row's image regions, see
+:mod:`fastrm_core.regions`). A config may still pin one grid (LLaVA-1.5 proxies do, and keep
+being checked against it).
+
 A proxy is saved as ``model.safetensors`` + ``config.json`` (no pickle)::
 
-    proxy = FastRMProxy(ProxyConfig(hidden_size=4096, n_image_tokens=576, grid=(24, 24)))
+    proxy = FastRMProxy(ProxyConfig(hidden_size=4096))                              # any grid
+    proxy = FastRMProxy(ProxyConfig(hidden_size=4096, n_image_tokens=576, grid=(24, 24)))  # LLaVA-1.5 only
     proxy.save_pretrained("my-proxy")
     proxy = FastRMProxy.from_pretrained("my-proxy")
 """
@@ -44,9 +50,10 @@ MAX_PROXY_IMAGE_TOKENS = 1 << 20
 class ProxyConfig(BaseModel):
     """Everything needed to rebuild a proxy and to check it fits a VLM.
 
-    ``n_image_tokens`` counts the image tokens the proxy scores; ``grid`` (rows, cols) is the
-    patch grid they reshape to (``rows * cols == n_image_tokens``). ``head_dim`` defaults to
-    ``hidden_size`` as in the paper.
+    ``grid`` (rows, cols) and ``n_image_tokens`` (``rows * cols``) pin the proxy to models with that
+    one fixed grid per image (a LLaVA-1.5 proxy); leave both ``None`` (the default) for a proxy that
+    scores any regions (variable grids, several images). ``head_dim`` defaults to ``hidden_size``
+    as in the paper.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -54,8 +61,8 @@ class ProxyConfig(BaseModel):
     format: str = "fastrm-proxy/1"
     hidden_size: int = Field(gt=0, le=MAX_PROXY_DIM)
     head_dim: int | None = Field(default=None, gt=0, le=MAX_PROXY_DIM)
-    n_image_tokens: int = Field(gt=0, le=MAX_PROXY_IMAGE_TOKENS)
-    grid: tuple[int, int]
+    n_image_tokens: int | None = Field(default=None, gt=0, le=MAX_PROXY_IMAGE_TOKENS)
+    grid: tuple[int, int] | None = None
     label_threshold: float = Field(default=0.3, gt=0, le=1)
     classification_threshold: float = Field(default=0.5, gt=0, lt=1)
     layer_norm_eps: float = Field(default=1e-5, gt=0, lt=1)
@@ -66,6 +73,10 @@ class ProxyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _grid_matches(self) -> "ProxyConfig":
+        if (self.grid is None) != (self.n_image_tokens is None):
+            raise ValueError("grid and n_image_tokens go together: give both (a fixed-grid proxy) or neither")
+        if self.grid is None:
+            return self
         if min(self.grid) < 1:
             raise ValueError(f"grid {self.grid} must have positive sides")
         if self.grid[0] * self.grid[1] != self.n_image_tokens:
@@ -91,7 +102,9 @@ class FastRMProxy(nn.Module):
 
     # -- math -----------------------------------------------------------------------
     def image_keys(self, image_states: torch.Tensor) -> torch.Tensor:
-        """Keys of the image tokens: (..., N_img, D) -> (..., N_img, d_head), in the proxy's dtype."""
+        """Keys of the image tokens: (..., N_img, D) -> (..., N_img, d_head), in the proxy's dtype.
+
+        A fixed-grid proxy checks that N_img is a whole number of its images (one or several)."""
         self._check_states(image_states, self.config.n_image_tokens)
         return self.k_proj(self.norm(image_states.to(self.q_proj.weight.dtype)))
 
@@ -107,9 +120,12 @@ class FastRMProxy(nn.Module):
 
     @torch.no_grad()
     def predict(self, token_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-        """Probabilities on the grid: (B, T, D), (B, N_img, D) -> (B, T, rows, cols), float32."""
+        """Probabilities: (B, T, D), (B, N_img, D) -> (B, T, N_img) float32 (flat over the image
+        tokens), or (B, T, rows, cols) for a fixed-grid proxy given exactly one image's tokens."""
         probs = torch.sigmoid(self.forward(token_states, image_states).float())
-        return probs.reshape(*probs.shape[:-1], *self.config.grid)
+        if self.config.grid is not None and probs.shape[-1] == self.config.n_image_tokens:
+            return probs.reshape(*probs.shape[:-1], *self.config.grid)
+        return probs
 
     def _check_states(self, states: torch.Tensor, n_tokens: int | None) -> None:
         if states.shape[-1] != self.config.hidden_size:
@@ -117,23 +133,30 @@ class FastRMProxy(nn.Module):
                 f"hidden size mismatch: the proxy expects {self.config.hidden_size}-dim hidden states, "
                 f"got {states.shape[-1]}"
             )
-        if n_tokens is not None and states.shape[-2] != n_tokens:
+        if n_tokens is not None and (states.shape[-2] == 0 or states.shape[-2] % n_tokens):
             raise ConfigMismatchError(
-                f"image-token count mismatch: the proxy was built for {n_tokens} image tokens, got {states.shape[-2]}"
+                f"image-token count mismatch: the proxy was built for images of {n_tokens} image tokens, "
+                f"got {states.shape[-2]}"
             )
 
     # -- compatibility ----------------------------------------------------------------
     def check_compatible(self, adapter) -> None:
-        """Raise :class:`ConfigMismatchError` unless this proxy fits the model behind ``adapter``."""
+        """Raise :class:`ConfigMismatchError` unless this proxy fits the model behind ``adapter``:
+        the hidden size, and for a proxy that pins a grid, the model's fixed grid."""
         cfg = self.config
         problems = []
         if cfg.hidden_size != adapter.hidden_size:
             problems.append(f"hidden size {cfg.hidden_size} (proxy) != {adapter.hidden_size} (model)")
-        n_patches = adapter.grid[0] * adapter.grid[1]
-        if cfg.n_image_tokens != n_patches:
-            problems.append(f"image tokens {cfg.n_image_tokens} (proxy) != {n_patches} (model)")
-        if tuple(cfg.grid) != tuple(adapter.grid):
-            problems.append(f"grid {tuple(cfg.grid)} (proxy) != {tuple(adapter.grid)} (model)")
+        if cfg.grid is not None:
+            grid = adapter.fixed_grid
+            if grid is None:
+                problems.append(f"grid {tuple(cfg.grid)} (proxy) is fixed but {adapter.name} models have variable grids")
+            else:
+                n_patches = grid[0] * grid[1]
+                if cfg.n_image_tokens != n_patches:
+                    problems.append(f"image tokens {cfg.n_image_tokens} (proxy) != {n_patches} (model)")
+                if tuple(cfg.grid) != tuple(grid):
+                    problems.append(f"grid {tuple(cfg.grid)} (proxy) != {tuple(grid)} (model)")
         if problems:
             raise ConfigMismatchError("the proxy does not match the model: " + "; ".join(problems))
 

@@ -37,38 +37,65 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_common.errors import InputError, RelevancyError
-from fastrm_core.sequences import split_generated, stop_token_ids, unpad_row
+from fastrm_core.regions import ImageRegion, flat_positions, split_flat
+from fastrm_core.sequences import split_generated
 
 __all__ = ["RelevancyMaps", "gradient_relevancy", "gradient_relevancy_batch", "per_step_relevancy"]
 
 
 @dataclass
 class RelevancyMaps:
-    """Relevancy maps of one generated sequence.
+    """Relevancy maps of one generated sequence, flat over the row's image positions.
 
     Attributes:
-        maps: (T, rows, cols) float32, the image part of each token's relevancy row,
-            grid-shaped (row-major patches). Higher = more relevant.
+        flat_maps: (T, N_img) float32, the image part of each token's relevancy row, over the
+            positions of ``regions`` concatenated (:func:`fastrm_core.regions.flat_positions`).
+            Higher = more relevant. :meth:`region_maps` cuts it into one grid per region.
         rows: (T, N) float32, each token's full relevancy row over all N input positions
             (prompt + generated tokens before the last); entry ``positions[t]`` is the
             token's self-relevance (1 plus feedback).
         token_ids: (T,) the generated tokens.
         positions: (T,) the sequence position p that predicted each token.
-        image_positions: (N_img,) sequence positions of the image patches.
-        grid: (rows, cols) of the patch grid.
+        regions: the image regions of the (unpadded) sequence; their positions index ``rows``.
     """
 
-    maps: torch.Tensor
+    flat_maps: torch.Tensor
     rows: torch.Tensor
     token_ids: torch.Tensor
     positions: torch.Tensor
-    image_positions: torch.Tensor
-    grid: tuple[int, int]
+    regions: list[ImageRegion]
     method: str = "gradient"
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.token_ids.numel())
+
+    @property
+    def image_positions(self) -> torch.Tensor:
+        """(N_img,) sequence positions of the image patches (all regions, concatenated)."""
+        return flat_positions(self.regions)
+
+    def region_maps(self) -> list[torch.Tensor]:
+        """One (T, rows, cols) map per region, in region order."""
+        return split_flat(self.flat_maps, self.regions)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the one region (single-region sequences such as LLaVA-1.5's)."""
+        return self._single().grid
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """(T, rows, cols) of the one region; use :attr:`flat_maps` / :meth:`region_maps` when there are several."""
+        self._single()
+        return self.region_maps()[0]
+
+    def _single(self) -> ImageRegion:
+        if len(self.regions) != 1:
+            raise InputError(
+                f"this sequence has {len(self.regions)} image regions: use flat_maps or region_maps() instead of maps/grid"
+            )
+        return self.regions[0]
 
     def normalized_rows(self) -> torch.Tensor:
         """Chefer's display normalisation (eqs. 8-9): r_hat = (r - e_p) / sum(r - e_p) + e_p. (T, N)"""
@@ -153,27 +180,26 @@ def _auto_chunk(n_layers: int, n_heads: int, n_pos: int, budget_bytes: float) ->
 
 def _row_relevancy_one(
     adapter: VLMAdapter,
-    input_ids: torch.Tensor,
-    extra: dict,
+    prompt: dict,
     gen: torch.Tensor,
     *,
     chunk_size: int | None,
     memory_budget_gb: float,
     batched_backward: bool | None,
 ) -> RelevancyMaps:
+    """``prompt``: one unpadded row's inputs (:meth:`VLMAdapter.row_inputs`); ``gen`` (T,) its new tokens."""
     model = adapter.model
+    input_ids = prompt["input_ids"][0]
     device = input_ids.device
-    layout = adapter.image_layout(input_ids)
+    regions = adapter.regions(prompt)
     prompt_len = input_ids.numel()
     n_new = gen.numel()
-    if bool((gen[:-1] == adapter.image_token_id).any()):
-        raise InputError("the generated tokens contain the image placeholder token; they cannot be fed back to the model")
-    seq = torch.cat([input_ids, gen[:-1].to(device)])[None]  # (1, N): the last token is never an input
-    n_pos = seq.shape[1]
+    replay = adapter.extend_inputs(prompt, gen[:-1])  # (1, N): the last token is never an input
+    n_pos = replay["input_ids"].shape[1]
     positions = torch.arange(prompt_len - 1, prompt_len - 1 + n_new, device=device)  # (T,)
 
     with _recording_attentions(adapter, leaf_embeds=True) as records, torch.enable_grad():
-        out = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False, **extra)
+        out = model(**replay, use_cache=False)
         attns = records[-1]  # L x (1, H, N, N)
         logits = out.logits[0]  # (N, V)
         if not torch.isfinite(logits[positions]).all():
@@ -202,17 +228,19 @@ def _row_relevancy_one(
             del grads
     if not torch.isfinite(rows).all():
         raise RelevancyError("relevancy propagation produced non-finite values (NaN hidden states?)")
-    patch_pos = layout.patch_positions
-    maps = rows[:, patch_pos].reshape(n_new, *layout.grid)  # (T, rows, cols)
+    image_pos = flat_positions(regions).to(device)
     return RelevancyMaps(
-        maps=maps.cpu(),
+        flat_maps=rows[:, image_pos].cpu(),  # (T, N_img)
         rows=rows.cpu(),
         token_ids=gen.cpu(),
         positions=positions.cpu(),
-        image_positions=patch_pos.cpu(),
-        grid=layout.grid,
+        regions=_on_cpu(regions),
         method="gradient",
     )
+
+
+def _on_cpu(regions: list[ImageRegion]) -> list[ImageRegion]:
+    return [ImageRegion(r.image, r.kind, r.positions.cpu(), r.grid) for r in regions]
 
 
 def _chunk_grads(ys: torch.Tensor, attns: list[torch.Tensor], idx: torch.Tensor, batched: bool) -> list[torch.Tensor]:
@@ -277,16 +305,14 @@ def gradient_relevancy_batch(
         raise InputError(
             f"generated_ids has {generated_ids.shape[0]} rows but inputs has {input_ids.shape[0]} prompts"
         )
-    stops = stop_token_ids(model)
+    stops = adapter.stop_token_ids()
     results = []
     for b in range(input_ids.shape[0]):
-        ids, extra = unpad_row(inputs, b)
         gen = split_generated(input_ids[b], generated_ids[b], stops)
         results.append(
             _row_relevancy_one(
                 adapter,
-                ids,
-                extra,
+                adapter.row_inputs(inputs, b),
                 gen,
                 chunk_size=chunk_size,
                 memory_budget_gb=memory_budget_gb,
@@ -304,7 +330,8 @@ def gradient_relevancy(model: nn.Module, inputs: dict, generated_ids: torch.Tens
         inputs = processor(images=image, text=prompt, return_tensors="pt")
         out = model.generate(**inputs, max_new_tokens=10, do_sample=False)
         rel = gradient_relevancy(model, inputs, out)
-        rel.maps.shape        # (T, 24, 24) for LLaVA-1.5
+        rel.maps.shape        # (T, 24, 24) for LLaVA-1.5 (one region)
+        rel.flat_maps.shape   # (T, N_img) over every image region of the prompt
     """
     if inputs["input_ids"].shape[0] != 1:
         raise InputError(
@@ -340,25 +367,22 @@ def per_step_relevancy(
     adapter = adapter or get_adapter(model)
     if inputs["input_ids"].shape[0] != 1:
         raise InputError("per_step_relevancy explains one sequence at a time")
-    ids, extra = unpad_row(inputs, 0)
-    layout = adapter.image_layout(ids)
-    stops = stop_token_ids(model) if stop_at_eos else frozenset()
+    prompt = adapter.row_inputs(inputs, 0)
+    ids = prompt["input_ids"][0]
+    regions = adapter.regions(prompt)
+    stops = adapter.stop_token_ids() if stop_at_eos else frozenset()
     prompt_len = ids.numel()
     device = ids.device
     tokens: list[int] = []
     rows: list[torch.Tensor] = []
     with _recording_attentions(adapter, leaf_embeds=True) as records, torch.enable_grad():
         cache = None
-        step_ids = ids[None]
         for step in range(max_new_tokens):
             n_seen = prompt_len + step
-            out = model(
-                input_ids=step_ids,
-                attention_mask=torch.ones(1, n_seen, dtype=torch.long, device=device),
-                cache=cache,
-                use_cache=True,
-                **(extra if step == 0 else {}),
-            )
+            # the prefill takes the whole prompt; later steps one token on the cache, with no mask
+            # (an unpadded row), so that families with their own position ids (M-RoPE) derive them
+            step_inputs = prompt if step == 0 else {"input_ids": torch.tensor([[tokens[-1]]], device=device)}
+            out = model(**step_inputs, cache=cache, use_cache=True)
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             logits = out.logits[0, -1]
             choice = logits.detach().clone()
@@ -386,20 +410,17 @@ def per_step_relevancy(
             tokens.append(token)
             if token in stops:
                 break
-            step_ids = torch.tensor([[token]], device=device)
     if not tokens:
         raise InputError("max_new_tokens must be >= 1")
     n_final = prompt_len + len(tokens) - 1
     full = torch.zeros(len(tokens), n_final, dtype=torch.float32)
     for t, row in enumerate(rows):
         full[t, : row.numel()] = row.cpu()
-    patch_pos = layout.patch_positions.cpu()
     return RelevancyMaps(
-        maps=full[:, patch_pos].reshape(len(tokens), *layout.grid),
+        flat_maps=full[:, flat_positions(regions).cpu()],  # (T, N_img)
         rows=full,
         token_ids=torch.tensor(tokens),
         positions=torch.arange(prompt_len - 1, prompt_len - 1 + len(tokens)),
-        image_positions=patch_pos,
-        grid=layout.grid,
+        regions=_on_cpu(regions),
         method="per_step",
     )

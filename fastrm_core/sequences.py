@@ -1,7 +1,8 @@
 """Helpers on generated sequences shared by the gradient baseline and Grad-CAM.
 
 Internal to fastrm_core (not re-exported): how to find the new tokens of a ``generate`` output
-row, the ids ``generate`` stops on, and one unpadded row of a processor batch.
+row and the ids ``generate`` stops on (one unpadded row of a batch is the adapter's
+:meth:`~fastrm_core.adapters.VLMAdapter.row_inputs`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 from fastrm_common.errors import InputError
 from fastrm_common.tokens import eos_ids_of
 
-__all__ = ["split_generated", "stop_token_ids", "unpad_row"]
+__all__ = ["split_generated", "stop_token_ids"]
 
 
 def split_generated(
@@ -45,20 +46,3 @@ def stop_token_ids(model: nn.Module) -> frozenset[int]:
     A chat model may list several (``generation_config.eos_token_id = [2, 32007]``); all count.
     """
     return eos_ids_of(getattr(model, "generation_config", None))
-
-
-def unpad_row(inputs: dict, b: int) -> tuple[torch.Tensor, dict]:
-    """Row b of a processor batch without its padding: (input_ids (S,), extra model kwargs)."""
-    ids = inputs["input_ids"][b]
-    mask = inputs.get("attention_mask")
-    if mask is not None:
-        ids = ids[mask[b].bool()]
-    extra = {}
-    for key, value in inputs.items():
-        if key in {"input_ids", "attention_mask"}:
-            continue
-        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == inputs["input_ids"].shape[0]:
-            extra[key] = value[b : b + 1]
-        else:
-            extra[key] = value
-    return ids, extra

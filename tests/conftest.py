@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastrm_core.loading import load_vlm
-from fastrm_core.testing import blank_image, build_tiny_llava, llava_prompt
+from fastrm_core.testing import blank_image, build_tiny_llava, build_tiny_qwen2_vl, llava_prompt
 
 torch.set_num_threads(1)
 
@@ -29,6 +29,26 @@ def tiny_llava(tmp_path_factory):
 def tiny_llava_gqa(tmp_path_factory):
     """Grouped-query attention (4 query heads, 2 key/value heads), 3 layers, 'full' feature strategy."""
     return _saved(tmp_path_factory, "tiny-llava-gqa", num_layers=3, num_kv_heads=2, feature_strategy="full", seed=1)
+
+
+def _saved_qwen(tmp_path_factory, name: str, **spec):
+    model, processor = build_tiny_qwen2_vl(**spec)
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return load_vlm(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tmp_path_factory):
+    """(model, processor): a tiny random Qwen2-VL (2 layers, hidden 64, 8-pixel patches merged 2 x 2), via load_vlm."""
+    return _saved_qwen(tmp_path_factory, "tiny-qwen2-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl(tmp_path_factory):
+    """(model, processor): a tiny random Qwen2.5-VL, via load_vlm."""
+    return _saved_qwen(tmp_path_factory, "tiny-qwen2-5-vl", version="qwen2_5_vl", seed=1)
 
 
 @pytest.fixture

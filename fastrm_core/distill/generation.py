@@ -41,7 +41,7 @@ def greedy_kwargs(adapter: VLMAdapter, max_new_tokens: int) -> dict:
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
-        suppress_tokens=[adapter.image_token_id],
+        suppress_tokens=sorted(adapter.placeholder_token_ids),
     )
 
 

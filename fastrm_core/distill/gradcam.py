@@ -4,7 +4,11 @@ For a generated token t predicted at position p, with y its pre-softmax logit, a
 H (N_img, D) the hidden states of the image tokens at the output of decoder layer l::
 
     alpha = mean_j dy/dH_j            # (D,) channel weights (Grad-CAM's pooled gradients)
-    cam_j = ReLU(H_j . alpha)         # (N_img,) -> (rows, cols)
+    cam_j = ReLU(H_j . alpha)         # (N_img,)
+
+With several image regions (several pictures, or a base and a high-resolution view) each region
+is its own feature map: alpha is pooled over the region's tokens. Maps are flat over the
+regions' positions (:meth:`fastrm_core.adapters.VLMAdapter.regions`), like every relevancy map.
 
 The layer must not be the last one: the last layer's outputs at the image positions do not
 reach position p's logits (only position p's own last state does), so their gradient is zero.
@@ -21,7 +25,8 @@ from torch import nn
 
 from fastrm_core.adapters import VLMAdapter, get_adapter
 from fastrm_common.errors import InputError, RelevancyError
-from fastrm_core.sequences import split_generated, stop_token_ids, unpad_row
+from fastrm_core.regions import flat_positions
+from fastrm_core.sequences import split_generated
 
 __all__ = ["default_gradcam_layer", "gradcam_maps"]
 
@@ -40,7 +45,8 @@ def gradcam_maps(
     tokens: torch.Tensor | None = None,
     adapter: VLMAdapter | None = None,
 ) -> torch.Tensor:
-    """Grad-CAM maps of the generated tokens of ONE sequence, (T, rows, cols) float32 on the CPU.
+    """Grad-CAM maps of the generated tokens of ONE sequence, (T, N_img) float32 on the CPU, flat over
+    the sequence's image regions (``maps.reshape(T, rows, cols)`` for a single-region model such as LLaVA-1.5).
 
     Args:
         inputs: the processor output of one prompt (batch 1, no padding).
@@ -52,8 +58,9 @@ def gradcam_maps(
     adapter = adapter or get_adapter(model)
     if inputs["input_ids"].shape[0] != 1:
         raise InputError("gradcam_maps explains one sequence at a time")
-    ids, extra = unpad_row(inputs, 0)
-    gen = split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), stop_token_ids(model))
+    prompt = adapter.row_inputs(inputs, 0)
+    ids = prompt["input_ids"][0]
+    gen = split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), adapter.stop_token_ids())
     layers = adapter.decoder_layers
     n_layers = len(layers)
     layer = default_gradcam_layer(n_layers) if layer is None else layer
@@ -64,10 +71,11 @@ def gradcam_maps(
             f"gradcam layer must be in [0, {n_layers - 2}] (or negative, not the last layer) for this "
             f"{n_layers}-layer model, got {layer}"
         )
-    layout = adapter.image_layout(ids)
-    patch_pos = layout.patch_positions.to(ids.device)  # (N_img,)
+    regions = adapter.regions(prompt)
     device = ids.device
-    seq = torch.cat([ids, gen[:-1].to(device)])[None]  # (1, N)
+    patch_pos = flat_positions(regions).to(device)  # (N_img,)
+    bounds = torch.tensor([0] + [r.size for r in regions]).cumsum(0).tolist()  # region k: [bounds[k], bounds[k+1])
+    replay = adapter.extend_inputs(prompt, gen[:-1])  # (1, N)
     prompt_len = ids.numel()
     positions = torch.arange(prompt_len - 1, prompt_len - 1 + gen.numel(), device=device)  # (T,)
     which = torch.arange(gen.numel()) if tokens is None else torch.as_tensor(tokens).reshape(-1)
@@ -88,7 +96,7 @@ def gradcam_maps(
         for p, _ in old_flags:
             p.requires_grad_(False)
         with torch.enable_grad():
-            out = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False, **extra)
+            out = model(**replay, use_cache=False)
             logits = out.logits[0]  # (N, V)
             ys = logits[positions, gen.to(device)]  # (T,)
             if not torch.isfinite(ys).all():
@@ -98,11 +106,13 @@ def gradcam_maps(
             acts = h[0, patch_pos].detach().float()  # (N_img, D)
             for i in which.tolist():
                 (grad,) = torch.autograd.grad(ys[i], h, retain_graph=True)
-                alpha = grad[0, patch_pos].float().mean(dim=0)  # (D,)
-                maps[i] = torch.relu(acts @ alpha).cpu()
+                g = grad[0, patch_pos].float()  # (N_img, D)
+                for lo, hi in zip(bounds[:-1], bounds[1:]):
+                    alpha = g[lo:hi].mean(dim=0)  # (D,) pooled over one region
+                    maps[i, lo:hi] = torch.relu(acts[lo:hi] @ alpha).cpu()
     finally:
         handle.remove()
         for p, flag in old_flags:
             p.requires_grad_(flag)
         model.train(old_training)
-    return maps.reshape(gen.numel(), *layout.grid)
+    return maps

@@ -91,8 +91,8 @@ class _PerStep:
     def rankings(self, x: Explained) -> list[np.ndarray]:
         n_tok = x.gradient.shape[0]
         rel = per_step_relevancy(x.model, x.inputs, n_tok, adapter=x.adapter, stop_at_eos=False,
-                                 suppress_tokens=[x.adapter.image_token_id])  # as greedy_kwargs
-        return [select_tokens(rel.maps.reshape(len(rel), -1).float(), x.chosen)]
+                                 suppress_tokens=sorted(x.adapter.placeholder_token_ids))  # as greedy_kwargs
+        return [select_tokens(rel.flat_maps.float(), x.chosen)]
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,8 @@ class _GradCAM:
     label: str = "grad-cam"
 
     def rankings(self, x: Explained) -> list[np.ndarray]:
-        n_tok = x.gradient.shape[0]
         cam = gradcam_maps(x.model, x.inputs, x.generated, layer=x.gradcam_layer, tokens=x.chosen, adapter=x.adapter)
-        return [select_tokens(cam.reshape(n_tok, -1), x.chosen)]
+        return [select_tokens(cam, x.chosen)]
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from fastrm_common.errors import InputError, UnsupportedModelError
 from fastrm_core.loading import load_vlm
 
 
-def test_registry_lists_llava():
-    assert list_adapters() == ["llava"]
+def test_registry_lists_llava_and_qwen():
+    assert {"llava", "qwen2_vl"} <= set(list_adapters()) and list_adapters() == sorted(list_adapters())
 
 
 def test_unsupported_model_names_the_supported_ones():
@@ -48,6 +48,8 @@ def test_image_token_count_mismatch(tiny_llava):
     a = get_adapter(tiny_llava[0])
     with pytest.raises(InputError, match="expected exactly one image of 16 image tokens"):
         a.image_layout(torch.full((10,), a.image_token_id))
+    with pytest.raises(InputError, match="exactly one image region"):
+        a.image_layout(torch.full((32,), a.image_token_id))
 
 
 def test_load_vlm_rejects_other_architectures(tmp_path):
@@ -55,5 +57,33 @@ def test_load_vlm_rejects_other_architectures(tmp_path):
 
     LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                 vocab_size=50).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="supported: llava"):
+    with pytest.raises(UnsupportedModelError, match="model_type .llama.*supported adapters: llava"):
         load_vlm(tmp_path)
+
+
+def test_choice_by_config_refuses_a_pixtral_tower():
+    from transformers import LlavaConfig
+
+    from fastrm_core.adapters import adapter_for_config
+
+    assert adapter_for_config(LlavaConfig()).name == "llava"  # CLIP tower
+    pixtral = LlavaConfig(vision_config={"model_type": "pixtral", "image_size": 96, "patch_size": 8})
+    assert adapter_for_config(pixtral) is None
+    model = nn.Module()
+    model.config = pixtral
+    with pytest.raises(UnsupportedModelError, match="'pixtral' vision tower"):
+        get_adapter(model)
+    with pytest.raises(UnsupportedModelError, match="as 'llava'"):
+        get_adapter(model, name="llava")
+
+
+def test_several_images_in_one_llava_prompt(tiny_llava):
+    model, _ = tiny_llava
+    a = get_adapter(model)
+    img = a.image_token_id
+    ids = torch.tensor([1, img, *[img] * 15, 7, 8, *[img] * 16, 9])
+    regions = a.regions(ids)
+    assert [(r.image, r.kind, r.grid) for r in regions] == [(0, "full", (4, 4)), (1, "full", (4, 4))]
+    assert regions[1].positions.tolist() == list(range(19, 35))
+    with pytest.raises(InputError, match="contiguous"):
+        a.regions(torch.tensor([img] * 8 + [5] + [img] * 8))

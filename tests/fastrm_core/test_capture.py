@@ -82,7 +82,7 @@ def test_on_token_callback_and_long_generation(tiny_llava, proxy, make_inputs):
     calls = []
     with capture(model, proxy, on_token=lambda step, probs: calls.append((step, tuple(probs.shape)))) as cap:
         model.generate(**inputs, **gen_kwargs(model, 300, do_sample=False))
-    assert cap.num_steps == 300 and calls[0] == (0, (1, 4, 4)) and calls[-1][0] == 299
+    assert cap.num_steps == 300 and calls[0] == (0, (1, 16)) and calls[-1][0] == 299  # (B, N_img) flat
 
 
 def test_hooks_removed_also_on_error(tiny_llava, proxy, make_inputs):

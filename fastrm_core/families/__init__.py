@@ -1,0 +1,11 @@
+"""Built-in model families beyond LLaVA-1.5 (which lives in :mod:`fastrm_core.adapters`).
+
+One module per family; each defines a :class:`~fastrm_core.adapters.VLMAdapter` subclass and
+registers it with :func:`~fastrm_core.adapters.register_adapter` at import. The registry imports
+every module of :data:`BUILTIN` on its first look-up, so adding a family is one module plus one
+line here.
+"""
+
+BUILTIN: tuple[str, ...] = (
+    "fastrm_core.families.qwen2_vl",
+)

@@ -1,0 +1,154 @@
+"""FROZEN COPY of main's code before #16 (commit d047df1), the reference of test_llava_unchanged.py. Do not edit."""
+# ruff: noqa
+"""Grad-CAM on the language model's image tokens: a cheaper gradient baseline for comparison.
+
+For a generated token t predicted at position p, with y its pre-softmax logit, and
+H (N_img, D) the hidden states of the image tokens at the output of decoder layer l::
+
+    alpha = mean_j dy/dH_j            # (D,) channel weights (Grad-CAM's pooled gradients)
+    cam_j = ReLU(H_j . alpha)         # (N_img,) -> (rows, cols)
+
+The layer must not be the last one: the last layer's outputs at the image positions do not
+reach position p's logits (only position p's own last state does), so their gradient is zero.
+The default is the middle layer, ``(L - 1) // 2``.
+
+Like :mod:`fastrm_core.relevancy`, the model is left as it was found: ``requires_grad`` flags,
+train/eval mode and hooks are restored even on error; no parameter gradient is accumulated.
+"""
+
+
+import torch
+from torch import nn
+
+from fastrm_core.adapters import VLMAdapter, get_adapter
+from fastrm_common.errors import InputError, RelevancyError
+from fastrm_core.sequences import split_generated
+from fastrm_core.sequences import stop_token_ids as _stops
+
+
+
+# --- frozen from main before #16: one unpadded row and the one-image layout of LLaVA-1.5 ---------
+def unpad_row(inputs: dict, b: int):
+    ids = inputs["input_ids"][b]
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        ids = ids[mask[b].bool()]
+    extra = {}
+    for key, value in inputs.items():
+        if key in {"input_ids", "attention_mask"}:
+            continue
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == inputs["input_ids"].shape[0]:
+            extra[key] = value[b : b + 1]
+        else:
+            extra[key] = value
+    return ids, extra
+
+
+class _Layout:
+    def __init__(self, positions, grid, offset):
+        self.positions, self.grid, self.offset = positions, grid, offset
+
+    @property
+    def patch_positions(self):
+        return self.positions[self.offset :]
+
+
+def _legacy_grid(adapter):
+    vc = adapter.model.config.vision_config
+    side = int(vc.image_size) // int(vc.patch_size)
+    return (side, side)
+
+
+def _legacy_layout(adapter, input_ids):
+    cfg = adapter.model.config
+    offset = 1 if cfg.vision_feature_select_strategy == "full" else 0
+    image_id = int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
+    positions = (input_ids == image_id).nonzero(as_tuple=True)[0]
+    grid = _legacy_grid(adapter)
+    assert positions.numel() == grid[0] * grid[1] + offset
+    return _Layout(positions, grid, offset)
+
+
+__all__ = ["default_gradcam_layer", "gradcam_maps"]
+
+
+def default_gradcam_layer(n_layers: int) -> int:
+    """The middle decoder layer ``(L - 1) // 2`` (0 for a 2-layer model, 15 for LLaVA-1.5-7B)."""
+    return max(0, (n_layers - 1) // 2)
+
+
+def gradcam_maps(
+    model: nn.Module,
+    inputs: dict,
+    generated_ids: torch.Tensor,
+    *,
+    layer: int | None = None,
+    tokens: torch.Tensor | None = None,
+    adapter: VLMAdapter | None = None,
+) -> torch.Tensor:
+    """Grad-CAM maps of the generated tokens of ONE sequence, (T, rows, cols) float32 on the CPU.
+
+    Args:
+        inputs: the processor output of one prompt (batch 1, no padding).
+        generated_ids: (T,) or (1, T) the new tokens (or the full ``generate`` output row).
+        layer: decoder layer whose output is explained (negative counts from the end);
+            default :func:`default_gradcam_layer`.
+        tokens: indices of the tokens to explain (default all); the others' maps are zero.
+    """
+    adapter = adapter or get_adapter(model)
+    if inputs["input_ids"].shape[0] != 1:
+        raise InputError("gradcam_maps explains one sequence at a time")
+    ids, extra = unpad_row(inputs, 0)
+    gen = split_generated(inputs["input_ids"][0], generated_ids.reshape(-1), _stops(model))
+    layers = adapter.decoder_layers
+    n_layers = len(layers)
+    layer = default_gradcam_layer(n_layers) if layer is None else layer
+    if layer < 0:
+        layer += n_layers
+    if not 0 <= layer < n_layers - 1:
+        raise InputError(
+            f"gradcam layer must be in [0, {n_layers - 2}] (or negative, not the last layer) for this "
+            f"{n_layers}-layer model, got {layer}"
+        )
+    layout = _legacy_layout(adapter, ids)
+    patch_pos = layout.patch_positions.to(ids.device)  # (N_img,)
+    device = ids.device
+    seq = torch.cat([ids, gen[:-1].to(device)])[None]  # (1, N)
+    prompt_len = ids.numel()
+    positions = torch.arange(prompt_len - 1, prompt_len - 1 + gen.numel(), device=device)  # (T,)
+    which = torch.arange(gen.numel()) if tokens is None else torch.as_tensor(tokens).reshape(-1)
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def leaf_output(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        leaf = hidden.detach().requires_grad_(True)  # the graph starts here: no grads below layer l
+        captured["h"] = leaf
+        return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
+
+    old_training = model.training
+    old_flags = [(p, p.requires_grad) for p in model.parameters()]
+    handle = layers[layer].register_forward_hook(leaf_output)
+    try:
+        model.eval()
+        for p, _ in old_flags:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            out = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False, **extra)
+            logits = out.logits[0]  # (N, V)
+            ys = logits[positions, gen.to(device)]  # (T,)
+            if not torch.isfinite(ys).all():
+                raise RelevancyError("the model produced non-finite logits for this sequence")
+            h = captured["h"]
+            maps = torch.zeros(gen.numel(), patch_pos.numel(), dtype=torch.float32)  # (T, N_img)
+            acts = h[0, patch_pos].detach().float()  # (N_img, D)
+            for i in which.tolist():
+                (grad,) = torch.autograd.grad(ys[i], h, retain_graph=True)
+                alpha = grad[0, patch_pos].float().mean(dim=0)  # (D,)
+                maps[i] = torch.relu(acts @ alpha).cpu()
+    finally:
+        handle.remove()
+        for p, flag in old_flags:
+            p.requires_grad_(flag)
+        model.train(old_training)
+    return maps.reshape(gen.numel(), *layout.grid)
