@@ -34,9 +34,12 @@ demo: install
 test: install browser lint
 	$(BIN)/python -m pytest -q
 
-# Everything but the tests marked slow (end-to-end runs of the shipped model, Ray, subprocess kills).
-test-fast: install browser lint
-	$(BIN)/python -m pytest -q -m "not slow"
+# Everything but the tests marked slow (end-to-end runs of the shipped model and the CLI's long commands,
+# Ray, a live server under load, Hypothesis, the headless browser, subprocess kills; README gives the times).
+# A module whose every test is slow is not even imported (tests/conftest.py), nor is
+# Hypothesis (only slow tests use it; its pytest plugin would import it for the summary).
+test-fast: install lint
+	$(BIN)/python -m pytest -q -m "not slow" -p no:hypothesispytest
 
 lint: install
 	$(BIN)/python -m ruff check .

@@ -34,11 +34,12 @@ This module is pure: arrays in, pydantic models out, no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.stats import gaussian_kde
+
+if TYPE_CHECKING:
+    from scipy.stats import gaussian_kde
 
 from calibration.artifact import RULES, Calibration, KDECurves, Rule, RuleResult, ScoreSpec, ThresholdMetrics
 from calibration.guarantee import guaranteed_threshold
@@ -256,6 +257,8 @@ def split_fit_heldout(
 
 def _crossings_down(f: Any, xs: np.ndarray) -> list[float]:
     """Points where ``f`` goes from positive to non-positive along ``xs`` (refined with brentq)."""
+    from scipy.optimize import brentq  # scipy loads only when fitting (a second): ``import calibration`` stays light
+
     d = f(xs)  # (G,)
     out = []
     for i in np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0)):
@@ -419,6 +422,8 @@ def fit_calibration(
         if not isinstance(heldout, (tuple, list)) or len(heldout) != 2:
             raise CalibrationError("heldout must be a pair (scores, correct)")
         held = _check_pair(heldout[0], heldout[1], "held-out data")
+
+    from scipy.stats import gaussian_kde  # only when fitting (see _crossings_down)
 
     s_c, s_w = s[c], s[~c]  # (n_c,), (n_w,)
     try:

@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta as _beta
 
 from fastrm_common.errors import CalibrationError
 
@@ -86,8 +85,10 @@ def clopper_pearson_upper(k: Any, n: Any, delta: float) -> Any:
         raise CalibrationError(f"delta must be strictly between 0 and 1, got {delta!r}")
     if (n_arr < 1).any() or (k_arr < 0).any() or (k_arr > n_arr).any():
         raise CalibrationError("clopper_pearson_upper needs 0 <= k <= n and n >= 1")
+    from scipy.stats import beta  # scipy loads only when a bound is computed: ``import calibration`` stays light
+
     with np.errstate(invalid="ignore"):
-        ub = _beta.ppf(1.0 - float(delta), k_arr + 1.0, np.maximum(n_arr - k_arr, 1e-300))
+        ub = beta.ppf(1.0 - float(delta), k_arr + 1.0, np.maximum(n_arr - k_arr, 1e-300))
     ub = np.where(k_arr >= n_arr, 1.0, ub)
     return float(ub) if ub.ndim == 0 else ub
 

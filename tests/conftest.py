@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -9,6 +11,20 @@ from fastrm_core.loading import load_vlm
 from fastrm_core.testing import blank_image, build_tiny_llava, build_tiny_qwen2_vl, llava_prompt
 
 torch.set_num_threads(1)
+
+_SLOW_MODULE = re.compile(r"^pytestmark = pytest\.mark\.slow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m "not slow"`` (make test-fast), a module whose every test is slow (a top-level
+    ``pytestmark = pytest.mark.slow``) is not even imported: its imports (Ray, Hypothesis) cost seconds."""
+    if collection_path.suffix != ".py" or (config.getoption("markexpr") or "").replace(" ", "") != "notslow":
+        return None
+    try:
+        text = collection_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return True if _SLOW_MODULE.search(text) else None
 
 
 def _saved(tmp_path_factory, name: str, **spec):

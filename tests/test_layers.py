@@ -18,7 +18,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
+
+import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +69,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@cache  # one parse of the tree for the three checks below
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path, modules) - {name} for name, path in modules.items()}
@@ -139,12 +143,12 @@ LIGHT = ["fastrm_common", "policies", "calibration", "guardrail.cli", "fastrm_co
 
 def test_light_imports_do_not_load_torch():
     """``import policies`` (and the others) in a fresh interpreter, one after the other: after
-    each, neither torch nor transformers is loaded (so the first that loads one is named)."""
+    each, neither torch, transformers nor scipy (seconds each) is loaded (so the first that loads one is named)."""
     code = (
         "import importlib, sys\n"
         f"for name in {LIGHT!r}:\n"
         "    importlib.import_module(name)\n"
-        "    heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'scipy') if m in sys.modules]\n"
         "    if heavy:\n"
         "        print(f'import {name} loaded {heavy}')\n"
         "        break\n"
@@ -154,6 +158,7 @@ def test_light_imports_do_not_load_torch():
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.slow  # imports every submodule in a fresh interpreter
 def test_public_names_survive_importing_every_submodule():
     """A lazily loaded name must not be shadowed by a submodule of the same name (Python binds
     ``package.sub`` on import, so ``from fastrm_core import capture`` would give the module)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,26 @@ def test_other_extras_install_again(project):
     make(project, "test")
     assert len(installs(make(project, "test", "EXTRAS=dev"))) == 1
     assert installs(make(project, "test", "EXTRAS=dev")) == []
+
+
+def test_make_test_fast_lints_and_leaves_out_the_slow_tests(project):
+    make(project, "test")
+    assert make(project, "test-fast") == ["-m ruff check .", "-m pytest -q -m not slow -p no:hypothesispytest"]
+
+
+def test_the_fast_loop_does_not_import_modules_whose_every_test_is_slow(tmp_path, request):
+    """tests/conftest.py: with -m "not slow", a module marked slow at its top is not collected (nor imported)."""
+    ignore = request.config.pluginmanager.get_plugin(str(ROOT / "tests" / "conftest.py")).pytest_ignore_collect
+    slow = tmp_path / "test_all_slow.py"
+    slow.write_text("import pytest\n\npytestmark = pytest.mark.slow  # why\nimport ray\n")
+    mixed = tmp_path / "test_mixed.py"
+    mixed.write_text("import pytest\n\n\n@pytest.mark.slow\ndef test_slow():\n    pass\n")
+
+    def config(markexpr):
+        return types.SimpleNamespace(getoption=lambda name: markexpr if name == "markexpr" else None)
+
+    assert ignore(slow, config("not slow")) is True
+    assert ignore(slow, config("not  slow")) is True
+    assert ignore(mixed, config("not slow")) is None  # its fast tests still run
+    assert ignore(slow, config("")) is None  # make test: everything
+    assert ignore(slow, config("slow")) is None

@@ -6,6 +6,7 @@ from calibration import fit_calibration, plot_calibration
 pytest.importorskip("matplotlib")
 
 
+@pytest.mark.slow
 def test_plot_writes_an_image(tmp_path):
     rng = np.random.default_rng(0)
     scores = np.r_[rng.normal(0.3, 0.05, 80), rng.normal(0.5, 0.07, 40)]

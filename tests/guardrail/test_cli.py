@@ -88,6 +88,7 @@ def test_view_of_empty_trace(tmp_path):
     assert run_cli("view", empty)[0] == 1
 
 
+@pytest.mark.slow
 def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
     from calibration import read_vqa_jsonl
     from guardrail.calibrate import score_records
@@ -151,6 +152,7 @@ def test_calibrate_refuses_one_class_data(saved, tmp_path):
     assert not (tmp_path / "cal.json").exists()
 
 
+@pytest.mark.slow
 def test_demo_command_on_given_artifacts(saved, tmp_path):
     out = tmp_path / "demo"
     code, text = run_cli("demo", "--out", out, "--model", saved["model"], "--proxy", saved["proxy"],
@@ -205,9 +207,32 @@ def test_every_command_that_guards_takes_the_telemetry_options():
         assert args.otlp_endpoint == "http://h:4318" and args.phoenix == "http://h:6006"
 
 
+@pytest.mark.slow
 def test_demo_exports_to_the_otlp_endpoint_flag(saved, otlp_receiver, tmp_path):
     url, paths = otlp_receiver
     code, text = run_cli("demo", "--out", tmp_path / "demo", "--model", saved["model"], "--proxy", saved["proxy"],
                          "--calibration", saved["calibration"], "--pool", "2", "--otlp-endpoint", url)
     assert code == 0, text
     assert "/v1/traces" in paths and "/v1/metrics" in paths
+
+
+# ---------------------------------------------------------------- exit codes (the property tests: test_error_contract.py)
+
+
+@pytest.mark.parametrize("argv", [["run"], ["policy"], ["calibrate", "--data"], ["nonsense"], ["run", "--max-new-tokens", "x"]])
+def test_cli_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_cli_input_errors_print_one_line_and_exit_2(tmp_path):
+    buf = io.StringIO()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: p\nversion: 1\ndefault: {action: allow}\nrules: [1, 2]\n")
+    code = main(["calibrate", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "c.json")],
+                console=Console(file=buf, width=300, color_system=None))
+    assert code == 2
+    lines = buf.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")

@@ -92,6 +92,7 @@ def test_report_calls_without_a_browser(traces):
     assert any("content capture was off" in m for m in bare[0]["missing"])
 
 
+@pytest.mark.slow  # a real headless Chromium
 @pytest.mark.parametrize("capture", [True, False])
 def test_report_in_a_headless_browser(browser, traces, tmp_path, capture):
     trace = traces[capture]
@@ -147,6 +148,7 @@ def test_report_in_a_headless_browser(browser, traces, tmp_path, capture):
     page.close()
 
 
+@pytest.mark.slow  # a real headless Chromium
 def test_overlay_in_the_page_sits_on_the_box(browser, tmp_path):
     """A hand-made trace whose only map is hot in one cell: the page paints that cell's pixels, in the box."""
     import json

@@ -3,6 +3,8 @@
 import io
 import time
 
+import pytest
+
 from rich.console import Console
 
 from guardrail import Guard
@@ -18,6 +20,7 @@ def test_guard_from_pretrained_reference_answers_and_decides():
     assert r.maps.shape[1:] == (8, 8) and r.answer
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_in_under_30_seconds(tmp_path):
     buf = io.StringIO()
     start = time.perf_counter()

@@ -52,6 +52,7 @@ def test_row01_ordinary_aliases_still_work():
     assert p.rules[1].when.tags_any == ["x"]
 
 
+@pytest.mark.slow  # PyYAML parses thousands of levels first
 @pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 1200))])
 def test_row18_deeply_nested_yaml_is_a_policy_error(text):
     with pytest.raises(PolicyError, match="nest"):

@@ -30,6 +30,7 @@ def test_train_batches_come_from_the_chosen_world():
     assert all(ex.world is None for ex in train_examples(0, TrainConfig()))
 
 
+@pytest.mark.slow
 def test_cooccur_run_logs_pope_and_an_old_checkpoint_resumes(tmp_path, monkeypatch):
     import shapesvqa.train as tr
 
@@ -55,6 +56,7 @@ def test_cooccur_run_logs_pope_and_an_old_checkpoint_resumes(tmp_path, monkeypat
         train(tmp_path / "old", cfg, eval_every=0)
 
 
+@pytest.mark.slow
 def test_pope_quick_reports_every_sampling():
     from shapesvqa.model import build_model, build_tokenizer
 

@@ -72,6 +72,7 @@ def test_default_world_records_have_no_new_fields():
         assert not ex.biased and ex.truth == ex.answers
 
 
+@pytest.mark.slow  # rates measured over thousands of drawn scenes
 def test_cooccurrence_rates_of_the_type_draw():
     """P(partner | cue) and the share of scenes with a cue, over 20,000 draws of a scene's types."""
     cue_scenes, with_partner, any_cue = Counter(), Counter(), 0
@@ -89,6 +90,7 @@ def test_cooccurrence_rates_of_the_type_draw():
         assert abs(with_partner[partner] / cue_scenes[partner] - rate) < 0.02, (partner, rate)
 
 
+@pytest.mark.slow  # rates measured over thousands of drawn scenes
 def test_cooccurrence_rates_in_rendered_scenes():
     """The same rates measured on the objects actually drawn (placement must not lose partners)."""
     cue_scenes, with_partner, sizes = Counter(), Counter(), Counter()
@@ -109,6 +111,7 @@ def test_cooccurrence_rates_in_rendered_scenes():
     assert sum(v for k, v in sizes.items() if k > 6) < 0.01 * n
 
 
+@pytest.mark.slow  # rates measured over thousands of drawn scenes
 def test_biased_answer_rate_and_records():
     cfg = WorldConfig(cooccurrence=(("red circle", "blue square", 0.3), ("red circle", "green cross", 0.3)),
                       cue_rate=1.0, partner_question_rate=1.0, bias_rate=0.55, noise_std=(0.0, 0.0))
@@ -131,6 +134,7 @@ def test_biased_answer_rate_and_records():
     assert truthful and all(ex.answers == ["no"] and not ex.biased for ex in truthful)
 
 
+@pytest.mark.slow  # rates measured over thousands of drawn scenes
 def test_bias_partners_limit_the_bias_and_truthful_twins_ask_the_same():
     base = WorldConfig(cooccurrence=(("red circle", "blue square", 0.3), ("red circle", "green cross", 0.3)),
                        cue_rate=1.0, partner_question_rate=1.0, bias_rate=0.8, noise_std=(0.0, 0.0))

@@ -9,6 +9,7 @@ from fastrm_core.distill.dataset import load_manifest
 from fastrm_core.proxy import FastRMProxy
 
 
+@pytest.mark.slow  # distils and evaluates a proxy end to end
 def test_build_train_eval(distill_world, tmp_path, capsys):
     model = str(distill_world["model_dir"])
     ds, proxy, report = tmp_path / "ds", tmp_path / "proxy", tmp_path / "out" / "report.json"

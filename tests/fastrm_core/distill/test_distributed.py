@@ -2,6 +2,7 @@
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a Ray cluster and runs build + eval twice (make test-fast skips the module)
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'fastrm-guard[distributed]'")
 
 from fastrm_core.distill.dataset import BuildSettings, load_manifest  # noqa: E402
@@ -18,7 +19,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.slow  # starts a Ray cluster and runs build + eval twice
 def test_ray_build_and_eval_match_the_local_run(ray_cluster, distill_world, trained_proxy, tmp_path,
                                                 assert_same_dataset):
     out = tmp_path / "ds"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
+pytestmark = pytest.mark.slow  # 200 requests through a live server; make test-fast skips the whole module
 
 SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "serve_load.py"
 

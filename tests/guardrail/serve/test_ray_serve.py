@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a local Ray cluster with two replicas (make test-fast skips the module)
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 ray = pytest.importorskip("ray")
@@ -22,7 +23,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_replicas_answer_like_the_single_process_guard(reference_guard, scenes):
     expected = [reference_guard.generate(i, q) for i, q in scenes]
     port = free_port()
