@@ -25,80 +25,88 @@ from fastrm_common.errors import InputError
 from fastrm_core.families._layout import RowImages, grid_positions, runs
 from fastrm_core.regions import ImageRegion
 
-__all__ = ["batch_images", "Idefics3Tokens", "idefics3_row_images"]
+__all__ = ["batch_images", "idefics3_row_images", "tag_ids"]
 
 _TAG = re.compile(r"<row_(\d+)_col_(\d+)>")
 
 
-class Idefics3Tokens:
-    """The structural token ids of an Idefics3/SmolVLM tokenizer: image, fake-token, global tag and the row/col tags."""
-
-    def __init__(self, image: int, fake: int, global_img: int, tags: dict[int, tuple[int, int]]):
-        self.image, self.fake, self.global_img, self.tags = image, fake, global_img, tags
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer, image_token_id: int | None = None) -> Idefics3Tokens:
-        unk = tokenizer.unk_token_id
-        ids = {name: tokenizer.convert_tokens_to_ids(name)
-               for name in ("<image>", "<fake_token_around_image>", "<global-img>")}
-        missing = [name for name, i in ids.items() if i is None or i == unk]
-        if missing:
-            raise InputError(f"the tokenizer lacks Idefics3's structural tokens: {', '.join(missing)}")
-        tags = {}
-        for token, i in tokenizer.get_vocab().items():
-            m = _TAG.fullmatch(token)
-            if m:
-                tags[i] = (int(m.group(1)) - 1, int(m.group(2)) - 1)
-        return cls(image_token_id if image_token_id is not None else ids["<image>"], ids["<fake_token_around_image>"],
-                   ids["<global-img>"], tags)
+def tag_ids(tokenizer) -> dict[int, tuple[int, int]]:
+    """The ``<row_r_col_c>`` tag ids of a tokenizer, mapped to their 0-based (row, col)."""
+    out = {}
+    for token, i in tokenizer.get_vocab().items():
+        m = _TAG.fullmatch(token)
+        if m:
+            out[i] = (int(m.group(1)) - 1, int(m.group(2)) - 1)
+    return out
 
 
-def idefics3_row_images(input_ids: torch.Tensor, tokens: Idefics3Tokens, image_seq_len: int) -> RowImages:
-    """Regions of one row (S,), read from its tags: per image a stitched ``hires`` grid and a ``global`` one, or ``full``."""
+def idefics3_row_images(input_ids: torch.Tensor, image_token_id: int, image_seq_len: int,
+                        tags: dict[int, tuple[int, int]] | None = None) -> RowImages:
+    """Regions of one row (S,): per image a stitched ``hires`` grid of its tiles and a ``global`` grid, or one ``full``.
+
+    Read from the structure alone (the model's config names only the image token): every block is
+    a fake token, a tag and ``image_seq_len`` image tokens; the row's last block is a global view,
+    so its tag is the global tag, and an image is the tiles before a global block. Tiles of one row
+    of the tiling follow each other directly (the next fake token right after the image tokens);
+    a row ends with a newline. ``tags`` (``{tag id: (row, col)}``, :func:`tag_ids`) are checked
+    when given.
+    """
     side = math.isqrt(int(image_seq_len))
     if side * side != image_seq_len:
         raise InputError(f"idefics3: image_seq_len {image_seq_len} is not a square")
     ids = input_ids.tolist()
-    regions, seps, tiles, image = [], [], {}, 0
-    for start, length in runs(input_ids == tokens.image):
-        if length != image_seq_len or start < 2 or ids[start - 2] != tokens.fake:
-            raise InputError(f"idefics3: an image block at position {start} is not <fake_token_around_image>, "
-                             f"a tag and {image_seq_len} <image> tokens")
-        tag = ids[start - 1]
+    blocks = runs(input_ids == image_token_id)
+    if not blocks:
+        return RowImages([], torch.zeros(0, dtype=torch.long))
+    for start, length in blocks:
+        if length != image_seq_len or start < 2:
+            raise InputError(f"idefics3: an image block at position {start} is not a fake token, a tag and "
+                             f"{image_seq_len} image tokens")
+    fake = ids[blocks[0][0] - 2]
+    global_tag = ids[blocks[-1][0] - 1]
+    regions, seps, tiles, image = [], [], [], 0
+    for start, _ in blocks:
+        if ids[start - 2] != fake:
+            raise InputError(f"idefics3: the image block at position {start} is not preceded by the fake token and a tag")
         seps += [start - 2, start - 1]
-        if tag in tokens.tags:
-            r, c = tokens.tags[tag]
-            if (r, c) in tiles:
-                raise InputError(f"idefics3: tile <row_{r + 1}_col_{c + 1}> appears twice in image {image}")
-            tiles[(r, c)] = start
-            continue
-        if tag != tokens.global_img:
-            raise InputError(f"idefics3: the image block at position {start} has an unknown tag (id {tag})")
         end = start + image_seq_len
-        if end >= len(ids) or ids[end] != tokens.fake:
-            raise InputError(f"idefics3: the global view at position {start} is not closed by <fake_token_around_image>")
+        if ids[start - 1] != global_tag:
+            tiles.append(start)
+            continue
+        if end >= len(ids) or ids[end] != fake:
+            raise InputError(f"idefics3: the global view at position {start} is not closed by the fake token")
         seps.append(end)
-        if tiles:
-            rows = 1 + max(r for r, _ in tiles)
-            cols = 1 + max(c for _, c in tiles)
-            if len(tiles) != rows * cols:
-                raise InputError(f"idefics3: image {image} has {len(tiles)} tiles, not a full {rows}x{cols} grid")
-            # stitched: tile (r, c)'s row i is row r*side + i of the big grid
-            big = torch.empty(rows * side, cols * side, dtype=torch.long)
-            for (r, c), s in tiles.items():
-                big[r * side:(r + 1) * side, c * side:(c + 1) * side] = grid_positions(s, side, side).view(side, side)
-            regions.append(ImageRegion(image, "hires", big.reshape(-1), (rows * side, cols * side)))
-            regions.append(ImageRegion(image, "global", grid_positions(start, side, side), (side, side)))
-        else:
+        if not tiles:
             regions.append(ImageRegion(image, "full", grid_positions(start, side, side), (side, side)))
-        tiles, image = {}, image + 1
+        else:
+            regions += _tiled(ids, tiles, start, fake, side, image, tags)
+        tiles, image = [], image + 1
     if tiles:
         raise InputError("idefics3: tiles without a global view at the end of the row")
     return RowImages(regions, torch.tensor(seps, dtype=torch.long)).check(len(ids))
 
 
-def batch_images(config, inputs: dict, tokens: Idefics3Tokens) -> list[RowImages]:
+def _tiled(ids: list, tiles: list[int], global_start: int, fake: int, side: int, image: int,
+           tags: dict | None) -> list[ImageRegion]:
+    seq = side * side
+    # a tile whose image tokens are not directly followed by the next tile's fake token ends a row
+    row_end = [ids[s + seq] != fake for s in tiles]
+    cols = row_end.index(True) + 1
+    rows = len(tiles) // cols
+    if rows * cols != len(tiles) or any(row_end[k] != ((k + 1) % cols == 0) for k in range(len(tiles))):
+        raise InputError(f"idefics3: image {image}'s {len(tiles)} tiles do not form rows of equal length")
+    big = torch.empty(rows * side, cols * side, dtype=torch.long)  # tile (r, c)'s row i is row r*side + i
+    for k, s in enumerate(tiles):
+        r, c = divmod(k, cols)
+        if tags is not None and tags.get(ids[s - 1]) != (r, c):
+            raise InputError(f"idefics3: tile {k} of image {image} is tagged {tags.get(ids[s - 1])}, expected {(r, c)}")
+        big[r * side:(r + 1) * side, c * side:(c + 1) * side] = grid_positions(s, side, side).view(side, side)
+    return [ImageRegion(image, "hires", big.reshape(-1), (rows * side, cols * side)),
+            ImageRegion(image, "global", grid_positions(global_start, side, side), (side, side))]
+
+
+def batch_images(config, inputs: dict, tags: dict[int, tuple[int, int]] | None = None) -> list[RowImages]:
     """One :class:`RowImages` per row of an Idefics3/SmolVLM batch (``pixel_values`` are per row: no slice)."""
     vc = config.vision_config
     seq = (int(vc.image_size) // int(vc.patch_size)) ** 2 // int(config.scale_factor) ** 2
-    return [idefics3_row_images(row, tokens, seq) for row in inputs["input_ids"]]
+    return [idefics3_row_images(row, config.image_token_id, seq, tags) for row in inputs["input_ids"]]

@@ -13,45 +13,52 @@ from __future__ import annotations
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, split_counts
+from fastrm_core.families._layout import RowImages, runs, split_counts
 from fastrm_core.regions import ImageRegion
 
 __all__ = ["batch_images", "mistral3_row_images"]
 
 
-def mistral3_row_images(input_ids: torch.Tensor, image_token_id: int, break_token_id: int, end_token_id: int, *,
-                        first_image: int = 0) -> RowImages:
-    """Regions of one row (S,): one ``full`` grid per image, read from the ``[IMG]``/``[IMG_BREAK]``/``[IMG_END]`` layout."""
+def mistral3_row_images(input_ids: torch.Tensor, image_token_id: int, break_token_id: int | None = None,
+                        end_token_id: int | None = None, *, first_image: int = 0) -> RowImages:
+    """Regions of one row (S,): one ``full`` grid per image, read from the ``[IMG]``/``[IMG_BREAK]``/``[IMG_END]`` layout.
+
+    The break and end ids need not be known (the model's config does not name them): every row of
+    ``[IMG]`` is followed by one token, the last image's last row by ``[IMG_END]``, so that token's id
+    is the end id and a row followed by any other token, itself followed at once by the next row,
+    ends at a break. Given ids are checked.
+    """
     ids = input_ids.tolist()
-    regions, seps = [], []
-    i, image = 0, first_image
-    while i < len(ids):
-        if ids[i] not in (image_token_id, break_token_id, end_token_id):
-            i += 1
+    img_runs = runs(input_ids == image_token_id)
+    if not img_runs:
+        return RowImages([], torch.zeros(0, dtype=torch.long))
+    last_start, last_len = img_runs[-1]
+    if last_start + last_len >= len(ids):
+        raise InputError("mistral3: the row ends inside an image (no [IMG_END] after the last [IMG] row)")
+    end = ids[last_start + last_len]
+    if end_token_id is not None and end != end_token_id:
+        raise InputError(f"mistral3: the last image row is followed by id {end}, not [IMG_END] ({end_token_id})")
+    regions, seps, rows, image = [], [], [], first_image
+    for k, (start, width) in enumerate(img_runs):
+        after = start + width
+        trailing = ids[after] if after < len(ids) else None
+        if rows and width != rows[0].numel():
+            raise InputError(f"mistral3: image {image} has rows of {rows[0].numel()} and {width} [IMG] tokens")
+        rows.append(torch.arange(start, after))
+        seps.append(after)
+        if trailing == end:
+            regions.append(ImageRegion(image, "full", torch.cat(rows), (len(rows), width)))
+            rows, image = [], image + 1
             continue
-        rows, cols, positions = 0, None, []
-        while True:
-            start = i
-            while i < len(ids) and ids[i] == image_token_id:
-                i += 1
-            width = i - start
-            if i == len(ids) or ids[i] not in (break_token_id, end_token_id) or width == 0:
-                raise InputError(f"mistral3: image {image} has a row at position {start} not ended by "
-                                 "[IMG_BREAK]/[IMG_END] after [IMG] tokens")
-            if cols is not None and width != cols:
-                raise InputError(f"mistral3: image {image} has rows of {cols} and {width} [IMG] tokens")
-            cols, rows = width, rows + 1
-            positions.append(torch.arange(start, i))
-            seps.append(i)
-            i += 1
-            if ids[i - 1] == end_token_id:
-                break
-        regions.append(ImageRegion(image, "full", torch.cat(positions), (rows, cols)))
-        image += 1
+        nxt = img_runs[k + 1][0] if k + 1 < len(img_runs) else None
+        if nxt != after + 1 or (break_token_id is not None and trailing != break_token_id):
+            raise InputError(f"mistral3: the [IMG] row at position {start} is followed by neither [IMG_BREAK] "
+                             "and the next row nor [IMG_END]")
     return RowImages(regions, torch.tensor(seps, dtype=torch.long)).check(len(ids))
 
 
-def batch_images(config, inputs: dict, break_token_id: int, end_token_id: int) -> list[RowImages]:
+def batch_images(config, inputs: dict, break_token_id: int | None = None,
+                 end_token_id: int | None = None) -> list[RowImages]:
     """One :class:`RowImages` per row of a Mistral3 batch; ``pixel_values``/``image_sizes`` (n_images, ...) sliced per row."""
 
     ids = inputs["input_ids"]

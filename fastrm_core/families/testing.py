@@ -50,6 +50,7 @@ def word_tokenizer(specials: Sequence[str] = (), *, bos: str = "<s>", eos: str =
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in base + extra])
+    tok.add_tokens([AddedToken("\n", normalized=False, special=False)])  # newlines are tokens, as in real vocabularies
     kwargs = {"extra_special_tokens": dict(named)} if named else {}
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
                                  unk_token="<unk>", **kwargs)

@@ -16,7 +16,7 @@ def structure_ids(tiny) -> set[int]:
     cfg = tiny.model.config
     if tiny.family == "idefics3":
         tok = tiny.processor.tokenizer
-        return {cfg.image_token_id, *idefics3.Idefics3Tokens.from_tokenizer(tok).tags,
+        return {cfg.image_token_id, *idefics3.tag_ids(tok),
                 tok.convert_tokens_to_ids("<fake_token_around_image>"), tok.convert_tokens_to_ids("<global-img>")}
     if tiny.family == "gemma3":
         return {cfg.image_token_id, cfg.boi_token_id, cfg.eoi_token_id}
@@ -26,7 +26,8 @@ def structure_ids(tiny) -> set[int]:
     return {cfg.image_token_id}
 
 
-def layouts(tiny, inputs):
+def layouts(tiny, inputs, known_ids: bool = True):
+    """The family's regions; ``known_ids``: also check the separators' ids, which the parsers infer otherwise."""
     cfg = tiny.model.config
     if tiny.family == "llava_next":
         return llava_next.batch_images(cfg, inputs)
@@ -37,8 +38,10 @@ def layouts(tiny, inputs):
     if tiny.family == "paligemma":
         return paligemma.batch_images(cfg, inputs)
     if tiny.family == "idefics3":
-        return idefics3.batch_images(cfg, inputs, idefics3.Idefics3Tokens.from_tokenizer(tiny.processor.tokenizer))
+        return idefics3.batch_images(cfg, inputs, idefics3.tag_ids(tiny.processor.tokenizer) if known_ids else None)
     tok = tiny.extra["tokenizer"]
+    if not known_ids:
+        return mistral3.batch_images(cfg, inputs)
     return mistral3.batch_images(cfg, inputs, tok.convert_tokens_to_ids("[IMG_BREAK]"),
                                  tok.convert_tokens_to_ids("[IMG_END]"))
 
@@ -66,6 +69,34 @@ def test_regions_account_for_every_image_token(family_batch):
     if rows[0].images is not None:  # batch-flattened images: row 0 owns the first, row 1 the next ones
         assert [(r.images.start, r.images.stop) for r in rows] == [(0, rows[0].images.stop), (rows[0].images.stop,
                                                                                               rows[1].images.stop)]
+
+
+@pytest.mark.parametrize("family", ["idefics3", "mistral3"])
+def test_structure_read_without_separator_ids(tiny_family, family):
+    """The configs do not name break/end/tag ids: the layout read from the structure alone is the same."""
+    tiny = tiny_family(family)
+    inputs = tiny.make_inputs(tiny.two_rows())
+    for known, inferred in zip(layouts(tiny, inputs), layouts(tiny, inputs, known_ids=False)):
+        assert [(r.image, r.kind, r.grid) for r in known.regions] == [(r.image, r.kind, r.grid) for r in inferred.regions]
+        assert all(torch.equal(a.positions, b.positions) for a, b in zip(known.regions, inferred.regions))
+        assert torch.equal(known.separators, inferred.separators)
+
+
+def test_broken_layouts_are_refused(tiny_family):
+    from fastrm_common.errors import InputError
+
+    tiny = tiny_family("mistral3")
+    inputs = tiny.make_inputs(tiny.two_rows())
+    ids = inputs["input_ids"].clone()
+    img = tiny.model.config.image_token_id
+    first = int((ids[0] == img).nonzero()[0])
+    ids[0, first + 1] = tiny.extra["tokenizer"].pad_token_id  # a row of the grid loses a token
+    with pytest.raises(InputError):
+        layouts(tiny, {**inputs, "input_ids": ids})
+    tiny = tiny_family("llava_next")
+    inputs = tiny.make_inputs(tiny.two_rows())
+    with pytest.raises(InputError, match="image tokens"):
+        llava_next.batch_images(tiny.model.config, {**inputs, "image_sizes": inputs["image_sizes"].flip(-1)})
 
 
 def test_non_square_images_give_non_square_grids(family_batch):
@@ -196,7 +227,7 @@ def test_idefics3_tiles_follow_tags_and_pixel_shuffle(tiny_family):
     side = glob.grid[0]
     assert (hires.kind, hires.grid, glob.kind) == ("hires", (2 * side, 2 * side), "global")
     ids = inputs["input_ids"][0]
-    tags = idefics3.Idefics3Tokens.from_tokenizer(tiny.processor.tokenizer).tags
+    tags = idefics3.tag_ids(tiny.processor.tokenizer)
     big = hires.positions.view(hires.grid)
     block_starts = sorted({int(p) for p in big[::side, ::side].reshape(-1)})
     for r in range(2):
