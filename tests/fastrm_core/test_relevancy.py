@@ -5,8 +5,33 @@ import torch
 
 from fastrm_core.adapters import get_adapter
 from fastrm_common.errors import InputError, RelevancyError
-from fastrm_core.reference import naive_rows
 from fastrm_core.relevancy import gradient_relevancy, gradient_relevancy_batch, per_step_relevancy
+
+
+def naive_rows(model, input_ids, pixel_values, gen):
+    """Chefer's recipe, literally: for every token, forward its prefix, backward its logit, R <- R + Ā R."""
+    rows = []
+    old = model.config.text_config._attn_implementation
+    model.set_attn_implementation({"text_config": "eager"})
+    try:
+        for t in range(gen.numel()):
+            prefix = torch.cat([input_ids, gen[:t]])[None]
+            with torch.enable_grad():
+                out = model(input_ids=prefix, pixel_values=pixel_values, output_attentions=True, use_cache=False)
+                y = out.logits[0, -1, gen[t]]
+                attns = out.attentions
+                grads = torch.autograd.grad(y, attns)
+            n = prefix.shape[1]
+            r = torch.eye(n, dtype=torch.float64)
+            grads = [g.detach() for g in grads]
+            attns = [a.detach() for a in attns]
+            for a, g in zip(attns, grads):
+                a_bar = (g.double() * a.double()).clamp_min(0).mean(dim=1)[0]
+                r = r + a_bar @ r
+            rows.append(r[-1])
+    finally:
+        model.set_attn_implementation({"text_config": old})
+    return rows
 
 
 def snapshot(model):
@@ -32,7 +57,7 @@ def test_exact_equals_naive_reference(request, make_inputs, fixture, image_first
     rel = gradient_relevancy(model, inputs, out)
     gen = out[0, inputs["input_ids"].shape[1]:]
     assert torch.equal(rel.token_ids, gen)
-    ref = naive_rows(model, inputs["input_ids"][0], gen, {"pixel_values": inputs["pixel_values"]})
+    ref = naive_rows(model, inputs["input_ids"][0], inputs["pixel_values"], gen)
     for t, r in enumerate(ref):
         got = rel.rows[t, : r.numel()].double()
         img = rel.image_positions
