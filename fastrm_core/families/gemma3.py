@@ -20,8 +20,10 @@ import torch
 from fastrm_common.errors import InputError
 from fastrm_core.families._layout import RowImages, fixed_blocks, grid_positions, split_counts
 from fastrm_core.regions import ImageRegion
+from fastrm_core.adapters import register_adapter
+from fastrm_core.families._base import LayoutAdapter
 
-__all__ = ["batch_images", "gemma3_row_images", "pooled_side"]
+__all__ = ["Gemma3Adapter", "batch_images", "gemma3_row_images", "pooled_side"]
 
 
 def pooled_side(mm_tokens_per_image: int) -> int:
@@ -81,3 +83,26 @@ def batch_images(config, inputs: dict, num_crops: Sequence[int] | None = None) -
     if pixel_values is not None:
         split_counts([r.images.stop - r.images.start for r in rows], pixel_values.shape[0], "gemma3")
     return rows
+
+
+@register_adapter
+class Gemma3Adapter(LayoutAdapter):
+    """transformers' ``Gemma3ForConditionalGeneration`` (Gemma 3 4B/12B/27B): one pooled square grid per image block.
+
+    ``token_type_ids`` (1 on image tokens: their bidirectional attention) are unpadded with the row
+    and extended with 0 for generated tokens. Pan-and-scan crops are separate blocks; without the
+    processor's ``num_crops`` (which it does not return) each block counts as one image.
+    """
+
+    name = "gemma3"
+    model_types = ("gemma3",)
+    chat_end_tokens = ("<end_of_turn>",)
+    token_type_fill = {"token_type_ids": 0}
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+        return getattr(config, "model_type", None) in cls.model_types and vision == "siglip_vision_model"
+
+    def layouts(self, inputs) -> list[RowImages]:
+        return batch_images(self.model.config, inputs)

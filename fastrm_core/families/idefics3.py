@@ -24,8 +24,10 @@ import torch
 from fastrm_common.errors import InputError
 from fastrm_core.families._layout import RowImages, grid_positions, runs
 from fastrm_core.regions import ImageRegion
+from fastrm_core.adapters import register_adapter
+from fastrm_core.families._base import LayoutAdapter
 
-__all__ = ["batch_images", "idefics3_row_images", "tag_ids"]
+__all__ = ["Idefics3Adapter", "batch_images", "idefics3_row_images", "tag_ids"]
 
 _TAG = re.compile(r"<row_(\d+)_col_(\d+)>")
 
@@ -110,3 +112,28 @@ def batch_images(config, inputs: dict, tags: dict[int, tuple[int, int]] | None =
     vc = config.vision_config
     seq = (int(vc.image_size) // int(vc.patch_size)) ** 2 // int(config.scale_factor) ** 2
     return [idefics3_row_images(row, config.image_token_id, seq, tags) for row in inputs["input_ids"]]
+
+
+@register_adapter
+class Idefics3Adapter(LayoutAdapter):
+    """transformers' ``Idefics3ForConditionalGeneration`` and ``SmolVLMForConditionalGeneration``:
+    tagged tiles stitched into one high-resolution grid, plus the global view."""
+
+    name = "idefics3"
+    model_types = ("idefics3", "smolvlm")
+    chat_end_tokens = ("<end_of_utterance>",)
+    # pixel_values (B, max_blocks, C, H, W) and pixel_attention_mask are per row, not per image
+    per_image_inputs = frozenset()
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+        model_type = getattr(config, "model_type", None)
+        return model_type in cls.model_types and vision == f"{model_type}_vision"
+
+    @property
+    def language_model(self):
+        return self._inner.text_model
+
+    def layouts(self, inputs) -> list[RowImages]:
+        return batch_images(self.model.config, inputs)

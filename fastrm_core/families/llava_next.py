@@ -27,8 +27,10 @@ import torch
 from fastrm_common.errors import InputError
 from fastrm_core.families._layout import RowImages, grid_positions
 from fastrm_core.regions import ImageRegion
+from fastrm_core.adapters import register_adapter
+from fastrm_core.families._base import LayoutAdapter
 
-__all__ = ["batch_images", "hires_grid", "image_token_count", "images_per_row", "row_images"]
+__all__ = ["batch_grids", "hires_from_features", "LlavaNextAdapter", "batch_images", "hires_grid", "image_token_count", "images_per_row", "row_images"]
 
 
 def _size_pair(size) -> tuple[int, int]:
@@ -137,14 +139,48 @@ def _geometry(config) -> tuple[int, int, list]:
     return int(vc.image_size), int(vc.image_size) // int(vc.patch_size), [list(p) for p in config.image_grid_pinpoints]
 
 
-def batch_images(config, inputs: dict) -> list[RowImages]:
-    """One :class:`RowImages` per row of a LLaVA-NeXT batch (``input_ids`` (B, S), ``image_sizes`` (n_images, 2))."""
+def hires_from_features(features: torch.Tensor, newline: torch.Tensor, side: int) -> tuple[int, int] | None:
+    """An image's high-resolution grid read from its packed features (n, D): the rows end where the
+    learned ``image_newline`` (D,) was appended, an exact copy. None for a base grid alone.
+
+    ``generate`` encodes the images before the prefill and drops ``image_sizes``; the packed
+    features it passes on (``mm_encoder_outputs``) still say where every newline is.
+    """
+    n = features.shape[0]
+    newlines = (features == newline.to(features)).all(-1).nonzero(as_tuple=True)[0]
+    if n == side * side + 1 and newlines.tolist() == [side * side]:
+        return None
+    rows = newlines.numel()
+    cols = (n - side * side) // max(rows, 1) - 1
+    expected = side * side + cols + torch.arange(rows, device=newlines.device) * (cols + 1)
+    if rows == 0 or cols < 1 or image_token_count((rows, cols), side) != n or not torch.equal(newlines, expected):
+        raise InputError(f"an image's {n} packed features do not form a base grid and newline-ended rows")
+    return rows, cols
+
+
+def batch_grids(config, inputs: dict, newline: torch.Tensor | None = None, max_patches: int | None = None) -> list:
+    """Every image's high-resolution grid (or None: base grid alone), over the batch in prompt order.
+
+    From ``image_sizes`` when the inputs have them (the processor's output); else from the packed
+    features of ``mm_encoder_outputs`` and the model's ``newline`` (what the prefill of ``generate`` sees).
+    """
     tile, side, pins = _geometry(config)
-    ids = inputs["input_ids"]
     sizes = inputs.get("image_sizes")
-    if sizes is None:
-        raise InputError("llava_next: the inputs carry no image_sizes (the processor's output has them)")
-    grids = [hires_grid(s, pins, tile, side) for s in sizes]
+    if sizes is not None:
+        return [hires_grid(s, pins, tile, side, max_patches) for s in sizes]
+    encoded = (inputs.get("mm_encoder_outputs") or {}).get("image")
+    if encoded is None or newline is None:
+        raise InputError(f"{config.model_type}: the inputs carry neither image_sizes nor encoded images "
+                         "(pass the processor's output)")
+    return [hires_from_features(f, newline, side) for f in encoded.pooler_output]
+
+
+def batch_images(config, inputs: dict, newline: torch.Tensor | None = None) -> list[RowImages]:
+    """One :class:`RowImages` per row of a LLaVA-NeXT batch (``input_ids`` (B, S), ``image_sizes`` (n_images, 2)
+    or, at ``generate``'s prefill, ``mm_encoder_outputs`` with the model's ``newline``)."""
+    side = _geometry(config)[1]
+    ids = inputs["input_ids"]
+    grids = batch_grids(config, inputs, newline)
     per_row = images_per_row((ids == config.image_token_id).sum(-1).tolist(), [image_token_count(g, side) for g in grids])
     out, start = [], 0
     for b, n in enumerate(per_row):
@@ -152,3 +188,26 @@ def batch_images(config, inputs: dict) -> list[RowImages]:
         out.append(row.owning(slice(start, start + n)))
         start += n
     return out
+
+
+def _tower_fits(config) -> bool:
+    """CLIP with its CLS token dropped ("default") or SigLIP with every patch kept ("full"): one tile = side x side tokens."""
+    vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    return (vision, strategy) in {("clip_vision_model", "default"), ("siglip_vision_model", "full")}
+
+
+@register_adapter
+class LlavaNextAdapter(LayoutAdapter):
+    """transformers' ``LlavaNextForConditionalGeneration`` (LLaVA-1.6 / LLaVA-NeXT): base + unpadded high-resolution grid."""
+
+    name = "llava_next"
+    model_types = ("llava_next",)
+    chat_end_tokens = ("<|eot_id|>", "<|im_end|>")
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        return getattr(config, "model_type", None) in cls.model_types and _tower_fits(config)
+
+    def layouts(self, inputs) -> list[RowImages]:
+        return batch_images(self.model.config, inputs, self._inner.image_newline)

@@ -15,8 +15,10 @@ import torch
 from fastrm_common.errors import InputError
 from fastrm_core.families._layout import RowImages, runs, split_counts
 from fastrm_core.regions import ImageRegion
+from fastrm_core.adapters import register_adapter
+from fastrm_core.families._base import LayoutAdapter
 
-__all__ = ["batch_images", "mistral3_row_images"]
+__all__ = ["PixtralLlavaAdapter", "Mistral3Adapter", "batch_images", "mistral3_row_images"]
 
 
 def mistral3_row_images(input_ids: torch.Tensor, image_token_id: int, break_token_id: int | None = None,
@@ -67,3 +69,28 @@ def batch_images(config, inputs: dict, break_token_id: int | None = None,
     total = sizes.shape[0] if sizes is not None else sum(len(r.regions) for r in rows)
     slices = split_counts([len(r.regions) for r in rows], total, "mistral3")
     return [r.owning(sl) for r, sl in zip(rows, slices)]
+
+
+@register_adapter
+class Mistral3Adapter(LayoutAdapter):
+    """transformers' ``Mistral3ForConditionalGeneration`` (Mistral Small 3.1/3.2): Pixtral grids read from ``input_ids``."""
+
+    name = "mistral3"
+    model_types = ("mistral3",)
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+        return getattr(config, "model_type", None) in cls.model_types and vision == "pixtral"
+
+    def layouts(self, inputs) -> list[RowImages]:
+        return batch_images(self.model.config, inputs)
+
+
+@register_adapter
+class PixtralLlavaAdapter(Mistral3Adapter):
+    """transformers' ``LlavaForConditionalGeneration`` with a Pixtral vision tower (Pixtral-12B): the same layout
+    as Mistral3 (no patch merger), which LLaVA-1.5's fixed-grid adapter refuses."""
+
+    name = "pixtral"
+    model_types = ("llava",)

@@ -15,8 +15,10 @@ import torch
 from fastrm_common.errors import InputError
 from fastrm_core.families._layout import RowImages, fixed_blocks, grid_positions, split_counts
 from fastrm_core.regions import ImageRegion
+from fastrm_core.adapters import register_adapter
+from fastrm_core.families._base import LayoutAdapter
 
-__all__ = ["batch_images", "paligemma_row_images"]
+__all__ = ["PaliGemmaAdapter", "batch_images", "paligemma_row_images"]
 
 
 def paligemma_row_images(input_ids: torch.Tensor, image_token_id: int, image_seq_length: int, *,
@@ -43,3 +45,31 @@ def batch_images(config, inputs: dict) -> list[RowImages]:
     pixel_values = inputs.get("pixel_values")
     slices = split_counts(counts, pixel_values.shape[0] if pixel_values is not None else sum(counts), "paligemma")
     return [r.owning(sl) for r, sl in zip(rows, slices)]
+
+
+@register_adapter
+class PaliGemmaAdapter(LayoutAdapter):
+    """transformers' ``PaliGemmaForConditionalGeneration`` (PaliGemma 1 and 2): image tokens first, one square grid each.
+
+    The prefix (image, ``<bos>``, prompt, newline) has ``token_type_ids`` 0 and is bidirectional;
+    generated tokens are the causal suffix: they get ``token_type_ids`` 1 in a replay (as
+    ``generate`` gives them). The processor's ``labels`` are never passed on.
+    """
+
+    name = "paligemma"
+    model_types = ("paligemma",)
+    token_type_fill = {"token_type_ids": 1}
+
+    @classmethod
+    def supports(cls, config) -> bool:
+        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+        return getattr(config, "model_type", None) in cls.model_types and vision == "siglip_vision_model"
+
+    def build_prompt(self, processor, question: str, suffix: str | None = None, n_images: int = 1) -> tuple[str, str]:
+        """PaliGemma has no chat template: the prefix form, ``<image>`` per picture then the question
+        (the processor adds ``<bos>`` after the images and the closing newline)."""
+        text = question if suffix is None else f"{question} {suffix}"
+        return "<image>" * n_images + text, "plain"
+
+    def layouts(self, inputs) -> list[RowImages]:
+        return batch_images(self.model.config, inputs)

@@ -75,6 +75,11 @@ class TinyVLM:
     images_first: bool = False  # PaliGemma's prefix form: the image tokens, then the prompt
     extra: dict = field(default_factory=dict)
 
+    @property
+    def tokenizer(self):
+        """The tokenizer (the processor's, or the one the hand-built inputs use)."""
+        return self.processor.tokenizer if self.processor is not None else self.extra["tokenizer"]
+
     def image(self, size: tuple[int, int] = (32, 32), color: tuple[int, int, int] = (200, 40, 40)) -> Image.Image:
         """A plain RGB image of ``size`` (width, height) with a lighter quadrant, so pixels are not all equal."""
         img = Image.new("RGB", size, color)
@@ -93,6 +98,16 @@ class TinyVLM:
             (f"user {p} left {p} right how many ? assistant :",
              [self.image((t, t), (30, 200, 30)), self.image((t, 2 * t), (30, 30, 200))]),
         ]
+
+
+def chat_template(image: str, end: str) -> str:
+    """A minimal chat template in the family's form: ``image`` per picture entry, ``end`` after each turn."""
+    return (
+        "{% for message in messages %}{{ message['role'] }} : {% if message['content'] is string %}"
+        "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+        + image + " {% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} " + end
+        + " {% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+    )
 
 
 def _processor_inputs(processor, **fixed):
@@ -135,13 +150,14 @@ def _llava_next(hidden, layers, seed):
     ip = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
                                     image_grid_pinpoints=pins)
     proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch,
-                              vision_feature_select_strategy="default", num_additional_image_tokens=1)
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=chat_template("<image>", "</s>"))
     return TinyVLM("llava_next", model, _processor_inputs(proc), proc, tile=tile)
 
 
 def _llava_onevision(hidden, layers, seed):
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor, Qwen2Config,
+                              LlavaOnevisionImageProcessorPil, Qwen2Config,
                               SiglipVisionConfig)
 
     tile, patch = 32, 8
@@ -158,14 +174,10 @@ def _llava_onevision(hidden, layers, seed):
     torch.manual_seed(seed)
     model = _finish(LlavaOnevisionForConditionalGeneration(config), tok)
     ip = LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile}, image_grid_pinpoints=pins)
-    class ImagesOnly(LlavaOnevisionProcessor):
-        # the video processor needs torchvision; images never touch it
-        def check_argument_for_proper_class(self, name, arg):
-            return None if name == "video_processor" and arg is None else super().check_argument_for_proper_class(name, arg)
+    from fastrm_core.families.llava_onevision import images_only_processor
 
-    proc = ImagesOnly(image_processor=ip, tokenizer=tok, video_processor=None,
-                                   num_image_tokens=(tile // patch) ** 2, vision_feature_select_strategy="full",
-                                   vision_aspect_ratio="anyres_max_2")
+    proc = images_only_processor(ip, tok, chat_template("<image>", "</s>"), num_image_tokens=(tile // patch) ** 2,
+                                 vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_2")
     return TinyVLM("llava_onevision", model, _processor_inputs(proc), proc, tile=tile)
 
 
@@ -188,7 +200,8 @@ def _gemma3(hidden, layers, seed):
     torch.manual_seed(seed)
     model = _finish(Gemma3ForConditionalGeneration(config), tok)
     ip = Gemma3ImageProcessorPil(size={"height": tile, "width": tile})
-    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=per_image)
+    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=per_image,
+                           chat_template=chat_template("<start_of_image>", "<end_of_turn>"))
     return TinyVLM("gemma3", model, _processor_inputs(proc), proc, "<start_of_image>", tile=tile)
 
 
@@ -211,38 +224,53 @@ def _paligemma(hidden, layers, seed):
     return TinyVLM("paligemma", model, _processor_inputs(proc), proc, "<image>", tile=tile, images_first=True)
 
 
-def _idefics3(hidden, layers, seed):
+def _idefics3(hidden, layers, seed, *, smol: bool = False):
     from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor, Idefics3VisionConfig, LlamaConfig)
+                              Idefics3Processor, Idefics3VisionConfig, LlamaConfig, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration, SmolVLMVisionConfig)
 
     tile, patch, scale = 48, 8, 2  # 6x6 patches, pixel-shuffled to a 3x3 grid per tile
     tags = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tok = word_tokenizer(["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>", *tags],
                          bos="<|im_start|>", eos="<end_of_utterance>")
-    vision = Idefics3VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                  image_size=tile, patch_size=patch)
-    config = Idefics3Config(vision_config=vision, text_config=LlamaConfig(**_text_kwargs(tok, hidden, layers)),
-                            image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale)
+    # SmolVLM: the same layout (its processor writes the same tags, but needs num2words and torchvision, so the
+    # Idefics3 processor makes its inputs); its own vision and text classes
+    vision = (SmolVLMVisionConfig if smol else Idefics3VisionConfig)(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=tile,
+        patch_size=patch)
+    config = (SmolVLMConfig if smol else Idefics3Config)(
+        vision_config=vision, text_config=LlamaConfig(**_text_kwargs(tok, hidden, layers)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale)
     torch.manual_seed(seed)
-    model = _finish(Idefics3ForConditionalGeneration(config), tok)
+    model = _finish((SmolVLMForConditionalGeneration if smol else Idefics3ForConditionalGeneration)(config), tok)
     ip = Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
-    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile // patch // scale) ** 2)
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile // patch // scale) ** 2,
+                             chat_template=chat_template("<image>", "<end_of_utterance>"))
+    if smol:
+        return TinyVLM("smolvlm", model, _processor_inputs(proc), None, "<image>", tile=tile,
+                       extra={"tokenizer": tok, "inputs_processor": proc})
     return TinyVLM("idefics3", model, _processor_inputs(proc), proc, "<image>", tile=tile)
 
 
-def _mistral3(hidden, layers, seed):
-    from transformers import (MistralConfig, Mistral3Config, Mistral3ForConditionalGeneration,
-                              PixtralImageProcessorPil, PixtralVisionConfig)
+def _mistral3(hidden, layers, seed, *, llava: bool = False):
+    from transformers import (LlavaConfig, LlavaForConditionalGeneration, MistralConfig, Mistral3Config,
+                              Mistral3ForConditionalGeneration, PixtralImageProcessorPil, PixtralVisionConfig)
 
-    patch, merge, longest = 8, 2, 64
+    # Pixtral-12B is a LLaVA with a Pixtral tower and no patch merger: 16-pixel patches give the same grids
+    patch, merge, longest = (16, 1, 64) if llava else (8, 2, 64)
     tok = word_tokenizer(["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"])
     img, brk, end = (tok.convert_tokens_to_ids(t) for t in ("[IMG]", "[IMG_BREAK]", "[IMG_END]"))
     vision = PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                  head_dim=16, image_size=longest, patch_size=patch)
-    config = Mistral3Config(vision_config=vision, text_config=MistralConfig(**_text_kwargs(tok, hidden, layers)),
-                            image_token_index=img, spatial_merge_size=merge, vision_feature_layer=-1)
+    text = MistralConfig(**_text_kwargs(tok, hidden, layers))
+    if llava:
+        config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=img, vision_feature_layer=-1,
+                             vision_feature_select_strategy="full")
+    else:
+        config = Mistral3Config(vision_config=vision, text_config=text, image_token_index=img,
+                                spatial_merge_size=merge, vision_feature_layer=-1)
     torch.manual_seed(seed)
-    model = _finish(Mistral3ForConditionalGeneration(config), tok)
+    model = _finish((LlavaForConditionalGeneration if llava else Mistral3ForConditionalGeneration)(config), tok)
     ip = PixtralImageProcessorPil(size={"longest_edge": longest}, patch_size=patch * merge)
 
     def make(rows, padding_side="left"):
@@ -272,7 +300,8 @@ def _mistral3(hidden, layers, seed):
         return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pix["pixel_values"],
                 "image_sizes": pix["image_sizes"]}
 
-    return TinyVLM("mistral3", model, make, None, "[IMG]", tile=longest, extra={"tokenizer": tok})
+    return TinyVLM("pixtral" if llava else "mistral3", model, make, None, "[IMG]", tile=longest,
+                   extra={"tokenizer": tok})
 
 
 FAMILIES: dict[str, Callable] = {
@@ -282,6 +311,8 @@ FAMILIES: dict[str, Callable] = {
     "paligemma": _paligemma,
     "idefics3": _idefics3,
     "mistral3": _mistral3,
+    "smolvlm": lambda hidden, layers, seed: _idefics3(hidden, layers, seed, smol=True),
+    "pixtral": lambda hidden, layers, seed: _mistral3(hidden, layers, seed, llava=True),
 }
 
 

@@ -8,19 +8,19 @@ import torch
 from fastrm_core.families import gemma3, idefics3, llava_next, llava_onevision, mistral3, paligemma
 from fastrm_core.regions import flat_positions
 
-FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "mistral3"]
+FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral"]
 
 
 def structure_ids(tiny) -> set[int]:
     """Every token id that is part of an image's layout (placeholders, separators, tags)."""
     cfg = tiny.model.config
-    if tiny.family == "idefics3":
-        tok = tiny.processor.tokenizer
+    if tiny.family in {"idefics3", "smolvlm"}:
+        tok = tiny.tokenizer
         return {cfg.image_token_id, *idefics3.tag_ids(tok),
                 tok.convert_tokens_to_ids("<fake_token_around_image>"), tok.convert_tokens_to_ids("<global-img>")}
     if tiny.family == "gemma3":
         return {cfg.image_token_id, cfg.boi_token_id, cfg.eoi_token_id}
-    if tiny.family == "mistral3":
+    if tiny.family in {"mistral3", "pixtral"}:
         tok = tiny.extra["tokenizer"]
         return {cfg.image_token_id, *(tok.convert_tokens_to_ids(t) for t in ("[IMG_BREAK]", "[IMG_END]"))}
     return {cfg.image_token_id}
@@ -37,8 +37,8 @@ def layouts(tiny, inputs, known_ids: bool = True):
         return gemma3.batch_images(cfg, inputs)
     if tiny.family == "paligemma":
         return paligemma.batch_images(cfg, inputs)
-    if tiny.family == "idefics3":
-        return idefics3.batch_images(cfg, inputs, idefics3.tag_ids(tiny.processor.tokenizer) if known_ids else None)
+    if tiny.family in {"idefics3", "smolvlm"}:
+        return idefics3.batch_images(cfg, inputs, idefics3.tag_ids(tiny.tokenizer) if known_ids else None)
     tok = tiny.extra["tokenizer"]
     if not known_ids:
         return mistral3.batch_images(cfg, inputs)
@@ -71,7 +71,7 @@ def test_regions_account_for_every_image_token(family_batch):
                                                                                               rows[1].images.stop)]
 
 
-@pytest.mark.parametrize("family", ["idefics3", "mistral3"])
+@pytest.mark.parametrize("family", ["idefics3", "smolvlm", "mistral3", "pixtral"])
 def test_structure_read_without_separator_ids(tiny_family, family):
     """The configs do not name break/end/tag ids: the layout read from the structure alone is the same."""
     tiny = tiny_family(family)
@@ -213,6 +213,21 @@ def test_mistral3_order_matches_patch_merger(tiny_family):
                 assert after[:-1].eq(brk).all() and after[-1] == end
     finally:
         merger.merging_layer.weight.data.copy_(old)
+
+
+@pytest.mark.parametrize("family", ["mistral3", "pixtral"])
+def test_mistral3_rows_end_at_breaks(tiny_family, family):
+    tiny = tiny_family(family)
+    inputs = tiny.make_inputs(tiny.two_rows())
+    tok = tiny.extra["tokenizer"]
+    brk, end = tok.convert_tokens_to_ids("[IMG_BREAK]"), tok.convert_tokens_to_ids("[IMG_END]")
+    for b, row in enumerate(layouts(tiny, inputs, known_ids=False)):
+        for region in row.regions:
+            grid = region.positions.view(region.grid)
+            assert bool((grid.diff(dim=1) == 1).all())  # a row is consecutive [IMG] tokens
+            after = inputs["input_ids"][b][grid[:, -1] + 1]
+            assert after[:-1].eq(brk).all() and after[-1] == end
+            assert bool((grid[1:, 0] == grid[:-1, -1] + 2).all())  # the next row starts right after the break
 
 
 def test_idefics3_tiles_follow_tags_and_pixel_shuffle(tiny_family):

@@ -1,0 +1,59 @@
+"""The adapter base of the families whose layout module gives :class:`RowImages` per batch (internal)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from fastrm_common.errors import InputError
+from fastrm_core.adapters import VLMAdapter, _as_inputs
+from fastrm_core.families._layout import RowImages
+from fastrm_core.regions import ImageRegion
+
+__all__ = ["LayoutAdapter"]
+
+
+class LayoutAdapter(VLMAdapter):
+    """A :class:`VLMAdapter` whose regions and per-row image slices come from :meth:`layouts`.
+
+    Subclasses implement :meth:`layouts` (the family module's ``batch_images``) and say where the
+    language model is (default: ``model.model.language_model``, the usual ``*ForConditionalGeneration``
+    nesting).
+    """
+
+    def layouts(self, inputs: Mapping) -> list[RowImages]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def _inner(self) -> nn.Module:
+        return self.model.model if hasattr(self.model, "lm_head") else self.model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self._inner.language_model
+
+    def regions(self, inputs, row: int = 0) -> list[ImageRegion]:
+        return self.layouts(_as_inputs(inputs))[row].regions
+
+    def separators(self, inputs, row: int = 0) -> torch.Tensor:
+        """(K,) positions of row ``row``'s image-structure tokens that are in no region (newlines, breaks, tags)."""
+        return self.layouts(_as_inputs(inputs))[row].separators
+
+    def images_of_row(self, inputs: Mapping, row: int) -> Mapping:
+        keys = [k for k in self.per_image_inputs if torch.is_tensor(inputs.get(k))]
+        if not keys:
+            return {}
+        rows = self.layouts(_as_inputs(inputs))
+        own = rows[row].images
+        if own is None:
+            return {}
+        total = max((r.images.stop for r in rows if r.images is not None), default=0)
+        out = {}
+        for key in keys:
+            value = inputs[key]
+            if value.shape[0] != total:
+                raise InputError(f"inputs[{key!r}] has {value.shape[0]} entries for {total} images in the batch")
+            out[key] = value[own]
+        return out
