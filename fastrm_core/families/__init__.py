@@ -8,4 +8,10 @@ line here.
 
 BUILTIN: tuple[str, ...] = (
     "fastrm_core.families.qwen2_vl",
+    "fastrm_core.families.llava_next",
+    "fastrm_core.families.llava_onevision",
+    "fastrm_core.families.gemma3",
+    "fastrm_core.families.paligemma",
+    "fastrm_core.families.idefics3",
+    "fastrm_core.families.mistral3",
 )

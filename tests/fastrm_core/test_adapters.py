@@ -12,9 +12,9 @@ def test_registry_lists_llava_and_qwen():
 
 
 def test_unsupported_model_names_the_supported_ones():
-    with pytest.raises(UnsupportedModelError, match="supported adapters: llava"):
+    with pytest.raises(UnsupportedModelError, match="supported adapters: .*llava, llava_next"):
         get_adapter(nn.Linear(2, 2))
-    with pytest.raises(UnsupportedModelError, match="expected one of: llava"):
+    with pytest.raises(UnsupportedModelError, match="expected one of: .*llava, llava_next"):
         get_adapter(nn.Linear(2, 2), name="qwen")
 
 
@@ -57,22 +57,24 @@ def test_load_vlm_rejects_other_architectures(tmp_path):
 
     LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                 vocab_size=50).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="model_type .llama.*supported adapters: llava"):
+    with pytest.raises(UnsupportedModelError, match="model_type .llama.*supported adapters: .*llava"):
         load_vlm(tmp_path)
 
 
 def test_choice_by_config_refuses_a_pixtral_tower():
     from transformers import LlavaConfig
 
-    from fastrm_core.adapters import adapter_for_config
+    from fastrm_core.adapters import LlavaAdapter, adapter_for_config
 
     assert adapter_for_config(LlavaConfig()).name == "llava"  # CLIP tower
     pixtral = LlavaConfig(vision_config={"model_type": "pixtral", "image_size": 96, "patch_size": 8})
-    assert adapter_for_config(pixtral) is None
+    assert not LlavaAdapter.supports(pixtral)  # not a fixed LLaVA-1.5 grid ...
+    assert adapter_for_config(pixtral).name == "pixtral"  # ... but Pixtral-12B's [IMG]/[IMG_BREAK] layout
     model = nn.Module()
+    model.config = LlavaConfig(vision_config={"model_type": "siglip_vision_model"}, vision_feature_select_strategy="default")
+    with pytest.raises(UnsupportedModelError, match="'siglip_vision_model' vision tower"):
+        get_adapter(model)  # SigLIP has no CLS: "default" would drop a real patch
     model.config = pixtral
-    with pytest.raises(UnsupportedModelError, match="'pixtral' vision tower"):
-        get_adapter(model)
     with pytest.raises(UnsupportedModelError, match="as 'llava'"):
         get_adapter(model, name="llava")
 
