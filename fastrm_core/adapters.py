@@ -132,6 +132,8 @@ class VLMAdapter:
     dropped_inputs: frozenset[str] = frozenset({"labels"})
     #: Processor outputs with one leading entry per image (over the whole batch, in prompt order).
     per_image_inputs: frozenset[str] = frozenset({"pixel_values", "image_sizes", "pixel_attention_mask"})
+    #: Processor outputs flattened over the images of the batch (sliced by :meth:`images_of_row`).
+    flat_image_inputs: frozenset[str] = frozenset()
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -318,6 +320,23 @@ class VLMAdapter:
             if torch.is_tensor(value) and value.dim() >= 2 and value.shape[1] == ids.shape[1]:
                 pad = torch.full((1, n, *value.shape[2:]), fill, dtype=value.dtype, device=value.device)
                 out[key] = torch.cat([value, pad], dim=1)
+        return out
+
+    def repeat_inputs(self, row_inputs: Mapping, m: int) -> dict:
+        """A batch of ``m`` copies of one prompt's inputs (batch 1, no padding): per-row and per-token
+        tensors expanded, per-image and flattened image tensors repeated, ``dropped_inputs`` left out."""
+        if row_inputs["input_ids"].shape[0] != 1:
+            raise InputError("repeat_inputs takes the inputs of one prompt (batch 1)")
+        out = {}
+        for key, value in row_inputs.items():
+            if key in self.dropped_inputs:
+                continue
+            if torch.is_tensor(value) and value.dim() and key in self.per_image_inputs | self.flat_image_inputs:
+                out[key] = value.repeat(m, *[1] * (value.dim() - 1))
+            elif torch.is_tensor(value) and value.dim() and value.shape[0] == 1:
+                out[key] = value.expand(m, *value.shape[1:])
+            else:
+                out[key] = value
         return out
 
     def replay_inputs(self, inputs: Mapping, row: int, new_ids: torch.Tensor | None = None) -> dict:

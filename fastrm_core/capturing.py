@@ -99,6 +99,14 @@ class Capture:
         """
         return self._stacked()[row, :, : self.lengths[row]]
 
+    def maps_2d(self, row: int = 0) -> torch.Tensor:
+        """Row ``row``'s maps as 2-D grids: (T, rows, cols) when it has one region, else (T, 1, N_img)
+        (every image token in one line, flat over its regions): the shape the Guard, calibration and
+        telemetry take, whatever the family. :meth:`region_maps` cuts the line into grids."""
+        flat = self.row_maps(row)  # (T, N)
+        regions = self.regions[row]
+        return flat.reshape(flat.shape[0], *regions[0].grid) if len(regions) == 1 else flat[:, None, :]
+
     def region_maps(self, row: int = 0) -> list[torch.Tensor]:
         """One (T, rows, cols) map per image region of batch row ``row``."""
         return split_flat(self.row_maps(row), self.regions[row])

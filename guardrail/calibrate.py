@@ -38,7 +38,6 @@ from fastrm_common.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
 from fastrm_common.errors import CalibrationError
 from fastrm_common.images import load_image
-from fastrm_common.prompting import build_prompt
 from fastrm_common.tokens import eos_token_ids
 from fastrm_core.inputs import prepare_inputs
 
@@ -105,19 +104,19 @@ def score_records(
     """
     adapter = get_adapter(model)
     tok = processor.tokenizer
-    eos = eos_token_ids(model, tok)
+    eos = set(eos_token_ids(model, tok)) | adapter.stop_token_ids(tok)
     out_rows: list[ScoredAnswer] = []
     problems: list[str] = []
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         images = [load_image(r.image) for r in batch]
-        texts = [build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
+        texts = [adapter.build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
         inputs = prepare_inputs(model, processor, images, texts)
         recorder = TokenSignals()
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  logits_processor=LogitsProcessorList([recorder]))
-        maps = cap.maps.numpy()  # (B, T, rows, cols)
+        maps = [cap.maps_2d(b).numpy() for b in range(len(batch))]  # B x (T, rows, cols) or (T, 1, N_img)
         feats = cap.features  # (B, F)
         tsig = recorder.result(out)  # (B, T) each
         n_prompt = inputs["input_ids"].shape[1]

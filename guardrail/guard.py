@@ -39,7 +39,6 @@ from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fingerprint
 from fastrm_core.inputs import prepare_inputs
 from fastrm_common.images import ImageLike, load_image
-from fastrm_common.prompting import build_prompt
 from fastrm_common.tokens import eos_token_ids
 from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
 from fastrm_common.presets import list_presets, preset_path
@@ -50,7 +49,7 @@ from .contained import contained_span, event_limit
 from .metrics import GuardMetrics
 from .render import view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
-from .result import GuardResult, Timings, TokenEvent
+from .result import GuardResult, MapRegion, Timings, TokenEvent
 from .scoring import Scorer, answer_signals, cut_at_eos, score_answer
 from .signals import TokenSignals
 from .telemetry import (
@@ -205,7 +204,7 @@ class Guard:
         self.metrics = GuardMetrics(meter_provider)
         self._lock = _model_lock(model)
         tok = processor.tokenizer
-        self._eos_ids = eos_token_ids(self.model, tok)
+        self._eos_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok)
 
     @classmethod
     def from_pretrained(
@@ -258,7 +257,7 @@ class Guard:
     def prompt(self, question: str) -> str:
         """The prompt sent to the model for ``question``."""
         if self.prompt_template is None:
-            return build_prompt(self.processor, question, self.prompt_suffix)[0]
+            return self.adapter.build_prompt(self.processor, question, self.prompt_suffix)[0]
         text = question if not self.prompt_suffix else f"{question.strip()} {self.prompt_suffix.strip()}"
         return self.prompt_template.format(question=text)
 
@@ -277,7 +276,7 @@ class Guard:
         except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
             raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
         try:
-            self.adapter.image_layouts(inputs["input_ids"])
+            self.adapter.batch_regions(inputs)
         except InputError as exc:
             raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
         return inputs, [_Image(p, src, self.processor) for p, src in zip(pil, images)]
@@ -311,7 +310,7 @@ class Guard:
         # an escalation handler (which may be slow) run outside it, so they never stall other calls.
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
             error: BaseException | None = None
-            maps = out = None
+            maps = out = regions = None
             rows_signals: list[dict] = [{} for _ in questions]
             with self._lock:
                 t0 = time.perf_counter()
@@ -319,7 +318,8 @@ class Guard:
                     recorder = TokenSignals()
                     with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
                         out = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder), streamer=clock)
-                    maps = cap.maps.numpy()  # (B, T, rows, cols)
+                    maps = [cap.maps_2d(b).numpy() for b in range(out.shape[0])]  # B x (T, rows, cols) | (T, 1, N_img)
+                    regions = cap.regions
                     rows_signals = self._signal_rows(cap, recorder, out)
                 except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
                     error = exc
@@ -343,7 +343,8 @@ class Guard:
                 prompts.append(int(inputs["attention_mask"][b].sum()))  # this row's prompt, without padding
                 result, answer = self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
                                               n_prompt=prompts[-1], image=pil[b], row=b, n_rows=len(questions),
-                                              token_times=clock.times, signals=rows_signals[b])
+                                              token_times=clock.times, signals=rows_signals[b],
+                                              regions=None if regions is None else regions[b])
                 results.append(result)
                 answers.append(answer)
             self._annotate_chat(chat_span, results, answers, prompts, kwargs, pil)
@@ -407,6 +408,7 @@ class Guard:
                 break
             cap = box["cap"]
             m = cap.map(index).numpy()
+            m = m if m.ndim == 2 else m[None]  # several regions: (1, N_img), as in the result's maps
             try:
                 entropy = float(token_entropy(m, normalized=True, map_ndim=2))
             except GuardrailError:  # a bad map (NaN): the final result applies on_error
@@ -419,11 +421,12 @@ class Guard:
         if error is not None and not isinstance(error, GuardrailError):
             raise error
         n_prompt = inputs["input_ids"].shape[1]
-        gen, maps = [], None
+        gen, maps, regions = [], None, None
         if error is None:
             gen = box["out"][0, n_prompt:].tolist()
             try:
-                maps = box["cap"].maps[0].numpy()
+                maps = box["cap"].maps_2d(0).numpy()
+                regions = box["cap"].regions[0]
             except GuardrailError as exc:
                 error = exc
         if error is not None and not gen and self.policy.on_error == "fail_open":  # the answer, unguarded
@@ -432,19 +435,21 @@ class Guard:
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}", start_time=start_ns) as chat_span:
             result, answer = self._finish(question, gen, maps, error, tags, kwargs, model_s, start,
                                           n_prompt=n_prompt, image=pil[0], token_times=times,
-                                          signals=box.get("signals") or {})
+                                          signals=box.get("signals") or {}, regions=regions)
             self._annotate_chat(chat_span, [result], [answer], [n_prompt], kwargs, pil)
         yield result
 
     # ------------------------------------------------------------------ scoring and deciding
     def _finish(self, question, gen, maps, error, tags, kwargs, model_s, start, *, n_prompt, image=None, row=0,
-                n_rows=1, token_times=(), signals: dict | None = None) -> tuple[GuardResult, str]:
+                n_rows=1, token_times=(), signals: dict | None = None, regions=None) -> tuple[GuardResult, str]:
         """Score, decide and escalate one row, inside its ``apply_guardrail`` span; returns the result and
         the model's own answer (which the result may withhold)."""
         with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
             t_guard = time.perf_counter()
             result, decision, answer = self._decide(question, gen, maps, error, tags, span, image,
                                                       signals=signals)
+            if regions is not None and result.maps is not None:
+                result.regions = [MapRegion(image=r.image, kind=r.kind, grid=r.grid) for r in regions]
             guard_s = time.perf_counter() - t_guard
             result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
             self._annotate_guard(span, result, decision, answer, model_s, guard_s, image=image, row=row,
@@ -615,7 +620,7 @@ class Guard:
                 semconv.FASTRM_SCORE_AGGREGATION: "none" if self.calibration is None else self.calibration.aggregation,
                 semconv.FASTRM_SCORE_NAME: "none" if self.calibration is None else self.calibration.score.name,
                 **{f"{semconv.FASTRM_SCORES_PREFIX}{k}": float(v) for k, v in result.scores.items() if v is not None},
-                semconv.FASTRM_MAP_GRID: list(self.adapter.grid),
+                semconv.FASTRM_MAP_GRID: list(result.grid or self.adapter.fixed_grid or ()),
                 semconv.FASTRM_PROXY_ID: self.proxy_id,
                 semconv.FASTRM_CALIBRATION_ID: self.calibration_id,
                 semconv.FASTRM_MODEL_DURATION: float(model_s),
@@ -631,6 +636,8 @@ class Guard:
                 span.set_attributes(image_attributes(image.reference(), capture_content=content))
             if result.error:
                 span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
+            if result.regions:
+                span.set_attribute(semconv.FASTRM_MAP_REGIONS, json.dumps([r.model_dump(mode="json") for r in result.regions]))
             if self.maps_dir is not None and result.maps is not None:
                 span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
             if result.maps is not None:

@@ -55,12 +55,26 @@ class TokenEvent(BaseModel):
     entropy: float = Field(description="normalised entropy of the map, in [0, 1]; higher = more diffuse")
 
 
+class MapRegion(BaseModel):
+    """One grid of image tokens in a prompt: the picture's index, what view of it (``full``, ``base``,
+    ``hires``, ``tile``, ``global``, ``crop``) and its (rows, cols) (see :mod:`fastrm_core.regions`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: int
+    kind: str
+    grid: tuple[int, int]
+
+
 class GuardResult(BaseModel):
     """Everything one guarded call produced.
 
     ``answer`` is what the model said; ``text`` is what the policy lets the user see
     (the answer, or an abstain/withheld message). ``maps`` is (T, rows, cols) with one
-    map per generated token (the end-of-sequence token included), ``entropies`` (T,)
+    map per generated token (the end-of-sequence token included) when the prompt's image has one
+    region (LLaVA-1.5, Qwen2-VL); with several regions (a base and a high-resolution view, tiles)
+    it is (T, 1, N_img), every image token in one line, flat over ``regions`` in order
+    (:meth:`region_maps` cuts it into one grid per region). ``entropies`` (T,)
     their entropies (normalised by log N_img when the calibration was fitted on normalised
     entropies, its ``entropy_normalized``; raw nats otherwise) and ``content`` (T,) which of
     them count in the score. An answer without content tokens has ``score=None`` and the
@@ -85,6 +99,7 @@ class GuardResult(BaseModel):
     token_ids: list[int]
     tokens: list[str]
     maps: Optional[MapArray] = None
+    regions: list[MapRegion] = Field(default_factory=list)
     entropies: list[float] = Field(default_factory=list)
     content: list[bool] = Field(default_factory=list)
     score: Optional[float] = None
@@ -107,8 +122,23 @@ class GuardResult(BaseModel):
 
     @property
     def grid(self) -> Optional[tuple[int, int]]:
-        """(rows, cols) of the maps, or None when there are none."""
+        """(rows, cols) of the maps ((1, N_img) with several regions), or None when there are none."""
         return None if self.maps is None else tuple(self.maps.shape[1:])
+
+    def region_maps(self) -> list[np.ndarray]:
+        """One (T, rows, cols) map per image region (``regions``), cut from ``maps``; [] without maps."""
+        if self.maps is None:
+            return []
+        maps = np.asarray(self.maps)
+        if not self.regions:
+            return [maps]
+        flat = maps.reshape(maps.shape[0], -1)  # (T, N_img)
+        out, start = [], 0
+        for r in self.regions:
+            n = r.grid[0] * r.grid[1]
+            out.append(flat[:, start : start + n].reshape(maps.shape[0], *r.grid))
+            start += n
+        return out
 
     def relevant_patches(self) -> Optional[np.ndarray]:
         """(T, rows, cols) bool: the patches each token's map calls relevant (``maps >= patch_threshold``).

@@ -125,6 +125,8 @@ FASTRM_SCORES_PREFIX = "fastrm.scores."  # + score name: every score of the answ
 FASTRM_ANSWER_TOKENS = "fastrm.answer_tokens"
 FASTRM_MAX_TOKEN_ENTROPY = "fastrm.max_token_entropy"
 FASTRM_MAP_GRID = "fastrm.map.grid"
+#: JSON list of the image regions the maps are flat over: ``[{"image", "kind", "grid"}]`` in order.
+FASTRM_MAP_REGIONS = "fastrm.map.regions"
 FASTRM_PROXY_ID = "fastrm.proxy.id"
 FASTRM_CALIBRATION_ID = "fastrm.calibration.id"
 FASTRM_MODEL_DURATION = "fastrm.duration.model_s"

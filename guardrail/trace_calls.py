@@ -5,7 +5,10 @@ Shared by the terminal viewer (:mod:`.viewer`) and the HTML report (:mod:`.repor
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import numpy as np
 
 from . import semconv
 from .telemetry import map_from_attributes
@@ -17,7 +20,9 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pair each ``apply_guardrail fastrm`` span with its parent ``chat`` span.
 
     Returns one dict per guarded call: ``chat`` (span dict or None), ``guard`` (span dict),
-    ``tokens`` (list of per-token event attribute dicts, in order, with ``map`` decoded or None).
+    ``tokens`` (list of per-token event attribute dicts, in order, with ``map`` decoded or None,
+    and ``region_maps``: ``[(region, (rows, cols) map)]``, one per image region of the prompt when
+    the span records its regions, else ``[(None, map)]``).
     """
     by_id = {s.get("spanId"): s for s in spans}
     calls = []
@@ -25,11 +30,39 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if span.get("name") != semconv.GUARDRAIL_SPAN_NAME:
             continue
         tokens = []
+        regions = _regions(span.get("attributes", {}))
         for ev in span.get("events", []):
             if ev.get("name") == semconv.TOKEN_EVENT:
                 attrs = dict(ev.get("attributes", {}))
                 attrs["map"] = map_from_attributes(attrs)
+                attrs["region_maps"] = _split(attrs["map"], regions)
                 tokens.append(attrs)
         tokens.sort(key=lambda a: a.get(semconv.TOKEN_INDEX, 0))
         calls.append({"chat": by_id.get(span.get("parentSpanId")), "guard": span, "tokens": tokens})
     return calls
+
+
+def _regions(attributes: dict[str, Any]) -> list[dict] | None:
+    raw = attributes.get(semconv.FASTRM_MAP_REGIONS)
+    if not raw:
+        return None
+    try:
+        regions = json.loads(raw)
+        return [r for r in regions if isinstance(r, dict) and len(r.get("grid", ())) == 2] or None
+    except (TypeError, ValueError):
+        return None
+
+
+def _split(m: np.ndarray | None, regions: list[dict] | None) -> list[tuple[dict | None, np.ndarray]]:
+    """One (rows, cols) map per region, cut from a token's map flat over the regions in order."""
+    if m is None:
+        return []
+    flat = np.asarray(m).reshape(-1)
+    sizes = [int(r["grid"][0]) * int(r["grid"][1]) for r in regions or ()]
+    if not regions or sum(sizes) != flat.size:
+        return [(None, np.asarray(m))]
+    out, start = [], 0
+    for r, n in zip(regions, sizes):
+        out.append((r, flat[start : start + n].reshape(int(r["grid"][0]), int(r["grid"][1]))))
+        start += n
+    return out

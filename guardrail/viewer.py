@@ -93,15 +93,21 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
             label = token_label(tok)
             ent = tok.get(semconv.TOKEN_ENTROPY_NORMALIZED, tok.get(semconv.TOKEN_ENTROPY))
             body.append(f"\ntoken {escape(label)}  entropy {ent:.3f}" if ent is not None else f"\ntoken {escape(label)}")
-            body.append(heatmap_text(tok["map"]))
-            if png_dir is not None:
-                ids = f"{call['guard'].get('traceId', 'trace')}-{call['guard'].get('spanId', n)}"
-                out = Path(png_dir) / f"{ids}-token{tok.get(semconv.TOKEN_INDEX, 0):03d}.png"
-                title = f"Q: {question}   A: {answer}" if question is not None else "question and answer not recorded (content capture off)"
-                explained_figure(out, image, tok["map"], box=tuple(box) if box else None, title=title,
-                                 lines=(f"verdict {verdict_line}; action {action_line}",
-                                        f"token {label}, entropy {_num(ent)}"
-                                        + ("" if image is not None else "; image not in the trace")))
+            panels = tok.get("region_maps") or [(None, tok["map"])]
+            for k, (region, grid_map) in enumerate(panels):  # one panel per image region
+                if region is not None and len(panels) > 1:
+                    rows, cols = region["grid"]
+                    body.append(f"image {region.get('image', '?')} ({region.get('kind', '?')}, {rows}x{cols})")
+                body.append(heatmap_text(grid_map))
+                if png_dir is not None and (region is None or region.get("kind") in ("full", "base", "global")):
+                    ids = f"{call['guard'].get('traceId', 'trace')}-{call['guard'].get('spanId', n)}"
+                    suffix = f"-region{k}" if len(panels) > 1 else ""
+                    out = Path(png_dir) / f"{ids}-token{tok.get(semconv.TOKEN_INDEX, 0):03d}{suffix}.png"
+                    title = f"Q: {question}   A: {answer}" if question is not None else "question and answer not recorded (content capture off)"
+                    explained_figure(out, image, grid_map, box=tuple(box) if box else None, title=title,
+                                     lines=(f"verdict {verdict_line}; action {action_line}",
+                                            f"token {label}, entropy {_num(ent)}"
+                                            + ("" if image is not None else "; image not in the trace")))
         console.print(Panel(Group(*body), title=f"guarded call {n}", expand=False))
     if png_dir is not None:
         console.print(f"figures written to {png_dir}")

@@ -6,7 +6,8 @@ builder generates an answer greedily and keeps, for each generated token t:
 * ``token_states[t]`` (D,): the last hidden state of the position that predicted t
   (:func:`fastrm_core.capturing.capture` with ``keep_states=True``);
 * ``maps[t]`` (N_img,): the exact gradient relevancy map over the image patches
-  (:func:`fastrm_core.relevancy.gradient_relevancy`), float32, row-major grid;
+  (:func:`fastrm_core.relevancy.gradient_relevancy`), float32, flat over the prompt's image
+  regions (row-major within each);
 * ``token_ids[t]`` and ``content[t]``, whether t is a content token (the trainer distils
   those by default: they are the maps the Guard scores);
 
@@ -20,16 +21,20 @@ Layout of the output folder::
 
 A shard holds flat tensors and offsets::
 
-    image_states   (R, N_img, D)   states dtype (the model's by default)
+    image_states   (R, N_max, D)   states dtype (the model's by default)
     token_states   (T_tot, D)      states dtype
-    maps           (T_tot, N_img)  float32
+    maps           (T_tot, N_max)  float32
+    image_counts   (R,)            int64: record r's image tokens N_r; rows beyond N_r are zero padding
+                                   (every N_r equals N_max for a fixed-grid model; shards from earlier
+                                   builders lack it: all N_max)
     token_ids      (T_tot,)        int64
     content        (T_tot,)        bool: the tokens the Guard scores (no special, EOS or punctuation-only
                                    token; :func:`fastrm_common.tokens.content_token_mask`). Datasets
                                    from earlier builders lack it: rebuild them, or train on all tokens
     token_offsets  (R + 1,)        int64: record r owns rows token_offsets[r]:token_offsets[r+1]
 
-and its safetensors metadata ``records`` is a JSON list of ``{"id", "answer"}``.
+and its safetensors metadata ``records`` is a JSON list of ``{"id", "answer", "regions"}``
+(``regions``: ``[{"image", "kind", "grid"}]``, the order of the flat maps).
 
 **Resumable.** Shard k always covers input records ``[k S, (k+1) S)``, whatever happens, so a
 run can be killed at any moment and started again with the same command: shards listed in the
@@ -63,7 +68,7 @@ from fastrm_core.capturing import capture
 from fastrm_core.integrity import weights_fingerprint
 from fastrm_core.relevancy import gradient_relevancy
 
-from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
+from .generation import content_mask, greedy_kwargs, load_image, prepare_inputs
 
 __all__ = [
     "BuildSettings",
@@ -150,8 +155,8 @@ class Manifest(BaseModel):
     model_id: str
     adapter: str
     hidden_size: int
-    n_image_tokens: int
-    grid: tuple[int, int]
+    n_image_tokens: int | None = None  # a fixed-grid model's tokens per image; None: variable grids
+    grid: tuple[int, int] | None = None
     data: str
     data_hash: str
     model_hash: str | None = None  # sha256 of the weights (fastrm_core.weights_fingerprint)
@@ -185,7 +190,7 @@ class Manifest(BaseModel):
             "model_id": self.model_id,
             "adapter": self.adapter,
             "hidden_size": self.hidden_size,
-            "grid": tuple(self.grid),
+            "grid": None if self.grid is None else tuple(self.grid),
             "data_hash": self.data_hash,
             "model_hash": self.model_hash,
             "images_hash": self.images_hash,
@@ -243,7 +248,8 @@ class RecordExample:
     """Everything the dataset keeps for one record.
 
     token_ids (T,), token_states (T, D), maps (T, N_img) float32, image_states (N_img, D),
-    content (T,) bool: the tokens the Guard scores (:func:`fastrm_common.tokens.content_token_mask`).
+    content (T,) bool: the tokens the Guard scores (:func:`fastrm_common.tokens.content_token_mask`),
+    regions: ``[{"image", "kind", "grid"}]`` of the prompt, the order of the flat maps.
     """
 
     id: str
@@ -253,6 +259,7 @@ class RecordExample:
     maps: torch.Tensor
     image_states: torch.Tensor
     content: torch.Tensor
+    regions: list = None
 
 
 @dataclass(frozen=True)
@@ -262,14 +269,15 @@ class ModelInfo:
     model_id: str
     adapter: str
     hidden_size: int
-    grid: tuple[int, int]
+    grid: tuple[int, int] | None  # None: a variable-grid family
     prompt_template: str
     model_hash: str | None = None  # weights_fingerprint: the weights, not the folder's name
 
     @classmethod
     def from_model(cls, adapter: VLMAdapter, processor, settings: "BuildSettings") -> "ModelInfo":
-        _, template = build_prompt(processor, "?", settings.prompt_suffix)
-        return cls(adapter.model_id, adapter.name, adapter.hidden_size, tuple(adapter.grid), template,
+        _, template = adapter.build_prompt(processor, "?", settings.prompt_suffix)
+        grid = adapter.fixed_grid
+        return cls(adapter.model_id, adapter.name, adapter.hidden_size, None if grid is None else tuple(grid), template,
                    weights_fingerprint(adapter.model))
 
 
@@ -284,7 +292,7 @@ def process_record(model, processor, adapter: VLMAdapter, record, settings: Buil
     """
     try:
         image = load_image(record.image)
-        prompt, _ = build_prompt(processor, record.question, settings.prompt_suffix)
+        prompt, _ = adapter.build_prompt(processor, record.question, settings.prompt_suffix)
         inputs = prepare_inputs(model, processor, image, prompt)
     except (DataError, InputError, ValueError) as exc:
         raise SkipRecord(str(exc)) from exc
@@ -304,7 +312,7 @@ def process_record(model, processor, adapter: VLMAdapter, record, settings: Buil
     if queries.shape[0] != n_tok:
         raise SkipRecord(f"captured {queries.shape[0]} token states for {n_tok} generated tokens")
     dtype = _STATE_DTYPES[settings.states_dtype]
-    image_states = cap.image_states[0]  # (N_img, D)
+    image_states = cap.row_image_states(0)  # (N_img, D)
     if dtype is not None:
         queries, image_states = queries.to(dtype), image_states.to(dtype)
     return RecordExample(
@@ -312,9 +320,10 @@ def process_record(model, processor, adapter: VLMAdapter, record, settings: Buil
         answer=answer,
         token_ids=rel.token_ids.to(torch.int64),
         token_states=queries.contiguous(),
-        maps=rel.maps.reshape(n_tok, -1).float().contiguous(),  # (T, N_img)
+        maps=rel.flat_maps.float().contiguous(),  # (T, N_img)
         image_states=image_states.contiguous(),
         content=content_mask(model, processor, rel.token_ids),
+        regions=[{"image": r.image, "kind": r.kind, "grid": list(r.grid)} for r in rel.regions],
     )
 
 
@@ -339,18 +348,33 @@ def write_shard(folder: Path, index: int, examples: list[RecordExample]) -> tupl
     from safetensors.torch import save
 
     counts = torch.tensor([0] + [int(e.token_ids.numel()) for e in examples], dtype=torch.int64)
+    n_img = [int(e.image_states.shape[0]) for e in examples]
+    n_max = max(n_img)
     tensors = {
-        "image_states": torch.stack([e.image_states for e in examples]),  # (R, N_img, D)
+        "image_states": torch.stack([pad_tokens(e.image_states, n_max, dim=0) for e in examples]),  # (R, N_max, D)
         "token_states": torch.cat([e.token_states for e in examples]),  # (T_tot, D)
-        "maps": torch.cat([e.maps for e in examples]),  # (T_tot, N_img)
+        "maps": torch.cat([pad_tokens(e.maps, n_max, dim=1) for e in examples]),  # (T_tot, N_max)
         "token_ids": torch.cat([e.token_ids for e in examples]),  # (T_tot,)
         "content": torch.cat([e.content for e in examples]),  # (T_tot,) bool
         "token_offsets": torch.cumsum(counts, 0),  # (R + 1,)
+        "image_counts": torch.tensor(n_img, dtype=torch.int64),  # (R,)
     }
-    meta = {"format": FORMAT, "records": json.dumps([{"id": e.id, "answer": e.answer} for e in examples])}
+    records = [{"id": e.id, "answer": e.answer, **({"regions": e.regions} if e.regions is not None else {})}
+               for e in examples]
+    meta = {"format": FORMAT, "records": json.dumps(records)}
     name = shard_name(index)
     _write_atomic(folder / name, save(tensors, metadata=meta))
     return name, _sha256(folder / name)
+
+
+def pad_tokens(values: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """``values`` zero-padded along ``dim`` (its image-token axis) to length ``n``."""
+    missing = n - values.shape[dim]
+    if missing <= 0:
+        return values
+    shape = list(values.shape)
+    shape[dim] = missing
+    return torch.cat([values, values.new_zeros(shape)], dim=dim)
 
 
 def read_shard(path: str | Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -491,8 +515,8 @@ def prepare_manifest(
         model_id=info.model_id,
         adapter=info.adapter,
         hidden_size=info.hidden_size,
-        n_image_tokens=info.grid[0] * info.grid[1],
-        grid=tuple(info.grid),
+        n_image_tokens=None if info.grid is None else info.grid[0] * info.grid[1],
+        grid=None if info.grid is None else tuple(info.grid),
         data=str(data.resolve()),
         data_hash=dataset_hash(data),
         model_hash=info.model_hash,
@@ -530,9 +554,9 @@ def prepare_manifest(
 def iter_records(folder: str | Path) -> Iterator[tuple[dict, dict[str, torch.Tensor]]]:
     """Yield ``(record_meta, tensors)`` per record of a dataset, in input order.
 
-    ``tensors``: ``image_states`` (N_img, D), ``token_states`` (T, D), ``maps`` (T, N_img),
-    ``token_ids`` (T,) and, for datasets that carry them, ``content`` (T,) bool. Reads one shard
-    at a time (bounded memory).
+    ``tensors``: ``image_states`` (N_img, D), ``token_states`` (T, D), ``maps`` (T, N_img) (the
+    record's own N_img, padding removed), ``token_ids`` (T,) and, for datasets that carry them,
+    ``content`` (T,) bool. Reads one shard at a time (bounded memory).
     """
     folder = Path(folder)
     manifest = load_manifest(folder)
@@ -541,12 +565,14 @@ def iter_records(folder: str | Path) -> Iterator[tuple[dict, dict[str, torch.Ten
             continue
         tensors, records = read_shard(folder / shard.file)
         offsets = tensors["token_offsets"]
+        n_max = tensors["image_states"].shape[1]
+        counts = tensors["image_counts"].tolist() if "image_counts" in tensors else [n_max] * len(records)
         for r, meta in enumerate(records):
             lo, hi = int(offsets[r]), int(offsets[r + 1])
             yield meta, {
-                "image_states": tensors["image_states"][r],
+                "image_states": tensors["image_states"][r, : counts[r]],
                 "token_states": tensors["token_states"][lo:hi],
-                "maps": tensors["maps"][lo:hi],
+                "maps": tensors["maps"][lo:hi, : counts[r]],
                 "token_ids": tensors["token_ids"][lo:hi],
                 **({"content": tensors["content"][lo:hi]} if "content" in tensors else {}),
             }

@@ -47,7 +47,7 @@ from fastrm_common.vqa import is_correct, normalize_answer
 from fastrm_core.capturing import capture
 from fastrm_core.relevancy import gradient_relevancy
 
-from .generation import build_prompt, content_mask, greedy_kwargs, load_image, prepare_inputs
+from .generation import content_mask, greedy_kwargs, load_image, prepare_inputs
 from .methods import Explained, get_method, list_methods
 from .perturbation import generate_without_patches
 
@@ -116,8 +116,12 @@ class EvalConfig:
 # one record
 
 
-def _target_mask(record, base_dir: Path | None, grid: tuple[int, int], coverage: float) -> np.ndarray | None:
-    """The evidence target on the patch grid (rows, cols) bool, or None without evidence masks."""
+_WHOLE_IMAGE_KINDS = ("full", "base", "global")  # regions that show the whole picture on their grid
+
+
+def _target_mask(record, base_dir: Path | None, regions, coverage: float) -> np.ndarray | None:
+    """The evidence target flat over the regions' patches (N_img,) bool, or None without evidence masks
+    (or when a region is a crop or tile, whose place in the picture the evaluation does not know)."""
     from PIL import Image
 
     extra = record.model_extra or {}
@@ -136,9 +140,9 @@ def _target_mask(record, base_dir: Path | None, grid: tuple[int, int], coverage:
             raise DataError(f"unreadable evidence mask {str(path)!r}: {exc}") from exc
     family = extra.get("family")
     pixels = masks[0] if family in ("attribute", "relational") else np.logical_or.reduce(masks)
-    if not pixels.any():
+    if not pixels.any() or any(r.kind not in _WHOLE_IMAGE_KINDS for r in regions):
         return None
-    return mask_to_grid(pixels, grid, coverage)
+    return np.concatenate([mask_to_grid(pixels, r.grid, coverage).reshape(-1) for r in regions])
 
 
 def evaluate_record(
@@ -163,9 +167,9 @@ def evaluate_record(
     tok = processor.tokenizer
     try:
         image = load_image(record.image)
-        target = _target_mask(record, base_dir, adapter.grid, config.coverage)
-        prompt, _ = build_prompt(processor, record.question, config.prompt_suffix)
+        prompt, _ = adapter.build_prompt(processor, record.question, config.prompt_suffix)
         inputs = prepare_inputs(model, processor, image, prompt)
+        target = _target_mask(record, base_dir, adapter.regions(inputs), config.coverage)
         gen_kwargs = greedy_kwargs(adapter, config.max_new_tokens)
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
             out = model.generate(**inputs, **gen_kwargs)
@@ -177,8 +181,8 @@ def evaluate_record(
     new = rel.token_ids  # (T,)
     answer = tok.decode(new, skip_special_tokens=True).strip()
     correct = bool(is_correct(answer, record.answers))
-    grad = rel.maps.reshape(n_tok, -1).float()  # (T, N)
-    probs = cap.maps[0, :n_tok].reshape(n_tok, -1).float()  # (T, N)
+    grad = rel.flat_maps.float()  # (T, N)
+    probs = cap.row_maps(0)[:n_tok].float()  # (T, N)
     labels = binarize_maps(grad, label_threshold)
     content = content_mask(model, processor, new)  # (T,)
     result: dict = {

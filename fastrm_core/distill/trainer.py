@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from fastrm_common.errors import DataError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
 
-from .dataset import MANIFEST_NAME, Manifest, load_manifest, verify_shard
+from .dataset import MANIFEST_NAME, Manifest, load_manifest, pad_tokens, verify_shard
 from .metrics import binarize_maps
 
 __all__ = [
@@ -159,6 +159,7 @@ class PairStore:
             raise DataError(f"the dataset in {self.folder} holds no token (build it first, or check its skipped records)")
         self._handles = []
         token_shard, token_local, token_record, record_shard, record_local = [], [], [], [], []
+        record_counts: list[int] = []  # image tokens of each record (rows beyond are padding)
         content: list[torch.Tensor] = []  # per shard, when the shard has content flags
         n_bytes = 0
         for s_idx, shard in enumerate(shards):
@@ -180,6 +181,8 @@ class PairStore:
             if "content" in fh.keys():
                 content.append(fh.get_tensor("content").bool())
             record_local += list(range(n_rec))
+            n_max = fh.get_slice("image_states").get_shape()[1]
+            record_counts += fh.get_tensor("image_counts").tolist() if "image_counts" in fh.keys() else [n_max] * n_rec
             for name in ("image_states", "token_states", "maps"):
                 sl = fh.get_slice(name)
                 n_bytes += math.prod(sl.get_shape()) * 4
@@ -190,15 +193,20 @@ class PairStore:
         self.record_local = torch.tensor(record_local)
         self.n_records = len(record_shard)
         self.n_tokens = len(token_shard)
+        self.record_counts = torch.tensor(record_counts)  # (R,)
+        self.n_max = int(self.record_counts.max())
+        # variable grids: batches are padded to n_max and the loss reads only each record's own tokens
+        self.ragged = bool((self.record_counts != self.n_max).any())
         # (T,) bool; None when any shard predates the content flags
         self._content = torch.cat(content) if len(content) == len(shards) else None
         if in_memory is None:
             in_memory = n_bytes <= max_memory_gb * 2**30
         self.in_memory = in_memory
         if in_memory:
-            self._image = torch.cat([fh.get_tensor("image_states") for fh in self._handles]).float()  # (R, N, D)
+            n = self.n_max
+            self._image = torch.cat([pad_tokens(fh.get_tensor("image_states"), n, 1) for fh in self._handles]).float()  # (R, N, D)
             self._tokens = torch.cat([fh.get_tensor("token_states") for fh in self._handles]).float()  # (T, D)
-            self._maps = torch.cat([fh.get_tensor("maps") for fh in self._handles]).float()  # (T, N)
+            self._maps = torch.cat([pad_tokens(fh.get_tensor("maps"), n, 1) for fh in self._handles]).float()  # (T, N)
 
     def token_mask(self, tokens: str = "content") -> torch.Tensor:
         """(T,) bool: the tokens of ``tokens`` ("content": the ones the Guard scores, or "all").
@@ -217,7 +225,8 @@ class PairStore:
         return self._content
 
     def batch(self, token_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(token_states (B, D), image_states (B, N_img, D), maps (B, N_img))`` float32 for global token indices."""
+        """``(token_states (B, D), image_states (B, N_max, D), maps (B, N_max))`` float32 for global token
+        indices; entries beyond a record's own image tokens are zero (see :meth:`valid`)."""
         records = self.token_record[token_indices]
         if self.in_memory:
             return self._tokens[token_indices], self._image[records], self._maps[token_indices]
@@ -226,9 +235,16 @@ class PairStore:
             fh = self._handles[int(self.token_shard[t])]
             lt, lr = int(self.token_local[t]), int(self.record_local[r])
             q.append(fh.get_slice("token_states")[lt : lt + 1])
-            maps.append(fh.get_slice("maps")[lt : lt + 1])
-            img.append(fh.get_slice("image_states")[lr : lr + 1])
+            maps.append(pad_tokens(fh.get_slice("maps")[lt : lt + 1], self.n_max, 1))
+            img.append(pad_tokens(fh.get_slice("image_states")[lr : lr + 1], self.n_max, 1))
         return torch.cat(q).float(), torch.cat(img).float(), torch.cat(maps).float()
+
+    def valid(self, token_indices: torch.Tensor) -> torch.Tensor | None:
+        """(B, N_max) bool: which entries of :meth:`batch` are real image tokens; ``None`` when all are."""
+        if not self.ragged:
+            return None
+        counts = self.record_counts[self.token_record[token_indices]]  # (B,)
+        return torch.arange(self.n_max)[None] < counts[:, None]
 
 
 def split_records(n_records: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,11 +258,16 @@ def split_records(n_records: int, val_fraction: float, seed: int) -> tuple[np.nd
 # training
 
 
-def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_weight: float = 1.0):
+def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_weight: float = 1.0, valid=None):
     logits = proxy(q[:, None], img)[:, 0]  # (B, N_img)
-    labels = binarize_maps(maps, threshold).float()
+    labels = binarize_maps(maps, threshold).float()  # padding: zero maps, label 0 (and masked below)
     weight = None if pos_weight == 1.0 else torch.tensor(pos_weight, device=logits.device)
-    loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+    if valid is None:
+        loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+    else:  # (B, N_max): the mean over each record's own image tokens only
+        each = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight, reduction="none")
+        loss = (each * valid).sum() / valid.sum().clamp_min(1)
+        logits = logits.masked_fill(~valid, float("-inf"))  # padding never predicted positive
     pred = logits > 0  # probability > 0.5
     tp = (pred & labels.bool()).sum().item()
     fp = (pred & ~labels.bool()).sum().item()
@@ -262,7 +283,9 @@ def _validate(proxy, store: PairStore, tokens: torch.Tensor, threshold: float, b
     for start in range(0, tokens.numel(), max(batch_size, 256)):
         idx = tokens[start : start + max(batch_size, 256)]
         q, img, maps = (x.to(device) for x in store.batch(idx))
-        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold, pos_weight)
+        valid = store.valid(idx)
+        valid = None if valid is None else valid.to(device)
+        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold, pos_weight, valid)
         total += loss.item() * idx.numel()
         n += idx.numel()
         tp, fp, fn = tp + a, fp + b, fn + c
@@ -326,8 +349,8 @@ def train_proxy(
     proxy_config = ProxyConfig(
         hidden_size=manifest.hidden_size,
         head_dim=config.head_dim,
-        n_image_tokens=manifest.n_image_tokens,
-        grid=tuple(manifest.grid),
+        n_image_tokens=manifest.n_image_tokens,  # None for a variable-grid family: any regions
+        grid=None if manifest.grid is None else tuple(manifest.grid),
         label_threshold=threshold,
         distilled_from=manifest.model_id,
         adapter=manifest.adapter,
@@ -361,7 +384,9 @@ def train_proxy(
     for step in range(1, config.steps + 1):
         idx = next(stream)
         q, img, maps = (x.to(device) for x in store.batch(idx))
-        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold, config.pos_weight)
+        valid = store.valid(idx)
+        valid = None if valid is None else valid.to(device)
+        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold, config.pos_weight, valid)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         if config.lr_schedule == "cosine":  # decays to 0 at the last step

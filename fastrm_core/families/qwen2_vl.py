@@ -37,7 +37,8 @@ class Qwen2VLAdapter(VLMAdapter):
     name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
     chat_end_tokens = ("<|im_end|>", "<|endoftext|>")
-    per_image_inputs = frozenset({"image_grid_thw"})  # pixel_values: sliced by patches below
+    per_image_inputs = frozenset({"image_grid_thw"})
+    flat_image_inputs = frozenset({"pixel_values"})  # (sum of t*h*w over the images, C*p*p): sliced below
 
     @classmethod
     def supports(cls, config) -> bool:

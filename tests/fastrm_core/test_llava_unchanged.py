@@ -79,6 +79,20 @@ def _check_same(model, processor, proxy):
     cam_old = gradcam.gradcam_maps(model, one, gen1)
     assert torch.equal(cam_new.reshape(cam_old.shape), cam_old)
 
+    perturbation = _legacy("perturbation")
+    from fastrm_core import get_adapter
+    from fastrm_core.distill.perturbation import generate_without_patches
+
+    adapter = get_adapter(model)
+    n_img = cam_old[0].numel()
+    remove = torch.from_numpy(np.random.default_rng(3).random((3, n_img)) < 0.5)
+    kwargs = dict(max_new_tokens=4, do_sample=False, suppress_tokens=[adapter.image_token_id])
+    for fill in ("zero", "mean"):
+        new_answers = generate_without_patches(model, one, remove, adapter=adapter, generate_kwargs=kwargs, fill=fill)
+        old_answers = perturbation.generate_without_patches(model, one, remove, adapter=adapter, generate_kwargs=kwargs,
+                                                            fill=fill)
+        assert all(torch.equal(a, b) for a, b in zip(new_answers, old_answers))
+
     if proxy is not None:
         with torch.no_grad(), capture(model, proxy) as cap_new:
             o1 = _generate(model, inputs)

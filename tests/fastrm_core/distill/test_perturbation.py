@@ -79,14 +79,14 @@ def test_removing_nothing_gives_the_plain_answer(tiny_llava, make_inputs):
 def test_removal_mask_shape_is_checked(tiny_llava, make_inputs):
     model, processor = tiny_llava
     adapter = get_adapter(model)
-    with pytest.raises(InputError, match=r"\(B, 16\)"):
+    with pytest.raises(InputError, match=r"\(B, 16\)"):  # checked when the prompt's regions are known
         with removed_patches(adapter, torch.zeros(1, 9, dtype=torch.bool)):
-            pass
+            _embeds(model, make_inputs(processor))
     with pytest.raises(InputError, match="unknown fill 'blur'; expected one of: zero, mean"):
         with removed_patches(adapter, torch.zeros(1, 16, dtype=torch.bool), "blur"):
             pass
     hooks = _hooks(model)
-    with pytest.raises(InputError, match="one row per image"):  # 2 images, 1 mask row
+    with pytest.raises(InputError, match="1 rows for a batch of 2 prompts"):
         with removed_patches(adapter, torch.zeros(1, 16, dtype=torch.bool)):
             _embeds(model, make_inputs(processor, ("a?", "b?")))
     assert _hooks(model) == hooks
