@@ -19,6 +19,8 @@ from fastrm_core.testing import build_tiny_qwen2_vl
 from guardrail import Guard
 from guardrail.cli import main as guardrail_main
 
+pytestmark = pytest.mark.slow  # the CLI's long commands, end to end
+
 SIZES = [(48, 32), (32, 64)]  # (width, height): merged grids 2x3 (6 tokens) and 4x2 (8 tokens)
 GRIDS = {(48, 32): (2, 3), (32, 64): (4, 2)}
 QUESTIONS = ["what color is the circle?", "how many objects are there?", "is there a red square?",
