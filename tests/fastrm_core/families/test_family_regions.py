@@ -301,3 +301,68 @@ def test_paligemma_image_first(tiny_family):
         assert int(row.regions[0].positions[0]) == first
         side = tiny.model.config.vision_config.image_size // tiny.model.config.vision_config.patch_size
         assert row.regions[0].grid == (side, side)
+
+
+# --------------------------------------------------------------------------------------
+# real checkpoints' geometry (no weights needed): LLaVA-v1.6 at 336 px / 14, OneVision at 384 px / 14
+
+SIZES = [(336, 336), (480, 640), (640, 480), (1024, 300), (300, 1024), (1080, 1920), (37, 911), (2048, 2048), (500, 501)]
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
+def test_real_geometry_matches_processor_and_packing(family):
+    """For the real checkpoints' tile size, patch size and pinpoints, our grids give the token count the family's
+    processor writes and the one its pack_image_features produces, with every newline where ours are."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaOnevisionConfig, SiglipVisionConfig
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel
+    from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+    if family == "llava_next":
+        tile, cfg = 336, LlavaNextConfig(vision_config=CLIPVisionConfig(image_size=336, patch_size=14))
+        proc = SimpleNamespace(image_processor=SimpleNamespace(image_grid_pinpoints=cfg.image_grid_pinpoints),
+                               patch_size=14, num_additional_image_tokens=1)
+        from transformers import LlavaNextProcessor as P
+
+        def expected(h, w):  # "default" drops CLS: the processor subtracts it again
+            return P._get_number_of_features(proc, h, w, tile, tile) - 1
+    else:
+        tile, cfg = 384, LlavaOnevisionConfig(vision_config=SiglipVisionConfig(image_size=384, patch_size=14))
+        proc = SimpleNamespace(image_processor=SimpleNamespace(image_grid_pinpoints=cfg.image_grid_pinpoints),
+                               num_image_tokens=27 * 27, vision_aspect_ratio=cfg.vision_aspect_ratio)
+        from transformers import LlavaOnevisionProcessor as P
+
+        def expected(h, w):
+            return P._get_number_of_features(proc, h, w, tile, tile)
+    # the processor's own arithmetic, run on a stand-in holding just what it reads
+    proc._get_unpadded_features = lambda *a: P._get_unpadded_features(proc, *a)
+    side = tile // 14
+    max_n = llava_onevision.max_patches(cfg.vision_aspect_ratio) if family == "llava_onevision" else None
+    dim, newline = 3, torch.full((3,), -1.0)
+    model = SimpleNamespace(config=cfg)
+    pack = LlavaNextModel.pack_image_features if family == "llava_next" else LlavaOnevisionModel.pack_image_features
+    for h, w in SIZES:
+        grid = llava_next.hires_grid((h, w), cfg.image_grid_pinpoints, tile, side, max_n)
+        n = llava_next.image_token_count(grid, side)
+        assert n == expected(h, w), (h, w)
+        rows, cols = _tiles((h, w), cfg)
+        feats = torch.zeros(1 + rows * cols, side * side, dim)
+        kwargs = {"vision_feature_select_strategy": "default"} if family == "llava_next" else {}
+        packed, lens = pack(model, [feats], torch.tensor([[h, w]]), image_newline=newline, **kwargs)
+        assert int(lens[0]) == n, (h, w)
+        ids = torch.full((n,), 4)
+        row = llava_next.row_images(ids, 4, [grid], side)
+        assert torch.equal((packed[0] == -1).all(-1).nonzero(as_tuple=True)[0], row.separators), (h, w)
+        assert llava_next.hires_from_features(packed[0], newline, side) == grid
+
+
+def test_idefics3_pixel_shuffle_row_major_for_every_scale(tiny_family):
+    """SmolVLM shuffles by 4 (Idefics3 by 2): the shuffled grid stays row-major."""
+    shuffle = tiny_family("idefics3").model.model.connector.pixel_shuffle
+    n = 8
+    for scale in (2, 4):
+        out = shuffle(_coords(n, n, 2)[None], scale)[0]
+        side = n // scale
+        y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        assert torch.equal(out[:, :2].reshape(side, side, 2), torch.stack([y * scale, x * scale], -1).float())
