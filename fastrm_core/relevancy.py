@@ -403,8 +403,11 @@ def per_step_relevancy(
                     g = grads[s * n_layers + layer]
                     q = a.shape[2]
                     prod = (a.float() * g.float()).clamp_min(0).mean(dim=1)[0] if g is not None else torch.zeros_like(a[0, 0]).float()
-                    a_bar[row0 : row0 + q, : a.shape[3]] = prod
-                    row0 += q
+                    # keys are the last a.shape[3] positions up to this step's: all of them, or the window a
+                    # sliding-window cache keeps (Gemma 3's local layers)
+                    end = row0 + q
+                    a_bar[row0:end, end - a.shape[3] : end] = prod
+                    row0 = end
                 r = r + a_bar @ r  # the full-matrix update, O(N^3)
             rows.append(r[n_pos - 1])
             tokens.append(token)

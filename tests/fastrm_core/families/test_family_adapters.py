@@ -132,6 +132,24 @@ def test_gradient_maps_equal_naive_reference_and_single_rows(loaded):
     check_gradient_maps(model, batch(tiny, processor), n=3)
 
 
+def test_per_step_method_and_gradcam_on_every_region(loaded):
+    """The slow per-step method (KV cache, one backward per step) gives the exact maps; Grad-CAM covers every region."""
+    from fastrm_core import gradient_relevancy, per_step_relevancy
+    from fastrm_core.distill.gradcam import gradcam_maps
+
+    tiny, model, processor = loaded
+    a = get_adapter(model)
+    two = a.row_inputs(batch(tiny, processor), 1)  # the row with two pictures, alone
+    out = greedy(model, two, 3)
+    exact = gradient_relevancy(model, two, out)
+    step = per_step_relevancy(model, two, 3, suppress_tokens=sorted(a.placeholder_token_ids), stop_at_eos=False)
+    assert torch.equal(step.token_ids, exact.token_ids)
+    torch.testing.assert_close(step.flat_maps, exact.flat_maps, rtol=1e-4, atol=1e-6)
+    assert [tuple(m.shape) for m in exact.region_maps()] == [(3, *r.grid) for r in a.regions(two)]
+    cam = gradcam_maps(model, two, out)
+    assert cam.shape == (3, sum(r.size for r in a.regions(two))) and torch.isfinite(cam).all()
+
+
 def test_capture_tokens_identical_and_one_map_per_token_per_region(loaded):
     tiny, model, processor = loaded
     a = get_adapter(model)
