@@ -9,9 +9,11 @@
 Per call: the processor builds the prompt, ``model.generate`` runs inside
 :func:`fastrm_core.capture` (one proxy query per token, no gradients, no stored
 attentions), the maps' entropies give the answer score, the calibration gives the
-verdict and the policy the action. One ``chat {model}`` span with a child
-``apply_guardrail fastrm`` span records it (OpenTelemetry API only; telemetry failures
-never reach the caller).
+verdict and the policy the action. ``generate``, ``generate_batch`` and ``stream`` share one
+path (``_run``: report the call, generate, fail open or closed, decide each row). The Guard
+reports each call through hooks (:mod:`guardrail.instrumentation`), whose OpenTelemetry
+implementation records one ``chat {model}`` span with a child ``apply_guardrail fastrm`` span
+per row (OpenTelemetry API only; telemetry failures never reach the caller).
 
 Thread safety: calls on the same model are serialised by a per-model lock (``generate``
 on one model is not re-entrant anyway), and the capture only listens to the thread that
@@ -20,20 +22,19 @@ runs the guarded generation, so an unguarded call elsewhere never mixes in.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import queue
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import Calibration, token_entropy
 from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fingerprint
@@ -44,32 +45,16 @@ from fastrm_common.errors import CaptureError, GuardrailError, InputError, Polic
 from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
-from . import semconv
-from .contained import contained_span, event_limit
-from .metrics import GuardMetrics
+from .instrumentation import GuardHooks, OpenTelemetryHooks, RowReport
 from .render import view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, MapRegion, Timings, TokenEvent
 from .scoring import Scorer, answer_signals, cut_at_eos, score_answer
 from .signals import TokenSignals
-from .telemetry import (
-    MapBudget,
-    chat_attributes,
-    chat_content_attributes,
-    content_capture_enabled,
-    get_tracer,
-    guardrail_attributes,
-    guardrail_result_event_attributes,
-    image_attributes,
-    image_data_uri,
-    image_reference,
-    map_budget_attributes,
-    token_event_attributes,
-)
+from .telemetry import MapBudget, content_capture_enabled, image_data_uri, image_reference
 
 __all__ = ["Guard", "load_image"]
 
-IMAGE_PATH_ATTRIBUTE = semconv.FASTRM_IMAGE_PATH  # only with content capture
 DEFAULT_MAX_NEW_TOKENS = 16
 
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
@@ -96,20 +81,68 @@ class _Image:
 
 
 class _StepClock:
-    """A generate streamer that only notes the wall-clock time (ns) at which each step's tokens came out."""
+    """A generate streamer that notes the wall-clock time (ns) at which each step's tokens came out,
+    and hands each step's tokens (B,) to ``on_token`` (a stream's consumer) if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_token: Callable[[torch.Tensor], None] | None = None) -> None:
         self.times: list[int] = []
         self._prompt = True
+        self._on_token = on_token
 
     def put(self, value) -> None:
         if self._prompt:  # generate first sends the prompt
             self._prompt = False
             return
         self.times.append(time.time_ns())
+        if self._on_token is not None:
+            self._on_token(value)
 
     def end(self) -> None:
         pass
+
+
+@dataclass
+class _Call:
+    """One call's prepared input: its rows' questions and images, the processor's batch, the checked
+    tags and ``generate`` arguments, and when it started (``start_ns``: a stream's real start)."""
+
+    questions: list[str]
+    images: list[_Image]
+    inputs: dict
+    tags: tuple[str, ...]
+    kwargs: dict
+    start: float  # time.perf_counter()
+    start_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """What the model's work gave: ``out`` (B, prompt + T) token ids, ``maps`` per row ((T, rows, cols) for one
+    region, (T, 1, N_img) for several) and each row's image ``regions``, or None when the guard failed
+    (``error``), each row's token signals, the model's time and the token times."""
+
+    out: torch.Tensor
+    maps: list[np.ndarray] | None
+    regions: list | None
+    signals: list[dict]
+    error: GuardrailError | None
+    model_s: float
+    token_times: list[int]
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One row of a call: its question and image, the generated token ids, its maps ((T, rows, cols), or
+    (T, 1, N_img) over several ``regions``) and signals, and its prompt's length without padding."""
+
+    index: int
+    question: str
+    image: _Image
+    token_ids: list[int]
+    maps: np.ndarray | None
+    regions: list | None
+    signals: dict
+    n_prompt: int
 
 
 def _model_lock(model: torch.nn.Module) -> threading.Lock:
@@ -198,10 +231,16 @@ class Guard:
             raise InputError("prompt_template must contain '<image>' and '{question}'")
         self.prompt_template = prompt_template
         self.prompt_suffix = prompt_suffix
-        self.tracer = get_tracer(tracer_provider)
         self.capture_content = content_capture_enabled(capture_content)
         self.map_budget = map_budget or MapBudget()
-        self.metrics = GuardMetrics(meter_provider)
+        # Spans, events and metrics live behind hooks the call path calls (guardrail.instrumentation).
+        self._hooks: GuardHooks = OpenTelemetryHooks(
+            model_name=self.model_name, tracer_provider=tracer_provider, meter_provider=meter_provider,
+            capture_content=self.capture_content, map_budget=self.map_budget, maps_dir=self.maps_dir,
+            timeout_s=self.limits.telemetry_timeout_s, grid=self.adapter.fixed_grid, proxy_id=self.proxy_id,
+            calibration_id=self.calibration_id,
+            score_name="none" if self.calibration is None else self.calibration.score.name,
+            aggregation="none" if self.calibration is None else self.calibration.aggregation)
         self._lock = _model_lock(model)
         tok = processor.tokenizer
         self._eos_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok)
@@ -300,55 +339,8 @@ class Guard:
             return []
         if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
             raise InputError("items must be a sequence of (image, question) pairs")
-        kwargs = self._generate_kwargs(generate_kwargs)
-        images, questions = zip(*items)
-        inputs, pil = self._prepare_with_images(images, questions)  # bad input fails here, before any generation
-        n_prompt = inputs["input_ids"].shape[1]
-        clock = _StepClock()  # when each step's tokens came out, for the token events
-        start = time.perf_counter()
-        # The model lock covers the model's work only: span processors, scoring, the policy and
-        # an escalation handler (which may be slow) run outside it, so they never stall other calls.
-        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}") as chat_span:
-            error: BaseException | None = None
-            maps = out = regions = None
-            rows_signals: list[dict] = [{} for _ in questions]
-            with self._lock:
-                t0 = time.perf_counter()
-                try:
-                    recorder = TokenSignals()
-                    with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
-                        out = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder), streamer=clock)
-                    maps = [cap.maps_2d(b).numpy() for b in range(out.shape[0])]  # B x (T, rows, cols) | (T, 1, N_img)
-                    regions = cap.regions
-                    rows_signals = self._signal_rows(cap, recorder, out)
-                except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
-                    error = exc
-                except (ValueError, TypeError) as exc:  # generate validates its arguments before any work
-                    self._record_error(chat_span)
-                    raise InputError(f"model.generate refused the call: {type(exc).__name__}: {exc}") from exc
-                except Exception:
-                    self._record_error(chat_span)
-                    raise
-                if out is None:
-                    if self.policy.on_error == "fail_open":  # the user still gets the (unguarded) answer
-                        with torch.no_grad():
-                            out = self.model.generate(**inputs, **kwargs)
-                    else:
-                        out = inputs["input_ids"]  # nothing generated is shown
-                model_s = time.perf_counter() - t0
-            results, answers, prompts = [], [], []
-            for b, question in enumerate(questions):
-                gen = out[b, n_prompt:].tolist()
-                row_maps = None if maps is None else maps[b]
-                prompts.append(int(inputs["attention_mask"][b].sum()))  # this row's prompt, without padding
-                result, answer = self._finish(question, gen, row_maps, error, tags, kwargs, model_s, start,
-                                              n_prompt=prompts[-1], image=pil[b], row=b, n_rows=len(questions),
-                                              token_times=clock.times, signals=rows_signals[b],
-                                              regions=None if regions is None else regions[b])
-                results.append(result)
-                answers.append(answer)
-            self._annotate_chat(chat_span, results, answers, prompts, kwargs, pil)
-        return results
+        call = self._call([it[0] for it in items], [it[1] for it in items], tags, generate_kwargs)
+        return self._run(call, lambda: self._generate(call))
 
     def stream(
         self, image: ImageLike, question: str, *, tags: Iterable[str] = (), **generate_kwargs: Any
@@ -357,57 +349,35 @@ class Guard:
 
         The map of a token is computed before the token is sampled, so each event carries both.
         """
-        from transformers.generation.streamers import BaseStreamer
-
-        tags = check_tags(tags)
-        kwargs = self._generate_kwargs(generate_kwargs)
-        inputs, pil = self._prepare_with_images([image], [question])
+        call = self._call([image], [question], check_tags(tags), generate_kwargs)
+        call.start_ns = time.time_ns()  # the call is reported after the stream, with the real start time
         tokens: "queue.Queue[Any]" = queue.Queue()
-        times: list[int] = []
         done = object()
-        tok = self.processor.tokenizer
-
-        class _Streamer(BaseStreamer):
-            def __init__(self):
-                self.prompt_seen = False
-
-            def put(self, value):
-                if not self.prompt_seen:  # generate first sends the prompt
-                    self.prompt_seen = True
-                    return
-                times.append(time.time_ns())
-                tokens.put(int(value.reshape(-1)[0]))
-
-            def end(self):
-                pass
-
         box: dict[str, Any] = {}
 
         def worker():
             try:
-                recorder = TokenSignals()
-                with self._lock, torch.no_grad(), capture(self.model, self.proxy, thread="current",
-                                                          adapter=self.adapter) as cap:
-                    box["cap"] = cap
-                    box["out"] = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder),
-                                                     streamer=_Streamer())
-                box["signals"] = self._signal_rows(cap, recorder, box["out"])[0]
+                box["generation"] = self._generate(call, on_capture=lambda cap: box.setdefault("cap", cap),
+                                                   on_token=lambda value: tokens.put(int(value.reshape(-1)[0])))
             except BaseException as exc:  # handed to the consumer thread
                 box["error"] = exc
             finally:
                 tokens.put(done)
 
-        start = time.perf_counter()
-        start_ns = time.time_ns()  # the chat span is opened after the stream, with the real start time
+        def finished() -> _Generation:
+            if "error" in box:
+                raise box["error"]
+            return box["generation"]
+
         thread = threading.Thread(target=worker, name="fastrm-guard-stream", daemon=True)
         thread.start()
+        tok = self.processor.tokenizer
         index = 0
         while True:
             item = tokens.get()
             if item is done:
                 break
-            cap = box["cap"]
-            m = cap.map(index).numpy()
+            m = box["cap"].map(index).numpy()
             m = m if m.ndim == 2 else m[None]  # several regions: (1, N_img), as in the result's maps
             try:
                 entropy = float(token_entropy(m, normalized=True, map_ndim=2))
@@ -416,51 +386,98 @@ class Guard:
             yield TokenEvent(index=index, token_id=item, token=tok.decode([item]), map=m, entropy=entropy)
             index += 1
         thread.join()
-        model_s = time.perf_counter() - start
-        error = box.get("error")
-        if error is not None and not isinstance(error, GuardrailError):
-            raise error
-        n_prompt = inputs["input_ids"].shape[1]
-        gen, maps, regions = [], None, None
-        if error is None:
-            gen = box["out"][0, n_prompt:].tolist()
+        yield self._run(call, finished)[0]
+
+    # ------------------------------------------------------------------ the one path of every call
+    def _call(self, images: Sequence[ImageLike], questions: Sequence[str], tags: tuple[str, ...],
+              generate_kwargs: dict) -> "_Call":
+        """Check and prepare one call's input; bad input fails here, before any generation."""
+        kwargs = self._generate_kwargs(generate_kwargs)
+        inputs, pil = self._prepare_with_images(images, questions)
+        return _Call(questions=list(questions), images=pil, inputs=inputs, tags=tags, kwargs=kwargs,
+                     start=time.perf_counter())
+
+    def _generate(self, call: "_Call", *, on_capture=None, on_token=None) -> "_Generation":
+        """The model's work under the model lock: one captured ``generate`` (maps, token signals, token
+        times), and on a guard failure the unguarded answer (fail_open) or none (fail_closed).
+
+        The lock covers the model's work only: span processors, scoring, the policy and an escalation
+        handler (which may be slow) run outside it, so they never stall other calls."""
+        inputs, kwargs = call.inputs, call.kwargs
+        clock = _StepClock(on_token)  # when each step's tokens came out, for the token events
+        error: GuardrailError | None = None
+        out = maps = regions = None
+        signals: list[dict] = [{} for _ in call.questions]
+        with self._lock:
+            t0 = time.perf_counter()
             try:
-                maps = box["cap"].maps_2d(0).numpy()
-                regions = box["cap"].regions[0]
-            except GuardrailError as exc:
+                recorder = TokenSignals()
+                with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
+                    if on_capture is not None:
+                        on_capture(cap)
+                    out = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder), streamer=clock)
+                maps = [cap.maps_2d(b).numpy() for b in range(out.shape[0])]  # B x (T, rows, cols) | (T, 1, N_img)
+                regions = cap.regions
+                signals = self._signal_rows(cap, recorder, out)
+            except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
                 error = exc
-        if error is not None and not gen and self.policy.on_error == "fail_open":  # the answer, unguarded
-            with self._lock, torch.no_grad():
-                gen = self.model.generate(**inputs, **kwargs)[0, n_prompt:].tolist()
-        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}", start_time=start_ns) as chat_span:
-            result, answer = self._finish(question, gen, maps, error, tags, kwargs, model_s, start,
-                                          n_prompt=n_prompt, image=pil[0], token_times=times,
-                                          signals=box.get("signals") or {}, regions=regions)
-            self._annotate_chat(chat_span, [result], [answer], [n_prompt], kwargs, pil)
-        yield result
+            if out is None:
+                if self.policy.on_error == "fail_open":  # the user still gets the (unguarded) answer
+                    with torch.no_grad():
+                        out = self.model.generate(**inputs, **kwargs)
+                else:
+                    out = inputs["input_ids"]  # nothing generated is shown
+            model_s = time.perf_counter() - t0
+        return _Generation(out=out, maps=maps, regions=regions, signals=signals, error=error, model_s=model_s,
+                           token_times=clock.times)
+
+    def _run(self, call: "_Call", produce: "Callable[[], _Generation]") -> list[GuardResult]:
+        """Report the call, get its generation from ``produce`` and decide each row: the sequence every
+        public call shares (``generate``, ``generate_batch``, and ``stream`` once its tokens are out)."""
+        with self._hooks.call(start_time=call.start_ns) as handle:
+            try:
+                generation = produce()
+            except (ValueError, TypeError) as exc:  # generate validates its arguments before any work
+                self._hooks.call_failed(handle)
+                raise InputError(f"model.generate refused the call: {type(exc).__name__}: {exc}") from exc
+            except Exception:
+                self._hooks.call_failed(handle)
+                raise
+            n_prompt = call.inputs["input_ids"].shape[1]
+            reports = [self._finish(call, generation, _Row(
+                index=b, question=question, image=call.images[b],
+                token_ids=generation.out[b, n_prompt:].tolist(),
+                maps=None if generation.maps is None else generation.maps[b],
+                regions=None if generation.regions is None else generation.regions[b],
+                signals=generation.signals[b],
+                n_prompt=int(call.inputs["attention_mask"][b].sum()),  # this row's prompt, without padding
+            ), handle) for b, question in enumerate(call.questions)]
+            self._hooks.call_done(handle, reports, call.kwargs)
+        return [r.result for r in reports]
 
     # ------------------------------------------------------------------ scoring and deciding
-    def _finish(self, question, gen, maps, error, tags, kwargs, model_s, start, *, n_prompt, image=None, row=0,
-                n_rows=1, token_times=(), signals: dict | None = None, regions=None) -> tuple[GuardResult, str]:
-        """Score, decide and escalate one row, inside its ``apply_guardrail`` span; returns the result and
-        the model's own answer (which the result may withhold)."""
-        with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
+    def _finish(self, call: "_Call", generation: "_Generation", row: "_Row", handle: Any) -> RowReport:
+        """Score, decide and escalate one row, inside the row's hooks."""
+        with self._hooks.row(handle) as row_handle:
             t_guard = time.perf_counter()
-            result, decision, answer = self._decide(question, gen, maps, error, tags, span, image,
-                                                      signals=signals)
-            if regions is not None and result.maps is not None:
-                result.regions = [MapRegion(image=r.image, kind=r.kind, grid=r.grid) for r in regions]
+            result, decision, answer = self._decide(call, row, generation.error, self._hooks.row_ids(row_handle))
+            if row.regions is not None and result.maps is not None:
+                result.regions = [MapRegion(image=r.image, kind=r.kind, grid=r.grid) for r in row.regions]
             guard_s = time.perf_counter() - t_guard
-            result.timings = Timings(model_s=model_s, guard_s=guard_s, total_s=time.perf_counter() - start)
-            self._annotate_guard(span, result, decision, answer, model_s, guard_s, image=image, row=row,
-                                 n_rows=n_rows, n_prompt=n_prompt, token_times=token_times)
-        self.metrics.record(result, model=self.model_name, input_tokens=n_prompt)
-        return result, answer
+            result.timings = Timings(model_s=generation.model_s, guard_s=guard_s,
+                                     total_s=time.perf_counter() - call.start)
+            report = RowReport(result=result, decision=decision, answer=answer, image=row.image, index=row.index,
+                               n_rows=len(call.questions), n_prompt=row.n_prompt, model_s=generation.model_s,
+                               guard_s=guard_s, token_times=generation.token_times)
+            self._hooks.row_done(row_handle, report)
+        return report
 
-    def _decide(self, question, gen, maps, error, tags, span, image,
-                signals: dict | None = None) -> tuple[GuardResult, Decision, str]:
+    def _decide(self, call: "_Call", row: "_Row", error: BaseException | None,
+                ids: dict[str, str]) -> tuple[GuardResult, Decision, str]:
+        """The row's result, the policy's decision and the model's own answer (which the result may withhold)."""
         tok = self.processor.tokenizer
-        gen, stopped = cut_at_eos(gen, self._eos_ids)
+        tags, question, image = call.tags, row.question, row.image
+        gen, stopped = cut_at_eos(row.token_ids, self._eos_ids)
         finish = "stop" if stopped else "length"
         answer = tok.decode(gen, skip_special_tokens=True).strip()
         token_strs = [tok.decode([t]) for t in gen]
@@ -468,8 +485,7 @@ class Guard:
         content: list[bool] = []
         score = verdict = None
         scores: dict = {}
-        if maps is not None:
-            maps = maps[: len(gen)]
+        maps = None if row.maps is None else row.maps[: len(gen)]
         if error is None:
             try:
                 if maps is None or len(maps) != len(gen):
@@ -479,7 +495,7 @@ class Guard:
                                       aggregation="mean" if cal is None else cal.aggregation, eos_ids=self._eos_ids)
                 entropies = scored.entropies.tolist()
                 content = scored.content.tolist()
-                sig = answer_signals(gen, tok, maps=maps, eos_ids=self._eos_ids, **(signals or {}))
+                sig = answer_signals(gen, tok, maps=maps, eos_ids=self._eos_ids, **row.signals)
                 group = next((t for t in tags if cal is not None and cal.groups and t in cal.groups.thresholds), None)
                 # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
                 scores, score, verdict = self._scorer.evaluate(sig, group=group)
@@ -498,7 +514,7 @@ class Guard:
             try:
                 escalate(decision, {**self._escalation_payload(question, answer, text, score, verdict, tags, image),
                                     "scores": scores},
-                         timeout_s=self.limits.handler_timeout_s, **_ids(span))
+                         timeout_s=self.limits.handler_timeout_s, **ids)
             except PolicyError as exc:
                 error = exc
                 decision = decide_on_error(self.policy, exc)
@@ -537,149 +553,3 @@ class Guard:
             return None
         group = next((t for t in tags if self.calibration.groups and t in self.calibration.groups.thresholds), None)
         return self.calibration.threshold_for(group)
-
-    # ------------------------------------------------------------------ telemetry (never raises)
-    def _span(self, name: str, start_time: int | None = None):
-        # span processors run in a bounded worker: one that raises or hangs never reaches the caller
-        return contained_span(self.tracer, name, kind=SpanKind.INTERNAL, timeout_s=self.limits.telemetry_timeout_s,
-                              start_time=start_time)
-
-    def _record_error(self, span) -> None:
-        try:
-            import sys
-
-            exc = sys.exc_info()[1]
-            if span.is_recording() and exc is not None:
-                span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-        except Exception:
-            pass
-
-    def _annotate_chat(self, span, results: list[GuardResult], answers: list[str], prompts: list[int], kwargs: dict,
-                       images: Sequence[_Image] = ()) -> None:
-        """The ``chat`` span: token counts summed over the rows (each row's prompt without padding); content
-        (question, the model's answer even when withheld, the image) for a single call under content capture.
-        A batch's per-row content is on each row's ``apply_guardrail`` span."""
-        try:
-            if not span.is_recording():
-                return
-            span.set_attributes(chat_attributes(
-                self.model_name,
-                input_tokens=sum(prompts),
-                output_tokens=sum(len(r.token_ids) for r in results),
-                finish_reasons=[r.finish_reason for r in results],
-                max_tokens=kwargs.get("max_new_tokens"),
-                temperature=kwargs.get("temperature") if kwargs.get("do_sample") else None,
-            ))
-            if not self.capture_content:
-                return
-            if len(results) == 1:
-                uri = image_data_uri(images[0].pil) if images else None
-                span.set_attributes(chat_content_attributes(results[0].question, answers[0],
-                                                            finish_reason=results[0].finish_reason, image_uri=uri))
-            else:
-                span.set_attributes({
-                    semconv.INPUT_VALUE: json.dumps([r.question for r in results], ensure_ascii=False),
-                    semconv.INPUT_MIME_TYPE: semconv.MIME_JSON,
-                    semconv.OUTPUT_VALUE: json.dumps(answers, ensure_ascii=False),
-                    semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
-                })
-        except Exception:
-            pass
-
-    def _write_maps(self, maps: np.ndarray, span) -> Path:
-        from safetensors.numpy import save_file
-
-        ctx = span.get_span_context()
-        path = self.maps_dir / f"{ctx.trace_id:032x}-{ctx.span_id:016x}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"maps": np.ascontiguousarray(maps, dtype=np.float32)}, str(tmp))
-        tmp.replace(path)  # never a half-written file
-        return path
-
-    def _annotate_guard(self, span, result: GuardResult, decision: Decision, answer: str, model_s: float,
-                        guard_s: float, *, image: _Image | None, row: int, n_rows: int, n_prompt: int,
-                        token_times: Sequence[int] = ()) -> None:
-        try:
-            content = self.capture_content
-            if decision.unguarded and not self.capture_content:
-                # the reason quotes the error's message, which may quote the question (a handler's
-                # exception): with content capture off only the error's type leaves the process
-                decision = dataclasses.replace(decision, reason=decision.reason.split(" (", 1)[0]
-                                               + f" ({(result.error or 'error').split(':')[0]})")
-            if not span.is_recording():
-                return
-            span.set_attributes(guardrail_attributes(
-                decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
-                flagged=result.flagged, n_answer_tokens=sum(result.content),
-                max_token_entropy=max((e for e, c in zip(result.entropies, result.content) if c), default=None),
-                answer=answer if content else None, returned_text=result.text if content else None,
-            ))
-            span.set_attributes({
-                semconv.FASTRM_SCORE_AGGREGATION: "none" if self.calibration is None else self.calibration.aggregation,
-                semconv.FASTRM_SCORE_NAME: "none" if self.calibration is None else self.calibration.score.name,
-                **{f"{semconv.FASTRM_SCORES_PREFIX}{k}": float(v) for k, v in result.scores.items() if v is not None},
-                semconv.FASTRM_MAP_GRID: list(result.grid or self.adapter.fixed_grid or ()),
-                semconv.FASTRM_PROXY_ID: self.proxy_id,
-                semconv.FASTRM_CALIBRATION_ID: self.calibration_id,
-                semconv.FASTRM_MODEL_DURATION: float(model_s),
-                semconv.FASTRM_GUARD_DURATION: float(guard_s),  # scoring, deciding, escalating
-                semconv.FASTRM_INPUT_TOKENS: int(n_prompt),
-                semconv.FASTRM_OUTPUT_TOKENS: len(result.token_ids),
-            })
-            if n_rows > 1:
-                span.set_attributes({semconv.FASTRM_BATCH_INDEX: row, semconv.FASTRM_BATCH_SIZE: n_rows})
-                if content:
-                    span.set_attribute(semconv.GUARDRAIL_QUESTION, result.question)
-            if image is not None:
-                span.set_attributes(image_attributes(image.reference(), capture_content=content))
-            if result.error:
-                span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
-            if result.regions:
-                span.set_attribute(semconv.FASTRM_MAP_REGIONS, json.dumps([r.model_dump(mode="json") for r in result.regions]))
-            if self.maps_dir is not None and result.maps is not None:
-                span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
-            if result.maps is not None:
-                n_tokens = len(result.tokens)
-                # The SDK keeps at most event_limit events per span and drops the *oldest*
-                # silently: emit no more token events than fit beside the result event,
-                # answer (scored) tokens first, and say how many tokens got none.
-                limit = event_limit(span)
-                room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1))
-                scored = [i for i, c in enumerate(result.content) if c]
-                order = list(dict.fromkeys([*scored, *range(n_tokens)]))
-                emitted = sorted(order[:room])
-                plan = self.map_budget.plan([result.maps[i] for i in emitted],
-                                            priority=[k for k, i in enumerate(emitted) if result.content[i]])
-                raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
-                log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
-                for k, i in enumerate(emitted):
-                    span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
-                        i, float(raw[i]), entropy_normalized=float(raw[i] / log_n), scored=result.content[i],
-                        encoded_map=plan.encoded.get(k),
-                        token_id=result.token_ids[i] if self.capture_content else None,
-                        text=result.tokens[i] if self.capture_content else None,
-                    ), timestamp=token_times[i] if i < len(token_times) else None)
-                span.set_attributes(map_budget_attributes(plan, self.map_budget))
-                span.set_attributes({
-                    semconv.FASTRM_MAPS_DROPPED: n_tokens - len(plan.encoded),  # incl. tokens without an event
-                    semconv.FASTRM_TOKEN_EVENTS_DROPPED: n_tokens - len(emitted),
-                })
-            span.add_event(semconv.EVALUATION_RESULT_EVENT, guardrail_result_event_attributes(
-                decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
-                flagged=result.flagged, error_type=result.error.split(":")[0] if result.error else None,
-            ))
-        except Exception:  # telemetry must never break the guarded call
-            pass
-
-
-def _ids(span) -> dict[str, str]:
-    """``{"trace_id", "span_id"}`` of a recording span, lowercase hex; empty for a non-recording one."""
-    try:
-        ctx = span.get_span_context()
-        if ctx.is_valid:
-            return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
-    except Exception:
-        pass
-    return {}

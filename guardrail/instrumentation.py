@@ -1,0 +1,319 @@
+"""What the Guard reports about each call, and the OpenTelemetry implementation of it.
+
+The Guard knows nothing about spans, attributes, events or metrics: it calls the hooks of a
+:class:`GuardHooks` at fixed points of every call, the way OpenTelemetry's instrumentors call a
+``request_hook`` and a ``response_hook`` around the library call they wrap::
+
+    with hooks.call(start_time=...) as call:        # one model call: a single answer, a batch or a stream
+        ... model.generate ...                      #   hooks.call_failed(call) if it raises
+        for each row:
+            with hooks.row(call) as row:            #   scoring, deciding and escalating one answer
+                hooks.row_ids(row)                  #     trace/span ids for an escalation record
+                hooks.row_done(row, report)         #     the row's outcome (a RowReport)
+        hooks.call_done(call, reports, kwargs)      #   every row's outcome
+
+:class:`GuardHooks` is the no-op base; :class:`OpenTelemetryHooks` (what the Guard uses) opens a
+``chat {model}`` span per call and an ``apply_guardrail fastrm`` span per row, writes GenAI and
+OpenInference attributes, token events with encoded maps, the verdict event and the metrics.
+
+Contract: a hook never raises and never stalls the call. ``OpenTelemetryHooks`` starts and ends
+spans in a bounded worker (:func:`guardrail.contained.contained_span`) and swallows every error
+of its own annotation code: telemetry never breaks inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from calibration import token_entropy
+
+from . import semconv
+from .contained import contained_span, event_limit
+from .metrics import GuardMetrics
+from .telemetry import (
+    MapBudget,
+    chat_attributes,
+    chat_content_attributes,
+    get_tracer,
+    guardrail_attributes,
+    guardrail_result_event_attributes,
+    image_attributes,
+    image_data_uri,
+    map_budget_attributes,
+    token_event_attributes,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from policies import Decision
+
+    from .result import GuardResult
+
+__all__ = ["GuardHooks", "OpenTelemetryHooks", "RowReport"]
+
+
+@dataclass(frozen=True)
+class RowReport:
+    """The outcome of one row (one question) of a guarded call, as the hooks see it.
+
+    ``answer`` is the model's own answer, which ``result`` may withhold (``result.text`` is what the
+    user got); ``image`` is the Guard's handle of the row's image (``.pil``, ``.reference()``);
+    ``token_times`` the wall-clock times (ns since the epoch) at which the row's tokens came out.
+    """
+
+    result: GuardResult
+    decision: Decision
+    answer: str
+    image: Any
+    index: int
+    n_rows: int
+    n_prompt: int  # this row's prompt tokens, without padding
+    model_s: float
+    guard_s: float
+    token_times: Sequence[int] = ()
+
+
+class GuardHooks:
+    """The points at which the Guard reports a call; every method here does nothing.
+
+    A subclass overrides what it needs. The handles that ``call`` and ``row`` yield are the
+    implementation's own (the Guard only passes them back). No method may raise.
+    """
+
+    @contextmanager
+    def call(self, *, start_time: int | None = None) -> Iterator[Any]:
+        """Around one call; ``start_time`` (ns since the epoch) backdates it (a stream reports at its end)."""
+        yield None
+
+    def call_failed(self, call: Any) -> None:
+        """The model (not the guard) raised; called inside ``call`` while the exception is being handled."""
+
+    def call_done(self, call: Any, reports: Sequence[RowReport], kwargs: dict[str, Any]) -> None:
+        """Every row is decided; ``kwargs`` are the ``generate`` arguments the call used."""
+
+    @contextmanager
+    def row(self, call: Any) -> Iterator[Any]:
+        """Around scoring, deciding and escalating one row."""
+        yield None
+
+    def row_ids(self, row: Any) -> dict[str, str]:
+        """``{"trace_id", "span_id"}`` to put on the row's escalation record (empty when there are none)."""
+        return {}
+
+    def row_done(self, row: Any, report: RowReport) -> None:
+        """The row's outcome, before ``row`` exits."""
+
+
+@dataclass
+class _RowHandle:
+    span: trace.Span
+    report: RowReport | None = field(default=None)
+
+
+class OpenTelemetryHooks(GuardHooks):
+    """Spans, events and metrics of guarded calls (``opentelemetry-api`` only).
+
+    Args:
+        model_name: the model's name in span names and attributes.
+        tracer_provider, meter_provider: default the global ones.
+        capture_content: record question/answer text, token text and the image's data.
+        map_budget: bytes of encoded maps one span may carry.
+        maps_dir: when set, every row's full maps also go to ``maps_dir/<trace>-<span>.safetensors``.
+        timeout_s: the most a span processor may take to start or end a span.
+        grid, proxy_id, calibration_id, score_name, aggregation: what the guard ran with (attributes;
+            ``grid`` None for model families without one grid).
+    """
+
+    def __init__(self, *, model_name: str, tracer_provider: trace.TracerProvider | None = None,
+                 meter_provider: Any = None, capture_content: bool = False, map_budget: MapBudget | None = None,
+                 maps_dir: str | Path | None = None, timeout_s: float = 1.0, grid: Sequence[int] | None = None,
+                 proxy_id: str = "", calibration_id: str = "none", score_name: str = "none",
+                 aggregation: str = "none") -> None:
+        self.model_name = model_name
+        self.tracer = get_tracer(tracer_provider)
+        self.metrics = GuardMetrics(meter_provider)
+        self.capture_content = bool(capture_content)
+        self.map_budget = map_budget or MapBudget()
+        self.maps_dir = None if maps_dir is None else Path(maps_dir)
+        self.timeout_s = timeout_s
+        self.grid = None if grid is None else list(grid)  # None: the family has no one grid
+        self.proxy_id = proxy_id
+        self.calibration_id = calibration_id
+        self.score_name = score_name
+        self.aggregation = aggregation
+
+    # ------------------------------------------------------------------ hooks
+    @contextmanager
+    def call(self, *, start_time: int | None = None) -> Iterator[trace.Span]:
+        with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}", start_time=start_time) as span:
+            yield span
+
+    def call_failed(self, call: trace.Span) -> None:
+        try:
+            exc = sys.exc_info()[1]
+            if call.is_recording() and exc is not None:
+                call.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
+                call.set_status(Status(StatusCode.ERROR, str(exc)))
+        except Exception:
+            pass
+
+    def call_done(self, call: trace.Span, reports: Sequence[RowReport], kwargs: dict[str, Any]) -> None:
+        """The ``chat`` span: token counts summed over the rows (each row's prompt without padding); content
+        (question, the model's answer even when withheld, the image) for a single call under content capture.
+        A batch's per-row content is on each row's ``apply_guardrail`` span."""
+        try:
+            if not call.is_recording():
+                return
+            results = [r.result for r in reports]
+            call.set_attributes(chat_attributes(
+                self.model_name,
+                input_tokens=sum(r.n_prompt for r in reports),
+                output_tokens=sum(len(r.token_ids) for r in results),
+                finish_reasons=[r.finish_reason for r in results],
+                max_tokens=kwargs.get("max_new_tokens"),
+                temperature=kwargs.get("temperature") if kwargs.get("do_sample") else None,
+            ))
+            if not self.capture_content:
+                return
+            if len(reports) == 1:
+                image = reports[0].image
+                uri = image_data_uri(image.pil) if image is not None else None
+                call.set_attributes(chat_content_attributes(results[0].question, reports[0].answer,
+                                                            finish_reason=results[0].finish_reason, image_uri=uri))
+            else:
+                call.set_attributes({
+                    semconv.INPUT_VALUE: json.dumps([r.question for r in results], ensure_ascii=False),
+                    semconv.INPUT_MIME_TYPE: semconv.MIME_JSON,
+                    semconv.OUTPUT_VALUE: json.dumps([r.answer for r in reports], ensure_ascii=False),
+                    semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
+                })
+        except Exception:
+            pass
+
+    @contextmanager
+    def row(self, call: trace.Span) -> Iterator[_RowHandle]:
+        handle = _RowHandle(trace.INVALID_SPAN)
+        with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
+            handle.span = span
+            yield handle
+        if handle.report is not None:  # after the span, as a call's metrics always were
+            report = handle.report
+            self.metrics.record(report.result, model=self.model_name, input_tokens=report.n_prompt)
+
+    def row_ids(self, row: _RowHandle) -> dict[str, str]:
+        """``{"trace_id", "span_id"}`` of a recording span, lowercase hex; empty for a non-recording one."""
+        try:
+            ctx = row.span.get_span_context()
+            if ctx.is_valid:
+                return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+        except Exception:
+            pass
+        return {}
+
+    def row_done(self, row: _RowHandle, report: RowReport) -> None:
+        row.report = report
+        self._annotate_row(row.span, report)
+
+    # ------------------------------------------------------------------ spans and attributes
+    def _span(self, name: str, start_time: int | None = None):
+        # span processors run in a bounded worker: one that raises or hangs never reaches the caller
+        return contained_span(self.tracer, name, kind=SpanKind.INTERNAL, timeout_s=self.timeout_s,
+                              start_time=start_time)
+
+    def _write_maps(self, maps: np.ndarray, span) -> Path:
+        from safetensors.numpy import save_file
+
+        ctx = span.get_span_context()
+        path = self.maps_dir / f"{ctx.trace_id:032x}-{ctx.span_id:016x}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"maps": np.ascontiguousarray(maps, dtype=np.float32)}, str(tmp))
+        tmp.replace(path)  # never a half-written file
+        return path
+
+    def _annotate_row(self, span, report: RowReport) -> None:
+        result, decision, answer = report.result, report.decision, report.answer
+        try:
+            content = self.capture_content
+            if decision.unguarded and not content:
+                # the reason quotes the error's message, which may quote the question (a handler's
+                # exception): with content capture off only the error's type leaves the process
+                decision = dataclasses.replace(decision, reason=decision.reason.split(" (", 1)[0]
+                                               + f" ({(result.error or 'error').split(':')[0]})")
+            if not span.is_recording():
+                return
+            span.set_attributes(guardrail_attributes(
+                decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
+                flagged=result.flagged, n_answer_tokens=sum(result.content),
+                max_token_entropy=max((e for e, c in zip(result.entropies, result.content) if c), default=None),
+                answer=answer if content else None, returned_text=result.text if content else None,
+            ))
+            span.set_attributes({
+                semconv.FASTRM_SCORE_AGGREGATION: self.aggregation,
+                semconv.FASTRM_SCORE_NAME: self.score_name,
+                **{f"{semconv.FASTRM_SCORES_PREFIX}{k}": float(v) for k, v in result.scores.items() if v is not None},
+                semconv.FASTRM_PROXY_ID: self.proxy_id,
+                semconv.FASTRM_CALIBRATION_ID: self.calibration_id,
+                semconv.FASTRM_MODEL_DURATION: float(report.model_s),
+                semconv.FASTRM_GUARD_DURATION: float(report.guard_s),  # scoring, deciding, escalating
+                semconv.FASTRM_INPUT_TOKENS: int(report.n_prompt),
+                semconv.FASTRM_OUTPUT_TOKENS: len(result.token_ids),
+            })
+            span.set_attribute(semconv.FASTRM_MAP_GRID, list(result.grid or self.grid or ()))
+            if report.n_rows > 1:
+                span.set_attributes({semconv.FASTRM_BATCH_INDEX: report.index, semconv.FASTRM_BATCH_SIZE: report.n_rows})
+                if content:
+                    span.set_attribute(semconv.GUARDRAIL_QUESTION, result.question)
+            if report.image is not None:
+                span.set_attributes(image_attributes(report.image.reference(), capture_content=content))
+            if result.error:
+                span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
+            if result.regions:
+                span.set_attribute(semconv.FASTRM_MAP_REGIONS, json.dumps([r.model_dump(mode="json") for r in result.regions]))
+            if self.maps_dir is not None and result.maps is not None:
+                span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
+            if result.maps is not None:
+                self._token_events(span, result, report.token_times)
+            span.add_event(semconv.EVALUATION_RESULT_EVENT, guardrail_result_event_attributes(
+                decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
+                flagged=result.flagged, error_type=result.error.split(":")[0] if result.error else None,
+            ))
+        except Exception:  # telemetry must never break the guarded call
+            pass
+
+    def _token_events(self, span, result: GuardResult, token_times: Sequence[int]) -> None:
+        n_tokens = len(result.tokens)
+        # The SDK keeps at most event_limit events per span and drops the *oldest*
+        # silently: emit no more token events than fit beside the result event,
+        # answer (scored) tokens first, and say how many tokens got none.
+        limit = event_limit(span)
+        room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1))
+        scored = [i for i, c in enumerate(result.content) if c]
+        order = list(dict.fromkeys([*scored, *range(n_tokens)]))
+        emitted = sorted(order[:room])
+        plan = self.map_budget.plan([result.maps[i] for i in emitted],
+                                    priority=[k for k, i in enumerate(emitted) if result.content[i]])
+        raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
+        log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
+        for k, i in enumerate(emitted):
+            span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
+                i, float(raw[i]), entropy_normalized=float(raw[i] / log_n), scored=result.content[i],
+                encoded_map=plan.encoded.get(k),
+                token_id=result.token_ids[i] if self.capture_content else None,
+                text=result.tokens[i] if self.capture_content else None,
+            ), timestamp=token_times[i] if i < len(token_times) else None)
+        span.set_attributes(map_budget_attributes(plan, self.map_budget))
+        span.set_attributes({
+            semconv.FASTRM_MAPS_DROPPED: n_tokens - len(plan.encoded),  # incl. tokens without an event
+            semconv.FASTRM_TOKEN_EVENTS_DROPPED: n_tokens - len(emitted),
+        })
