@@ -120,7 +120,7 @@ acceptance: install
 	$(BIN)/guardrail calibrate --data $(RUN)/data/acceptance/data.jsonl --batch-size 32 \
 		--out $(RUN)/acceptance-calibration.json $(CALIBRATION_FLAGS) --signals-out $(RUN)/acceptance-signals.jsonl
 	$(BIN)/python benchmarks/guarantee_check.py $(RUN)/acceptance-signals.jsonl --splits 100
-	$(BIN)/python benchmarks/ood_check.py --n 60 --seed 8086
+	$(BIN)/python benchmarks/ood_check.py --n 60 --seed 8086 --signals $(RUN)/acceptance-signals.jsonl
 
 artifacts: reference-model reference-proxy reference-calibration
 

@@ -29,8 +29,10 @@ Built-ins (all aggregate over the answer's content tokens):
 ``low_margin``
     one minus the probability margin between the top two next tokens, ``max`` or ``mean``.
 ``novelty``
-    how far the input's pooled hidden states lie from those of the calibration data
-    (a Mahalanobis distance, :mod:`calibration.novelty`); fitted.
+    how far the input's pooled hidden states lie from those of the calibration data:
+    the largest of per-view Mahalanobis distances (image tokens' mean and spread, the
+    question's token embeddings), each scaled to 1 at a high quantile of calibration
+    inputs (:mod:`calibration.novelty`); fitted.
 ``fused``
     a logistic regression over standardised base scores (:mod:`calibration.fused`),
     fitted on the calibration's fitting split only; its value is the log-odds of a
@@ -52,7 +54,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from calibration.fused import DEFAULT_BASES, FusedModel
-from calibration.novelty import NoveltyModel
+from calibration.novelty import ViewsNovelty
 from fastrm_common.errors import CalibrationError
 
 __all__ = [
@@ -276,14 +278,19 @@ class LowMargin(Score):
 
 
 class Novelty(Score):
-    """Mahalanobis distance of the prompt's pooled hidden states (see :mod:`calibration.novelty`)."""
+    """How far the prompt's pooled hidden states lie from the calibration inputs' (see :mod:`calibration.novelty`).
+
+    The largest of several views' Mahalanobis distances, each divided by its value at the
+    ``quantile`` of reference inputs the Gaussians were not fitted on: about 1 at the
+    edge of the calibration inputs, higher = more novel.
+    """
 
     name = "novelty"
     needs = frozenset({"features"})
     fitted = True
 
     def __init__(self, **stats: Any):
-        self.model = NoveltyModel.from_params(stats)
+        self.model = ViewsNovelty.from_params(stats)
         super().__init__(**self.model.to_params())
 
     @property
@@ -293,12 +300,33 @@ class Novelty(Score):
     def compute(self, sig: AnswerSignals) -> float | None:
         return self.model.distance(np.asarray(sig.features, dtype=np.float64))
 
+    def many(self, signals: Sequence[AnswerSignals]) -> np.ndarray:
+        """Vectorised over answers (every answer must carry features)."""
+        if any(s.features is None for s in signals) or not signals:
+            return super().many(signals)
+        return self.model.distances(np.stack([np.asarray(s.features, dtype=np.float64) for s in signals]))
+
     @classmethod
-    def fit(cls, signals: Sequence[AnswerSignals], correct: Any = None, *, rank: int = 32, **_: Any) -> Novelty:
-        feats = [s.features for s in signals if s.features is not None]
-        if not feats:
+    def fit(cls, signals: Sequence[AnswerSignals], correct: Any = None, *, reference: Sequence[AnswerSignals] | None = None,
+            views: dict[str, Sequence[str]] | None = None, rank: int = 64, quantile: float = 0.995, seed: int = 0,
+            **_: Any) -> Novelty:
+        """Fit on ``signals``' features; the views' scales on ``reference`` (default: a random half of ``signals``,
+        the Gaussians then fitted on the other half). ``correct`` is not used: novelty is about inputs only."""
+        rows = [np.asarray(s.features, dtype=np.float64) for s in signals if s.features is not None]
+        if not rows:
             raise CalibrationError("score novelty: no answer carries pooled hidden states (features)")
-        return cls(**NoveltyModel.fit(np.stack(feats), rank=rank).to_params())
+        feats = np.stack(rows)  # (n, F)
+        if reference is None:
+            order = np.random.default_rng(seed).permutation(len(feats))
+            half = len(feats) // 2
+            feats, ref = feats[order[half:]], feats[order[:half]]
+        else:
+            ref_rows = [np.asarray(s.features, dtype=np.float64) for s in reference if s.features is not None]
+            if not ref_rows:
+                raise CalibrationError("score novelty: no reference answer carries pooled hidden states (features)")
+            ref = np.stack(ref_rows)
+        model = ViewsNovelty.fit(feats, ref, views=views, rank=rank, quantile=quantile)
+        return cls(**model.to_params())
 
 
 class Fused(Score):

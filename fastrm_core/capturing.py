@@ -56,9 +56,11 @@ class Capture:
         image_states: (B, N_max, D) last hidden states of the image tokens (only with ``keep_states``;
             rows shorter than N_max are zero-padded: :meth:`row_image_states`).
         token_states: list of per-step (B, D) last hidden states of the predicting positions (``keep_states``).
-        prompt_features: (B, 3 D) float32 on the model's device, set at prefill: the mean last hidden
-            state of the image tokens, that of the other (non-padding) prompt tokens, and the state
-            of the position predicting the first answer token; input-novelty scores read them.
+        prompt_features: (B, 5 D) float32 on the model's device, set at prefill: pooled prompt
+            states in the layout of :data:`fastrm_common.prompt_features.PROMPT_FEATURE_BLOCKS`
+            (image tokens' mean and spread, text tokens' mean, the predicting position's state,
+            all after the final norm, and the text tokens' mean entering the first decoder
+            layer); input-novelty scores read them.
     """
 
     grid: tuple[int, int] | None = None
@@ -152,7 +154,7 @@ class Capture:
 
     @property
     def features(self) -> "np.ndarray":
-        """(B, 3 D) float64 pooled prompt states on the CPU (see ``prompt_features``)."""
+        """(B, 5 D) float64 pooled prompt states on the CPU (see ``prompt_features``)."""
         if self.prompt_features is None:
             raise CaptureError("no prefill was captured (was model.generate called inside the block?)")
         return self.prompt_features.double().cpu().numpy()
@@ -205,7 +207,7 @@ def capture(
     owner = threading.get_ident() if thread == "current" else thread
     placeholders = torch.tensor(sorted(adapter.placeholder_token_ids))
     cap = Capture(grid=adapter.fixed_grid)
-    step_ids: dict = {"ids": None, "mask": None, "kwargs": None}
+    step_ids: dict = {"ids": None, "mask": None, "kwargs": None, "input_states": None}
 
     def mine() -> bool:
         return owner is None or threading.get_ident() == owner
@@ -216,6 +218,11 @@ def capture(
             step_ids["ids"] = ids
             step_ids["mask"] = kwargs.get("attention_mask")
             step_ids["kwargs"] = kwargs if cap.prompt_ids is None else None  # the prefill's (image sizes ...)
+
+    def before_first_layer(module, args, kwargs):
+        # prefill only: the states entering the first decoder layer (the token embeddings), pooled in _pool
+        if mine() and cap.prompt_ids is None:
+            step_ids["input_states"] = args[0] if args else kwargs.get("hidden_states")
 
     def after_norm(module, args, output):
         if not mine():
@@ -258,18 +265,29 @@ def capture(
             cap._keys = proxy.image_keys(image_states)  # (B, N_max, d), computed once
 
     def _pool(ids, hidden, regions, image_states, lengths) -> torch.Tensor:
-        # stays on the device, computed once per call: (B, 3 D)
+        # stays on the device, computed once per call: (B, 5 D), blocks in PROMPT_FEATURE_BLOCKS' order
         mask = step_ids["mask"]
         text = torch.ones(ids.shape, dtype=torch.bool, device=hidden.device) if mask is None else mask.to(hidden.device).bool()
         for b, row in enumerate(regions):  # (B, S) prompt tokens that are not image patches
             text[b, flat_positions(row).to(hidden.device)] = False
         w = text.to(torch.float32)[..., None]  # (B, S, 1)
-        text_mean = (hidden.float() * w).sum(1) / w.sum(1).clamp(min=1.0)  # (B, D)
+        n_text = w.sum(1).clamp(min=1.0)  # (B, 1)
+        text_mean = (hidden.float() * w).sum(1) / n_text  # (B, D)
+        first = step_ids["input_states"]
+        step_ids["input_states"] = None
+        if first is None or first.shape[:2] != hidden.shape[:2]:
+            raise CaptureError("the first decoder layer's input was not seen at prefill (an adapter whose "
+                               "decoder_layers are not the ones the model runs?)")
+        text_in = (first.float().to(hidden.device) * w).sum(1) / n_text  # (B, D)
+        img = image_states.float()  # (B, N_max, D), padded rows zero beyond their length
         if lengths is None:
-            image_mean = image_states.float().mean(1)
-        else:  # padded rows: the mean over each row's own image tokens
-            image_mean = image_states.float().sum(1) / torch.tensor(lengths, device=hidden.device, dtype=torch.float32)[:, None]
-        return torch.cat([image_mean, text_mean, hidden[:, -1].float()], dim=-1)
+            image_mean, image_std = img.mean(1), img.std(1, correction=0)  # (B, D) each
+        else:  # padded rows: the mean and spread over each row's own image tokens
+            n_img = torch.tensor(lengths, device=hidden.device, dtype=torch.float32)[:, None]  # (B, 1)
+            valid = (torch.arange(img.shape[1], device=hidden.device)[None] < n_img).to(img.dtype)[..., None]
+            image_mean = img.sum(1) / n_img
+            image_std = (((img - image_mean[:, None]) ** 2 * valid).sum(1) / n_img).sqrt()
+        return torch.cat([image_mean, text_mean, hidden[:, -1].float(), image_std, text_in], dim=-1)
 
     def _step(last: torch.Tensor) -> None:
         if keep_states:
@@ -288,6 +306,7 @@ def capture(
     handles = []
     try:
         handles.append(model.register_forward_pre_hook(before_forward, with_kwargs=True))
+        handles.append(adapter.decoder_layers[0].register_forward_pre_hook(before_first_layer, with_kwargs=True))
         handles.append(adapter.final_norm.register_forward_hook(after_norm))
         yield cap
     finally:

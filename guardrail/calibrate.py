@@ -199,7 +199,8 @@ def calibrate_scores(
         rule, target_precision, delta: the threshold rule (see :func:`calibration.fit_calibration`).
         fit_fraction, seed: the stratified fitting / held-out split.
         novelty_quantile: add a novelty gate at this quantile of the fitting inputs' novelty
-            (e.g. 0.995); None: no gate.
+            (e.g. 0.995); None: no gate. The novelty's Gaussians are fitted on a random half of
+            the fitting answers, its view scales and the gate's threshold on the other half.
         group_by: ``"family"`` for per-family thresholds (records with a ``family`` field),
             with the global threshold as fallback for groups with fewer than ``min_per_class``
             right or wrong answers.
@@ -243,9 +244,14 @@ def calibrate_scores(
     if novelty_quantile is not None and novelty_quantile > 0:
         if not _available("novelty", rows):
             raise CalibrationError("a novelty gate needs the pooled hidden states (features) of every answer")
-        nov = fit_score("novelty", fit_sig, correct[fit_idx])
-        nov_fit = nov.many(fit_sig)
-        gate_t = float(np.quantile(nov_fit, float(novelty_quantile)))
+        # The Gaussians on one half of the fitting answers, the views' scales and the gate's threshold
+        # on the other half: distances of the inputs a Gaussian was fitted on are too small.
+        order = np.random.default_rng(seed).permutation(fit_idx)
+        gauss_idx, ref_idx = order[len(order) // 2 :], order[: len(order) // 2]
+        ref_sig = [rows[i].signals for i in ref_idx]
+        nov = fit_score("novelty", [rows[i].signals for i in gauss_idx], correct[gauss_idx], reference=ref_sig,
+                        quantile=float(novelty_quantile), seed=seed)
+        gate_t = float(np.quantile(nov.many(ref_sig), float(novelty_quantile)))
         nov_ho = nov.many([rows[i].signals for i in ho_ok])
         gated_ho = nov_ho >= gate_t
         update["novelty_gate"] = NoveltyGate(score=ScoreSpec(name="novelty", params=nov.params), threshold=gate_t,

@@ -227,6 +227,15 @@ def _print_calibration(console: Console, cal, side: dict) -> None:
             + f"): {_fmt(verdict['share_confident'], True)} confident, precision "
             f"{_fmt(verdict['precision_confident'], True)} ({verdict['n_wrong_confident']} wrong of "
             f"{verdict['n_confident']}); {_fmt(verdict['share_gated'], True)} gated as novel")
+    if cal.groups is not None:
+        fams = side.get("families") or []
+        own = [f"{escape(g)} {_fmt(t)}" + (f" (held-out precision {_fmt(m.precision_confident, True)})"
+                                          if (m := cal.groups.heldout_metrics.get(g)) is not None else "")
+               for g, t in cal.groups.thresholds.items()]
+        fallback = [escape(f) for f in fams if f not in cal.groups.thresholds]
+        console.print(f"per-{cal.groups.key} thresholds: {', '.join(own) or 'none'}; the global threshold for: "
+                      f"{', '.join(fallback) or 'none'} (fewer than {cal.groups.min_per_class} right or wrong "
+                      "fitting answers)")
     for note in cal.notes:
         console.print(f"[yellow]note[/yellow] {escape(note)}")
     for rr in rows[1:]:  # the rule in use has its note in cal.notes; the alternatives keep theirs apart

@@ -23,7 +23,7 @@ def _signals(n=400, seed=0):
             content=np.array([True, True, False]),
             map_entropy=rng.uniform(1.5, 2.7, T), n_patches=16, maps=maps,
             token_logprob=np.log(p), predictive_entropy=rng.uniform(0, 1, T) + (0 if ok else 0.3),
-            margin=rng.uniform(0, 1, T), features=rng.normal(size=8) + (0.0 if ok else 0.2),
+            margin=rng.uniform(0, 1, T), features=rng.normal(size=20) + (0.0 if ok else 0.2),  # 5 blocks of 4
         ))
         correct.append(ok)
     return out, np.array(correct)
@@ -105,17 +105,64 @@ def test_fused_is_deterministic_and_fitted_on_the_fitting_split_only():
         get_score("fused")
 
 
-def test_novelty_is_about_one_in_distribution_and_large_outside():
-    sigs, ok = _signals(600)
-    nov = fit_score("novelty", sigs[:300], ok[:300], rank=4)
-    inside = nov.many(sigs[300:])
-    assert 0.7 < np.median(inside) < 1.3
-    far = AnswerSignals(content=np.array([True]), features=np.full(8, 6.0))
+def test_novelty_is_about_one_at_the_quantile_and_large_outside():
+    sigs, ok = _signals(1200)
+    nov = fit_score("novelty", sigs[:300], ok[:300], reference=sigs[300:600], rank=4, quantile=0.9)
+    assert [v["name"] for v in nov.params["views"]] == ["image", "question"]
+    inside = nov.many(sigs[600:])  # inputs neither the Gaussians nor the scales saw
+    assert 0.8 < np.quantile(inside, 0.9) < 1.25  # each view scaled to 1 at its 0.9 quantile
+    far = AnswerSignals(content=np.array([True]), features=np.full(20, 6.0))
     assert nov(far) > 3 * np.quantile(inside, 0.99)
     again = get_score("novelty", **nov.params)
     assert again(far) == pytest.approx(nov(far))
-    with pytest.raises(CalibrationError, match="shape"):
-        nov(AnswerSignals(content=np.array([True]), features=np.zeros(5)))
+    assert again.many(sigs[600:610]) == pytest.approx(inside[:10])
+    with pytest.raises(CalibrationError, match="do not split into the 5 blocks"):
+        nov(AnswerSignals(content=np.array([True]), features=np.zeros(8)))
+
+
+def test_novelty_names_the_view_that_sees_a_change_in_one_block():
+    """Only the image tokens' spread moves (as when colour is removed): the image view sees it."""
+    sigs, ok = _signals(1200, seed=3)
+    nov = fit_score("novelty", sigs[:400], ok[:400], reference=sigs[400:800], rank=4)
+    moved = np.stack([s.features for s in sigs[800:]])  # (400, 20)
+    moved[:, 12:16] += 3.0  # image_std is block 3 of 5
+    shifted = [AnswerSignals(content=np.array([True]), features=f) for f in moved]
+    t = np.quantile(nov.many(sigs[400:800]), 0.995)
+    assert np.mean(nov.many(shifted) >= t) > 0.9
+    assert np.mean(nov.many(sigs[800:]) >= t) < 0.03
+    per_view = nov.model.view_distances(moved[0])
+    assert per_view["image"] > t and per_view["question"] < 1.5
+
+
+def test_novelty_reads_the_older_single_gaussian_parameters():
+    """A calibration from before views: one Gaussian over the first F features, lists of numbers."""
+    from calibration.novelty import NoveltyModel
+
+    sigs, ok = _signals(300)
+    first = np.stack([s.features[:12] for s in sigs])  # the older layout's three blocks
+    old = NoveltyModel.fit(first, rank=4)
+    legacy = {"mean": old.mean.tolist(), "components": old.components.tolist(),
+              "variances": old.variances.tolist(), "residual_variance": old.residual_variance}
+    nov = get_score("novelty", **legacy)
+    assert nov(sigs[0]) == pytest.approx(old.distance(first[0]), rel=1e-6)
+
+
+def test_novelty_parameters_are_compact_and_exact_to_float32():
+    import json
+
+    from calibration.novelty import NoveltyModel, pack_array, unpack_array
+
+    a = np.random.default_rng(0).normal(size=(64, 256))
+    packed = pack_array(a)
+    assert np.array_equal(unpack_array(packed), a.astype(np.float32).astype(np.float64))
+    assert len(json.dumps(packed)) < 1.4 * 4 * a.size  # base64 float32, not ~20 characters a number
+    with pytest.raises(CalibrationError, match="do not hold float32"):
+        unpack_array({"shape": [3], "float32": packed["float32"]})
+    m = NoveltyModel.fit(a, rank=8)
+    back = NoveltyModel.from_params(json.loads(json.dumps(m.to_params())))
+    assert back.distance(a[0]) == pytest.approx(m.distance(a[0]), rel=1e-5)
+    with pytest.raises(CalibrationError, match="unknown prompt feature block"):
+        get_score("novelty", views=[{"name": "v", "blocks": ["pixels"], **m.to_params()}])
 
 
 def test_signals_json_round_trip():

@@ -85,12 +85,38 @@ def test_on_token_callback_and_long_generation(tiny_llava, proxy, make_inputs):
     assert cap.num_steps == 300 and calls[0] == (0, (1, 16)) and calls[-1][0] == 299  # (B, N_img) flat
 
 
+def test_prompt_features_are_the_documented_blocks(tiny_llava, proxy, make_inputs):
+    """(B, 5 D) in PROMPT_FEATURE_BLOCKS' order, against a plain forward with output_hidden_states."""
+    from fastrm_common.prompt_features import PROMPT_FEATURE_BLOCKS, feature_columns
+
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?", "How many red squares are there?"))
+    with capture(model, proxy) as cap:
+        model.generate(**inputs, **gen_kwargs(model, 2, do_sample=False))
+    feats = cap.features  # (B, 5 D)
+    D = get_adapter(model).hidden_size
+    assert feats.shape == (2, len(PROMPT_FEATURE_BLOCKS) * D)
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states  # embeddings, ..., last (after the norm)
+    ad = get_adapter(model)
+    for b in range(2):
+        pos = ad.image_layout(inputs["input_ids"][b]).patch_positions
+        text = inputs["attention_mask"][b].bool().clone()
+        text[pos] = False
+        img = hs[-1][b, pos].double()  # (N_img, D)
+        want = {"image_mean": img.mean(0), "image_std": img.std(0, correction=0), "last": hs[-1][b, -1].double(),
+                "text_mean": hs[-1][b, text].double().mean(0), "text_input_mean": hs[0][b, text].double().mean(0)}
+        for name, value in want.items():
+            got = torch.from_numpy(feats[b, feature_columns(feats.shape[1], [name])])
+            assert torch.allclose(got, value, atol=1e-4), name
+
+
 def test_hooks_removed_also_on_error(tiny_llava, proxy, make_inputs):
     model, processor = tiny_llava
     before = hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with capture(model, proxy):
-            assert hooks(model) == before + 2
+            assert hooks(model) == before + 3
             raise RuntimeError("boom")
     assert hooks(model) == before
 

@@ -216,6 +216,39 @@ def test_demo_exports_to_the_otlp_endpoint_flag(saved, otlp_receiver, tmp_path):
     assert "/v1/traces" in paths and "/v1/metrics" in paths
 
 
+def test_calibrate_group_by_family_from_stored_signals(tmp_path):
+    """Per-family thresholds where a family has enough right and wrong answers, the global one elsewhere."""
+    import numpy as np
+
+    from calibration import AnswerSignals, Calibration
+    from guardrail.calibrate import ScoredAnswer, write_signals
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for fam, n, p_right, shift in (("attribute", 240, 0.7, 0.0), ("counting", 240, 0.5, 0.4), ("rare", 40, 1.0, 0.0)):
+        for k in range(n):
+            ok = bool(rng.random() < p_right)
+            lp = np.log(rng.uniform(0.7, 1.0, 2) if ok else rng.uniform(0.1, 0.8, 2)) - shift
+            rows.append(ScoredAnswer(id=f"{fam}-{k}", answer="a", correct=ok, extra={"family": fam},
+                                     signals=AnswerSignals(content=np.array([True, True]), token_logprob=lp,
+                                                           group=fam)))
+    sig = write_signals(tmp_path / "signals.jsonl", rows, meta={"model_id": "m", "model_hash": "sha256:abc"})
+    out = tmp_path / "cal.json"
+    code, text = run_cli("calibrate", "--from-signals", sig, "--out", out, "--score", "token_nll",
+                         "--rule", "density_crossing", "--group-by", "family")
+    assert code == 0, text
+    cal = Calibration.load(out)
+    assert cal.groups is not None and cal.groups.key == "family"
+    assert set(cal.groups.thresholds) == {"attribute", "counting"}  # 'rare' has no wrong answer: fallback
+    assert cal.groups.thresholds["attribute"] != cal.groups.thresholds["counting"]
+    assert set(cal.groups.heldout_metrics) == {"attribute", "counting"}
+    assert "per-family thresholds" in text and "the global threshold for: rare" in text
+    assert cal.model_hash == "sha256:abc"  # the signals' identity reaches the artifact
+    assert cal.verdict(cal.groups.thresholds["counting"] - 1e-9, group="counting") == "confident"
+    assert cal.verdict(cal.groups.thresholds["counting"] + 1e-9, group="counting") == "uncertain"
+    assert cal.threshold_for("rare") == cal.threshold
+
+
 # ---------------------------------------------------------------- exit codes (the property tests: test_error_contract.py)
 
 

@@ -150,6 +150,9 @@ def test_capture_tokens_identical_and_one_map_per_token_per_region(family):
         with capture(model, proxy) as alone:
             greedy(model, a.row_inputs(inputs, b), 4)
         torch.testing.assert_close(alone.row_maps(0), cap.row_maps(b), rtol=1e-4, atol=1e-5)
+        # so do its pooled prompt features (image mean and spread over the row's own tokens, #14)
+        torch.testing.assert_close(torch.from_numpy(alone.features[0]), torch.from_numpy(cap.features[b]),
+                                   rtol=1e-4, atol=1e-5)
         states = cap.row_image_states(b)
         torch.testing.assert_close(torch.sigmoid(proxy(cap.queries[b:b + 1], states[None]))[0].float(), cap.row_maps(b),
                                    rtol=1e-4, atol=1e-5)
