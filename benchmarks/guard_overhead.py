@@ -60,13 +60,12 @@ def main(argv=None):
         model, processor = build_tiny_llava(SHAPES[args.shape], device=device)
         label = args.shape
     adapter = get_adapter(model)
-    rows, cols = adapter.grid
     if args.model == "reference":
         from shapesvqa.assets import reference_proxy_path
 
         proxy = FastRMProxy.from_pretrained(reference_proxy_path())
     else:
-        proxy = FastRMProxy(ProxyConfig(hidden_size=adapter.hidden_size, n_image_tokens=rows * cols, grid=(rows, cols)))
+        proxy = FastRMProxy(ProxyConfig(hidden_size=adapter.hidden_size))  # any grid
     proxy = proxy.to(device=device, dtype=next(model.parameters()).dtype).eval()
     rng = np.random.default_rng(0)
     cal = fit_calibration(np.r_[rng.normal(0.5, 0.05, 40), rng.normal(0.9, 0.05, 40)], np.r_[[True] * 40, [False] * 40],
@@ -75,10 +74,11 @@ def main(argv=None):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     guard = Guard(model, processor, proxy=proxy, calibration=cal, tracer_provider=provider)
-    size = processor.image_processor.crop_size["height"]
+    crop = getattr(processor.image_processor, "crop_size", None)
+    size = crop["height"] if crop else 336
     image = blank_image(size, (180, 60, 60))
     question = "What color is the circle?"
-    suppress = [adapter.image_token_id]
+    suppress = sorted(adapter.placeholder_token_ids)
     kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, suppress_tokens=suppress)
 
     def plain():  # what an unguarded app does: preprocess, then generate
@@ -88,7 +88,7 @@ def main(argv=None):
     def maps_only():
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
             out = model.generate(**guard._prepare([image], [question]), **kw)
-        cap.maps
+        cap.row_maps(0)
         return out
 
     def maps_and_signals():
@@ -97,7 +97,7 @@ def main(argv=None):
         rec = TokenSignals()
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
             out = model.generate(**guard._prepare([image], [question]), **kw, logits_processor=LogitsProcessorList([rec]))
-        cap.maps, cap.features, rec.result(out)
+        cap.row_maps(0), cap.features, rec.result(out)
         return out
 
     def guarded():

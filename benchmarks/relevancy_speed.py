@@ -14,12 +14,15 @@ For one model, in one run, for answers of 10, 30 and 100 tokens:
 
 Default model: a randomly initialised LLaVA-shaped model that fits a laptop CPU (hidden 1024,
 8 layers, 576 image tokens). ``--shape llava-1.5-7b`` builds the real 7B language-model shape
-in bf16 (use a GPU). Peak memory is the CUDA allocator's peak on GPU, and the peak resident set
+in bf16 (use a GPU); ``--shape qwen2-vl-7b`` the real Qwen2-VL-7B shape (language model and vision
+tower; a 672 x 672 picture: 576 image tokens after the 2 x 2 merge, M-RoPE), ``qwen2-vl-small`` a
+CPU-sized Qwen2-VL with the same number of image tokens. Peak memory is the CUDA allocator's peak on GPU, and the peak resident set
 size above the pre-call level on CPU (sampled every 2 ms).
 
     python benchmarks/relevancy_speed.py                 # CPU default, lengths 10 30 100
     python benchmarks/relevancy_speed.py --lengths 10 30 --threads 2
     python benchmarks/relevancy_speed.py --shape llava-1.5-7b --device cuda
+    python benchmarks/relevancy_speed.py --shape qwen2-vl-7b --device cuda
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fastrm_core import FastRMProxy, ProxyConfig, capture, get_adapter, gradient_relevancy, per_step_relevancy
-from fastrm_core.testing import TinyLlavaSpec, blank_image, build_tiny_llava, llava_prompt
+from fastrm_core.testing import TinyLlavaSpec, TinyQwenSpec, blank_image, build_tiny_llava, build_tiny_qwen2_vl
 
 SHAPES = {
     "cpu-small": TinyLlavaSpec(hidden_size=1024, num_layers=8, num_heads=16, intermediate_size=2816,
@@ -44,7 +47,16 @@ SHAPES = {
     "llava-1.5-7b": TinyLlavaSpec(hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=11008,
                                   image_size=336, patch_size=14, vision_hidden_size=1024, vision_layers=23,
                                   vision_heads=16, dtype=torch.bfloat16),
+    # Qwen2-VL: 672 x 672 pixels, 14-pixel patches, 2 x 2 merge -> 24 x 24 = 576 image tokens
+    "qwen2-vl-small": TinyQwenSpec(hidden_size=1024, num_layers=8, num_heads=16, num_kv_heads=4, intermediate_size=2816,
+                                   mrope_section=(8, 12, 12), patch_size=14, vision_hidden_size=64, vision_layers=1,
+                                   min_pixels=672 * 672, max_pixels=672 * 672),
+    "qwen2-vl-7b": TinyQwenSpec(hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4, intermediate_size=18944,
+                                mrope_section=(16, 24, 24), patch_size=14, vision_hidden_size=1280, vision_layers=32,
+                                vision_heads=16, vision_mlp_ratio=4, min_pixels=672 * 672, max_pixels=672 * 672,
+                                dtype=torch.bfloat16),
 }
+IMAGE_SIDE = {"qwen2-vl-small": 672, "qwen2-vl-7b": 672}
 
 
 class PeakMemory:
@@ -164,12 +176,11 @@ def propagation_only(adapter, n_pos: int, n_tokens: int, device) -> tuple[float,
     return t_row, t_full
 
 
-def proxy_only(proxy, adapter, n_tokens: int, device, repeats: int = 5) -> float:
+def proxy_only(proxy, adapter, n_image: int, n_tokens: int, device, repeats: int = 5) -> float:
     """Seconds the proxy itself needs for one answer's maps: image keys once, then one query per token
     (what capture adds to each decoding step), on random states of the model's width. Best of ``repeats``."""
-    rows, cols = adapter.grid
     dtype = next(proxy.parameters()).dtype
-    img = torch.randn(1, rows * cols, adapter.hidden_size, device=device, dtype=dtype)
+    img = torch.randn(1, n_image, adapter.hidden_size, device=device, dtype=dtype)
     steps = torch.randn(n_tokens, 1, 1, adapter.hidden_size, device=device, dtype=dtype)
     best = float("inf")
     with torch.no_grad():
@@ -201,19 +212,22 @@ def main(argv=None):
     device = torch.device(args.device)
     console = Console()
     spec = SHAPES[args.shape]
-    console.print(f"building {args.shape} ({spec.hidden_size=}, {spec.num_layers=}, image {spec.image_size}/{spec.patch_size}) on {device}")
-    model, processor = build_tiny_llava(spec, device=device)
+    side = IMAGE_SIDE.get(args.shape, getattr(spec, "image_size", 0))
+    console.print(f"building {args.shape} ({spec.hidden_size=}, {spec.num_layers=}, image {side}/{spec.patch_size}) on {device}")
+    qwen = isinstance(spec, TinyQwenSpec)
+    model, processor = (build_tiny_qwen2_vl if qwen else build_tiny_llava)(spec, device=device)
     adapter = get_adapter(model)
     model.generation_config.eos_token_id = None  # answers of exactly the requested length
-    rows, cols = adapter.grid
-    proxy = FastRMProxy(ProxyConfig(hidden_size=adapter.hidden_size, n_image_tokens=rows * cols, grid=(rows, cols)))
+    proxy = FastRMProxy(ProxyConfig(hidden_size=adapter.hidden_size))  # any grid: the maths does not depend on it
     proxy = proxy.to(device=device, dtype=spec.dtype).eval()
-    inputs = processor(images=blank_image(spec.image_size, (180, 40, 40)), text=llava_prompt("What color is the circle?"),
-                       return_tensors="pt").to(device)
+    prompt = adapter.build_prompt(processor, "What color is the circle?")[0]
+    inputs = processor(images=blank_image(side, (180, 40, 40)), text=prompt, return_tensors="pt").to(device)
     inputs["pixel_values"] = inputs["pixel_values"].to(spec.dtype)
-    suppress = [adapter.image_token_id]
+    suppress = sorted(adapter.placeholder_token_ids)
     n_prompt = inputs["input_ids"].shape[1]
-    console.print(f"prompt: {n_prompt} tokens ({rows * cols} image tokens)")
+    regions = adapter.regions(inputs)
+    n_image = sum(r.size for r in regions)
+    console.print(f"prompt: {n_prompt} tokens ({n_image} image tokens, grids {[r.grid for r in regions]})")
 
     def gen(n):
         with torch.no_grad():
@@ -222,14 +236,14 @@ def main(argv=None):
     def gen_capture(n):
         with torch.no_grad(), capture(model, proxy) as cap:
             out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, suppress_tokens=suppress)
-        return out, cap.maps
+        return out, cap.row_maps(0)
 
     gen(2)  # warm-up
     results = []
     for n in args.lengths:
         t_gen, m_gen, out = timed(lambda: gen(n), device, repeats=2)
         t_cap, m_cap, (out_cap, maps) = timed(lambda: gen_capture(n), device, repeats=2)
-        assert maps.shape[1] == n
+        assert maps.shape[0] == n
         # Capture only reads the final norm's output, so the tokens should match; on a GPU with a
         # random bf16 model, near-tied logits can still flip between two generations (seen once at
         # 100 tokens on an H200). Report where instead of failing: the timings stay comparable.
@@ -241,7 +255,7 @@ def main(argv=None):
         t_loop, m_loop, rel_loop = timed(lambda: gradient_relevancy(model, inputs, out, batched_backward=device.type != "cuda"), device)
         assert torch.allclose(rel.rows, rel_loop.rows, rtol=1e-4, atol=1e-7)
         t_prop_row, t_prop_full = propagation_only(adapter, n_prompt + n - 1, n, device)
-        t_proxy = proxy_only(proxy, adapter, n, device, repeats=5)
+        t_proxy = proxy_only(proxy, adapter, n_image, n, device, repeats=5)
         row = {"tokens": n, "generate_s": t_gen, "capture_s": t_cap, "exact_maps_s": t_exact,
                "exact_total_s": t_exact + t_gen, "generate_mib": m_gen, "capture_mib": m_cap, "exact_mib": m_exact,
                "exact_loop_s": t_loop, "exact_loop_mib": m_loop,
@@ -251,7 +265,7 @@ def main(argv=None):
             t_ps, m_ps, slow = timed(lambda: per_step_relevancy(model, inputs, n, stop_at_eos=False,
                                                                 suppress_tokens=suppress), device)
             assert torch.equal(slow.token_ids.to(out.device), out[0, n_prompt:].cpu().to(out.device))
-            err = float((slow.maps - rel.maps).abs().max() / rel.maps.abs().max())
+            err = float((slow.flat_maps - rel.flat_maps).abs().max() / rel.flat_maps.abs().max())
             row.update(per_step_s=t_ps, per_step_mib=m_ps, max_rel_diff=err)
         results.append(row)
         console.print(row)

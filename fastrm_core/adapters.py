@@ -344,6 +344,11 @@ class VLMAdapter:
         out = self.row_inputs(inputs, row)
         return out if new_ids is None or new_ids.numel() == 0 else self.extend_inputs(out, new_ids)
 
+    def generation_state(self) -> list[tuple[object, str]]:
+        """``(object, attribute)`` pairs a forward of this family mutates (e.g. Qwen2-VL's cached
+        ``rope_deltas``): the relevancy methods save and restore them, leaving the model as found."""
+        return []
+
     # fixed-grid families (LLaVA-1.5) --------------------------------------
     @property
     def fixed_grid(self) -> tuple[int, int] | None:

@@ -128,6 +128,7 @@ def _recording_attentions(adapter: VLMAdapter, *, leaf_embeds: bool):
     handles = []
     records: list[list[torch.Tensor]] = []
     layers = adapter.decoder_layers
+    state = [(obj, name, getattr(obj, name, None)) for obj, name in adapter.generation_state()]
     try:
         text_cfg._attn_implementation = "eager"
         model.eval()
@@ -167,6 +168,8 @@ def _recording_attentions(adapter: VLMAdapter, *, leaf_embeds: bool):
         for p, flag in old_flags:
             p.requires_grad_(flag)
         model.train(old_training)
+        for obj, name, value in state:
+            setattr(obj, name, value)
 
 
 # --------------------------------------------------------------------------------------

@@ -207,11 +207,13 @@ class TinyQwenSpec:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
+    intermediate_size: int | None = None  # default: 2 x hidden_size
     mrope_section: tuple[int, int, int] = (2, 3, 3)  # sums to head_dim / 2
     patch_size: int = 8
     vision_hidden_size: int = 32
     vision_layers: int = 1
     vision_heads: int = 2
+    vision_mlp_ratio: int = 2
     min_pixels: int = 16 * 16
     max_pixels: int = 64 * 64
     dtype: torch.dtype = torch.float32
@@ -238,7 +240,8 @@ def build_tiny_qwen2_vl(spec: TinyQwenSpec | None = None, *, seed: int = 0, devi
     tokenizer = build_qwen_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.hidden_size * 2,
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size or spec.hidden_size * 2,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
         rope_parameters={"rope_type": "default", "mrope_section": list(spec.mrope_section), "rope_theta": 10000.0},
         max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id, eos_token_id=ids("<|im_end|>"),
@@ -249,10 +252,10 @@ def build_tiny_qwen2_vl(spec: TinyQwenSpec | None = None, *, seed: int = 0, devi
     tokens = dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
                   vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
     if spec.version == "qwen2_vl":
-        vision.update(embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size, mlp_ratio=2)
+        vision.update(embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size, mlp_ratio=spec.vision_mlp_ratio)
         config, cls = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens), Qwen2VLForConditionalGeneration
     else:
-        vision.update(intermediate_size=spec.vision_hidden_size * 2, out_hidden_size=spec.hidden_size,
+        vision.update(intermediate_size=spec.vision_hidden_size * spec.vision_mlp_ratio, out_hidden_size=spec.hidden_size,
                       window_size=spec.patch_size * 4, fullatt_block_indexes=[spec.vision_layers - 1])
         config, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens), Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
@@ -274,11 +277,13 @@ def model_snapshot(model) -> tuple:
     """What "leave the model as found" compares: mode, attention implementations, grad flags, hook count."""
     impls = tuple(sorted((type(m).__name__, str(m.config._attn_implementation))
                          for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")))
+    cached = tuple(repr(m.rope_deltas) for m in model.modules() if hasattr(m, "rope_deltas"))  # M-RoPE offsets
     return (
         model.training,
         impls,
         tuple(p.requires_grad for p in model.parameters()),
         sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        cached,
     )
 
 
@@ -350,8 +355,8 @@ def check_gradient_maps(model, inputs: dict, n: int = 4, adapter=None, rtol: flo
     from fastrm_core.relevancy import gradient_relevancy, gradient_relevancy_batch
 
     adapter = adapter or get_adapter(model)
-    before = model_snapshot(model)
     out = greedy(model, inputs, n, adapter)
+    before = model_snapshot(model)  # after generate, which caches state of its own (Qwen's rope_deltas)
     prompt_len = inputs["input_ids"].shape[1]
     batch = gradient_relevancy_batch(model, inputs, out, adapter=adapter)
     assert model_snapshot(model) == before, "gradient_relevancy changed the model"

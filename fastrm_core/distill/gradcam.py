@@ -91,6 +91,7 @@ def gradcam_maps(
     old_training = model.training
     old_flags = [(p, p.requires_grad) for p in model.parameters()]
     handle = layers[layer].register_forward_hook(leaf_output)
+    state = [(obj, name, getattr(obj, name, None)) for obj, name in adapter.generation_state()]
     try:
         model.eval()
         for p, _ in old_flags:
@@ -115,4 +116,6 @@ def gradcam_maps(
         for p, flag in old_flags:
             p.requires_grad_(flag)
         model.train(old_training)
+        for obj, name, value in state:
+            setattr(obj, name, value)
     return maps

@@ -66,6 +66,9 @@ class Qwen2VLAdapter(VLMAdapter):
     def language_model(self) -> nn.Module:
         return self._inner.language_model
 
+    def generation_state(self) -> list[tuple[object, str]]:
+        return [(self._inner, "rope_deltas")]  # M-RoPE offsets cached by every prefill
+
     @property
     def merge_size(self) -> int:
         return int(self.model.config.vision_config.spatial_merge_size)
