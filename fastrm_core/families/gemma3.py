@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, fixed_blocks, grid_positions, split_counts
-from fastrm_core.regions import ImageRegion
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._layout import RowImages, fixed_blocks, grid_positions, split_counts
+from fastrm_core.regions import ImageRegion
 
 __all__ = ["Gemma3Adapter", "batch_images", "gemma3_row_images", "pooled_side"]
 
@@ -93,7 +93,6 @@ class Gemma3Adapter(LayoutAdapter):
     and extended with 0 for generated tokens. Pan-and-scan crops are separate blocks; without the
     processor's ``num_crops`` (which it does not return) each block counts as one image.
     """
-
     name = "gemma3"
     model_types = ("gemma3",)
     chat_end_tokens = ("<end_of_turn>",)

@@ -22,10 +22,10 @@ import re
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, grid_positions, runs
-from fastrm_core.regions import ImageRegion
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._layout import RowImages, grid_positions, runs
+from fastrm_core.regions import ImageRegion
 
 __all__ = ["Idefics3Adapter", "batch_images", "idefics3_row_images", "tag_ids"]
 
@@ -118,7 +118,6 @@ def batch_images(config, inputs: dict, tags: dict[int, tuple[int, int]] | None =
 class Idefics3Adapter(LayoutAdapter):
     """transformers' ``Idefics3ForConditionalGeneration`` and ``SmolVLMForConditionalGeneration``:
     tagged tiles stitched into one high-resolution grid, plus the global view."""
-
     name = "idefics3"
     model_types = ("idefics3", "smolvlm")
     chat_end_tokens = ("<end_of_utterance>",)

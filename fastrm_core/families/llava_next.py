@@ -25,12 +25,21 @@ from collections.abc import Sequence
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, grid_positions
-from fastrm_core.regions import ImageRegion
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._layout import RowImages, grid_positions
+from fastrm_core.regions import ImageRegion
 
-__all__ = ["batch_grids", "hires_from_features", "LlavaNextAdapter", "batch_images", "hires_grid", "image_token_count", "images_per_row", "row_images"]
+__all__ = [
+    "LlavaNextAdapter",
+    "batch_grids",
+    "batch_images",
+    "hires_from_features",
+    "hires_grid",
+    "image_token_count",
+    "images_per_row",
+    "row_images",
+]
 
 
 def _size_pair(size) -> tuple[int, int]:
@@ -200,7 +209,6 @@ def _tower_fits(config) -> bool:
 @register_adapter
 class LlavaNextAdapter(LayoutAdapter):
     """transformers' ``LlavaNextForConditionalGeneration`` (LLaVA-1.6 / LLaVA-NeXT): base + unpadded high-resolution grid."""
-
     name = "llava_next"
     model_types = ("llava_next",)
     chat_end_tokens = ("<|eot_id|>", "<|im_end|>")

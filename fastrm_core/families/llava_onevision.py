@@ -14,13 +14,13 @@ from collections.abc import Sequence
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, split_counts
-from fastrm_core.families.llava_next import batch_grids, hires_grid, image_token_count, images_per_row, row_images
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._layout import RowImages, split_counts
 from fastrm_core.families.llava_next import _tower_fits
+from fastrm_core.families.llava_next import batch_grids, hires_grid, image_token_count, images_per_row, row_images
 
-__all__ = ["LlavaOnevisionAdapter", "batch_images", "max_patches", "row_grids", "onevision_row_images"]
+__all__ = ["LlavaOnevisionAdapter", "batch_images", "max_patches", "onevision_row_images", "row_grids"]
 
 
 def max_patches(vision_aspect_ratio: str) -> int:
@@ -72,7 +72,6 @@ def batch_images(config, inputs: dict, newline: torch.Tensor | None = None) -> l
 class LlavaOnevisionAdapter(LayoutAdapter):
     """transformers' ``LlavaOnevisionForConditionalGeneration``: NeXT's layout with ``anyres_max_N``; base grids only
     in multi-image prompts. Videos are not supported."""
-
     name = "llava_onevision"
     model_types = ("llava_onevision",)
     chat_end_tokens = ("<|im_end|>",)

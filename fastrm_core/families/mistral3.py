@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, runs, split_counts
-from fastrm_core.regions import ImageRegion
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._layout import RowImages, runs, split_counts
+from fastrm_core.regions import ImageRegion
 
-__all__ = ["PixtralLlavaAdapter", "Mistral3Adapter", "batch_images", "mistral3_row_images"]
+__all__ = ["Mistral3Adapter", "PixtralLlavaAdapter", "batch_images", "mistral3_row_images"]
 
 
 def mistral3_row_images(input_ids: torch.Tensor, image_token_id: int, break_token_id: int | None = None,
@@ -91,6 +91,5 @@ class Mistral3Adapter(LayoutAdapter):
 class PixtralLlavaAdapter(Mistral3Adapter):
     """transformers' ``LlavaForConditionalGeneration`` with a Pixtral vision tower (Pixtral-12B): the same layout
     as Mistral3 (no patch merger), which LLaVA-1.5's fixed-grid adapter refuses."""
-
     name = "pixtral"
     model_types = ("llava",)

@@ -13,10 +13,10 @@ import math
 import torch
 
 from fastrm_common.errors import InputError
-from fastrm_core.families._layout import RowImages, fixed_blocks, grid_positions, split_counts
-from fastrm_core.regions import ImageRegion
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._layout import RowImages, fixed_blocks, grid_positions, split_counts
+from fastrm_core.regions import ImageRegion
 
 __all__ = ["PaliGemmaAdapter", "batch_images", "paligemma_row_images"]
 
@@ -35,11 +35,9 @@ def paligemma_row_images(input_ids: torch.Tensor, image_token_id: int, image_seq
 
 def batch_images(config, inputs: dict) -> list[RowImages]:
     """One :class:`RowImages` per row of a PaliGemma batch; ``pixel_values`` (n_images, ...) sliced by the row's images."""
-
     ids = inputs["input_ids"]
-    seq = int(config.text_config.num_image_tokens) if hasattr(config.text_config, "num_image_tokens") else None
     vc = config.vision_config
-    seq = seq or (int(vc.image_size) // int(vc.patch_size)) ** 2
+    seq = (int(vc.image_size) // int(vc.patch_size)) ** 2  # one token per SigLIP patch
     rows = [paligemma_row_images(ids[b], config.image_token_id, seq) for b in range(ids.shape[0])]
     counts = [len(r.regions) for r in rows]
     pixel_values = inputs.get("pixel_values")
@@ -55,7 +53,6 @@ class PaliGemmaAdapter(LayoutAdapter):
     generated tokens are the causal suffix: they get ``token_type_ids`` 1 in a replay (as
     ``generate`` gives them). The processor's ``labels`` are never passed on.
     """
-
     name = "paligemma"
     model_types = ("paligemma",)
     token_type_fill = {"token_type_ids": 1}
