@@ -14,4 +14,5 @@ BUILTIN: tuple[str, ...] = (
     "fastrm_core.families.paligemma",
     "fastrm_core.families.idefics3",
     "fastrm_core.families.mistral3",
+    "fastrm_core.families.internvl",
 )

@@ -12,7 +12,7 @@ from fastrm_core.adapters import VLMAdapter, _as_inputs
 from fastrm_core.families._layout import RowImages
 from fastrm_core.regions import ImageRegion
 
-__all__ = ["LayoutAdapter"]
+__all__ = ["LayoutAdapter", "saved_processor_parts"]
 
 
 class LayoutAdapter(VLMAdapter):
@@ -57,3 +57,26 @@ class LayoutAdapter(VLMAdapter):
                 raise InputError(f"inputs[{key!r}] has {value.shape[0]} entries for {total} images in the batch")
             out[key] = value[own]
         return out
+
+
+def saved_processor_parts(name_or_path, image_processor_cls, kwarg_names) -> tuple:
+    """``(image_processor, tokenizer, chat_template, kwargs)`` of a saved processor, read without building the
+    processor itself (for families whose processor needs a video processor, i.e. torchvision, to be built).
+
+    ``kwargs``: the entries of ``processor_config.json`` named in ``kwarg_names``.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    folder = Path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    image_processor = image_processor_cls.from_pretrained(name_or_path)
+    saved = {}
+    if (folder / "processor_config.json").is_file():
+        saved = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    template = getattr(tokenizer, "chat_template", None)
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    return image_processor, tokenizer, template, {k: saved[k] for k in kwarg_names if k in saved}

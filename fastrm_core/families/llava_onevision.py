@@ -15,7 +15,7 @@ import torch
 
 from fastrm_common.errors import InputError
 from fastrm_core.adapters import register_adapter
-from fastrm_core.families._base import LayoutAdapter
+from fastrm_core.families._base import LayoutAdapter, saved_processor_parts
 from fastrm_core.families._layout import RowImages, split_counts
 from fastrm_core.families.llava_next import _tower_fits
 from fastrm_core.families.llava_next import batch_grids, hires_grid, image_token_count, images_per_row, row_images
@@ -139,19 +139,8 @@ def images_only_processor(image_processor, tokenizer, chat_template: str | None 
 
 
 def _load_images_only(name_or_path):
-    import json
-    from pathlib import Path
+    from transformers import LlavaOnevisionImageProcessorPil
 
-    from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil
-
-    folder = Path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(name_or_path)
-    saved = {}
-    if (folder / "processor_config.json").is_file():
-        saved = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
-    template = getattr(tokenizer, "chat_template", None)
-    if (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    return images_only_processor(image_processor, tokenizer, template,
-                                 **{k: saved[k] for k in _PROCESSOR_KWARGS if k in saved})
+    image_processor, tokenizer, template, kwargs = saved_processor_parts(
+        name_or_path, LlavaOnevisionImageProcessorPil, _PROCESSOR_KWARGS)
+    return images_only_processor(image_processor, tokenizer, template, **kwargs)

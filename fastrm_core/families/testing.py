@@ -304,6 +304,29 @@ def _mistral3(hidden, layers, seed, *, llava: bool = False):
                    extra={"tokenizer": tok})
 
 
+def _internvl(hidden, layers, seed):
+    from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLVisionConfig, Qwen2Config)
+
+    from fastrm_core.families.internvl import images_only_processor
+
+    tile, patch = 32, 8  # 4x4 patches, pixel-shuffled (0.5) to a 2x2 grid per tile
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tok = word_tokenizer(["<|im_start|>", "<|im_end|>"], named=named)
+    vision = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=tile, patch_size=patch)
+    config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text_kwargs(tok, hidden, layers)),
+                            image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=4,
+                            downsample_ratio=0.5)
+    torch.manual_seed(seed)
+    model = _finish(InternVLForConditionalGeneration(config), tok)
+    ip = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1,
+                                  max_patches=6)
+    proc = images_only_processor(ip, tok, chat_template("<IMG_CONTEXT>", "<|im_end|>"), image_seq_length=4)
+    return TinyVLM("internvl", model, _processor_inputs(proc), proc, "<IMG_CONTEXT>", tile=tile)
+
+
 FAMILIES: dict[str, Callable] = {
     "llava_next": _llava_next,
     "llava_onevision": _llava_onevision,
@@ -312,6 +335,7 @@ FAMILIES: dict[str, Callable] = {
     "idefics3": _idefics3,
     "mistral3": _mistral3,
     "smolvlm": lambda hidden, layers, seed: _idefics3(hidden, layers, seed, smol=True),
+    "internvl": _internvl,
     "pixtral": lambda hidden, layers, seed: _mistral3(hidden, layers, seed, llava=True),
 }
 

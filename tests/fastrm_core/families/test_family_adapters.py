@@ -15,7 +15,8 @@ from fastrm_core.adapters import adapter_for_config
 from fastrm_core.loading import load_vlm
 from fastrm_core.testing import check_gradient_maps, check_replay_logits, greedy, model_snapshot
 
-FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral"]
+FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral",
+            "internvl"]
 ADAPTER = {"smolvlm": "idefics3"}  # SmolVLM shares Idefics3's adapter
 WHY_NO_PROCESSOR = {"smolvlm": "SmolVLM's processor needs num2words (and torchvision for video), not installed here",
                     "pixtral": "Pixtral's processor needs torchvision, not installed here",
@@ -108,8 +109,9 @@ def test_row_inputs(loaded):
         ext = a.extend_inputs(rp, torch.tensor([5, 6]))
         fill = 1 if tiny.family == "paligemma" else 0  # PaliGemma's generated tokens are the causal suffix
         assert ext["token_type_ids"][0, -2:].tolist() == [fill, fill]
-    if tiny.family in {"llava_next", "llava_onevision", "mistral3", "pixtral", "gemma3", "paligemma"}:
-        n0 = len({r.image for r in a.regions(inputs, 0)})
+    if tiny.family in {"llava_next", "llava_onevision", "mistral3", "pixtral", "gemma3", "paligemma", "internvl"}:
+        per_block = tiny.family in {"gemma3", "internvl"}  # one pixel_values entry per block (tile, crop), not per picture
+        n0 = len(a.regions(inputs, 0)) if per_block else len({r.image for r in a.regions(inputs, 0)})
         assert torch.equal(r0["pixel_values"], inputs["pixel_values"][:n0])
         assert torch.equal(r1["pixel_values"], inputs["pixel_values"][n0:])
     if tiny.family in {"idefics3", "smolvlm"}:

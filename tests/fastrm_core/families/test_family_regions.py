@@ -5,10 +5,11 @@ family's own code (its packing, merging, pooling or tags), not against our arith
 import pytest
 import torch
 
-from fastrm_core.families import gemma3, idefics3, llava_next, llava_onevision, mistral3, paligemma
+from fastrm_core.families import gemma3, idefics3, internvl, llava_next, llava_onevision, mistral3, paligemma
 from fastrm_core.regions import flat_positions
 
-FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral"]
+FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral",
+            "internvl"]
 
 
 def structure_ids(tiny) -> set[int]:
@@ -20,6 +21,8 @@ def structure_ids(tiny) -> set[int]:
                 tok.convert_tokens_to_ids("<fake_token_around_image>"), tok.convert_tokens_to_ids("<global-img>")}
     if tiny.family == "gemma3":
         return {cfg.image_token_id, cfg.boi_token_id, cfg.eoi_token_id}
+    if tiny.family == "internvl":
+        return {cfg.image_token_id, tiny.tokenizer.start_image_token_id, tiny.tokenizer.end_image_token_id}
     if tiny.family in {"mistral3", "pixtral"}:
         tok = tiny.extra["tokenizer"]
         return {cfg.image_token_id, *(tok.convert_tokens_to_ids(t) for t in ("[IMG_BREAK]", "[IMG_END]"))}
@@ -37,6 +40,8 @@ def layouts(tiny, inputs, known_ids: bool = True):
         return gemma3.batch_images(cfg, inputs)
     if tiny.family == "paligemma":
         return paligemma.batch_images(cfg, inputs)
+    if tiny.family == "internvl":
+        return internvl.batch_images(cfg, inputs)
     if tiny.family in {"idefics3", "smolvlm"}:
         return idefics3.batch_images(cfg, inputs, idefics3.tag_ids(tiny.tokenizer) if known_ids else None)
     tok = tiny.extra["tokenizer"]
@@ -101,6 +106,10 @@ def test_broken_layouts_are_refused(tiny_family):
 
 def test_non_square_images_give_non_square_grids(family_batch):
     tiny, inputs, rows = family_batch
+    if tiny.family == "internvl":  # square tiles: a wide picture is two of them side by side, a tall one two stacked
+        assert [r.kind for r in rows[0].regions] == ["tile", "tile", "global"]
+        assert [r.kind for r in rows[1].regions if r.image == 1] == ["tile", "tile", "global"]
+        return
     if tiny.family in {"gemma3", "paligemma"}:  # every image is resized to one fixed square
         assert {r.grid for row in rows for r in row.regions} == {r.grid for r in rows[0].regions}
         return
@@ -290,6 +299,30 @@ def test_gemma3_pan_and_scan_crops(tiny_family):
     assert [r.kind for r in row1.regions] == ["full", "full"]
     (_, row1) = gemma3.batch_images(cfg, inputs, num_crops=[0, 1])  # row 1's two blocks: one image and a crop
     assert [(r.image, r.kind) for r in row1.regions] == [(0, "global"), (0, "crop")]
+
+
+def test_internvl_tiles_in_pixel_order_and_pixel_shuffle_row_major(tiny_family):
+    tiny = tiny_family("internvl")
+    t = tiny.tile
+    img = tiny.image((2 * t, t), (250, 0, 0))
+    img.paste((0, 0, 250), (t, 0, 2 * t, t))  # left half red, right half blue
+    inputs = tiny.make_inputs([(f"user {tiny.image_placeholder} what ? assistant :", [img])])
+    (row,) = layouts(tiny, inputs)
+    assert [r.kind for r in row.regions] == ["tile", "tile", "global"]
+    ids = inputs["input_ids"][0]
+    assert ids[row.regions[0].positions[0] - 1] == tiny.tokenizer.start_image_token_id
+    assert ids[row.regions[-1].positions[-1] + 1] == tiny.tokenizer.end_image_token_id
+    # block k fills the k-th run of context tokens (masked_scatter); its pixels: left tile, right tile, thumbnail
+    means = inputs["pixel_values"][row.images].mean(dim=(2, 3))  # (3, C)
+    assert int(means[0].argmax()) == 0 and int(means[1].argmax()) == 2
+    thumb = inputs["pixel_values"][row.images][2]  # (C, H, W): the whole picture, red left, blue right
+    half = thumb.shape[-1] // 2
+    assert int(thumb[..., :half].mean(dim=(1, 2)).argmax()) == 0 and int(thumb[..., half:].mean(dim=(1, 2)).argmax()) == 2
+    n = tiny.model.config.vision_config.image_size[0] // tiny.model.config.vision_config.patch_size[0]
+    out = tiny.model.model.pixel_shuffle(_coords(n, n, 2).reshape(1, n, n, 2), 0.5).reshape(-1, 8)
+    side = n // 2
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    assert torch.equal(out[:, :2].reshape(side, side, 2), torch.stack([y * 2, x * 2], -1).float())
 
 
 def test_paligemma_image_first(tiny_family):
