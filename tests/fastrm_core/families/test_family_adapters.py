@@ -173,6 +173,25 @@ def test_capture_tokens_identical_and_one_map_per_token_per_region(loaded):
         torch.testing.assert_close(alone.row_maps(0), cap.row_maps(b), rtol=1e-4, atol=1e-5)
 
 
+def test_guard_generate_runs(loaded):
+    """The Guard (observe-only, a random proxy) on each family: its prompt, regions and one map per token per region."""
+    from guardrail import Guard
+
+    tiny, model, processor = loaded
+    if processor is None:
+        pytest.skip(WHY_NO_PROCESSOR[tiny.family])
+    a = get_adapter(model)
+    torch.manual_seed(0)
+    guard = Guard(model, processor, proxy=FastRMProxy(ProxyConfig(hidden_size=64)).eval())
+    image = tiny.image((2 * tiny.tile, tiny.tile))
+    result = guard.generate(image, "what color is the circle ?", max_new_tokens=3)
+    prompt = a.build_prompt(processor, "what color is the circle ?")[0]
+    want = a.regions(dict(processor(images=[[image]], text=[prompt], return_tensors="pt")))
+    assert [(r.image, r.kind, tuple(r.grid)) for r in result.regions] == [(r.image, r.kind, r.grid) for r in want]
+    assert 1 <= len(result.token_ids) <= 3
+    assert [m.shape for m in result.region_maps()] == [(len(result.token_ids), *r.grid) for r in want]
+
+
 def test_stop_tokens(loaded):
     tiny, model, processor = loaded
     a = get_adapter(model)

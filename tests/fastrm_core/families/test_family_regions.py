@@ -399,3 +399,28 @@ def test_idefics3_pixel_shuffle_row_major_for_every_scale(tiny_family):
         side = n // scale
         y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
         assert torch.equal(out[:, :2].reshape(side, side, 2), torch.stack([y * scale, x * scale], -1).float())
+
+
+def test_mistral3_single_row_and_adjacent_images():
+    """Pure parsing: a one-row picture ends at [IMG_END] at once; two pictures back to back are told apart by it."""
+    IMG, BRK, END = 10, 12, 13
+    ids = torch.tensor([1, IMG, IMG, END, IMG, BRK, IMG, END, IMG, IMG, IMG, END, 7])
+    for known in (True, False):
+        row = mistral3.mistral3_row_images(ids, IMG, *((BRK, END) if known else (None, None)))
+        assert [(r.image, r.grid, r.positions.tolist()) for r in row.regions] == [
+            (0, (1, 2), [1, 2]), (1, (2, 1), [4, 6]), (2, (1, 3), [8, 9, 10])]
+        assert row.separators.tolist() == [3, 5, 7, 11]
+    with pytest.raises(Exception, match="rows of"):
+        mistral3.mistral3_row_images(torch.tensor([IMG, IMG, BRK, IMG, END]), IMG)
+
+
+def test_idefics3_unsplit_pictures_are_full(tiny_family):
+    tiny = tiny_family("idefics3")
+    rows = tiny.two_rows()
+    inputs = dict(tiny.processor(images=[imgs for _, imgs in rows], text=[t for t, _ in rows], return_tensors="pt",
+                                 padding=True, padding_side="left", do_image_splitting=False))
+    layout = layouts(tiny, inputs)
+    assert [[(r.image, r.kind, r.grid) for r in row.regions] for row in layout] == [
+        [(0, "full", (3, 3))], [(0, "full", (3, 3)), (1, "full", (3, 3))]]
+    with torch.no_grad():
+        tiny.model(**inputs)  # the model agrees: it raises when image tokens and features differ in number
