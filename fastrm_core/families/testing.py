@@ -205,8 +205,8 @@ def _gemma3(hidden, layers, seed):
     return TinyVLM("gemma3", model, _processor_inputs(proc), proc, "<start_of_image>", tile=tile)
 
 
-def _paligemma(hidden, layers, seed):
-    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+def _paligemma(hidden, layers, seed, *, v2: bool = False):
+    from transformers import (Gemma2Config, GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
                               SiglipImageProcessorPil, SiglipVisionConfig)
 
     tile, patch = 32, 8  # 4x4 image tokens
@@ -214,14 +214,19 @@ def _paligemma(hidden, layers, seed):
     ip = SiglipImageProcessorPil(size={"height": tile, "width": tile})
     ip.image_seq_length = (tile // patch) ** 2
     proc = PaliGemmaProcessor(image_processor=ip, tokenizer=tok)  # adds <image> and the <loc>/<seg> tokens
-    text = GemmaConfig(**_text_kwargs(tok, hidden, layers), head_dim=16)
+    if v2:  # PaliGemma 2: a Gemma 2 text model, sliding-window layers (shorter than a prompt here) and soft-capping
+        text = Gemma2Config(**_text_kwargs(tok, hidden, layers), head_dim=16, query_pre_attn_scalar=16,
+                            sliding_window=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    else:
+        text = GemmaConfig(**_text_kwargs(tok, hidden, layers), head_dim=16)
     vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                 image_size=tile, patch_size=patch, projection_dim=hidden)
     config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=proc.image_token_id,
                              vocab_size=len(tok), projection_dim=hidden, hidden_size=hidden)
     torch.manual_seed(seed)
     model = _finish(PaliGemmaForConditionalGeneration(config), tok)
-    return TinyVLM("paligemma", model, _processor_inputs(proc), proc, "<image>", tile=tile, images_first=True)
+    return TinyVLM("paligemma2" if v2 else "paligemma", model, _processor_inputs(proc), proc, "<image>", tile=tile,
+                   images_first=True)
 
 
 def _idefics3(hidden, layers, seed, *, smol: bool = False):
@@ -332,6 +337,7 @@ FAMILIES: dict[str, Callable] = {
     "llava_onevision": _llava_onevision,
     "gemma3": _gemma3,
     "paligemma": _paligemma,
+    "paligemma2": lambda hidden, layers, seed: _paligemma(hidden, layers, seed, v2=True),
     "idefics3": _idefics3,
     "mistral3": _mistral3,
     "smolvlm": lambda hidden, layers, seed: _idefics3(hidden, layers, seed, smol=True),

@@ -15,9 +15,9 @@ from fastrm_core.adapters import adapter_for_config
 from fastrm_core.loading import load_vlm
 from fastrm_core.testing import check_gradient_maps, check_replay_logits, greedy, model_snapshot
 
-FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral",
-            "internvl"]
-ADAPTER = {"smolvlm": "idefics3"}  # SmolVLM shares Idefics3's adapter
+FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "paligemma2", "idefics3", "smolvlm", "mistral3",
+            "pixtral", "internvl"]
+ADAPTER = {"smolvlm": "idefics3", "paligemma2": "paligemma"}  # families that share an adapter
 WHY_NO_PROCESSOR = {"smolvlm": "SmolVLM's processor needs num2words (and torchvision for video), not installed here",
                     "pixtral": "Pixtral's processor needs torchvision, not installed here",
                     "mistral3": "Pixtral's processor needs torchvision, not installed here"}
@@ -107,9 +107,10 @@ def test_row_inputs(loaded):
     if "token_type_ids" in inputs:  # unpadded with the row (Gemma 3's maps were off when they were not)
         assert torch.equal(rp["token_type_ids"][0], inputs["token_type_ids"][padded][keep])
         ext = a.extend_inputs(rp, torch.tensor([5, 6]))
-        fill = 1 if tiny.family == "paligemma" else 0  # PaliGemma's generated tokens are the causal suffix
+        fill = 1 if tiny.family.startswith("paligemma") else 0  # PaliGemma's generated tokens are the causal suffix
         assert ext["token_type_ids"][0, -2:].tolist() == [fill, fill]
-    if tiny.family in {"llava_next", "llava_onevision", "mistral3", "pixtral", "gemma3", "paligemma", "internvl"}:
+    if tiny.family in {"llava_next", "llava_onevision", "mistral3", "pixtral", "gemma3", "paligemma", "paligemma2",
+                       "internvl"}:
         per_block = tiny.family in {"gemma3", "internvl"}  # one pixel_values entry per block (tile, crop), not per picture
         n0 = len(a.regions(inputs, 0)) if per_block else len({r.image for r in a.regions(inputs, 0)})
         assert torch.equal(r0["pixel_values"], inputs["pixel_values"][:n0])
@@ -213,4 +214,4 @@ def test_prompts_from_the_processor(loaded):
     image = tiny.image((tiny.tile, tiny.tile))
     inputs = dict(processor(images=[[image, image]], text=[prompt], return_tensors="pt"))
     assert len({r.image for r in a.regions(inputs)}) == 2
-    assert kind == ("plain" if tiny.family == "paligemma" else "chat")
+    assert kind == ("plain" if tiny.family.startswith("paligemma") else "chat")

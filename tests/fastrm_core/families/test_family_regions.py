@@ -8,8 +8,8 @@ import torch
 from fastrm_core.families import gemma3, idefics3, internvl, llava_next, llava_onevision, mistral3, paligemma
 from fastrm_core.regions import flat_positions
 
-FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "idefics3", "smolvlm", "mistral3", "pixtral",
-            "internvl"]
+FAMILIES = ["llava_next", "llava_onevision", "gemma3", "paligemma", "paligemma2", "idefics3", "smolvlm", "mistral3",
+            "pixtral", "internvl"]
 
 
 def structure_ids(tiny) -> set[int]:
@@ -38,7 +38,7 @@ def layouts(tiny, inputs, known_ids: bool = True):
         return llava_onevision.batch_images(cfg, inputs)
     if tiny.family == "gemma3":
         return gemma3.batch_images(cfg, inputs)
-    if tiny.family == "paligemma":
+    if tiny.family in {"paligemma", "paligemma2"}:
         return paligemma.batch_images(cfg, inputs)
     if tiny.family == "internvl":
         return internvl.batch_images(cfg, inputs)
@@ -110,7 +110,7 @@ def test_non_square_images_give_non_square_grids(family_batch):
         assert [r.kind for r in rows[0].regions] == ["tile", "tile", "global"]
         assert [r.kind for r in rows[1].regions if r.image == 1] == ["tile", "tile", "global"]
         return
-    if tiny.family in {"gemma3", "paligemma"}:  # every image is resized to one fixed square
+    if tiny.family in {"gemma3", "paligemma", "paligemma2"}:  # every image is resized to one fixed square
         assert {r.grid for row in rows for r in row.regions} == {r.grid for r in rows[0].regions}
         return
     wide = [r for r in rows[0].regions if r.kind in {"hires", "full"}][0]
