@@ -3,9 +3,11 @@
 Each builder returns a :class:`TinyVLM`: the model (eval mode) and a ``make_inputs`` callable that
 turns prompts with images into the inputs ``generate`` takes, exactly as the family's processor
 would. Where the processor can be built without optional packages it is used (with a word-level
-tokenizer that knows the family's special tokens); Mistral3's processor needs torchvision, so its
-inputs are built by hand in the processor's own layout (``[IMG]`` rows ended by ``[IMG_BREAK]``,
-the last by ``[IMG_END]``).
+tokenizer that knows the family's special tokens; OneVision's and InternVL's without their video
+processor). Mistral3's and Pixtral's processor needs torchvision, so their inputs are built by
+hand in the processor's own layout (``[IMG]`` rows ended by ``[IMG_BREAK]``, the last by
+``[IMG_END]``); SmolVLM's needs num2words, so the Idefics3 processor (the same layout) makes
+SmolVLM's inputs and ``processor`` is None for these three.
 
     >>> tiny = build_tiny("llava_next")
     >>> inputs = tiny.make_inputs([("<image> what color ?", [tiny.image((40, 20))])])
@@ -126,7 +128,7 @@ def _text_kwargs(tok, hidden: int, layers: int, heads: int = 4, kv: int = 2) -> 
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
 
 
-def _finish(model, tok, seed_check: bool = True):
+def _finish(model, tok):
     model.eval()
     gc = model.generation_config
     gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
@@ -253,7 +255,7 @@ def _idefics3(hidden, layers, seed, *, smol: bool = False):
                              chat_template=chat_template("<image>", "<end_of_utterance>"))
     if smol:
         return TinyVLM("smolvlm", model, _processor_inputs(proc), None, "<image>", tile=tile,
-                       extra={"tokenizer": tok, "inputs_processor": proc})
+                       extra={"tokenizer": tok})
     return TinyVLM("idefics3", model, _processor_inputs(proc), proc, "<image>", tile=tile)
 
 
