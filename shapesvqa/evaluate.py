@@ -13,8 +13,7 @@ first answer token with the chosen method, and reports per family:
 - ``pointing_incorrect``: the same over wrong answers.
 
 Patches belong to an object by :func:`shapesvqa.grounding.object_patches` (>= 30% coverage).
-Methods: ``gradient`` (exact Chefer relevancy, ``fastrm_core.relevancy.gradient_relevancy_batch``,
-falling back to :func:`shapesvqa.grounding.gradient_relevancy_rows` when the core is absent) and
+Methods: ``gradient`` (exact Chefer relevancy, ``fastrm_core.relevancy.gradient_relevancy_batch``) and
 ``proxy`` (a FastRM proxy's per-token maps captured during generation).
 """
 
@@ -25,6 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from fastrm_core.relevancy import gradient_relevancy_batch
 
 from .grounding import object_patches, pointing
 from .model import prompt
@@ -55,31 +56,15 @@ def _target(ex: Example, patch_masks: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _gradient_maps(model, inputs: dict, out: torch.Tensor, rows: list[int]) -> dict[int, np.ndarray]:
     """First-answer-token gradient maps (g, g) for the given batch rows."""
-    try:
-        from fastrm_core.relevancy import gradient_relevancy_batch
-    except ImportError:  # the core package is optional for the trainer
-        gradient_relevancy_batch = None
     maps: dict[int, np.ndarray] = {}
     if not rows:
         return maps
     idx = torch.tensor(rows)
     sub = {k: v[idx] for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[0] == out.shape[0]}
     prompt_len = inputs["input_ids"].shape[1]
-    if gradient_relevancy_batch is not None:
-        rels = gradient_relevancy_batch(model, sub, out[idx][:, prompt_len : prompt_len + 1])
-        for r, rel in zip(rows, rels):
-            maps[r] = rel.maps[0].float().numpy()
-        return maps
-    from .grounding import gradient_relevancy_rows
-
-    ids = torch.cat([sub["input_ids"], out[idx][:, prompt_len : prompt_len + 1]], dim=1)
-    am = torch.cat([sub["attention_mask"], torch.ones(len(rows), 1, dtype=sub["attention_mask"].dtype)], dim=1)
-    pos = torch.full((len(rows),), prompt_len - 1)
-    v = gradient_relevancy_rows(model, ids, sub["pixel_values"], am, pos, out[idx][:, prompt_len])
-    img = ids == model.config.image_token_id
-    g = int(round(img[0].sum().item() ** 0.5))
-    for j, r in enumerate(rows):
-        maps[r] = v[j][img[j]].view(g, g).numpy()
+    rels = gradient_relevancy_batch(model, sub, out[idx][:, prompt_len : prompt_len + 1])
+    for r, rel in zip(rows, rels):
+        maps[r] = rel.maps[0].float().numpy()
     return maps
 
 

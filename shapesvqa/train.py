@@ -52,7 +52,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .grounding import object_patches, pointing, gradient_relevancy_rows
+from fastrm_core.relevancy import gradient_relevancy_batch
+
+from .grounding import object_patches, pointing
 from .model import SHIPPED_MODEL_DIR, ModelSpec, build_model, build_processor, build_tokenizer, pixel_values, prompt
 from .world import COLORS, FAMILIES, SHAPES, WorldConfig, make_example, world_config
 
@@ -426,17 +428,14 @@ def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, groun
     on_dev = to_device(batch, device)
     pred = _predict(model, on_dev)
     ok = (pred == batch["answers"]).numpy()
-    rows = gradient_relevancy_rows(
-        model, on_dev["input_ids"], on_dev["pixel_values"], on_dev["attention_mask"], on_dev["positions"],
-        pred.to(device),
-    ).cpu()
-    img_pos = batch["input_ids"] == model.config.image_token_id
+    right = torch.as_tensor(np.flatnonzero(ok), dtype=torch.long)  # the correct answers' first-token exact maps
+    sub = {k: on_dev[k][right.to(device)] for k in ("input_ids", "attention_mask", "pixel_values")}
+    rels = gradient_relevancy_batch(model, sub, pred.to(device)[right.to(device)][:, None]) if len(right) else []
     g = batcher.spec.grid
     hits, chance, mass = [], [], []
-    for i, ex in enumerate(gex):
-        if not ok[i]:
-            continue
-        m = rows[i][img_pos[i]].view(g, g).numpy()
+    for i, rel in zip(right.tolist(), rels):
+        ex = gex[i]
+        m = rel.maps[0].numpy()  # (g, g)
         pm = batch["patch_masks"][i].reshape(-1, g, g)
         tgt = pm[ex.evidence[0]]
         others = np.delete(pm, ex.evidence[0], axis=0).any(0) if len(pm) > 1 else np.zeros_like(tgt)
