@@ -464,6 +464,7 @@ class Guard:
             if row.regions is not None and result.maps is not None:
                 result.regions = [MapRegion(image=r.image, kind=r.kind, grid=r.grid) for r in row.regions]
             guard_s = time.perf_counter() - t_guard
+            result.prompt_tokens = row.n_prompt
             result.timings = Timings(model_s=generation.model_s, guard_s=guard_s,
                                      total_s=time.perf_counter() - call.start)
             report = RowReport(result=result, decision=decision, answer=answer, image=row.image, index=row.index,

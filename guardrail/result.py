@@ -118,6 +118,9 @@ class GuardResult(BaseModel):
     finish_reason: Literal["stop", "length"] = "stop"
     error: Optional[str] = None
     tags: list[str] = Field(default_factory=list)
+    prompt_tokens: Optional[int] = Field(
+        default=None, description="tokens of this row's prompt as the model saw it (image tokens included, "
+                                  "padding excluded); None on results built by hand")
     timings: Timings = Field(default_factory=Timings)
 
     @property

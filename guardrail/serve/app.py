@@ -85,7 +85,6 @@ class _State:
         self.batcher = Batcher(self._run_batch, max_batch_size=config.max_batch_size,
                                max_wait_s=config.max_wait_ms / 1000.0, max_queue=config.max_queue)
         self.started = int(time.time())
-        self._n_image_tokens: Optional[int] = None
 
     @property
     def model_name(self) -> Optional[str]:
@@ -115,8 +114,7 @@ class _State:
                     results = self._generate(calls)
         finally:
             otel_context.detach(token)
-        return [r if isinstance(r, BaseException) else (r, self.prompt_tokens(c.question))
-                for r, c in zip(results, calls)]
+        return [r if isinstance(r, BaseException) else (r, r.prompt_tokens or 0) for r in results]
 
     def _generate(self, calls: Sequence[ChatCall]) -> list:
         first = calls[0]
@@ -141,15 +139,6 @@ class _State:
                 out.append(exc)
         return out
 
-    def prompt_tokens(self, question: str) -> int:
-        """Prompt length in tokens, the image's tokens included (0 if the tokenizer cannot say)."""
-        try:
-            if self._n_image_tokens is None:
-                self._n_image_tokens = int(self.guard.proxy.config.n_image_tokens)
-            ids = self.guard.processor.tokenizer(self.guard.prompt(question))["input_ids"]
-            return len(ids) - 1 + self._n_image_tokens  # the one <image> placeholder expands to the image's tokens
-        except Exception:
-            return 0
 
 
 def _batch_key(call: ChatCall) -> Hashable:
@@ -411,7 +400,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                                 piece, sent = ready[len(sent):], ready
                         emit("token", item, piece)
                     else:  # the GuardResult, last
-                        emit("result", item, (sent, stopped), state.prompt_tokens(call.question))
+                        emit("result", item, (sent, stopped), item.prompt_tokens or 0)
             except BaseException as exc:
                 emit("error", exc)
             finally:

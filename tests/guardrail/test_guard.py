@@ -405,6 +405,10 @@ def test_batch_rows_have_their_own_counts_and_content(tiny_llava, tiny_proxy, ca
     assert chat.attributes["gen_ai.usage.output_tokens"] == sum(len(r.token_ids) for r in results)
     assert [s.attributes["fastrm.usage.output_tokens"] for s in rows] == [len(r.token_ids) for r in results]
     assert json.loads(chat.attributes["input.value"]) == questions
+    # the result says the same count: this row's prompt as the model saw it, without the batch's padding
+    assert [r.prompt_tokens for r in results] == inputs
+    alone = g.processor(images=image, text=g.prompt(questions[1]), return_tensors="pt")["input_ids"].shape[1]
+    assert results[1].prompt_tokens == alone
 
 
 def test_withheld_answer_is_recorded_and_escalation_has_trace_ids(tiny_llava, tiny_proxy, calibration_uncertain,

@@ -49,7 +49,9 @@ def test_plain_call_equals_guard_generate(client, reference_guard, scenes):
                                                                     direct.flagged)
     assert g["score"] == pytest.approx(direct.score, abs=1e-6) and g["threshold"] == direct.threshold
     assert g["scores"] and g["policy"] == {"id": "default", "version": "1"}
-    assert r.usage.prompt_tokens > 64  # the image's 64 tokens and the question's
+    # the prompt as the model saw it: the image's tokens and the question's, counted by the processor
+    seen = reference_guard.processor(images=image, text=reference_guard.prompt(question), return_tensors="pt")
+    assert r.usage.prompt_tokens == direct.prompt_tokens == seen["input_ids"].shape[1] > 64
     assert "maps" not in g
 
 
