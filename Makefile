@@ -135,13 +135,16 @@ artifacts: reference-model reference-proxy reference-calibration
 #   make hallucination-artifacts HWORLD=cooccur-confident          # confident hallucinations, 4 partners
 # Resumable: re-running a target continues the training run from $(HRUN)/model/checkpoint.pt.
 # Further world seeds: 1001 the POPE monitor in the training log, 105/106 this proxy's train/eval
-# splits, 107 this calibration, 108 the POPE acceptance split.
+# splits, 107 this calibration, 108 the POPE acceptance split (the bars and the guard's
+# hallucination table), 2721 the development split of benchmarks/hallucination_guard.py, 2029 the
+# demo's POPE scenes.
 HWORLD ?= cooccur
 HWORLD_ARGS ?=
 HRUN := $(RUN)/hallucination
 HMODEL := $(HRUN)/model/final
 
-.PHONY: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration hallucination-artifacts
+.PHONY: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration hallucination-guard \
+	hallucination-artifacts
 
 hallucination-model: install
 	$(BIN)/python -m shapesvqa.train --run $(HRUN)/model --seed 4 --world $(HWORLD) $(HWORLD_ARGS)
@@ -164,6 +167,15 @@ hallucination-proxy: install
 hallucination-calibration: install
 	$(SHAPES) export --n 4000 --seed 107 --world $(HWORLD) --out $(HRUN)/data/calibration
 	$(BIN)/guardrail calibrate --data $(HRUN)/data/calibration/data.jsonl --model $(HMODEL) --proxy $(HRUN)/proxy \
-		--out $(HRUN)/calibration.json --fit-fraction 0.5 --seed 0 --scores-out $(HRUN)/calibration-scores.jsonl
+		--batch-size 32 --out $(HRUN)/calibration.json $(CALIBRATION_FLAGS) --scores-out $(HRUN)/calibration-scores.jsonl \
+		--signals-out $(HRUN)/calibration-signals.jsonl
 
-hallucination-artifacts: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration
+# The guard on hallucinations (issue 15, point 4): on the POPE acceptance split, the share of
+# hallucinated "yes" answers each score flags and its AUROC, who catches what, where the maps look.
+hallucination-guard: install
+	$(BIN)/python benchmarks/hallucination_guard.py --world $(HWORLD) --n 500 --seed 108 --model $(HMODEL) \
+		--proxy $(HRUN)/proxy --calibration $(HRUN)/calibration.json --fit-signals $(HRUN)/calibration-signals.jsonl \
+		--out $(HRUN)/hallucination-guard.json --rows $(HRUN)/hallucination-guard-rows.jsonl
+
+hallucination-artifacts: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration \
+	hallucination-guard

@@ -51,7 +51,10 @@ class Preset:
     preset whose proxy is not shipped still loads its model. A missing artifact raises
     ``FileNotFoundError`` from that function, with how to build it. ``examples(n, seed)``, when
     given, returns ``n`` labelled questions (objects with ``id``, ``image`` (PIL), ``question``,
-    ``answers``, ``family``) for demos.
+    ``answers``, ``family``) for demos; ``pope_examples(n_scenes, seed)``, when given, returns
+    POPE-style object-existence questions about ``n_scenes`` scenes (the same fields, plus
+    ``pope``: "positive" or the negatives' sampling, and ``describe_map(map) -> str``: where an
+    answer map looks in the scene), so that a demo can show hallucinated "yes" answers.
     """
 
     name: str
@@ -59,6 +62,7 @@ class Preset:
     proxy: Callable[[], Path] | None = None
     calibration: Callable[[], Path] | None = None
     examples: Callable[[int, int], Sequence[Any]] | None = None
+    pope_examples: Callable[[int, int], Sequence[Any]] | None = None
     description: str = ""
 
 

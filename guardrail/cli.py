@@ -27,7 +27,7 @@ def _cmd_demo(args, console: Console) -> int:
     from .demo import run_demo
 
     run_demo(args.out, model=args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
-             seed=args.seed, pool=args.pool, console=console, otlp_endpoint=args.otlp_endpoint,
+             seed=args.seed, pool=args.pool, pope_scenes=args.pope_scenes, pope_seed=args.pope_seed, console=console, otlp_endpoint=args.otlp_endpoint,
              phoenix=args.phoenix, console_spans=args.console_spans)
     return 0
 
@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="default")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--pool", type=int, default=24, help="scenes answered (the panels show a few of them)")
+    p.add_argument("--pope-scenes", type=int, default=16,
+                   help="scenes asked POPE existence questions (present and adversarially chosen absent objects; 0: none)")
+    p.add_argument("--pope-seed", type=int, default=2029, help="world seed of the POPE scenes")
     verbose_arg(p)
     telemetry_args(p)
     p.set_defaults(func=_cmd_demo)

@@ -3,6 +3,11 @@
 From a pool of scenes (a fixed seed), it answers every question under guard, then shows a few the
 model got right and a few it got wrong (ground truth is known in ShapesVQA), each with its verdict,
 action and a terminal heatmap of the answer; it writes PNG overlays and a JSONL trace.
+
+When the preset has POPE questions (``pope_examples``: "Is there a blue square?" about objects
+present and absent, the absent ones chosen among those that usually come with what is in the
+picture), it also asks those and shows object hallucinations (a "yes" about an absent object):
+the first one the verdict caught and the first one it missed, each with where its map looked.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from .render import explained_figure, heatmap_text, view_box
 __all__ = ["run_demo"]
 
 
+def _first_word(text: str) -> str:
+    words = text.strip().lower().replace(".", " ").replace(",", " ").split()
+    return words[0] if words else ""
+
+
 def run_demo(
     out_dir: str | Path = "guardrail-demo",
     *,
@@ -34,6 +44,8 @@ def run_demo(
     policy: str = "default",
     seed: int = 2026,
     pool: int = 24,
+    pope_scenes: int = 16,
+    pope_seed: int = 2029,
     show_right: int = 4,
     show_wrong: int = 3,
     max_new_tokens: int = 8,
@@ -69,18 +81,30 @@ def run_demo(
     console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
                   f"v{guard.policy.version}, {guard.calibration_id.split(' data:')[0]}")
     examples = list(preset.examples(pool, seed))
+    probes = list(preset.pope_examples(pope_scenes, pope_seed)) if preset.pope_examples and pope_scenes > 0 else []
+    n_plain = len(examples)
+    examples += probes
     paths = []
     for ex in examples:
         p = out / "images" / f"{ex.id}.png"
         ex.image.save(p)
         paths.append(p)
     results = []
-    for ex, path in zip(examples, paths):  # one call per scene, so each gets its own trace
+    for ex, path in zip(examples[:n_plain], paths):  # one call per scene, so each gets its own trace
         results.append(guard.generate(path, ex.question, max_new_tokens=max_new_tokens))
-    right = [(e, p, r) for e, p, r in zip(examples, paths, results) if is_correct(r.answer, e.answers)]
-    wrong = [(e, p, r) for e, p, r in zip(examples, paths, results) if not is_correct(r.answer, e.answers)]
-    shown = right[:show_right] + wrong[:show_wrong]
-    for ex, path, res in shown:
+    for i in range(n_plain, len(examples), 16):  # POPE questions in batches (a span per row)
+        results += guard.generate_batch([(p, e.question) for e, p in zip(examples[i:i + 16], paths[i:i + 16])],
+                                        max_new_tokens=max_new_tokens)
+    plain = list(zip(examples, paths, results))[:n_plain]
+    right = [(e, p, r) for e, p, r in plain if is_correct(r.answer, e.answers)]
+    wrong = [(e, p, r) for e, p, r in plain if not is_correct(r.answer, e.answers)]
+    pope = list(zip(examples, paths, results))[n_plain:]
+    hallucinated = [(e, p, r) for e, p, r in pope if e.answers == ["no"] and _first_word(r.answer) == "yes"]
+    caught = [h for h in hallucinated if h[2].verdict == "uncertain"]
+    missed = [h for h in hallucinated if h[2].verdict != "uncertain"]
+    shown = [(*t, None) for t in right[:show_right] + wrong[:show_wrong]]
+    shown += [(*t, "hallucination CAUGHT") for t in caught[:1]] + [(*t, "hallucination MISSED") for t in missed[:1]]
+    for ex, path, res, label in shown:
         ok = is_correct(res.answer, ex.answers)
         head = Table.grid(padding=(0, 2))
         head.add_row("question", escape(ex.question))
@@ -89,6 +113,10 @@ def run_demo(
         head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {res.threshold:.3f})")
         head.add_row("action", f"{res.action}  -> user sees {res.text!r}")
         body = [head]
+        where = None
+        if res.answer_map is not None and hasattr(ex, "describe_map"):
+            where = ex.describe_map(res.answer_map)
+            head.add_row("map", escape(where))
         if res.answer_map is not None:
             body += ["\nwhere the answer looked:", heatmap_text(res.answer_map)]
             from PIL import Image
@@ -98,26 +126,38 @@ def run_demo(
                                  box=view_box(guard.processor, *img.size), title=f"Q: {ex.question}   A: {res.answer}",
                                  lines=(f"verdict {res.verdict} (score {score} vs threshold {res.threshold:.3f}); "
                                         f"action {res.action} -> user sees {res.text!r}",
-                                        "map: mean over the answer's scored tokens"))
-        style = "green" if ok else "red"
-        console.print(Panel(Group(*body), title=escape(f"{ex.id} [{ex.family}]"), border_style=style, expand=False))
+                                        "map: mean over the answer's scored tokens" + (f"; {where}" if where else "")))
+        style = "green" if ok else ("yellow" if label == "hallucination CAUGHT" else "red")
+        kind = f"{ex.family}: {label}" if label else ex.family
+        console.print(Panel(Group(*body), title=escape(f"{ex.id} [{kind}]"), border_style=style, expand=False))
+    if pope:
+        negatives = [e for e, _, _ in pope if e.answers == ["no"]]
+        sampling = getattr(negatives[0], "pope", "") if negatives else ""
+        line = (f"POPE ({sampling} negatives): {len(pope)} questions about "
+                f"{pope_scenes} scenes, {len(negatives)} about absent objects; {len(hallucinated)} hallucinated \"yes\", "
+                f"{len(caught)} caught (uncertain), {len(missed)} missed (confident).")
+        console.print(line)
     provider.shutdown()
     meters.shutdown()
     n_right = len(right)
-    confident = [r for r in results if r.verdict == "confident"]
-    conf_right = sum(is_correct(r.answer, e.answers) for e, r in zip(examples, results) if r.verdict == "confident")
+    plain_results = results[:n_plain]
+    confident = [r for r in plain_results if r.verdict == "confident"]
+    conf_right = sum(is_correct(r.answer, e.answers) for e, r in zip(examples, plain_results) if r.verdict == "confident")
     summary = {
-        "scenes": len(results),
-        "accuracy": n_right / len(results),
+        "scenes": len(plain_results),
+        "accuracy": n_right / len(plain_results),
         "confident": len(confident),
         "precision_confident": conf_right / len(confident) if confident else None,
+        "pope_questions": len(pope),
+        "hallucinated": len(hallucinated),
+        "hallucinations_caught": len(caught),
         "trace": str(trace_path),
         "overlays": str(out),
         "seconds": time.perf_counter() - start,
     }
     acc = f"{summary['accuracy']:.0%}"
     prec = "-" if summary["precision_confident"] is None else f"{summary['precision_confident']:.0%}"
-    console.print(f"{len(results)} scenes: accuracy {acc}; {len(confident)} confident, of which {prec} right.")
+    console.print(f"{len(plain_results)} scenes: accuracy {acc}; {len(confident)} confident, of which {prec} right.")
     console.print(f"overlays: {out}/*_overlay.png   trace: {trace_path}   (view it: guardrail view {trace_path} --png {out}/view)")
     console.print(f"done in {summary['seconds']:.1f} s")
     return summary

@@ -39,14 +39,17 @@ from .world import COLORS, SHAPES, Example, Scene, WorldConfig, _an, object_type
 __all__ = [
     "LOCATIONS",
     "SAMPLINGS",
+    "PopeQuestion",
     "TYPES",
     "TypeStats",
     "hallucination_summary",
+    "describe_map",
     "map_location",
     "pope_metrics",
     "pope_negatives",
     "pope_questions",
     "pope_scenes",
+    "pope_probes",
     "pope_split",
     "scene_id",
     "type_statistics",
@@ -272,3 +275,93 @@ def hallucination_summary(rows: Sequence[dict]) -> dict:
             "correct_yes": stats([r for r in g if r["answers"] == ["yes"] and r["prediction"] == "yes"]),
         }
     return out
+
+
+_SAYS = {
+    "asked": "an object of the asked type",
+    "cooccurring": "an object that co-occurs with the asked type in this world",
+    "same_color": "another object of the asked colour",
+    "same_shape": "another object of the asked shape",
+    "other_object": "another object",
+    "background": "the background",
+}
+
+
+def describe_map(rel_map: np.ndarray, scene: Scene, asked: str, cfg: WorldConfig = WorldConfig()) -> str:
+    """Where one answer's map looks, in words, from the scene's masks (for demos and reports).
+
+    ``rel_map``: (g, g) non-negative map (any method); ``asked``: the asked type ("colour shape").
+
+    >>> ex = pope_questions(pope_scenes(1, seed=3), seed=3, k=1, samplings=["random"])["random"][0]
+    >>> from shapesvqa.grounding import object_patches
+    >>> m = object_patches(ex.scene.masks, 12)[ex.evidence[0]].astype(float)
+    >>> describe_map(m, ex.scene, ex.question[:-1].split(maxsplit=3)[-1]).startswith("peak on the " + ex.scene.objects[ex.evidence[0]].type)
+    True
+    """
+    from .grounding import object_patches
+
+    g = rel_map.shape[0]
+    patch = scene.masks.shape[1] // g if len(scene.objects) else 1
+    pm = object_patches(scene.masks, patch) if len(scene.objects) else np.zeros((0,) + rel_map.shape, bool)
+    loc = map_location(rel_map, pm, scene, asked, cfg)
+    where = loc["argmax_on"]
+    peak = int(np.clip(rel_map, 0, None).reshape(-1).argmax())
+    on = [k for k in range(len(scene.objects)) if pm[k].reshape(-1)[peak]]
+    if on:
+        o = scene.objects[on[0]]
+        what = f"the {o.type}" + ("" if where == "other_object" else f" ({_SAYS[where]})")
+    else:
+        what = "the background"
+    return (f"peak on {what}; {loc['mass'][where]:.0%} of the map there; "
+            f"entropy {loc['entropy']:.2f} (0 = one patch, 1 = flat)")
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    """A POPE question for demos: what a preset's ``examples`` return (``id``, ``image``, ``question``,
+    ``answers``, ``family``), plus ``pope`` (its sampling, or "positive") and :meth:`describe_map`."""
+
+    example: Example
+    world: WorldConfig
+
+    @property
+    def id(self) -> str:
+        return self.example.id
+
+    @property
+    def image(self):
+        return self.example.image
+
+    @property
+    def question(self) -> str:
+        return self.example.question
+
+    @property
+    def answers(self) -> list[str]:
+        return list(self.example.truth)
+
+    @property
+    def family(self) -> str:
+        return "pope"
+
+    @property
+    def pope(self) -> str:
+        return "positive" if self.example.kind == "positive" else self.example.pope
+
+    @property
+    def asked(self) -> str:
+        return self.example.question[:-1].split(maxsplit=3)[-1]
+
+    def describe_map(self, rel_map: np.ndarray) -> str:
+        """Where ``rel_map`` looks in this question's scene (see :func:`describe_map`)."""
+        return describe_map(np.asarray(rel_map, dtype=np.float64), self.example.scene, self.asked, self.world)
+
+
+def pope_probes(n_scenes: int, seed: int, cfg: WorldConfig = WorldConfig(), sampling: str = "adversarial",
+                k: int = 3, stats_scenes: int = 300) -> list[PopeQuestion]:
+    """The POPE questions of one sampling about ``n_scenes`` scenes (positives and negatives
+    interleaved), wrapped for demos (:class:`PopeQuestion`); labels are always the true ones."""
+    cfg = cfg.truthful()
+    questions, _ = pope_split(n_scenes, seed, cfg, k=k, stats_scenes=stats_scenes, samplings=[sampling],
+                              world=None)
+    return [PopeQuestion(ex, cfg) for ex in questions[sampling]]

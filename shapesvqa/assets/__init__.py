@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastrm_common.presets import Preset
 
-__all__ = ["REFERENCE", "reference_calibration_path", "reference_model_path", "reference_proxy_path"]
+__all__ = ["REFERENCE", "reference_calibration_path", "reference_model_path", "reference_proxy_path", "reference_world"]
 
 _REFERENCE = Path(__file__).parent / "reference-llava"
 
@@ -43,10 +43,29 @@ def reference_calibration_path() -> Path:
     return _CALIBRATION
 
 
-def _examples(n: int, seed: int) -> list:
-    from shapesvqa.world import generate
+def reference_world() -> str:
+    """The world (a name of ``shapesvqa.world.WORLDS``) the shipped model was trained on, from its
+    ``training.json`` ("default" for a model trained before worlds existed)."""
+    import json
 
-    return list(generate(n, seed=seed))
+    path = _REFERENCE / "training.json"
+    if not path.exists():
+        return "default"
+    return str(json.loads(path.read_text(encoding="utf-8")).get("train", {}).get("world", "default"))
+
+
+def _examples(n: int, seed: int) -> list:
+    from shapesvqa.world import WORLDS, generate
+
+    return list(generate(n, seed=seed, cfg=WORLDS[reference_world()].truthful()))
+
+
+def _pope_examples(n_scenes: int, seed: int) -> list:
+    """POPE adversarial questions (positives and negatives) about ``n_scenes`` scenes of the model's world."""
+    from shapesvqa.pope import pope_probes
+    from shapesvqa.world import WORLDS
+
+    return pope_probes(n_scenes, seed, WORLDS[reference_world()])
 
 
 REFERENCE = Preset(
@@ -55,6 +74,7 @@ REFERENCE = Preset(
     proxy=reference_proxy_path,
     calibration=reference_calibration_path,
     examples=_examples,
+    pope_examples=_pope_examples,
     description="the shipped ShapesVQA reference LLaVA with its proxy and calibration",
 )
 """The ``"reference"`` preset, registered through the ``fastrm_guard.presets`` entry point (pyproject.toml)."""

@@ -12,9 +12,11 @@ from shapesvqa.pope import (
     LOCATIONS,
     SAMPLINGS,
     TYPES,
+    describe_map,
     map_location,
     pope_metrics,
     pope_negatives,
+    pope_probes,
     pope_questions,
     pope_scenes,
     pope_split,
@@ -163,6 +165,44 @@ def test_map_location_groups():
     assert loc["argmax_on"] == "asked"
     flat = map_location(np.ones((8, 8)), pm, scene, "green cross", WorldConfig())
     assert flat["entropy"] == 1.0 and loc["entropy"] < 1.0
+
+
+def test_describe_map_names_the_object_under_the_peak():
+    from shapesvqa.grounding import object_patches
+    from shapesvqa.world import render_scene
+
+    cfg = WorldConfig(cooccurrence=(("red circle", "blue square", 0.0),), cue_rate=1.0, noise_std=(0.0, 0.0))
+    scene = next(s for s in (render_scene(np.random.default_rng([2, i]), cfg) for i in range(50))
+                 if len(s.objects) >= 2)
+    pm = object_patches(scene.masks, 12)
+    cue = [o.type for o in scene.objects].index("red circle")
+    m = np.full((8, 8), 0.01)
+    m[pm[cue]] = 1.0
+    # a hallucinated "yes" to the absent partner, its map on the cue
+    text = describe_map(m, scene, "blue square", cfg)
+    assert text.startswith("peak on the red circle (an object that co-occurs with the asked type")
+    other = next(k for k, o in enumerate(scene.objects) if k != cue)
+    m2 = np.full((8, 8), 0.01)
+    m2[pm[other] & ~pm[cue]] = 1.0
+    assert describe_map(m2, scene, scene.objects[other].type, cfg).startswith(
+        f"peak on the {scene.objects[other].type} (an object of the asked type)")
+    bg = ~pm.any(0)
+    m3 = np.where(bg, 1.0, 0.0)
+    m3[np.unravel_index(int(np.flatnonzero(bg)[0]), bg.shape)] = 5.0
+    assert describe_map(m3, scene, "green cross", cfg).startswith("peak on the background")
+
+
+def test_pope_probes_are_truthful_adversarial_questions_with_maps_described():
+    biased = world_config("cooccur", bias_rate=1.0)
+    probes = pope_probes(6, seed=9, cfg=biased, stats_scenes=60)
+    again = pope_probes(6, seed=9, cfg=biased, stats_scenes=60)
+    assert [p.question for p in probes] == [p.question for p in again] and len(probes) >= 12
+    assert {p.pope for p in probes} == {"positive", "adversarial"} and {p.family for p in probes} == {"pope"}
+    for p in probes:
+        present = {o.type for o in p.example.scene.objects}
+        assert p.answers == (["yes"] if p.asked in present else ["no"])  # the truth, whatever the world's bias
+        assert p.image.size == (96, 96)
+    assert probes[0].describe_map(np.ones((8, 8))).startswith("peak on")
 
 
 def test_eval_pope_cli_on_the_shipped_model(tmp_path):
