@@ -357,7 +357,8 @@ def print_report(report: dict, console: Console, title: str) -> None:
     console.print(f"P(first answer token) of hallucinated \"yes\": {v['p_yes_hallucinated']}; "
                   f"of correct \"yes\": {v['p_yes_correct_yes']}")
     t = Table(title="every score on the hallucinated \"yes\" answers (positives: hallucinated yes)")
-    for col in ("score", "AUROC vs correct yes", "vs all correct", "all wrong vs correct",
+    t.add_column("score", no_wrap=True)
+    for col in ("AUROC vs correct yes", "vs all correct", "all wrong vs correct",
                 "flagged at matched point", "own rule: flagged", "own rule: correct confident"):
         t.add_column(col, justify="right")
     for row in report["scores"]:
@@ -476,6 +477,9 @@ def main(argv=None):
                                     delta=calibration.delta or 0.1)
             except Exception as exc:  # noqa: BLE001 - a score the rule cannot fit is reported as such
                 console.print(f"[yellow]{label}: the rule cannot be fitted ({exc})[/yellow]")
+                continue
+            if c.threshold is None:
+                console.print(f"[yellow]{label}: the rule marks nothing confident on the fitting data[/yellow]")
                 continue
             own[label] = float(c.threshold)
     elif calibration.novelty_gate is not None:

@@ -4,7 +4,6 @@ import io
 import time
 
 import pytest
-
 from rich.console import Console
 
 from guardrail import Guard
