@@ -190,6 +190,7 @@ def measure(rows, meta, calibration: Calibration, cfg, fitted: dict[str, Any], o
     correct = np.array([r.correct for r in rows])
     halluc = (truth == "no") & (pred == "yes")
     correct_yes = (truth == "yes") & (pred == "yes")
+    kinds = np.array([examples[r.id].kind for r in rows])  # positive, or pope_<sampling> of its first set
     scorer = Scorer(calibration)
     evaluated = [scorer.evaluate(r.signals, group=r.signals.group) for r in rows]
     verdicts = np.array([e[2] for e in evaluated])
@@ -229,6 +230,10 @@ def measure(rows, meta, calibration: Calibration, cfg, fitted: dict[str, Any], o
         "wrong_no_uncertain": round(float(uncertain[(truth == "yes") & (pred != "yes")].mean()), 4)
         if ((truth == "yes") & (pred != "yes")).any() else None,
         "precision_confident": round(float(correct[~uncertain].mean()), 4) if (~uncertain).any() else None,
+        "correct_confident_by_kind": {str(k): round(float((~uncertain[correct & (kinds == k)]).mean()), 4)
+                                      for k in sorted(set(kinds)) if (correct & (kinds == k)).any()},
+        "hallucinated_uncertain_by_kind": {str(k): round(float(uncertain[halluc & (kinds == k)].mean()), 4)
+                                           for k in sorted(set(kinds)) if (halluc & (kinds == k)).any()},
         "gated": round(float(np.mean([e[0].get("novelty") is not None
                                       and e[0]["novelty"] >= calibration.novelty_gate.threshold for e in evaluated])), 4)
         if calibration.novelty_gate is not None else 0.0,
@@ -280,6 +285,14 @@ def measure(rows, meta, calibration: Calibration, cfg, fitted: dict[str, Any], o
                                  for lab in (*MAP_FEATURES, *TOKEN_FEATURES)},
     }
 
+    # why: a "yes" about a partner whose cue is in the scene (the co-occurrence prior), or another one
+    prior = np.array([bool(_partners(examples[r.id], cfg) & {o.type for o in examples[r.id].scene.objects})
+                      for r in rows])
+    report["why"] = {name: {"n": int(sel.sum()), "uncertain": round(float(uncertain[sel].mean()), 4) if sel.any() else None,
+                            "p_yes_median": round(float(np.nanmedian(p_yes[sel])), 4) if sel.any() else None}
+                     for name, sel in (("co-occurrence (its cue in the scene)", halluc & prior),
+                                       ("other (no cue of it in the scene)", halluc & ~prior))}
+
     # where the maps look
     report["maps"] = map_locations(rows, examples, cfg, halluc, correct_yes, uncertain)
     report["missed"] = [_describe(rows[i], examples[rows[i].id], p_yes[i], values, i)
@@ -287,6 +300,12 @@ def measure(rows, meta, calibration: Calibration, cfg, fitted: dict[str, Any], o
     report["_per_answer"] = {"truth": truth, "pred": pred, "verdict": verdicts, "p_yes": p_yes, "values": values,
                              "halluc": halluc}
     return report
+
+
+def _partners(ex, cfg) -> set[str]:
+    """The types forming a co-occurrence pair with the asked type in the world ``cfg``."""
+    asked = ex.question[:-1].split(maxsplit=3)[-1]
+    return {c for c, p, _ in cfg.cooccurrence if p == asked} | {p for c, p, _ in cfg.cooccurrence if c == asked}
 
 
 def _folds(scene_of: np.ndarray) -> np.ndarray:
@@ -354,6 +373,8 @@ def print_report(report: dict, console: Console, title: str) -> None:
                   f"uncertain; {v['correct']} correct answers, {_pct(v['correct_confident'])} kept confident "
                   f"(correct \"yes\": {_pct(v['correct_yes_confident'])}); precision of confident "
                   f"{_pct(v['precision_confident'])}; gated {_pct(v['gated'])}")
+    console.print(f"correct answers kept confident, by question kind: {v['correct_confident_by_kind']}; "
+                  f"hallucinated \"yes\" marked uncertain, by kind: {v['hallucinated_uncertain_by_kind']}")
     console.print(f"P(first answer token) of hallucinated \"yes\": {v['p_yes_hallucinated']}; "
                   f"of correct \"yes\": {v['p_yes_correct_yes']}")
     t = Table(title="every score on the hallucinated \"yes\" answers (positives: hallucinated yes)")
@@ -368,6 +389,9 @@ def print_report(report: dict, console: Console, title: str) -> None:
     console.print(t)
     console.print(f"who catches the hallucinated \"yes\" ({report['catches']['by']}): "
                   + ", ".join(f"{k}: {c}" for k, c in report["catches"].items() if k != "by"))
+    console.print("hallucinated \"yes\" by cause: " + "; ".join(
+        f"{k}: {w['n']} ({_pct(w['uncertain'])} uncertain, median P(yes) {_f(w['p_yes_median'])})"
+        for k, w in report["why"].items()))
     console.print(f"missed by the verdict but flagged by a map score at the matched point: {report['catches_map_only_scores']}")
     a = report["among_confident"]
     console.print(f"among answers the verdict keeps confident: {a['hallucinated_yes']} hallucinated yes, "
