@@ -136,8 +136,9 @@ artifacts: reference-model reference-proxy reference-calibration
 # Resumable: re-running a target continues the training run from $(HRUN)/model/checkpoint.pt.
 # Further world seeds: 1001 the POPE monitor in the training log, 105/106 this proxy's train/eval
 # splits, 107 this calibration, 108 the POPE acceptance split (the bars and the guard's
-# hallucination table), 2721 the development split of benchmarks/hallucination_guard.py, 2029 the
-# demo's POPE scenes.
+# hallucination table), 2721-2723 the development of benchmarks/hallucination_guard.py on
+# intermediate exports (its POPE split, a quick calibration, a quick proxy's data), 2029 the demo's
+# POPE scenes.
 HWORLD ?= cooccur
 HWORLD_ARGS ?=
 HRUN := $(RUN)/hallucination

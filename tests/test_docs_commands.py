@@ -123,6 +123,9 @@ def test_quickstart_numbers_of_the_demo_are_the_program_defaults():
     args = build_parser().parse_args(["demo"])
     defaults = {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
     assert (args.pool, args.seed, args.out) == (scenes, seed, "guardrail-demo")
+    pope_scenes, pope_seed = map(int, re.search(r"about (\d+) more scenes \(seed (\d+)\)", text).groups())
+    assert (args.pope_scenes, args.pope_seed) == (pope_scenes, pope_seed)
+    assert (defaults["pope_scenes"], defaults["pope_seed"]) == (pope_scenes, pope_seed)
     assert (defaults["max_new_tokens"], defaults["show_right"], defaults["show_wrong"]) == (tokens, right, wrong)
     run_default = int(re.search(r"`--max-new-tokens N` \(default (\d+)\)", text).group(1))
     assert build_parser().parse_args(["run", "--image", "i", "--question", "q"]).max_new_tokens == run_default
