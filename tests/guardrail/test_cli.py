@@ -160,8 +160,12 @@ def test_demo_command_on_given_artifacts(saved, tmp_path):
     assert code == 0, text
     assert "8 scenes" in text and "verdict" in text and "trace" in text
     assert list(out.glob("*_overlay.png"))
+    import re
+
+    pope = int(re.search(r"POPE \(adversarial negatives\): (\d+) questions", " ".join(text.split())).group(1))
+    assert pope > 0  # the preset's POPE questions are asked too, one traced call each
     code, view = run_cli("view", out / "trace.jsonl")
-    assert code == 0 and view.count("guarded call") == 8
+    assert code == 0 and view.count("guarded call") == 8 + pope
 
 
 @pytest.fixture
