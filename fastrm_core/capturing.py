@@ -233,7 +233,9 @@ def capture(
         with torch.no_grad():
             if cap.prompt_ids is None:
                 _prefill(ids, hidden)
-            elif ids is not None and bool(torch.isin(ids, placeholders.to(ids.device)).any()):
+            elif ids is not None and ids.shape[-1] > 1 and bool(torch.isin(ids, placeholders.to(ids.device)).any()):
+                # a decode step feeds one token per row: only a multi-token input can be a new prompt,
+                # so the per-token path reads a shape, not the device (no host sync per token)
                 raise CaptureError("a second prompt reached the model inside one capture block: use one block per generate call")
             _step(last)
 

@@ -121,6 +121,17 @@ def test_hooks_removed_also_on_error(tiny_llava, proxy, make_inputs):
     assert hooks(model) == before
 
 
+def test_a_second_prompt_in_one_block_is_refused(tiny_llava, proxy, make_inputs):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?",))
+    before = hooks(model)
+    with pytest.raises(CaptureError, match="second prompt"):
+        with capture(model, proxy):
+            model.generate(**inputs, **gen_kwargs(model, 3, do_sample=False))
+            model.generate(**inputs, **gen_kwargs(model, 3, do_sample=False))
+    assert hooks(model) == before
+
+
 def test_nan_states_raise_capture_error(tiny_llava, proxy, make_inputs):
     model, processor = tiny_llava
     inputs = make_inputs(processor)
