@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from fastrm_core.adapters import _refusal, adapter_for_config, get_adapter
+from fastrm_common.errors import InputError
 from fastrm_common.presets import resolve_model
 
 __all__ = ["load_vlm"]
@@ -40,7 +41,11 @@ def load_vlm(name_or_path: str | Path, *, dtype: torch.dtype | str | None = None
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; expected one of: {', '.join(_DTYPES)}")
         dtype = _DTYPES[dtype]
-    config = AutoConfig.from_pretrained(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except OSError as exc:  # a missing folder or an id the offline cache does not hold
+        raise InputError(f"cannot load a model from {str(name_or_path)!r}: no such folder, and not a model id "
+                         f"available offline ({type(exc).__name__})") from exc
     adapter_cls = adapter_for_config(config)
     if adapter_cls is None:
         raise _refusal(config, str(name_or_path))

@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from fastrm_common.errors import GuardrailError
+
 __all__ = ["main"]
 
 # Defaults that make a first `shapesvqa export` / `shapesvqa eval` work without options.
@@ -105,10 +107,9 @@ def _eval(args) -> int:
         from .assets import reference_model_path
 
         model_dir = reference_model_path()
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from fastrm_core.loading import load_vlm
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model, processor = load_vlm(model_dir, dtype=torch.float32)
     proxy = None
     if method == "proxy":
         if proxy_path is None:
@@ -216,19 +217,30 @@ def _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir
     return 0
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count of questions, scenes, objects, threads ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="shapesvqa", description="ShapesVQA: synthetic grounded VQA and its reference model")
     sub = ap.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("export", help="write PNG images, PNG evidence masks and data.jsonl")
-    ex.add_argument("--n", type=int, default=EXPORT_N, help=f"number of questions (default {EXPORT_N})")
+    ex.add_argument("--n", type=_count, default=EXPORT_N, help=f"number of questions (default {EXPORT_N})")
     ex.add_argument("--seed", type=int, default=EXPORT_SEED,
                     help=f"world seed: the same seed gives the same questions (default {EXPORT_SEED})")
     ex.add_argument("--out", type=Path, default=Path(EXPORT_OUT),
                     help=f"output folder for data.jsonl, images/, masks/ (default {EXPORT_OUT})")
     ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
-    ex.add_argument("--min-objects", type=int, default=2)
-    ex.add_argument("--max-objects", type=int, default=6)
+    ex.add_argument("--min-objects", type=_count, default=2)
+    ex.add_argument("--max-objects", type=_count, default=6)
     _world_args(ex)
     ex.add_argument("--bias-rate", type=float, default=None,
                     help="label this share of partner questions 'yes' (default: truthful labels, bias 0)")
@@ -241,16 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--method", nargs="+", default=["gradient"], metavar="METHOD [PATH]",
                     help="gradient (default), none, or proxy [PATH] (default PATH: the shipped proxy, with the shipped model)")
     ev.add_argument("--proxy", type=Path, default=None, help="proxy folder (same as --method proxy PATH)")
-    ev.add_argument("--n", type=int, default=1000)
+    ev.add_argument("--n", type=_count, default=1000)
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--out", type=Path, default=Path(EVAL_OUT), help=f"JSON report (default {EVAL_OUT})")
     ev.add_argument("--rows", type=Path, default=None, help="also write per-question rows as JSONL")
     ev.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
-    ev.add_argument("--min-objects", type=int, default=2)
-    ev.add_argument("--max-objects", type=int, default=6)
+    ev.add_argument("--min-objects", type=_count, default=2)
+    ev.add_argument("--max-objects", type=_count, default=6)
     ev.add_argument("--by-kind", action="store_true", help="also print a row per question kind")
-    ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--batch-size", type=_count, default=32)
+    ev.add_argument("--threads", type=_count, default=2)
     _world_args(ev)
     ev.add_argument("--pope", action="store_true",
                     help="POPE table (random / popular / adversarial) and the maps of hallucinated 'yes' answers; "
@@ -266,8 +278,8 @@ def _world_args(ap: argparse.ArgumentParser) -> None:
 
     ap.add_argument("--world", choices=list(WORLDS), default="default",
                     help="world preset (default: the shipped model's world; see docs/shapesvqa.md)")
-    ap.add_argument("--pope-k", type=int, default=3, help="POPE: positives (and negatives) per scene")
-    ap.add_argument("--stats-scenes", type=int, default=1000,
+    ap.add_argument("--pope-k", type=_count, default=3, help="POPE: positives (and negatives) per scene")
+    ap.add_argument("--stats-scenes", type=_count, default=1000,
                     help="POPE: count type frequencies over at least this many scenes of the split")
 
 
@@ -277,7 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         from fastrm_core.verbosity import quiet_model_loading
 
         quiet_model_loading(args.model, verbose=args.verbose)
-    return args.func(args)
+    try:
+        return int(args.func(args) or 0)
+    except GuardrailError as exc:  # raised on purpose: one line, no traceback
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
 
 
 if __name__ == "__main__":

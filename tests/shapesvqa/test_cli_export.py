@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from shapesvqa.cli import main
@@ -59,3 +60,20 @@ def test_export_works_without_options(tmp_path, monkeypatch):
     defaults = build_parser().parse_args(["export"])
     assert (defaults.n, defaults.seed, str(defaults.out)) == (100, 0, "shapesvqa-data")
     assert str(build_parser().parse_args(["eval"]).out) == "shapesvqa-eval.json"
+
+
+@pytest.mark.parametrize("argv", [["export", "--n", "-3"], ["export", "--n", "0"], ["eval", "--pope", "--n", "-3"],
+                                  ["eval", "--batch-size", "0"], ["export", "--max-objects", "two"]])
+def test_counts_below_one_are_usage_errors_not_tracebacks(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected a" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_a_missing_model_folder_is_one_line(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nowhere"), "--n", "2", "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load a model from" in err and "Traceback" not in err
