@@ -38,8 +38,13 @@ test: install browser lint
 # Ray, a live server under load, Hypothesis, the headless browser, subprocess kills; README gives the times).
 # A module whose every test is slow is not even imported (tests/conftest.py), nor is
 # Hypothesis (only slow tests use it; its pytest plugin would import it for the summary).
+# Two pytest-xdist workers by default (each pays ~13 s of torch/transformers imports, so more workers
+# only pay off on more cores): FAST_WORKERS=4 make test-fast, or FAST_WORKERS=0 for one process.
+# --dist loadfile: a test file runs whole, in order, on one worker (module-scoped servers and models
+# are built once).
+FAST_WORKERS ?= 2
 test-fast: install lint
-	$(BIN)/python -m pytest -q -m "not slow" -p no:hypothesispytest
+	$(BIN)/python -m pytest -q -m "not slow" -p no:hypothesispytest -n $(FAST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/python -m ruff check .

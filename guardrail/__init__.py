@@ -19,6 +19,8 @@ _LAZY = {
     "JsonlFileSpanExporter": "guardrail.exporters",
     "configure_tracing": "guardrail.exporters",
     "Guard": "guardrail.guard",
+    "GuardHooks": "guardrail.instrumentation",
+    "RowReport": "guardrail.instrumentation",
     "load_image": "guardrail.guard",
     "Limits": "guardrail.limits",
     "read_trace_jsonl": "guardrail.otlp_json",
@@ -33,6 +35,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from guardrail.exporters import JsonlFileSpanExporter, configure_tracing
     from guardrail.guard import Guard, load_image
+    from guardrail.instrumentation import GuardHooks, RowReport
     from guardrail.limits import Limits
     from guardrail.otlp_json import read_trace_jsonl
     from guardrail.result import GuardResult, Timings, TokenEvent
@@ -43,10 +46,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Guard",
+    "GuardHooks",
     "GuardResult",
     "JsonlFileSpanExporter",
     "Limits",
     "MapBudget",
+    "RowReport",
     "Timings",
     "TokenEvent",
     "configure_tracing",

@@ -45,7 +45,7 @@ from fastrm_common.errors import CaptureError, GuardrailError, InputError, Polic
 from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
-from .instrumentation import GuardHooks, OpenTelemetryHooks, RowReport
+from .instrumentation import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
 from .render import view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, MapRegion, Timings, TokenEvent
@@ -177,6 +177,11 @@ class Guard:
             (``fastrm.maps.file``), for when the span's byte budget is too small.
         limits: bounds on one call (:class:`~guardrail.limits.Limits`: image pixels and aspect
             ratio, question characters and tokens, ``max_new_tokens``), checked before any model work.
+        meter_provider: OpenTelemetry meter provider for the guard's metrics (default: the global one).
+        hooks: your own :class:`~guardrail.instrumentation.GuardHooks` (one or a sequence), called at
+            the same points of every call as the OpenTelemetry hooks and after them (the row's
+            :class:`~guardrail.instrumentation.RowReport`: result, decision, the model's own answer,
+            timings); their errors are logged and dropped, never raised into the call.
     """
 
     def __init__(
@@ -196,9 +201,19 @@ class Guard:
         maps_dir: str | os.PathLike | None = None,
         limits: Limits | None = None,
         meter_provider: Any = None,
+        hooks: GuardHooks | Sequence[GuardHooks] | None = None,
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
+        if hooks is None or isinstance(hooks, GuardHooks):
+            user_hooks = [] if hooks is None else [hooks]
+        elif isinstance(hooks, (list, tuple)):
+            user_hooks = list(hooks)
+        else:
+            raise InputError(f"hooks must be a guardrail.GuardHooks or a list of them, got {type(hooks).__name__}")
+        for h in user_hooks:
+            if not isinstance(h, GuardHooks):
+                raise InputError(f"hooks must be guardrail.GuardHooks instances, got {type(h).__name__}")
         self.limits = limits or Limits()
         self.model = model
         self.processor = processor
@@ -241,6 +256,8 @@ class Guard:
             calibration_id=self.calibration_id,
             score_name="none" if self.calibration is None else self.calibration.score.name,
             aggregation="none" if self.calibration is None else self.calibration.aggregation)
+        if user_hooks:
+            self._hooks = HookChain([self._hooks, *user_hooks])
         self._lock = _model_lock(model)
         tok = processor.tokenizer
         self._eos_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok)

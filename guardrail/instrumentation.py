@@ -12,23 +12,30 @@ The Guard knows nothing about spans, attributes, events or metrics: it calls the
                 hooks.row_done(row, report)         #     the row's outcome (a RowReport)
         hooks.call_done(call, reports, kwargs)      #   every row's outcome
 
-:class:`GuardHooks` is the no-op base; :class:`OpenTelemetryHooks` (what the Guard uses) opens a
+:class:`GuardHooks` is the no-op base; :class:`OpenTelemetryHooks` (what the Guard always uses) opens a
 ``chat {model}`` span per call and an ``apply_guardrail fastrm`` span per row, writes GenAI and
 OpenInference attributes, token events with encoded maps, the verdict event and the metrics.
 
 Contract: a hook never raises and never stalls the call. ``OpenTelemetryHooks`` starts and ends
 spans in a bounded worker (:func:`guardrail.contained.contained_span`) and swallows every error
 of its own annotation code: telemetry never breaks inference.
+
+Your own hooks: subclass :class:`GuardHooks` and pass ``Guard(..., hooks=[MyHooks()])``; they run
+after the OpenTelemetry hooks, at the same points, through a :class:`HookChain` that logs and drops
+their errors. They run on the calling thread, inside the call: keep them quick (hand slow work to a
+queue of your own).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .result import GuardResult
 
-__all__ = ["GuardHooks", "OpenTelemetryHooks", "RowReport"]
+__all__ = ["GuardHooks", "HookChain", "OpenTelemetryHooks", "RowReport"]
 
 
 @dataclass(frozen=True)
@@ -317,3 +324,86 @@ class OpenTelemetryHooks(GuardHooks):
             semconv.FASTRM_MAPS_DROPPED: n_tokens - len(plan.encoded),  # incl. tokens without an event
             semconv.FASTRM_TOKEN_EVENTS_DROPPED: n_tokens - len(emitted),
         })
+
+
+_log = logging.getLogger(__name__)
+
+
+def _hook_failed(hook: GuardHooks, point: str) -> None:
+    _log.warning("guard hook %s.%s raised; ignored (hooks never break the call)", type(hook).__qualname__, point,
+                 exc_info=True)
+
+
+@contextmanager
+def _contained(hook: GuardHooks, point: str, enter: Any) -> Iterator[Any]:
+    """``enter()``'s context manager with its own errors logged and dropped: a hook that raises on entry
+    yields None, one that raises on exit is ignored, and the Guard's own exception always propagates
+    (a hook cannot swallow it)."""
+    try:
+        cm = enter()
+        handle = cm.__enter__()
+    except Exception:
+        _hook_failed(hook, point)
+        yield None
+        return
+    try:
+        yield handle
+    except BaseException as exc:
+        try:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception:
+            _hook_failed(hook, point)
+        raise
+    else:
+        try:
+            cm.__exit__(None, None, None)
+        except Exception:
+            _hook_failed(hook, point)
+
+
+class HookChain(GuardHooks):
+    """Several :class:`GuardHooks` called in order at each point; what the Guard uses when it is given
+    ``hooks=``. The first hook (the Guard's own ``OpenTelemetryHooks``) is trusted to keep the contract;
+    an error of any later one is logged (logger ``guardrail.instrumentation``) and dropped, so a user
+    hook cannot break or change the call. ``row_ids`` come from the first hook that gives any."""
+
+    def __init__(self, hooks: Sequence[GuardHooks]) -> None:
+        self.hooks = list(hooks)
+
+    def _each(self, point: str, handles: Sequence[Any], *args: Any) -> None:
+        for hook, handle in zip(self.hooks, handles):
+            try:
+                getattr(hook, point)(handle, *args)
+            except Exception:
+                _hook_failed(hook, point)
+
+    @contextmanager
+    def call(self, *, start_time: int | None = None) -> Iterator[tuple]:
+        with ExitStack() as stack:
+            yield tuple(stack.enter_context(_contained(h, "call", partial(h.call, start_time=start_time)))
+                        for h in self.hooks)
+
+    def call_failed(self, call: tuple) -> None:
+        self._each("call_failed", call)
+
+    def call_done(self, call: tuple, reports: Sequence[RowReport], kwargs: dict[str, Any]) -> None:
+        self._each("call_done", call, reports, kwargs)
+
+    @contextmanager
+    def row(self, call: tuple) -> Iterator[tuple]:
+        with ExitStack() as stack:
+            yield tuple(stack.enter_context(_contained(h, "row", partial(h.row, c))) for h, c in zip(self.hooks, call))
+
+    def row_ids(self, row: tuple) -> dict[str, str]:
+        for hook, handle in zip(self.hooks, row):
+            try:
+                ids = hook.row_ids(handle)
+            except Exception:
+                _hook_failed(hook, "row_ids")
+                continue
+            if ids:
+                return dict(ids)
+        return {}
+
+    def row_done(self, row: tuple, report: RowReport) -> None:
+        self._each("row_done", row, report)

@@ -72,7 +72,9 @@ def test_other_extras_install_again(project):
 
 def test_make_test_fast_lints_and_leaves_out_the_slow_tests(project):
     make(project, "test")
-    assert make(project, "test-fast") == ["-m ruff check .", "-m pytest -q -m not slow -p no:hypothesispytest"]
+    assert make(project, "test-fast") == ["-m ruff check .", "-m pytest -q -m not slow -p no:hypothesispytest -n 2 --dist loadfile"]
+    one = make(project, "test-fast", "FAST_WORKERS=0")  # one process, as pytest-xdist reads -n 0
+    assert one == ["-m ruff check .", "-m pytest -q -m not slow -p no:hypothesispytest -n 0 --dist loadfile"]
 
 
 def test_the_fast_loop_does_not_import_modules_whose_every_test_is_slow(tmp_path, request):

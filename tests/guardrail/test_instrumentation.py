@@ -129,3 +129,119 @@ def test_the_base_hooks_do_nothing(recorded, image):
     guard._hooks = GuardHooks()
     assert guard.generate(image, "What color?", **KW).maps is not None
     assert isinstance(list(guard.stream(image, "What color?", **KW))[-1], GuardResult)
+
+
+# ---------------------------------------------------------------- your own hooks: Guard(hooks=...)
+def _traced_guard(tiny_llava, tiny_proxy, calibration, **kwargs):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration, tracer_provider=provider, **kwargs), exporter
+
+
+def test_user_hooks_see_every_point_after_the_spans_and_the_spans_stay(tiny_llava, tiny_proxy, calibration_uncertain,
+                                                                       image):
+    rec = Recorder()
+    guard, exporter = _traced_guard(tiny_llava, tiny_proxy, calibration_uncertain, hooks=rec)
+    result = guard.generate(image, "What color?", **KW)
+    # the same sequence as the Guard's own hooks, with the user's handles; row_ids are asked of the
+    # user's hook only when the OpenTelemetry hooks have none (they have: the row's span ids)
+    assert rec.log == [("call", False), ("row", "call-handle"), ("row_done", "row-1", 0, 1), ("row exit",),
+                       ("call_done", "call-handle", [0], 3), ("call exit",)]
+    assert sorted(s.name.split()[0] for s in exporter.get_finished_spans()) == ["apply_guardrail", "chat"]
+    assert result.maps is not None
+
+
+class Report(GuardHooks):
+    def __init__(self):
+        self.reports = []
+
+    def row_done(self, row, report):
+        self.reports.append(report)
+
+
+def test_user_hooks_get_the_result_the_decision_and_the_withheld_answer(tiny_llava, tiny_proxy,
+                                                                        calibration_uncertain, image):
+    first, second = Report(), Report()
+    guard = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, hooks=[first, second],
+                  policy="strict")
+    results = guard.generate_batch([(image, "What color?"), (image, "What shape?")], **KW)
+    assert [r.result for r in first.reports] == results and [r.result for r in second.reports] == results
+    for report in first.reports:
+        assert report.result.verdict == "uncertain" and report.decision.action == report.result.action
+        assert report.n_rows == 2 and report.model_s > 0 and report.answer  # the model's own words
+        assert report.guard_s == report.result.timings.guard_s
+
+
+class Broken(GuardHooks):
+    """Raises at every point, entering and leaving its context managers included."""
+
+    def __init__(self, where):
+        self.where = where
+
+    @contextmanager
+    def call(self, *, start_time=None):
+        if self.where == "enter":
+            raise RuntimeError("hook broke entering the call")
+        yield self
+        if self.where == "exit":
+            raise RuntimeError("hook broke leaving the call")
+
+    @contextmanager
+    def row(self, call):
+        if self.where == "enter":
+            raise RuntimeError("hook broke entering the row")
+        yield self
+        if self.where == "exit":
+            raise RuntimeError("hook broke leaving the row")
+
+    def call_failed(self, call):
+        raise RuntimeError("hook broke in call_failed")
+
+    def call_done(self, call, reports, kwargs):
+        reports[0].result.text = "changed by a hook"  # GuardResult is mutable: a hook could; see below
+        raise RuntimeError("hook broke in call_done")
+
+    def row_ids(self, row):
+        raise RuntimeError("hook broke in row_ids")
+
+    def row_done(self, row, report):
+        raise RuntimeError("hook broke in row_done")
+
+
+@pytest.mark.parametrize("where", ["enter", "exit"])
+def test_a_raising_hook_is_logged_and_never_breaks_the_call_nor_the_hooks_after_it(
+        tiny_llava, tiny_proxy, calibration_uncertain, image, where, caplog):
+    after = Recorder()
+    guard, exporter = _traced_guard(tiny_llava, tiny_proxy, calibration_uncertain, hooks=[Broken(where), after])
+    with caplog.at_level("WARNING", logger="guardrail.instrumentation"):
+        results = [guard.generate(image, "What color?", **KW), list(guard.stream(image, "What color?", **KW))[-1]]
+    assert all(isinstance(r, GuardResult) and r.maps is not None and not r.unguarded for r in results)
+    assert [e[0] for e in after.log].count("row_done") == 2  # the hook after the broken one still ran
+    assert len(exporter.get_finished_spans()) == 4  # and so did the spans
+    broke = {r.getMessage().split()[2] for r in caplog.records}
+    assert {"Broken.call", "Broken.row", "Broken.row_done", "Broken.call_done"} <= broke
+
+
+def test_a_raising_hook_cannot_hide_or_replace_the_models_own_exception(tiny_llava, tiny_proxy,
+                                                                        calibration_uncertain, image, monkeypatch):
+    after = Recorder()
+    guard, exporter = _traced_guard(tiny_llava, tiny_proxy, calibration_uncertain, hooks=[Broken("exit"), after])
+    _break_generate(monkeypatch, guard, RuntimeError("device lost"))
+    with pytest.raises(RuntimeError, match="device lost"):
+        guard.generate(image, "What color?", **KW)
+    assert after.log == [("call", False), ("call_failed", "call-handle"), ("call exit",)]
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR and span.attributes["error.type"] == "RuntimeError"
+
+
+@pytest.mark.parametrize("bad", [object(), [Recorder(), "not a hook"], print])
+def test_hooks_that_are_not_guard_hooks_are_refused(tiny_llava, tiny_proxy, bad):
+    with pytest.raises(InputError, match="GuardHooks"):
+        Guard(*tiny_llava, proxy=tiny_proxy, hooks=bad)
+
+
+def test_the_hooks_are_public_names():
+    import guardrail
+
+    assert guardrail.GuardHooks is GuardHooks and guardrail.RowReport is RowReport

@@ -132,8 +132,10 @@ def test_auth_required_and_refused(server, scenes):
     assert resp.status == 401 and resp.getheader("WWW-Authenticate") == "Bearer"
 
 
-def test_models_health_ready_and_metrics(client, server):
+def test_models_health_ready_and_metrics(client, server, scenes):
     assert [m.id for m in client.models.list().data] == [MODEL]
+    image, question = scenes[0]  # one answer of its own (under pytest-xdist, another worker may run the rest)
+    client.chat.completions.create(model=MODEL, messages=user_message(image, question))
     conn = http.client.HTTPConnection(server.url[7:], timeout=10)
     for path, status in (("/healthz", 200), ("/readyz", 200)):
         conn.request("GET", path)
