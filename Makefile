@@ -80,26 +80,35 @@ clean:
 # ---------------------------------------------------------------------------------------------
 # Shipped artifacts, in dependency order: model -> proxy -> calibration -> demo.
 # When an upstream artifact changes, rebuild the downstream ones (`make artifacts` does all three).
-# World seeds: 4017/4018 train the model (--seed 4), 999/1000 its monitoring, 4242 the choice between
-# model runs, 101/102 the proxy (104 its development split), 103 the calibration, 2026 the demo,
-# 7 the acceptance evaluation, 31337 the model's documented figures, 8086 the acceptance split of the
-# shipped calibration's score and guarantee (`make acceptance`); no split is reused.
+# The reference model's world is `cooccur-confident` (docs/shapesvqa.md, *Hallucination worlds*):
+# co-occurring object types and biased "yes" labels on 80% of the questions about four absent
+# partners, so that it hallucinates objects as real VLMs do (issue 15); its attention supervision
+# stays on for the whole run (--attn-warmup 1.0 --attn-fade 0), which kept its maps on the object.
+# World seeds: 4017/4018 train the model (--seed 4), 999/1000 and 1001 its monitoring, 2724 the choice
+# between model runs, 105/106 the proxy, 107 the calibration, 2026 the demo (2029 its POPE scenes),
+# 108 the model's POPE acceptance and the guard on hallucinations, 8086 the acceptance split of the
+# shipped calibration's score and guarantee (`make acceptance`); 2721-2723 developed
+# benchmarks/hallucination_guard.py on earlier models. No split is reused.
 RUN := runs
 FASTRM := $(BIN)/fastrm
 SHAPES := $(BIN)/shapesvqa
+WORLD := cooccur-confident
+MODEL_RECIPE := --seed 4 --world $(WORLD) --attn-warmup 1.0 --attn-fade 0.0
 
-.PHONY: reference-model reference-proxy reference-calibration acceptance artifacts
+.PHONY: reference-model reference-proxy reference-calibration acceptance artifacts hallucination-pope \
+	hallucination-guard
 
+# ~50 min on one CPU thread; resumable (re-running continues from $(RUN)/reference/checkpoint.pt).
 reference-model: install
-	$(BIN)/python -m shapesvqa.train --run $(RUN)/reference --seed 4 --ship
+	$(BIN)/python -m shapesvqa.train --run $(RUN)/reference $(MODEL_RECIPE) --ship
 
 reference-proxy: install
-	$(SHAPES) export --n 24000 --seed 101 --out $(RUN)/data/proxy-train
+	$(SHAPES) export --n 24000 --seed 105 --world $(WORLD) --out $(RUN)/data/proxy-train
 	$(FASTRM) distill build --data $(RUN)/data/proxy-train/data.jsonl --out $(RUN)/proxy-dataset \
 		--model shapesvqa/assets/reference-llava --max-new-tokens 6 --backend ray --workers 2 --overwrite
 	$(FASTRM) distill train --data $(RUN)/proxy-dataset --out shapesvqa/assets/reference-proxy \
 		--lr 2e-3 --steps 40000 --lr-schedule cosine --batch-size 128 --seed 0 --pos-weight 1.5 --select f1
-	$(SHAPES) export --n 2000 --seed 102 --out $(RUN)/data/proxy-eval
+	$(SHAPES) export --n 2000 --seed 106 --world $(WORLD) --out $(RUN)/data/proxy-eval
 	$(FASTRM) distill eval --data $(RUN)/data/proxy-eval/data.jsonl --out shapesvqa/assets/reference-proxy-eval.json \
 		--backend ray --workers 2
 
@@ -109,8 +118,10 @@ reference-proxy: install
 CALIBRATION_FLAGS := --fit-fraction 0.5 --seed 0 --score low_margin --aggregation max \
 	--rule guaranteed_precision --target-precision 0.98 --delta 0.1 --novelty-quantile 0.995
 
+# The calibration data are the model's world with true labels (export never writes biased ones):
+# its questions about a missing partner are the model's chances to hallucinate.
 reference-calibration: install
-	$(SHAPES) export --n 4000 --seed 103 --out $(RUN)/data/calibration
+	$(SHAPES) export --n 4000 --seed 107 --world $(WORLD) --out $(RUN)/data/calibration
 	$(BIN)/guardrail calibrate --data $(RUN)/data/calibration/data.jsonl --batch-size 32 \
 		--out shapesvqa/assets/reference-calibration.json $(CALIBRATION_FLAGS) \
 		--plot docs/img/reference-calibration-kde.png --scores-out $(RUN)/calibration-scores.jsonl \
@@ -121,7 +132,7 @@ reference-calibration: install
 # The shipped calibration on a split nothing else used: AUROC, share confident and precision, the
 # guarantee over 100 random refits, and the out-of-distribution table.
 acceptance: install
-	$(SHAPES) export --n 2000 --seed 8086 --out $(RUN)/data/acceptance
+	$(SHAPES) export --n 2000 --seed 8086 --world $(WORLD) --out $(RUN)/data/acceptance
 	$(BIN)/guardrail calibrate --data $(RUN)/data/acceptance/data.jsonl --batch-size 32 \
 		--out $(RUN)/acceptance-calibration.json $(CALIBRATION_FLAGS) --signals-out $(RUN)/acceptance-signals.jsonl
 	$(BIN)/python benchmarks/guarantee_check.py $(RUN)/acceptance-signals.jsonl --splits 100
@@ -129,59 +140,15 @@ acceptance: install
 
 artifacts: reference-model reference-proxy reference-calibration
 
-# ---------------------------------------------------------------------------------------------
-# The hallucination reference model (issue 15; NOT shipped yet). The same chain as above on the
-# `cooccur` world (co-occurring object types + 55% biased "yes" labels on questions about an absent
-# partner; docs/shapesvqa.md, *Hallucination worlds*), written under $(HRUN) so that the shipped
-# assets stay untouched until the model meets its bars (POPE adversarial accuracy 0.78-0.93,
-# random >= 0.90, attribute accuracy >= 0.95, attribute pointing >= 0.90, proxy F1 >= 0.80).
-#   make hallucination-artifacts                 # ~40 min model + proxy + calibration on a CPU
-#   make hallucination-model HWORLD_ARGS="--world-bias-rate 0.5"   # another share of biased labels
-#   make hallucination-artifacts HWORLD=cooccur-confident          # confident hallucinations, 4 partners
-# Resumable: re-running a target continues the training run from $(HRUN)/model/checkpoint.pt.
-# Further world seeds: 1001 the POPE monitor in the training log, 105/106 this proxy's train/eval
-# splits, 107 this calibration, 108 the POPE acceptance split (the bars and the guard's
-# hallucination table), 2721-2723 the development of benchmarks/hallucination_guard.py on
-# intermediate exports (its POPE split, a quick calibration, a quick proxy's data), 2029 the demo's
-# POPE scenes.
-HWORLD ?= cooccur
-HWORLD_ARGS ?=
-HRUN := $(RUN)/hallucination
-HMODEL := $(HRUN)/model/final
-
-.PHONY: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration hallucination-guard \
-	hallucination-artifacts
-
-hallucination-model: install
-	$(BIN)/python -m shapesvqa.train --run $(HRUN)/model --seed 4 --world $(HWORLD) $(HWORLD_ARGS)
-
+# Object hallucination (issue 15) on a split nothing else used (seed 108): the model's POPE table and
+# per-family figures, then the shipped guard on its hallucinations (the share of hallucinated "yes"
+# answers each score flags and its AUROC, who catches what, where the maps look).
 hallucination-pope: install
-	$(SHAPES) eval --pope --world $(HWORLD) --model $(HMODEL) --n 500 --seed 108 \
-		--out $(HRUN)/pope.json --rows $(HRUN)/pope-rows.jsonl
-	$(SHAPES) eval --world $(HWORLD) --model $(HMODEL) --n 2000 --seed 108 --by-kind --out $(HRUN)/eval.json
+	$(SHAPES) eval --pope --world $(WORLD) --n 500 --seed 108 --out $(RUN)/pope.json --rows $(RUN)/pope-rows.jsonl
+	$(SHAPES) eval --world $(WORLD) --n 2000 --seed 108 --by-kind --out $(RUN)/eval.json
 
-hallucination-proxy: install
-	$(SHAPES) export --n 24000 --seed 105 --world $(HWORLD) --out $(HRUN)/data/proxy-train
-	$(FASTRM) distill build --data $(HRUN)/data/proxy-train/data.jsonl --out $(HRUN)/proxy-dataset \
-		--model $(HMODEL) --max-new-tokens 6 --backend ray --workers 2 --overwrite
-	$(FASTRM) distill train --data $(HRUN)/proxy-dataset --out $(HRUN)/proxy \
-		--lr 2e-3 --steps 40000 --lr-schedule cosine --batch-size 128 --seed 0 --pos-weight 1.5 --select f1
-	$(SHAPES) export --n 2000 --seed 106 --world $(HWORLD) --out $(HRUN)/data/proxy-eval
-	$(FASTRM) distill eval --data $(HRUN)/data/proxy-eval/data.jsonl --out $(HRUN)/proxy-eval.json \
-		--model $(HMODEL) --proxy $(HRUN)/proxy --backend ray --workers 2
-
-hallucination-calibration: install
-	$(SHAPES) export --n 4000 --seed 107 --world $(HWORLD) --out $(HRUN)/data/calibration
-	$(BIN)/guardrail calibrate --data $(HRUN)/data/calibration/data.jsonl --model $(HMODEL) --proxy $(HRUN)/proxy \
-		--batch-size 32 --out $(HRUN)/calibration.json $(CALIBRATION_FLAGS) --scores-out $(HRUN)/calibration-scores.jsonl \
-		--signals-out $(HRUN)/calibration-signals.jsonl
-
-# The guard on hallucinations (issue 15, point 4): on the POPE acceptance split, the share of
-# hallucinated "yes" answers each score flags and its AUROC, who catches what, where the maps look.
 hallucination-guard: install
-	$(BIN)/python benchmarks/hallucination_guard.py --world $(HWORLD) --n 500 --seed 108 --model $(HMODEL) \
-		--proxy $(HRUN)/proxy --calibration $(HRUN)/calibration.json --fit-signals $(HRUN)/calibration-signals.jsonl \
-		--out $(HRUN)/hallucination-guard.json --rows $(HRUN)/hallucination-guard-rows.jsonl
-
-hallucination-artifacts: hallucination-model hallucination-pope hallucination-proxy hallucination-calibration \
-	hallucination-guard
+	$(BIN)/python benchmarks/hallucination_guard.py --world $(WORLD) --n 500 --seed 108 \
+		--model shapesvqa/assets/reference-llava --proxy shapesvqa/assets/reference-proxy \
+		--calibration shapesvqa/assets/reference-calibration.json --fit-signals $(RUN)/calibration-signals.jsonl \
+		--out $(RUN)/hallucination-guard.json --rows $(RUN)/hallucination-guard-rows.jsonl

@@ -29,6 +29,8 @@ from fastrm_core.inputs import prepare_inputs
 from guardrail import Guard
 from guardrail.calibrate import read_signals
 from shapesvqa import generate
+from shapesvqa.assets import reference_world
+from shapesvqa.world import WORLDS
 
 OUTSIDE_QUESTIONS = (
     "What is the capital of France?",
@@ -55,7 +57,7 @@ def main(argv=None):
     cal: Calibration = guard.calibration
     ungated = cal.model_copy(update={"novelty_gate": None})
     rng = np.random.default_rng(args.seed)
-    examples = list(generate(args.n, seed=args.seed))
+    examples = list(generate(args.n, seed=args.seed, cfg=WORLDS[reference_world()].truthful()))  # the model's world
     size = examples[0].image.size
     kinds: dict[str, list[tuple[Image.Image, str, list[str] | None]]] = {
         "in-distribution": [(ex.image, ex.question, list(ex.answers)) for ex in examples],
