@@ -29,7 +29,7 @@ Fitted scores (``novelty``, ``fused``) are fitted on ``--fit-signals`` (what ``g
 --signals-out`` stored for the calibration data); without it they are left out of the table
 (``novelty`` is then the calibration's own novelty gate score).
 
-    python benchmarks/hallucination_guard.py --world cooccur --n 500 --seed 108 \\
+    python benchmarks/hallucination_guard.py --world cooccur-confident --n 500 --seed 108 \\
         --fit-signals runs/calibration-signals.jsonl --out runs/hallucination-guard.json
 
 World seeds: 108 is the POPE acceptance split (docs/shapesvqa.md); develop on another seed

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="default")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--pool", type=int, default=24, help="scenes answered (the panels show a few of them)")
-    p.add_argument("--pope-scenes", type=int, default=12,
+    p.add_argument("--pope-scenes", type=int, default=24,
                    help="scenes asked POPE existence questions (present and adversarially chosen absent objects; 0: none)")
     p.add_argument("--pope-seed", type=int, default=2029, help="world seed of the POPE scenes")
     verbose_arg(p)

@@ -44,7 +44,7 @@ def run_demo(
     policy: str = "default",
     seed: int = 2026,
     pool: int = 24,
-    pope_scenes: int = 12,
+    pope_scenes: int = 24,
     pope_seed: int = 2029,
     show_right: int = 4,
     show_wrong: int = 3,

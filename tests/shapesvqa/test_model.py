@@ -128,4 +128,4 @@ def test_shipped_model_points_at_the_queried_object():
     report = evaluate(model, processor, examples, method="gradient", batch_size=32)
     fam = report["families"]["attribute"]
     assert fam["accuracy"] >= 0.9
-    assert fam["pointing"]["hit"] >= 0.9 and fam["pointing"]["mass"] >= 0.8  # shipped: 0.98 and 0.90; the previous model 0.82, 0.68
+    assert fam["pointing"]["hit"] >= 0.9 and fam["pointing"]["mass"] >= 0.8  # shipped: 0.97 and 0.89; the grounded default-world model 0.98 and 0.90
