@@ -78,7 +78,9 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         chat_span = call["chat"] or {}
         chat = chat_span.get("attributes", {})
         image, image_note = _image_uri(chat, g)
-        question = _message(chat, semconv.GEN_AI_INPUT_MESSAGES)
+        question = g.get(semconv.GUARDRAIL_QUESTION)  # a batch row's own question
+        if question is None:
+            question = _message(chat, semconv.GEN_AI_INPUT_MESSAGES)
         answer = g.get(semconv.GUARDRAIL_ANSWER)
         if answer is None:
             answer = _message(chat, semconv.GEN_AI_OUTPUT_MESSAGES)

@@ -67,7 +67,9 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
         chat = (call["chat"] or {}).get("attributes", {})
         head = Table.grid(padding=(0, 2))
         head.add_row("model", str(chat.get(semconv.GEN_AI_REQUEST_MODEL, "?")))
-        question = message_text(chat[semconv.GEN_AI_INPUT_MESSAGES]) if semconv.GEN_AI_INPUT_MESSAGES in chat else None
+        question = g.get(semconv.GUARDRAIL_QUESTION)  # a batch row's own question
+        if question is None and semconv.GEN_AI_INPUT_MESSAGES in chat:
+            question = message_text(chat[semconv.GEN_AI_INPUT_MESSAGES])
         answer = g.get(semconv.GUARDRAIL_ANSWER)
         if answer is None and semconv.GEN_AI_OUTPUT_MESSAGES in chat:
             answer = message_text(chat[semconv.GEN_AI_OUTPUT_MESSAGES])

@@ -92,6 +92,34 @@ def test_report_calls_without_a_browser(traces):
     assert any("content capture was off" in m for m in bare[0]["missing"])
 
 
+def test_batch_rows_show_their_own_question_in_the_report_and_the_terminal_view(tiny_llava, tiny_proxy,
+                                                                               calibration_uncertain, tmp_path):
+    """A batch's chat span holds the questions as one JSON list; each row's question is on its own
+    guardrail span (``fastrm.guardrail.question``), and both viewers read it from there."""
+    import io
+
+    from rich.console import Console
+
+    from guardrail.viewer import view_trace
+
+    image = _scene(tmp_path / "scene.png")
+    path = tmp_path / "batch.jsonl"
+    provider = configure_tracing(jsonl_path=path, otlp_from_env=False)
+    guard = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+                  capture_content=True, model_name="tiny-llava")
+    questions = ["What color is the square?", "How many shapes?", "Is there a circle?"]
+    guard.generate_batch([(image, q) for q in questions], max_new_tokens=3, min_new_tokens=2)
+    provider.force_flush()
+    provider.shutdown()
+    calls = report_calls(read_trace_jsonl(path))
+    assert sorted(c["question"] for c in calls) == sorted(questions)
+    assert not any("content capture was off" in m for c in calls for m in c["missing"])
+    buf = io.StringIO()
+    assert view_trace(path, console=Console(file=buf, width=200, color_system=None)) == 0
+    text = buf.getvalue()
+    assert all(q in text for q in questions) and "not recorded" not in text
+
+
 @pytest.mark.slow  # a real headless Chromium
 @pytest.mark.parametrize("capture", [True, False])
 def test_report_in_a_headless_browser(browser, traces, tmp_path, capture):
