@@ -143,6 +143,7 @@ artifacts: reference-model reference-proxy reference-calibration
 # Object hallucination (issue 15) on a split nothing else used (seed 108): the model's POPE table and
 # per-family figures, then the shipped guard on its hallucinations (the share of hallucinated "yes"
 # answers each score flags and its AUROC, who catches what, where the maps look).
+# hallucination-guard reads $(RUN)/calibration-signals.jsonl, which `make reference-calibration` writes.
 hallucination-pope: install
 	$(SHAPES) eval --pope --world $(WORLD) --n 500 --seed 108 --out $(RUN)/pope.json --rows $(RUN)/pope-rows.jsonl
 	$(SHAPES) eval --world $(WORLD) --n 2000 --seed 108 --by-kind --out $(RUN)/eval.json

@@ -422,7 +422,7 @@ def _pct(x) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--world", choices=list(WORLDS), default="cooccur")
+    ap.add_argument("--world", choices=list(WORLDS), default="cooccur-confident", help="the shipped model's world")
     ap.add_argument("--n", type=int, default=500, help="POPE scenes")
     ap.add_argument("--seed", type=int, default=2721, help="POPE world seed (108: the acceptance split)")
     ap.add_argument("--pope-k", type=int, default=3)
@@ -441,6 +441,10 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="JSON report")
     ap.add_argument("--rows", type=Path, default=None, help="per-answer JSONL (verdict, scores, map location)")
     args = ap.parse_args(argv)
+    if args.fit_signals is not None and not args.fit_signals.is_file():
+        ap.error(f"--fit-signals {args.fit_signals}: no such file; `make reference-calibration` writes "
+                 "runs/calibration-signals.jsonl (or leave --fit-signals out: the report then skips the fitted "
+                 "scores and each score's own rule)")
     torch.set_num_threads(args.threads)
     console = Console(width=160)
     from fastrm_common.presets import preset_path

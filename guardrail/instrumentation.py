@@ -94,7 +94,9 @@ class GuardHooks:
     """The points at which the Guard reports a call; every method here does nothing.
 
     A subclass overrides what it needs. The handles that ``call`` and ``row`` yield are the
-    implementation's own (the Guard only passes them back). No method may raise.
+    implementation's own (the Guard only passes them back). A method should not raise: the Guard's own
+    hooks never do, and the errors of hooks passed as ``Guard(hooks=...)`` are logged and dropped
+    (:class:`HookChain`).
     """
 
     @contextmanager

@@ -52,10 +52,32 @@ def _export(args) -> int:
     return 0
 
 
-def _world(args, bias_rate: float | None = None):
-    """The world named by ``--world`` with the CLI's object-count range; labels truthful unless ``bias_rate``."""
-    from .world import world_config
+def _model_world(model: str | None) -> str:
+    """The world a model was trained on: its folder's ``training.json`` (``shapesvqa.train`` writes it),
+    the shipped model's world for ``None``, else ``default``."""
+    import json
+    from pathlib import Path
 
+    from .assets import reference_world
+
+    if model is None or model == "reference":
+        return reference_world()
+    path = Path(model) / "training.json"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("train", {}).get("world", "default"))
+    except (OSError, ValueError, AttributeError):
+        return "default"
+
+
+def _world(args, bias_rate: float | None = None):
+    """The world named by ``--world`` (default: the model's own world) with the CLI's object-count range;
+    labels truthful unless ``bias_rate``. Sets ``args.world`` to the name used."""
+    from .world import WORLDS, world_config
+
+    if args.world is None:  # eval: the model's own world; export: the default world
+        args.world = _model_world(args.model) if hasattr(args, "model") else "default"
+        if args.world not in WORLDS:  # a model trained on a world this version does not know
+            args.world = "default"
     cfg = world_config(args.world, n_objects=(args.min_objects, args.max_objects)).truthful()
     if bias_rate is not None:
         from dataclasses import replace
@@ -137,7 +159,7 @@ def _eval(args) -> int:
         report = evaluate(model, processor, examples, method=method, proxy=proxy, batch_size=args.batch_size,
                           on_batch=lambda n: prog.update(task, completed=n))
     report = {"model": str(model_dir), "method": method, "proxy": str(proxy_path) if proxy_path else None,
-              "seed": args.seed, **report}
+              "world": args.world, "seed": args.seed, **report}
     rows = report.pop("rows")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -147,7 +169,7 @@ def _eval(args) -> int:
     out_console = Console()
     if not out_console.is_terminal:
         out_console = Console(width=130)
-    out_console.print(_table(report, f"ShapesVQA eval: {args.n} questions, seed {args.seed}, maps: {method}", sections))
+    out_console.print(_table(report, f"ShapesVQA eval ({args.world} world): {args.n} questions, seed {args.seed}, maps: {method}", sections))
     console.print(f"wrote {args.out}")
     return 0
 
@@ -241,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
     ex.add_argument("--min-objects", type=_count, default=2)
     ex.add_argument("--max-objects", type=_count, default=6)
-    _world_args(ex)
+    _world_args(ex, "default, the world without hallucination options; the shipped model is trained on cooccur-confident")
     ex.add_argument("--bias-rate", type=float, default=None,
                     help="label this share of partner questions 'yes' (default: truthful labels, bias 0)")
     ex.add_argument("--pope", choices=["random", "popular", "adversarial"], default=None,
@@ -263,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--by-kind", action="store_true", help="also print a row per question kind")
     ev.add_argument("--batch-size", type=_count, default=32)
     ev.add_argument("--threads", type=_count, default=2)
-    _world_args(ev)
+    _world_args(ev, "the world the model was trained on, from its training.json: cooccur-confident for the shipped model")
     ev.add_argument("--pope", action="store_true",
                     help="POPE table (random / popular / adversarial) and the maps of hallucinated 'yes' answers; "
                          "--n counts scenes")
@@ -273,11 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _world_args(ap: argparse.ArgumentParser) -> None:
+def _world_args(ap: argparse.ArgumentParser, default_help: str) -> None:
     from .world import WORLDS
 
-    ap.add_argument("--world", choices=list(WORLDS), default="default",
-                    help="world preset (default: the shipped model's world; see docs/shapesvqa.md)")
+    ap.add_argument("--world", choices=list(WORLDS), default=None,
+                    help=f"world preset (default: {default_help}; see docs/shapesvqa.md)")
     ap.add_argument("--pope-k", type=_count, default=3, help="POPE: positives (and negatives) per scene")
     ap.add_argument("--stats-scenes", type=_count, default=1000,
                     help="POPE: count type frequencies over at least this many scenes of the split")

@@ -309,7 +309,14 @@ def describe_map(rel_map: np.ndarray, scene: Scene, asked: str, cfg: WorldConfig
     on = [k for k in range(len(scene.objects)) if pm[k].reshape(-1)[peak]]
     if on:
         o = scene.objects[on[0]]
-        what = f"the {o.type}" + ("" if where == "other_object" else f" ({_SAYS[where]})")
+        if where == "other_object":
+            # a sibling partner: shares a cue with the asked type, so it comes with it in this world too
+            cues = [c for c, partner, _ in cfg.cooccurrence if partner == asked]
+            shared = [c for c, partner, _ in cfg.cooccurrence if partner == o.type and c in cues]
+            what = f"the {o.type} (" + (f"another partner of the {shared[0]}, like the asked type" if shared
+                                         else _SAYS[where]) + ")"
+        else:
+            what = f"the {o.type} ({_SAYS[where]})"
     else:
         what = "the background"
     return (f"peak on {what}; {loc['mass'][where]:.0%} of the map there; "

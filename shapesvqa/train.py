@@ -1,6 +1,13 @@
-"""Train the reference LLaVA on ShapesVQA: ``python -m shapesvqa.train --seed 4 --ship``.
+"""Train the reference LLaVA on ShapesVQA.
 
-The defaults with ``--seed 4`` reproduce the shipped model (39 min on one shared CPU core).
+The shipped model (``make reference-model``, 51 min on one shared CPU core)::
+
+    python -m shapesvqa.train --run runs/reference --seed 4 --world cooccur-confident \
+        --attn-warmup 1.0 --attn-fade 0.0 --ship
+
+The defaults with ``--seed 4`` (the ``default`` world, attention warm-up) reproduce the previous,
+grounded reference model, which never hallucinates objects (39 min). ``--ship`` overwrites
+``shapesvqa/assets/reference-llava``: regenerate the proxy and the calibration after it.
 Stages and losses (weights in :class:`TrainConfig`):
 
 0. Vision pre-training (``vision_steps``): only the vision tower and two throw-away linear heads
@@ -35,7 +42,7 @@ at the end to ``RUN/final`` and, with ``--ship``, to the package's assets folder
 hallucination world of docs/shapesvqa.md; its log adds POPE figures, :func:`pope_quick`);
 ``--world-bias-rate Q`` and ``--world-bias-partners "a b,c d"`` override that world's share of
 biased labels and the partners they apply to; ``--init-from DIR`` starts
-from a saved model (a fine-tune, for probes). The default world draws exactly the shipped data.
+from a saved model (a fine-tune, for probes). The default world draws exactly the previous model's data.
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ class TrainConfig:
                          text_intermediate=self.text_intermediate)
 
     def world_config(self, n_objects: tuple[int, int]) -> WorldConfig:
-        """The training world with ``n_objects`` per scene (``default``: exactly the shipped model's data)."""
+        """The training world with ``n_objects`` per scene (``default``: exactly the previous model's data)."""
         extra: dict = {"bias_rate": self.world_bias_rate} if self.world_bias_rate >= 0 else {}
         if self.world_bias_partners:
             names = [] if self.world_bias_partners == "all" else self.world_bias_partners.split(",")

@@ -25,7 +25,8 @@ Question families (``Example.family``) and sub-kinds (``Example.kind``):
 (for relational questions: the target, then the reference). Negatives of existence have no evidence.
 
 World options for object hallucination (all off in ``WorldConfig()``, which draws exactly the
-world the shipped reference model was trained on; named presets in ``WORLDS``):
+world the previous, grounded reference model was trained on; named presets in ``WORLDS``; the
+shipped model's world is ``cooccur-confident``):
 
 - ``cooccurrence``: (cue type, partner type, rate) triples over object types "colour shape"; a cue
   may have several partners (a kitchen has a cup, a fork and a knife), a partner has one cue. In
@@ -592,13 +593,14 @@ def world_options(cfg: WorldConfig) -> dict:
     return out
 
 
-#: Named worlds. ``default``: the world the shipped reference model was trained on (no
+#: Named worlds. ``default``: the world the previous reference model was trained on (no
 #: hallucination option). ``cooccur``: two cues with three partners each (present in 85%, 70% and
 #: 55% of their cue's scenes, so most cue scenes miss one partner: POPE's adversarial negatives),
 #: a cue in 80% of scenes, and biased "yes" labels on 55% of the existence questions about an
 #: absent partner (the feasibility probe of issue 15: 0.7 made the model hallucinate too much,
 #: 0.4 barely at all). ``cooccur-faint``: the same plus 15% weakly visible objects.
-#: ``cooccur-confident``: 80% biased labels, on four of the six partners only.
+#: ``cooccur-confident``: 80% biased labels, on four of the six partners only (the shipped
+#: reference model's world).
 WORLDS: dict[str, WorldConfig] = {
     "default": WorldConfig(),
     "cooccur": WorldConfig(

@@ -94,6 +94,25 @@ def test_eval_cli_in_process(tiny_folder, tmp_path):
         assert 0.0 <= fam["accuracy"] <= 1.0
 
 
+def test_eval_defaults_to_the_world_the_model_was_trained_on(tiny_folder, tmp_path):
+    """``shapesvqa eval`` without ``--world`` asks the model's own world (its training.json), and says so."""
+    import json
+    import shutil
+
+    from shapesvqa.cli import _model_world, main
+
+    assert _model_world(None) == _model_world("reference") == "cooccur-confident"  # the shipped model's world
+    assert _model_world(str(tiny_folder)) == "default"  # no training.json
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "training.json").write_text(json.dumps({"train": {"world": "cooccur"}}))
+    for extra, world in (([], "cooccur"), (["--world", "default"], "default")):
+        out = tmp_path / f"eval-{world}.json"
+        assert main(["eval", "--model", str(folder), "--n", "4", "--seed", "3", "--out", str(out), "--method", "none",
+                     "--threads", "1", *extra]) == 0
+        assert json.loads(out.read_text())["world"] == world
+
+
 def test_eval_cli_proxy_without_path_fails_clearly(tiny_folder, tmp_path, capsys):
     from shapesvqa.cli import main
 

@@ -231,3 +231,25 @@ def test_export_pope_split(tmp_path):
     recs = read_jsonl(out / "data.jsonl")
     assert recs and all(r["pope"] == "adversarial" and r["family"] == "existence" for r in recs)
     assert sum(r["answers"] == ["yes"] for r in recs) * 2 == len(recs)
+
+
+def test_describe_map_names_a_sibling_partner_of_the_asked_type():
+    """A peak on another partner of the asked type's cue (both come with the red circle) is said to be one,
+    not just "another object"; an object with no such tie stays "another object"."""
+    from shapesvqa.grounding import object_patches
+    from shapesvqa.pope import describe_map
+    from shapesvqa.world import WORLDS, generate
+
+    cfg = WORLDS["cooccur-confident"].truthful()
+    for ex in generate(400, seed=77, cfg=cfg):
+        types = [o.type for o in ex.scene.objects]
+        if "red circle" in types and "yellow cross" in types and "green triangle" not in types:
+            break
+    else:
+        raise AssertionError("no scene with a red circle and a yellow cross but no green triangle")
+    pm = object_patches(ex.scene.masks, 12)
+    cross = types.index("yellow cross")
+    said = describe_map(pm[cross].astype(float), ex.scene, "green triangle", cfg)
+    assert said.startswith("peak on the yellow cross (another partner of the red circle, like the asked type)")
+    said = describe_map(pm[cross].astype(float), ex.scene, "orange square", cfg)  # no cue in common
+    assert said.startswith("peak on the yellow cross (another object)")
