@@ -12,6 +12,17 @@ from fastrm_core.testing import blank_image, build_tiny_llava, build_tiny_qwen2_
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts with one torch thread. A command under test may set more (``shapesvqa eval
+    --threads``, default 2), and the bit-exact comparisons of the distillation tests depend on the
+    reduction order the thread count sets; under pytest-xdist the tests that run before them differ
+    from run to run, so the thread count must not leak from one test to the next."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
 _SLOW_MODULE = re.compile(r"^pytestmark = pytest\.mark\.slow\b", re.MULTILINE)
 
 
