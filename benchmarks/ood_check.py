@@ -28,9 +28,7 @@ from fastrm_core import capture
 from fastrm_core.inputs import prepare_inputs
 from guardrail import Guard
 from guardrail.calibrate import read_signals
-from shapesvqa import generate
-from shapesvqa.assets import reference_world
-from shapesvqa.world import WORLDS
+from fastrm_common.presets import get_preset
 
 OUTSIDE_QUESTIONS = (
     "What is the capital of France?",
@@ -57,7 +55,7 @@ def main(argv=None):
     cal: Calibration = guard.calibration
     ungated = cal.model_copy(update={"novelty_gate": None})
     rng = np.random.default_rng(args.seed)
-    examples = list(generate(args.n, seed=args.seed, cfg=WORLDS[reference_world()].truthful()))  # the model's world
+    examples = list(get_preset("reference").examples(args.n, args.seed))  # the model's world, true labels
     size = examples[0].image.size
     kinds: dict[str, list[tuple[Image.Image, str, list[str] | None]]] = {
         "in-distribution": [(ex.image, ex.question, list(ex.answers)) for ex in examples],

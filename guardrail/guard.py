@@ -205,15 +205,10 @@ class Guard:
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
-        if hooks is None or isinstance(hooks, GuardHooks):
-            user_hooks = [] if hooks is None else [hooks]
-        elif isinstance(hooks, (list, tuple)):
-            user_hooks = list(hooks)
-        else:
-            raise InputError(f"hooks must be a guardrail.GuardHooks or a list of them, got {type(hooks).__name__}")
+        user_hooks = list(hooks) if isinstance(hooks, (list, tuple)) else [] if hooks is None else [hooks]
         for h in user_hooks:
             if not isinstance(h, GuardHooks):
-                raise InputError(f"hooks must be guardrail.GuardHooks instances, got {type(h).__name__}")
+                raise InputError(f"hooks must be a guardrail.GuardHooks or a list of them, got {type(h).__name__}")
         self.limits = limits or Limits()
         self.model = model
         self.processor = processor

@@ -57,12 +57,6 @@ def _image_uri(chat: dict, guard: dict) -> tuple[str | None, str]:
     return None, "not in the trace (content capture was off)"
 
 
-def _message(chat: dict, key: str) -> str | None:
-    from .telemetry import message_text
-
-    return message_text(chat[key]) if key in chat else None
-
-
 def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One plain dict per guarded call of ``spans`` (as read by :func:`read_trace_jsonl`).
 
@@ -78,12 +72,7 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         chat_span = call["chat"] or {}
         chat = chat_span.get("attributes", {})
         image, image_note = _image_uri(chat, g)
-        question = g.get(semconv.GUARDRAIL_QUESTION)  # a batch row's own question
-        if question is None:
-            question = _message(chat, semconv.GEN_AI_INPUT_MESSAGES)
-        answer = g.get(semconv.GUARDRAIL_ANSWER)
-        if answer is None:
-            answer = _message(chat, semconv.GEN_AI_OUTPUT_MESSAGES)
+        question, answer = call["question"], call["answer"]
         returned = g.get(semconv.GUARDRAIL_RETURNED_TEXT)
         box = g.get(semconv.FASTRM_IMAGE_BOX) or chat.get(semconv.FASTRM_IMAGE_BOX)
         size = g.get(semconv.FASTRM_IMAGE_SIZE) or chat.get(semconv.FASTRM_IMAGE_SIZE)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import semconv
-from .telemetry import map_from_attributes
+from .telemetry import map_from_attributes, message_text
 
 __all__ = ["guarded_calls"]
 
@@ -20,7 +20,8 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pair each ``apply_guardrail fastrm`` span with its parent ``chat`` span.
 
     Returns one dict per guarded call: ``chat`` (span dict or None), ``guard`` (span dict),
-    ``tokens`` (list of per-token event attribute dicts, in order, with ``map`` decoded or None,
+    ``question`` and ``answer`` (the row's own, from the guardrail span, else from the chat span's
+    messages; None without content capture), ``tokens`` (list of per-token event attribute dicts, in order, with ``map`` decoded or None,
     and ``region_maps``: ``[(region, (rows, cols) map)]``, one per image region of the prompt when
     the span records its regions, else ``[(None, map)]``).
     """
@@ -38,8 +39,21 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 attrs["region_maps"] = _split(attrs["map"], regions)
                 tokens.append(attrs)
         tokens.sort(key=lambda a: a.get(semconv.TOKEN_INDEX, 0))
-        calls.append({"chat": by_id.get(span.get("parentSpanId")), "guard": span, "tokens": tokens})
+        chat = by_id.get(span.get("parentSpanId"))
+        calls.append({"chat": chat, "guard": span, "tokens": tokens,
+                      "question": _text(span, chat, semconv.GUARDRAIL_QUESTION, semconv.GEN_AI_INPUT_MESSAGES),
+                      "answer": _text(span, chat, semconv.GUARDRAIL_ANSWER, semconv.GEN_AI_OUTPUT_MESSAGES)})
     return calls
+
+
+def _text(guard: dict, chat: dict | None, own: str, messages: str) -> str | None:
+    """A row's text: the guardrail span's attribute ``own`` (a batch row's question is only there), else
+    the chat span's ``messages``."""
+    value = guard.get("attributes", {}).get(own)
+    if value is None:
+        chat_attrs = (chat or {}).get("attributes", {})
+        value = message_text(chat_attrs[messages]) if messages in chat_attrs else None
+    return value
 
 
 def _regions(attributes: dict[str, Any]) -> list[dict] | None:

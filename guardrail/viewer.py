@@ -16,7 +16,6 @@ from .otlp_json import read_trace_jsonl
 from .render import explained_figure, heatmap_text
 from .report import write_html_report
 from .trace_calls import guarded_calls
-from .telemetry import message_text
 
 __all__ = ["guarded_calls", "token_label", "view_trace"]
 
@@ -67,12 +66,7 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
         chat = (call["chat"] or {}).get("attributes", {})
         head = Table.grid(padding=(0, 2))
         head.add_row("model", str(chat.get(semconv.GEN_AI_REQUEST_MODEL, "?")))
-        question = g.get(semconv.GUARDRAIL_QUESTION)  # a batch row's own question
-        if question is None and semconv.GEN_AI_INPUT_MESSAGES in chat:
-            question = message_text(chat[semconv.GEN_AI_INPUT_MESSAGES])
-        answer = g.get(semconv.GUARDRAIL_ANSWER)
-        if answer is None and semconv.GEN_AI_OUTPUT_MESSAGES in chat:
-            answer = message_text(chat[semconv.GEN_AI_OUTPUT_MESSAGES])
+        question, answer = call["question"], call["answer"]
         head.add_row("question", escape(question) if question is not None else "[dim](not recorded: content capture was off)[/dim]")
         head.add_row("answer", escape(answer) if answer is not None else "[dim](not recorded)[/dim]")
         returned = g.get(semconv.GUARDRAIL_RETURNED_TEXT)

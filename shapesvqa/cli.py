@@ -53,20 +53,10 @@ def _export(args) -> int:
 
 
 def _model_world(model: str | None) -> str:
-    """The world a model was trained on: its folder's ``training.json`` (``shapesvqa.train`` writes it),
-    the shipped model's world for ``None``, else ``default``."""
-    import json
-    from pathlib import Path
+    """The world ``--model`` was trained on (the shipped model's for ``None``)."""
+    from .assets import model_world, reference_world
 
-    from .assets import reference_world
-
-    if model is None or model == "reference":
-        return reference_world()
-    path = Path(model) / "training.json"
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("train", {}).get("world", "default"))
-    except (OSError, ValueError, AttributeError):
-        return "default"
+    return reference_world() if model is None or model == "reference" else model_world(model)
 
 
 def _world(args, bias_rate: float | None = None):

@@ -311,8 +311,7 @@ def describe_map(rel_map: np.ndarray, scene: Scene, asked: str, cfg: WorldConfig
         o = scene.objects[on[0]]
         if where == "other_object":
             # a sibling partner: shares a cue with the asked type, so it comes with it in this world too
-            cues = [c for c, partner, _ in cfg.cooccurrence if partner == asked]
-            shared = [c for c, partner, _ in cfg.cooccurrence if partner == o.type and c in cues]
+            shared = sorted(_partners_of(asked, cfg) & _partners_of(o.type, cfg))
             what = f"the {o.type} (" + (f"another partner of the {shared[0]}, like the asked type" if shared
                                          else _SAYS[where]) + ")"
         else:

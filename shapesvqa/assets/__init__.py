@@ -6,7 +6,8 @@ from pathlib import Path
 
 from fastrm_common.presets import Preset
 
-__all__ = ["REFERENCE", "reference_calibration_path", "reference_model_path", "reference_proxy_path", "reference_world"]
+__all__ = ["REFERENCE", "model_world", "reference_calibration_path", "reference_model_path", "reference_proxy_path",
+           "reference_world"]
 
 _REFERENCE = Path(__file__).parent / "reference-llava"
 
@@ -43,15 +44,22 @@ def reference_calibration_path() -> Path:
     return _CALIBRATION
 
 
-def reference_world() -> str:
-    """The world (a name of ``shapesvqa.world.WORLDS``) the shipped model was trained on, from its
-    ``training.json`` ("default" for a model trained before worlds existed)."""
+def model_world(folder: str | Path) -> str:
+    """The world (a name of ``shapesvqa.world.WORLDS``) the model in ``folder`` was trained on, from the
+    ``training.json`` that ``shapesvqa.train`` writes ("default" without one, or for a model trained
+    before worlds existed)."""
     import json
 
-    path = _REFERENCE / "training.json"
-    if not path.exists():
+    try:
+        train = json.loads((Path(folder) / "training.json").read_text(encoding="utf-8")).get("train", {})
+        return str(train.get("world", "default"))
+    except (OSError, ValueError, AttributeError):
         return "default"
-    return str(json.loads(path.read_text(encoding="utf-8")).get("train", {}).get("world", "default"))
+
+
+def reference_world() -> str:
+    """The world the shipped model was trained on (:func:`model_world` of its folder)."""
+    return model_world(_REFERENCE)
 
 
 def _examples(n: int, seed: int) -> list:
