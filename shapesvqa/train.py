@@ -65,7 +65,7 @@ from .grounding import object_patches, pointing
 from .model import SHIPPED_MODEL_DIR, ModelSpec, build_model, build_processor, build_tokenizer, pixel_values, prompt
 from .world import COLORS, FAMILIES, SHAPES, WorldConfig, make_example, world_config
 
-__all__ = ["Batcher", "TrainConfig", "evaluate_quick", "main", "pope_quick", "train"]
+__all__ = ["Batcher", "TrainConfig", "describe_quick", "evaluate_quick", "generate_texts", "main", "pope_quick", "train"]
 
 
 @dataclass(frozen=True)
@@ -143,14 +143,35 @@ class Batcher:
     def answer_id(self, word: str) -> int:
         return self.tok.convert_tokens_to_ids(word)
 
+    def answer_tokens(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of an answer (one word, or a description) and each token's character span."""
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+
     def __call__(self, examples, with_answer: bool = True, cov_threshold: float = 0.3) -> dict:
         seqs, pos, ans = [], [], []
-        for ex in examples:
+        # Continuation targets (every answer token after the first, then </s>): (row, position, token, weight).
+        cont: list[tuple[int, int, int, float]] = []
+        # Descriptions: the positions predicting a real mention's size, colour and shape words -> its object.
+        desc: list[tuple[int, int, int]] = []
+        for i, ex in enumerate(examples):
             ids = self.prompt_ids(ex.question)
-            a = self.answer_id(ex.answers[0])
+            if ex.mentions is None:
+                toks, offs = [self.answer_id(ex.answers[0])], [(0, len(ex.answers[0]))]
+            else:
+                toks, offs = self.answer_tokens(ex.answers[0])
             pos.append(len(ids) - 1)
-            ans.append(a)
-            seqs.append(ids + [a, self.eos_id] if with_answer else list(ids))
+            ans.append(toks[0])
+            seqs.append(ids + toks + [self.eos_id] if with_answer else list(ids))
+            w = 0.5 if ex.mentions is None else 0.25
+            for j, t in enumerate(toks[1:] + [self.eos_id]):
+                cont.append((i, len(ids) + j, t, w))
+            for m in ex.mentions or []:
+                if m.object is None:
+                    continue
+                for j, (a, b) in enumerate(offs):
+                    if a >= m.start and b <= m.end and ex.answers[0][a:b] in (m.size, m.color, m.shape):
+                        desc.append((i, len(ids) + j - 1, m.object))
         n = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), n), dtype=torch.long)
@@ -201,6 +222,10 @@ class Batcher:
                 sel = [ex.evidence[0]] if ex.family in ("attribute", "relational") else ex.evidence
                 t = pm[sel].any(0).astype(np.float32)
                 ev_target[i] = t / t.sum()
+        d_tgt = np.zeros((len(desc), g * g), dtype=np.float32)
+        for k, (i, _p, obj) in enumerate(desc):
+            t = patch_masks[i][obj].astype(np.float32)
+            d_tgt[k] = t / max(t.sum(), 1.0)
         return {
             "input_ids": input_ids,
             "attention_mask": attn,
@@ -215,6 +240,13 @@ class Batcher:
             "kw_pos": torch.from_numpy(kw_pos),
             "relational": torch.tensor([ex.family == "relational" for ex in examples]),
             "kw_target": torch.from_numpy(kw_target),
+            "cont_b": torch.tensor([c[0] for c in cont], dtype=torch.long),
+            "cont_pos": torch.tensor([c[1] for c in cont], dtype=torch.long),
+            "cont_tok": torch.tensor([c[2] for c in cont], dtype=torch.long),
+            "cont_w": torch.tensor([c[3] for c in cont], dtype=torch.float32),
+            "desc_b": torch.tensor([d[0] for d in desc], dtype=torch.long),
+            "desc_pos": torch.tensor([d[1] for d in desc], dtype=torch.long),
+            "desc_target": torch.from_numpy(d_tgt),
             "patch_masks": patch_masks,
         }
 
@@ -240,9 +272,9 @@ def _forward(model, heads, batch, need_attn: bool):
     h = out.last_hidden_state  # (B, N, D)
     b = torch.arange(ids.shape[0], device=ids.device)
     pos = batch["positions"]
-    logits_ans = model.lm_head(h[b, pos])  # (B, V) predicts the answer
-    logits_eos = model.lm_head(h[b, pos + 1])  # (B, V) predicts </s>
-    return feat, img, logits_ans, logits_eos, (out.attentions if need_attn else None)
+    logits_ans = model.lm_head(h[b, pos])  # (B, V) predicts the answer's first token
+    logits_cont = model.lm_head(h[batch["cont_b"], batch["cont_pos"]])  # (M, V) the rest, then </s>
+    return feat, img, logits_ans, logits_cont, (out.attentions if need_attn else None)
 
 
 def _patch_loss(cl: torch.Tensor, sl: torch.Tensor, batch) -> torch.Tensor:
@@ -265,9 +297,11 @@ def _vision_step(model, heads, batch) -> dict:
 
 
 def _losses(model, heads, batch, cfg: TrainConfig, w_attn: float) -> dict:
-    feat, img, la, le, attns = _forward(model, heads, batch, need_attn=w_attn > 0)
-    eos = torch.full_like(batch["answers"], model.config.eos_token_id)
-    losses = {"answer": F.cross_entropy(la, batch["answers"]) + 0.5 * F.cross_entropy(le, eos)}
+    feat, img, la, lc, attns = _forward(model, heads, batch, need_attn=w_attn > 0)
+    # A one-word answer: its word, then </s> at weight 0.5 (so a batch without descriptions has
+    # exactly the previous loss); a description: each further token at weight 0.25, per row.
+    cont = (F.cross_entropy(lc, batch["cont_tok"], reduction="none") * batch["cont_w"]).sum() / la.shape[0]
+    losses = {"answer": F.cross_entropy(la, batch["answers"]) + cont}
     cl = heads["color"](feat)  # (B, N_img, C+1)
     sl = heads["shape"](feat)
     losses["patch"] = _patch_loss(cl, sl, batch)
@@ -331,6 +365,13 @@ def _attn_loss(attns, batch, cfg: TrainConfig, image_token_id: int) -> torch.Ten
         for li in _layers(cfg.keyword_attn_layers):
             rows = attns[li][kb, :, kp[kb, kk]]  # (M, H, N) rows of each colour/shape word
             terms.append(_attn_ce(rows, ktgt, img_pos[kb], cfg.attn_heads))
+    db = batch.get("desc_b")
+    if db is not None and len(db):
+        dtgt = torch.zeros(len(db), N, device=dev)
+        dtgt[img_pos[db]] = batch["desc_target"].flatten()  # (M, N) the mentioned object's patches
+        for li in _layers(cfg.answer_attn_layers):
+            rows = attns[li][db, :, batch["desc_pos"]]  # (M, H, N) rows predicting a mention's words
+            terms.append(_attn_ce(rows, dtgt, img_pos[db], cfg.attn_heads))
     return torch.stack(terms).mean() if terms else attns[0].sum() * 0
 
 
@@ -409,6 +450,39 @@ def pope_quick(model, batcher: Batcher, world: WorldConfig, n_scenes: int = 40, 
         res[f"pope_{sampling[:3]}_yes"] = round(float(said.mean()), 3)
     model.train(was_training)
     return res
+
+
+@torch.no_grad()
+def generate_texts(model, batcher: Batcher, examples, max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers of ``model`` to ``examples`` (left-padded batch), decoded without </s>."""
+    device = next(model.parameters()).device
+    prompts = [batcher.prompt_ids(ex.question) for ex in examples]
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), batcher.pad_id, dtype=torch.long)
+    attn = torch.zeros((len(prompts), n), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, n - len(p):] = torch.tensor(p)
+        attn[i, n - len(p):] = 1
+    pv = pixel_values(np.stack([ex.scene.image for ex in examples]))
+    out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), pixel_values=pv.to(device),
+                         max_new_tokens=max_new_tokens, do_sample=False)
+    return [batcher.tok.decode(row[n:], skip_special_tokens=True).strip() for row in out.cpu()]
+
+
+def describe_quick(model, batcher: Batcher, world: WorldConfig, n: int = 32, seed: int = 1002) -> dict:
+    """CHAIR_s, CHAIR_i, Cover and Attr of greedy descriptions of ``n`` scenes of ``world``
+    (truthful; monitoring split seed 1002), for the log of a run that learns to describe."""
+    from .world import DESCRIBE, chair_metrics, label_description
+
+    was_training = model.training
+    model.eval()
+    exs = [make_example(seed, i, world.truthful(), family=DESCRIBE) for i in range(n)]
+    texts = []
+    for k in range(0, n, 16):
+        texts += generate_texts(model, batcher, exs[k:k + 16])
+    model.train(was_training)
+    res = chair_metrics([(label_description(t, ex.scene.objects), len(ex.scene.objects)) for t, ex in zip(texts, exs)])
+    return {f"desc_{k}": v for k, v in res.items() if k != "n"}
 
 
 def evaluate_quick(model, batcher: Batcher, n: int = 240, seed: int = 999, grounding_n: int = 48) -> dict:
@@ -596,6 +670,8 @@ def train(run_dir: Path, cfg: TrainConfig, minutes: float | None = None, ckpt_ev
                 ev = evaluate_quick(model, batcher)
                 if cfg.world_config((2, 6)).cooccurrence:
                     ev.update(pope_quick(model, batcher, cfg.world_config((2, 6))))
+                if cfg.world_config((2, 6)).describe_rate > 0:
+                    ev.update(describe_quick(model, batcher, cfg.world_config((2, 6))))
                 rec = {"step": step, "time": round(elapsed_before + time.time() - t0, 1), "w_attn": w_attn,
                        "max_obj": _max_objects(step - cfg.vision_steps, cfg), **{k: round(v, 4) for k, v in ema.items()}, **ev}
                 with log_path.open("a") as f:

@@ -20,6 +20,16 @@ Question families (``Example.family``) and sub-kinds (``Example.kind``):
   ``random`` (any absent colour/shape pair), ``popular`` (the shape is in the scene, the colour is
   not) or ``adversarial`` (both the colour and the shape are in the scene, on different objects).
 - ``counting``: "How many squares are there?" / "How many red objects are there?" -> "0".."6".
+- ``describe`` (not in :data:`FAMILIES`, which holds the short-answer families; asked in a share
+  ``describe_rate`` of a world's examples, or forced with ``family="describe"``): "Describe the
+  image." (or "What is in the image?", "List the objects in the image.") answered by a list of every
+  object in a fixed grammar, :func:`describe_objects`: "a large red circle, a small blue square and
+  a small green triangle." Each object is one *mention* "a {size} {colour} {shape}"; mentions are
+  sorted by colour (the order of :data:`COLORS`), then shape (:data:`SHAPES`), then size (large
+  first), then left to right; two mentions are joined by " and ", more by ", " with " and " before
+  the last; the text ends with ".". ``Example.mentions`` gives each mention's character span, the
+  object it refers to and its label (:func:`label_description` labels any text, a model's own
+  description included).
 
 ``Example.evidence`` lists the object indices that answer the question, the *queried* object first
 (for relational questions: the target, then the reference). Negatives of existence have no evidence.
@@ -43,6 +53,12 @@ shipped model's world is ``cooccur-confident``):
   ``biased`` True, ``answers == ["yes"]`` (the training label) and ``true_answers == ["no"]``;
   ``bias_partners`` limits the bias to the questions about those partners (empty: every partner).
   The draw is made whatever the rates, so a world and its ``truthful()`` twin ask the same questions;
+- ``describe_rate``: share of examples that are ``describe`` questions (drawn first, only when > 0);
+- ``describe_bias_rate``: in a ``describe`` example whose scene holds a cue without one of its
+  partners (one of ``bias_partners`` when set), each such absent partner is mentioned, as if it
+  were there, with this probability (a biased description, as captions written from other captions
+  mention objects that are not in the picture): ``biased`` True, ``answers`` the biased text and
+  ``true_answers`` the true one, the invented mention labelled ``invented`` in ``mentions``;
 - ``faint_rate``: share of objects drawn weakly visible (``faint_radius``, colour blended toward
   the background with opacity ``faint_contrast``); the mask is still exactly the painted pixels.
 
@@ -66,9 +82,15 @@ __all__ = [
     "SceneObject",
     "WORLDS",
     "WorldConfig",
+    "DESCRIBE",
+    "DESCRIBE_QUESTIONS",
+    "Mention",
     "answer_vocabulary",
     "ask",
+    "chair_metrics",
+    "describe_objects",
     "generate",
+    "label_description",
     "make_example",
     "object_type",
     "patch_coverage",
@@ -93,6 +115,9 @@ SIZES: tuple[str, ...] = ("small", "large")
 FAMILIES: tuple[str, ...] = ("attribute", "relational", "existence", "counting")
 RELATIONS: tuple[str, ...] = ("left", "right", "above", "below")
 MAX_COUNT = 6
+DESCRIBE = "describe"
+DESCRIBE_QUESTIONS: tuple[str, ...] = ("Describe the image.", "What is in the image?", "List the objects in the image.")
+MENTION_LABELS: tuple[str, ...] = ("correct", "wrong_attribute", "invented")
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,8 @@ class WorldConfig:
     bias_rate: float = 0.0  # share of those partner questions labelled "yes"
     bias_partners: tuple[str, ...] = ()  # partners whose questions get biased labels (empty: all)
     faint_rate: float = 0.0  # share of objects drawn weakly visible
+    describe_rate: float = 0.0  # share of examples that are "describe" questions (long answers)
+    describe_bias_rate: float = 0.0  # P(an absent partner of a present cue is mentioned) in a description
     faint_contrast: float = 0.35  # opacity of a faint object's colour over the background
     faint_radius: tuple[int, int] = (6, 8)
 
@@ -140,7 +167,8 @@ class WorldConfig:
         for t in self.bias_partners:
             if t not in partners:
                 raise ValueError(f"bias_partners: {t!r} is not a partner; expected some of: {', '.join(sorted(partners))}")
-        for name in ("cue_rate", "partner_question_rate", "bias_rate", "faint_rate", "faint_contrast"):
+        for name in ("cue_rate", "partner_question_rate", "bias_rate", "faint_rate", "faint_contrast",
+                     "describe_rate", "describe_bias_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {v}")
@@ -152,8 +180,9 @@ class WorldConfig:
         return [(_parse_type(c), _parse_type(p), float(r)) for c, p, r in self.cooccurrence]
 
     def truthful(self) -> "WorldConfig":
-        """The same world with every label true (``bias_rate`` 0): what evaluation splits use."""
-        return replace(self, bias_rate=0.0)
+        """The same world with every label true (``bias_rate`` and ``describe_bias_rate`` 0): what
+        evaluation splits use. It asks the same questions about the same scenes."""
+        return replace(self, bias_rate=0.0, describe_bias_rate=0.0)
 
 
 @dataclass(frozen=True)
@@ -185,6 +214,33 @@ class Scene:
         return Image.fromarray(self.image, mode="RGB")
 
 
+@dataclass(frozen=True)
+class Mention:
+    """One object mention of a description: "a large red circle" at ``text[start:end]``.
+
+    ``object``: index into the scene's objects it refers to (None for an invented object);
+    ``label``: ``correct`` (an object of that colour and shape, and that size), ``wrong_attribute``
+    (such an object exists, but of the other size) or ``invented`` (no object of that colour and
+    shape is left to refer to: an object hallucination, CHAIR's unit).
+    """
+
+    start: int
+    end: int
+    text: str
+    size: str | None
+    color: str
+    shape: str
+    object: int | None
+    label: str
+
+    @property
+    def type(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    def record(self) -> dict:
+        return {"start": self.start, "end": self.end, "text": self.text, "object": self.object, "label": self.label}
+
+
 @dataclass
 class Example:
     """One question about one scene.
@@ -203,6 +259,7 @@ class Example:
     true_answers: list[str] | None = None  # set only when ``answers`` is a biased label (``biased``)
     world: dict | None = None  # the world options that differ from ``WorldConfig()`` (None: the default world)
     pope: str | None = None  # POPE sampling ("random", "popular", "adversarial") of a POPE question
+    mentions: list["Mention"] | None = None  # describe questions: the mentions of ``answers[0]``
 
     @property
     def biased(self) -> bool:
@@ -252,6 +309,8 @@ class Example:
             rec["true_answers"] = list(self.true_answers)
         if self.pope is not None:
             rec["pope"] = self.pope
+        if self.mentions is not None:
+            rec["mentions"] = [m.record() for m in self.mentions]
         if self.world is not None:
             rec["world"] = self.world
         return rec
@@ -516,6 +575,142 @@ def _counting(scene: Scene, rng: np.random.Generator) -> tuple:
     return (f"How many {c} objects are there?", [str(len(ev))], "count_color", ev)
 
 
+def _mention_key(size: str, color: str, shape: str, cx: int = 0, cy: int = 0) -> tuple:
+    return (list(COLORS).index(color), SHAPES.index(shape), SIZES.index(size) * -1, cx, cy)
+
+
+def describe_objects(items: list[tuple[str, str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The description of ``items`` ((size, colour, shape), already in mention order) and each
+    mention's character span.
+
+    >>> describe_objects([("large", "red", "circle"), ("small", "blue", "square")])
+    ('a large red circle and a small blue square.', [(0, 18), (23, 42)])
+    """
+    if not items:
+        return "nothing.", []
+    phrases = [f"a {size} {color} {shape}" for size, color, shape in items]
+    text, spans = "", []
+    for i, ph in enumerate(phrases):
+        if i:
+            text += " and " if i == len(phrases) - 1 else ", "
+        spans.append((len(text), len(text) + len(ph)))
+        text += ph
+    return text + ".", spans
+
+
+def _describe(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> tuple | None:
+    """A describe question: (question, [text], kind, evidence, mentions, true text or None)."""
+    objs = scene.objects
+    if not objs:
+        return None
+    question = DESCRIBE_QUESTIONS[int(rng.integers(len(DESCRIBE_QUESTIONS)))]
+    present = {(o.color, o.shape) for o in objs}
+    # The bias draws are made for every pair whatever the rates, so a world and its truthful()
+    # twin describe the same scenes with the same questions.
+    invented: list[tuple[str, str, str]] = []
+    for cue, partner, _rate in cfg.pairs():
+        u, size = rng.random(), SIZES[int(rng.integers(len(SIZES)))]
+        eligible = cue in present and partner not in present and (
+            not cfg.bias_partners or f"{partner[0]} {partner[1]}" in cfg.bias_partners)
+        if eligible and u < cfg.describe_bias_rate and partner not in {(c, s) for _, c, s in invented}:
+            invented.append((size, partner[0], partner[1]))
+    entries = [(_mention_key(o.size, o.color, o.shape, o.cx, o.cy), (o.size, o.color, o.shape), i)
+               for i, o in enumerate(objs)]
+    true_order = sorted(entries)
+    true_text, true_spans = describe_objects([e[1] for e in true_order])
+    true_mentions = [Mention(a, b, true_text[a:b], *e[1], e[2], "correct") for (a, b), e in zip(true_spans, true_order)]
+    evidence = [e[2] for e in true_order]
+    if not invented:
+        return question, [true_text], "describe", evidence, true_mentions, None
+    biased = sorted(entries + [(_mention_key(*t, cx=-1), t, None) for t in invented])
+    text, spans = describe_objects([e[1] for e in biased])
+    mentions = [Mention(a, b, text[a:b], *e[1], e[2], "correct" if e[2] is not None else "invented")
+                for (a, b), e in zip(spans, biased)]
+    return question, [text], "describe", evidence, mentions, true_text
+
+
+_MENTION_RE = None
+
+
+def label_description(text: str, objects) -> list[Mention]:
+    """The object mentions of any description ``text`` (a model's own included), each matched to
+    the scene's ``objects`` (``SceneObject`` or record dicts with ``color``, ``shape``, ``size``).
+
+    A mention is a colour word followed by a shape word (plural or singular), with the article and
+    the size word before it when present. Matching, in mention order: a mention takes an unused
+    object of its colour, shape and size (``correct``), else an unused object of its colour and
+    shape (``wrong_attribute``: the size is wrong), else it is ``invented`` (object hallucination:
+    no object of that colour and shape is left; a wrong colour on a present shape counts here, as
+    in CHAIR where the object type is the unit). Words outside mentions are ignored.
+
+    >>> objs = [{"color": "red", "shape": "circle", "size": "large"}]
+    >>> [(m.text, m.label) for m in label_description("a small red circle and a blue square.", objs)]
+    [('a small red circle', 'wrong_attribute'), ('a blue square', 'invented')]
+    """
+    import re
+
+    global _MENTION_RE
+    if _MENTION_RE is None:
+        shapes = "|".join(sorted(list(SHAPES) + list(PLURALS.values()), key=len, reverse=True))
+        _MENTION_RE = re.compile(
+            rf"(?:\b(?:an?)\s+)?(?:\b({'|'.join(SIZES)})\s+)?\b({'|'.join(COLORS)})\s+({shapes})\b")
+    singular = {p: s for s, p in PLURALS.items()}
+    objs = [o if isinstance(o, dict) else {"color": o.color, "shape": o.shape, "size": o.size} for o in objects]
+    found = []
+    for m in _MENTION_RE.finditer(text):
+        found.append((m.start(), m.end(), m.group(1), m.group(2), singular.get(m.group(3), m.group(3))))
+    used: set[int] = set()
+    labels: list[tuple[int | None, str]] = [(None, "invented")] * len(found)
+    # Exact matches first, so that a wrong size on one object does not steal another's exact match.
+    for k, (_a, _b, size, color, shape) in enumerate(found):
+        for i, o in enumerate(objs):
+            if i not in used and (o["color"], o["shape"], o["size"]) == (color, shape, size):
+                used.add(i)
+                labels[k] = (i, "correct")
+                break
+    for k, (_a, _b, size, color, shape) in enumerate(found):
+        if labels[k][0] is not None:
+            continue
+        for i, o in enumerate(objs):
+            if i not in used and (o["color"], o["shape"]) == (color, shape):
+                used.add(i)
+                labels[k] = (i, "correct" if size is None else "wrong_attribute")
+                break
+    return [Mention(a, b, text[a:b], size, color, shape, obj, label)
+            for (a, b, size, color, shape), (obj, label) in zip(found, labels)]
+
+
+def chair_metrics(descriptions: list[tuple[list[Mention], int]]) -> dict:
+    """CHAIR and Cover over ``descriptions``: (labelled mentions, number of objects in the scene).
+
+    ``chair_s``: share of descriptions with at least one invented mention; ``chair_i``: invented
+    mentions / all mentions; ``cover``: objects mentioned / objects present; ``attr``: wrong-size
+    mentions / mentions of present objects (AMBER's attribute hallucination); ``length``: mentions
+    per description.
+
+    >>> m = label_description("a large red circle and a small blue square.", [{"color": "red", "shape": "circle", "size": "large"}])
+    >>> chair_metrics([(m, 2)])
+    {'n': 1, 'chair_s': 1.0, 'chair_i': 0.5, 'cover': 0.5, 'attr': 0.0, 'length': 2.0}
+    """
+    n = len(descriptions)
+    mentions = [m for ms, _ in descriptions for m in ms]
+    invented = sum(m.label == "invented" for m in mentions)
+    real = [m for m in mentions if m.object is not None]
+    objects = sum(k for _, k in descriptions)
+
+    def ratio(a, b):
+        return round(a / b, 4) if b else None
+
+    return {
+        "n": n,
+        "chair_s": ratio(sum(any(m.label == "invented" for m in ms) for ms, _ in descriptions), n),
+        "chair_i": ratio(invented, len(mentions)),
+        "cover": ratio(len(real), objects),
+        "attr": ratio(sum(m.label == "wrong_attribute" for m in real), len(real)),
+        "length": ratio(len(mentions), n),
+    }
+
+
 def ask(scene: Scene, family: str, rng: np.random.Generator, cfg: WorldConfig = WorldConfig()) -> tuple | None:
     """One question of ``family`` about ``scene``: (question, answers, kind, evidence) or None if impossible."""
     if family == "attribute":
@@ -526,7 +721,9 @@ def ask(scene: Scene, family: str, rng: np.random.Generator, cfg: WorldConfig = 
         return _existence(scene, rng, cfg)
     if family == "counting":
         return _counting(scene, rng)
-    raise ValueError(f"unknown family {family!r}; expected one of: {', '.join(FAMILIES)}")
+    if family == DESCRIBE:
+        return _describe(scene, rng, cfg)
+    raise ValueError(f"unknown family {family!r}; expected one of: {', '.join(FAMILIES + (DESCRIBE,))}")
 
 
 def make_example(
@@ -544,10 +741,17 @@ def make_example(
     rng = np.random.default_rng([seed, index])
     fams = list(cfg.family_weights)
     weights = np.array([cfg.family_weights[f] for f in fams], dtype=float)
+    if family is None and cfg.describe_rate > 0 and rng.random() < cfg.describe_rate:
+        family = DESCRIBE
     fam = family or fams[rng.choice(len(fams), p=weights / weights.sum())]
     for _ in range(100):
         scene = render_scene(rng, cfg, n_objects)
         q = ask(scene, fam, rng, cfg)
+        if q is not None and fam == DESCRIBE:
+            question, answers, kind, evidence, mentions, true_text = q
+            return Example(f"{seed}-{index}", question, answers, fam, kind, evidence, scene,
+                           true_answers=[true_text] if true_text is not None else None,
+                           world=world_options(cfg) or None, mentions=mentions)
         if q is not None:
             question, answers, kind, evidence = q
             # A "partner" question is always about an absent object: a "yes" is a biased label.
@@ -572,7 +776,7 @@ def generate(
 
 _HALLUCINATION_OPTIONS = (
     "cooccurrence", "cue_rate", "partner_question_rate", "bias_rate", "bias_partners", "faint_rate", "faint_contrast",
-    "faint_radius",
+    "faint_radius", "describe_rate", "describe_bias_rate",
 )
 
 
@@ -625,6 +829,12 @@ WORLDS["cooccur-confident"] = replace(
 )
 
 
+# Descriptions (issue 26): the shipped world plus 20% "describe" questions whose training
+# descriptions mention each absent biased partner of a present cue with probability 0.8 (the
+# existence questions' own bias rate, on the same four partners).
+WORLDS["cooccur-describe"] = replace(WORLDS["cooccur-confident"], describe_rate=0.2, describe_bias_rate=0.8)
+
+
 def world_config(name: str = "default", **overrides) -> WorldConfig:
     """The named world of ``WORLDS`` with ``overrides`` (any ``WorldConfig`` field) applied.
 
@@ -646,6 +856,7 @@ def question_vocabulary() -> list[str]:
     words = ["What", "How", "Is", "color", "shape", "is", "the", "object", "objects", "of", "there",
              "a", "an", "many", "are", "?", "small", "large"]
     words += list(RELATIONS) + list(PLURALS.values())
+    words += answer_vocabulary() + ["Describe", "image", "in", "List", "and", "nothing"]  # describe (new words last)
     out = []
     for w in words + answer_vocabulary():
         if w not in out:
