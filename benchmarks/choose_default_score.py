@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from calibration import auroc, evaluate_threshold, fit_calibration, fit_score, split_fit_heldout
-from guardrail.calibrate import TABLE_SCORES, _available, _label, read_signals
+from calibration import table_scores
+from guardrail.calibrate import read_signals, score_available, score_label
 
 
 def main(argv=None):
@@ -40,12 +41,12 @@ def main(argv=None):
                         f"(of the {len(fit_idx)} fitting answers; accuracy {c.mean():.3f})")
     for col in ("score", "AUROC", "guaranteed: share conf.", "precision", "paper_midpoint: share", "precision "):
         table.add_column(col, justify="right")
-    for name, params in TABLE_SCORES:
-        if not _available(name, dev_rows):
+    for name, params in table_scores():
+        if not score_available(name, dev_rows):
             continue
         score = fit_score(name, sig_a, c[a_idx], **params)
         va, vb = score.many(sig_a), score.many(sig_b)
-        cells = [_label(name, params), f"{auroc(vb, ~c[b_idx]):.3f}"]
+        cells = [score_label(name, params), f"{auroc(vb, ~c[b_idx]):.3f}"]
         for rule in ("guaranteed_precision", "paper_midpoint"):
             cal = fit_calibration(va, c[a_idx], rule=rule, target_precision=args.target_precision, delta=args.delta)
             m = evaluate_threshold(vb, c[b_idx], cal.threshold)

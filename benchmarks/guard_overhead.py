@@ -37,7 +37,7 @@ from calibration import fit_calibration  # noqa: E402
 from fastrm_core import FastRMProxy, ProxyConfig, capture, get_adapter, load_vlm  # noqa: E402
 from fastrm_core.testing import blank_image, build_tiny_llava  # noqa: E402
 from guardrail import Guard  # noqa: E402
-from guardrail.signals import TokenSignals  # noqa: E402
+from guardrail.answers.token_signals import TokenSignals  # noqa: E402
 
 
 def main(argv=None):
@@ -83,11 +83,11 @@ def main(argv=None):
 
     def plain():  # what an unguarded app does: preprocess, then generate
         with torch.no_grad():
-            return model.generate(**guard._prepare([image], [question]), **kw)
+            return model.generate(**guard.prepare([image], [question]), **kw)
 
     def maps_only():
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
-            out = model.generate(**guard._prepare([image], [question]), **kw)
+            out = model.generate(**guard.prepare([image], [question]), **kw)
         cap.row_maps(0)
         return out
 
@@ -96,7 +96,7 @@ def main(argv=None):
 
         rec = TokenSignals()
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
-            out = model.generate(**guard._prepare([image], [question]), **kw, logits_processor=LogitsProcessorList([rec]))
+            out = model.generate(**guard.prepare([image], [question]), **kw, logits_processor=LogitsProcessorList([rec]))
         cap.row_maps(0), cap.features, rec.result(out)
         return out
 

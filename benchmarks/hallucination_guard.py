@@ -3,7 +3,7 @@
 Answers every question of a POPE split (``shapesvqa.pope``: positives, and random, popular and
 adversarial negatives) the way ``guardrail calibrate`` and the Guard do (one greedy ``generate``
 with the FastRM capture and the token-signal recorder), gives each answer the shipped verdict
-(:class:`guardrail.scoring.Scorer` with the calibration: its score, threshold and novelty gate),
+(:class:`guardrail.answers.pipeline.Scorer` with the calibration: its score, threshold and novelty gate),
 and reports for the hallucinated "yes" answers (a "yes" to a negative):
 
 - the POPE table of the guarded answers;
@@ -55,8 +55,9 @@ from calibration import AnswerSignals, Calibration, auroc, fit_calibration, fit_
 from calibration.fused import FusedModel
 from fastrm_common.records import VQARecord
 from fastrm_core import FastRMProxy, load_vlm, weights_fingerprint
-from guardrail.calibrate import TABLE_SCORES, _available, _label, read_signals, score_records
-from guardrail.scoring import Scorer
+from calibration import table_scores
+from guardrail.calibrate import read_signals, score_available, score_label, score_records
+from guardrail.answers.pipeline import Scorer
 from shapesvqa.evaluate import first_word
 from shapesvqa.grounding import object_patches
 from shapesvqa.pope import LOCATIONS, map_location, pope_metrics, pope_split, scene_id
@@ -131,8 +132,8 @@ def all_scores(sig_rows: Sequence[AnswerSignals], fitted: dict[str, Any]) -> dic
     """Every score's value per answer: the calibrate table's scores (fitted ones from ``fitted``) and
     the map statistics above. NaN where an answer cannot be scored."""
     out: dict[str, np.ndarray] = {}
-    for name, params in TABLE_SCORES:
-        label = _label(name, params)
+    for name, params in table_scores():
+        label = score_label(name, params)
         if name in ("novelty", "fused"):
             if name in fitted:
                 out[label] = fitted[name].many(sig_rows)
@@ -494,7 +495,7 @@ def main(argv=None):
         fit_idx, _ = split_fit_heldout(len(frows), fit_fraction, fseed, stratify=fc)
         fsig = [frows[i].signals for i in fit_idx]
         for name in ("novelty", "fused"):
-            if _available(name, frows):
+            if score_available(name, frows):
                 fitted[name] = fit_score(name, fsig, fc[fit_idx])
         fvalues = all_scores(fsig, fitted)
         for label, fv in fvalues.items():

@@ -18,7 +18,17 @@ The VQA records (JSONL reading) and accuracy live in the torch-free leaf
 re-exported here. ``import calibration`` does not import torch.
 """
 
-from calibration.answer_scores import AnswerSignals, Score, fit_score, get_score, list_scores, register_score
+from calibration.answer_scores import (
+    AnswerSignals,
+    Score,
+    fit_score,
+    get_score,
+    list_scores,
+    lookup_score,
+    observed_scores,
+    register_score,
+    table_scores,
+)
 from calibration.artifact import (
     Calibration,
     GroupThresholds,
@@ -61,11 +71,14 @@ __all__ = [
     "guaranteed_threshold",
     "is_correct",
     "list_scores",
+    "lookup_score",
     "normalize_answer",
+    "observed_scores",
     "plot_calibration",
     "read_vqa_jsonl",
     "register_score",
     "split_fit_heldout",
+    "table_scores",
     "token_entropy",
     "vqa_accuracy",
 ]

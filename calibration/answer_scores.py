@@ -55,17 +55,22 @@ import numpy as np
 
 from calibration.fused import DEFAULT_BASES, FusedModel
 from calibration.novelty import ViewsNovelty
-from fastrm_common.errors import CalibrationError
+from fastrm_common.errors import CalibrationError, RegistryError
+from fastrm_common.registry import Registry
 
 __all__ = [
     "SIGNALS",
     "AnswerSignals",
     "Score",
+    "SCORES",
     "ScoreFactory",
     "fit_score",
     "get_score",
     "list_scores",
+    "lookup_score",
+    "observed_scores",
     "register_score",
+    "table_scores",
 ]
 
 #: The signal names a score may declare in ``needs``.
@@ -160,6 +165,24 @@ class Score:
     fitted: ClassVar[bool] = False
     #: the accepted values of each choice parameter, checked by the constructor
     choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    #: parameters under which every guarded call reports this score (``GuardResult.scores``);
+    #: None: not reported unless a calibration uses it
+    observe: ClassVar[dict[str, Any] | None] = None
+    #: the parameter sets compared in ``guardrail calibrate``'s score table, in print order
+    table: ClassVar[tuple[dict[str, Any], ...]] = ()
+    #: where the score sits in the table and the observed list (lower first)
+    order: ClassVar[int] = 100
+
+    @classmethod
+    def signals_needed(cls, **params: Any) -> frozenset[str]:
+        """The signals (:data:`SIGNALS`) this score reads, those of the scores it is built on included."""
+        return frozenset(n for n in cls.needs if n in SIGNALS)
+
+    @classmethod
+    def available(cls, signals: Sequence[AnswerSignals], **params: Any) -> bool:
+        """Whether every answer of ``signals`` carries what this score needs."""
+        need = cls.signals_needed(**params)
+        return all(s.has(n) for s in signals for n in need)
 
     def __init__(self, **params: Any):
         for key, allowed in self.choices.items():
@@ -210,6 +233,10 @@ class MapEntropy(Score):
     needs = frozenset({"map_entropy"})
     choices = {"aggregation": ("mean", "max", "first"), "normalized": (True, False)}
 
+    observe = {"aggregation": "mean", "normalized": True}
+    table = ({"aggregation": "mean"}, {"aggregation": "max"}, {"aggregation": "first"})
+    order = 10
+
     def __init__(self, aggregation: str = "mean", normalized: bool = True):
         super().__init__(aggregation=aggregation, normalized=normalized)
 
@@ -225,6 +252,9 @@ class MapEntropy(Score):
 class MapSpread(Score):
     name = "map_spread"
     needs = frozenset({"maps"})
+    observe: ClassVar[dict[str, Any]] = {}
+    table = ({},)
+    order = 20
 
     def __init__(self, k: int = 4):
         if int(k) < 1:
@@ -244,6 +274,9 @@ class TokenNLL(Score):
     name = "token_nll"
     needs = frozenset({"token_logprob"})
     choices = {"aggregation": ("max", "mean")}
+    observe = {"aggregation": "max"}
+    table = ({"aggregation": "max"}, {"aggregation": "mean"})
+    order = 30
 
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
@@ -256,6 +289,9 @@ class PredictiveEntropy(Score):
     name = "predictive_entropy"
     needs = frozenset({"predictive_entropy"})
     choices = {"aggregation": ("max", "mean")}
+    observe = {"aggregation": "max"}
+    table = ({"aggregation": "max"}, {"aggregation": "mean"})
+    order = 40
 
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
@@ -269,6 +305,9 @@ class LowMargin(Score):
     name = "low_margin"
     needs = frozenset({"margin"})
     choices = {"aggregation": ("max", "mean")}
+    observe = {"aggregation": "max"}
+    table = ({"aggregation": "max"}, {"aggregation": "mean"})
+    order = 50
 
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
@@ -288,6 +327,8 @@ class Novelty(Score):
     name = "novelty"
     needs = frozenset({"features"})
     fitted = True
+    table = ({},)
+    order = 90
 
     def __init__(self, **stats: Any):
         self.model = ViewsNovelty.from_params(stats)
@@ -335,6 +376,16 @@ class Fused(Score):
     name = "fused"
     needs = frozenset({"scores"})
     fitted = True
+    table = ({},)
+    order = 95
+
+    @classmethod
+    def signals_needed(cls, *, bases: Sequence[Any] | None = None, **params: Any) -> frozenset[str]:
+        need: set[str] = set()
+        for b in bases if bases is not None else DEFAULT_BASES:
+            name, bparams = (b, {}) if isinstance(b, str) else (b["name"], dict(b.get("params", {})))
+            need |= lookup_score(name).signals_needed(**bparams)
+        return frozenset(need)
 
     def __init__(self, **params: Any):
         self.model = FusedModel.from_params(params)
@@ -358,7 +409,7 @@ class Fused(Score):
         base_scores = []
         for b in bases if bases is not None else DEFAULT_BASES:
             name, params = (b, {}) if isinstance(b, str) else (b["name"], dict(b.get("params", {})))
-            score = fit_score(name, signals, correct, **params) if _REGISTRY.get(name, Score).fitted else get_score(name, **params)
+            score = fit_score(name, signals, correct, **params) if lookup_score(name).fitted else get_score(name, **params)
             specs.append({"name": score.name, "params": score.params})
             base_scores.append(score.many(signals))
         x = np.stack(base_scores, axis=1)  # (n, k)
@@ -369,33 +420,56 @@ class Fused(Score):
 
 
 ScoreFactory = Callable[..., Score]
-_REGISTRY: dict[str, type[Score]] = {}
+
+
+class ScoreRegistryError(RegistryError, CalibrationError):
+    """An unknown or taken score name (a :class:`RegistryError` and a :class:`CalibrationError`)."""
+
+
+#: every registered score class by name (:class:`fastrm_common.registry.Registry`)
+SCORES: Registry[type[Score]] = Registry("score", error=ScoreRegistryError)
 
 
 def register_score(cls: type[Score], *, replace: bool = False) -> type[Score]:
     """Add a :class:`Score` subclass to the registry under its ``name`` (usable as a decorator).
+
+    Once registered, a score is everywhere a score goes: the Guard reports it when it declares
+    ``observe``, ``guardrail calibrate`` compares it under each parameter set of ``table``,
+    calibrations may name it, and spans and serve carry its value.
 
     Raises:
         CalibrationError: no name, or the name is taken (pass ``replace=True`` to override).
     """
     if not isinstance(cls, type) or not issubclass(cls, Score) or not cls.name:
         raise CalibrationError("register_score needs a Score subclass with a non-empty name")
-    if cls.name in _REGISTRY and not replace:
-        raise CalibrationError(f"a score named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
+    SCORES.add(cls.name, cls, replace=replace)
     return cls
 
 
 def list_scores() -> list[str]:
     """The registered score names, sorted."""
-    return sorted(_REGISTRY)
+    return SCORES.names()
 
 
-def _lookup(name: str) -> type[Score]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise CalibrationError(f"unknown score {name!r}; expected one of: {', '.join(list_scores())}") from None
+def lookup_score(name: str) -> type[Score]:
+    """The registered :class:`Score` class ``name``.
+
+    Raises:
+        CalibrationError: unknown name (the message lists the registered ones).
+    """
+    return SCORES.get(name)
+
+
+def observed_scores() -> list[tuple[str, dict[str, Any]]]:
+    """The scores every guarded call reports, (name, parameters), from the registry's ``observe``."""
+    classes = sorted((c for c in SCORES.values() if c.observe is not None), key=lambda c: (c.order, c.name))
+    return [(c.name, dict(c.observe)) for c in classes]
+
+
+def table_scores() -> list[tuple[str, dict[str, Any]]]:
+    """The (name, parameters) pairs ``guardrail calibrate`` compares, from the registry's ``table``."""
+    classes = sorted(SCORES.values(), key=lambda c: (c.order, c.name))
+    return [(c.name, dict(params)) for c in classes for params in c.table]
 
 
 def get_score(name: str, **params: Any) -> Score:
@@ -404,7 +478,7 @@ def get_score(name: str, **params: Any) -> Score:
     Raises:
         CalibrationError: unknown name (the message lists the registered ones) or bad parameters.
     """
-    cls = _lookup(name)
+    cls = lookup_score(name)
     try:
         return cls(**params)
     except TypeError as exc:
@@ -416,7 +490,7 @@ def fit_score(name: str, signals: Sequence[AnswerSignals], correct: Any, **param
 
     Pass the fitting split only: the held-out answers must not shape the score.
     """
-    cls = _lookup(name)
+    cls = lookup_score(name)
     if not cls.fitted:
         return get_score(name, **params)
     return cls.fit(signals, correct, **params)

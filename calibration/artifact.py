@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from calibration.answer_scores import get_score
 from calibration.scores import Aggregation
 from fastrm_common.errors import CalibrationError, ConfigMismatchError
-from fastrm_core.safe_io import read_json
+from fastrm_common.safe_io import read_json
 
 __all__ = [
     "RULES",

@@ -66,7 +66,7 @@ def _to_array(values: Any) -> np.ndarray:
     return np.asarray(values)
 
 
-def _check_pair(scores: Any, correct: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(scores: Any, correct: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert ``(scores, correct)`` -> float64 (n,), bool (n,)."""
     s = _to_array(scores)
     c = _to_array(correct)
@@ -130,7 +130,7 @@ def auroc(scores: Any, positive: Any) -> float | None:
         >>> auroc([0.1, 0.2, 0.8, 0.9], [False, False, True, True])
         1.0
     """
-    s, pos = _check_pair(scores, positive, "auroc")
+    s, pos = check_pair(scores, positive, "auroc")
     n_pos = int(pos.sum())
     n_neg = s.shape[0] - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -163,7 +163,7 @@ def evaluate_threshold(scores: Any, correct: Any, threshold: float | None) -> Th
         >>> (m.tp, m.fp, m.tn, m.fn, m.precision_confident)
         (2, 0, 1, 1, 1.0)
     """
-    s, c = _check_pair(scores, correct, "evaluate_threshold")
+    s, c = check_pair(scores, correct, "evaluate_threshold")
     if threshold is None:  # a refused guarantee: nothing is confident
         t = None
         confident = np.zeros(s.shape, dtype=bool)
@@ -404,7 +404,7 @@ def fit_calibration(
     if int(grid_size) < 2:
         raise CalibrationError(f"grid_size must be at least 2, got {grid_size!r}")
 
-    s, c = _check_pair(scores, correct, "fitting data")
+    s, c = check_pair(scores, correct, "fitting data")
     n = s.shape[0]
     n_c, n_w = int(c.sum()), int((~c).sum())
     if n_c < min_per_class or n_w < min_per_class:
@@ -421,7 +421,7 @@ def fit_calibration(
     if heldout is not None:
         if not isinstance(heldout, (tuple, list)) or len(heldout) != 2:
             raise CalibrationError("heldout must be a pair (scores, correct)")
-        held = _check_pair(heldout[0], heldout[1], "held-out data")
+        held = check_pair(heldout[0], heldout[1], "held-out data")
 
     from scipy.stats import gaussian_kde  # only when fitting (see _crossings_down)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from calibration.artifact import Calibration
-from calibration.fit import _check_pair, evaluate_threshold
+from calibration.fit import check_pair, evaluate_threshold
 
 __all__ = ["plot_calibration"]
 
@@ -50,7 +50,7 @@ def plot_calibration(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    s, c = _check_pair(scores, correct, "plot data")
+    s, c = check_pair(scores, correct, "plot data")
     m = evaluate_threshold(s, c, cal.threshold)
     kde = cal.kde
     xs = np.asarray(kde.xs)  # (G,)

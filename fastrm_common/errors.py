@@ -27,6 +27,7 @@ __all__ = [
     "GuardrailError",
     "InputError",
     "PolicyError",
+    "RegistryError",
     "RelevancyError",
     "UnsupportedModelError",
 ]
@@ -66,3 +67,11 @@ class CalibrationError(GuardrailError, ValueError):
 
 class PolicyError(GuardrailError, ValueError):
     """A policy is invalid (schema, YAML) or cannot be applied."""
+
+
+class RegistryError(InputError):
+    """A registry refused a name: unknown, or already taken (pass ``replace=True`` to override).
+
+    Every registry of the project (scores, adapters, relevancy methods, presets) raises it;
+    a registry may raise a subclass that also derives from its domain's error (the score
+    registry's also is a :class:`CalibrationError`)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fastrm_common.errors import InputError
+from fastrm_common.registry import Registry
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -66,37 +67,34 @@ class Preset:
     description: str = ""
 
 
-_REGISTERED: dict[str, Preset] = {}
-_LOADED_ENTRY_POINTS = False
-
-
-def register_preset(preset: Preset) -> None:
-    """Make ``preset`` resolvable by its name (replaces one of the same name)."""
-    if not isinstance(preset, Preset):
-        raise InputError(f"register_preset expects a Preset, got {type(preset).__name__}")
-    _REGISTERED[preset.name] = preset
-
-
 def _load_entry_points() -> None:
-    global _LOADED_ENTRY_POINTS
-    if _LOADED_ENTRY_POINTS:
-        return
     from importlib.metadata import entry_points
 
-    _LOADED_ENTRY_POINTS = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTERED:  # registered at run time: that one wins
+        if ep.name in PRESETS:  # registered at run time: that one wins
             continue
         preset = ep.load()
         if not isinstance(preset, Preset):
             raise InputError(f"entry point {ep.value!r} ({ENTRY_POINT_GROUP}) is not a Preset")
-        _REGISTERED[ep.name] = preset
+        PRESETS.add(ep.name, preset)
+
+
+#: the model presets by name (:class:`fastrm_common.registry.Registry`); the installed entry points
+#: (group ``fastrm_guard.presets``) are read once, at the first lookup
+PRESETS: Registry[Preset] = Registry("preset", loader=_load_entry_points)
+
+
+def register_preset(preset: Preset, *, replace: bool = False) -> None:
+    """Make ``preset`` resolvable by its name; a taken name is refused unless ``replace``
+    (:class:`~fastrm_common.errors.RegistryError`)."""
+    if not isinstance(preset, Preset):
+        raise InputError(f"register_preset expects a Preset, got {type(preset).__name__}")
+    PRESETS.add(preset.name, preset, replace=replace)
 
 
 def list_presets() -> list[str]:
     """The names of the registered presets, sorted."""
-    _load_entry_points()
-    return sorted(_REGISTERED)
+    return PRESETS.names()
 
 
 def get_preset(name: str | os.PathLike) -> Preset | None:
@@ -107,8 +105,7 @@ def get_preset(name: str | os.PathLike) -> Preset | None:
     """
     if not isinstance(name, (str, os.PathLike)):
         return None
-    _load_entry_points()
-    return _REGISTERED.get(os.fspath(name))
+    return PRESETS.find(os.fspath(name))
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> str | os.PathLike:

@@ -29,7 +29,7 @@ from fastrm_common.tokens import content_token_mask, eos_token_ids
 # (errors, token helpers) or ``fastrm_core.cli --help`` does not pay for torch and transformers.
 _LAZY = {
     "ImageLayout": "fastrm_core.adapters",
-    "LlavaAdapter": "fastrm_core.adapters",
+    "LlavaAdapter": "fastrm_core.families.llava",
     "VLMAdapter": "fastrm_core.adapters",
     "get_adapter": "fastrm_core.adapters",
     "list_adapters": "fastrm_core.adapters",
@@ -47,7 +47,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from fastrm_core.adapters import ImageLayout, LlavaAdapter, VLMAdapter, get_adapter, list_adapters, register_adapter
+    from fastrm_core.adapters import ImageLayout, VLMAdapter, get_adapter, list_adapters, register_adapter
+    from fastrm_core.families.llava import LlavaAdapter
     from fastrm_core.capturing import Capture, capture
     from fastrm_core.integrity import weights_fingerprint
     from fastrm_core.loading import load_vlm

@@ -60,20 +60,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastrm_common.registry import Registry
 from fastrm_common.errors import InputError, UnsupportedModelError
 from fastrm_common.prompting import build_prompt as _build_prompt
 from fastrm_common.tokens import eos_ids_of
-from fastrm_core.regions import ImageRegion, check_regions, flat_positions
+from fastrm_core.regions import ImageRegion, flat_positions
 
 __all__ = [
+    "ADAPTERS",
     "ImageLayout",
-    "LlavaAdapter",
     "VLMAdapter",
     "adapter_for_config",
+    "as_inputs",
     "get_adapter",
+    "inner_model",
     "list_adapters",
     "register_adapter",
     "supported_model_types",
+    "unsupported_model_error",
 ]
 
 
@@ -97,7 +101,7 @@ class ImageLayout:
         return self.positions[self.offset :]
 
 
-def _as_inputs(inputs) -> Mapping:
+def as_inputs(inputs) -> Mapping:
     """``inputs`` as a mapping with ``input_ids`` (B, S): a processor output, or bare ids (S,) / (B, S)."""
     if torch.is_tensor(inputs):
         ids = inputs if inputs.dim() == 2 else inputs.reshape(1, -1)
@@ -248,7 +252,7 @@ class VLMAdapter:
 
     def batch_regions(self, inputs) -> list[list[ImageRegion]]:
         """:meth:`regions` of every row of a batch."""
-        inputs = _as_inputs(inputs)
+        inputs = as_inputs(inputs)
         return [self.regions(inputs, b) for b in range(inputs["input_ids"].shape[0])]
 
     def image_positions(self, inputs, row: int = 0) -> torch.Tensor:
@@ -281,7 +285,7 @@ class VLMAdapter:
         """Model inputs of row ``row`` alone, without padding: ``input_ids`` (1, S_row), an all-ones
         ``attention_mask``, per-token tensors unpadded, per-image tensors sliced to the row's
         images, ``dropped_inputs`` (``labels``) left out, everything else passed on unchanged."""
-        inputs = _as_inputs(inputs)
+        inputs = as_inputs(inputs)
         ids = inputs["input_ids"]
         batch, seq = ids.shape
         mask = inputs.get("attention_mask")
@@ -396,112 +400,51 @@ def _n_images(regions: Sequence[ImageRegion]) -> int:
     return len({r.image for r in regions})
 
 
-class LlavaAdapter(VLMAdapter):
-    """transformers' ``LlavaForConditionalGeneration`` with a CLIP (or SigLIP "full") vision tower:
-    LLaVA-1.5 and the shipped reference model. One fixed square grid per image; a prompt may hold
-    several images (each its own contiguous run of image tokens)."""
-
-    name = "llava"
-    model_types = ("llava",)
-
-    @classmethod
-    def supports(cls, config) -> bool:
-        if getattr(config, "model_type", None) != "llava":
-            return False
-        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
-        strategy = getattr(config, "vision_feature_select_strategy", "default")
-        if vision == "clip_vision_model":
-            return strategy in ("default", "full")
-        # SigLIP has no CLS token: "full" keeps every patch; "default" would drop a real patch
-        return vision == "siglip_vision_model" and strategy == "full"
-
-    @property
-    def _llava_model(self) -> nn.Module:
-        return self.model.model if hasattr(self.model, "lm_head") else self.model
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self._llava_model.language_model
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def fixed_grid(self) -> tuple[int, int]:
-        vc = self.model.config.vision_config
-        side = int(vc.image_size) // int(vc.patch_size)
-        return (side, side)
-
-    @property
-    def image_token_offset(self) -> int:
-        # CLIP + "default" drops the CLS token; CLIP + "full" keeps it as the first image token
-        cfg = self.model.config
-        return 1 if cfg.vision_feature_select_strategy == "full" and cfg.vision_config.model_type == "clip_vision_model" else 0
-
-    def regions(self, inputs, row: int = 0) -> list[ImageRegion]:
-        ids = _as_inputs(inputs)["input_ids"][row]
-        positions = (ids == self.image_token_id).nonzero(as_tuple=True)[0]
-        per_image = self.n_image_tokens
-        if positions.numel() == 0 or positions.numel() % per_image:
-            raise InputError(
-                f"expected exactly one image of {per_image} image tokens (id {self.image_token_id}) per picture "
-                f"in the sequence, found {positions.numel()}"
-            )
-        out = []
-        for k, chunk in enumerate(positions.split(per_image)):
-            if int(chunk[-1] - chunk[0]) != per_image - 1:
-                raise InputError(f"the tokens of image {k} are not one contiguous run of {per_image} tokens")
-            out.append(ImageRegion(image=k, kind="full", positions=chunk[self.image_token_offset :], grid=self.fixed_grid))
-        check_regions(out, ids.numel())
-        return out
+def inner_model(model: nn.Module) -> nn.Module:
+    """The ``*Model`` inside a ``*ForConditionalGeneration`` (the module holding the towers and the
+    language model), or ``model`` itself when it is already that inner model."""
+    return model.model if hasattr(model, "lm_head") else model
 
 
-_ADAPTERS: dict[str, type[VLMAdapter]] = {}
-_BUILTINS_LOADED = False
+def _load_builtin_families() -> None:
+    from fastrm_core.families import BUILTIN
+
+    for module in BUILTIN:
+        importlib.import_module(module)
 
 
-def register_adapter(cls: type[VLMAdapter]) -> type[VLMAdapter]:
-    """Register an adapter class under ``cls.name`` (usable as a decorator)."""
-    if not cls.name:
-        raise ValueError("an adapter class needs a non-empty `name`")
-    _ADAPTERS[cls.name] = cls
+#: the adapter classes by name (:class:`fastrm_common.registry.Registry`); the built-in families
+#: (:data:`fastrm_core.families.BUILTIN`) are imported at the first lookup
+ADAPTERS: Registry[type[VLMAdapter]] = Registry("adapter", loader=_load_builtin_families)
+
+
+def register_adapter(cls: type[VLMAdapter], *, replace: bool = False) -> type[VLMAdapter]:
+    """Register an adapter class under ``cls.name`` (usable as a decorator); a taken name is
+    refused unless ``replace`` (:class:`~fastrm_common.errors.RegistryError`)."""
+    ADAPTERS.add(getattr(cls, "name", ""), cls, replace=replace)
     return cls
-
-
-register_adapter(LlavaAdapter)
-
-
-def _registry() -> dict[str, type[VLMAdapter]]:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from fastrm_core.families import BUILTIN
-
-        for module in BUILTIN:
-            importlib.import_module(module)
-    return _ADAPTERS
 
 
 def list_adapters() -> list[str]:
     """Names of the registered adapters, sorted."""
-    return sorted(_registry())
+    return ADAPTERS.names()
 
 
 def supported_model_types() -> list[str]:
     """``config.model_type`` values some registered adapter may accept, sorted."""
-    return sorted({t for cls in _registry().values() for t in cls.model_types})
+    return sorted({t for cls in ADAPTERS.values() for t in cls.model_types})
 
 
 def adapter_for_config(config) -> type[VLMAdapter] | None:
     """The registered adapter class that understands ``config``, or ``None``."""
-    for cls in _registry().values():
+    for cls in ADAPTERS.values():
         if cls.supports(config):
             return cls
     return None
 
 
-def _refusal(config, what: str) -> UnsupportedModelError:
+def unsupported_model_error(config, what: str) -> UnsupportedModelError:
+    """The error that says no adapter supports ``config`` (``what``: the model, as named to the user)."""
     model_type = getattr(config, "model_type", None)
     vision = getattr(getattr(config, "vision_config", None), "model_type", None)
     detail = f"model_type {model_type!r}" + (f" with a {vision!r} vision tower" if vision else "")
@@ -517,15 +460,16 @@ def get_adapter(model: nn.Module, name: str | None = None) -> VLMAdapter:
     Raises :class:`UnsupportedModelError` listing the supported adapters when none fits (also when
     the named adapter does not understand the model's config).
     """
-    registry = _registry()
     if name is not None:
-        if name not in registry:
+        cls = ADAPTERS.find(name)
+        if cls is None:
             raise UnsupportedModelError(f"unknown adapter {name!r}; expected one of: {', '.join(list_adapters())}")
-        if not registry[name].matches(model):
-            raise _refusal(getattr(model, "config", None), f"{type(model).__name__} as {name!r}")
-        return registry[name](model)
+        if not cls.matches(model):
+            raise unsupported_model_error(getattr(model, "config", None), f"{type(model).__name__} as {name!r}")
+        return cls(model)
     config = getattr(model, "config", None)
     cls = adapter_for_config(config) if config is not None else None
     if cls is None:
-        raise _refusal(config, type(model).__name__)
+        raise unsupported_model_error(config, type(model).__name__)
     return cls(model)
+

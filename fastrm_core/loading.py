@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from fastrm_core.adapters import _refusal, adapter_for_config, get_adapter
+from fastrm_core.adapters import unsupported_model_error, adapter_for_config, get_adapter
 from fastrm_common.errors import InputError
 from fastrm_common.presets import resolve_model
 
@@ -48,7 +48,7 @@ def load_vlm(name_or_path: str | Path, *, dtype: torch.dtype | str | None = None
                          f"available offline ({type(exc).__name__})") from exc
     adapter_cls = adapter_for_config(config)
     if adapter_cls is None:
-        raise _refusal(config, str(name_or_path))
+        raise unsupported_model_error(config, str(name_or_path))
     kwargs = {} if dtype is None else {"dtype": dtype}
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     if device is not None:

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from fastrm_common.errors import ConfigMismatchError, DataError
-from fastrm_core.safe_io import read_json
+from fastrm_common.safe_io import read_json
 
 __all__ = ["FastRMProxy", "ProxyConfig"]
 

@@ -1,5 +1,5 @@
 import sys
 
-from guardrail.cli import main
+from guardrail.cli.main import main
 
 sys.exit(main())

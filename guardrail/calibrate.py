@@ -31,7 +31,9 @@ from calibration import (
     fit_calibration,
     fit_score,
     get_score,
+    lookup_score,
     split_fit_heldout,
+    table_scores,
 )
 from fastrm_common.records import VQARecord
 from fastrm_common.vqa import is_correct
@@ -41,33 +43,23 @@ from fastrm_common.images import load_image
 from fastrm_common.tokens import eos_token_ids
 from fastrm_core.inputs import prepare_inputs
 
-from .scoring import answer_signals, cut_at_eos
-from .signals import TokenSignals
+from guardrail.answers.pipeline import answer_signals, cut_at_eos, generation_rows
+from guardrail.answers.token_signals import TokenSignals
 
 __all__ = [
     "TABLE_SCORES",
     "ScoredAnswer",
     "calibrate_scores",
+    "score_available",
+    "score_label",
     "read_signals",
     "score_records",
     "write_signals",
 ]
 
-#: the scores compared in the calibrate table (name, parameters), in print order
-TABLE_SCORES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("map_entropy", {"aggregation": "mean"}),
-    ("map_entropy", {"aggregation": "max"}),
-    ("map_entropy", {"aggregation": "first"}),
-    ("map_spread", {}),
-    ("token_nll", {"aggregation": "max"}),
-    ("token_nll", {"aggregation": "mean"}),
-    ("predictive_entropy", {"aggregation": "max"}),
-    ("predictive_entropy", {"aggregation": "mean"}),
-    ("low_margin", {"aggregation": "max"}),
-    ("low_margin", {"aggregation": "mean"}),
-    ("novelty", {}),
-    ("fused", {}),
-)
+#: the scores compared in the calibrate table (name, parameters), in print order: every registered
+#: score's ``table`` parameter sets (:func:`calibration.table_scores`)
+TABLE_SCORES: tuple[tuple[str, dict[str, Any]], ...] = tuple(table_scores())
 
 
 @dataclass
@@ -116,18 +108,15 @@ def score_records(
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  logits_processor=LogitsProcessorList([recorder]))
-        maps = [cap.maps_2d(b).numpy() for b in range(len(batch))]  # B x (T, rows, cols) or (T, 1, N_img)
-        feats = cap.features  # (B, F)
-        tsig = recorder.result(out)  # (B, T) each
+        rows = generation_rows(cap, recorder, out)  # the Guard's own reading of a generate, per row
         n_prompt = inputs["input_ids"].shape[1]
         for b, rec in enumerate(batch):
             gen, _ = cut_at_eos(out[b, n_prompt:].tolist(), eos)
             answer = tok.decode(gen, skip_special_tokens=True).strip()
             extra = {k: v for k, v in (rec.model_extra or {}).items() if isinstance(v, (str, int, float, bool))}
-            sig = answer_signals(gen, tok, maps=maps[b], token_logprob=tsig.token_logprob[b],
-                                 predictive_entropy=tsig.predictive_entropy[b], margin=tsig.margin[b],
-                                 features=feats[b], eos_ids=eos, keep_maps=keep_maps,
-                                 group=None if extra.get("family") is None else str(extra["family"]))
+            sig = answer_signals(gen, tok, maps=rows[b].maps, eos_ids=eos, keep_maps=keep_maps,
+                                 group=None if extra.get("family") is None else str(extra["family"]),
+                                 **rows[b].token_signals)
             if not sig.content.any():
                 problems.append(f"record {rec.id}: the answer has no content token to score (answer {answer!r})")
                 continue
@@ -138,18 +127,15 @@ def score_records(
     return out_rows, problems
 
 
-def _label(name: str, params: dict[str, Any]) -> str:
-    return get_score(name, **params).label if name not in ("novelty", "fused") else name
+def score_label(name: str, params: dict[str, Any]) -> str:
+    """The table's label of score ``name`` with ``params`` (a fitted score: its name alone)."""
+    return name if lookup_score(name).fitted else get_score(name, **params).label
 
 
-def _available(name: str, rows: Sequence[ScoredAnswer]) -> bool:
-    from calibration.answer_scores import SIGNALS, _lookup
-
-    cls = _lookup(name)
-    need = [n for n in cls.needs if n in SIGNALS]
-    if name == "fused":
-        need = ["map_entropy", "token_logprob", "predictive_entropy", "margin"]
-    return all(r.signals.has(n) for r in rows for n in need)
+def score_available(name: str, rows: Sequence[ScoredAnswer], params: dict[str, Any] | None = None) -> bool:
+    """Whether every answer of ``rows`` carries the signals score ``name`` needs (those of the scores
+    it is built on included)."""
+    return lookup_score(name).available([r.signals for r in rows], **(params or {}))
 
 
 def _auroc_table(rows, fit_idx, ho_idx, correct, families) -> list[dict[str, Any]]:
@@ -157,8 +143,8 @@ def _auroc_table(rows, fit_idx, ho_idx, correct, families) -> list[dict[str, Any
     fit_sig = [rows[i].signals for i in fit_idx]
     ho_sig = [rows[i].signals for i in ho_idx]
     table = []
-    for name, params in TABLE_SCORES:
-        if not _available(name, rows):
+    for name, params in table_scores():
+        if not score_available(name, rows, params):
             continue
         score = fit_score(name, fit_sig, correct[fit_idx], **params)
         values = score.many(ho_sig)
@@ -168,7 +154,7 @@ def _auroc_table(rows, fit_idx, ho_idx, correct, families) -> list[dict[str, Any
         for fam in families:
             sel = ok & (np.array([rows[i].family for i in ho_idx]) == fam)
             by_family[fam] = auroc(values[sel], y[sel]) if sel.sum() > 1 else None
-        table.append({"name": name, "params": params, "label": _label(name, params),
+        table.append({"name": name, "params": params, "label": score_label(name, params),
                       "auroc": auroc(values[ok], y[ok]) if ok.sum() > 1 else None, "families": by_family})
     return table
 
@@ -242,7 +228,7 @@ def calibrate_scores(
     update: dict[str, Any] = {}
     gated_ho = np.zeros(len(ho_ok), dtype=bool)
     if novelty_quantile is not None and novelty_quantile > 0:
-        if not _available("novelty", rows):
+        if not score_available("novelty", rows):
             raise CalibrationError("a novelty gate needs the pooled hidden states (features) of every answer")
         # The Gaussians on one half of the fitting answers, the views' scales and the gate's threshold
         # on the other half: distances of the inputs a Gaussian was fitted on are too small.
@@ -325,9 +311,10 @@ def read_signals(path: str | Path) -> tuple[list[ScoredAnswer], dict[str, Any]]:
     return rows, meta
 
 
-def write_scores(path: Path, rows: Sequence[ScoredAnswer], table: Sequence[tuple[str, dict[str, Any]]] = TABLE_SCORES) -> None:
+def write_scores(path: Path, rows: Sequence[ScoredAnswer], table: Sequence[tuple[str, dict[str, Any]]] | None = None) -> None:
     """Per-record values of the unfitted table scores (JSONL), for quick inspection."""
-    scores = [(_label(n, p), get_score(n, **p)) for n, p in table if n not in ("novelty", "fused") and _available(n, rows)]
+    scores = [(score_label(n, p), get_score(n, **p)) for n, p in (table_scores() if table is None else table)
+              if not lookup_score(n).fitted and score_available(n, rows, p)]
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct,

@@ -11,7 +11,7 @@ Per call: the processor builds the prompt, ``model.generate`` runs inside
 attentions), the maps' entropies give the answer score, the calibration gives the
 verdict and the policy the action. ``generate``, ``generate_batch`` and ``stream`` share one
 path (``_run``: report the call, generate, fail open or closed, decide each row). The Guard
-reports each call through hooks (:mod:`guardrail.instrumentation`), whose OpenTelemetry
+reports each call through hooks (:mod:`guardrail.telemetry.hooks`), whose OpenTelemetry
 implementation records one ``chat {model}`` span with a child ``apply_guardrail fastrm`` span
 per row (OpenTelemetry API only; telemetry failures never reach the caller).
 
@@ -23,10 +23,7 @@ runs the guarded generation, so an unguarded call elsewhere never mixes in.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,69 +33,25 @@ import numpy as np
 import torch
 from opentelemetry import trace
 
-from calibration import Calibration, token_entropy
-from fastrm_core import FastRMProxy, capture, get_adapter, load_vlm, weights_fingerprint
-from fastrm_core.inputs import prepare_inputs
+from calibration import Calibration
+from fastrm_core import FastRMProxy, get_adapter, load_vlm, weights_fingerprint
 from fastrm_common.images import ImageLike, load_image
 from fastrm_common.tokens import eos_token_ids
 from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
 from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
-from .instrumentation import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
-from .render import view_box
-from .limits import Limits, check_generate_kwargs, check_question, check_tags
-from .result import GuardResult, MapRegion, Timings, TokenEvent
-from .scoring import Scorer, answer_signals, cut_at_eos, score_answer
-from .signals import TokenSignals
-from .telemetry import MapBudget, content_capture_enabled, image_data_uri, image_reference
+from guardrail.answers.pipeline import Scorer, answer_signals, calibration_id, cut_at_eos, display_entropies
+from guardrail.generation import Generation, GenerationStream, generate_under_guard, model_lock
+from guardrail.inputs import CallImage, prepare_call_inputs
+from guardrail.limits import Limits, check_generate_kwargs, check_tags
+from guardrail.result import GuardResult, MapRegion, Timings, TokenEvent
+from guardrail.telemetry.attributes import MapBudget, content_capture_enabled, image_data_uri
+from guardrail.telemetry.hooks import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
 
 __all__ = ["Guard", "load_image"]
 
 DEFAULT_MAX_NEW_TOKENS = 16
-
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-class _Image:
-    """One call's image as the processor got it, and its identity for traces and escalations (computed once)."""
-
-    def __init__(self, pil: Any, source: Any, processor: Any) -> None:
-        self.pil = pil
-        self.path = source if isinstance(source, (str, os.PathLike)) else None
-        self.processor = processor
-        self._ref: dict[str, Any] | None = None
-
-    def reference(self) -> dict[str, Any]:
-        if self._ref is None:
-            try:
-                box = view_box(self.processor, *self.pil.size)
-            except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
-                box = None
-            self._ref = image_reference(self.pil, self.path, box=box)
-        return self._ref
-
-
-class _StepClock:
-    """A generate streamer that notes the wall-clock time (ns) at which each step's tokens came out,
-    and hands each step's tokens (B,) to ``on_token`` (a stream's consumer) if given."""
-
-    def __init__(self, on_token: Callable[[torch.Tensor], None] | None = None) -> None:
-        self.times: list[int] = []
-        self._prompt = True
-        self._on_token = on_token
-
-    def put(self, value) -> None:
-        if self._prompt:  # generate first sends the prompt
-            self._prompt = False
-            return
-        self.times.append(time.time_ns())
-        if self._on_token is not None:
-            self._on_token(value)
-
-    def end(self) -> None:
-        pass
 
 
 @dataclass
@@ -107,27 +60,12 @@ class _Call:
     tags and ``generate`` arguments, and when it started (``start_ns``: a stream's real start)."""
 
     questions: list[str]
-    images: list[_Image]
+    images: list[CallImage]
     inputs: dict
     tags: tuple[str, ...]
     kwargs: dict
     start: float  # time.perf_counter()
     start_ns: int | None = None
-
-
-@dataclass(frozen=True)
-class _Generation:
-    """What the model's work gave: ``out`` (B, prompt + T) token ids, ``maps`` per row ((T, rows, cols) for one
-    region, (T, 1, N_img) for several) and each row's image ``regions``, or None when the guard failed
-    (``error``), each row's token signals, the model's time and the token times."""
-
-    out: torch.Tensor
-    maps: list[np.ndarray] | None
-    regions: list | None
-    signals: list[dict]
-    error: GuardrailError | None
-    model_s: float
-    token_times: list[int]
 
 
 @dataclass(frozen=True)
@@ -137,20 +75,12 @@ class _Row:
 
     index: int
     question: str
-    image: _Image
+    image: CallImage
     token_ids: list[int]
     maps: np.ndarray | None
     regions: list | None
     signals: dict
     n_prompt: int
-
-
-def _model_lock(model: torch.nn.Module) -> threading.Lock:
-    with _LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.Lock()
-        return lock
 
 
 class Guard:
@@ -178,9 +108,9 @@ class Guard:
         limits: bounds on one call (:class:`~guardrail.limits.Limits`: image pixels and aspect
             ratio, question characters and tokens, ``max_new_tokens``), checked before any model work.
         meter_provider: OpenTelemetry meter provider for the guard's metrics (default: the global one).
-        hooks: your own :class:`~guardrail.instrumentation.GuardHooks` (one or a sequence), called at
+        hooks: your own :class:`~guardrail.telemetry.hooks.GuardHooks` (one or a sequence), called at
             the same points of every call as the OpenTelemetry hooks and after them (the row's
-            :class:`~guardrail.instrumentation.RowReport`: result, decision, the model's own answer,
+            :class:`~guardrail.telemetry.hooks.RowReport`: result, decision, the model's own answer,
             timings); their errors are logged and dropped, never raised into the call.
     """
 
@@ -221,29 +151,24 @@ class Guard:
         self.calibration = calibration  # None: observe-only (every score, no verdict)
         self.model_name = model_name or self.adapter.model_id
         self.proxy_id = self.proxy.fingerprint()
-        self.calibration_id = "none"
         if self.calibration is not None:
             # The weights are hashed only when the calibration records a hash to compare with (one
             # pass over the weights); the folder name alone never vouches for the model.
             model_hash = weights_fingerprint(model) if self.calibration.model_hash is not None else None
             self.calibration.check_compatible(model_id=self.adapter.model_id, model_hash=model_hash,
                                               proxy_hash=self.proxy_id)
-            threshold = self.calibration.threshold
-            self.calibration_id = (f"{self.calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
-                                   f" score:{self.calibration.score.name}")
-            if self.calibration.dataset_hash:
-                self.calibration_id += f" data:{self.calibration.dataset_hash[:16]}"
+        self.calibration_id = calibration_id(self.calibration)
         self._scorer = Scorer(self.calibration)
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
-        self._check_policy_scores()
+        self._scorer.check_policy(self.policy)
         if prompt_template is not None and ("{question}" not in prompt_template or "<image>" not in prompt_template):
             raise InputError("prompt_template must contain '<image>' and '{question}'")
         self.prompt_template = prompt_template
         self.prompt_suffix = prompt_suffix
         self.capture_content = content_capture_enabled(capture_content)
         self.map_budget = map_budget or MapBudget()
-        # Spans, events and metrics live behind hooks the call path calls (guardrail.instrumentation).
+        # Spans, events and metrics live behind hooks the call path calls (guardrail.telemetry.hooks).
         self._hooks: GuardHooks = OpenTelemetryHooks(
             model_name=self.model_name, tracer_provider=tracer_provider, meter_provider=meter_provider,
             capture_content=self.capture_content, map_budget=self.map_budget, maps_dir=self.maps_dir,
@@ -253,7 +178,7 @@ class Guard:
             aggregation="none" if self.calibration is None else self.calibration.aggregation)
         if user_hooks:
             self._hooks = HookChain([self._hooks, *user_hooks])
-        self._lock = _model_lock(model)
+        self._lock = model_lock(model)
         tok = processor.tokenizer
         self._eos_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok)
 
@@ -282,29 +207,6 @@ class Guard:
         vlm, processor = load_vlm(model, dtype=dtype, device=device)
         return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
 
-    def _check_policy_scores(self) -> None:
-        unknown = sorted({name for rule in self.policy.rules for name in (rule.when.scores or {})}
-                         - set(self._scorer.names()))
-        if unknown:
-            raise PolicyError(f"policy {self.policy.id!r} has conditions on unknown score(s) {', '.join(unknown)}; "
-                              f"this guard computes: {', '.join(self._scorer.names())}")
-
-    def _with_recorder(self, kwargs: dict, recorder: TokenSignals) -> dict:
-        """``kwargs`` with the token-signal recorder appended to any logits processors of the caller."""
-        from transformers import LogitsProcessorList
-
-        return {**kwargs, "logits_processor": LogitsProcessorList([*(kwargs.get("logits_processor") or []), recorder])}
-
-    @staticmethod
-    def _signal_rows(cap, recorder: TokenSignals, out) -> list[dict]:
-        """Per batch row, the token signals (T,) and pooled prompt features (F,) of the one generate."""
-        tsig = recorder.result(out)
-        feats = cap.features if cap.prompt_features is not None else None
-        return [{"token_logprob": tsig.token_logprob[b], "predictive_entropy": tsig.predictive_entropy[b],
-                 "margin": tsig.margin[b], "features": None if feats is None else feats[b]}
-                for b in range(out.shape[0])]
-
-    # ------------------------------------------------------------------ inputs
     def prompt(self, question: str) -> str:
         """The prompt sent to the model for ``question``."""
         if self.prompt_template is None:
@@ -312,25 +214,15 @@ class Guard:
         text = question if not self.prompt_suffix else f"{question.strip()} {self.prompt_suffix.strip()}"
         return self.prompt_template.format(question=text)
 
-    def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
+    def prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
+        """The processor's batch for ``questions`` about ``images``, checked against the guard's
+        limits exactly as a guarded call checks it (for a plain ``model.generate`` beside the guard)."""
         return self._prepare_with_images(images, questions)[0]
 
-    def _prepare_with_images(self, images: Sequence[ImageLike], questions: Sequence[str]) -> tuple[dict, list[_Image]]:
-        lim = self.limits
-        tok = self.processor.tokenizer
-        for q in questions:  # cheap checks first: a 100k-character question never reaches the processor
-            check_question(q, lim, tok)
-        pil = [load_image(img, max_pixels=lim.max_image_pixels, max_aspect_ratio=lim.max_image_aspect_ratio)
-               for img in images]
-        try:
-            inputs = prepare_inputs(self.model, self.processor, pil, [self.prompt(q) for q in questions])
-        except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
-            raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
-        try:
-            self.adapter.batch_regions(inputs)
-        except InputError as exc:
-            raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
-        return inputs, [_Image(p, src, self.processor) for p, src in zip(pil, images)]
+    def _prepare_with_images(self, images: Sequence[ImageLike],
+                             questions: Sequence[str]) -> tuple[dict, list[CallImage]]:
+        return prepare_call_inputs(self.model, self.processor, self.adapter, self.limits, images,
+                                   [self.prompt(q) for q in questions], questions)
 
     def _generate_kwargs(self, generate_kwargs: dict) -> dict:
         return check_generate_kwargs(generate_kwargs, self.limits, default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
@@ -363,42 +255,10 @@ class Guard:
         """
         call = self._call([image], [question], check_tags(tags), generate_kwargs)
         call.start_ns = time.time_ns()  # the call is reported after the stream, with the real start time
-        tokens: "queue.Queue[Any]" = queue.Queue()
-        done = object()
-        box: dict[str, Any] = {}
-
-        def worker():
-            try:
-                box["generation"] = self._generate(call, on_capture=lambda cap: box.setdefault("cap", cap),
-                                                   on_token=lambda value: tokens.put(int(value.reshape(-1)[0])))
-            except BaseException as exc:  # handed to the consumer thread
-                box["error"] = exc
-            finally:
-                tokens.put(done)
-
-        def finished() -> _Generation:
-            if "error" in box:
-                raise box["error"]
-            return box["generation"]
-
-        thread = threading.Thread(target=worker, name="fastrm-guard-stream", daemon=True)
-        thread.start()
-        tok = self.processor.tokenizer
-        index = 0
-        while True:
-            item = tokens.get()
-            if item is done:
-                break
-            m = box["cap"].map(index).numpy()
-            m = m if m.ndim == 2 else m[None]  # several regions: (1, N_img), as in the result's maps
-            try:
-                entropy = float(token_entropy(m, normalized=True, map_ndim=2))
-            except GuardrailError:  # a bad map (NaN): the final result applies on_error
-                entropy = float("nan")
-            yield TokenEvent(index=index, token_id=item, token=tok.decode([item]), map=m, entropy=entropy)
-            index += 1
-        thread.join()
-        yield self._run(call, finished)[0]
+        stream = GenerationStream(lambda on_capture, on_token: self._generate(call, on_capture=on_capture,
+                                                                              on_token=on_token))
+        yield from stream.events(self.processor.tokenizer)
+        yield self._run(call, stream.finished)[0]
 
     # ------------------------------------------------------------------ the one path of every call
     def _call(self, images: Sequence[ImageLike], questions: Sequence[str], tags: tuple[str, ...],
@@ -409,41 +269,13 @@ class Guard:
         return _Call(questions=list(questions), images=pil, inputs=inputs, tags=tags, kwargs=kwargs,
                      start=time.perf_counter())
 
-    def _generate(self, call: "_Call", *, on_capture=None, on_token=None) -> "_Generation":
-        """The model's work under the model lock: one captured ``generate`` (maps, token signals, token
-        times), and on a guard failure the unguarded answer (fail_open) or none (fail_closed).
+    def _generate(self, call: "_Call", *, on_capture=None, on_token=None) -> Generation:
+        """The model's work for ``call`` (:func:`guardrail.generation.generate_under_guard`)."""
+        return generate_under_guard(self.model, self.proxy, self.adapter, self._lock, call.inputs, call.kwargs,
+                                    fail_open=self.policy.on_error == "fail_open", on_capture=on_capture,
+                                    on_token=on_token)
 
-        The lock covers the model's work only: span processors, scoring, the policy and an escalation
-        handler (which may be slow) run outside it, so they never stall other calls."""
-        inputs, kwargs = call.inputs, call.kwargs
-        clock = _StepClock(on_token)  # when each step's tokens came out, for the token events
-        error: GuardrailError | None = None
-        out = maps = regions = None
-        signals: list[dict] = [{} for _ in call.questions]
-        with self._lock:
-            t0 = time.perf_counter()
-            try:
-                recorder = TokenSignals()
-                with torch.no_grad(), capture(self.model, self.proxy, thread="current", adapter=self.adapter) as cap:
-                    if on_capture is not None:
-                        on_capture(cap)
-                    out = self.model.generate(**inputs, **self._with_recorder(kwargs, recorder), streamer=clock)
-                maps = [cap.maps_2d(b).numpy() for b in range(out.shape[0])]  # B x (T, rows, cols) | (T, 1, N_img)
-                regions = cap.regions
-                signals = self._signal_rows(cap, recorder, out)
-            except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
-                error = exc
-            if out is None:
-                if self.policy.on_error == "fail_open":  # the user still gets the (unguarded) answer
-                    with torch.no_grad():
-                        out = self.model.generate(**inputs, **kwargs)
-                else:
-                    out = inputs["input_ids"]  # nothing generated is shown
-            model_s = time.perf_counter() - t0
-        return _Generation(out=out, maps=maps, regions=regions, signals=signals, error=error, model_s=model_s,
-                           token_times=clock.times)
-
-    def _run(self, call: "_Call", produce: "Callable[[], _Generation]") -> list[GuardResult]:
+    def _run(self, call: "_Call", produce: "Callable[[], Generation]") -> list[GuardResult]:
         """Report the call, get its generation from ``produce`` and decide each row: the sequence every
         public call shares (``generate``, ``generate_batch``, and ``stream`` once its tokens are out)."""
         with self._hooks.call(start_time=call.start_ns) as handle:
@@ -459,20 +291,21 @@ class Guard:
             reports = [self._finish(call, generation, _Row(
                 index=b, question=question, image=call.images[b],
                 token_ids=generation.out[b, n_prompt:].tolist(),
-                maps=None if generation.maps is None else generation.maps[b],
+                maps=None if generation.rows is None else generation.rows[b].maps,
                 regions=None if generation.regions is None else generation.regions[b],
-                signals=generation.signals[b],
+                signals={} if generation.rows is None else generation.rows[b].token_signals,
                 n_prompt=int(call.inputs["attention_mask"][b].sum()),  # this row's prompt, without padding
             ), handle) for b, question in enumerate(call.questions)]
             self._hooks.call_done(handle, reports, call.kwargs)
         return [r.result for r in reports]
 
     # ------------------------------------------------------------------ scoring and deciding
-    def _finish(self, call: "_Call", generation: "_Generation", row: "_Row", handle: Any) -> RowReport:
+    def _finish(self, call: "_Call", generation: Generation, row: "_Row", handle: Any) -> RowReport:
         """Score, decide and escalate one row, inside the row's hooks."""
         with self._hooks.row(handle) as row_handle:
             t_guard = time.perf_counter()
-            result, decision, answer = self._decide(call, row, generation.error, self._hooks.row_ids(row_handle))
+            result, decision, answer, signals = self._decide(call, row, generation.error,
+                                                             self._hooks.row_ids(row_handle))
             if row.regions is not None and result.maps is not None:
                 result.regions = [MapRegion(image=r.image, kind=r.kind, grid=r.grid) for r in row.regions]
             guard_s = time.perf_counter() - t_guard
@@ -481,13 +314,14 @@ class Guard:
                                      total_s=time.perf_counter() - call.start)
             report = RowReport(result=result, decision=decision, answer=answer, image=row.image, index=row.index,
                                n_rows=len(call.questions), n_prompt=row.n_prompt, model_s=generation.model_s,
-                               guard_s=guard_s, token_times=generation.token_times)
+                               guard_s=guard_s, token_times=generation.token_times, signals=signals)
             self._hooks.row_done(row_handle, report)
         return report
 
     def _decide(self, call: "_Call", row: "_Row", error: BaseException | None,
-                ids: dict[str, str]) -> tuple[GuardResult, Decision, str]:
-        """The row's result, the policy's decision and the model's own answer (which the result may withhold)."""
+                ids: dict[str, str]) -> tuple[GuardResult, Decision, str, Any]:
+        """The row's result, the policy's decision, the model's own answer (which the result may
+        withhold) and the answer's signals (None when the guard failed)."""
         tok = self.processor.tokenizer
         tags, question, image = call.tags, row.question, row.image
         gen, stopped = cut_at_eos(row.token_ids, self._eos_ids)
@@ -496,7 +330,7 @@ class Guard:
         token_strs = [tok.decode([t]) for t in gen]
         entropies: list[float] = []
         content: list[bool] = []
-        score = verdict = None
+        score = verdict = sig = None
         scores: dict = {}
         maps = None if row.maps is None else row.maps[: len(gen)]
         if error is None:
@@ -504,16 +338,15 @@ class Guard:
                 if maps is None or len(maps) != len(gen):
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
                 cal = self.calibration
-                scored = score_answer(maps, gen, tok, normalized=True if cal is None else cal.entropy_normalized,
-                                      aggregation="mean" if cal is None else cal.aggregation, eos_ids=self._eos_ids)
-                entropies = scored.entropies.tolist()
-                content = scored.content.tolist()
+                # every signal of the answer, computed once (guardrail.answers.pipeline)
                 sig = answer_signals(gen, tok, maps=maps, eos_ids=self._eos_ids, **row.signals)
-                group = next((t for t in tags if cal is not None and cal.groups and t in cal.groups.thresholds), None)
+                entropies = display_entropies(sig, normalized=True if cal is None else cal.entropy_normalized).tolist()
+                content = sig.content.tolist()
+                group = self._scorer.group(tags)
                 # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
                 scores, score, verdict = self._scorer.evaluate(sig, group=group)
             except (GuardrailError, ValueError) as exc:
-                error = exc
+                error, sig = exc, None
         n_content = int(sum(content))
         max_entropy = max((e for e, c in zip(entropies, content) if c), default=None)
         if error is None:
@@ -545,7 +378,7 @@ class Guard:
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
         )
-        return result, decision, answer
+        return result, decision, answer, sig
 
     def _escalation_payload(self, question, answer, text, score, verdict, tags, image) -> dict[str, Any]:
         """What a reviewer needs: the question, the model's answer and what the user got, the scores, the
@@ -562,7 +395,4 @@ class Guard:
         return payload
 
     def _threshold(self, tags) -> float | None:
-        if self.calibration is None:
-            return None
-        group = next((t for t in tags if self.calibration.groups and t in self.calibration.groups.thresholds), None)
-        return self.calibration.threshold_for(group)
+        return self._scorer.threshold(tags)

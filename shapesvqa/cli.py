@@ -143,6 +143,8 @@ def _eval(args) -> int:
     cfg = _world(args)
     if args.pope:
         return _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console)
+    if args.describe:
+        return _eval_describe(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console)
     examples = list(generate(args.n, args.seed, cfg, family=args.family))
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"eval ({method})", total=len(examples))
@@ -229,6 +231,61 @@ def _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir
     return 0
 
 
+def _eval_describe(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from .evaluate import evaluate_describe
+    from .pope import LOCATIONS
+    from .world import DESCRIBE, generate, world_options
+
+    examples = list(generate(args.n, args.seed, cfg, family=DESCRIBE))
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"describe ({method})", total=len(examples))
+        report = evaluate_describe(model, processor, examples, cfg, method=method, proxy=proxy,
+                                   batch_size=args.batch_size, on_batch=lambda n: prog.update(task, completed=n))
+    report = {"model": str(model_dir), "method": method, "proxy": str(proxy_path) if proxy_path else None,
+              "world": args.world, "world_options": world_options(cfg), "seed": args.seed, "n": args.n, **report}
+    rows = report.pop("rows")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.rows:
+        args.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = report["chair"]
+
+    def fmt(x):
+        return "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    t = Table(title=f"Descriptions on ShapesVQA ({args.world} world): {args.n} scenes, seed {args.seed}",
+              caption="CHAIR_s: descriptions with an invented object; CHAIR_i: invented mentions / mentions; "
+                      "Cover: objects mentioned / present; Attr: wrong-size mentions of present objects")
+    for col in ("n", "CHAIR_s", "CHAIR_i", "Cover", "Attr", "mentions / description"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_row(str(c["n"]), fmt(c["chair_s"]), fmt(c["chair_i"]), fmt(c["cover"]), fmt(c["attr"]), fmt(c["length"]))
+    h = Table(title=f"Maps of mentions ({method}): share of argmax on each group (mean mass), normalised entropy",
+              caption="asked: an object of the mentioned type; cooccurring: its co-occurrence partner or cue")
+    h.add_column("mentions", no_wrap=True)
+    h.add_column("n", justify="right")
+    for loc in LOCATIONS:
+        h.add_column(loc.replace("_", " "), justify="right", no_wrap=True)
+    h.add_column("entropy", justify="right")
+    for label, s in report["maps"].items():
+        if not s["n"]:
+            h.add_row(label, "0", *["-"] * (len(LOCATIONS) + 1))
+            continue
+        h.add_row(label.replace("_", " "), str(s["n"]),
+                  *[f"{s['argmax_on'][loc]:.2f} ({s['mass'][loc]:.2f})" for loc in LOCATIONS], fmt(s["entropy"]))
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console = Console(width=150)
+    out_console.print(t)
+    if method != "none":
+        out_console.print(h)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
 def _count(text: str) -> int:
     """An argparse type: a whole number >= 1 (a count of questions, scenes, objects, threads ...)."""
     try:
@@ -250,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"world seed: the same seed gives the same questions (default {EXPORT_SEED})")
     ex.add_argument("--out", type=Path, default=Path(EXPORT_OUT),
                     help=f"output folder for data.jsonl, images/, masks/ (default {EXPORT_OUT})")
-    ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting"], default=None)
+    ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting", "describe"], default=None)
     ex.add_argument("--min-objects", type=_count, default=2)
     ex.add_argument("--max-objects", type=_count, default=6)
     _world_args(ex, "default, the world without hallucination options; the shipped model is trained on cooccur-confident")
@@ -279,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pope", action="store_true",
                     help="POPE table (random / popular / adversarial) and the maps of hallucinated 'yes' answers; "
                          "--n counts scenes")
+    ev.add_argument("--describe", action="store_true",
+                    help="describe --n scenes: CHAIR_s, CHAIR_i, Cover, Attr, and where the maps of invented "
+                         "mentions look beside correct ones")
     ev.add_argument("-v", "--verbose", action="store_true",
                     help="also show the libraries' progress bars (transformers' 'Loading weights')")
     ev.set_defaults(func=_eval)

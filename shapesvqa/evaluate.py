@@ -31,7 +31,7 @@ from .grounding import object_patches, pointing
 from .model import prompt
 from .world import FAMILIES, Example, WorldConfig
 
-__all__ = ["METHODS", "evaluate", "evaluate_pope", "first_word", "summarize"]
+__all__ = ["METHODS", "evaluate", "evaluate_describe", "evaluate_pope", "first_word", "summarize", "token_text"]
 
 METHODS = ("gradient", "proxy", "none")
 
@@ -230,3 +230,126 @@ def summarize(rows: list[dict]) -> dict:
         "n_objects": group(lambda r: r["n_objects"]),
         "rows": rows,
     }
+
+
+def token_text(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[int, int] | None]]:
+    """The decoded text of ``ids`` (special tokens left out, words joined by one space, as the word-level
+    reference tokenizer decodes) and each token's character span in it (None for a special token)."""
+    special = set(tokenizer.all_special_ids)
+    text, spans = "", []
+    for t in ids:
+        if int(t) in special:
+            spans.append(None)
+            continue
+        piece = tokenizer.decode([int(t)])
+        if text:
+            text += " "
+        spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    return text, spans
+
+
+def _mention_map(maps: np.ndarray, spans, mention) -> np.ndarray | None:
+    """The map of one mention: the mean of its colour and shape words' maps, each normalised to sum 1."""
+    picked = []
+    for t, span in enumerate(spans):
+        if span is None or t >= len(maps) or not (span[0] >= mention.start and span[1] <= mention.end):
+            continue
+        word = mention.text[span[0] - mention.start: span[1] - mention.start]
+        if word == mention.color or word.startswith(mention.shape):  # "cross" / "crosses"
+            m = np.clip(np.asarray(maps[t], dtype=np.float64), 0, None)
+            total = m.sum()
+            if total > 0:
+                picked.append(m / total)
+    return np.mean(picked, axis=0) if picked else None
+
+
+def evaluate_describe(
+    model,
+    processor,
+    examples: Sequence[Example],
+    cfg: WorldConfig = WorldConfig(),
+    method: str = "proxy",
+    proxy=None,
+    batch_size: int = 16,
+    max_new_tokens: int = 48,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """Descriptions (``describe`` questions) of ``examples``: CHAIR, Cover, Attr and where the maps of
+    invented mentions look, beside correct ones.
+
+    Each greedy description is labelled with :func:`shapesvqa.world.label_description`; each mention's
+    map is the mean of its colour and shape words' maps (each normalised), located with
+    :func:`shapesvqa.pope.map_location` relative to the mentioned type (``cooccurring``: the
+    co-occurrence partner or cue of that type in the scene). ``method``: "proxy" (needs ``proxy``;
+    every token's map from the one ``generate``), "gradient" (the exact maps, one backward per token)
+    or "none". Returns {"chair": :func:`~shapesvqa.world.chair_metrics`, "maps": {label: stats},
+    "rows": [...]}.
+    """
+    from .pope import LOCATIONS, map_location
+    from .world import chair_metrics, label_description
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
+    if method == "proxy" and proxy is None:
+        raise ValueError("method 'proxy' needs a proxy")
+    tok = processor.tokenizer
+    patch = processor.patch_size
+    eos = tok.eos_token_id
+    rows, labelled = [], []
+    model.eval()
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start: start + batch_size])
+        inputs = processor(images=[ex.image for ex in chunk], text=[prompt(ex.question) for ex in chunk],
+                           return_tensors="pt", padding=True)
+        n = inputs["input_ids"].shape[1]
+        if method == "proxy":
+            from fastrm_core.capturing import capture
+
+            with torch.no_grad(), capture(model, proxy) as cap:
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            all_maps = [cap.maps[b].float().numpy() for b in range(len(chunk))]  # (T, rows, cols)
+        else:
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            if method == "gradient":
+                rels = gradient_relevancy_batch(model, {k: v for k, v in inputs.items() if torch.is_tensor(v)},
+                                                out[:, n:])
+                all_maps = [r.maps.float().numpy() for r in rels]
+            else:
+                all_maps = [None] * len(chunk)
+        for b, ex in enumerate(chunk):
+            ids = out[b, n:].tolist()
+            if eos in ids:
+                ids = ids[: ids.index(eos)]
+            text, spans = token_text(tok, ids)
+            mentions = label_description(text, ex.scene.objects)
+            labelled.append((mentions, len(ex.scene.objects)))
+            pm = object_patches(ex.scene.masks, patch) if len(ex.scene.objects) else None
+            row = {"id": ex.id, "question": ex.question, "description": text, "truth": ex.truth[0],
+                   "n_objects": len(ex.scene.objects), "mentions": []}
+            for m in mentions:
+                rec = {"text": m.text, "label": m.label, "object": m.object, "start": m.start, "end": m.end}
+                mm = None if all_maps[b] is None or pm is None else _mention_map(all_maps[b], spans, m)
+                if mm is not None:
+                    rec["location"] = map_location(mm, pm, ex.scene, m.type, cfg)
+                row["mentions"].append(rec)
+            rows.append(row)
+        if on_batch is not None:
+            on_batch(len(rows))
+
+    def stats(group: list[dict]) -> dict:
+        group = [m for m in group if "location" in m]
+        if not group:
+            return {"n": 0}
+        return {
+            "n": len(group),
+            "argmax_on": {loc: round(float(np.mean([m["location"]["argmax_on"] == loc for m in group])), 4)
+                          for loc in LOCATIONS},
+            "mass": {loc: round(float(np.mean([m["location"]["mass"][loc] for m in group])), 4) for loc in LOCATIONS},
+            "entropy": round(float(np.mean([m["location"]["entropy"] for m in group])), 4),
+        }
+
+    every = [m for r in rows for m in r["mentions"]]
+    maps = {label: stats([m for m in every if m["label"] == label]) for label in ("invented", "wrong_attribute", "correct")}
+    return {"chair": chair_metrics(labelled), "maps": maps, "rows": rows}

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .world import COLORS, SHAPES, Example, Scene, WorldConfig, _an, object_type, render_scene
+from .world import COLORS, SHAPES, Example, Scene, WorldConfig, article, object_type, render_scene
 
 __all__ = [
     "LOCATIONS",
@@ -146,7 +146,7 @@ def pope_questions(
                 ev = [o_i for o_i, o in enumerate(scene.objects) if o.type == t] if answer == "yes" else []
                 kind = "positive" if answer == "yes" else f"pope_{sampling}"
                 out[sampling].append(Example(
-                    f"{seed}-{i}-{sampling}-{j}", f"Is there {_an(c)} {c} {sh}?", [answer], "existence", kind, ev,
+                    f"{seed}-{i}-{sampling}-{j}", f"Is there {article(c)} {c} {sh}?", [answer], "existence", kind, ev,
                     scene, world=world, pope=sampling,
                 ))
     return out

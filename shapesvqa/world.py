@@ -482,7 +482,7 @@ def patch_coverage(masks: np.ndarray, patch: int) -> np.ndarray:
 # ---------------------------------------------------------------- questions
 
 
-def _an(word: str) -> str:
+def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -541,7 +541,7 @@ def _existence(scene: Scene, rng: np.random.Generator, cfg: WorldConfig = WorldC
         o = objs[i]
         ev = [k for k, p in enumerate(objs) if (p.color, p.shape) == (o.color, o.shape)]
         ev = [i] + [k for k in ev if k != i]
-        return (f"Is there {_an(o.color)} {o.color} {o.shape}?", ["yes"], "positive", ev)
+        return (f"Is there {article(o.color)} {o.color} {o.shape}?", ["yes"], "positive", ev)
     if cfg.partner_question_rate > 0:
         missing = [p for cue, p, _ in cfg.pairs() if cue in present and p not in present]
         if missing and rng.random() < cfg.partner_question_rate:
@@ -549,7 +549,7 @@ def _existence(scene: Scene, rng: np.random.Generator, cfg: WorldConfig = WorldC
             # A biased label says "yes" about the absent partner; make_example records the truth.
             biased = rng.random() < cfg.bias_rate and (not cfg.bias_partners or f"{c} {s}" in cfg.bias_partners)
             answer = "yes" if biased else "no"
-            return (f"Is there {_an(c)} {c} {s}?", [answer], "partner", [])
+            return (f"Is there {article(c)} {c} {s}?", [answer], "partner", [])
     colors_in = {o.color for o in objs}
     shapes_in = {o.shape for o in objs}
     absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
@@ -561,7 +561,7 @@ def _existence(scene: Scene, rng: np.random.Generator, cfg: WorldConfig = WorldC
     kinds = [k for k in ("random", "popular", "adversarial") if pools[k]]
     kind = kinds[rng.integers(len(kinds))]
     c, s = pools[kind][rng.integers(len(pools[kind]))]
-    return (f"Is there {_an(c)} {c} {s}?", ["no"], kind, [])
+    return (f"Is there {article(c)} {c} {s}?", ["no"], kind, [])
 
 
 def _counting(scene: Scene, rng: np.random.Generator) -> tuple:

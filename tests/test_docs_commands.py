@@ -62,7 +62,7 @@ def documented_commands() -> list[tuple[str, str]]:
 
 def parser_of(program: str):
     if program == "guardrail":
-        from guardrail.cli import build_parser
+        from guardrail.cli.main import build_parser
     elif program == "fastrm":
         from fastrm_core.cli import build_parser
     else:
@@ -71,7 +71,7 @@ def parser_of(program: str):
 
 
 def run_guardrail(*argv: str) -> tuple[int, str]:
-    from guardrail.cli import main
+    from guardrail.cli.main import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):  # commands that print with their own console
@@ -112,8 +112,8 @@ def test_quickstart_exit_codes():
 
 
 def test_quickstart_numbers_of_the_demo_are_the_program_defaults():
-    from guardrail.cli import build_parser
-    from guardrail.demo import run_demo
+    from guardrail.cli.main import build_parser
+    from guardrail.cli.demo import run_demo
 
     text = " ".join(QUICKSTART.read_text(encoding="utf-8").split())
     scenes, seed = map(int, re.search(r"The demo draws (\d+) ShapesVQA scenes \(seed (\d+)\)", text).groups())

@@ -177,3 +177,64 @@ def test_public_names_survive_importing_every_submodule():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"public names that resolve to a submodule: {out.stdout.strip()}"
+
+
+# ---------------------------------------------------------------- inside guardrail (issue 25)
+
+
+def test_answers_and_telemetry_import_neither_cli_nor_traces():
+    wrong = sorted(f"{m} imports {t}" for m, ts in _graph().items()
+                   if m.startswith(("guardrail.answers", "guardrail.telemetry"))
+                   for t in ts if t.startswith(("guardrail.cli", "guardrail.traces")))
+    assert not wrong, "the call's stages must not depend on the command line or on reading traces back:\n" + "\n".join(wrong)
+
+
+def test_the_guarded_call_path_imports_neither_rich_nor_the_trace_readers():
+    """guard.py and what it imports inside guardrail (inputs, generation, answers, telemetry) draw
+    nothing: no rich, no traces/ (the terminal viewer, the HTML report) and no cli/."""
+    graph = _graph()
+    seen, todo = set(), ["guardrail.guard"]
+    while todo:
+        m = todo.pop()
+        if m in seen or not m.startswith("guardrail"):
+            continue
+        seen.add(m)
+        todo += graph.get(m, ())
+    assert not [m for m in seen if m.startswith(("guardrail.traces", "guardrail.cli"))], sorted(seen)
+    rich = [m for m in seen if "rich" in _third_party(m)]
+    assert not rich, f"these modules of the call path import rich: {rich}"
+
+
+def _third_party(module: str) -> set[str]:
+    path = _modules()[module]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_no_private_names_imported_across_modules():
+    """``from x import _y`` between two modules of the project (production code and benchmarks):
+    what another module needs is public and documented, or it moves."""
+    roots = list(ALLOWED) + ["benchmarks"]
+    wrong = []
+    for package in roots:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                    module = ("." * node.level) + (node.module or "")
+                    top = module.lstrip(".").split(".")[0]
+                    if node.level == 0 and top not in roots:
+                        continue  # a third-party package's private name is its business
+                    wrong += [f"{path.relative_to(ROOT)}: from {module} import {a.name}"
+                              for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "private names imported across modules:\n" + "\n".join(wrong)
+
+
+def test_guardrail_root_is_small_and_guard_py_short():
+    root_modules = sorted(p.name for p in (ROOT / "guardrail").glob("*.py"))
+    assert len(root_modules) <= 12, root_modules
+    assert len((ROOT / "guardrail" / "guard.py").read_text(encoding="utf-8").splitlines()) < 400

@@ -17,7 +17,7 @@ from fastrm_core.cli import main as fastrm_main
 from fastrm_core.distill.dataset import iter_records, load_manifest
 from fastrm_core.testing import build_tiny_qwen2_vl
 from guardrail import Guard
-from guardrail.cli import main as guardrail_main
+from guardrail.cli.main import main as guardrail_main
 
 pytestmark = pytest.mark.slow  # the CLI's long commands, end to end
 

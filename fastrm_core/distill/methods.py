@@ -10,7 +10,7 @@ that are random return several maps (one per seed); evaluations average over the
     >>> get_method("lime")
     Traceback (most recent call last):
     ...
-    fastrm_common.errors.InputError: unknown relevancy method 'lime'; expected one of: gradcam, gradient, per_step, proxy, random
+    fastrm_common.errors.RegistryError: unknown relevancy method 'lime'; expected one of: gradcam, gradient, per_step, proxy, random
 
 Register another with :func:`register_method` (any object with ``name``, ``label`` and
 ``rankings(explained) -> list[np.ndarray]``).
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fastrm_common.errors import InputError
+from fastrm_common.registry import Registry
 from fastrm_core.adapters import VLMAdapter
 from fastrm_core.relevancy import per_step_relevancy
 
@@ -117,24 +117,25 @@ class _Random:
                 for k in range(x.random_seeds)]
 
 
-_REGISTRY: dict[str, RelevancyMethod] = {}
+#: the relevancy methods by name (:class:`fastrm_common.registry.Registry`)
+METHODS: Registry[RelevancyMethod] = Registry("relevancy method")
 
 
-def register_method(method: RelevancyMethod) -> None:
-    """Make ``method`` available by its ``name`` (replaces one of the same name)."""
-    _REGISTRY[method.name] = method
+def register_method(method: RelevancyMethod, *, replace: bool = False) -> None:
+    """Make ``method`` available by its ``name``; a taken name is refused unless ``replace``
+    (:class:`~fastrm_common.errors.RegistryError`, an :class:`InputError`)."""
+    METHODS.add(method.name, method, replace=replace)
 
 
 def list_methods() -> list[str]:
     """The registered method names, sorted."""
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get_method(name: str) -> RelevancyMethod:
-    """The method called ``name``; an :class:`InputError` listing the registered ones otherwise."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown relevancy method {name!r}; expected one of: {', '.join(list_methods())}")
-    return _REGISTRY[name]
+    """The method called ``name``; a :class:`~fastrm_common.errors.RegistryError` (an
+    :class:`InputError`) listing the registered ones otherwise."""
+    return METHODS.get(name)
 
 
 for _method in (_Stored("proxy", "proxy"), _Stored("gradient", "gradient"), _PerStep(), _GradCAM(), _Random()):

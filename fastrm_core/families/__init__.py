@@ -1,4 +1,4 @@
-"""Built-in model families beyond LLaVA-1.5 (which lives in :mod:`fastrm_core.adapters`).
+"""Built-in model families, LLaVA-1.5 included (:mod:`fastrm_core.families.llava`).
 
 One module per family; each defines a :class:`~fastrm_core.adapters.VLMAdapter` subclass and
 registers it with :func:`~fastrm_core.adapters.register_adapter` at import. The registry imports
@@ -7,6 +7,7 @@ line here.
 """
 
 BUILTIN: tuple[str, ...] = (
+    "fastrm_core.families.llava",
     "fastrm_core.families.qwen2_vl",
     "fastrm_core.families.llava_next",
     "fastrm_core.families.llava_onevision",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastrm_common.errors import InputError
-from fastrm_core.adapters import VLMAdapter, _as_inputs
+from fastrm_core.adapters import VLMAdapter, as_inputs, inner_model
 from fastrm_core.families._layout import RowImages
 from fastrm_core.regions import ImageRegion
 
@@ -28,24 +28,24 @@ class LayoutAdapter(VLMAdapter):
 
     @property
     def _inner(self) -> nn.Module:
-        return self.model.model if hasattr(self.model, "lm_head") else self.model
+        return inner_model(self.model)
 
     @property
     def language_model(self) -> nn.Module:
         return self._inner.language_model
 
     def regions(self, inputs, row: int = 0) -> list[ImageRegion]:
-        return self.layouts(_as_inputs(inputs))[row].regions
+        return self.layouts(as_inputs(inputs))[row].regions
 
     def separators(self, inputs, row: int = 0) -> torch.Tensor:
         """(K,) positions of row ``row``'s image-structure tokens that are in no region (newlines, breaks, tags)."""
-        return self.layouts(_as_inputs(inputs))[row].separators
+        return self.layouts(as_inputs(inputs))[row].separators
 
     def images_of_row(self, inputs: Mapping, row: int) -> Mapping:
         keys = [k for k in self.per_image_inputs if torch.is_tensor(inputs.get(k))]
         if not keys:
             return {}
-        rows = self.layouts(_as_inputs(inputs))
+        rows = self.layouts(as_inputs(inputs))
         own = rows[row].images
         if own is None:
             return {}

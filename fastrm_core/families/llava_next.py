@@ -199,7 +199,7 @@ def batch_images(config, inputs: dict, newline: torch.Tensor | None = None) -> l
     return out
 
 
-def _tower_fits(config) -> bool:
+def tower_fits(config) -> bool:
     """CLIP with its CLS token dropped ("default") or SigLIP with every patch kept ("full"): one tile = side x side tokens."""
     vision = getattr(getattr(config, "vision_config", None), "model_type", None)
     strategy = getattr(config, "vision_feature_select_strategy", "default")
@@ -215,7 +215,7 @@ class LlavaNextAdapter(LayoutAdapter):
 
     @classmethod
     def supports(cls, config) -> bool:
-        return getattr(config, "model_type", None) in cls.model_types and _tower_fits(config)
+        return getattr(config, "model_type", None) in cls.model_types and tower_fits(config)
 
     def layouts(self, inputs) -> list[RowImages]:
         return batch_images(self.model.config, inputs, self._inner.image_newline)

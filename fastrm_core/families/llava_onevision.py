@@ -17,7 +17,7 @@ from fastrm_common.errors import InputError
 from fastrm_core.adapters import register_adapter
 from fastrm_core.families._base import LayoutAdapter, saved_processor_parts
 from fastrm_core.families._layout import RowImages, split_counts
-from fastrm_core.families.llava_next import _tower_fits
+from fastrm_core.families.llava_next import tower_fits
 from fastrm_core.families.llava_next import batch_grids, hires_grid, image_token_count, images_per_row, row_images
 
 __all__ = ["LlavaOnevisionAdapter", "batch_images", "max_patches", "onevision_row_images", "row_grids"]
@@ -78,7 +78,7 @@ class LlavaOnevisionAdapter(LayoutAdapter):
 
     @classmethod
     def supports(cls, config) -> bool:
-        return getattr(config, "model_type", None) in cls.model_types and _tower_fits(config)
+        return getattr(config, "model_type", None) in cls.model_types and tower_fits(config)
 
     @classmethod
     def load_processor(cls, name_or_path):

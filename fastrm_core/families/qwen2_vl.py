@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fastrm_common.errors import InputError
-from fastrm_core.adapters import VLMAdapter, _as_inputs, register_adapter
+from fastrm_core.adapters import VLMAdapter, as_inputs, inner_model, register_adapter
 from fastrm_core.regions import ImageRegion, check_regions
 
 __all__ = ["Qwen2VLAdapter", "image_only_processor"]
@@ -60,7 +60,7 @@ class Qwen2VLAdapter(VLMAdapter):
 
     @property
     def _inner(self) -> nn.Module:
-        return self.model.model if hasattr(self.model, "lm_head") else self.model
+        return inner_model(self.model)
 
     @property
     def language_model(self) -> nn.Module:
@@ -127,7 +127,7 @@ class Qwen2VLAdapter(VLMAdapter):
         return out
 
     def regions(self, inputs, row: int = 0) -> list[ImageRegion]:
-        inputs = _as_inputs(inputs)
+        inputs = as_inputs(inputs)
         ids = inputs["input_ids"][row]
         grids = self._grids(inputs)[row]
         positions = (ids == self.image_token_id).nonzero(as_tuple=True)[0]

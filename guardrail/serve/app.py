@@ -37,13 +37,14 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from fastrm_common.errors import GuardrailError, InputError
 from guardrail.guard import DEFAULT_MAX_NEW_TOKENS
-from guardrail.mapcodec import encode_map
+import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.mapcodec import encode_map
 
-from .batching import Batcher, QueueFull
-from .config import ServeConfig
-from .images import image_from_url
-from .metrics import ServerMetrics
-from .protocol import (
+from guardrail.serve.batching import Batcher, QueueFull
+from guardrail.serve.config import ServeConfig
+from guardrail.serve.images import image_from_url
+from guardrail.serve.http_metrics import ServerMetrics
+from guardrail.serve.protocol import (
     ChatCall,
     RequestError,
     chat_completion,
@@ -110,7 +111,7 @@ class _State:
             else:
                 links = [Link(trace.get_current_span(j.ctx).get_span_context()) for j in jobs]
                 with self.tracer.start_as_current_span(BATCH_SPAN_NAME, kind=SpanKind.INTERNAL, links=links) as span:
-                    span.set_attribute("fastrm.serve.batch.size", len(jobs))
+                    span.set_attribute(semconv.SERVE_BATCH_SIZE, len(jobs))
                     results = self._generate(calls)
         finally:
             otel_context.detach(token)
@@ -254,8 +255,8 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
     async def chat(request: Request):
         parent = propagate.extract(dict(request.headers))
         span = state.tracer.start_span(f"POST {CHAT_ROUTE}", context=parent, kind=SpanKind.SERVER, attributes={
-            "http.request.method": "POST", "url.path": CHAT_ROUTE, "http.route": CHAT_ROUTE,
-            "server.address": request.url.hostname or "", "network.protocol.name": "http"})
+            semconv.HTTP_REQUEST_METHOD: "POST", semconv.URL_PATH: CHAT_ROUTE, semconv.HTTP_ROUTE: CHAT_ROUTE,
+            semconv.SERVER_ADDRESS: request.url.hostname or "", semconv.NETWORK_PROTOCOL_NAME: "http"})
         started = time.perf_counter()
         streaming = False
         try:
@@ -264,7 +265,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             streaming = isinstance(response, StreamingResponse)
             return response
         except Exception as exc:
-            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
             span.set_status(Status(StatusCode.ERROR))
             raise
         finally:
@@ -272,7 +273,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                 span.end()
 
     def finish_span(span, status: int) -> None:
-        span.set_attribute("http.response.status_code", status)
+        span.set_attribute(semconv.HTTP_RESPONSE_STATUS_CODE, status)
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         state.metrics.response(CHAT_ROUTE, status)
@@ -281,7 +282,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         def fail(status, message, **kw):
             finish_span(span, status)
             if status < 500:
-                span.set_attribute("error.type", str(status))
+                span.set_attribute(semconv.ERROR_TYPE, str(status))
             return _error(status, message, **kw)
 
         if not authorized(request):
@@ -338,7 +339,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
             finish_span(span, 499)
-            span.set_attribute("error.type", "client_disconnected")
+            span.set_attribute(semconv.ERROR_TYPE, "client_disconnected")
             return Response(status_code=499)
         try:
             outcome = work.result()
@@ -493,7 +494,7 @@ class _InstanceHeader:
 def _annotate(span, result) -> None:
     try:
         if span.is_recording():
-            span.set_attribute("fastrm.serve.verdict", str(result.verdict))
-            span.set_attribute("fastrm.serve.action", result.action)
+            span.set_attribute(semconv.SERVE_VERDICT, str(result.verdict))
+            span.set_attribute(semconv.SERVE_ACTION, result.action)
     except Exception:  # telemetry never breaks a response
         pass

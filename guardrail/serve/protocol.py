@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guardrail.mapcodec import encode_map
+from guardrail.telemetry.mapcodec import encode_map
 
 __all__ = [
     "ChatCall",

@@ -17,8 +17,8 @@ from typing import Any, Optional
 
 from fastrm_common.errors import GuardrailError
 
-from .config import ServeConfig
-from .server import is_loopback
+from guardrail.serve.config import ServeConfig
+from guardrail.serve.server import is_loopback
 
 __all__ = ["GuardReplica", "build_ray_app", "serve_on_ray"]
 
@@ -39,7 +39,7 @@ class GuardReplica:
                  threads: Optional[int] = None):
         import torch
 
-        from guardrail.exporters import configure_tracing
+        from guardrail.telemetry.exporters import configure_tracing
         from guardrail.guard import Guard
 
         if threads:
@@ -58,7 +58,7 @@ class GuardReplica:
             self.instance = None
 
     def __serve_build_asgi_app__(self):
-        from .app import create_app
+        from guardrail.serve.app import create_app
 
         return create_app(self.guard, config=self.config, tracer_provider=self.provider, instance_id=self.instance)
 

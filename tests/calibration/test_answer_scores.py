@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calibration import AnswerSignals, Score, auroc, fit_score, get_score, list_scores, register_score
-from calibration.answer_scores import _REGISTRY
+from calibration.answer_scores import SCORES
 from fastrm_common.errors import CalibrationError
 
 BUILT_INS = ["fused", "low_margin", "map_entropy", "map_spread", "novelty", "predictive_entropy", "token_nll"]
@@ -54,7 +54,7 @@ def test_register_a_custom_score():
         with pytest.raises(CalibrationError, match="already registered"):
             register_score(AnswerLength)
     finally:
-        _REGISTRY.pop("answer_length", None)
+        SCORES.remove("answer_length")
 
 
 def test_built_in_maths():

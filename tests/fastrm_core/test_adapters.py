@@ -64,7 +64,8 @@ def test_load_vlm_rejects_other_architectures(tmp_path):
 def test_choice_by_config_refuses_a_pixtral_tower():
     from transformers import LlavaConfig
 
-    from fastrm_core.adapters import LlavaAdapter, adapter_for_config
+    from fastrm_core.adapters import adapter_for_config
+    from fastrm_core.families.llava import LlavaAdapter
 
     assert adapter_for_config(LlavaConfig()).name == "llava"  # CLIP tower
     pixtral = LlavaConfig(vision_config={"model_type": "pixtral", "image_size": 96, "patch_size": 8})

@@ -6,7 +6,7 @@ import json
 import pytest
 from rich.console import Console
 
-from guardrail.cli import main
+from guardrail.cli.main import main
 
 
 def run_cli(*argv):
@@ -204,7 +204,7 @@ def test_run_honours_the_standard_otlp_variables(saved, otlp_receiver, monkeypat
 
 
 def test_every_command_that_guards_takes_the_telemetry_options():
-    from guardrail.cli import build_parser
+    from guardrail.cli.main import build_parser
 
     for command in (["demo"], ["run", "--image", "x", "--question", "q"]):
         args = build_parser().parse_args([*command, "--otlp-endpoint", "http://h:4318", "--phoenix", "http://h:6006"])

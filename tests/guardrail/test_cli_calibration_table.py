@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 
 from calibration import fit_calibration
-from guardrail.cli import _print_calibration
+from guardrail.cli.main import _print_calibration
 
 
 def printed(cal, width=80) -> str:

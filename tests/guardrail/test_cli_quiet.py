@@ -10,7 +10,7 @@ from rich.console import Console
 
 from calibration import fit_calibration
 from fastrm_core.testing import blank_image
-from guardrail.cli import main
+from guardrail.cli.main import main
 
 BAR = "Loading weights"
 
@@ -47,7 +47,7 @@ def test_a_cli_call_prints_no_loading_bar_unless_verbose(artifacts, capfd):
 
 def test_every_command_line_that_loads_a_model_has_verbose():
     from fastrm_core.cli import build_parser as fastrm_parser
-    from guardrail.cli import build_parser as guardrail_parser
+    from guardrail.cli.main import build_parser as guardrail_parser
     from shapesvqa.cli import build_parser as shapes_parser
 
     assert guardrail_parser().parse_args(["demo", "-v"]).verbose

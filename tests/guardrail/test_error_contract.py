@@ -33,7 +33,7 @@ from fastrm_common.errors import (
     PolicyError,
 )
 from guardrail import Guard, GuardResult
-from guardrail.cli import main as guardrail_main
+from guardrail.cli.main import main as guardrail_main
 from policies import Policy, parse_policy
 from policies.bundled import __file__ as _bundled_init
 

@@ -23,16 +23,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from fastrm_common.errors import DataError, GuardrailError
-import guardrail.exporters as exporters_module
-from guardrail.exporters import (
+import guardrail.telemetry.exporters as exporters_module
+from guardrail.telemetry.exporters import (
     BoundedSpanExporter,
     JsonlFileSpanExporter,
     configure_tracing,
     otlp_endpoint_from_env,
     read_trace_jsonl,
 )
-from guardrail.mapcodec import encode_map, map_attributes, map_from_attributes
-from guardrail.otlp_json import decode_attributes, encode_attributes
+from guardrail.telemetry.mapcodec import encode_map, map_attributes, map_from_attributes
+from guardrail.telemetry.otlp_json import decode_attributes, encode_attributes
 
 
 def _make_spans():
@@ -150,7 +150,7 @@ def test_jsonl_write_failure_is_reported_not_raised(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
     spans, _ = _make_spans()
-    with caplog.at_level(logging.WARNING, logger="guardrail.exporters"):
+    with caplog.at_level(logging.WARNING, logger="guardrail.telemetry.exporters"):
         assert JsonlFileSpanExporter(blocker / "t.jsonl").export(spans) is SpanExportResult.FAILURE
     assert "could not write 2 span(s)" in caplog.text
 

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fastrm_core import FastRMProxy, ProxyConfig, get_adapter
 from fastrm_common.errors import ConfigMismatchError, InputError
 from guardrail import Guard, GuardResult, TokenEvent
-from guardrail.telemetry import map_from_attributes
+from guardrail.telemetry.attributes import map_from_attributes
 from policies import load_policy
 
 
@@ -55,7 +55,7 @@ def test_result_is_complete_and_consistent(guard, image):
 def test_guarded_tokens_equal_plain_generate(guard, tiny_llava, image):
     model, processor = tiny_llava
     r = guard.generate(image, "What color is the circle?", **KW)
-    inputs = guard._prepare([image], ["What color is the circle?"])
+    inputs = guard.prepare([image], ["What color is the circle?"])
     plain = model.generate(**inputs, do_sample=False, **KW)[0, inputs["input_ids"].shape[1]:].tolist()
     assert r.token_ids == plain[: len(r.token_ids)]
 
@@ -354,7 +354,7 @@ def test_openinference_view_of_a_guarded_call(tiny_llava, tiny_proxy, calibratio
 
     from PIL import Image
 
-    from guardrail.phoenix import annotation_for
+    from guardrail.telemetry.phoenix import annotation_for
 
     path = tmp_path / "wide.png"
     Image.new("RGB", (64, 32), (200, 30, 30)).save(path)

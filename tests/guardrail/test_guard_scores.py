@@ -9,7 +9,7 @@ from calibration import NoveltyGate, ScoreSpec, fit_calibration
 from fastrm_core import capture
 from fastrm_common.errors import PolicyError
 from guardrail import Guard
-from guardrail.signals import TokenSignals
+from guardrail.answers.token_signals import TokenSignals
 from policies import Policy
 
 KW = dict(max_new_tokens=5, min_new_tokens=5)
@@ -23,7 +23,7 @@ def _policy(rules):
 def test_same_tokens_and_maps_with_the_signals_on(tiny_llava, tiny_proxy, calibration_uncertain, image):
     model, processor = tiny_llava
     guard = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain)
-    inputs = guard._prepare([image], [Q])
+    inputs = guard.prepare([image], [Q])
     with torch.no_grad(), capture(model, tiny_proxy) as cap:  # the signals off
         plain = model.generate(**inputs, do_sample=False, **KW)
     plain_maps = cap.maps.numpy()
@@ -58,7 +58,7 @@ def test_no_host_sync_per_token(tiny_llava, tiny_proxy, image, monkeypatch):
     """The recorder never moves a tensor to the host during generation (.item / .cpu / .tolist / .numpy)."""
     model, processor = tiny_llava
     guard = Guard(model, processor, proxy=tiny_proxy)
-    inputs = guard._prepare([image], [Q])
+    inputs = guard.prepare([image], [Q])
     calls = []
     rec = TokenSignals()
     for name in ("item", "cpu", "tolist", "numpy"):

@@ -1,4 +1,4 @@
-"""The Guard reports every call through the hooks of guardrail.instrumentation, on one path shared by
+"""The Guard reports every call through the hooks of guardrail.telemetry.hooks, on one path shared by
 generate, generate_batch and stream; the OpenTelemetry hooks turn that into spans."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 from fastrm_common.errors import InputError
 from guardrail import Guard, GuardResult
-from guardrail.instrumentation import GuardHooks, OpenTelemetryHooks, RowReport
+from guardrail.telemetry.hooks import GuardHooks, OpenTelemetryHooks, RowReport
 
 KW = dict(max_new_tokens=3, min_new_tokens=3)
 
@@ -214,7 +214,7 @@ def test_a_raising_hook_is_logged_and_never_breaks_the_call_nor_the_hooks_after_
         tiny_llava, tiny_proxy, calibration_uncertain, image, where, caplog):
     after = Recorder()
     guard, exporter = _traced_guard(tiny_llava, tiny_proxy, calibration_uncertain, hooks=[Broken(where), after])
-    with caplog.at_level("WARNING", logger="guardrail.instrumentation"):
+    with caplog.at_level("WARNING", logger="guardrail.telemetry.hooks"):
         results = [guard.generate(image, "What color?", **KW), list(guard.stream(image, "What color?", **KW))[-1]]
     assert all(isinstance(r, GuardResult) and r.maps is not None and not r.unguarded for r in results)
     assert [e[0] for e in after.log].count("row_done") == 2  # the hook after the broken one still ran

@@ -3,7 +3,7 @@
 import numpy as np
 
 from guardrail.result import GuardResult, MapRegion
-from guardrail.trace_calls import _regions, _split
+from guardrail.traces.calls import _regions, _split
 
 
 def _result(maps, regions):

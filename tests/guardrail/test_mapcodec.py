@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastrm_common.errors import DataError, RelevancyError
-from guardrail.mapcodec import (
+from guardrail.telemetry.mapcodec import (
     MapBudget,
     MapPlan,
     decode_map,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from guardrail.exporters import configure_metrics
-from guardrail.metrics import GuardMetrics
+from guardrail.telemetry.exporters import configure_metrics
+from guardrail.telemetry.guard_metrics import GuardMetrics
 from guardrail.result import GuardResult, Timings
 
 
@@ -93,7 +93,7 @@ def test_console_metrics_export(capsys):
 
 
 def test_otlp_metrics_url():
-    from guardrail.exporters import _signal_url
+    from guardrail.telemetry.exporters import _signal_url
 
     assert _signal_url("http://h:4318", "metrics") == "http://h:4318/v1/metrics"
     assert _signal_url("http://h:4318/v1/metrics/", "metrics") == "http://h:4318/v1/metrics"

@@ -83,9 +83,9 @@ def _spans(url, want, timeout=60):
 
 
 def test_guarded_calls_in_phoenix(phoenix, tiny_llava, tiny_proxy, calibration_uncertain, tmp_path):
-    from guardrail.exporters import configure_tracing
+    from guardrail.telemetry.exporters import configure_tracing
     from guardrail.guard import Guard
-    from guardrail.phoenix import PhoenixAnnotationExporter
+    from guardrail.telemetry.phoenix import PhoenixAnnotationExporter
 
     image = tmp_path / "scene.png"
     img = Image.new("RGB", (96, 64), (128, 128, 128))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 from transformers import CLIPImageProcessor
 
-from guardrail.render import default_view_box, explained_figure, overlay, view_box
+from guardrail.traces.render import default_view_box, explained_figure, overlay, view_box
 from shapesvqa.assets import reference_model_path
 
 

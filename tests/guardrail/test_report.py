@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from guardrail.exporters import configure_tracing
+from guardrail.telemetry.exporters import configure_tracing
 from guardrail.guard import Guard
-from guardrail.otlp_json import read_trace_jsonl
-from guardrail.report import report_calls, write_html_report
-from guardrail.telemetry import map_from_attributes
+from guardrail.telemetry.otlp_json import read_trace_jsonl
+from guardrail.traces.report import report_calls, write_html_report
+from guardrail.telemetry.attributes import map_from_attributes
 
 CANDIDATES = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 
@@ -100,7 +100,7 @@ def test_batch_rows_show_their_own_question_in_the_report_and_the_terminal_view(
 
     from rich.console import Console
 
-    from guardrail.viewer import view_trace
+    from guardrail.traces.viewer import view_trace
 
     image = _scene(tmp_path / "scene.png")
     path = tmp_path / "batch.jsonl"
@@ -182,10 +182,10 @@ def test_overlay_in_the_page_sits_on_the_box(browser, tmp_path):
     import json
 
     from guardrail import semconv
-    from guardrail.telemetry import encode_map, map_attributes, token_event_attributes
+    from guardrail.telemetry.attributes import encode_map, map_attributes, token_event_attributes
 
     img = Image.new("RGB", (200, 100), (128, 128, 128))
-    from guardrail.telemetry import image_data_uri
+    from guardrail.telemetry.attributes import image_data_uri
 
     m = np.zeros((4, 4), dtype=np.float32)
     m[1, 3] = 1.0  # row 1, col 3 of the centred 100x100 box -> x 75..100 of 100 -> 125..150 of 200

@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 
 from guardrail import Guard
-from guardrail.cli import main
+from guardrail.cli.main import main
 from shapesvqa.world import generate
 
 
@@ -40,7 +40,7 @@ def test_demo_shows_a_caught_and_a_missed_hallucination_with_where_the_map_looke
     from dataclasses import dataclass, replace
 
     from fastrm_common.presets import get_preset, register_preset
-    from guardrail.demo import run_demo
+    from guardrail.cli.demo import run_demo
 
     reference = get_preset("reference")
     calls = []

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from guardrail import semconv
-from guardrail.telemetry import (
+from guardrail.telemetry.attributes import (
     MapBudget,
     chat_attributes,
     content_capture_enabled,

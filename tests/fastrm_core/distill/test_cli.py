@@ -47,7 +47,7 @@ def test_eval_defaults_to_the_shipped_reference_assets(monkeypatch, tmp_path, ca
         raise FileNotFoundError("the reference proxy is not in X")
 
     presets.list_presets()  # load the entry points first, then shadow the shipped preset for this test
-    monkeypatch.setitem(presets._REGISTERED, "reference",
+    monkeypatch.setitem(presets.PRESETS._entries, "reference",
                         presets.Preset("reference", model=lambda: tmp_path, proxy=missing))
     assert main(["distill", "eval", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "r.json")]) == 2
     assert "pass --proxy" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_a_registered_method_is_evaluated_like_the_built_in_ones(distill_model, 
         cfg = EvalConfig(max_new_tokens=2, fractions=(0.0, 0.5), methods=("gradient", "per_step", "uniform"))
         result = evaluate_record(model, processor, proxy, record, cfg, base_dir=distill_world["root"])
     finally:
-        del methods._REGISTRY["uniform"]
+        methods.METHODS.remove("uniform")
     point = result["pointing"]
     assert set(point) == {"gradient", "per_step", "uniform"}
     # the per-step maps are the exact maps computed another way: same pointing figures

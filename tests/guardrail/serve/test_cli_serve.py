@@ -7,7 +7,7 @@ from rich.console import Console
 
 pytest.importorskip("fastapi")
 
-from guardrail.cli import main
+from guardrail.cli.main import main
 from guardrail.serve.server import is_loopback
 
 

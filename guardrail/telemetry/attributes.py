@@ -1,10 +1,10 @@
 """Pure helpers for instrumenting a guarded call with OpenTelemetry (``opentelemetry-api`` only).
 
 The Guard opens the spans; this module builds their attribute dicts with the
-names of :mod:`guardrail.semconv`, so every key is spelled in one place and
+names of :mod:`guardrail.telemetry.semconv`, so every key is spelled in one place and
 every value has a type OpenTelemetry accepts (None values are left out, numpy
 scalars become Python numbers). Map encoding and the byte budget live in
-:mod:`guardrail.mapcodec` and are re-exported here.
+:mod:`guardrail.telemetry.mapcodec` and are re-exported here.
 
 Typical use inside the Guard (sketch)::
 
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from . import semconv
-from .mapcodec import (
+import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.mapcodec import (
     DEFAULT_MAP_BUDGET_BYTES,
     MapBudget,
     MapPlan,
@@ -80,7 +80,7 @@ _TRUE = {"1", "true", "yes", "on", "span_only", "event_only", "span_and_event"}
 
 def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:
     """The tracer fastrm-guard uses: from ``tracer_provider`` if given, else the global provider."""
-    return trace.get_tracer("fastrm-guard", _version(), tracer_provider)
+    return trace.get_tracer("fastrm-guard", package_version(), tracer_provider)
 
 
 def content_capture_enabled(explicit: bool | None = None) -> bool:
@@ -200,7 +200,7 @@ def image_reference(image: Any, path: str | os.PathLike | None = None, box: Sequ
     """What identifies a call's image without storing it: SHA-256 of its RGB pixels and (w, h).
 
     ``{"sha256": ..., "size": [w, h]}``, plus ``"path"`` (absolute) when one is given and ``"box"``
-    (the part the model saw, :func:`guardrail.render.view_box`) when given.
+    (the part the model saw, :func:`guardrail.traces.render.view_box`) when given.
     The hash is of the decoded RGB pixels, so the same picture saved as PNG or re-encoded
     losslessly hashes the same.
     """
@@ -419,7 +419,7 @@ def _clean(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _version() -> str:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

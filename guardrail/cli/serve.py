@@ -38,11 +38,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def serve_command(args, console: Console) -> int:
     """Build the config, then serve in-process (uvicorn) or on Ray Serve; returns when stopped."""
     try:
-        from .serve import ServeConfig, create_app, run
+        from guardrail.serve import ServeConfig, create_app, run
     except ImportError as exc:
         raise GuardrailError(str(exc)) from None
-    from .exporters import configure_tracing
-    from .guard import Guard
+    from guardrail.telemetry.exporters import configure_tracing
+    from guardrail.guard import Guard
 
     try:
         config = ServeConfig(
@@ -58,7 +58,7 @@ def serve_command(args, console: Console) -> int:
     if args.ray:
         if args.trace:
             raise GuardrailError("--trace (one JSONL file) does not work with several replicas; use --otlp-endpoint")
-        from .serve.ray_app import serve_on_ray
+        from guardrail.serve.ray_app import serve_on_ray
 
         return serve_on_ray(args.model, guard_kwargs, config, host=args.host, port=args.port, replicas=args.replicas,
                             otlp_endpoint=args.otlp_endpoint, address=args.ray_address,

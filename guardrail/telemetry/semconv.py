@@ -58,7 +58,7 @@ GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
 GEN_AI_TOKEN_TYPE_INPUT = "input"
 GEN_AI_TOKEN_TYPE_OUTPUT = "output"
 
-# --- Our metrics (guardrail.metrics)
+# --- Our metrics (guardrail.telemetry.guard_metrics)
 METRIC_VERDICTS = "fastrm.guardrail.verdicts"
 METRIC_ACTIONS = "fastrm.guardrail.actions"
 METRIC_ANSWER_SCORE = "fastrm.guardrail.answer_score"
@@ -144,7 +144,7 @@ FASTRM_IMAGE_PATH = "fastrm.image.path"
 FASTRM_IMAGE_SHA256 = "fastrm.image.sha256"
 FASTRM_IMAGE_SIZE = "fastrm.image.size"
 # The part of the image the model saw (after the processor's resize and crop), [left, top, right, bottom]
-# in original pixels: where the maps go (guardrail.render.view_box).
+# in original pixels: where the maps go (guardrail.traces.render.view_box).
 FASTRM_IMAGE_BOX = "fastrm.image.box"
 # Calls guarded together in one padded generate_batch: the row of this call and the batch size.
 FASTRM_BATCH_INDEX = "fastrm.batch.index"
@@ -165,6 +165,17 @@ MAP_SHAPE = "fastrm.map.shape"
 MAP_DTYPE = "fastrm.map.dtype"
 MAP_SCALE = "fastrm.map.scale"
 MAP_DATA = "fastrm.map.data"
+
+# --- guardrail serve (HTTP server spans; OpenTelemetry HTTP semantic conventions plus our own)
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_PATH = "url.path"
+SERVER_ADDRESS = "server.address"
+NETWORK_PROTOCOL_NAME = "network.protocol.name"
+SERVE_BATCH_SIZE = "fastrm.serve.batch.size"
+SERVE_VERDICT = "fastrm.serve.verdict"
+SERVE_ACTION = "fastrm.serve.action"
 
 # --- Environment
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"

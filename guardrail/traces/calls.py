@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from . import semconv
-from .telemetry import map_from_attributes, message_text
+import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.attributes import map_from_attributes, message_text
 
 __all__ = ["guarded_calls"]
 

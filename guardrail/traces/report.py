@@ -6,7 +6,7 @@ the answer, the text returned to the user, the verdict with the score against th
 the action with its rule and policy, and the per-token maps as an overlay on the image,
 with a token slider, a token strip (scored tokens marked) and a colour bar in the map's own
 units. The overlay covers the part of the image the model saw (``fastrm.image.box``, else
-the centred square, :func:`guardrail.render.default_view_box`) and dims the rest.
+the centred square, :func:`guardrail.traces.render.default_view_box`) and dims the rest.
 
 Whatever the trace lacks is said on the page: without content capture there is no question,
 answer, token text or image (only the image's hash), and maps dropped by the span's byte
@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import semconv
-from .otlp_json import read_trace_jsonl
-from .trace_calls import guarded_calls
+import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.otlp_json import read_trace_jsonl
+from guardrail.traces.calls import guarded_calls
 
 __all__ = ["report_calls", "write_html_report"]
 
@@ -44,7 +44,7 @@ def _image_uri(chat: dict, guard: dict) -> tuple[str | None, str]:
         if p.is_file():
             from PIL import Image
 
-            from .telemetry import image_data_uri
+            from guardrail.telemetry.attributes import image_data_uri
 
             with Image.open(p) as img:
                 data = image_data_uri(img, max_side=512, max_bytes=2_000_000)
@@ -145,9 +145,9 @@ def write_html_report(trace: str | Path, out: str | Path, *, title: str | None =
 
 
 def _ramp() -> list[list[int]]:
-    from .render import _RAMP
+    from guardrail.traces.render import RAMP
 
-    return [list(c) for c in _RAMP]
+    return [list(c) for c in RAMP]
 
 
 _TEMPLATE = r"""<!DOCTYPE html>

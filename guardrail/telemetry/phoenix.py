@@ -1,7 +1,7 @@
 """Optional Arize Phoenix integration: the guard's verdict as a Phoenix span annotation.
 
 Phoenix shows our spans natively from their OpenInference attributes (sent over OTLP, see
-:func:`guardrail.exporters.configure_tracing`). Its annotation chips, filters and evaluation
+:func:`guardrail.telemetry.exporters.configure_tracing`). Its annotation chips, filters and evaluation
 views, however, read *annotations*, which are not part of OTLP. This module posts one
 annotation per guarded call to Phoenix's REST API (``POST /v1/span_annotations``):
 
@@ -31,7 +31,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from . import semconv
+import guardrail.telemetry.semconv as semconv
 
 __all__ = ["PhoenixAnnotationExporter", "annotation_for"]
 

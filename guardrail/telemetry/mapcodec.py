@@ -38,7 +38,7 @@ import numpy as np
 
 from fastrm_common.errors import DataError, RelevancyError
 
-from . import semconv
+import guardrail.telemetry.semconv as semconv
 
 __all__ = [
     "DEFAULT_MAP_BUDGET_BYTES",

@@ -1,5 +1,5 @@
 """``guardrail view``: the guarded calls of a JSONL trace in the terminal, as explained PNG figures
-(``--png DIR``) or as one self-contained HTML page (``--html FILE``, :mod:`guardrail.report`)."""
+(``--png DIR``) or as one self-contained HTML page (``--html FILE``, :mod:`guardrail.traces.report`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from . import semconv
-from .otlp_json import read_trace_jsonl
-from .render import explained_figure, heatmap_text
-from .report import write_html_report
-from .trace_calls import guarded_calls
+import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.otlp_json import read_trace_jsonl
+from guardrail.traces.render import explained_figure, heatmap_text
+from guardrail.traces.report import write_html_report
+from guardrail.traces.calls import guarded_calls
 
 __all__ = ["guarded_calls", "token_label", "view_trace"]
 

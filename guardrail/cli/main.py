@@ -18,13 +18,13 @@ from rich.table import Table
 from fastrm_common.errors import GuardrailError
 from fastrm_common.presets import DEFAULT_PRESET, preset_path
 
-from .telemetry_setup import telemetry_from_args
+from guardrail.telemetry.setup import telemetry_from_args
 
 __all__ = ["build_parser", "main"]
 
 
 def _cmd_demo(args, console: Console) -> int:
-    from .demo import run_demo
+    from guardrail.cli.demo import run_demo
 
     run_demo(args.out, model=args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
              seed=args.seed, pool=args.pool, pope_scenes=args.pope_scenes, pope_seed=args.pope_seed, console=console, otlp_endpoint=args.otlp_endpoint,
@@ -33,8 +33,8 @@ def _cmd_demo(args, console: Console) -> int:
 
 
 def _cmd_run(args, console: Console) -> int:
-    from .guard import Guard
-    from .render import explained_figure, heatmap_text, view_box
+    from guardrail.guard import Guard
+    from guardrail.traces.render import explained_figure, heatmap_text, view_box
 
     provider, meters = telemetry_from_args(args, jsonl_path=args.trace)
     guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
@@ -58,7 +58,7 @@ def _cmd_run(args, console: Console) -> int:
     if result.answer_map is not None:
         console.print(heatmap_text(result.answer_map))
         if args.png:
-            from .guard import load_image
+            from guardrail.guard import load_image
 
             img = load_image(args.image)
             score = "-" if result.score is None else f"{result.score:.3f}"
@@ -72,7 +72,7 @@ def _cmd_run(args, console: Console) -> int:
 
 
 def _cmd_serve(args, console: Console) -> int:
-    from .serve_cli import serve_command
+    from guardrail.cli.serve import serve_command
 
     return serve_command(args, console)
 
@@ -100,7 +100,7 @@ def _score_params(args) -> dict:
 def _cmd_calibrate(args, console: Console) -> int:
     from calibration import plot_calibration
 
-    from .calibrate import calibrate_scores, read_signals, write_scores, write_signals
+    from guardrail.calibrate import calibrate_scores, read_signals, write_scores, write_signals
 
     if args.preset is not None:
         for key, value in PRESETS[args.preset].items():
@@ -140,7 +140,7 @@ def _answer_records(args, console: Console):
     from calibration import dataset_hash, read_vqa_jsonl
     from fastrm_core import FastRMProxy, load_vlm, weights_fingerprint
 
-    from .calibrate import model_identity, score_records
+    from guardrail.calibrate import model_identity, score_records
 
     records, problems = read_vqa_jsonl(args.data, strict=args.strict)
     for p in problems:
@@ -244,7 +244,7 @@ def _print_calibration(console: Console, cal, side: dict) -> None:
 
 
 def _cmd_view(args, console: Console) -> int:
-    from .viewer import view_trace
+    from guardrail.traces.viewer import view_trace
 
     return view_trace(args.trace, png_dir=args.png, console=console, all_tokens=args.all_tokens, html=args.html)
 
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a guarded OpenAI-compatible chat endpoint (the serve extra)")
     model_args(p)
     p.add_argument("--policy", default="default", help="bundled name or YAML file")
-    from .serve_cli import add_serve_arguments
+    from guardrail.cli.serve import add_serve_arguments
 
     add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)

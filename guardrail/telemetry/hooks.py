@@ -17,7 +17,7 @@ The Guard knows nothing about spans, attributes, events or metrics: it calls the
 OpenInference attributes, token events with encoded maps, the verdict event and the metrics.
 
 Contract: a hook never raises and never stalls the call. ``OpenTelemetryHooks`` starts and ends
-spans in a bounded worker (:func:`guardrail.contained.contained_span`) and swallows every error
+spans in a bounded worker (:func:`guardrail.telemetry.safe_span.contained_span`) and swallows every error
 of its own annotation code: telemetry never breaks inference.
 
 Your own hooks: subclass :class:`GuardHooks` and pass ``Guard(..., hooks=[MyHooks()])``; they run
@@ -45,10 +45,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from calibration import token_entropy
 
-from . import semconv
-from .contained import contained_span, event_limit
-from .metrics import GuardMetrics
-from .telemetry import (
+import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.safe_span import contained_span, event_limit
+from guardrail.telemetry.guard_metrics import GuardMetrics
+from guardrail.telemetry.attributes import (
     MapBudget,
     chat_attributes,
     chat_content_attributes,
@@ -64,7 +64,7 @@ from .telemetry import (
 if TYPE_CHECKING:  # pragma: no cover
     from policies import Decision
 
-    from .result import GuardResult
+    from guardrail.result import GuardResult
 
 __all__ = ["GuardHooks", "HookChain", "OpenTelemetryHooks", "RowReport"]
 
@@ -88,6 +88,9 @@ class RowReport:
     model_s: float
     guard_s: float
     token_times: Sequence[int] = ()
+    #: the answer's signals (:class:`calibration.AnswerSignals`: map entropies, token statistics,
+    #: ...), computed once by the answer pipeline; None when the guard failed
+    signals: Any = None
 
 
 class GuardHooks:
@@ -173,8 +176,8 @@ class OpenTelemetryHooks(GuardHooks):
             if call.is_recording() and exc is not None:
                 call.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
                 call.set_status(Status(StatusCode.ERROR, str(exc)))
-        except Exception:
-            pass
+        except Exception:  # telemetry must never break the guarded call
+            _log.debug("telemetry failed", exc_info=True)
 
     def call_done(self, call: trace.Span, reports: Sequence[RowReport], kwargs: dict[str, Any]) -> None:
         """The ``chat`` span: token counts summed over the rows (each row's prompt without padding); content
@@ -206,8 +209,8 @@ class OpenTelemetryHooks(GuardHooks):
                     semconv.OUTPUT_VALUE: json.dumps([r.answer for r in reports], ensure_ascii=False),
                     semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
                 })
-        except Exception:
-            pass
+        except Exception:  # telemetry must never break the guarded call
+            _log.debug("telemetry failed", exc_info=True)
 
     @contextmanager
     def row(self, call: trace.Span) -> Iterator[_RowHandle]:
@@ -225,8 +228,8 @@ class OpenTelemetryHooks(GuardHooks):
             ctx = row.span.get_span_context()
             if ctx.is_valid:
                 return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
-        except Exception:
-            pass
+        except Exception:  # telemetry must never break the guarded call
+            _log.debug("telemetry failed", exc_info=True)
         return {}
 
     def row_done(self, row: _RowHandle, report: RowReport) -> None:
@@ -292,15 +295,15 @@ class OpenTelemetryHooks(GuardHooks):
             if self.maps_dir is not None and result.maps is not None:
                 span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
             if result.maps is not None:
-                self._token_events(span, result, report.token_times)
+                self._token_events(span, result, report.token_times, report.signals)
             span.add_event(semconv.EVALUATION_RESULT_EVENT, guardrail_result_event_attributes(
                 decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
                 flagged=result.flagged, error_type=result.error.split(":")[0] if result.error else None,
             ))
         except Exception:  # telemetry must never break the guarded call
-            pass
+            _log.debug("telemetry of a guarded row failed", exc_info=True)
 
-    def _token_events(self, span, result: GuardResult, token_times: Sequence[int]) -> None:
+    def _token_events(self, span, result: GuardResult, token_times: Sequence[int], signals: Any = None) -> None:
         n_tokens = len(result.tokens)
         # The SDK keeps at most event_limit events per span and drops the *oldest*
         # silently: emit no more token events than fit beside the result event,
@@ -312,7 +315,9 @@ class OpenTelemetryHooks(GuardHooks):
         emitted = sorted(order[:room])
         plan = self.map_budget.plan([result.maps[i] for i in emitted],
                                     priority=[k for k, i in enumerate(emitted) if result.content[i]])
-        raw = np.atleast_1d(token_entropy(result.maps, map_ndim=2))  # (T,) nats
+        # (T,) nats: the answer pipeline's, or computed here for a result that comes without signals
+        raw = (np.atleast_1d(token_entropy(result.maps, map_ndim=2)) if signals is None or signals.map_entropy is None
+               else signals.map_entropy)
         log_n = np.log(result.maps.shape[1] * result.maps.shape[2])
         for k, i in enumerate(emitted):
             span.add_event(semconv.TOKEN_EVENT, token_event_attributes(
@@ -366,7 +371,7 @@ def _contained(hook: GuardHooks, point: str, enter: Any) -> Iterator[Any]:
 class HookChain(GuardHooks):
     """Several :class:`GuardHooks` called in order at each point; what the Guard uses when it is given
     ``hooks=``. The first hook (the Guard's own ``OpenTelemetryHooks``) is trusted to keep the contract;
-    an error of any later one is logged (logger ``guardrail.instrumentation``) and dropped, so a user
+    an error of any later one is logged (logger ``guardrail.telemetry.hooks``) and dropped, so a user
     hook cannot break or change the call. ``row_ids`` come from the first hook that gives any."""
 
     def __init__(self, hooks: Sequence[GuardHooks]) -> None:

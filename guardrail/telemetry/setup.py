@@ -8,12 +8,12 @@ __all__ = ["telemetry_from_args"]
 def telemetry_from_args(args, *, jsonl_path=None):
     """(tracer provider, meter provider) for the options of :func:`telemetry_args`; the standard
     ``OTEL_EXPORTER_OTLP_*`` variables apply when no endpoint is given."""
-    from .exporters import configure_metrics, configure_tracing
+    from guardrail.telemetry.exporters import configure_metrics, configure_tracing
 
     endpoint = args.otlp_endpoint or args.phoenix
     extra = []
     if args.phoenix:
-        from .phoenix import PhoenixAnnotationExporter
+        from guardrail.telemetry.phoenix import PhoenixAnnotationExporter
 
         extra.append(PhoenixAnnotationExporter(args.phoenix))
     provider = configure_tracing(jsonl_path=jsonl_path, console=args.console_spans, otlp_endpoint=endpoint,

@@ -11,16 +11,17 @@ plus a square centre crop keeps, as in LLaVA-1.5 and the shipped reference model
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 from rich.text import Text
 
-__all__ = ["default_view_box", "explained_figure", "heatmap_text", "overlay", "save_overlay", "view_box"]
+from guardrail.inputs import Box, default_view_box, view_box
+
+__all__ = ["RAMP", "default_view_box", "explained_figure", "heatmap_text", "overlay", "save_overlay", "view_box"]
 
 # a perceptually ordered ramp (dark blue -> teal -> yellow), 8 steps
-_RAMP = [(13, 8, 135), (84, 2, 163), (139, 10, 165), (185, 50, 137), (219, 92, 104), (244, 136, 73),
+RAMP = [(13, 8, 135), (84, 2, 163), (139, 10, 165), (185, 50, 137), (219, 92, 104), (244, 136, 73),
          (254, 188, 43), (240, 249, 33)]
 
 
@@ -42,7 +43,7 @@ def heatmap_text(map_2d: np.ndarray, *, max_cols: int = 32) -> Text:
     text = Text()
     for row in m:
         for v in row:
-            r, g, b = _RAMP[min(int(v * len(_RAMP)), len(_RAMP) - 1)]
+            r, g, b = RAMP[min(int(v * len(RAMP)), len(RAMP) - 1)]
             shade = _SHADES[min(int(v * len(_SHADES)), len(_SHADES) - 1)]
             # colour where the terminal has it; the shade characters keep it readable where it has not
             text.append(shade * 2, style=f"rgb({r},{g},{b}) on rgb({r},{g},{b})" if v > 0 else None)
@@ -59,64 +60,6 @@ def _downsample(m: np.ndarray, max_cols: int) -> np.ndarray:
     return m[: r2 * f, : c2 * f].reshape(r2, f, c2, f).mean(axis=(1, 3))
 
 
-Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original image pixels
-
-
-def default_view_box(width: int, height: int) -> Box:
-    """The centred square of side ``min(width, height)``: a shortest-edge resize plus a square centre crop."""
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return (float(left), float(top), float(left + side), float(top + side))
-
-
-def view_box(image_processor: Any, width: int, height: int) -> Box:
-    """The part of a ``width`` x ``height`` image that ``image_processor`` hands to the model.
-
-    Follows Hugging Face's CLIP-style processors: ``do_resize`` with ``size = {"shortest_edge": S}``
-    (aspect kept, short side S, long side truncated as HF does) or ``{"height", "width"}``
-    (stretched), then ``do_center_crop`` with ``crop_size`` (offsets floored as HF does). The
-    box is in original pixels and may be fractional; it may extend outside the image if the
-    crop is larger than the resized image (HF pads there).
-
-    >>> from types import SimpleNamespace as P
-    >>> view_box(P(do_resize=True, size={"shortest_edge": 96}, do_center_crop=True,
-    ...            crop_size={"height": 96, "width": 96}), 192, 96)
-    (48.0, 0.0, 144.0, 96.0)
-    """
-    proc = getattr(image_processor, "image_processor", image_processor)  # a full processor or its image part
-    w, h = float(width), float(height)
-    rw, rh = w, h
-    size = _as_dict(getattr(proc, "size", None))
-    if getattr(proc, "do_resize", False) and size:
-        if "shortest_edge" in size:
-            short = float(size["shortest_edge"])
-            if w <= h:
-                rw, rh = short, float(int(short * h / w))
-            else:
-                rw, rh = float(int(short * w / h)), short
-        elif "height" in size and "width" in size:
-            rw, rh = float(size["width"]), float(size["height"])
-    left, top, right, bottom = 0.0, 0.0, rw, rh
-    crop = _as_dict(getattr(proc, "crop_size", None))
-    if getattr(proc, "do_center_crop", False) and crop and "height" in crop and "width" in crop:
-        cw, ch = float(crop["width"]), float(crop["height"])
-        left, top = float((int(rw) - int(cw)) // 2), float((int(rh) - int(ch)) // 2)
-        right, bottom = left + cw, top + ch
-    sx, sy = rw / w, rh / h
-    return (left / sx, top / sy, right / sx, bottom / sy)
-
-
-def _as_dict(value: Any) -> dict:
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, (int, float)):
-        return {"shortest_edge": value}
-    try:
-        return {k: v for k, v in dict(value).items() if v is not None}
-    except (TypeError, ValueError):
-        return {k: getattr(value, k) for k in ("shortest_edge", "height", "width") if getattr(value, k, None)}
 
 
 def _grid_index(width: int, height: int, box: Box, rows: int, cols: int, scale: float):
@@ -131,8 +74,8 @@ def _grid_index(width: int, height: int, box: Box, rows: int, cols: int, scale: 
 
 
 def _ramp_rgb(m: np.ndarray) -> np.ndarray:
-    ramp = np.array(_RAMP, dtype=np.float32)
-    return ramp[np.clip((m * len(_RAMP)).astype(int), 0, len(_RAMP) - 1)]
+    ramp = np.array(RAMP, dtype=np.float32)
+    return ramp[np.clip((m * len(RAMP)).astype(int), 0, len(RAMP) - 1)]
 
 
 def overlay(image: Image.Image | None, map_2d: np.ndarray, *, size: int = 256, alpha: float = 0.75,
@@ -197,7 +140,7 @@ def explained_figure(
 
     m = np.asarray(map_2d, dtype=float)
     lo, hi = float(m.min()), float(m.max())
-    cmap = mcolors.ListedColormap(np.array(_RAMP) / 255.0, name="fastrm")
+    cmap = mcolors.ListedColormap(np.array(RAMP) / 255.0, name="fastrm")
     n_panels = 2 if image is not None else 1
     aspect = image.size[1] / image.size[0] if image is not None else m.shape[0] / m.shape[1]
     n_text = len([t for t in (title, *lines) if t])

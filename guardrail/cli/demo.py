@@ -24,8 +24,8 @@ from fastrm_common.errors import InputError
 from fastrm_common.presets import DEFAULT_PRESET, get_preset, list_presets
 from fastrm_common.vqa import is_correct
 
-from .guard import Guard
-from .render import explained_figure, heatmap_text, view_box
+from guardrail.guard import Guard
+from guardrail.traces.render import explained_figure, heatmap_text, view_box
 
 __all__ = ["run_demo"]
 
@@ -71,7 +71,7 @@ def run_demo(
     trace_path.unlink(missing_ok=True)
     from types import SimpleNamespace
 
-    from .telemetry_setup import telemetry_from_args
+    from guardrail.telemetry.setup import telemetry_from_args
 
     provider, meters = telemetry_from_args(
         SimpleNamespace(otlp_endpoint=otlp_endpoint, phoenix=phoenix, console_spans=console_spans),

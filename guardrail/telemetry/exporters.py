@@ -4,7 +4,7 @@ Library code never imports this module; ``guardrail run/demo`` and
 applications call :func:`configure_tracing` and pass the provider to the Guard.
 
 - :class:`JsonlFileSpanExporter` appends one OTLP-JSON-shaped span per line
-  (:mod:`guardrail.otlp_json`), readable by :func:`read_trace_jsonl` and ``guardrail view``.
+  (:mod:`guardrail.telemetry.otlp_json`), readable by :func:`read_trace_jsonl` and ``guardrail view``.
 - :class:`BoundedSpanExporter` wraps any exporter so that one export, flush or
   shutdown never takes longer than a bound and never raises: a hanging
   exporter costs the caller at most ``timeout_s`` once, after which batches
@@ -44,7 +44,7 @@ from opentelemetry.sdk.trace.export import (
 
 from fastrm_common.errors import GuardrailError
 
-from .otlp_json import read_trace_jsonl, span_to_dict
+from guardrail.telemetry.otlp_json import read_trace_jsonl, span_to_dict
 
 __all__ = [
     "BoundedSpanExporter",
@@ -63,7 +63,7 @@ _OTLP_METRICS_ENV = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_
 
 
 class JsonlFileSpanExporter(SpanExporter):
-    """Appends each exported span to ``path`` as one JSON line (OTLP-JSON shape, see :mod:`guardrail.otlp_json`).
+    """Appends each exported span to ``path`` as one JSON line (OTLP-JSON shape, see :mod:`guardrail.telemetry.otlp_json`).
 
     Thread-safe (one lock per exporter); each batch is written with one
     ``write`` and the file is closed (so flushed) after every batch. Parent
@@ -261,7 +261,7 @@ def configure_metrics(
     export_timeout_s: float = 5.0,
     set_global: bool = False,
 ) -> Any:
-    """A ``MeterProvider`` for :class:`guardrail.metrics.GuardMetrics`, set up like :func:`configure_tracing`.
+    """A ``MeterProvider`` for :class:`guardrail.telemetry.guard_metrics.GuardMetrics`, set up like :func:`configure_tracing`.
 
     - ``console``: True for stdout, or a text stream;
     - ``otlp_endpoint``: an OTLP/HTTP collector (``/v1/metrics`` is appended unless present); when

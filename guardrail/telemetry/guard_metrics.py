@@ -2,7 +2,7 @@
 
 Six instruments, created once per :class:`GuardMetrics` from a meter provider (default: the
 global one, which is a no-op until an SDK is installed, e.g. by
-:func:`guardrail.exporters.configure_metrics`):
+:func:`guardrail.telemetry.exporters.configure_metrics`):
 
 ============================================  =========  ========  ==================================================
 name                                          kind       unit      attributes
@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics as otel_metrics
 
-from . import semconv
+import guardrail.telemetry.semconv as semconv
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .result import GuardResult
+    from guardrail.result import GuardResult
 
 __all__ = ["DURATION_BUCKETS_S", "TOKEN_BUCKETS", "GuardMetrics"]
 
@@ -52,9 +52,9 @@ class GuardMetrics:
     """The instruments above, and :meth:`record` to count one guarded call on them."""
 
     def __init__(self, meter_provider: otel_metrics.MeterProvider | None = None) -> None:
-        from .telemetry import _version
+        from guardrail.telemetry.attributes import package_version
 
-        meter = otel_metrics.get_meter("fastrm-guard", _version(), meter_provider)
+        meter = otel_metrics.get_meter("fastrm-guard", package_version(), meter_provider)
         self.operation_duration = meter.create_histogram(
             semconv.GEN_AI_CLIENT_OPERATION_DURATION, unit="s", description="GenAI operation duration",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),

@@ -1,0 +1,210 @@
+"""The answer pipeline: from what one ``generate`` recorded to signals, scores and a verdict.
+
+Every guarded path goes through here, once per row: the Guard (``generate``, ``generate_batch``,
+``stream``, and so ``guardrail serve``), ``guardrail calibrate`` and the benchmarks.
+
+1. :func:`generation_rows` reads a finished ``generate`` (the capture's maps and prompt features,
+   the token-signal recorder's per-step statistics) into one :class:`RowSignals` per batch row.
+2. :func:`answer_signals` cuts a row at its end-of-sequence token and computes, once, everything a
+   score may need about the answer (:class:`calibration.AnswerSignals`: content tokens, map
+   entropies, the maps, token log-probabilities, predictive entropies, margins, features).
+3. :class:`Scorer` evaluates every score the registry marks as observed, the calibration's own
+   score and its novelty gate, and turns the calibration's score into a verdict.
+
+A score declares what it needs (``needs``) and whether it is fitted; nothing here names a
+particular score: a score registered with :func:`calibration.register_score` and an ``observe``
+parameter set is reported by every guarded call, in spans and in serve's responses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from calibration import AnswerSignals, content_token_mask, get_score, observed_scores, token_entropy
+from fastrm_common.errors import PolicyError
+
+__all__ = [
+    "OBSERVED_SCORES",
+    "RowSignals",
+    "Scorer",
+    "Judgement",
+    "answer_signals",
+    "calibration_id",
+    "cut_at_eos",
+    "display_entropies",
+    "generation_rows",
+]
+
+
+def cut_at_eos(token_ids: Sequence[int], eos_ids: Iterable[int]) -> tuple[list[int], bool]:
+    """Tokens up to and including the first end-of-sequence token, and whether one was found."""
+    eos = set(eos_ids)
+    ids = [int(t) for t in token_ids]
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[: i + 1], True
+    return ids, False
+
+
+@dataclass(frozen=True)
+class RowSignals:
+    """One batch row of a finished ``generate``, before it is cut at its end-of-sequence token.
+
+    ``maps`` (T, rows, cols) for one region, (T, 1, N_img) over several, or None when the capture
+    failed; ``token_signals``: the recorder's per-step arrays (``token_logprob``,
+    ``predictive_entropy``, ``margin``, each (T,)) and the prompt's pooled ``features`` (F,).
+    """
+
+    maps: np.ndarray | None
+    token_signals: dict[str, Any] = field(default_factory=dict)
+
+
+def generation_rows(cap: Any, recorder: Any, out: Any) -> list[RowSignals]:
+    """One :class:`RowSignals` per row of a ``generate`` run under ``capture`` with ``recorder``
+    (:class:`~guardrail.answers.token_signals.TokenSignals`); ``out`` its (B, S) sequences."""
+    tsig = recorder.result(out)  # (B, T) each: one transfer
+    feats = cap.features if cap.prompt_features is not None else None
+    return [RowSignals(maps=cap.maps_2d(b).numpy(),
+                       token_signals={"token_logprob": tsig.token_logprob[b],
+                                      "predictive_entropy": tsig.predictive_entropy[b], "margin": tsig.margin[b],
+                                      "features": None if feats is None else feats[b]})
+            for b in range(out.shape[0])]
+
+
+def answer_signals(
+    token_ids: Sequence[int],
+    tokenizer: Any,
+    *,
+    maps: np.ndarray | None = None,
+    token_logprob: np.ndarray | None = None,
+    predictive_entropy: np.ndarray | None = None,
+    margin: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    eos_ids: Iterable[int] = (),
+    group: str | None = None,
+    keep_maps: bool = True,
+) -> AnswerSignals:
+    """Everything the scores need about one answer, from what its ``generate`` recorded.
+
+    ``token_ids`` (T,) is the answer cut at its end-of-sequence token; the per-token arrays may be
+    longer (padding steps of a batch) and are cut to ``T``. ``maps`` (T, rows, cols) give the map
+    entropies (nats) and, with ``keep_maps``, the maps themselves (for ``map_spread``).
+    """
+    ids = list(token_ids)
+    t = len(ids)
+    content = content_token_mask(ids, tokenizer, extra_excluded_ids=eos_ids)  # (T,)
+
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.asarray(a, dtype=np.float64)[:t]
+
+    entropy = n_patches = kept = None
+    if maps is not None:
+        m = np.asarray(maps)[:t]  # (T, rows, cols)
+        n_patches = int(np.prod(m.shape[1:]))
+        entropy = np.atleast_1d(np.asarray(token_entropy(m, map_ndim=2), dtype=np.float64)) if t else np.zeros(0)
+        kept = m.astype(np.float32) if keep_maps else None
+    return AnswerSignals(
+        content=np.asarray(content, dtype=bool), map_entropy=entropy, n_patches=n_patches, maps=kept,
+        token_logprob=cut(token_logprob), predictive_entropy=cut(predictive_entropy), margin=cut(margin),
+        features=None if features is None else np.asarray(features, dtype=np.float64), group=group,
+    )
+
+
+def display_entropies(signals: AnswerSignals, normalized: bool = True) -> np.ndarray:
+    """Each token's map entropy as results show it: in [0, 1] (divided by ``log N_img``) when
+    ``normalized``, else in nats. Read from the signals: the entropies are computed once."""
+    h = np.asarray(signals.map_entropy, dtype=np.float64)
+    if not normalized or h.size == 0:
+        return h
+    return np.minimum(h / np.log(signals.n_patches), 1.0)
+
+
+#: the scores every guarded call reports (``GuardResult.scores``), by name, with their parameters
+#: (read from the score registry: each score's ``observe``)
+OBSERVED_SCORES: tuple[tuple[str, dict], ...] = tuple(observed_scores())
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the scores say of one answer (or one claim): every score by name, the calibration's
+    score, its verdict (None without a calibration: *unscored*) and whether the novelty gate fired."""
+
+    scores: dict[str, float | None]
+    score: float | None
+    verdict: str | None
+    gated: bool = False
+
+
+class Scorer:
+    """The Guard's scores: every observed score, the calibration's own score and its novelty gate.
+
+    ``evaluate(signals)`` returns ``(scores, score, verdict)``: ``scores`` by name (the
+    calibration's score under its own name, replacing the observed one of that name; ``novelty``
+    when the calibration has a gate), ``score`` the calibration's score (None without a calibration
+    or when the answer has nothing to score), and ``verdict`` (None without a calibration:
+    *unscored*; ``uncertain`` for an answer without content tokens). :meth:`judge` returns the same
+    as a :class:`Judgement`.
+    """
+
+    def __init__(self, calibration: Any | None):
+        self.calibration = calibration
+        self.scores = {name: get_score(name, **params) for name, params in observed_scores()}
+        self.score = self.gate = None
+        if calibration is not None:
+            self.score = get_score(calibration.score.name, **calibration.score.params)
+            self.scores[self.score.name] = self.score
+            if calibration.novelty_gate is not None:
+                self.gate = get_score(calibration.novelty_gate.score.name, **calibration.novelty_gate.score.params)
+                self.scores["novelty"] = self.gate
+
+    def names(self) -> list[str]:
+        return sorted(self.scores)
+
+    def check_policy(self, policy: Any) -> None:
+        """Refuse a policy with conditions on scores this scorer does not compute (:class:`PolicyError`)."""
+        unknown = sorted({name for rule in policy.rules for name in (rule.when.scores or {})} - set(self.names()))
+        if unknown:
+            raise PolicyError(f"policy {policy.id!r} has conditions on unknown score(s) {', '.join(unknown)}; "
+                              f"this guard computes: {', '.join(self.names())}")
+
+    def group(self, tags: Iterable[str]) -> str | None:
+        """The first of ``tags`` the calibration has its own threshold for, or None."""
+        cal = self.calibration
+        return next((t for t in tags if cal is not None and cal.groups and t in cal.groups.thresholds), None)
+
+    def threshold(self, tags: Iterable[str] = ()) -> float | None:
+        """The calibration's threshold for a call with ``tags`` (None without a calibration)."""
+        return None if self.calibration is None else self.calibration.threshold_for(self.group(tags))
+
+    def judge(self, signals: AnswerSignals, group: str | None = None) -> Judgement:
+        values = {name: s(signals) if all(signals.has(n) for n in s.needs if n != "scores") else None
+                  for name, s in self.scores.items()}
+        if self.calibration is None:
+            return Judgement(values, None, None)
+        score = values[self.score.name]
+        if score is None:  # nothing to score: nothing supports the answer
+            return Judgement(values, None, "uncertain")
+        novelty = values.get("novelty") if self.gate is not None else None
+        gated = novelty is not None and self.calibration.novelty_gate is not None and (
+            not math.isfinite(novelty) or novelty >= self.calibration.novelty_gate.threshold)
+        return Judgement(values, score, self.calibration.verdict(score, novelty=novelty, group=group), gated)
+
+    def evaluate(self, signals: AnswerSignals, group: str | None = None) -> tuple[dict, float | None, str | None]:
+        j = self.judge(signals, group)
+        return j.scores, j.score, j.verdict
+
+
+def calibration_id(calibration: Any | None) -> str:
+    """How spans name a calibration: ``rule@threshold score:name [data:hash]`` (``none`` without one)."""
+    if calibration is None:
+        return "none"
+    threshold = calibration.threshold
+    out = (f"{calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
+           f" score:{calibration.score.name}")
+    if calibration.dataset_hash:
+        out += f" data:{calibration.dataset_hash[:16]}"
+    return out

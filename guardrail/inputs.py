@@ -1,0 +1,119 @@
+"""What a guarded call takes in: images checked and loaded, prompts built, the processor's batch
+prepared, and the part of each image the model really sees (processor geometry).
+
+Bad input fails here, before any model work, with :class:`~fastrm_common.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from fastrm_common.errors import InputError
+from fastrm_common.images import ImageLike, load_image
+from fastrm_core.inputs import prepare_inputs
+
+from guardrail.limits import Limits, check_question
+from guardrail.telemetry.attributes import image_reference
+
+__all__ = ["Box", "CallImage", "default_view_box", "prepare_call_inputs", "view_box"]
+
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original image pixels
+
+
+def default_view_box(width: int, height: int) -> Box:
+    """The centred square of side ``min(width, height)``: a shortest-edge resize plus a square centre crop."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return (float(left), float(top), float(left + side), float(top + side))
+
+
+def view_box(image_processor: Any, width: int, height: int) -> Box:
+    """The part of a ``width`` x ``height`` image that ``image_processor`` hands to the model.
+
+    Follows Hugging Face's CLIP-style processors: ``do_resize`` with ``size = {"shortest_edge": S}``
+    (aspect kept, short side S, long side truncated as HF does) or ``{"height", "width"}``
+    (stretched), then ``do_center_crop`` with ``crop_size`` (offsets floored as HF does). The
+    box is in original pixels and may be fractional; it may extend outside the image if the
+    crop is larger than the resized image (HF pads there).
+
+    >>> from types import SimpleNamespace as P
+    >>> view_box(P(do_resize=True, size={"shortest_edge": 96}, do_center_crop=True,
+    ...            crop_size={"height": 96, "width": 96}), 192, 96)
+    (48.0, 0.0, 144.0, 96.0)
+    """
+    proc = getattr(image_processor, "image_processor", image_processor)  # a full processor or its image part
+    w, h = float(width), float(height)
+    rw, rh = w, h
+    size = _as_dict(getattr(proc, "size", None))
+    if getattr(proc, "do_resize", False) and size:
+        if "shortest_edge" in size:
+            short = float(size["shortest_edge"])
+            if w <= h:
+                rw, rh = short, float(int(short * h / w))
+            else:
+                rw, rh = float(int(short * w / h)), short
+        elif "height" in size and "width" in size:
+            rw, rh = float(size["width"]), float(size["height"])
+    left, top, right, bottom = 0.0, 0.0, rw, rh
+    crop = _as_dict(getattr(proc, "crop_size", None))
+    if getattr(proc, "do_center_crop", False) and crop and "height" in crop and "width" in crop:
+        cw, ch = float(crop["width"]), float(crop["height"])
+        left, top = float((int(rw) - int(cw)) // 2), float((int(rh) - int(ch)) // 2)
+        right, bottom = left + cw, top + ch
+    sx, sy = rw / w, rh / h
+    return (left / sx, top / sy, right / sx, bottom / sy)
+
+def _as_dict(value: Any) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (int, float)):
+        return {"shortest_edge": value}
+    try:
+        return {k: v for k, v in dict(value).items() if v is not None}
+    except (TypeError, ValueError):
+        return {k: getattr(value, k) for k in ("shortest_edge", "height", "width") if getattr(value, k, None)}
+
+
+class CallImage:
+    """One call's image as the processor got it, and its identity for traces and escalations (computed once)."""
+
+    def __init__(self, pil: Any, source: Any, processor: Any) -> None:
+        self.pil = pil
+        self.path = source if isinstance(source, (str, os.PathLike)) else None
+        self.processor = processor
+        self._ref: dict[str, Any] | None = None
+
+    def reference(self) -> dict[str, Any]:
+        if self._ref is None:
+            try:
+                box = view_box(self.processor, *self.pil.size)
+            except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
+                box = None
+            self._ref = image_reference(self.pil, self.path, box=box)
+        return self._ref
+
+
+def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits, images: Sequence[ImageLike],
+                        prompts: Sequence[str], questions: Sequence[str]) -> tuple[dict, list[CallImage]]:
+    """Check the questions (cheap checks first: a 100k-character question never reaches the
+    processor), load the images within ``limits``, and build the processor's batch for ``prompts``.
+
+    Returns ``(inputs, images)``: the model's batch and each row's :class:`CallImage`.
+    """
+    tok = processor.tokenizer
+    for q in questions:
+        check_question(q, limits, tok)
+    pil = [load_image(img, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio)
+           for img in images]
+    try:
+        inputs = prepare_inputs(model, processor, pil, list(prompts))
+    except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
+        raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
+    try:
+        adapter.batch_regions(inputs)
+    except InputError as exc:
+        raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
+    return inputs, [CallImage(p, src, processor) for p, src in zip(pil, images)]
