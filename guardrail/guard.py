@@ -221,8 +221,8 @@ class Guard:
 
     def _prepare_with_images(self, images: Sequence[ImageLike],
                              questions: Sequence[str]) -> tuple[dict, list[CallImage]]:
-        return prepare_call_inputs(self.model, self.processor, self.adapter, self.limits, images,
-                                   [self.prompt(q) for q in questions], questions)
+        return prepare_call_inputs(self.model, self.processor, self.adapter, self.limits, images, questions,
+                                   self.prompt)
 
     def _generate_kwargs(self, generate_kwargs: dict) -> dict:
         return check_generate_kwargs(generate_kwargs, self.limits, default_max_new_tokens=DEFAULT_MAX_NEW_TOKENS)

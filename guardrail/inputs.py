@@ -7,7 +7,7 @@ Bad input fails here, before any model work, with :class:`~fastrm_common.errors.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fastrm_common.errors import InputError
 from fastrm_common.images import ImageLike, load_image
@@ -97,9 +97,10 @@ class CallImage:
 
 
 def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits, images: Sequence[ImageLike],
-                        prompts: Sequence[str], questions: Sequence[str]) -> tuple[dict, list[CallImage]]:
+                        questions: Sequence[str], prompt: Callable[[str], str]) -> tuple[dict, list[CallImage]]:
     """Check the questions (cheap checks first: a 100k-character question never reaches the
-    processor), load the images within ``limits``, and build the processor's batch for ``prompts``.
+    processor), load the images within ``limits``, and build the processor's batch of each
+    question's ``prompt(question)``.
 
     Returns ``(inputs, images)``: the model's batch and each row's :class:`CallImage`.
     """
@@ -109,7 +110,7 @@ def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits
     pil = [load_image(img, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio)
            for img in images]
     try:
-        inputs = prepare_inputs(model, processor, pil, list(prompts))
+        inputs = prepare_inputs(model, processor, pil, [prompt(q) for q in questions])
     except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
         raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
     try:
