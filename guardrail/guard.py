@@ -46,10 +46,10 @@ from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
 from .instrumentation import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
-from .render import view_box
+from .render import cropped_content, view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
 from .result import GuardResult, MapRegion, Timings, TokenEvent
-from .scoring import Scorer, answer_signals, cut_at_eos, score_answer
+from .scoring import Scorer, answer_signals, cut_at_eos, explain_verdict, score_answer
 from .signals import TokenSignals
 from .telemetry import MapBudget, content_capture_enabled, image_data_uri, image_reference
 
@@ -69,15 +69,25 @@ class _Image:
         self.path = source if isinstance(source, (str, os.PathLike)) else None
         self.processor = processor
         self._ref: dict[str, Any] | None = None
+        self._cropped: tuple[float | None] | None = None
+
+    def box(self):
+        try:
+            return view_box(self.processor, *self.pil.size)
+        except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
+            return None
 
     def reference(self) -> dict[str, Any]:
         if self._ref is None:
-            try:
-                box = view_box(self.processor, *self.pil.size)
-            except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
-                box = None
-            self._ref = image_reference(self.pil, self.path, box=box)
+            self._ref = image_reference(self.pil, self.path, box=self.box())
         return self._ref
+
+    def cropped(self) -> float | None:
+        """Share of the image cut away by the processor when that part holds content, else None."""
+        if self._cropped is None:
+            box = self.box()
+            self._cropped = (None if box is None else cropped_content(self.pil, box),)
+        return self._cropped[0]
 
 
 class _StepClock:
@@ -496,7 +506,7 @@ class Guard:
         token_strs = [tok.decode([t]) for t in gen]
         entropies: list[float] = []
         content: list[bool] = []
-        score = verdict = None
+        score = verdict = verdict_reason = None
         scores: dict = {}
         maps = None if row.maps is None else row.maps[: len(gen)]
         if error is None:
@@ -512,6 +522,7 @@ class Guard:
                 group = next((t for t in tags if cal is not None and cal.groups and t in cal.groups.thresholds), None)
                 # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
                 scores, score, verdict = self._scorer.evaluate(sig, group=group)
+                verdict_reason = explain_verdict(cal, score, verdict, novelty=scores.get("novelty"), group=group)
             except (GuardrailError, ValueError) as exc:
                 error = exc
         n_content = int(sum(content))
@@ -536,14 +547,25 @@ class Guard:
             answer_shown = ""
         else:
             answer_shown = answer
+        warnings = []
+        cropped = image.cropped() if image is not None else None
+        if cropped is not None:
+            w, h = image.pil.size
+            warnings.append(f"the model saw only part of this {w}x{h} image: the processor's centre crop cut away "
+                            f"{100 * cropped:.0f}% of it, and content lies there; pad the image to a square to "
+                            "show the model all of it")
+        if not answer and error is None:
+            warnings.append("the model gave an empty answer (it produced only its end-of-sequence token)"
+                            if stopped else "the model gave an empty answer (no text in its tokens)")
         result = GuardResult(
             question=question, answer=answer_shown, text=text, token_ids=gen, tokens=token_strs,
             maps=maps if error is None else None, entropies=entropies, content=content, score=score,
             scores=scores, threshold=self._threshold(tags), patch_threshold=self.proxy.config.classification_threshold,
-            verdict=verdict, action=decision.action, rule=decision.rule,
+            verdict=verdict, verdict_reason=verdict_reason, action=decision.action, rule=decision.rule,
             reason=decision.reason, flagged=flagged, unguarded=decision.unguarded, policy_id=decision.policy_id,
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
+            image_cropped=cropped, warnings=warnings,
         )
         return result, decision, answer
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from calibration import AnswerSignals, answer_score, content_token_mask, token_entropy
 
-__all__ = ["OBSERVED_SCORES", "AnswerScore", "Scorer", "answer_signals", "cut_at_eos", "score_answer"]
+__all__ = ["OBSERVED_SCORES", "AnswerScore", "Scorer", "answer_signals", "cut_at_eos", "explain_verdict", "score_answer"]
 
 
 @dataclass(frozen=True)
@@ -140,3 +140,37 @@ class Scorer:
             return values, None, "uncertain"
         novelty = values.get("novelty") if self.gate is not None else None
         return values, score, self.calibration.verdict(score, novelty=novelty, group=group)
+
+
+def explain_verdict(calibration: Any | None, score: float | None, verdict: str | None, *,
+                    novelty: float | None = None, group: str | None = None) -> str | None:
+    """Why the verdict is what it is, in one sentence that names what decided it.
+
+    The novelty gate overrides the score, a calibration without a threshold marks nothing
+    confident, and an answer without content token has no score: each says so, so an
+    explanation never claims "score below the threshold" next to an ``uncertain`` verdict.
+    None without a calibration (no verdict: *unscored*).
+
+    >>> explain_verdict(None, None, None) is None
+    True
+    """
+    if calibration is None or verdict is None:
+        return None
+    name = calibration.score.name
+    if score is None:
+        return f"uncertain: the answer has no content token, so there is no {name} score to trust it by"
+    threshold = calibration.threshold_for(group)
+    gate = calibration.novelty_gate
+    if gate is not None and novelty is not None and (novelty != novelty or novelty >= gate.threshold):
+        side = ("" if threshold is None
+                else f" ({name} score {score:.4g} is {'below' if score < threshold else 'at or above'} "
+                     f"its threshold {threshold:.4g}, but the gate decides first)")
+        return (f"uncertain: the novelty gate fired: the input is unlike the calibration data (novelty "
+                f"{novelty:.4g} at or above the gate's {gate.threshold:.4g}), so the answer is uncertain "
+                f"whatever its score{side}")
+    if threshold is None:
+        return (f"uncertain: the calibration marks no answer confident (its threshold is null: its rule "
+                f"{calibration.rule} found none it could vouch for); {name} score {score:.4g}")
+    if verdict == "confident":
+        return f"confident: {name} score {score:.4g} is below the threshold {threshold:.4g} (higher = more uncertain)"
+    return f"uncertain: {name} score {score:.4g} is at or above the threshold {threshold:.4g} (higher = more uncertain)"
