@@ -289,7 +289,10 @@ class Guard:
         if proxy is None or calibration is None:
             raise InputError("a proxy and a calibration are required for models other than a preset "
                              f"(presets: {', '.join(list_presets()) or 'none installed'})")
-        vlm, processor = load_vlm(model, dtype=dtype, device=device)
+        from fastrm_core.verbosity import quiet_loading
+
+        with quiet_loading(model):  # no "Loading weights" bar in the app's output for a local model
+            vlm, processor = load_vlm(model, dtype=dtype, device=device)
         return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
 
     def _check_policy_scores(self) -> None:

@@ -289,3 +289,16 @@ def test_calibrate_tables_keep_every_header_whole_at_80_columns():
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     for word in ("guaranteed_precision *", "confident", "uncertain", "precision", *fams):
         assert word in out, word
+
+
+# ---------------------------------------------------------------- 10. no progress bar in Python
+
+
+def test_guard_from_pretrained_prints_no_loading_bar_and_leaves_the_setting_alone(saved, capfd):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    guard = Guard.from_pretrained(saved / "model", proxy=saved / "proxy", calibration=saved / "calibration.json")
+    assert guard.calibration is not None
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()  # as the app had it
