@@ -158,6 +158,8 @@ def run_demo(
     acc = f"{summary['accuracy']:.0%}"
     prec = "-" if summary["precision_confident"] is None else f"{summary['precision_confident']:.0%}"
     console.print(f"{len(plain_results)} scenes: accuracy {acc}; {len(confident)} confident, of which {prec} right.")
-    console.print(f"overlays: {out}/*_overlay.png   trace: {trace_path}   (view it: guardrail view {trace_path} --png {out}/view)")
+    # one page for every call (seconds); `view --png` draws a figure per token of every call (minutes here)
+    console.print(f"overlays: {out}/*_overlay.png   trace: {trace_path}")
+    console.print(f"every call on one page: guardrail view {trace_path} --html {out}/report.html")
     console.print(f"done in {summary['seconds']:.1f} s")
     return summary
