@@ -110,7 +110,8 @@ def run_demo(
         head.add_row("question", escape(ex.question))
         head.add_row("answer", f"{res.answer!r}  ({'right' if ok else 'WRONG'}; truth {ex.answers[0]!r})")
         score = "-" if res.score is None else f"{res.score:.3f}"
-        head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {res.threshold:.3f})")
+        threshold = "none (nothing is confident)" if res.threshold is None else f"{res.threshold:.3f}"
+        head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {threshold})")
         head.add_row("action", f"{res.action}  -> user sees {res.text!r}")
         body = [head]
         where = None
@@ -124,7 +125,7 @@ def run_demo(
             with Image.open(path) as img:
                 explained_figure(out / f"{ex.id}_overlay.png", img, res.answer_map,
                                  box=view_box(guard.processor, *img.size), title=f"Q: {ex.question}   A: {res.answer}",
-                                 lines=(f"verdict {res.verdict} (score {score} vs threshold {res.threshold:.3f}); "
+                                 lines=(f"verdict {res.verdict} (score {score} vs threshold {threshold}); "
                                         f"action {res.action} -> user sees {res.text!r}",
                                         "map: mean over the answer's scored tokens" + (f"; {where}" if where else "")))
         style = "green" if ok else ("yellow" if label == "hallucination CAUGHT" else "red")
