@@ -8,9 +8,11 @@ there they also show a first download, which can take minutes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["quiet_model_loading"]
+__all__ = ["quiet_loading", "quiet_model_loading"]
 
 
 def quiet_model_loading(model: str | Path | None, *, verbose: bool = False) -> bool:
@@ -26,10 +28,36 @@ def quiet_model_loading(model: str | Path | None, *, verbose: bool = False) -> b
     """
     from transformers.utils import logging as transformers_logging  # no torch import
 
+    global _VERBOSE
+    _VERBOSE = verbose
     if verbose:
         transformers_logging.enable_progress_bar()
         return False
-    if model is not None and str(model) != "reference" and not Path(model).exists():
+    if not _is_local(model):
         return False
     transformers_logging.disable_progress_bar()
     return True
+
+
+_VERBOSE = False  # a command line's --verbose: quiet_loading then leaves the bars on
+
+
+def _is_local(model: str | Path | None) -> bool:
+    return model is None or str(model) == "reference" or Path(model).exists()
+
+
+@contextmanager
+def quiet_loading(model: str | Path | None) -> Iterator[None]:
+    """Hide transformers' progress bars while loading ``model`` (a preset or a local folder; a hub
+    id keeps them, they show its download) and put them back as they were afterwards: for library
+    calls such as :meth:`guardrail.Guard.from_pretrained`, which must not change the process's settings."""
+    from transformers.utils import logging as transformers_logging
+
+    was = transformers_logging.is_progress_bar_enabled()
+    if was and not _VERBOSE and _is_local(model):
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            transformers_logging.enable_progress_bar()

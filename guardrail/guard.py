@@ -41,12 +41,12 @@ from fastrm_common.errors import CaptureError, GuardrailError, InputError, Polic
 from fastrm_common.presets import list_presets, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
-from guardrail.answers.pipeline import Scorer, answer_signals, calibration_id, cut_at_eos, display_entropies
+from guardrail.answers.pipeline import RowScoring, Scorer, calibration_id, cut_at_eos
 from guardrail.generation import Generation, GenerationStream, generate_under_guard, model_lock
-from guardrail.inputs import CallImage, prepare_call_inputs
+from guardrail.inputs import CallImage, escalation_payload, prepare_call_inputs, row_warnings
 from guardrail.limits import Limits, check_generate_kwargs, check_tags
 from guardrail.result import GuardResult, MapRegion, Timings, TokenEvent
-from guardrail.telemetry.attributes import MapBudget, content_capture_enabled, image_data_uri
+from guardrail.telemetry.attributes import MapBudget, content_capture_enabled
 from guardrail.telemetry.hooks import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
 
 __all__ = ["Guard", "load_image"]
@@ -204,7 +204,10 @@ class Guard:
         if proxy is None or calibration is None:
             raise InputError("a proxy and a calibration are required for models other than a preset "
                              f"(presets: {', '.join(list_presets()) or 'none installed'})")
-        vlm, processor = load_vlm(model, dtype=dtype, device=device)
+        from fastrm_core.verbosity import quiet_loading
+
+        with quiet_loading(model):  # no "Loading weights" bar in the app's output for a local model
+            vlm, processor = load_vlm(model, dtype=dtype, device=device)
         return cls(vlm, processor, proxy=proxy, calibration=calibration, policy=policy, **kwargs)
 
     def prompt(self, question: str) -> str:
@@ -328,25 +331,17 @@ class Guard:
         finish = "stop" if stopped else "length"
         answer = tok.decode(gen, skip_special_tokens=True).strip()
         token_strs = [tok.decode([t]) for t in gen]
-        entropies: list[float] = []
-        content: list[bool] = []
-        score = verdict = sig = None
-        scores: dict = {}
+        scored = RowScoring.empty()
         maps = None if row.maps is None else row.maps[: len(gen)]
         if error is None:
-            try:
+            try:  # every signal once, every score, the verdict and why (guardrail.answers.pipeline)
                 if maps is None or len(maps) != len(gen):
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
-                cal = self.calibration
-                # every signal of the answer, computed once (guardrail.answers.pipeline)
-                sig = answer_signals(gen, tok, maps=maps, eos_ids=self._eos_ids, **row.signals)
-                entropies = display_entropies(sig, normalized=True if cal is None else cal.entropy_normalized).tolist()
-                content = sig.content.tolist()
-                group = self._scorer.group(tags)
-                # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
-                scores, score, verdict = self._scorer.evaluate(sig, group=group)
+                scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags)
             except (GuardrailError, ValueError) as exc:
-                error, sig = exc, None
+                error = exc
+        entropies, content, scores, score, verdict = (scored.entropies, scored.content, scored.scores, scored.score,
+                                                      scored.verdict)
         n_content = int(sum(content))
         max_entropy = max((e for e, c in zip(entropies, content) if c), default=None)
         if error is None:
@@ -358,7 +353,10 @@ class Guard:
         text, flagged = apply(decision, answer)
         if decision.action == "escalate" and error is None:
             try:
-                escalate(decision, {**self._escalation_payload(question, answer, text, score, verdict, tags, image),
+                escalate(decision, {**escalation_payload(
+                    question=question, answer=answer, returned_text=text, score=score, verdict=verdict,
+                    threshold=self._threshold(tags), tags=list(tags), model=self.model_name, proxy_id=self.proxy_id,
+                    calibration_id=self.calibration_id, image=image, capture_content=self.capture_content),
                                     "scores": scores},
                          timeout_s=self.limits.handler_timeout_s, **ids)
             except PolicyError as exc:
@@ -373,26 +371,14 @@ class Guard:
             question=question, answer=answer_shown, text=text, token_ids=gen, tokens=token_strs,
             maps=maps if error is None else None, entropies=entropies, content=content, score=score,
             scores=scores, threshold=self._threshold(tags), patch_threshold=self.proxy.config.classification_threshold,
-            verdict=verdict, action=decision.action, rule=decision.rule,
+            verdict=verdict, verdict_reason=scored.verdict_reason, action=decision.action, rule=decision.rule,
             reason=decision.reason, flagged=flagged, unguarded=decision.unguarded, policy_id=decision.policy_id,
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
+            image_cropped=image.cropped() if image is not None else None,
+            warnings=row_warnings(image, answer, stopped, error),
         )
-        return result, decision, answer, sig
-
-    def _escalation_payload(self, question, answer, text, score, verdict, tags, image) -> dict[str, Any]:
-        """What a reviewer needs: the question, the model's answer and what the user got, the scores, the
-        model and guard artifacts, and the image by reference (its data only with content capture)."""
-        payload: dict[str, Any] = {
-            "question": question, "answer": answer, "returned_text": text, "score": score, "verdict": verdict,
-            "threshold": self._threshold(tags), "tags": list(tags), "model": self.model_name,
-            "proxy_id": self.proxy_id, "calibration_id": self.calibration_id,
-        }
-        if image is not None:
-            payload["image"] = dict(image.reference())
-            if self.capture_content:
-                payload["image"]["data_uri"] = image_data_uri(image.pil)
-        return payload
+        return result, decision, answer, scored.signals
 
     def _threshold(self, tags) -> float | None:
         return self._scorer.threshold(tags)

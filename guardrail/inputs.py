@@ -7,6 +7,9 @@ Bad input fails here, before any model work, with :class:`~fastrm_common.errors.
 from __future__ import annotations
 
 import os
+
+import numpy as np
+from PIL import Image
 from typing import Any, Callable, Sequence
 
 from fastrm_common.errors import InputError
@@ -14,9 +17,9 @@ from fastrm_common.images import ImageLike, load_image
 from fastrm_core.inputs import prepare_inputs
 
 from guardrail.limits import Limits, check_question
-from guardrail.telemetry.attributes import image_reference
+from guardrail.telemetry.attributes import image_data_uri, image_reference
 
-__all__ = ["Box", "CallImage", "default_view_box", "prepare_call_inputs", "view_box"]
+__all__ = ["Box", "CallImage", "cropped_content", "escalation_payload", "default_view_box", "prepare_call_inputs", "row_warnings", "view_box"]
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original image pixels
 
@@ -77,6 +80,57 @@ def _as_dict(value: Any) -> dict:
         return {k: getattr(value, k) for k in ("shortest_edge", "height", "width") if getattr(value, k, None)}
 
 
+def cropped_content(image: Image.Image, box: Box, *, tolerance: int = 8) -> float | None:
+    """Share of ``image``'s area outside ``box`` (what the model saw) when that part holds content.
+
+    "Content" is any variation beyond ``tolerance`` (0..255, per channel) in the cut-away pixels:
+    a flat border (padding, a plain background) is not content and gives None, as does a box
+    that covers the whole image. Checked on a copy at most 256 px on its longer side.
+
+    >>> from PIL import Image
+    >>> img = Image.new("RGB", (100, 200), "white")
+    >>> cropped_content(img, (0, 50, 100, 150)) is None      # a flat border: nothing lost
+    True
+    >>> img.paste((255, 0, 0), (40, 5, 60, 25))                # a red object above the crop
+    >>> cropped_content(img, (0, 50, 100, 150))
+    0.5
+    """
+    w, h = image.size
+    left, top, right, bottom = max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3])
+    inside = max(0.0, right - left) * max(0.0, bottom - top)
+    share = 1.0 - inside / float(w * h)
+    if share <= 1e-6:
+        return None
+    scale = min(1.0, 256.0 / max(w, h))
+    small = image.convert("RGB")
+    if scale < 1.0:
+        small = small.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.NEAREST)
+    px = np.asarray(small, dtype=np.int16)  # (h', w', 3)
+    ys = (np.arange(px.shape[0]) + 0.5) / scale
+    xs = (np.arange(px.shape[1]) + 0.5) / scale
+    outside = ~(((ys >= top) & (ys < bottom))[:, None] & ((xs >= left) & (xs < right))[None, :])  # (h', w')
+    cut = px[outside]  # (n, 3)
+    if cut.size == 0 or int((cut.max(axis=0) - cut.min(axis=0)).max()) <= tolerance:
+        return None
+    return round(share, 4)
+
+
+def row_warnings(image: "CallImage | None", answer: str, stopped: bool, error: BaseException | None) -> list[str]:
+    """What the user should know about one row beside its verdict: content the processor's crop cut
+    away, an empty answer."""
+    warnings = []
+    cropped = image.cropped() if image is not None else None
+    if cropped is not None:
+        w, h = image.pil.size
+        warnings.append(f"the model saw only part of this {w}x{h} image: the processor's centre crop cut away "
+                        f"{100 * cropped:.0f}% of it, and content lies there; pad the image to a square to "
+                        "show the model all of it")
+    if not answer and error is None:
+        warnings.append("the model gave an empty answer (it produced only its end-of-sequence token)"
+                        if stopped else "the model gave an empty answer (no text in its tokens)")
+    return warnings
+
+
 class CallImage:
     """One call's image as the processor got it, and its identity for traces and escalations (computed once)."""
 
@@ -85,15 +139,26 @@ class CallImage:
         self.path = source if isinstance(source, (str, os.PathLike)) else None
         self.processor = processor
         self._ref: dict[str, Any] | None = None
+        self._cropped: tuple[float | None] | None = None
+
+    def box(self) -> Box | None:
+        """The part of the image the model sees (:func:`view_box`), or None for an unusual processor."""
+        try:
+            return view_box(self.processor, *self.pil.size)
+        except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
+            return None
 
     def reference(self) -> dict[str, Any]:
         if self._ref is None:
-            try:
-                box = view_box(self.processor, *self.pil.size)
-            except Exception:  # an unusual processor: no box, the viewer falls back to the centred square
-                box = None
-            self._ref = image_reference(self.pil, self.path, box=box)
+            self._ref = image_reference(self.pil, self.path, box=self.box())
         return self._ref
+
+    def cropped(self) -> float | None:
+        """Share of the image cut away by the processor when that part holds content, else None."""
+        if self._cropped is None:
+            box = self.box()
+            self._cropped = (None if box is None else cropped_content(self.pil, box),)
+        return self._cropped[0]
 
 
 def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits, images: Sequence[ImageLike],
@@ -118,3 +183,15 @@ def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits
     except InputError as exc:
         raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
     return inputs, [CallImage(p, src, processor) for p, src in zip(pil, images)]
+
+
+def escalation_payload(*, image: CallImage | None, capture_content: bool, **fields: Any) -> dict[str, Any]:
+    """What a reviewer of an escalated row needs: ``fields`` (the question, the model's answer and what
+    the user got, the scores, the model and guard artifacts) and the image by reference (its data
+    only with content capture)."""
+    payload: dict[str, Any] = dict(fields)
+    if image is not None:
+        payload["image"] = dict(image.reference())
+        if capture_content:
+            payload["image"]["data_uri"] = image_data_uri(image.pil)
+    return payload

@@ -86,6 +86,9 @@ class GuardResult(BaseModel):
     (observe-only), ``verdict``, ``score`` and ``threshold`` are None: the call is *unscored*,
     and the policy decides on ``scores`` or on ``verdict: unscored``. When the guard itself failed,
     ``error`` says why, ``unguarded`` is true and the policy's ``on_error`` decided.
+    ``verdict_reason`` says what decided the verdict (score against threshold, the novelty gate,
+    a calibration without threshold, nothing to score); ``warnings`` what the caller should know
+    (content of the image cropped away, ``image_cropped``; an empty answer).
 
     A result round-trips through JSON: ``GuardResult.model_validate_json(r.model_dump_json())``
     gives it back, with ``maps`` as a float32 array rounded to 6 decimals (within 5e-7).
@@ -108,6 +111,9 @@ class GuardResult(BaseModel):
     patch_threshold: Optional[float] = Field(
         default=None, description="the proxy's classification threshold: a patch with probability >= it is relevant")
     verdict: Optional[Literal["confident", "uncertain"]] = None
+    verdict_reason: Optional[str] = Field(
+        default=None, description="why the verdict: the score against the threshold, the novelty gate, a "
+                                  "calibration that marks nothing confident, or an answer with nothing to score")
     action: Literal["allow", "flag", "abstain", "escalate"]
     rule: str
     reason: str
@@ -118,6 +124,12 @@ class GuardResult(BaseModel):
     finish_reason: Literal["stop", "length"] = "stop"
     error: Optional[str] = None
     tags: list[str] = Field(default_factory=list)
+    image_cropped: Optional[float] = Field(
+        default=None, description="share of the image's area the model never saw (cut away by the processor's "
+                                  "crop) when that part holds content (is not one flat colour); None otherwise")
+    warnings: list[str] = Field(
+        default_factory=list, description="what the user should know about this call: content cropped away, "
+                                          "an empty answer")
     prompt_tokens: Optional[int] = Field(
         default=None, description="tokens of this row's prompt as the model saw it (image tokens included, "
                                   "padding excluded); None on results built by hand")

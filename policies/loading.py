@@ -209,6 +209,11 @@ def _explain(err: Any, root: yaml.Node) -> tuple[int, str, str]:
         return _line(root, loc), _path(loc), msg
     if kind in _EXPECTED:
         return _line(root, loc), _path(loc), f"expected {_EXPECTED[kind]}, got {_kind(value)}"
+    if kind == "version_float":
+        # YAML read `1.10` as the number 1.1: quote what the file says, not the number
+        node = _node(root, loc)
+        raw = node.value if isinstance(node, yaml.ScalarNode) else f"{value:g}"
+        return _line(root, loc), _path(loc), f'expected a string or an integer, got the number {raw}; quote it: "{raw}"'
     if kind in ("too_short", "string_too_short"):
         return _line(root, loc), _path(loc), "must not be empty"
     return _line(root, loc), _path(loc), str(err["msg"]).removeprefix("Value error, ")
@@ -241,6 +246,11 @@ def _path(loc: _Loc) -> str:
 
 def _line(root: yaml.Node, loc: _Loc, *, key: bool = False) -> int:
     """1-based line of the node at ``loc`` (of its key when ``key``), else of the deepest node found."""
+    return _node(root, loc, key=key).start_mark.line + 1
+
+
+def _node(root: yaml.Node, loc: _Loc, *, key: bool = False) -> yaml.Node:
+    """The node at ``loc`` (its key when ``key``), else the deepest node found on the way."""
     node = root
     for i, part in enumerate(loc):
         child: yaml.Node | None = None
@@ -254,7 +264,7 @@ def _line(root: yaml.Node, loc: _Loc, *, key: bool = False) -> int:
         if child is None:
             break
         node = child
-    return node.start_mark.line + 1
+    return node
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -38,6 +38,12 @@ def pytest_ignore_collect(collection_path, config):
     return True if _SLOW_MODULE.search(text) else None
 
 
+def pytest_configure(config):
+    # the HTML report's tests in a real headless Chromium (make test installs it as root):
+    # `pytest -m "not browser"` runs everything else
+    config.addinivalue_line("markers", "browser: needs a headless Chromium (chromium-headless-shell or FASTRM_CHROMIUM)")
+
+
 def _saved(tmp_path_factory, name: str, **spec):
     model, processor = build_tiny_llava(**spec)
     folder = tmp_path_factory.mktemp(name)

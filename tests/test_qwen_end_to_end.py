@@ -107,7 +107,7 @@ def test_distill_calibrate_and_guard_on_qwen2_vl(world, tmp_path, capsys):
     # guardrail calibrate on the same labelled set
     cal = tmp_path / "cal.json"
     code, text = guardrail("calibrate", "--model", model, "--proxy", proxy_dir, "--data", data, "--out", cal,
-                           "--max-new-tokens", "3", "--batch-size", "4")
+                           "--max-new-tokens", "3", "--batch-size", "4", "--preset", "paper")
     assert code == 0, text
     fitted = json.loads(cal.read_text())
     assert fitted["proxy_hash"] == proxy.fingerprint()

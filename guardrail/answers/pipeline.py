@@ -29,6 +29,7 @@ from fastrm_common.errors import PolicyError
 
 __all__ = [
     "OBSERVED_SCORES",
+    "RowScoring",
     "RowSignals",
     "Scorer",
     "Judgement",
@@ -36,6 +37,7 @@ __all__ = [
     "calibration_id",
     "cut_at_eos",
     "display_entropies",
+    "explain_verdict",
     "generation_rows",
 ]
 
@@ -139,6 +141,25 @@ class Judgement:
     gated: bool = False
 
 
+@dataclass
+class RowScoring:
+    """One row through the pipeline: its signals (None when the guard failed), each token's map
+    entropy as results show it and whether it counts, every score, the calibration's score, the
+    verdict and why."""
+
+    signals: AnswerSignals | None
+    entropies: list[float]
+    content: list[bool]
+    scores: dict[str, float | None]
+    score: float | None
+    verdict: str | None
+    verdict_reason: str | None
+
+    @classmethod
+    def empty(cls) -> "RowScoring":
+        return cls(None, [], [], {}, None, None, None)
+
+
 class Scorer:
     """The Guard's scores: every observed score, the calibration's own score and its novelty gate.
 
@@ -193,6 +214,19 @@ class Scorer:
             not math.isfinite(novelty) or novelty >= self.calibration.novelty_gate.threshold)
         return Judgement(values, score, self.calibration.verdict(score, novelty=novelty, group=group), gated)
 
+    def score_row(self, token_ids: Sequence[int], tokenizer: Any, maps: np.ndarray, token_signals: dict,
+                  eos_ids: Iterable[int], tags: Iterable[str] = ()) -> RowScoring:
+        """One generated row (cut at its end-of-sequence token) through the pipeline: its signals,
+        computed once, every score, the verdict and its explanation."""
+        cal = self.calibration
+        sig = answer_signals(token_ids, tokenizer, maps=maps, eos_ids=eos_ids, **token_signals)
+        entropies = display_entropies(sig, normalized=True if cal is None else cal.entropy_normalized).tolist()
+        group = self.group(tags)
+        # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
+        scores, score, verdict = self.evaluate(sig, group=group)
+        reason = explain_verdict(cal, score, verdict, novelty=scores.get("novelty"), group=group)
+        return RowScoring(sig, entropies, sig.content.tolist(), scores, score, verdict, reason)
+
     def evaluate(self, signals: AnswerSignals, group: str | None = None) -> tuple[dict, float | None, str | None]:
         j = self.judge(signals, group)
         return j.scores, j.score, j.verdict
@@ -208,3 +242,37 @@ def calibration_id(calibration: Any | None) -> str:
     if calibration.dataset_hash:
         out += f" data:{calibration.dataset_hash[:16]}"
     return out
+
+
+def explain_verdict(calibration: Any | None, score: float | None, verdict: str | None, *,
+                    novelty: float | None = None, group: str | None = None) -> str | None:
+    """Why the verdict is what it is, in one sentence that names what decided it.
+
+    The novelty gate overrides the score, a calibration without a threshold marks nothing
+    confident, and an answer without content token has no score: each says so, so an
+    explanation never claims "score below the threshold" next to an ``uncertain`` verdict.
+    None without a calibration (no verdict: *unscored*).
+
+    >>> explain_verdict(None, None, None) is None
+    True
+    """
+    if calibration is None or verdict is None:
+        return None
+    name = calibration.score.name
+    if score is None:
+        return f"uncertain: the answer has no content token, so there is no {name} score to trust it by"
+    threshold = calibration.threshold_for(group)
+    gate = calibration.novelty_gate
+    if gate is not None and novelty is not None and (novelty != novelty or novelty >= gate.threshold):
+        side = ("" if threshold is None
+                else f" ({name} score {score:.4g} is {'below' if score < threshold else 'at or above'} "
+                     f"its threshold {threshold:.4g}, but the gate decides first)")
+        return (f"uncertain: the novelty gate fired: the input is unlike the calibration data (novelty "
+                f"{novelty:.4g} at or above the gate's {gate.threshold:.4g}), so the answer is uncertain "
+                f"whatever its score{side}")
+    if threshold is None:
+        return (f"uncertain: the calibration marks no answer confident (its threshold is null: its rule "
+                f"{calibration.rule} found none it could vouch for); {name} score {score:.4g}")
+    if verdict == "confident":
+        return f"confident: {name} score {score:.4g} is below the threshold {threshold:.4g} (higher = more uncertain)"
+    return f"uncertain: {name} score {score:.4g} is at or above the threshold {threshold:.4g} (higher = more uncertain)"

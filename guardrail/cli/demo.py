@@ -110,7 +110,8 @@ def run_demo(
         head.add_row("question", escape(ex.question))
         head.add_row("answer", f"{res.answer!r}  ({'right' if ok else 'WRONG'}; truth {ex.answers[0]!r})")
         score = "-" if res.score is None else f"{res.score:.3f}"
-        head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {res.threshold:.3f})")
+        threshold = "none (nothing is confident)" if res.threshold is None else f"{res.threshold:.3f}"
+        head.add_row("verdict", f"{res.verdict}  (score {score} vs threshold {threshold})")
         head.add_row("action", f"{res.action}  -> user sees {res.text!r}")
         body = [head]
         where = None
@@ -124,7 +125,7 @@ def run_demo(
             with Image.open(path) as img:
                 explained_figure(out / f"{ex.id}_overlay.png", img, res.answer_map,
                                  box=view_box(guard.processor, *img.size), title=f"Q: {ex.question}   A: {res.answer}",
-                                 lines=(f"verdict {res.verdict} (score {score} vs threshold {res.threshold:.3f}); "
+                                 lines=(f"verdict {res.verdict} (score {score} vs threshold {threshold}); "
                                         f"action {res.action} -> user sees {res.text!r}",
                                         "map: mean over the answer's scored tokens" + (f"; {where}" if where else "")))
         style = "green" if ok else ("yellow" if label == "hallucination CAUGHT" else "red")
@@ -158,6 +159,8 @@ def run_demo(
     acc = f"{summary['accuracy']:.0%}"
     prec = "-" if summary["precision_confident"] is None else f"{summary['precision_confident']:.0%}"
     console.print(f"{len(plain_results)} scenes: accuracy {acc}; {len(confident)} confident, of which {prec} right.")
-    console.print(f"overlays: {out}/*_overlay.png   trace: {trace_path}   (view it: guardrail view {trace_path} --png {out}/view)")
+    # one page for every call (seconds); `view --png` draws a figure per token of every call (minutes here)
+    console.print(f"overlays: {out}/*_overlay.png   trace: {trace_path}")
+    console.print(f"every call on one page: guardrail view {trace_path} --html {out}/report.html")
     console.print(f"done in {summary['seconds']:.1f} s")
     return summary

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -32,14 +33,59 @@ def _cmd_demo(args, console: Console) -> int:
     return 0
 
 
+def _num(value: float | None, digits: int = 4) -> str:
+    return "none" if value is None else f"{value:.{digits}g}"
+
+
+def _check_run_inputs(args, console: Console):
+    """Everything ``guardrail run`` can check without the model, checked before the model loads
+    (seconds under load): the image, the policy, the calibration, the proxy folder, the numbers.
+
+    Returns ``(policy, calibration)`` loaded, or an exit code (2) after printing the problems."""
+    from calibration import Calibration
+    from fastrm_common.errors import PolicyError
+    from fastrm_common.images import load_image
+    from policies import load_policy
+
+    from guardrail.limits import Limits, check_question, check_tags
+
+    limits = Limits()
+    # InputError: "image not found: ...", "unreadable image ...", beyond the Guard's pixel or aspect limits
+    load_image(args.image, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio)
+    check_question(args.question, limits)
+    check_tags(args.tag or ())
+    if not 1 <= args.max_new_tokens <= limits.max_new_tokens:
+        raise GuardrailError(f"--max-new-tokens must be between 1 and {limits.max_new_tokens}, got {args.max_new_tokens}")
+    if args.proxy is not None and not Path(args.proxy).is_dir():
+        raise GuardrailError(f"proxy folder not found: {args.proxy!r}")
+    if preset_path(args.model, "proxy") is None and (args.proxy is None or args.calibration is None):
+        raise GuardrailError(f"--proxy and --calibration are required for a model other than a preset "
+                             f"(such as the shipped {DEFAULT_PRESET!r})")
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:  # one problem per line, as `guardrail policy check` prints them
+        console.print(f"[red]error:[/red] invalid policy {escape(str(args.policy))}", soft_wrap=True)
+        for line in str(exc).splitlines():
+            if line.strip():
+                console.print(escape(line.strip()), soft_wrap=True)
+        return 2
+    calibration = None if args.calibration is None else Calibration.load(args.calibration)
+    return policy, calibration
+
+
 def _cmd_run(args, console: Console) -> int:
+    checked = _check_run_inputs(args, console)
+    if isinstance(checked, int):
+        return checked
+    policy, calibration = checked
+
     from guardrail.guard import Guard
     from guardrail.traces.render import explained_figure, heatmap_text, view_box
 
     provider, meters = telemetry_from_args(args, jsonl_path=args.trace)
-    guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=args.calibration, policy=args.policy,
-                                  tracer_provider=provider, meter_provider=meters, capture_content=args.capture_content,
-                                  dtype=args.dtype, device=args.device)
+    guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=calibration or args.calibration,
+                                  policy=policy, tracer_provider=provider, meter_provider=meters,
+                                  capture_content=args.capture_content, dtype=args.dtype, device=args.device)
     result = guard.generate(args.image, args.question, tags=args.tag or (), max_new_tokens=args.max_new_tokens)
     provider.shutdown()
     meters.shutdown()
@@ -47,13 +93,20 @@ def _cmd_run(args, console: Console) -> int:
         console.print_json(result.model_dump_json(exclude={"maps"} if not args.maps else None))
         return 0
     table = Table.grid(padding=(0, 2))
-    table.add_row("answer", repr(result.answer))
-    table.add_row("verdict", f"{result.verdict} (score {result.score if result.score is None else round(result.score, 4)}"
-                  f" vs threshold {round(result.threshold, 4)})")
+    table.add_row("answer", escape(repr(result.answer)) if result.answer else
+                  "(empty: the model produced no text" + (", only its end-of-sequence token)"
+                                                          if result.finish_reason == "stop" else ")"))
+    threshold = ("none: this calibration marks no answer confident" if result.threshold is None and
+                 guard.calibration is not None else _num(result.threshold))
+    table.add_row("verdict", escape(f"{result.verdict} (score {_num(result.score)} vs threshold {threshold})"))
+    if result.verdict_reason:
+        table.add_row("why", escape(result.verdict_reason))
     table.add_row("action", escape(f"{result.action} [rule {result.rule}] -> {result.text!r}"))
     table.add_row("timings", f"model {result.timings.model_s:.3f} s, guard {result.timings.guard_s:.3f} s")
     if result.error:
-        table.add_row("guard error", result.error)
+        table.add_row("guard error", escape(result.error))
+    for warning in result.warnings:
+        table.add_row("[yellow]warning[/yellow]", escape(warning))
     console.print(table)
     if result.answer_map is not None:
         console.print(heatmap_text(result.answer_map))
@@ -61,11 +114,10 @@ def _cmd_run(args, console: Console) -> int:
             from guardrail.guard import load_image
 
             img = load_image(args.image)
-            score = "-" if result.score is None else f"{result.score:.3f}"
             path = explained_figure(args.png, img, result.answer_map, box=view_box(guard.processor, *img.size),
-                                    title=f"Q: {args.question}   A: {result.answer}",
-                                    lines=(f"verdict {result.verdict} (score {score} vs threshold "
-                                           f"{result.threshold:.3f}); action {result.action} [rule {result.rule}]",
+                                    title=f"Q: {args.question}   A: {result.answer or '(empty answer)'}",
+                                    lines=(f"verdict {result.verdict} (score {_num(result.score, 3)} vs threshold "
+                                           f"{_num(result.threshold, 3)}); action {result.action} [rule {result.rule}]",
                                            "map: mean over the answer's scored tokens"))
             console.print(f"overlay: {path}")
     return 0
@@ -89,8 +141,60 @@ def telemetry_args(p: argparse.ArgumentParser) -> None:
 
 PRESETS = {
     # the FastRM paper's configuration: mean normalised map entropy, midpoint of the class means, no gate
-    "paper": {"score": "map_entropy", "aggregation": "mean", "rule": "paper_midpoint", "novelty_quantile": None},
+    "paper": {"score": "map_entropy", "aggregation": "mean", "rule": "paper_midpoint", "novelty_quantile": 0.0},
+    # what ships (the Makefile's CALIBRATION_FLAGS, shapesvqa/assets/reference-calibration.json): the default
+    "shipped": {"score": "low_margin", "aggregation": "max", "rule": "guaranteed_precision", "target_precision": 0.98,
+                "delta": 0.1, "novelty_quantile": 0.995},
 }
+#: the preset whose values are calibrate's defaults
+DEFAULT_CALIBRATE_PRESET = "shipped"
+
+
+def _aggregation(args) -> str | None:
+    """--aggregation, or the score's own when not given (None for scores without one)."""
+    if args.aggregation is not None or args.score in ("novelty", "fused"):
+        return args.aggregation
+    from calibration import get_score
+
+    try:
+        return get_score(args.score).params.get("aggregation")
+    except GuardrailError:  # an unknown score: calibrate_scores says so
+        return None
+
+
+def _recipe(args) -> str:
+    """The score, rule and gate a calibrate run uses, in words."""
+    agg = f"({_aggregation(args)})" if _aggregation(args) else ""
+    rule = args.rule + (f" (target precision {args.target_precision:g}, delta {args.delta:g})"
+                        if args.rule == "guaranteed_precision" else "")
+    gate = (f"novelty gate at the {args.novelty_quantile:g} quantile" if args.novelty_quantile
+            else "no novelty gate")
+    return f"score {args.score}{agg}, rule {rule}, {gate}"
+
+
+def _is_default_recipe(args) -> bool:
+    return all((_aggregation(args) if k == "aggregation" else getattr(args, k)) == v
+               for k, v in PRESETS[DEFAULT_CALIBRATE_PRESET].items())
+
+
+def _print_no_threshold(console: Console, cal, side: dict, args) -> None:
+    """Loudly: a calibration without threshold makes every guarded answer uncertain; say what it would take."""
+    from calibration.guarantee import STARTS, min_confident_for
+
+    console.print("[bold red]WARNING: this calibration marks NO answer confident[/bold red] (threshold: null): "
+                  "every answer the guard sees will be 'uncertain'.", soft_wrap=True)
+    if cal.rule == "guaranteed_precision" and cal.target_precision is not None and cal.delta is not None:
+        n_min = min_confident_for(cal.target_precision, cal.delta / STARTS)
+        fraction = float(cal.metadata.get("fit_fraction", args.fit_fraction) or 0.5)
+        accuracy = side.get("accuracy_heldout") or 1.0
+        need = int(-(-n_min // (fraction * max(accuracy, 1e-3))))
+        n_total = side["n_fit"] + side["n_heldout"]
+        console.print(
+            f"Certifying precision {cal.target_precision:g} at delta {cal.delta:g} needs at least {n_min} fitting "
+            f"answers below the threshold with no wrong one among them; with a {fraction:g} fitting split and "
+            f"{100 * accuracy:.0f}% of answers right, that is roughly {need} labelled answers or more (more if wrong "
+            f"answers score as low as right ones); this run had {n_total}. Label more data, or lower "
+            "--target-precision, or raise --delta.", soft_wrap=True)
 
 
 def _score_params(args) -> dict:
@@ -102,7 +206,11 @@ def _cmd_calibrate(args, console: Console) -> int:
 
     from guardrail.calibrate import calibrate_scores, read_signals, write_scores, write_signals
 
+    gate_defaulted = args.novelty_quantile is None
+    if gate_defaulted:
+        args.novelty_quantile = PRESETS[DEFAULT_CALIBRATE_PRESET]["novelty_quantile"]
     if args.preset is not None:
+        gate_defaulted = False
         for key, value in PRESETS[args.preset].items():
             setattr(args, key, value)
     if args.from_signals:
@@ -117,6 +225,12 @@ def _cmd_calibrate(args, console: Console) -> int:
             console.print(f"signals: {args.signals_out}")
     if args.scores_out:
         write_scores(Path(args.scores_out), rows)
+    if gate_defaulted and args.novelty_quantile and not all(r.signals.features is not None for r in rows):
+        console.print("[yellow]note[/yellow] no novelty gate: these answers carry no pooled hidden states "
+                      "(features), which the default gate needs", soft_wrap=True)
+        args.novelty_quantile = 0.0
+    default = " (the default: the shipped recipe; --preset paper for the FastRM paper's)" if _is_default_recipe(args) else ""
+    console.print(f"recipe: {_recipe(args)}{default}", soft_wrap=True)
     cal, side = calibrate_scores(
         rows, score=args.score, score_params=_score_params(args), rule=args.rule, fit_fraction=args.fit_fraction,
         seed=args.seed, target_precision=args.target_precision, delta=args.delta,
@@ -126,13 +240,17 @@ def _cmd_calibrate(args, console: Console) -> int:
     cal.save(args.out)
     _print_score_table(console, side)
     _print_calibration(console, cal, side)
+    if cal.threshold is None:
+        _print_no_threshold(console, cal, side, args)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_calibration(cal, side["heldout_scores"], side["heldout_correct"], args.plot,
                          title=f"{side['score_label']}, {cal.rule}\nhistograms: held-out answers (n={side['n_heldout']}); "
                                f"KDE curves: fitting answers (n={side['n_fit']})")
         console.print(f"plot: {args.plot} (histograms: the held-out answers)")
-    console.print(f"calibration written to {args.out}")
+    console.print(f"calibration written to {args.out}"
+                  + (" [bold red](it marks no answer confident: see the warning above)[/bold red]"
+                     if cal.threshold is None else ""), soft_wrap=True)
     return 0
 
 
@@ -171,15 +289,24 @@ def _print_score_table(console: Console, side: dict) -> None:
     if not table_rows:
         return
     fams = side.get("families") or []
-    table = Table(title=f"held-out AUROC of each score ({side['n_heldout']} answers; 1 = perfect, 0.5 = chance)")
-    table.add_column("score", no_wrap=True)
-    table.add_column("all", justify="right")
+    labels = [row["label"] + (" *" if row["label"] == side.get("score_label") else "") for row in table_rows]
+    # Families in as many tables as it takes for each to fit the console: a cut header ("attribu…") says nothing.
+    room = console.width - max(len(label) for label in labels) - 2 - 7  # the score column, "all"
+    chunks: list[list[str]] = [[]]
     for fam in fams:
-        table.add_column(fam[:10], justify="right")
-    for row in table_rows:
-        mark = " *" if row["label"] == side.get("score_label") else ""
-        table.add_row(row["label"] + mark, _fmt(row["auroc"]), *[_fmt(row["families"].get(f)) for f in fams])
-    console.print(table)
+        if chunks[-1] and sum(max(len(f), 5) + 2 for f in chunks[-1]) + max(len(fam), 5) + 2 > room:
+            chunks.append([])
+        chunks[-1].append(fam)
+    title = f"held-out AUROC of each score ({side['n_heldout']} answers; 1 = perfect, 0.5 = chance)"
+    for k, chunk in enumerate(chunks):
+        table = Table(title=title if k == 0 else None, box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("score", no_wrap=True)
+        table.add_column("all", justify="right", no_wrap=True)
+        for fam in chunk:
+            table.add_column(fam, justify="right", no_wrap=True, min_width=len(fam))
+        for label, row in zip(labels, table_rows):
+            table.add_row(label, _fmt(row["auroc"]), *[_fmt(row["families"].get(f)) for f in chunk])
+        console.print(table)
     console.print("* the score in use. novelty and fused are fitted on the fitting answers only.")
 
 
@@ -194,11 +321,12 @@ def _print_calibration(console: Console, cal, side: dict) -> None:
     rows = cal.rules_table()
     title = (f"rules on {side.get('score_label', cal.score.name)}: held-out figures ({side['n_heldout']} answers; "
              f"fitted on {side['n_fit']}; accuracy {_fmt(side['accuracy_heldout'], True)})")
-    rates = Table(title=title)
+    # no vertical rules (box.SIMPLE_HEAD): 80 columns hold the longest rule name and every header whole
+    rates = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     rates.add_column("rule", no_wrap=True)
     for col in ("threshold", "AUROC", "share\nconfident", "precision\nconfident", "precision\nuncertain"):
-        rates.add_column(col, justify="right")
-    counts = Table(title="counts on the same answers")
+        rates.add_column(col, justify="right", no_wrap=True)
+    counts = Table(title="counts on the same answers", box=box.SIMPLE_HEAD, pad_edge=False)
     counts.add_column("rule", no_wrap=True)
     for col in ("TP", "FP", "TN", "FN"):
         counts.add_column(col, justify="right")
@@ -315,21 +443,31 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p, need_calibration=False)
     p.add_argument("--data", default=None, help="JSONL: {id, image, question, answers, ...} per line")
     p.add_argument("--out", required=True, help="calibration JSON to write")
-    p.add_argument("--score", default="map_entropy",
+    shipped = PRESETS[DEFAULT_CALIBRATE_PRESET]
+    p.description = (f"The defaults are the shipped recipe: score {shipped['score']}({shipped['aggregation']}), rule "
+                     f"{shipped['rule']} (target precision {shipped['target_precision']:g}, delta {shipped['delta']:g}), "
+                     f"novelty gate at the {shipped['novelty_quantile']:g} quantile. --preset paper: the FastRM "
+                     "paper's (map_entropy mean, paper_midpoint, no gate).")
+    p.add_argument("--score", default=shipped["score"],
                    help="the score the threshold applies to: map_entropy, map_spread, token_nll, predictive_entropy, "
-                        "low_margin, novelty, fused (see docs/calibration.md)")
+                        f"low_margin, novelty, fused (see docs/calibration.md; default: {shipped['score']})")
     p.add_argument("--aggregation", default=None, choices=["mean", "max", "first"],
-                   help="over content tokens (default: the score's own; first is for map_entropy only)")
-    p.add_argument("--rule", default="paper_midpoint", choices=["paper_midpoint", "density_crossing", "guaranteed_precision"])
-    p.add_argument("--target-precision", type=float, default=0.98,
-                   help="guaranteed_precision: the precision of confident answers to certify")
-    p.add_argument("--delta", type=float, default=0.1,
-                   help="guaranteed_precision: the probability that the guarantee fails")
+                   help="over content tokens (default: the score's own: max for low_margin, mean for map_entropy; "
+                        "first is for map_entropy only)")
+    p.add_argument("--rule", default=shipped["rule"], choices=["paper_midpoint", "density_crossing", "guaranteed_precision"],
+                   help=f"the threshold rule (default: {shipped['rule']})")
+    p.add_argument("--target-precision", type=float, default=shipped["target_precision"],
+                   help=f"guaranteed_precision: the precision of confident answers to certify (default: {shipped['target_precision']:g})")
+    p.add_argument("--delta", type=float, default=shipped["delta"],
+                   help=f"guaranteed_precision: the probability that the guarantee fails (default: {shipped['delta']:g})")
     p.add_argument("--novelty-quantile", type=float, default=None,
-                   help="gate inputs whose novelty is above this quantile of the fitting inputs' (e.g. 0.995)")
+                   help="gate inputs whose novelty is at or above this quantile of the fitting inputs' (default: "
+                        f"{shipped['novelty_quantile']:g}, left out with a note when the answers have no features; "
+                        "0: no gate)")
     p.add_argument("--group-by", default=None, choices=["family"], help="per-family thresholds (global fallback)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="paper: the FastRM paper's configuration (map_entropy mean, paper_midpoint, no gate)")
+                   help="paper: the FastRM paper's configuration (map_entropy mean, paper_midpoint, no gate); "
+                        "shipped: the defaults. A preset overrides --score, --aggregation, --rule and the gate")
     p.add_argument("--fit-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)

@@ -282,6 +282,12 @@ class OpenTelemetryHooks(GuardHooks):
                 semconv.FASTRM_OUTPUT_TOKENS: len(result.token_ids),
             })
             span.set_attribute(semconv.FASTRM_MAP_GRID, list(result.grid or self.grid or ()))
+            if result.verdict_reason:
+                span.set_attribute(semconv.GUARDRAIL_VERDICT_REASON, result.verdict_reason)
+            if result.warnings:
+                span.set_attribute(semconv.GUARDRAIL_WARNINGS, list(result.warnings))
+            if result.image_cropped is not None:
+                span.set_attribute(semconv.FASTRM_IMAGE_CROPPED, float(result.image_cropped))
             if report.n_rows > 1:
                 span.set_attributes({semconv.FASTRM_BATCH_INDEX: report.index, semconv.FASTRM_BATCH_SIZE: report.n_rows})
                 if content:

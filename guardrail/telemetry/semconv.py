@@ -80,6 +80,10 @@ GUARDRAIL_POLICY_VERSION = "fastrm.guardrail.policy.version"
 GUARDRAIL_ACTION = "fastrm.guardrail.action"
 GUARDRAIL_RULE = "fastrm.guardrail.rule"
 GUARDRAIL_REASON = "fastrm.guardrail.reason"
+# What decided the verdict (score vs threshold, the novelty gate, no threshold, nothing to score), in words.
+GUARDRAIL_VERDICT_REASON = "fastrm.guardrail.verdict_reason"
+# What the caller should know about the call (content cropped away, an empty answer), in words.
+GUARDRAIL_WARNINGS = "fastrm.guardrail.warnings"
 GUARDRAIL_FLAGGED = "fastrm.guardrail.flagged"
 GUARDRAIL_UNGUARDED = "fastrm.guardrail.unguarded"
 GUARDRAIL_ESCALATION_TARGET = "fastrm.guardrail.escalation.target"
@@ -146,6 +150,8 @@ FASTRM_IMAGE_SIZE = "fastrm.image.size"
 # The part of the image the model saw (after the processor's resize and crop), [left, top, right, bottom]
 # in original pixels: where the maps go (guardrail.traces.render.view_box).
 FASTRM_IMAGE_BOX = "fastrm.image.box"
+# Share of the image's area outside that box, set only when content lies there (GuardResult.image_cropped).
+FASTRM_IMAGE_CROPPED = "fastrm.image.cropped"
 # Calls guarded together in one padded generate_batch: the row of this call and the batch size.
 FASTRM_BATCH_INDEX = "fastrm.batch.index"
 FASTRM_BATCH_SIZE = "fastrm.batch.size"

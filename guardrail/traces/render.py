@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 from rich.text import Text
 
-from guardrail.inputs import Box, default_view_box, view_box
+from guardrail.inputs import Box, cropped_content, default_view_box, view_box
 
-__all__ = ["RAMP", "default_view_box", "explained_figure", "heatmap_text", "overlay", "save_overlay", "view_box"]
+__all__ = ["RAMP", "cropped_content", "default_view_box", "explained_figure", "heatmap_text", "overlay", "save_overlay",
+           "view_box"]
 
 # a perceptually ordered ramp (dark blue -> teal -> yellow), 8 steps
 RAMP = [(13, 8, 135), (84, 2, 163), (139, 10, 165), (185, 50, 137), (219, 92, 104), (244, 136, 73),
@@ -152,9 +153,13 @@ def explained_figure(
         w, h = img.size
         box = box or default_view_box(w, h)
         axes[0].imshow(img, extent=(0, w, h, 0))
-        axes[0].add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                    edgecolor="white", linewidth=1.5, linestyle="--"))
-        axes[0].set_title("image (dashed: what the model saw)", fontsize=9)
+        # a black line under a white dashed one: the frame shows on white, black and busy images alike
+        for colour, width, style in (("black", 3.5, "-"), ("white", 1.5, "--")):
+            axes[0].add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
+                                        edgecolor=colour, linewidth=width, linestyle=style))
+        cut = cropped_content(img, box)
+        axes[0].set_title("image (framed: what the model saw"
+                          + (f"; {100 * cut:.0f}% of the image cut away)" if cut else ")"), fontsize=9)
         shown = overlay(img, m, box=box, size=max(256, max(w, h)))
         axes[1].imshow(shown, extent=(0, w, h, 0))
         axes[1].set_title("map over the image (in grey)", fontsize=9)

@@ -62,7 +62,8 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Keys: ``trace_id``, ``span_id``, ``model``, ``question``/``answer``/``returned`` (None
     without content capture), ``verdict``, ``score``, ``threshold``, ``action``, ``rule``,
-    ``policy``, ``reason``, ``flagged``, ``unguarded``, ``error``, ``image`` (data URI or None),
+    ``policy``, ``reason``, ``verdict_reason`` (what decided the verdict, or None in older traces),
+    ``warnings`` (cropped content, an empty answer), ``flagged``, ``unguarded``, ``error``, ``image`` (data URI or None),
     ``image_note``, ``image_size``, ``box``, ``tokens`` (index, text or None, entropy,
     entropy_normalized, scored, map as nested lists or None) and ``missing`` (what the trace lacks).
     """
@@ -113,6 +114,8 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "rule": g.get(semconv.GUARDRAIL_RULE),
             "policy": f"{g.get(semconv.GUARDRAIL_POLICY_ID)} v{g.get(semconv.GUARDRAIL_POLICY_VERSION)}",
             "reason": g.get(semconv.GUARDRAIL_REASON),
+            "verdict_reason": g.get(semconv.GUARDRAIL_VERDICT_REASON),
+            "warnings": list(g.get(semconv.GUARDRAIL_WARNINGS) or ()),
             "flagged": bool(g.get(semconv.GUARDRAIL_FLAGGED, False)),
             "unguarded": bool(g.get(semconv.GUARDRAIL_UNGUARDED, False)),
             "error": g.get(semconv.ERROR_TYPE),
@@ -235,6 +238,13 @@ function drawOverlay(canvas, img, m, box) {
       }
     }
     ctx.putImageData(px, 0, 0);
+    if (l > 0.5 || t > 0.5 || r < img.naturalWidth - 0.5 || b < img.naturalHeight - 0.5) {
+      // what the model saw, framed black under white dashes: visible on white and dark images alike
+      const rect = [l * sx, t * sy, (r - l) * sx, (b - t) * sy];
+      ctx.lineWidth = 3; ctx.strokeStyle = "black"; ctx.setLineDash([]); ctx.strokeRect(...rect);
+      ctx.lineWidth = 1.5; ctx.strokeStyle = "white"; ctx.setLineDash([5, 3]); ctx.strokeRect(...rect);
+      ctx.setLineDash([]);
+    }
   } else {
     const cw = W / cols, ch = H / rows;
     for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
@@ -284,7 +294,8 @@ function renderCall(call, n) {
   if (call.returned !== null && call.returned !== undefined && call.returned !== call.answer) row("returned to user", call.returned, "returned");
   const scoreCell = el("div", {}, el("span", {"data-field": "score", text: fmt(call.score)}), " vs threshold ",
     el("span", {"data-field": "threshold", text: fmt(call.threshold)}),
-    call.score === null || call.score === undefined ? "" : ` (${call.score < call.threshold ? "below: confident" : "at or above: uncertain"}; higher = more uncertain)`);
+    call.verdict_reason ? el("div", {"data-field": "verdict-reason", text: call.verdict_reason})
+    : call.score === null || call.score === undefined ? "" : ` (${call.score < call.threshold ? "below" : "at or above"}; higher = more uncertain)`);
   if (call.score !== null && call.score !== undefined && call.threshold !== null) {
     const top = Math.max(call.score, call.threshold) * 1.25 || 1;
     const meter = el("div", {class: "meter"});
@@ -295,6 +306,7 @@ function renderCall(call, n) {
   row("score", scoreCell);
   row("decision", `${call.action}${call.flagged ? " (flagged)" : ""}${call.unguarded ? " (unguarded)" : ""}, rule ${call.rule}, policy ${call.policy}`, "decision");
   row("reason", call.reason || "-");
+  for (const w of call.warnings || []) row("warning", w, "warning");
   if (call.error) row("guard error", call.error);
   right.append(facts);
   if (call.missing.length) right.append(el("div", {class: "missing", "data-field": "missing"}, "Not in this trace: " + call.missing.join("; ") + "."));

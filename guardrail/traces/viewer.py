@@ -78,7 +78,11 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
         action_line = (f"{g.get(semconv.GUARDRAIL_ACTION)}  [{g.get(semconv.GUARDRAIL_POLICY_ID)} "
                        f"v{g.get(semconv.GUARDRAIL_POLICY_VERSION)}, rule {g.get(semconv.GUARDRAIL_RULE)}]")
         head.add_row("verdict", verdict_line)
+        if g.get(semconv.GUARDRAIL_VERDICT_REASON):
+            head.add_row("why", escape(str(g[semconv.GUARDRAIL_VERDICT_REASON])))
         head.add_row("action", escape(action_line))
+        for warning in g.get(semconv.GUARDRAIL_WARNINGS) or ():
+            head.add_row("[yellow]warning[/yellow]", escape(str(warning)))
         body: list[Any] = [head]
         image = _load_image(chat, g) if png_dir is not None else None
         box = g.get(semconv.FASTRM_IMAGE_BOX) or chat.get(semconv.FASTRM_IMAGE_BOX)

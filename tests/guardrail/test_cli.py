@@ -108,7 +108,7 @@ def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
     out = tmp_path / "cal.json"
     code, text = run_cli("calibrate", "--model", saved["model"], "--proxy", saved["proxy"], "--data", jsonl,
                          "--out", out, "--max-new-tokens", "3", "--plot", tmp_path / "kde.png", "--scores-out",
-                         tmp_path / "scores.jsonl")
+                         tmp_path / "scores.jsonl", "--preset", "paper")
     assert code == 0, text
     assert "41" in text and "skipped" in text  # the malformed line is reported with its number
     cal = json.loads(out.read_text())

@@ -121,6 +121,7 @@ def test_batch_rows_show_their_own_question_in_the_report_and_the_terminal_view(
 
 
 @pytest.mark.slow  # a real headless Chromium
+@pytest.mark.browser
 @pytest.mark.parametrize("capture", [True, False])
 def test_report_in_a_headless_browser(browser, traces, tmp_path, capture):
     trace = traces[capture]
@@ -177,6 +178,7 @@ def test_report_in_a_headless_browser(browser, traces, tmp_path, capture):
 
 
 @pytest.mark.slow  # a real headless Chromium
+@pytest.mark.browser
 def test_overlay_in_the_page_sits_on_the_box(browser, tmp_path):
     """A hand-made trace whose only map is hot in one cell: the page paints that cell's pixels, in the box."""
     import json

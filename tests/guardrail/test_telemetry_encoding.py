@@ -108,7 +108,7 @@ def test_span_names_parentage_and_attributes(memory):
         "fastrm.guardrail.policy.version": "1",
         "fastrm.guardrail.rule": "uncertain",
         "fastrm.guardrail.action": "flag",
-        "fastrm.guardrail.reason": "the guard's calibrated score for this answer is at or above its threshold; the answer may be wrong",
+        "fastrm.guardrail.reason": "the guard's verdict on this answer is uncertain (the result's verdict_reason says why); the answer may be wrong",
         "fastrm.guardrail.flagged": True,
         "fastrm.guardrail.unguarded": False,
         "fastrm.answer_tokens": 2,

@@ -223,7 +223,7 @@ def test_missing_required_field(write_policy):
 
 def test_float_version_asks_for_quotes(write_policy):
     path = write_policy("id: p\nversion: 1.10\ndefault: {action: allow}\n")
-    assert _error(path) == f'{path}:2: version: expected a string or an integer, got a number (1.1); quote it: "1.1"'
+    assert _error(path) == f'{path}:2: version: expected a string or an integer, got the number 1.10; quote it: "1.10"'
 
 
 def test_escalate_needs_a_target(write_policy):
