@@ -217,6 +217,9 @@ class Calibration(BaseModel):
     proxy_hash: str | None = None
     dataset_hash: str | None = Field(default=None, description="sha256 of the calibration data file")
     rule: Rule
+    level: Literal["answer", "claim"] = Field(
+        default="answer", description="what the threshold judges: whole answers, or claims (spans of an answer)")
+    splitter: str | None = Field(default=None, description="claim level: the claim splitter the claims were cut with")
     threshold: float | None = Field(description="confident when score < threshold; None: nothing is confident")
     target_precision: float | None = Field(default=None, description="the precision the rule targets or certifies")
     delta: float | None = Field(default=None, description="guaranteed_precision: probability the guarantee fails")

@@ -40,7 +40,7 @@ from typing import Callable
 from fastrm_common.errors import InputError, RegistryError
 from fastrm_common.registry import Registry
 
-__all__ = ["COCO_OBJECTS", "ClaimSpan", "SPLITTERS", "ObjectSplitter", "split_claims"]
+__all__ = ["COCO_OBJECTS", "ClaimSpan", "LABELERS", "ObjectSplitter", "SPLITTERS", "label_objects", "split_claims"]
 
 
 @dataclass(frozen=True)
@@ -145,12 +145,17 @@ _MODIFIER_STOP = re.compile(r"[,;:!?\n]|(?<!\d)\.(?!\d)|\b(?:and|but|or|with|on|
                             re.IGNORECASE)
 
 
+_DETERMINER = re.compile(r"\b(?:a|an|the|this|that|these|those|some|several|many|few|his|her|their|its|my|your|our|"
+                         r"one|two|three|four|five|six|seven|eight|nine|ten|\d+(?:\.\d+)?)\b", re.IGNORECASE)
+
+
 class ObjectSplitter:
     """CHAIR-style object mentions of a vocabulary ``{category: words}`` (default :data:`COCO_OBJECTS`).
 
-    A mention is an object word (longest words first, so "hot dog" beats "dog") with the modifiers
-    before it back to the previous clause boundary, connective or preposition; ``ClaimSpan.object``
-    is its category.
+    A mention is an object word (longest words first, so "hot dog" beats "dog") with its modifiers:
+    from the last determiner or number before it ("two small dogs", "the old wooden bench"), looking
+    back no further than the previous clause boundary, connective, preposition or common verb; the
+    word alone without one. ``ClaimSpan.object`` is its category.
     """
 
     def __init__(self, vocabulary: dict[str, tuple[str, ...]] | None = None) -> None:
@@ -166,9 +171,12 @@ class ObjectSplitter:
         floor = 0
         for m in self._pattern.finditer(text):
             start = m.start()
-            # the modifiers before the word, back to a boundary (or the previous mention)
+            # back to a boundary (or the previous mention), then from the last determiner or number
+            # there ("two small dogs", "the old bench"); without one, the word alone
             stops = [s.end() for s in _MODIFIER_STOP.finditer(text, floor, start)]
-            start = max([floor, *stops])
+            window = max([floor, *stops])
+            dets = [d.start() for d in _DETERMINER.finditer(text, window, start)]
+            start = dets[-1] if dets else start
             span = _trimmed(text, start, m.end(), "object")
             if span is not None:
                 out.append(ClaimSpan(span.start, span.end, span.text, "object", self.category[m.group(1).lower()]))
@@ -195,6 +203,28 @@ def split_claims(text: str, splitter: str | Callable[[str], list[ClaimSpan]] = "
     return spans
 
 
+#: claim labelers by name, for claim-level calibration data: ``labeler(text, spans, record) -> [bool | None]``
+#: (each claim correct, wrong, or None when the record cannot tell)
+LABELERS: Registry[Callable[[str, list[ClaimSpan], dict], list]] = Registry("claim labeler", error=SplitterError)
+
+
+def label_objects(text: str, spans: list[ClaimSpan], record: dict) -> list[bool | None]:
+    """CHAIR's rule for object mentions: a claim naming an object category (``ClaimSpan.object``) is
+    correct when the record's ``objects`` (the categories present in the image) hold it, a
+    hallucination otherwise; a claim that names no object cannot be labelled (None).
+
+    >>> spans = split_claims("A dog and a cat on a sofa.", "objects")
+    >>> label_objects("", spans, {"objects": ["dog", "couch"]})
+    [True, False, True]
+    """
+    present = record.get("objects")
+    if not isinstance(present, list) or not all(isinstance(o, str) for o in present):
+        raise InputError("the 'objects' labeler needs each record's 'objects': a list of object categories")
+    have = {o.lower() for o in present}
+    return [None if s.object is None else s.object.lower() in have for s in spans]
+
+
 SPLITTERS.add("sentences", split_sentences)
 SPLITTERS.add("clauses", split_clauses)
 SPLITTERS.add("objects", ObjectSplitter())
+LABELERS.add("objects", label_objects)

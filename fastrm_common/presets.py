@@ -35,6 +35,7 @@ __all__ = [
     "Preset",
     "get_preset",
     "list_presets",
+    "preset_claims",
     "preset_path",
     "register_preset",
     "resolve_model",
@@ -65,6 +66,8 @@ class Preset:
     examples: Callable[[int, int], Sequence[Any]] | None = None
     pope_examples: Callable[[int, int], Sequence[Any]] | None = None
     description: str = ""
+    claim_splitter: str | None = None  # the claim splitter for the preset's answers (a SPLITTERS name)
+    claim_calibration: Callable[[], Path | None] | None = None  # its claim calibration, None when not shipped
 
 
 def _load_entry_points() -> None:
@@ -112,6 +115,21 @@ def resolve_model(name_or_path: str | os.PathLike) -> str | os.PathLike:
     """The model folder of a preset name; anything else (a folder, a hub id) unchanged."""
     preset = get_preset(name_or_path)
     return preset.model() if preset is not None else name_or_path
+
+
+def preset_claims(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The ``Guard`` keywords of a preset's claim set-up: ``claims`` (its splitter) and
+    ``claim_calibration`` (its path), each only when the preset has one; empty for anything else."""
+    preset = get_preset(name_or_path)
+    out: dict[str, Any] = {}
+    if preset is None:
+        return out
+    if preset.claim_splitter is not None:
+        out["claims"] = preset.claim_splitter
+    path = preset.claim_calibration() if preset.claim_calibration is not None else None
+    if path is not None:
+        out["claim_calibration"] = path
+    return out
 
 
 def preset_path(name_or_path: str | os.PathLike, artifact: str) -> Path | None:

@@ -89,11 +89,26 @@ def score_records(
     prompt_suffix: str | None = None,
     progress=None,
     keep_maps: bool = True,
+    claims: str | Any | None = None,
+    labeler: str | Any | None = None,
 ) -> tuple[list[ScoredAnswer], list[str]]:
     """Greedy answers with every signal for each record; returns (scored answers, problems).
 
     A record whose answer has no content token is reported in ``problems`` and left out.
+
+    With ``claims`` (a claim splitter: a :data:`fastrm_common.claims.SPLITTERS` name or a callable)
+    each answer is cut into claims and each claim becomes one row: its signals are the answer's over
+    its own tokens (:func:`guardrail.answers.claims.claim_signals`, as the Guard scores claims), its
+    ``correct`` the ``labeler``'s word (a :data:`fastrm_common.claims.LABELERS` name or a callable
+    ``(text, spans, record) -> [bool | None]``; default: the labeler of the splitter's name, else
+    ``objects``). Claims the labeler cannot tell are left out; ``extra["record"]`` names the record,
+    so that the fit keeps a record's claims on one side of the split.
     """
+    from fastrm_common.claims import LABELERS
+
+    if claims is not None and labeler is None:
+        labeler = claims if isinstance(claims, str) and claims in LABELERS else "objects"
+    label = LABELERS.get(labeler) if isinstance(labeler, str) else labeler
     adapter = get_adapter(model)
     tok = processor.tokenizer
     eos = set(eos_token_ids(model, tok)) | adapter.stop_token_ids(tok)
@@ -120,11 +135,32 @@ def score_records(
             if not sig.content.any():
                 problems.append(f"record {rec.id}: the answer has no content token to score (answer {answer!r})")
                 continue
+            if claims is not None:
+                out_rows += _claim_rows(rec, answer, gen, tok, sig, claims, label, extra)
+                continue
             out_rows.append(ScoredAnswer(id=rec.id, answer=answer, correct=is_correct(answer, rec.answers),
                                          signals=sig, extra=extra))
         if progress is not None:
             progress(len(batch))
     return out_rows, problems
+
+
+def _claim_rows(rec: VQARecord, answer: str, gen: list[int], tok: Any, sig: AnswerSignals, claims: Any,
+                label: Any, extra: dict[str, Any]) -> list[ScoredAnswer]:
+    """One row per labelled claim of one record's answer."""
+    from guardrail.answers.claims import claim_signals, split_and_align
+
+    aligned = split_and_align(answer, tok, gen, claims)
+    labels = label(answer, [c.span for c in aligned], dict(rec.model_extra or {}))
+    rows = []
+    for k, (c, ok) in enumerate(zip(aligned, labels)):
+        csig = claim_signals(sig, c)
+        if ok is None or not csig.content.any():
+            continue
+        rows.append(ScoredAnswer(id=f"{rec.id}#{k}", answer=c.span.text, correct=bool(ok), signals=csig,
+                                 extra={**extra, "record": str(rec.id), "claim_kind": c.span.kind,
+                                        **({"claim_object": c.span.object} if c.span.object else {})}))
+    return rows
 
 
 def score_label(name: str, params: dict[str, Any]) -> str:
@@ -199,7 +235,7 @@ def calibrate_scores(
     if not rows:
         raise CalibrationError("no scored answers to calibrate on")
     correct = np.array([r.correct for r in rows], dtype=bool)
-    fit_idx, ho_idx = split_fit_heldout(len(rows), fit_fraction, seed, stratify=correct)
+    fit_idx, ho_idx = _split(rows, correct, fit_fraction, seed)
     fit_sig = [rows[i].signals for i in fit_idx]
     chosen = fit_score(score, fit_sig, correct[fit_idx], **(score_params or {}))
     values = chosen.many([r.signals for r in rows])  # (n,)
@@ -279,6 +315,22 @@ def calibrate_scores(
             "share_gated": float(gated_ho.mean()),
         }
     return cal, side
+
+
+def _split(rows: Sequence[ScoredAnswer], correct: np.ndarray, fit_fraction: float, seed: int):
+    """The fitting / held-out split: stratified by correctness; claims (rows with ``extra["record"]``)
+    split by record, so that no answer has claims on both sides."""
+    records = [r.extra.get("record") for r in rows]
+    if any(rec is None for rec in records):
+        return split_fit_heldout(len(rows), fit_fraction, seed, stratify=correct)
+    names = sorted(set(records))
+    any_wrong = {n: False for n in names}
+    for rec, ok in zip(records, correct):
+        any_wrong[rec] |= not ok
+    f, _ = split_fit_heldout(len(names), fit_fraction, seed, stratify=np.array([any_wrong[n] for n in names]))
+    fit_names = {names[i] for i in f}
+    mask = np.array([rec in fit_names for rec in records])
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
 def model_identity(model) -> str:

@@ -38,9 +38,10 @@ from fastrm_core import FastRMProxy, get_adapter, load_vlm, weights_fingerprint
 from fastrm_common.images import ImageLike, load_image
 from fastrm_common.tokens import eos_token_ids
 from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
-from fastrm_common.presets import list_presets, preset_path
+from fastrm_common.presets import list_presets, preset_claims, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
+from guardrail.answers.claims import load_claim_calibration, redact, score_claims
 from guardrail.answers.pipeline import RowScoring, Scorer, calibration_id, cut_at_eos
 from guardrail.generation import Generation, GenerationStream, generate_under_guard, model_lock
 from guardrail.inputs import CallImage, escalation_payload, prepare_call_inputs, row_warnings
@@ -132,6 +133,8 @@ class Guard:
         limits: Limits | None = None,
         meter_provider: Any = None,
         hooks: GuardHooks | Sequence[GuardHooks] | None = None,
+        claims: str | Callable | None = "clauses",
+        claim_calibration: Calibration | str | os.PathLike | None = None,
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
@@ -159,6 +162,9 @@ class Guard:
                                               proxy_hash=self.proxy_id)
         self.calibration_id = calibration_id(self.calibration)
         self._scorer = Scorer(self.calibration)
+        self.claim_calibration, self.claims = load_claim_calibration(claim_calibration, claims, self.adapter,
+                                                                     self.proxy_id, model)
+        self._claim_scorer = None if self.claim_calibration is None else Scorer(self.claim_calibration)
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         self._scorer.check_policy(self.policy)
@@ -201,6 +207,7 @@ class Guard:
         """
         proxy = proxy if proxy is not None else preset_path(model, "proxy")
         calibration = calibration if calibration is not None else preset_path(model, "calibration")
+        kwargs = {**preset_claims(model), **kwargs}  # the preset's claim splitter and calibration, unless given
         if proxy is None or calibration is None:
             raise InputError("a proxy and a calibration are required for models other than a preset "
                              f"(presets: {', '.join(list_presets()) or 'none installed'})")
@@ -331,15 +338,18 @@ class Guard:
         finish = "stop" if stopped else "length"
         answer = tok.decode(gen, skip_special_tokens=True).strip()
         token_strs = [tok.decode([t]) for t in gen]
-        scored = RowScoring.empty()
+        scored, claims = RowScoring.empty(), []
         maps = None if row.maps is None else row.maps[: len(gen)]
         if error is None:
             try:  # every signal once, every score, the verdict and why (guardrail.answers.pipeline)
                 if maps is None or len(maps) != len(gen):
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
                 scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags)
+                if self.claims is not None:
+                    claims = score_claims(answer, gen, tok, scored.signals, maps, self.claims, self._scorer,
+                                          self._claim_scorer, (scored.score, scored.verdict, scored.verdict_reason), tags)
             except (GuardrailError, ValueError) as exc:
-                error = exc
+                error, claims = exc, []
         entropies, content, scores, score, verdict = (scored.entropies, scored.content, scored.scores, scored.score,
                                                       scored.verdict)
         n_content = int(sum(content))
@@ -347,10 +357,15 @@ class Guard:
         if error is None:
             decision = decide(self.policy, DecisionContext(verdict=verdict, score=score, threshold=self._threshold(tags),
                                                            n_answer_tokens=n_content, max_token_entropy=max_entropy,
-                                                           tags=tags, scores=scores))
+                                                           tags=tags, scores=scores,
+                                                           claim_verdicts=tuple(c.verdict for c in claims),
+                                                           claim_scores=tuple(c.score for c in claims)))
         else:
             decision = decide_on_error(self.policy, error)
-        text, flagged = apply(decision, answer)
+        if decision.action == "redact":  # the answer without its uncertain claims
+            for c in claims:
+                c.redacted = c.verdict == "uncertain"
+        text, flagged = apply(decision, answer, redact(answer, claims, [c.index for c in claims if c.redacted]))
         if decision.action == "escalate" and error is None:
             try:
                 escalate(decision, {**escalation_payload(
@@ -376,7 +391,7 @@ class Guard:
             policy_version=decision.policy_version, finish_reason=finish,
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
             image_cropped=image.cropped() if image is not None else None,
-            warnings=row_warnings(image, answer, stopped, error),
+            warnings=row_warnings(image, answer, stopped, error), claims=claims,
         )
         return result, decision, answer, scored.signals
 

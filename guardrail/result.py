@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
-__all__ = ["GuardResult", "Timings", "TokenEvent"]
+__all__ = ["Claim", "GuardResult", "Timings", "TokenEvent"]
 
 
 def _to_float32_array(value: Any) -> np.ndarray:
@@ -66,6 +66,37 @@ class MapRegion(BaseModel):
     grid: tuple[int, int]
 
 
+class Claim(BaseModel):
+    """One claim of an answer (a span that asserts one thing) with its own scores, verdict and map.
+
+    ``start``/``end``: its characters in ``GuardResult.answer``; ``token_start``/``token_end``: the
+    generated tokens that write it (end exclusive); ``kind``: what the splitter found (``sentence``,
+    ``clause``, ``object`` ...); ``object``: the object an object mention names. ``scores`` are the
+    answer's scores computed over the claim's tokens alone; ``score``/``verdict``/``threshold``
+    come from the claim calibration (a single claim that is the whole answer takes the answer's;
+    None: unscored); ``map`` is the mean of its content tokens' maps, each normalised to sum 1
+    (the shape of one token's map); ``redacted``: removed from ``GuardResult.text`` by ``redact``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+    text: str
+    kind: str
+    object: Optional[str] = None
+    score: Optional[float] = None
+    scores: dict[str, Optional[float]] = Field(default_factory=dict)
+    threshold: Optional[float] = None
+    verdict: Optional[Literal["confident", "uncertain"]] = None
+    verdict_reason: Optional[str] = None
+    map: Optional[MapArray] = None
+    redacted: bool = False
+
+
 class GuardResult(BaseModel):
     """Everything one guarded call produced.
 
@@ -114,7 +145,7 @@ class GuardResult(BaseModel):
     verdict_reason: Optional[str] = Field(
         default=None, description="why the verdict: the score against the threshold, the novelty gate, a "
                                   "calibration that marks nothing confident, or an answer with nothing to score")
-    action: Literal["allow", "flag", "abstain", "escalate"]
+    action: Literal["allow", "flag", "redact", "abstain", "escalate"]
     rule: str
     reason: str
     flagged: bool = False
@@ -127,6 +158,8 @@ class GuardResult(BaseModel):
     image_cropped: Optional[float] = Field(
         default=None, description="share of the image's area the model never saw (cut away by the processor's "
                                   "crop) when that part holds content (is not one flat colour); None otherwise")
+    claims: list[Claim] = Field(
+        default_factory=list, description="the answer's claims in order (guardrail.answers.claims); one for a short answer")
     warnings: list[str] = Field(
         default_factory=list, description="what the user should know about this call: content cropped away, "
                                           "an empty answer")

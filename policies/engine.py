@@ -50,6 +50,8 @@ class DecisionContext:
     - ``max_token_entropy``: largest per-token entropy among them, or None when there are none.
     - ``scores``: every answer score the guard computed, by name (None where it could not).
     - ``tags``: the request's tags (any iterable of strings; stored as a frozenset).
+    - ``claim_verdicts``: each claim's verdict (None: the claim has none), in order.
+    - ``claim_scores``: each claim's score (the claim calibration's), None where it has none.
     """
 
     verdict: Verdict | None
@@ -59,6 +61,8 @@ class DecisionContext:
     max_token_entropy: float | None = None
     tags: frozenset[str] = field(default_factory=frozenset)
     scores: Mapping[str, float | None] = field(default_factory=dict)
+    claim_verdicts: tuple[Verdict | None, ...] = ()
+    claim_scores: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.verdict is not None and self.verdict not in VERDICTS:
@@ -135,10 +139,28 @@ def matches(conditions: Conditions, ctx: DecisionContext) -> bool:
             continue
         if value is None or math.isnan(value) or not bounds.contains(value):
             return False
+    if conditions.claims is not None and not _claims_match(conditions.claims, ctx):
+        return False
     if conditions.tags_any is not None and ctx.tags.isdisjoint(conditions.tags_any):
         return False
     if conditions.tags_all is not None and not ctx.tags.issuperset(conditions.tags_all):
         return False
+    return True
+
+
+def _claims_match(c, ctx: DecisionContext) -> bool:
+    judged = [v for v in ctx.claim_verdicts if v is not None]
+    n_uncertain = sum(v == "uncertain" for v in judged)
+    if c.any_uncertain is not None and (not judged or (n_uncertain > 0) != c.any_uncertain):
+        return False
+    if c.n_uncertain is not None and (not judged or not c.n_uncertain.contains(n_uncertain)):
+        return False
+    if c.share_uncertain is not None and (not judged or not c.share_uncertain.contains(n_uncertain / len(judged))):
+        return False
+    if c.max_score is not None:
+        scores = [s for s in ctx.claim_scores if s is not None and not math.isnan(s)]
+        if not scores or not c.max_score.contains(max(scores)):
+            return False
     return True
 
 
@@ -174,8 +196,11 @@ def decide_on_error(policy: Policy, error: BaseException | str) -> Decision:
     )
 
 
-def apply(decision: Decision, answer_text: str) -> tuple[str, bool]:
+def apply(decision: Decision, answer_text: str, redacted_text: str | None = None) -> tuple[str, bool]:
     """The text returned to the user and whether it is flagged.
+
+    ``redact`` returns ``redacted_text`` (the answer without its uncertain claims, made by the
+    caller; the answer itself when None), or the abstain message when that text is empty.
 
     ``flagged`` is True when the model's own answer is returned but marked as
     not trusted (``flag``, escalation with ``withhold: false``, fail-open).
@@ -190,6 +215,9 @@ def apply(decision: Decision, answer_text: str) -> tuple[str, bool]:
         return answer_text, False
     if decision.action == "flag":
         return answer_text, True
+    if decision.action == "redact":
+        text = answer_text if redacted_text is None else redacted_text
+        return (text, False) if text.strip() else (decision.message or "", False)
     if decision.message is not None:  # abstain, or escalate with withhold
         return decision.message, False
     return answer_text, True
@@ -199,6 +227,8 @@ def _decision(policy: Policy, rule: str, spec: ActionSpec, reason: str) -> Decis
     message: str | None = None
     if spec.action == "abstain":
         message = spec.message or policy.abstain_message
+    elif spec.action == "redact":  # returned only when every claim is removed
+        message = policy.abstain_message
     elif spec.action == "escalate" and spec.escalation is not None and spec.escalation.withhold:
         message = spec.escalation.message or DEFAULT_WITHHELD_MESSAGE
     return Decision(policy.id, policy.version, rule, spec.action, reason, message, spec.escalation)

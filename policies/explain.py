@@ -35,6 +35,9 @@ def describe_action(spec: ActionSpec, policy: Policy) -> str:
         text = "allow: return the answer unchanged"
     elif spec.action == "flag":
         text = "flag: return the answer, flagged"
+    elif spec.action == "redact":
+        text = ("redact: return the answer without its uncertain claims (unchanged when none is; "
+                f"{_quote(policy.abstain_message)} when every claim is)")
     elif spec.action == "abstain":
         text = f"abstain: replace the answer with {_quote(spec.message or policy.abstain_message)}"
     else:

@@ -52,6 +52,7 @@ __all__ = [
     "ActionName",
     "ActionSpec",
     "Bounds",
+    "ClaimConditions",
     "Conditions",
     "Escalation",
     "OnError",
@@ -60,7 +61,7 @@ __all__ = [
     "Verdict",
 ]
 
-ActionName = Literal["allow", "flag", "abstain", "escalate"]
+ActionName = Literal["allow", "flag", "redact", "abstain", "escalate"]
 Verdict = Literal["confident", "uncertain"]
 #: what a ``when: {verdict: ...}`` condition may ask: a verdict, or ``unscored`` (an observe-only guard gave none)
 VerdictCondition = Literal["confident", "uncertain", "unscored"]
@@ -146,6 +147,42 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+class ClaimConditions(_Strict):
+    """The ``claims`` block of a ``when``: conditions on the answer's claims (their verdicts and scores).
+
+    - ``any_uncertain``: true matches an answer with at least one ``uncertain`` claim (false: with none).
+    - ``n_uncertain``: range of the number of uncertain claims.
+    - ``share_uncertain``: range of the share of uncertain claims among the claims with a verdict.
+    - ``max_score``: range of the largest claim score (the claim calibration's score; higher = more
+      uncertain).
+
+    An answer whose claims have no verdict (no claim calibration, more than one claim) matches no
+    condition on verdicts.
+    """
+
+    any_uncertain: bool | None = None
+    n_uncertain: Bounds | None = None
+    share_uncertain: Bounds | None = None
+    max_score: Bounds | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ClaimConditions:
+        if all(getattr(self, n) is None for n in type(self).model_fields):
+            raise PydanticCustomError("claims_empty", "give at least one of 'any_uncertain', 'n_uncertain', "
+                                      "'share_uncertain', 'max_score'")
+        return self
+
+    def describe(self) -> str:
+        parts = []
+        if self.any_uncertain is not None:
+            parts.append("some claim is uncertain" if self.any_uncertain else "no claim is uncertain")
+        for name in ("n_uncertain", "share_uncertain", "max_score"):
+            bounds = getattr(self, name)
+            if bounds is not None:
+                parts.append(bounds.describe(f"claims {name}"))
+        return " and ".join(parts)
+
+
 class Conditions(_Strict):
     """The ``when`` block of a rule. Every condition is optional; those given are ANDed.
 
@@ -159,6 +196,8 @@ class Conditions(_Strict):
     - ``scores``: ranges of named answer scores (each higher = more uncertain), e.g.
       ``scores: {token_nll: {gt: 0.9}}``; the guard rejects names it does not compute,
       listing the ones it does (see docs/calibration.md for each score).
+    - ``claims``: conditions on the answer's claims (:class:`ClaimConditions`), e.g.
+      ``claims: {any_uncertain: true}``.
     - ``tags_any``: the request carries at least one of these tags.
     - ``tags_all``: the request carries all of these tags.
 
@@ -172,6 +211,7 @@ class Conditions(_Strict):
     n_answer_tokens: Bounds | None = None
     max_token_entropy: Bounds | None = None
     scores: dict[str, Bounds] | None = Field(default=None, min_length=1)
+    claims: ClaimConditions | None = None
     tags_any: list[str] | None = Field(default=None, min_length=1)
     tags_all: list[str] | None = Field(default=None, min_length=1)
 
@@ -190,6 +230,8 @@ class Conditions(_Strict):
                 parts.append(bounds.describe(name))
         for name, bounds in sorted((self.scores or {}).items()):
             parts.append(bounds.describe(f"score {name}"))
+        if self.claims is not None:
+            parts.append(self.claims.describe())
         if self.tags_any is not None:
             parts.append(f"tags include any of [{', '.join(self.tags_any)}]")
         if self.tags_all is not None:
@@ -257,7 +299,9 @@ class Escalation(_Strict):
 class ActionSpec(_Strict):
     """An action and its settings; the shape of ``default`` and of each rule's action.
 
-    - ``action``: ``allow`` | ``flag`` | ``abstain`` | ``escalate``.
+    - ``action``: ``allow`` | ``flag`` | ``redact`` | ``abstain`` | ``escalate``; ``redact`` returns
+      the answer without its uncertain claims (the answer unchanged when none is; the abstain message
+      when every claim is).
     - ``reason``: text recorded with the decision (and shown with a flag);
       defaults to a description of the rule's conditions.
     - ``message``: for ``abstain`` only, the text returned instead of the answer

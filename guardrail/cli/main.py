@@ -221,7 +221,7 @@ def _cmd_calibrate(args, console: Console) -> int:
             raise GuardrailError("--data is required (or --from-signals with stored signals)")
         rows, identity = _answer_records(args, console)
         if args.signals_out:
-            write_signals(args.signals_out, rows, meta=identity)
+            write_signals(args.signals_out, rows, meta={**identity, **({"claims": args.claims} if args.claims else {})})
             console.print(f"signals: {args.signals_out}")
     if args.scores_out:
         write_scores(Path(args.scores_out), rows)
@@ -236,6 +236,10 @@ def _cmd_calibrate(args, console: Console) -> int:
         seed=args.seed, target_precision=args.target_precision, delta=args.delta,
         novelty_quantile=args.novelty_quantile, group_by=args.group_by, **identity,
     )
+    claims = args.claims or (meta.get("claims") if args.from_signals else None)
+    if claims:  # a claim-level calibration: the Guard judges each claim with it
+        cal = cal.model_copy(update={"level": "claim", "splitter": claims})
+        console.print(f"claim level: {len(rows)} labelled claims, cut with the {claims!r} splitter", soft_wrap=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cal.save(args.out)
     _print_score_table(console, side)
@@ -275,7 +279,8 @@ def _answer_records(args, console: Console):
         task = progress.add_task("answering", total=len(records))
         rows, skipped = score_records(model, processor, proxy, records, max_new_tokens=args.max_new_tokens,
                                       batch_size=args.batch_size, prompt_suffix=args.prompt_suffix,
-                                      progress=lambda n: progress.advance(task, n))
+                                      progress=lambda n: progress.advance(task, n), claims=args.claims,
+                                      labeler=args.labeler)
     for s in skipped:
         console.print(f"[yellow]not scored[/yellow] {escape(s)}")
     identity = {"model_id": model_identity(model), "model_hash": weights_fingerprint(model), "proxy_id": Path(proxy_path).name,
@@ -479,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-out", default=None, help="also write per-record scores (JSONL)")
     p.add_argument("--signals-out", default=None, help="also write every answer's signals (JSONL), for --from-signals")
     p.add_argument("--from-signals", default=None, help="fit from stored signals instead of running the model")
+    p.add_argument("--claims", default=None, metavar="SPLITTER",
+                   help="fit a claim-level calibration: cut each answer into claims with SPLITTER (sentences, "
+                        "clauses, objects, or a world's, e.g. shapes) and judge each claim (docs/calibration.md, Claims)")
+    p.add_argument("--labeler", default=None,
+                   help="with --claims: how a claim is labelled from its record (default: the splitter's own labeler, "
+                        "else objects: a claim naming an object absent from the record's 'objects' is wrong)")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("view", help="render the guarded calls of a JSONL trace")

@@ -221,7 +221,9 @@ def finish_reason(result, stopped_by_string: bool = False) -> str:
 def guardrail_object(result, *, trace_id: Optional[str], maps: bool = False) -> dict:
     """The ``guardrail`` object of a response: verdict, score, threshold, scores, action, rule, trace id.
 
-    ``scores`` holds every answer score the Guard computed (higher = more uncertain); ``maps``
+    ``scores`` holds every answer score the Guard computed (higher = more uncertain); ``claims`` each
+    claim of the answer (offsets into the model's answer, verdict, score, whether ``redact`` removed
+    it); ``maps``
     (on request) one entry per generated token with its map quantised to 8 bits and base64'd
     (:func:`guardrail.encode_map`; decode with :func:`guardrail.decode_map`).
     """
@@ -243,6 +245,9 @@ def guardrail_object(result, *, trace_id: Optional[str], maps: bool = False) -> 
         "model_finish_reason": result.finish_reason,
         "error": None if result.error is None else result.error.split(":")[0],
         "trace_id": trace_id,
+        "claims": [{"index": c.index, "start": c.start, "end": c.end, "text": c.text, "kind": c.kind,
+                    "verdict": c.verdict, "score": c.score, "redacted": c.redacted}
+                   for c in getattr(result, "claims", None) or []],
     }
     if maps:
         obj["maps"] = None if result.maps is None else {

@@ -302,6 +302,8 @@ class OpenTelemetryHooks(GuardHooks):
                 span.set_attribute(semconv.FASTRM_MAPS_FILE, str(self._write_maps(result.maps, span)))
             if result.maps is not None:
                 self._token_events(span, result, report.token_times, report.signals)
+            if len(result.claims) > 1:  # a single claim is the answer itself: the result event says it all
+                self._claim_events(span, result)
             span.add_event(semconv.EVALUATION_RESULT_EVENT, guardrail_result_event_attributes(
                 decision, verdict=result.verdict, score=result.score, threshold=result.threshold,
                 flagged=result.flagged, error_type=result.error.split(":")[0] if result.error else None,
@@ -309,13 +311,30 @@ class OpenTelemetryHooks(GuardHooks):
         except Exception:  # telemetry must never break the guarded call
             _log.debug("telemetry of a guarded row failed", exc_info=True)
 
+    def _claim_events(self, span, result: GuardResult) -> None:
+        """One event per claim (offsets into the answer, verdict, score, redacted) and the counts."""
+        for c in result.claims:
+            attrs = {semconv.CLAIM_INDEX: c.index, semconv.CLAIM_START: c.start, semconv.CLAIM_END: c.end,
+                     semconv.CLAIM_KIND: c.kind, semconv.CLAIM_VERDICT: c.verdict or "unscored",
+                     semconv.CLAIM_REDACTED: c.redacted}
+            if c.score is not None:
+                attrs[semconv.CLAIM_SCORE] = float(c.score)
+            if self.capture_content:
+                attrs[semconv.CLAIM_TEXT] = c.text
+            span.add_event(semconv.CLAIM_EVENT, attrs)
+        span.set_attributes({
+            semconv.CLAIMS_COUNT: len(result.claims),
+            semconv.CLAIMS_UNCERTAIN: sum(c.verdict == "uncertain" for c in result.claims),
+            semconv.CLAIMS_REDACTED: sum(c.redacted for c in result.claims),
+        })
+
     def _token_events(self, span, result: GuardResult, token_times: Sequence[int], signals: Any = None) -> None:
         n_tokens = len(result.tokens)
         # The SDK keeps at most event_limit events per span and drops the *oldest*
         # silently: emit no more token events than fit beside the result event,
         # answer (scored) tokens first, and say how many tokens got none.
         limit = event_limit(span)
-        room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1))
+        room = n_tokens if limit is None else max(0, min(n_tokens, limit - 1 - (len(result.claims) if len(result.claims) > 1 else 0)))
         scored = [i for i, c in enumerate(result.content) if c]
         order = list(dict.fromkeys([*scored, *range(n_tokens)]))
         emitted = sorted(order[:room])

@@ -172,6 +172,20 @@ MAP_DTYPE = "fastrm.map.dtype"
 MAP_SCALE = "fastrm.map.scale"
 MAP_DATA = "fastrm.map.data"
 
+# --- Per-claim event (on the guardrail span): one per claim of the answer
+CLAIM_EVENT = "fastrm.claim"
+CLAIM_INDEX = "fastrm.claim.index"
+CLAIM_START = "fastrm.claim.start"
+CLAIM_END = "fastrm.claim.end"
+CLAIM_KIND = "fastrm.claim.kind"
+CLAIM_VERDICT = "fastrm.claim.verdict"
+CLAIM_SCORE = "fastrm.claim.score"
+CLAIM_REDACTED = "fastrm.claim.redacted"
+CLAIM_TEXT = "fastrm.claim.text"  # content capture only
+CLAIMS_COUNT = "fastrm.claims.count"
+CLAIMS_UNCERTAIN = "fastrm.claims.uncertain"
+CLAIMS_REDACTED = "fastrm.claims.redacted"
+
 # --- guardrail serve (HTTP server spans; OpenTelemetry HTTP semantic conventions plus our own)
 HTTP_REQUEST_METHOD = "http.request.method"
 HTTP_ROUTE = "http.route"

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from fastrm_common.presets import Preset
 
-__all__ = ["REFERENCE", "model_world", "reference_calibration_path", "reference_model_path", "reference_proxy_path",
-           "reference_world"]
+from .. import claims as _claims  # noqa: F401  registers the "shapes" claim splitter and labeler
+
+__all__ = ["REFERENCE", "model_world", "reference_calibration_path", "reference_claim_calibration_path",
+           "reference_model_path", "reference_proxy_path", "reference_world"]
 
 _REFERENCE = Path(__file__).parent / "reference-llava"
 
@@ -24,6 +26,7 @@ def reference_model_path() -> Path:
 
 _PROXY = Path(__file__).parent / "reference-proxy"
 _CALIBRATION = Path(__file__).parent / "reference-calibration.json"
+_CLAIM_CALIBRATION = Path(__file__).parent / "reference-claim-calibration.json"
 
 
 def reference_proxy_path() -> Path:
@@ -42,6 +45,11 @@ def reference_calibration_path() -> Path:
             f"the reference calibration is not at {_CALIBRATION}; fit it with `guardrail calibrate` (docs/calibration.md)"
         )
     return _CALIBRATION
+
+
+def reference_claim_calibration_path() -> Path | None:
+    """The claim-level calibration of the reference model's descriptions, or None when none is shipped."""
+    return _CLAIM_CALIBRATION if _CLAIM_CALIBRATION.exists() else None
 
 
 def model_world(folder: str | Path) -> str:
@@ -84,5 +92,7 @@ REFERENCE = Preset(
     examples=_examples,
     pope_examples=_pope_examples,
     description="the shipped ShapesVQA reference LLaVA with its proxy and calibration",
+    claim_splitter="shapes",
+    claim_calibration=reference_claim_calibration_path,
 )
 """The ``"reference"`` preset, registered through the ``fastrm_guard.presets`` entry point (pyproject.toml)."""

@@ -101,7 +101,7 @@ def test_cli_check_invalid_file(write_policy):
     assert cli_check(path, console=console) == 1
     assert buf.getvalue() == (
         f"invalid policy {path}\n"
-        f"{path}:3: default.action: unknown action 'abstian'; expected one of: allow, flag, abstain, escalate\n"
+        f"{path}:3: default.action: unknown action 'abstian'; expected one of: allow, flag, redact, abstain, escalate\n"
     )
 
 

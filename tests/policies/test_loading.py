@@ -95,7 +95,7 @@ def test_bundled_list():
 
 
 def test_actions_constant_matches_schema():
-    assert ACTIONS == ("allow", "flag", "abstain", "escalate")
+    assert ACTIONS == ("allow", "flag", "redact", "abstain", "escalate")
 
 
 # ------------------------------------------------------------------ invalid files
@@ -124,7 +124,7 @@ def test_unknown_key_names_file_line_field_and_choices(write_policy):
     )
     assert _error(path) == (
         f"{path}:7: rules[0].when.treshold: unknown key 'treshold'; expected one of: "
-        "margin, max_token_entropy, n_answer_tokens, score, scores, tags_all, tags_any, verdict"
+        "claims, margin, max_token_entropy, n_answer_tokens, score, scores, tags_all, tags_any, verdict"
     )
 
 
@@ -169,7 +169,7 @@ def test_bad_action_lists_the_choices(write_policy):
         """
     )
     assert _error(path) == (
-        f"{path}:5: rules[0].action: unknown action 'abstian'; expected one of: allow, flag, abstain, escalate"
+        f"{path}:5: rules[0].action: unknown action 'abstian'; expected one of: allow, flag, redact, abstain, escalate"
     )
 
 
@@ -177,7 +177,7 @@ def test_bad_default_action_and_on_error(write_policy):
     path = write_policy("id: p\nversion: 1\non_error: open\ndefault:\n  action: deny\n")
     assert _error(path) == (
         f"{path}:3: on_error: unknown on_error 'open'; expected one of: fail_open, fail_closed\n"
-        f"{path}:5: default.action: unknown action 'deny'; expected one of: allow, flag, abstain, escalate"
+        f"{path}:5: default.action: unknown action 'deny'; expected one of: allow, flag, redact, abstain, escalate"
     )
 
 

@@ -1,0 +1,212 @@
+"""Claims of an answer: spans that each assert one thing, with their own signals, scores, verdict
+and map, and the answer without the uncertain ones (``redact``).
+
+A claim goes through the same pipeline as a whole answer: its signals are the answer's, restricted
+to the claim's tokens (:func:`claim_signals`: the content mask keeps only the claim's content
+tokens, so every score aggregates over the claim alone), and the claim calibration's score and
+threshold give its verdict. Its map is the mean of its content tokens' maps, each normalised to sum
+1 (:func:`claim_map`). Splitters come from :mod:`fastrm_common.claims`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from calibration import AnswerSignals
+from fastrm_common.claims import ClaimSpan, split_claims
+
+__all__ = ["ClaimTokens", "align_claims", "claim_map", "claim_signals", "redact", "score_claims", "split_and_align",
+           "token_char_spans"]
+
+
+def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> list[tuple[int, int]]:
+    """Each token's character range in ``answer`` (the decoded, stripped text of ``token_ids``).
+
+    Read from the tokenizer's own decoding of growing prefixes, so it holds for any tokenizer
+    (word pieces, byte fallback, spaces the decoder adds). A token that adds no text (special, end of
+    sequence) gets an empty range at its position.
+    """
+    full = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    lead = len(full) - len(full.lstrip())
+    spans, prev = [], 0
+    for i in range(len(token_ids)):
+        cur = len(tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True))
+        a, b = min(max(prev - lead, 0), len(answer)), min(max(cur - lead, 0), len(answer))
+        while a < b and answer[a].isspace():  # the decoder's space before a word is not the token's text
+            a += 1
+        spans.append((a, b))
+        prev = max(prev, cur)
+    return spans
+
+
+@dataclass(frozen=True)
+class ClaimTokens:
+    """A claim and the generated tokens that write it: ``token_start`` .. ``token_end`` (exclusive)."""
+
+    span: ClaimSpan
+    token_start: int
+    token_end: int
+
+
+def align_claims(spans: Sequence[ClaimSpan], token_spans: Sequence[tuple[int, int]]) -> list[ClaimTokens]:
+    """The tokens of each claim: every token whose text overlaps the claim's characters."""
+    out = []
+    for s in spans:
+        idx = [i for i, (a, b) in enumerate(token_spans) if b > a and a < s.end and b > s.start]
+        if idx:
+            out.append(ClaimTokens(s, idx[0], idx[-1] + 1))
+    return out
+
+
+def claim_signals(signals: AnswerSignals, claim: ClaimTokens) -> AnswerSignals:
+    """The answer's signals seen by one claim: only the claim's content tokens count.
+
+    Per-token arrays keep their length (so token positions stay the answer's); the input's
+    features (novelty) are the answer's own."""
+    mask = np.zeros_like(signals.content, dtype=bool)
+    mask[claim.token_start: claim.token_end] = True
+    return replace(signals, content=np.asarray(signals.content, dtype=bool) & mask)
+
+
+def claim_map(maps: np.ndarray, content: np.ndarray, claim: ClaimTokens) -> np.ndarray | None:
+    """The claim's map: the mean of its content tokens' maps (all its tokens if none is content),
+    each normalised to sum 1. ``maps`` (T, rows, cols) or (T, 1, N_img); returns one map of that shape."""
+    idx = np.arange(claim.token_start, claim.token_end)
+    picked = idx[np.asarray(content, dtype=bool)[idx]] if np.asarray(content, dtype=bool)[idx].any() else idx
+    m = np.clip(np.asarray(maps, dtype=np.float64)[picked], 0, None)  # (k, ...)
+    total = m.reshape(len(m), -1).sum(1)
+    keep = total > 0
+    if not keep.any():
+        return None
+    m = m[keep] / total[keep].reshape(-1, *([1] * (m.ndim - 1)))
+    return m.mean(0).astype(np.float32)
+
+
+_CONJ = re.compile(r"\b(and|or)\b", re.IGNORECASE)
+
+
+def redact(text: str, claims: Sequence[ClaimSpan], remove: Sequence[int]) -> str:
+    """``text`` without the claims at indices ``remove``, the rest kept as written.
+
+    Between two kept claims stands the separator that stood before the later one; a list keeps its
+    final conjunction ("a, b and c" without c reads "a and b"); a sentence that loses its first claim
+    starts with a capital when it had one; what follows the last claim (a full stop) stays. An
+    empty string when every claim is removed.
+
+    >>> from fastrm_common.claims import split_claims
+    >>> t = "A red circle, a blue square and a green cross."
+    >>> cs = split_claims(t)
+    >>> redact(t, cs, [1]), redact(t, cs, [0]), redact(t, cs, [2])
+    ('A red circle and a green cross.', 'A blue square and a green cross.', 'A red circle, a blue square.')
+    """
+    drop = set(int(i) for i in remove)
+    if not claims:
+        return text
+    kept = [i for i in range(len(claims)) if i not in drop]
+    if not kept:
+        return ""
+    if not drop:
+        return text
+    gaps = [text[: claims[0].start]] + [text[claims[i - 1].end: claims[i].start] for i in range(1, len(claims))]
+    tail = text[claims[-1].end:]
+    out = gaps[0]
+    seps = [gaps[kept[k]] for k in range(1, len(kept))]  # the separator before each later kept claim
+    # a list keeps its final conjunction: "a, b and c" without c -> "a and b"
+    last_gap = gaps[-1]
+    if seps and _CONJ.search(last_gap) and not _CONJ.search(seps[-1]) and len(kept) < len(claims) \
+            and kept[-1] != len(claims) - 1 and "." not in seps[-1] and "\n" not in seps[-1]:
+        seps[-1] = last_gap
+    for k, i in enumerate(kept):
+        piece = claims[i].text
+        if k == 0 and i != 0 and claims[0].text[:1].isupper() and (gaps[0].strip() == "" or gaps[0].rstrip().endswith((".", "!", "?"))):
+            piece = piece[:1].upper() + piece[1:]
+        if k:
+            out += seps[k - 1]
+        out += piece
+    return out + tail
+
+
+def split_and_align(answer: str, tokenizer: Any, token_ids: Sequence[int],
+                    splitter: str | Callable[[str], list[ClaimSpan]]) -> list[ClaimTokens]:
+    """The claims of ``answer`` by ``splitter``, each with its tokens (claims no token writes are dropped)."""
+    spans = split_claims(answer, splitter)
+    return align_claims(spans, token_char_spans(tokenizer, token_ids, answer))
+
+
+def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, signals: AnswerSignals, maps: np.ndarray,
+                 splitter: str | Callable[[str], list[ClaimSpan]], scorer: Any, claim_scorer: Any | None,
+                 answer_verdict: tuple[float | None, str | None, str | None], tags: Sequence[str] = ()) -> list:
+    """Every claim of one answer through the pipeline: its tokens, its signals (the answer's, over its
+    own tokens), every score, its verdict and its map, as :class:`guardrail.result.Claim`.
+
+    ``scorer`` computes the observed scores; ``claim_scorer`` (a
+    :class:`~guardrail.answers.pipeline.Scorer` on a claim calibration) the verdict. Without one, a
+    single claim that is the whole answer takes ``answer_verdict`` (score, verdict, reason) and the
+    others have none (*unscored*).
+    """
+    from guardrail.answers.pipeline import explain_verdict
+    from guardrail.result import Claim
+
+    claims = split_and_align(answer, tokenizer, token_ids, splitter)
+    if not claims and answer.strip():  # a short answer (no claim the splitter knows) is one claim
+        spans = token_char_spans(tokenizer, token_ids, answer)
+        claims = align_claims([ClaimSpan(0, len(answer), answer, "answer")], spans)
+    out = []
+    whole = len(claims) == 1
+    for k, c in enumerate(claims):
+        sig = claim_signals(signals, c)
+        if claim_scorer is not None:
+            group = claim_scorer.group(tags)
+            scores, score, verdict = claim_scorer.evaluate(sig, group=group)
+            reason = explain_verdict(claim_scorer.calibration, score, verdict, novelty=scores.get("novelty"),
+                                     group=group)
+            threshold = claim_scorer.threshold(tags)
+        else:
+            scores, _, _ = scorer.evaluate(sig)
+            score, verdict, reason = answer_verdict if whole else (None, None, None)
+            threshold = scorer.threshold(tags) if whole else None
+        out.append(Claim(index=k, start=c.span.start, end=c.span.end, token_start=c.token_start,
+                         token_end=c.token_end, text=c.span.text, kind=c.span.kind, object=c.span.object,
+                         score=score, scores=scores, threshold=threshold, verdict=verdict, verdict_reason=reason,
+                         map=claim_map(maps, signals.content, c)))
+    return out
+
+
+def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_hash: str,
+                           model: Any) -> tuple[Any | None, Any]:
+    """The Guard's claim set-up: the claim calibration (loaded and checked against the model and
+    proxy like the answer calibration) and the splitter (the calibration's own when the caller kept
+    the default ``"clauses"``; None turns claims off).
+
+    Raises:
+        InputError: an unknown splitter name; CalibrationError: a calibration that is not claim-level.
+        ConfigMismatchError: a calibration fitted with another model or proxy.
+    """
+    from calibration import Calibration
+    from fastrm_common.claims import SPLITTERS
+    from fastrm_common.errors import CalibrationError, InputError
+    from fastrm_core import weights_fingerprint
+
+    if claims is not None and not callable(claims) and not isinstance(claims, str):
+        raise InputError(f"claims must be a splitter name ({', '.join(SPLITTERS.names())}), a callable or None; "
+                         f"got {type(claims).__name__}")
+    if calibration is None:
+        if isinstance(claims, str):
+            SPLITTERS.get(claims)  # an unknown name fails here, before any call
+        return None, claims
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration.load(calibration)
+    if calibration.level != "claim":
+        raise CalibrationError("claim_calibration is an answer-level calibration (level 'answer'); fit one on "
+                               "claim-labelled data with `guardrail calibrate --claims`")
+    model_hash = weights_fingerprint(model) if calibration.model_hash is not None else None
+    calibration.check_compatible(model_id=adapter.model_id, model_hash=model_hash, proxy_hash=proxy_hash)
+    if claims == "clauses" and calibration.splitter:
+        claims = calibration.splitter
+    if isinstance(claims, str):
+        SPLITTERS.get(claims)
+    return calibration, claims
