@@ -100,7 +100,7 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
             recorder = TokenSignals()
             with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter) as cap:
                 if on_capture is not None:
-                    on_capture(cap)
+                    on_capture(cap, recorder)
                 out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
             rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
             regions = cap.regions
@@ -121,7 +121,8 @@ class GenerationStream:
 
     ``produce(on_capture, on_token)`` runs the generation (e.g. :func:`generate_under_guard`);
     :meth:`events` yields one :class:`~guardrail.result.TokenEvent` per token, with its map (computed
-    before the token is sampled) and normalised entropy; :meth:`finished` then returns the
+    before the token is sampled) and normalised entropy, and each closed claim
+    (:class:`~guardrail.result.Claim`); :meth:`finished` then returns the
     :class:`Generation` (or raises what the worker raised).
     """
 
@@ -134,19 +135,22 @@ class GenerationStream:
 
     def _worker(self) -> None:
         try:
-            self._box["generation"] = self._produce(lambda cap: self._box.setdefault("cap", cap),
+            self._box["generation"] = self._produce(lambda cap, rec: self._box.update(cap=cap, recorder=rec),
                                                     lambda value: self._tokens.put(int(value.reshape(-1)[0])))
         except BaseException as exc:  # handed to the consumer thread
             self._box["error"] = exc
         finally:
             self._tokens.put(self._done)
 
-    def events(self, tokenizer: Any):
+    def events(self, tokenizer: Any, claims: Any = None):
+        """Token events as the tokens come; with ``claims`` (a
+        :class:`~guardrail.answers.claims.ClaimStream`), each claim as soon as it closes."""
         from guardrail.result import TokenEvent
 
         self._thread = threading.Thread(target=self._worker, name="fastrm-guard-stream", daemon=True)
         self._thread.start()
         index = 0
+        ids: list[int] = []
         while True:
             item = self._tokens.get()
             if item is self._done:
@@ -159,6 +163,12 @@ class GenerationStream:
                 entropy = float("nan")
             yield TokenEvent(index=index, token_id=item, token=tokenizer.decode([item]), map=m, entropy=entropy)
             index += 1
+            ids.append(item)
+            if claims is not None:
+                try:
+                    yield from claims.update(ids, self._box["cap"], self._box["recorder"])
+                except GuardrailError:  # a claim that cannot be scored now comes with the final result
+                    pass
         self._thread.join()
 
     def finished(self) -> Generation:

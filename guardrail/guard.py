@@ -6,18 +6,12 @@
     ('red', 'confident', 'allow', 'red')
     >>> result.maps.shape                                      # (T, rows, cols): one map per token
 
-Per call: the processor builds the prompt, ``model.generate`` runs inside
-:func:`fastrm_core.capture` (one proxy query per token, no gradients, no stored
-attentions), the maps' entropies give the answer score, the calibration gives the
-verdict and the policy the action. ``generate``, ``generate_batch`` and ``stream`` share one
-path (``_run``: report the call, generate, fail open or closed, decide each row). The Guard
-reports each call through hooks (:mod:`guardrail.telemetry.hooks`), whose OpenTelemetry
-implementation records one ``chat {model}`` span with a child ``apply_guardrail fastrm`` span
-per row (OpenTelemetry API only; telemetry failures never reach the caller).
-
-Thread safety: calls on the same model are serialised by a per-model lock (``generate``
-on one model is not re-entrant anyway), and the capture only listens to the thread that
-runs the guarded generation, so an unguarded call elsewhere never mixes in.
+Per call: inputs checked and prepared (:mod:`guardrail.inputs`), one ``model.generate`` under the
+FastRM capture and a per-model lock (:mod:`guardrail.generation`), each row's signals, scores,
+verdict and claims (:mod:`guardrail.answers`), the policy's action. ``generate``,
+``generate_batch`` and ``stream`` share one path (``_run``). Each call is reported through hooks
+(:mod:`guardrail.telemetry.hooks`): one ``chat {model}`` span with a child ``apply_guardrail fastrm``
+span per row; telemetry failures never reach the caller.
 """
 
 from __future__ import annotations
@@ -41,12 +35,12 @@ from fastrm_common.errors import CaptureError, GuardrailError, InputError, Polic
 from fastrm_common.presets import list_presets, preset_claims, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
-from guardrail.answers.claims import load_claim_calibration, redact, score_claims
+from guardrail.answers.claims import ClaimStream, load_claim_calibration, redact, score_claims
 from guardrail.answers.pipeline import RowScoring, Scorer, calibration_id, cut_at_eos
 from guardrail.generation import Generation, GenerationStream, generate_under_guard, model_lock
 from guardrail.inputs import CallImage, escalation_payload, prepare_call_inputs, row_warnings
 from guardrail.limits import Limits, check_generate_kwargs, check_tags
-from guardrail.result import GuardResult, MapRegion, Timings, TokenEvent
+from guardrail.result import Claim, GuardResult, MapRegion, Timings, TokenEvent
 from guardrail.telemetry.attributes import MapBudget, content_capture_enabled
 from guardrail.telemetry.hooks import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
 
@@ -113,6 +107,8 @@ class Guard:
             the same points of every call as the OpenTelemetry hooks and after them (the row's
             :class:`~guardrail.telemetry.hooks.RowReport`: result, decision, the model's own answer,
             timings); their errors are logged and dropped, never raised into the call.
+        claims: the claim splitter (a :data:`fastrm_common.claims.SPLITTERS` name or a callable; None:
+            no claims); claim_calibration: a claim-level calibration that judges each claim.
     """
 
     def __init__(
@@ -258,17 +254,20 @@ class Guard:
 
     def stream(
         self, image: ImageLike, question: str, *, tags: Iterable[str] = (), **generate_kwargs: Any
-    ) -> Iterator[Union[TokenEvent, GuardResult]]:
-        """Yield a :class:`TokenEvent` per token as it is generated, then the final :class:`GuardResult`.
-
-        The map of a token is computed before the token is sampled, so each event carries both.
-        """
+    ) -> Iterator[Union[TokenEvent, Claim, GuardResult]]:
+        """Yield a :class:`TokenEvent` per token as it is generated (its map is computed before the token
+        is sampled), each :class:`Claim` of a several-claim answer as soon as it closes (its verdict
+        equals the final one), then the final :class:`GuardResult`."""
         call = self._call([image], [question], check_tags(tags), generate_kwargs)
         call.start_ns = time.time_ns()  # the call is reported after the stream, with the real start time
         stream = GenerationStream(lambda on_capture, on_token: self._generate(call, on_capture=on_capture,
                                                                               on_token=on_token))
-        yield from stream.events(self.processor.tokenizer)
-        yield self._run(call, stream.finished)[0]
+        claims = None if self.claims is None else ClaimStream(self.processor.tokenizer, self._eos_ids, self.claims,
+                                                              self._scorer, self._claim_scorer, call.tags)
+        yield from stream.events(self.processor.tokenizer, claims)
+        result = self._run(call, stream.finished)[0]
+        yield from result.claims[claims.given:] if claims is not None and claims.given else ()  # close with it
+        yield result
 
     # ------------------------------------------------------------------ the one path of every call
     def _call(self, images: Sequence[ImageLike], questions: Sequence[str], tags: tuple[str, ...],

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .world import Example
 
-__all__ = ["DATA_FILE", "export_examples", "read_jsonl"]
+__all__ = ["DATA_FILE", "export_examples", "merge_jsonl", "read_jsonl"]
 
 DATA_FILE = "data.jsonl"
 
@@ -62,3 +62,24 @@ def read_jsonl(path: Path | str) -> list[dict]:
             r["evidence_masks"] = [str(path.parent / m) for m in r["evidence_masks"]]
             recs.append(r)
     return recs
+
+
+def merge_jsonl(out: Path | str, sources: Iterable[Path | str]) -> Path:
+    """One data.jsonl at ``out`` holding every record of ``sources`` (data.jsonl files, in order), with
+    ``image`` and ``evidence_masks`` rewritten relative to ``out``'s folder (the files stay where they
+    are). Record ids must be unique across the sources (seeds make them so)."""
+    import os
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    with out.open("w") as f:
+        for src in sources:
+            for r in read_jsonl(src):
+                if r["id"] in seen:
+                    raise ValueError(f"record id {r['id']!r} appears in two sources; export them with other seeds")
+                seen.add(r["id"])
+                r["image"] = os.path.relpath(r["image"], out.parent)
+                r["evidence_masks"] = [os.path.relpath(m, out.parent) for m in r["evidence_masks"]]
+                f.write(json.dumps(r) + "\n")
+    return out

@@ -19,7 +19,7 @@ import numpy as np
 from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, split_claims
 
-__all__ = ["ClaimTokens", "align_claims", "claim_map", "claim_signals", "redact", "score_claims", "split_and_align",
+__all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_signals", "redact", "score_claims", "split_and_align",
            "token_char_spans"]
 
 
@@ -148,32 +148,33 @@ def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, signals:
     single claim that is the whole answer takes ``answer_verdict`` (score, verdict, reason) and the
     others have none (*unscored*).
     """
-    from guardrail.answers.pipeline import explain_verdict
-    from guardrail.result import Claim
-
     claims = split_and_align(answer, tokenizer, token_ids, splitter)
     if not claims and answer.strip():  # a short answer (no claim the splitter knows) is one claim
         spans = token_char_spans(tokenizer, token_ids, answer)
         claims = align_claims([ClaimSpan(0, len(answer), answer, "answer")], spans)
-    out = []
-    whole = len(claims) == 1
-    for k, c in enumerate(claims):
-        sig = claim_signals(signals, c)
-        if claim_scorer is not None:
-            group = claim_scorer.group(tags)
-            scores, score, verdict = claim_scorer.evaluate(sig, group=group)
-            reason = explain_verdict(claim_scorer.calibration, score, verdict, novelty=scores.get("novelty"),
-                                     group=group)
-            threshold = claim_scorer.threshold(tags)
-        else:
-            scores, _, _ = scorer.evaluate(sig)
-            score, verdict, reason = answer_verdict if whole else (None, None, None)
-            threshold = scorer.threshold(tags) if whole else None
-        out.append(Claim(index=k, start=c.span.start, end=c.span.end, token_start=c.token_start,
-                         token_end=c.token_end, text=c.span.text, kind=c.span.kind, object=c.span.object,
-                         score=score, scores=scores, threshold=threshold, verdict=verdict, verdict_reason=reason,
-                         map=claim_map(maps, signals.content, c)))
-    return out
+    return [_score_one(k, c, signals, maps, scorer, claim_scorer, tags, whole=len(claims) == 1,
+                       answer_verdict=answer_verdict) for k, c in enumerate(claims)]
+
+
+def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray, scorer: Any, claim_scorer: Any,
+               tags: Sequence[str], *, whole: bool, answer_verdict: tuple) -> Any:
+    """One claim through the pipeline (see :func:`score_claims`)."""
+    from guardrail.answers.pipeline import explain_verdict
+    from guardrail.result import Claim
+
+    sig = claim_signals(signals, c)
+    if claim_scorer is not None:
+        group = claim_scorer.group(tags)
+        scores, score, verdict = claim_scorer.evaluate(sig, group=group)
+        reason = explain_verdict(claim_scorer.calibration, score, verdict, novelty=scores.get("novelty"), group=group)
+        threshold = claim_scorer.threshold(tags)
+    else:
+        scores, _, _ = scorer.evaluate(sig)
+        score, verdict, reason = answer_verdict if whole else (None, None, None)
+        threshold = scorer.threshold(tags) if whole else None
+    return Claim(index=k, start=c.span.start, end=c.span.end, token_start=c.token_start, token_end=c.token_end,
+                 text=c.span.text, kind=c.span.kind, object=c.span.object, score=score, scores=scores,
+                 threshold=threshold, verdict=verdict, verdict_reason=reason, map=claim_map(maps, signals.content, c))
 
 
 def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_hash: str,
@@ -210,3 +211,53 @@ def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_ha
     if isinstance(claims, str):
         SPLITTERS.get(claims)
     return calibration, claims
+
+
+class ClaimStream:
+    """Claim verdicts while a stream runs: after each token, the claims of the text so far that are
+    closed (a later claim has begun) and not yet given, each scored exactly as the final result
+    will score it (the same signals over the same tokens), as :class:`guardrail.result.Claim`.
+
+    Used by ``Guard.stream``; the last claim closes with the answer and comes with the final result.
+    """
+
+    def __init__(self, tokenizer: Any, eos_ids: Any, splitter: Any, scorer: Any, claim_scorer: Any | None,
+                 tags: Sequence[str] = ()) -> None:
+        self.tokenizer, self.eos_ids, self.splitter = tokenizer, set(eos_ids), splitter
+        self.scorer, self.claim_scorer, self.tags = scorer, claim_scorer, tuple(tags)
+        self.given = 0
+
+    def update(self, token_ids: Sequence[int], cap: Any, recorder: Any) -> list:
+        """New closed claims after ``token_ids`` (every token streamed so far)."""
+        from guardrail.answers.pipeline import answer_signals
+
+        ids = list(token_ids)
+        if any(t in self.eos_ids for t in ids):
+            return []  # the answer is complete: the final result gives the rest
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        claims = split_and_align(text, self.tokenizer, ids, self.splitter)
+        closed = claims[:-1]  # a claim is closed once a later one has begun
+        if len(closed) <= self.given:
+            return []
+        n = closed[-1].token_end
+        if n >= len(ids):
+            return []
+        tsig = recorder.prefix(n)
+        if tsig.margin.shape[1] < n:
+            return []
+        maps = np.stack([_token_map(cap, i) for i in range(n)])
+        feats = cap.features[0] if cap.prompt_features is not None else None
+        sig = answer_signals(ids[:n], self.tokenizer, maps=maps, token_logprob=tsig.token_logprob[0],
+                             predictive_entropy=tsig.predictive_entropy[0], margin=tsig.margin[0], features=feats,
+                             eos_ids=self.eos_ids)
+        out = []
+        for k in range(self.given, len(closed)):
+            out.append(_score_one(k, closed[k], sig, maps, self.scorer, self.claim_scorer, self.tags,
+                                  whole=False, answer_verdict=(None, None, None)))
+        self.given = len(closed)
+        return out
+
+
+def _token_map(cap: Any, i: int) -> np.ndarray:
+    m = cap.map(i).numpy()
+    return m if m.ndim == 2 else m[None]  # several regions: (1, N_img), as in the result's maps

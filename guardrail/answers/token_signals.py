@@ -67,6 +67,19 @@ class TokenSignals(LogitsProcessor):
     def num_steps(self) -> int:
         return len(self._entropy)
 
+    def prefix(self, n: int) -> TokenSignalsResult:
+        """The first ``n`` steps of row 0 while generation may still run (a stream's closed claim):
+        only steps whose chosen token is already recorded (``n`` at most the steps done minus one).
+        One copy to the CPU per call, never per token."""
+        n = min(n, len(self._chosen), len(self._entropy))
+        if n <= 0:
+            empty = np.zeros((1, 0))
+            return TokenSignalsResult(empty, empty, empty)
+        stacked = torch.stack([torch.stack(self._chosen[:n], 1), torch.stack(self._entropy[:n], 1),
+                               torch.stack(self._margin[:n], 1)])
+        lp, ent, margin = stacked[:, :1].double().cpu().numpy()
+        return TokenSignalsResult(lp, ent, margin)
+
     def result(self, sequences: torch.Tensor) -> TokenSignalsResult:
         """Stack the steps (one copy to the CPU); ``sequences`` (B, S) gives the last step's token."""
         if self._last_logp is None:

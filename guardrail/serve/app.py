@@ -56,6 +56,7 @@ from guardrail.serve.protocol import (
     parse_chat_request,
     replaced_by_policy,
     shown_text,
+    claim_object,
     stream_chunk,
 )
 
@@ -400,6 +401,8 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                             if ready.startswith(sent):
                                 piece, sent = ready[len(sent):], ready
                         emit("token", item, piece)
+                    elif hasattr(item, "token_start"):  # a Claim, as soon as it closes
+                        emit("claim", item)
                     else:  # the GuardResult, last
                         emit("result", item, (sent, stopped), item.prompt_tokens or 0)
             except BaseException as exc:
@@ -440,6 +443,8 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                     if piece or extra:
                         yield sse(stream_chunk(cid, model, created, delta={"content": piece} if piece else {},
                                                extra=extra))
+                elif kind == "claim":  # a claim's verdict as soon as the claim is closed (several-claim answers)
+                    yield sse(stream_chunk(cid, model, created, delta={}, extra={"claim": claim_object(rest[0])}))
                 else:  # the result
                     result, (sent, stopped), n_prompt = rest
                     text, by_stop = shown_text(result, call.stop)

@@ -29,6 +29,7 @@ __all__ = [
     "RequestError",
     "SUPPORTED_FIELDS",
     "chat_completion",
+    "claim_object",
     "completion_id",
     "error_body",
     "finish_reason",
@@ -218,6 +219,12 @@ def finish_reason(result, stopped_by_string: bool = False) -> str:
     return "stop" if stopped_by_string else result.finish_reason
 
 
+def claim_object(claim) -> dict:
+    """One claim as serve shows it: offsets into the model's answer, text, kind, verdict, score, redacted."""
+    return {"index": claim.index, "start": claim.start, "end": claim.end, "text": claim.text, "kind": claim.kind,
+            "verdict": claim.verdict, "score": claim.score, "redacted": claim.redacted}
+
+
 def guardrail_object(result, *, trace_id: Optional[str], maps: bool = False) -> dict:
     """The ``guardrail`` object of a response: verdict, score, threshold, scores, action, rule, trace id.
 
@@ -245,9 +252,7 @@ def guardrail_object(result, *, trace_id: Optional[str], maps: bool = False) -> 
         "model_finish_reason": result.finish_reason,
         "error": None if result.error is None else result.error.split(":")[0],
         "trace_id": trace_id,
-        "claims": [{"index": c.index, "start": c.start, "end": c.end, "text": c.text, "kind": c.kind,
-                    "verdict": c.verdict, "score": c.score, "redacted": c.redacted}
-                   for c in getattr(result, "claims", None) or []],
+        "claims": [claim_object(c) for c in getattr(result, "claims", None) or []],
     }
     if maps:
         obj["maps"] = None if result.maps is None else {

@@ -41,3 +41,25 @@ def image():
 @pytest.fixture
 def make_cal():
     return make_calibration
+
+
+def word_claims(text):
+    """A claim splitter for tests: every word is a claim."""
+    import re
+
+    from fastrm_common.claims import ClaimSpan
+
+    return [ClaimSpan(m.start(), m.end(), m.group(0), "word") for m in re.finditer(r"\S+", text)]
+
+
+def claim_calibration_between(values):
+    """A claim-level calibration on map entropy whose threshold lies halfway between the middle two of
+    ``values`` (claims' map-entropy scores), so that about half of those claims are uncertain."""
+    values = sorted(values)
+    lo, hi = values[len(values) // 2 - 1], values[len(values) // 2]
+    assert hi > lo
+    cut, gap = (lo + hi) / 2, (hi - lo) / 2
+    rng = np.random.default_rng(0)  # the paper's midpoint rule puts the threshold at `cut`
+    scores = np.concatenate([rng.normal(cut - gap, gap / 20, 40), rng.normal(cut + gap, gap / 20, 40)])
+    cal = fit_calibration(scores, np.array([True] * 40 + [False] * 40), entropy_normalized=True)
+    return cal.model_copy(update={"level": "claim"})

@@ -261,3 +261,41 @@ def test_claim_conditions_in_a_policy_are_explained():
         {"name": "cut", "when": {"claims": {"share_uncertain": {"gte": 0.5}}}, "action": "redact"}]})
     text = explain_policy(policy)
     assert "0.5 <= claims share_uncertain" in text and "redact: return the answer without its uncertain claims" in text
+
+
+def test_streamed_claims_arrive_in_order_as_they_close_and_equal_the_final_ones(tiny_llava, tiny_proxy, image):
+    from guardrail.result import Claim, TokenEvent
+
+    model, processor = tiny_llava
+    observe = Guard(model, processor, proxy=tiny_proxy, claims=_words)
+    r0 = observe.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    values = sorted(c.scores["map_entropy"] for c in r0.claims)
+    lo, hi = values[len(values) // 2 - 1], values[len(values) // 2]
+    cut, gap = (lo + hi) / 2, (hi - lo) / 2
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(cut - gap, gap / 20, 40), rng.normal(cut + gap, gap / 20, 40)])
+    claim_cal = fit_calibration(scores, np.array([True] * 40 + [False] * 40), entropy_normalized=True)
+    guard = Guard(model, processor, proxy=tiny_proxy, claims=_words,
+                  claim_calibration=claim_cal.model_copy(update={"level": "claim"}))
+    events = list(guard.stream(image, "What color?", max_new_tokens=8, min_new_tokens=8))
+    final = events[-1]
+    streamed = [(i, e) for i, e in enumerate(events) if isinstance(e, Claim)]
+    assert [e.index for _, e in streamed] == list(range(len(final.claims)))  # in order, each once
+    tokens_before = [sum(isinstance(x, TokenEvent) for x in events[:i]) for i, _ in streamed]
+    # every claim but the last is given as soon as the next claim's first token is out, not at the end
+    assert tokens_before[:-1] == [final.claims[k + 1].token_start + 1 for k in range(len(final.claims) - 1)]
+    assert tokens_before[0] < len(final.token_ids)
+    for (_, e), f in zip(streamed, final.claims):
+        assert (e.text, e.start, e.end, e.token_start, e.token_end, e.verdict) == \
+            (f.text, f.start, f.end, f.token_start, f.token_end, f.verdict)
+        assert e.score == pytest.approx(f.score, abs=1e-12)
+        np.testing.assert_allclose(e.map, f.map, rtol=1e-6)
+
+
+def test_a_short_answer_streams_no_claim_event(tiny_llava, tiny_proxy, image):
+    from guardrail.result import Claim
+
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy)
+    events = list(guard.stream(image, "What color?", max_new_tokens=1))
+    assert not any(isinstance(e, Claim) for e in events[:-1]) and len(events[-1].claims) <= 1
