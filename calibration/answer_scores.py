@@ -74,7 +74,11 @@ __all__ = [
 ]
 
 #: The signal names a score may declare in ``needs``.
-SIGNALS: tuple[str, ...] = ("map_entropy", "maps", "token_logprob", "predictive_entropy", "margin", "features")
+SIGNALS: tuple[str, ...] = ("map_entropy", "maps", "token_logprob", "predictive_entropy", "margin", "features",
+                            "grounding", "token_states", "evidence")
+
+#: signals stored compactly (base64 float16) in signal files: per-token hidden-state vectors
+_STATE_SIGNALS = ("token_states", "evidence")
 
 
 @dataclass
@@ -90,6 +94,11 @@ class AnswerSignals:
         predictive_entropy: entropy (nats) of each step's next-token distribution, or None.
         margin: top-1 minus top-2 probability of each step's distribution, or None.
         features: ``(F,)`` pooled hidden states of the prompt (for ``novelty``), or None.
+        grounding: each token's grounding consistency, the cosine between its predicting state and
+            the image evidence its map points at (``sum_j m_j H_j`` with the map normalised to sum 1
+            and ``H`` the image tokens' final hidden states), or None.
+        token_states: ``(T, D)`` the predicting positions' final hidden states, or None.
+        evidence: ``(T, D)`` the map-weighted image states each token's map points at, or None.
         group: the question family or caller tag used by per-group thresholds, or None.
     """
 
@@ -101,6 +110,9 @@ class AnswerSignals:
     predictive_entropy: np.ndarray | None = None
     margin: np.ndarray | None = None
     features: np.ndarray | None = None
+    grounding: np.ndarray | None = None
+    token_states: np.ndarray | None = None
+    evidence: np.ndarray | None = None
     group: str | None = None
 
     def has(self, name: str) -> bool:
@@ -110,7 +122,11 @@ class AnswerSignals:
         """Plain JSON (lists), for storing calibration data next to the scores."""
         out: dict[str, Any] = {}
         for key, value in self.__dict__.items():
-            if isinstance(value, np.ndarray):
+            if key in _STATE_SIGNALS and value is not None:
+                out[key] = _encode_states(value)
+            elif key in _STATE_SIGNALS or (key in ("grounding",) and value is None):
+                continue  # an absent new signal leaves the stored form as it was
+            elif isinstance(value, np.ndarray):
                 out[key] = np.round(value.astype(np.float64), 7).tolist() if value.dtype != bool else value.tolist()
             else:
                 out[key] = value
@@ -124,11 +140,30 @@ class AnswerSignals:
                 raise CalibrationError(f"unknown signal field {key!r}; expected one of: {', '.join(cls.__dataclass_fields__)}")
             if key == "content":
                 kwargs[key] = np.asarray(value, dtype=bool)
+            elif key in _STATE_SIGNALS and isinstance(value, dict):
+                kwargs[key] = _decode_states(value)
             elif key in ("n_patches", "group") or value is None:
                 kwargs[key] = value
             else:
                 kwargs[key] = np.asarray(value, dtype=np.float64)
         return cls(**kwargs)
+
+
+def _encode_states(a: np.ndarray) -> dict[str, Any]:
+    import base64
+
+    a = np.asarray(a, dtype=np.float16)
+    return {"shape": list(a.shape), "float16_base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode_states(raw: dict[str, Any]) -> np.ndarray:
+    import base64
+
+    try:
+        data = np.frombuffer(base64.b64decode(raw["float16_base64"]), dtype=np.float16)
+        return data.reshape([int(n) for n in raw["shape"]]).astype(np.float32)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CalibrationError(f"bad stored hidden states: {exc}") from None
 
 
 def _content(sig: AnswerSignals, values: np.ndarray) -> np.ndarray | None:
@@ -172,6 +207,12 @@ class Score:
     table: ClassVar[tuple[dict[str, Any], ...]] = ()
     #: where the score sits in the table and the observed list (lower first)
     order: ClassVar[int] = 100
+
+    @classmethod
+    def table_label(cls, **params: Any) -> str:
+        """The label of this score under ``params`` before it is fitted (a fitted score's name and what
+        tells its table variants apart)."""
+        return cls.name if cls.fitted else cls(**params).label
 
     @classmethod
     def signals_needed(cls, **params: Any) -> frozenset[str]:
@@ -316,6 +357,139 @@ class LowMargin(Score):
         return _aggregate(_content(sig, 1.0 - np.asarray(sig.margin, dtype=np.float64)), self._params["aggregation"])
 
 
+class Grounding(Score):
+    """How little a token's own state agrees with what its map points at: ``1 - cos(h_t, m_t H)``
+    (the ``grounding`` signal), aggregated over the content tokens. A "circle" whose attended patches
+    look like a square scores high. Training-free; needs a capture that kept the hidden states."""
+
+    name = "grounding"
+    needs = frozenset({"grounding"})
+    choices = {"aggregation": ("max", "mean")}
+    observe = {"aggregation": "max"}
+    table = ({"aggregation": "max"}, {"aggregation": "mean"})
+    order = 60
+
+    def __init__(self, aggregation: str = "max"):
+        super().__init__(aggregation=aggregation)
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        return _aggregate(_content(sig, 1.0 - np.asarray(sig.grounding, dtype=np.float64)), self._params["aggregation"])
+
+
+def _probe_inputs(sig: AnswerSignals, with_evidence: bool) -> np.ndarray | None:
+    """The probe's input for one answer (or claim): the mean and the last of its content tokens'
+    states, and with ``with_evidence`` the mean of what their maps point at."""
+    mask = np.asarray(sig.content, dtype=bool)
+    if not mask.any():
+        return None
+    h = np.asarray(sig.token_states, dtype=np.float64)[: mask.shape[0]][mask]  # (k, D)
+    parts = [h.mean(0), h[-1]]
+    if with_evidence:
+        parts.append(np.asarray(sig.evidence, dtype=np.float64)[: mask.shape[0]][mask].mean(0))
+    return np.concatenate(parts)
+
+
+class StateProbe(Score):
+    """A linear probe on the final-norm hidden states of the answer's (or claim's) content tokens
+    (their mean and the last one; ``with_evidence``: also the mean of what their maps point at),
+    fitted at calibration on the fitting split only (L2 logistic regression on standardised inputs).
+    Its value is the log-odds of a wrong answer. The weights are stored in the calibration as
+    safetensors bytes (base64) with their SHA-256, checked when the score is built; the calibration's
+    model hash ties them to the model."""
+
+    name = "state_probe"
+    needs = frozenset({"token_states"})
+    fitted = True
+    table = ({}, {"with_evidence": True})
+    order = 80
+
+    def __init__(self, **params: Any):
+        self.with_evidence = bool(params.get("with_evidence", False))
+        self._model = _probe_model(params) if "weights_safetensors" in params else None
+        super().__init__(**params)
+
+    @classmethod
+    def signals_needed(cls, with_evidence: bool = False, **params: Any) -> frozenset[str]:
+        return frozenset({"token_states", "evidence"} if with_evidence else {"token_states"})
+
+    @classmethod
+    def table_label(cls, with_evidence: bool = False, **params: Any) -> str:
+        return "state_probe(with evidence)" if with_evidence else "state_probe"
+
+    @property
+    def label(self) -> str:
+        return "state_probe(with evidence)" if self.with_evidence else "state_probe"
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        if self._model is None:
+            raise CalibrationError("score state_probe is not fitted; fit it with fit_score('state_probe', ...)")
+        if self.with_evidence and sig.evidence is None:
+            raise CalibrationError("score state_probe(with evidence) needs the evidence signal")
+        x = _probe_inputs(sig, self.with_evidence)
+        if x is None:
+            return None
+        if x.shape != self._model.center.shape:
+            raise CalibrationError(f"score state_probe was fitted on inputs of size {self._model.center.shape[0]}, "
+                                   f"got {x.shape[0]}: another model's hidden size")
+        return self._model.log_odds(x)
+
+    @classmethod
+    def fit(cls, signals: Sequence[AnswerSignals], correct: Any, *, with_evidence: bool = False, l2: float = 10.0,
+            seed: int = 0, **_: Any) -> StateProbe:
+        rows, wrong = [], []
+        for sig, ok in zip(signals, np.asarray(correct, dtype=bool)):
+            x = _probe_inputs(sig, with_evidence) if sig.token_states is not None else None
+            if x is not None:
+                rows.append(x)
+                wrong.append(not ok)
+        if not rows:
+            raise CalibrationError("score state_probe: no answer carries hidden states (token_states)")
+        model = FusedModel.fit(np.stack(rows), np.array(wrong), bases=[{"name": "state"}] * len(rows[0]), l2=l2,
+                               seed=seed)
+        return cls(with_evidence=with_evidence, **_probe_params(model))
+
+
+def _probe_params(model: FusedModel) -> dict[str, Any]:
+    import base64
+    import hashlib
+
+    from safetensors.numpy import save
+
+    blob = save({"center": model.center.astype(np.float32), "scale": model.scale.astype(np.float32),
+                 "weights": model.weights.astype(np.float32),
+                 "intercept": np.array([model.intercept], dtype=np.float32)})
+    return {"weights_safetensors": base64.b64encode(blob).decode("ascii"),
+            "sha256": hashlib.sha256(blob).hexdigest(), "l2": model.l2, "n_fit": model.n_fit}
+
+
+def _probe_model(params: dict[str, Any]) -> FusedModel:
+    import base64
+    import hashlib
+
+    from safetensors.numpy import load
+
+    try:
+        blob = base64.b64decode(params["weights_safetensors"])
+        if hashlib.sha256(blob).hexdigest() != params.get("sha256"):
+            raise CalibrationError("score state_probe: its weights do not match their recorded SHA-256 "
+                                   "(the calibration file was altered)")
+        t = load(blob)
+        center, scale = t["center"].astype(np.float64), t["scale"].astype(np.float64)
+        weights, intercept = t["weights"].astype(np.float64), float(t["intercept"][0])
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        raise CalibrationError(f"score state_probe: unreadable weights ({type(exc).__name__}: {exc})") from None
+    if not (center.shape == scale.shape == weights.shape) or (scale <= 0).any():
+        raise CalibrationError("score state_probe: weights of mismatched shapes")
+    return FusedModel([{"name": "state"}] * len(center), center, scale, weights, intercept,
+                      float(params.get("l2", 10.0)), 0, int(params.get("n_fit", 0)))
+
+
+#: the fused score's bases with the evidence score added (``fused(bases=EVIDENCE_BASES)`` in the table)
+EVIDENCE_BASES: tuple[dict[str, Any], ...] = (*DEFAULT_BASES, {"name": "grounding", "params": {"aggregation": "max"}})
+
+
 class Novelty(Score):
     """How far the prompt's pooled hidden states lie from the calibration inputs' (see :mod:`calibration.novelty`).
 
@@ -376,8 +550,16 @@ class Fused(Score):
     name = "fused"
     needs = frozenset({"scores"})
     fitted = True
-    table = ({},)
+    table = ({}, {"bases": [dict(b) for b in EVIDENCE_BASES]})
     order = 95
+
+    @classmethod
+    def table_label(cls, bases: Sequence[Any] | None = None, **params: Any) -> str:
+        if bases is None:
+            return cls.name
+        extra = [b if isinstance(b, str) else b["name"] for b in bases[len(DEFAULT_BASES):]]
+        return f"fused(+{', '.join(extra)})" if list(bases[: len(DEFAULT_BASES)]) == list(DEFAULT_BASES) and extra \
+            else f"fused({len(bases)} bases)"
 
     @classmethod
     def signals_needed(cls, *, bases: Sequence[Any] | None = None, **params: Any) -> frozenset[str]:
@@ -496,5 +678,5 @@ def fit_score(name: str, signals: Sequence[AnswerSignals], correct: Any, **param
     return cls.fit(signals, correct, **params)
 
 
-for _cls in (MapEntropy, MapSpread, TokenNLL, PredictiveEntropy, LowMargin, Novelty, Fused):
+for _cls in (MapEntropy, MapSpread, TokenNLL, PredictiveEntropy, LowMargin, Grounding, StateProbe, Novelty, Fused):
     register_score(_cls)

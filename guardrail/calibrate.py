@@ -120,7 +120,7 @@ def score_records(
         texts = [adapter.build_prompt(processor, r.question, prompt_suffix)[0] for r in batch]
         inputs = prepare_inputs(model, processor, images, texts)
         recorder = TokenSignals()
-        with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
+        with torch.no_grad(), capture(model, proxy, adapter=adapter, keep_states=True) as cap:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  logits_processor=LogitsProcessorList([recorder]))
         rows = generation_rows(cap, recorder, out)  # the Guard's own reading of a generate, per row
@@ -165,7 +165,7 @@ def _claim_rows(rec: VQARecord, answer: str, gen: list[int], tok: Any, sig: Answ
 
 def score_label(name: str, params: dict[str, Any]) -> str:
     """The table's label of score ``name`` with ``params`` (a fitted score: its name alone)."""
-    return name if lookup_score(name).fitted else get_score(name, **params).label
+    return lookup_score(name).table_label(**params)
 
 
 def score_available(name: str, rows: Sequence[ScoredAnswer], params: dict[str, Any] | None = None) -> bool:

@@ -98,7 +98,7 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
         t0 = time.perf_counter()
         try:
             recorder = TokenSignals()
-            with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter) as cap:
+            with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True) as cap:
                 if on_capture is not None:
                     on_capture(cap, recorder)
                 out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)

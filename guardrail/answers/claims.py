@@ -229,7 +229,7 @@ class ClaimStream:
 
     def update(self, token_ids: Sequence[int], cap: Any, recorder: Any) -> list:
         """New closed claims after ``token_ids`` (every token streamed so far)."""
-        from guardrail.answers.pipeline import answer_signals
+        from guardrail.answers.pipeline import answer_signals, evidence_signals
 
         ids = list(token_ids)
         if any(t in self.eos_ids for t in ids):
@@ -247,9 +247,10 @@ class ClaimStream:
             return []
         maps = np.stack([_token_map(cap, i) for i in range(n)])
         feats = cap.features[0] if cap.prompt_features is not None else None
+        ev = evidence_signals(cap, n)
         sig = answer_signals(ids[:n], self.tokenizer, maps=maps, token_logprob=tsig.token_logprob[0],
                              predictive_entropy=tsig.predictive_entropy[0], margin=tsig.margin[0], features=feats,
-                             eos_ids=self.eos_ids)
+                             eos_ids=self.eos_ids, **({} if ev is None else {k: v[0] for k, v in ev.items()}))
         out = []
         for k in range(self.given, len(closed)):
             out.append(_score_one(k, closed[k], sig, maps, self.scorer, self.claim_scorer, self.tags,

@@ -37,6 +37,7 @@ __all__ = [
     "calibration_id",
     "cut_at_eos",
     "display_entropies",
+    "evidence_signals",
     "explain_verdict",
     "generation_rows",
 ]
@@ -67,14 +68,54 @@ class RowSignals:
 
 def generation_rows(cap: Any, recorder: Any, out: Any) -> list[RowSignals]:
     """One :class:`RowSignals` per row of a ``generate`` run under ``capture`` with ``recorder``
-    (:class:`~guardrail.answers.token_signals.TokenSignals`); ``out`` its (B, S) sequences."""
+    (:class:`~guardrail.answers.token_signals.TokenSignals`); ``out`` its (B, S) sequences.
+
+    With a capture that kept the hidden states (``keep_states=True``), each row also gets the
+    evidence signals (:func:`evidence_signals`)."""
     tsig = recorder.result(out)  # (B, T) each: one transfer
     feats = cap.features if cap.prompt_features is not None else None
-    return [RowSignals(maps=cap.maps_2d(b).numpy(),
-                       token_signals={"token_logprob": tsig.token_logprob[b],
-                                      "predictive_entropy": tsig.predictive_entropy[b], "margin": tsig.margin[b],
-                                      "features": None if feats is None else feats[b]})
-            for b in range(out.shape[0])]
+    evidence = evidence_signals(cap)
+    rows = []
+    for b in range(out.shape[0]):
+        sig = {"token_logprob": tsig.token_logprob[b], "predictive_entropy": tsig.predictive_entropy[b],
+               "margin": tsig.margin[b], "features": None if feats is None else feats[b]}
+        if evidence is not None:
+            sig.update({k: v[b] for k, v in evidence.items()})
+        rows.append(RowSignals(maps=cap.maps_2d(b).numpy(), token_signals=sig))
+    return rows
+
+
+def evidence_signals(cap: Any, n: int | None = None) -> dict[str, np.ndarray] | None:
+    """What each token's map points at, for every row of a capture that kept its hidden states.
+
+    For token t with map m_t over a row's N image tokens (normalised to sum 1) and the image tokens'
+    final hidden states H (N, D), the attended evidence is e_t = m_t H (D,); ``grounding`` is the
+    cosine between e_t and the token's own predicting state h_t. Computed on the model's device in
+    one batched product at the end of generation, O(T N D), and copied to the CPU once (no host
+    sync per token). Returns {"grounding": (B, T), "token_states": (B, T, D), "evidence": (B, T, D)}
+    (float32), or None when the capture kept no states. ``n``: the first n tokens only (a stream).
+    """
+    import torch
+
+    if cap.image_states is None or not cap.token_states or not cap.steps:
+        return None
+    steps, states = list(cap.steps), list(cap.token_states)
+    n = min(len(steps), len(states)) if n is None else min(n, len(steps), len(states))
+    with torch.no_grad():
+        probs = torch.stack(steps[:n], dim=1).float()  # (B, T, N_max)
+        n_max = probs.shape[-1]
+        valid = torch.arange(n_max, device=probs.device)[None, :] < torch.as_tensor(
+            cap.lengths, device=probs.device)[:, None]  # (B, N_max): padded image positions weigh 0
+        probs = probs.clamp_min(0) * valid[:, None, :]
+        weights = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
+        images = cap.image_states.float()  # (B, N_max, D)
+        queries = torch.stack(states[:n], dim=1).float()  # (B, T, D)
+        evidence = torch.einsum("btn,bnd->btd", weights, images)  # (B, T, D)
+        cos = torch.nn.functional.cosine_similarity(evidence, queries, dim=-1, eps=1e-8)  # (B, T)
+        packed = torch.cat([cos[..., None], queries, evidence], dim=-1).cpu().numpy()  # one transfer
+    d = queries.shape[-1]
+    return {"grounding": packed[..., 0].astype(np.float64), "token_states": packed[..., 1: 1 + d],
+            "evidence": packed[..., 1 + d:]}
 
 
 def answer_signals(
@@ -89,6 +130,9 @@ def answer_signals(
     eos_ids: Iterable[int] = (),
     group: str | None = None,
     keep_maps: bool = True,
+    grounding: np.ndarray | None = None,
+    token_states: np.ndarray | None = None,
+    evidence: np.ndarray | None = None,
 ) -> AnswerSignals:
     """Everything the scores need about one answer, from what its ``generate`` recorded.
 
@@ -113,6 +157,9 @@ def answer_signals(
         content=np.asarray(content, dtype=bool), map_entropy=entropy, n_patches=n_patches, maps=kept,
         token_logprob=cut(token_logprob), predictive_entropy=cut(predictive_entropy), margin=cut(margin),
         features=None if features is None else np.asarray(features, dtype=np.float64), group=group,
+        grounding=cut(grounding),
+        token_states=None if token_states is None else np.asarray(token_states, dtype=np.float32)[:t],
+        evidence=None if evidence is None else np.asarray(evidence, dtype=np.float32)[:t],
     )
 
 

@@ -7,7 +7,8 @@ from calibration import AnswerSignals, Score, auroc, fit_score, get_score, list_
 from calibration.answer_scores import SCORES
 from fastrm_common.errors import CalibrationError
 
-BUILT_INS = ["fused", "low_margin", "map_entropy", "map_spread", "novelty", "predictive_entropy", "token_nll"]
+BUILT_INS = ["fused", "grounding", "low_margin", "map_entropy", "map_spread", "novelty", "predictive_entropy", "state_probe",
+             "token_nll"]
 
 
 def _signals(n=400, seed=0):
@@ -31,7 +32,7 @@ def _signals(n=400, seed=0):
 
 def test_registry_lists_and_names_the_choices():
     assert list_scores() == BUILT_INS
-    with pytest.raises(CalibrationError, match="unknown score 'entropy'; expected one of: fused, low_margin, map_entropy"):
+    with pytest.raises(CalibrationError, match="unknown score 'entropy'; expected one of: fused, grounding, low_margin, map_entropy"):
         get_score("entropy")
     with pytest.raises(CalibrationError, match="aggregation='median' is not one of: mean, max, first"):
         get_score("map_entropy", aggregation="median")

@@ -88,7 +88,7 @@ def test_observe_only_guard_returns_every_score_and_no_verdict(tiny_llava, tiny_
     assert guard.calibration is None and guard.calibration_id == "none"
     r = guard.generate(image, Q, **KW)
     assert r.verdict is None and r.score is None and r.threshold is None
-    assert set(r.scores) == {"low_margin", "map_entropy", "map_spread", "predictive_entropy", "token_nll"}
+    assert set(r.scores) == {"grounding", "low_margin", "map_entropy", "map_spread", "predictive_entropy", "token_nll"}
     assert all(v is not None and np.isfinite(v) for v in r.scores.values())
     assert r.maps is not None and r.rule == "observe" and r.action == "flag"
     content = [e for e, c in zip(r.entropies, r.content) if c]
@@ -101,7 +101,7 @@ def test_observe_only_guard_returns_every_score_and_no_verdict(tiny_llava, tiny_
 
 def test_unknown_score_in_a_policy_lists_the_available_ones(tiny_llava, tiny_proxy):
     model, processor = tiny_llava
-    with pytest.raises(PolicyError, match="unknown score.*token_prob_min.*computes: low_margin, map_entropy"):
+    with pytest.raises(PolicyError, match="unknown score.*token_prob_min.*computes: grounding, low_margin, map_entropy"):
         Guard(model, processor, proxy=tiny_proxy,
               policy=_policy([{"name": "r", "when": {"scores": {"token_prob_min": {"lt": 0.4}}}, "action": "flag"}]))
 
