@@ -24,6 +24,7 @@ _LAZY = {
     "load_image": "guardrail.guard",
     "Limits": "guardrail.limits",
     "read_trace_jsonl": "guardrail.otlp_json",
+    "BatchItemError": "guardrail.result",
     "GuardResult": "guardrail.result",
     "Timings": "guardrail.result",
     "TokenEvent": "guardrail.result",
@@ -38,13 +39,14 @@ if TYPE_CHECKING:
     from guardrail.instrumentation import GuardHooks, RowReport
     from guardrail.limits import Limits
     from guardrail.otlp_json import read_trace_jsonl
-    from guardrail.result import GuardResult, Timings, TokenEvent
+    from guardrail.result import BatchItemError, GuardResult, Timings, TokenEvent
     from guardrail.telemetry import MapBudget, decode_map, encode_map
 
 
 
 
 __all__ = [
+    "BatchItemError",
     "Guard",
     "GuardHooks",
     "GuardResult",

@@ -48,7 +48,7 @@ from policies import Decision, DecisionContext, Policy, apply, decide, decide_on
 from .instrumentation import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
 from .render import view_box
 from .limits import Limits, check_generate_kwargs, check_question, check_tags
-from .result import GuardResult, MapRegion, Timings, TokenEvent
+from .result import BatchItemError, GuardResult, MapRegion, Timings, TokenEvent
 from .scoring import Scorer, answer_signals, cut_at_eos, score_answer
 from .signals import TokenSignals
 from .telemetry import MapBudget, content_capture_enabled, image_data_uri, image_reference
@@ -315,13 +315,27 @@ class Guard:
     def _prepare(self, images: Sequence[ImageLike], questions: Sequence[str]) -> dict:
         return self._prepare_with_images(images, questions)[0]
 
-    def _prepare_with_images(self, images: Sequence[ImageLike], questions: Sequence[str]) -> tuple[dict, list[_Image]]:
+    def _check_items(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list:
+        """The RGB images of the items once each question and image passed its checks; the error of a
+        batch of several names the item (``item 2: the question is empty``)."""
         lim = self.limits
         tok = self.processor.tokenizer
-        for q in questions:  # cheap checks first: a 100k-character question never reaches the processor
-            check_question(q, lim, tok)
-        pil = [load_image(img, max_pixels=lim.max_image_pixels, max_aspect_ratio=lim.max_image_aspect_ratio)
-               for img in images]
+        several = len(questions) > 1
+        for i, q in enumerate(questions):  # cheap checks first: a 100k-character question never reaches the processor
+            try:
+                check_question(q, lim, tok)
+            except InputError as exc:
+                raise InputError(f"item {i}: {exc}") if several else exc from None
+        pil = []
+        for i, img in enumerate(images):
+            try:
+                pil.append(load_image(img, max_pixels=lim.max_image_pixels, max_aspect_ratio=lim.max_image_aspect_ratio))
+            except InputError as exc:
+                raise InputError(f"item {i}: {exc}") if several else exc from None
+        return pil
+
+    def _prepare_with_images(self, images: Sequence[ImageLike], questions: Sequence[str]) -> tuple[dict, list[_Image]]:
+        pil = self._check_items(images, questions)
         try:
             inputs = prepare_inputs(self.model, self.processor, pil, [self.prompt(q) for q in questions])
         except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
@@ -341,9 +355,18 @@ class Guard:
         return self.generate_batch([(image, question)], tags=tags, **generate_kwargs)[0]
 
     def generate_batch(
-        self, items: Sequence[tuple[ImageLike, str]], *, tags: Iterable[str] = (), **generate_kwargs: Any
-    ) -> list[GuardResult]:
-        """Guard several (image, question) pairs in one padded ``generate`` call; one result each, in order."""
+        self, items: Sequence[tuple[ImageLike, str]], *, tags: Iterable[str] = (), return_errors: bool = False,
+        **generate_kwargs: Any
+    ) -> list[GuardResult] | list[GuardResult | BatchItemError]:
+        """Guard several (image, question) pairs in one padded ``generate`` call; one result each, in order.
+
+        By default one bad item (an empty question, an unreadable image) raises an
+        :class:`InputError` whose message names it (``item 2: ...``) and nothing is generated. With
+        ``return_errors=True`` the good items are answered together and each bad one gets a
+        :class:`~guardrail.result.BatchItemError` (its ``index`` and ``error``) in its place; errors
+        that concern the whole call (``tags``, ``generate_kwargs``, ``items`` not a sequence of pairs)
+        still raise.
+        """
         tags = check_tags(tags)
         if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
             raise InputError(f"items must be a sequence of (image, question) pairs, got {type(items).__name__}")
@@ -351,8 +374,33 @@ class Guard:
             return []
         if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
             raise InputError("items must be a sequence of (image, question) pairs")
+        if return_errors:
+            return self._generate_batch_per_item(items, tags, generate_kwargs)
         call = self._call([it[0] for it in items], [it[1] for it in items], tags, generate_kwargs)
         return self._run(call, lambda: self._generate(call))
+
+    def _generate_batch_per_item(self, items, tags, generate_kwargs: dict) -> list[GuardResult | BatchItemError]:
+        """``generate_batch(return_errors=True)``: each item checked alone, the good ones answered together."""
+        self._generate_kwargs(generate_kwargs)  # the whole call's arguments: raised, not per item
+        out: list[GuardResult | BatchItemError | None] = [None] * len(items)
+        good: list[int] = []
+        for i, (image, question) in enumerate(items):
+            try:
+                self._check_items([image], [question])
+                good.append(i)
+            except InputError as exc:
+                out[i] = BatchItemError(index=i, error=InputError(f"item {i}: {exc}"))
+        try:
+            if good:
+                for i, r in zip(good, self.generate_batch([items[i] for i in good], tags=tags, **generate_kwargs)):
+                    out[i] = r
+        except InputError:  # the processor refused the batch as a whole: find the item(s) one by one
+            for i in good:
+                try:
+                    out[i] = self.generate_batch([items[i]], tags=tags, **generate_kwargs)[0]
+                except InputError as exc:
+                    out[i] = BatchItemError(index=i, error=InputError(f"item {i}: {exc}"))
+        return out  # type: ignore[return-value]
 
     def stream(
         self, image: ImageLike, question: str, *, tags: Iterable[str] = (), **generate_kwargs: Any
