@@ -46,6 +46,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from fastrm_common.errors import GuardrailError, InputError
 from guardrail.guard import DEFAULT_MAX_NEW_TOKENS
 from guardrail.mapcodec import encode_map
+from guardrail.result import BatchItemError
 
 from .batching import Batcher, QueueFull
 from .config import ServeConfig
@@ -131,23 +132,10 @@ class _State:
             import torch
 
             torch.manual_seed(first.seed)  # seeded requests run alone (see _batch_key)
-        try:
-            return self.guard.generate_batch([(c.image, c.question) for c in calls], tags=first.options.tags,
-                                             **first.generate_kwargs)
-        except GuardrailError as exc:
-            if len(calls) == 1:
-                raise
-            log.warning("a batch of %d failed (%s); answering its requests one by one", len(calls), type(exc).__name__)
-        # one bad input must not fail its neighbours: answer them one by one
-        out: list = []
-        for c in calls:
-            try:
-                out.extend(self.guard.generate_batch([(c.image, c.question)], tags=c.options.tags,
-                                                     **c.generate_kwargs))
-            except GuardrailError as exc:
-                out.append(exc)
-        return out
-
+        # one bad input must not fail its neighbours: each refused item gets its own error
+        results = self.guard.generate_batch([(c.image, c.question) for c in calls], tags=first.options.tags,
+                                            return_errors=True, **first.generate_kwargs)
+        return [r.error if isinstance(r, BatchItemError) else r for r in results]
 
 
 def _batch_key(call: ChatCall) -> Hashable:
