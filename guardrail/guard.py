@@ -182,6 +182,10 @@ class Guard:
             the same points of every call as the OpenTelemetry hooks and after them (the row's
             :class:`~guardrail.instrumentation.RowReport`: result, decision, the model's own answer,
             timings); their errors are logged and dropped, never raised into the call.
+        allow_unhashed_calibration: accept a calibration that names its model but records no
+            ``model_hash`` (files from before hashes were recorded), checking the model by name
+            only. Off by default: such a file is refused (a name does not vouch for the weights);
+            re-run ``guardrail calibrate`` to record the hash.
     """
 
     def __init__(
@@ -202,6 +206,7 @@ class Guard:
         limits: Limits | None = None,
         meter_provider: Any = None,
         hooks: GuardHooks | Sequence[GuardHooks] | None = None,
+        allow_unhashed_calibration: bool = False,
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
@@ -223,10 +228,14 @@ class Guard:
         self.proxy_id = self.proxy.fingerprint()
         self.calibration_id = "none"
         if self.calibration is not None:
-            # The weights are hashed only when the calibration records a hash to compare with (one
-            # pass over the weights); the folder name alone never vouches for the model.
-            model_hash = weights_fingerprint(model) if self.calibration.model_hash is not None else None
-            self.calibration.check_compatible(model_id=self.adapter.model_id, model_hash=model_hash,
+            # The weights are hashed (one pass) when the calibration names a model: a recorded hash is
+            # compared, a missing one refused; the folder name alone never vouches for the model.
+            named = self.calibration.model_hash is not None or self.calibration.model_id is not None
+            if self.calibration.model_hash is None and allow_unhashed_calibration:
+                named = False  # the caller's explicit opt-out: compare names only
+            # Identified by hash only, as the proxy is: a file that names the model without a hash is refused.
+            self.calibration.check_compatible(model_id=None if named else self.adapter.model_id,
+                                              model_hash=weights_fingerprint(model) if named else None,
                                               proxy_hash=self.proxy_id)
             threshold = self.calibration.threshold
             self.calibration_id = (f"{self.calibration.rule}@{'none' if threshold is None else format(threshold, '.6g')}"
