@@ -156,7 +156,9 @@ def test_an_empty_api_key_is_refused_at_start(monkeypatch):
 
     monkeypatch.delenv("GUARDRAIL_API_KEY", raising=False)
     buf = io.StringIO()
-    code = main(["serve", "--api-key", "", "--port", "1"], console=Console(file=buf, width=200, color_system=None))
+    # --max-batch-size 0 is a tripwire: should the empty key pass, the command fails on it, never serves
+    code = main(["serve", "--api-key", "", "--max-batch-size", "0"],
+                console=Console(file=buf, width=200, color_system=None))
     assert code == 2 and "--api-key is empty" in buf.getvalue()
     for key in ("", "   "):
         with pytest.raises(ValueError, match="API key is empty"):
