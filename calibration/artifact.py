@@ -337,19 +337,23 @@ class Calibration(BaseModel):
         For each of model and proxy: when both this file and the caller know a hash, the
         hashes decide (the same weights loaded from another path are compatible). An id
         recorded here without a hash, while the caller identifies the artifact by hash
-        only, cannot be verified and is refused. Otherwise the ids are compared as
-        strings when both are known. Identity that either side does not know is not
-        checked: the :class:`~guardrail.Guard` therefore always passes the proxy's hash,
-        and the model's weights hash whenever this file records one.
+        only, cannot be verified (a name says nothing about changed weights) and is refused.
+        Otherwise the ids are compared as strings when both are known. Identity that either
+        side does not know is not checked: the :class:`~guardrail.Guard` therefore passes the
+        proxy's hash only, and the model's weights hash only whenever this file names a model
+        (unless told ``allow_unhashed_calibration=True``: then the model's name).
         """
         for kind, recorded_id, recorded_hash, given_id, given_hash in (
             ("model", self.model_id, self.model_hash, model_id, model_hash),
             ("proxy", self.proxy_id, self.proxy_hash, proxy_id, proxy_hash),
         ):
             if recorded_hash is None and recorded_id is not None and given_hash is not None and given_id is None:
+                optout = " (or, for the model, accept a check by name only: Guard(..., " \
+                         "allow_unhashed_calibration=True))" if kind == "model" else ""
                 raise ConfigMismatchError(
                     f"calibration names {kind} {recorded_id!r} but records no {kind}_hash, so the {kind} in use "
-                    f"(hash {given_hash!r}) cannot be verified against it; re-run `guardrail calibrate`"
+                    f"(hash {given_hash!r}) cannot be verified against it; re-run `guardrail calibrate`, which "
+                    f"records the hash{optout}"
                 )
             if recorded_hash is not None and given_hash is not None:
                 if recorded_hash != given_hash:

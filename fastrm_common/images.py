@@ -16,7 +16,7 @@ import numpy as np
 
 from fastrm_common.errors import GuardrailError, InputError
 
-__all__ = ["DEFAULT_MAX_IMAGE_ASPECT_RATIO", "DEFAULT_MAX_IMAGE_PIXELS", "ImageLike", "check_image_size", "load_image"]
+__all__ = ["DEFAULT_MAX_IMAGE_ASPECT_RATIO", "DEFAULT_MAX_IMAGE_PIXELS", "ImageLike", "check_image_size", "load_image", "to_rgb"]
 
 ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray]  # noqa: F821
 
@@ -49,6 +49,32 @@ def check_image_size(
         )
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # 0..65535, e.g. a 16-bit grayscale PNG
+_NO_RANGE_MODES = ("I", "F")  # 32-bit integers or floats: no fixed range to map onto 0..255
+
+
+def to_rgb(img, *, error: type[GuardrailError] = InputError, name: str = "the image"):
+    """An RGB copy of the PIL image ``img``, with high-bit-depth pixels mapped by their range.
+
+    PIL's own ``convert("RGB")`` clips a 16-bit image to 0/255 (a ramp becomes black and white),
+    so the 16-bit modes (``I;16*``, 0..65535) are scaled to 0..255 first. Modes ``I`` and ``F``
+    (32-bit integers, floats) have no fixed range and are refused with ``error``, as NumPy arrays
+    that are not uint8 are: convert them to 8 bits yourself, with the range you know.
+    """
+    from PIL import Image
+
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.uint32)  # (H, W)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if img.mode in _NO_RANGE_MODES:
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise error(
+            f"{name} has mode {img.mode!r} ({kind} pixels), which has no fixed range to map to 8 bits; "
+            "convert it yourself, e.g. Image.fromarray((array / array.max() * 255).round().astype(np.uint8))"
+        )
+    return img.convert("RGB")
+
+
 def load_image(
     image: ImageLike,
     *,
@@ -57,6 +83,9 @@ def load_image(
     max_aspect_ratio: float = DEFAULT_MAX_IMAGE_ASPECT_RATIO,
 ):
     """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 array.
+
+    16-bit images (a 16-bit PNG, PIL mode ``I;16``) are scaled by their range; PIL images of
+    modes ``I`` and ``F`` are refused like non-uint8 arrays (see :func:`to_rgb`).
 
     Anything else, a missing file, an unreadable one, a closed PIL image, an array that is
     not uint8 (a float array in [0, 1] would silently become black), or an image beyond
@@ -71,7 +100,9 @@ def load_image(
     if isinstance(image, Image.Image):
         check_image_size(*image.size, **limits)
         try:
-            return image.convert("RGB")
+            return to_rgb(image, error=error)
+        except GuardrailError:
+            raise
         except (ValueError, OSError, AttributeError) as exc:  # e.g. "Operation on closed image"
             raise error(f"cannot use the PIL image: {exc}") from None
     if isinstance(image, np.ndarray):
@@ -93,7 +124,7 @@ def load_image(
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
                 with Image.open(path) as img:
                     check_image_size(*img.size, name=f"image {str(path)!r}", **limits)
-                    return img.convert("RGB")
+                    return to_rgb(img, error=error, name=f"image {str(path)!r}")
         except GuardrailError:
             raise
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:

@@ -20,8 +20,11 @@ number and is skipped, or, with ``strict=True``, the whole file is rejected with
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fastrm_common.errors import DataError
 
-__all__ = ["DataProblem", "VQARecord", "dataset_hash", "read_vqa_jsonl"]
+__all__ = ["DataProblem", "VQARecord", "dataset_hash", "open_regular", "read_vqa_jsonl"]
+
+
+def open_regular(path: str | os.PathLike[str]):
+    """Open ``path`` for reading in binary mode, if it is a regular file; else ``OSError``.
+
+    Every file a user names (policy, calibration, data, trace, signals) is opened through this:
+    a FIFO would block ``open`` or ``read`` forever (until some writer appears), and ``/dev/zero``
+    never ends. The file is opened non-blocking and checked with ``fstat`` on the open descriptor
+    (no race between the check and the read), then switched back to blocking reads. Callers
+    already turn ``OSError`` into their own error class; this one reads "not a regular file".
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise OSError(errno.EINVAL, f"not a regular file (it is {what})", os.fspath(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 _MAX_LISTED_PROBLEMS = 10
 
@@ -107,7 +133,8 @@ def read_vqa_jsonl(
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path) as fh:
+            text = fh.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read data file {str(path)!r}: {exc}") from exc
     base = path.resolve().parent
@@ -162,7 +189,7 @@ def dataset_hash(path: str | Path) -> str:
     """
     digest = hashlib.sha256()
     try:
-        with Path(path).open("rb") as fh:
+        with open_regular(path) as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from fastrm_common.errors import GuardrailError
+from fastrm_common.records import open_regular
 
 __all__ = ["MAX_JSON_BYTES", "read_json"]
 
@@ -44,13 +44,13 @@ def read_json(
 ) -> Any:
     """Parse the JSON file ``path``; any problem raises ``error`` naming ``what`` and the path.
 
-    Refused: files over ``max_bytes``, bytes that are not UTF-8, invalid JSON, nesting
+    Refused: anything but a regular file (a FIFO would block forever), files over ``max_bytes``, bytes that are not UTF-8, invalid JSON, nesting
     too deep to parse, integers too long to convert, and duplicate keys in an object
     (plain ``json`` silently keeps the last one).
     """
     name = str(path)
     try:
-        with Path(path).open("rb") as fh:
+        with open_regular(path) as fh:  # a FIFO or a device is refused, not read forever
             data = fh.read(max_bytes + 1)
     except OSError as exc:
         raise error(f"cannot read {what} {name!r}: {exc.strerror or exc}") from None

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from fastrm_common.records import open_regular
+
 __all__ = ["file_sha256", "weights_fingerprint"]
 
 
@@ -33,7 +35,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 def file_sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()

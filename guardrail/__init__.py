@@ -25,7 +25,9 @@ _LAZY = {
     "load_image": "guardrail.guard",
     "Limits": "guardrail.limits",
     "read_trace_jsonl": "guardrail.telemetry.otlp_json",
+    "BatchItemError": "guardrail.result",
     "GuardResult": "guardrail.result",
+    "Claim": "guardrail.result",
     "Timings": "guardrail.result",
     "TokenEvent": "guardrail.result",
     "MapBudget": "guardrail.telemetry.attributes",
@@ -39,13 +41,15 @@ if TYPE_CHECKING:
     from guardrail.telemetry.hooks import GuardHooks, RowReport
     from guardrail.limits import Limits
     from guardrail.telemetry.otlp_json import read_trace_jsonl
-    from guardrail.result import GuardResult, Timings, TokenEvent
+    from guardrail.result import BatchItemError, Claim, GuardResult, Timings, TokenEvent
     from guardrail.telemetry.attributes import MapBudget, decode_map, encode_map
 
 
 
 
 __all__ = [
+    "BatchItemError",
+    "Claim",
     "Guard",
     "GuardHooks",
     "GuardResult",

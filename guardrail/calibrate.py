@@ -35,7 +35,7 @@ from calibration import (
     split_fit_heldout,
     table_scores,
 )
-from fastrm_common.records import VQARecord
+from fastrm_common.records import VQARecord, open_regular
 from fastrm_common.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
 from fastrm_common.errors import CalibrationError
@@ -351,7 +351,9 @@ def write_signals(path: str | Path, rows: Sequence[ScoredAnswer], meta: dict[str
 def read_signals(path: str | Path) -> tuple[list[ScoredAnswer], dict[str, Any]]:
     """Read what :func:`write_signals` wrote: ``(rows, meta)``."""
     rows, meta = [], {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    with open_regular(path) as fh:  # a FIFO or a device is refused, not read forever
+        text = fh.read().decode("utf-8")
+    for line in text.splitlines():
         if not line.strip():
             continue
         raw = json.loads(line)

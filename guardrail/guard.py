@@ -28,7 +28,7 @@ import torch
 from opentelemetry import trace
 
 from calibration import Calibration
-from fastrm_core import FastRMProxy, get_adapter, load_vlm, weights_fingerprint
+from fastrm_core import FastRMProxy, get_adapter, load_vlm
 from fastrm_common.images import ImageLike, load_image
 from fastrm_common.tokens import eos_token_ids
 from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
@@ -36,11 +36,12 @@ from fastrm_common.presets import list_presets, preset_claims, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
 from guardrail.answers.claims import ClaimStream, load_claim_calibration, redact, score_claims
-from guardrail.answers.pipeline import RowScoring, Scorer, calibration_id, cut_at_eos
+from guardrail.answers.pipeline import RowScoring, Scorer, calibration_id, check_calibration_identity, cut_at_eos
 from guardrail.generation import Generation, GenerationStream, generate_under_guard, model_lock
-from guardrail.inputs import CallImage, escalation_payload, prepare_call_inputs, row_warnings
+from guardrail.inputs import (CallImage, check_items, check_pairs, escalation_payload, per_item_batch,  # noqa: I001
+                              prepare_call_inputs, row_warnings)
 from guardrail.limits import Limits, check_generate_kwargs, check_tags
-from guardrail.result import Claim, GuardResult, MapRegion, Timings, TokenEvent
+from guardrail.result import BatchItemError, Claim, GuardResult, MapRegion, Timings, TokenEvent
 from guardrail.telemetry.attributes import MapBudget, content_capture_enabled
 from guardrail.telemetry.hooks import GuardHooks, HookChain, OpenTelemetryHooks, RowReport
 
@@ -91,9 +92,8 @@ class Guard:
         capture_content: record prompt/answer text in spans (default: the
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable; off).
         map_budget: bytes of encoded maps one span may carry (:class:`MapBudget`).
-        prompt_template: how a question becomes a prompt (must contain ``<image>`` and ``{question}``);
-            default: the processor's chat template, else LLaVA-1.5's format
-            (:func:`fastrm_common.prompting.build_prompt`, as used for distillation and calibration).
+        prompt_template: how a question becomes a prompt (with ``<image>`` and ``{question}``); default:
+            the processor's chat template, else LLaVA-1.5's (:func:`fastrm_common.prompting.build_prompt`).
         prompt_suffix: text appended to every question (e.g. "Answer the question using up to two
             words."); use the same suffix the proxy and calibration were fitted with.
         model_name: the name used in spans (default: the model's id).
@@ -103,12 +103,13 @@ class Guard:
         limits: bounds on one call (:class:`~guardrail.limits.Limits`: image pixels and aspect
             ratio, question characters and tokens, ``max_new_tokens``), checked before any model work.
         meter_provider: OpenTelemetry meter provider for the guard's metrics (default: the global one).
-        hooks: your own :class:`~guardrail.telemetry.hooks.GuardHooks` (one or a sequence), called at
-            the same points of every call as the OpenTelemetry hooks and after them (the row's
-            :class:`~guardrail.telemetry.hooks.RowReport`: result, decision, the model's own answer,
-            timings); their errors are logged and dropped, never raised into the call.
+        hooks: your own :class:`~guardrail.telemetry.hooks.GuardHooks` (one or several), called after the
+            OpenTelemetry hooks with each row's :class:`~guardrail.telemetry.hooks.RowReport`; their
+            errors are logged and dropped, never raised into the call.
         claims: the claim splitter (a :data:`fastrm_common.claims.SPLITTERS` name or a callable; None:
             no claims); claim_calibration: a claim-level calibration that judges each claim.
+        allow_unhashed_calibration: accept a calibration that names its model but records no
+            ``model_hash`` (older files), checking the model by name only; off by default.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class Guard:
         hooks: GuardHooks | Sequence[GuardHooks] | None = None,
         claims: str | Callable | None = "clauses",
         claim_calibration: Calibration | str | os.PathLike | None = None,
+        allow_unhashed_calibration: bool = False,
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
@@ -138,38 +140,28 @@ class Guard:
         for h in user_hooks:
             if not isinstance(h, GuardHooks):
                 raise InputError(f"hooks must be a guardrail.GuardHooks or a list of them, got {type(h).__name__}")
-        self.limits = limits or Limits()
-        self.model = model
-        self.processor = processor
-        self.adapter = get_adapter(model)
+        self.limits, self.model, self.processor, self.adapter = limits or Limits(), model, processor, get_adapter(model)
         self.proxy = proxy if isinstance(proxy, FastRMProxy) else FastRMProxy.from_pretrained(proxy)
         self.proxy.check_compatible(self.adapter)
         self.proxy.to(next(self.adapter.final_norm.parameters()).device)  # a sharded model's last shard
         if calibration is not None and not isinstance(calibration, Calibration):
             calibration = Calibration.load(calibration)
         self.calibration = calibration  # None: observe-only (every score, no verdict)
-        self.model_name = model_name or self.adapter.model_id
-        self.proxy_id = self.proxy.fingerprint()
+        self.model_name, self.proxy_id = model_name or self.adapter.model_id, self.proxy.fingerprint()
         if self.calibration is not None:
-            # The weights are hashed only when the calibration records a hash to compare with (one
-            # pass over the weights); the folder name alone never vouches for the model.
-            model_hash = weights_fingerprint(model) if self.calibration.model_hash is not None else None
-            self.calibration.check_compatible(model_id=self.adapter.model_id, model_hash=model_hash,
-                                              proxy_hash=self.proxy_id)
+            check_calibration_identity(self.calibration, self.adapter, model, self.proxy_id, allow_unhashed_calibration)
         self.calibration_id = calibration_id(self.calibration)
         self._scorer = Scorer(self.calibration)
         self.claim_calibration, self.claims = load_claim_calibration(claim_calibration, claims, self.adapter,
-                                                                     self.proxy_id, model)
+                                                                     self.proxy_id, model, allow_unhashed_calibration)
         self._claim_scorer = None if self.claim_calibration is None else Scorer(self.claim_calibration)
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         self._scorer.check_policy(self.policy)
         if prompt_template is not None and ("{question}" not in prompt_template or "<image>" not in prompt_template):
             raise InputError("prompt_template must contain '<image>' and '{question}'")
-        self.prompt_template = prompt_template
-        self.prompt_suffix = prompt_suffix
-        self.capture_content = content_capture_enabled(capture_content)
-        self.map_budget = map_budget or MapBudget()
+        self.prompt_template, self.prompt_suffix = prompt_template, prompt_suffix
+        self.capture_content, self.map_budget = content_capture_enabled(capture_content), map_budget or MapBudget()
         # Spans, events and metrics live behind hooks the call path calls (guardrail.telemetry.hooks).
         self._hooks: GuardHooks = OpenTelemetryHooks(
             model_name=self.model_name, tracer_provider=tracer_provider, meter_provider=meter_provider,
@@ -180,8 +172,7 @@ class Guard:
             aggregation="none" if self.calibration is None else self.calibration.aggregation)
         if user_hooks:
             self._hooks = HookChain([self._hooks, *user_hooks])
-        self._lock = model_lock(model)
-        tok = processor.tokenizer
+        self._lock, tok = model_lock(model), processor.tokenizer
         self._eos_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok)
 
     @classmethod
@@ -239,16 +230,25 @@ class Guard:
         return self.generate_batch([(image, question)], tags=tags, **generate_kwargs)[0]
 
     def generate_batch(
-        self, items: Sequence[tuple[ImageLike, str]], *, tags: Iterable[str] = (), **generate_kwargs: Any
-    ) -> list[GuardResult]:
-        """Guard several (image, question) pairs in one padded ``generate`` call; one result each, in order."""
-        tags = check_tags(tags)
-        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-            raise InputError(f"items must be a sequence of (image, question) pairs, got {type(items).__name__}")
+        self, items: Sequence[tuple[ImageLike, str]], *, tags: Iterable[str] = (), return_errors: bool = False,
+        **generate_kwargs: Any
+    ) -> list[GuardResult] | list[GuardResult | BatchItemError]:
+        """Guard several (image, question) pairs in one padded ``generate`` call; one result each, in order.
+
+        By default one bad item (an empty question, an unreadable image) raises an
+        :class:`InputError` whose message names it (``item 2: ...``) and nothing is generated. With
+        ``return_errors=True`` the good items are answered together and each bad one gets a
+        :class:`~guardrail.result.BatchItemError` (its ``index`` and ``error``) in its place; errors
+        that concern the whole call (``tags``, ``generate_kwargs``, ``items`` not a sequence of pairs)
+        still raise.
+        """
+        tags, items = check_tags(tags), check_pairs(items)
         if not items:
             return []
-        if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
-            raise InputError("items must be a sequence of (image, question) pairs")
+        if return_errors:  # each item checked alone, the good ones answered together
+            self._generate_kwargs(generate_kwargs)  # the whole call's arguments: raised, not per item
+            return per_item_batch(items, lambda im, q: check_items([im], [q], self.limits, self.processor.tokenizer),
+                                  lambda good: self.generate_batch(good, tags=tags, **generate_kwargs))
         call = self._call([it[0] for it in items], [it[1] for it in items], tags, generate_kwargs)
         return self._run(call, lambda: self._generate(call))
 

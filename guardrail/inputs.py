@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
+from typing import Any, Callable, Sequence
+
 import numpy as np
 from PIL import Image
-from typing import Any, Callable, Sequence
 
 from fastrm_common.errors import InputError
 from fastrm_common.images import ImageLike, load_image
@@ -19,7 +20,7 @@ from fastrm_core.inputs import prepare_inputs
 from guardrail.limits import Limits, check_question
 from guardrail.telemetry.attributes import image_data_uri, image_reference
 
-__all__ = ["Box", "CallImage", "cropped_content", "escalation_payload", "default_view_box", "prepare_call_inputs", "row_warnings", "view_box"]
+__all__ = ["Box", "CallImage", "check_items", "check_pairs", "cropped_content", "escalation_payload", "per_item_batch", "default_view_box", "prepare_call_inputs", "row_warnings", "view_box"]
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in original image pixels
 
@@ -161,6 +162,62 @@ class CallImage:
         return self._cropped[0]
 
 
+def check_items(images: Sequence[ImageLike], questions: Sequence[str], limits: Limits, tokenizer: Any) -> list:
+    """The RGB images of the items once each question and image passed its checks (cheap ones first: a
+    100k-character question never reaches the processor); the error of a batch of several names the
+    item (``item 2: the question is empty``)."""
+    several = len(questions) > 1
+    for i, q in enumerate(questions):
+        try:
+            check_question(q, limits, tokenizer)
+        except InputError as exc:
+            raise InputError(f"item {i}: {exc}") if several else exc from None
+    pil = []
+    for i, img in enumerate(images):
+        try:
+            pil.append(load_image(img, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio))
+        except InputError as exc:
+            raise InputError(f"item {i}: {exc}") if several else exc from None
+    return pil
+
+
+def check_pairs(items: Any) -> list:
+    """``items`` as a list of (image, question) pairs, or :class:`InputError`."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise InputError(f"items must be a sequence of (image, question) pairs, got {type(items).__name__}")
+    if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
+        raise InputError("items must be a sequence of (image, question) pairs")
+    return list(items)
+
+
+def per_item_batch(items: Sequence[tuple[Any, str]], check: Callable[[Any, str], Any],
+                   run: Callable[[list], list]) -> list:
+    """A batch where one bad item does not fail the others: each item is ``check``-ed alone, the good
+    ones ``run`` together (one by one if the processor refuses them as a whole), and each bad one gets a
+    :class:`~guardrail.result.BatchItemError` (its index and the error) in its place."""
+    from guardrail.result import BatchItemError
+
+    out: list = [None] * len(items)
+    good: list[int] = []
+    for i, (image, question) in enumerate(items):
+        try:
+            check(image, question)
+            good.append(i)
+        except InputError as exc:
+            out[i] = BatchItemError(index=i, error=InputError(f"item {i}: {exc}"))
+    try:
+        if good:
+            for i, r in zip(good, run([items[i] for i in good])):
+                out[i] = r
+    except InputError:  # the processor refused the batch as a whole: find the item(s) one by one
+        for i in good:
+            try:
+                out[i] = run([items[i]])[0]
+            except InputError as exc:
+                out[i] = BatchItemError(index=i, error=InputError(f"item {i}: {exc}"))
+    return out
+
+
 def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits, images: Sequence[ImageLike],
                         questions: Sequence[str], prompt: Callable[[str], str]) -> tuple[dict, list[CallImage]]:
     """Check the questions (cheap checks first: a 100k-character question never reaches the
@@ -169,11 +226,7 @@ def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits
 
     Returns ``(inputs, images)``: the model's batch and each row's :class:`CallImage`.
     """
-    tok = processor.tokenizer
-    for q in questions:
-        check_question(q, limits, tok)
-    pil = [load_image(img, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio)
-           for img in images]
+    pil = check_items(images, questions, limits, processor.tokenizer)
     try:
         inputs = prepare_inputs(model, processor, pil, [prompt(q) for q in questions])
     except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error

@@ -23,7 +23,17 @@ from fastrm_common.errors import InputError
 from fastrm_common.images import DEFAULT_MAX_IMAGE_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 from fastrm_common.tokenizer_lock import tokenizer_lock
 
-__all__ = ["Limits", "check_generate_kwargs", "check_question", "check_tags"]
+__all__ = [
+    "MAX_SEED",
+    "MAX_TEMPERATURE",
+    "MIN_SEED",
+    "MIN_TEMPERATURE",
+    "Limits",
+    "check_generate_kwargs",
+    "check_question",
+    "check_sampling",
+    "check_tags",
+]
 
 # model.generate arguments that are not GenerationConfig fields but are legitimate.
 _GENERATE_EXTRAS = frozenset({
@@ -32,6 +42,15 @@ _GENERATE_EXTRAS = frozenset({
     "custom_generate", "tokenizer", "assistant_tokenizer",
 })
 _REFUSED = ("return_dict_in_generate", "streamer", "num_return_sequences", "num_beams")
+
+# Sampling temperatures below MIN_TEMPERATURE are greedy in all but name, and tiny ones (5e-324) turn the
+# logits into inf/nan inside generate (a RuntimeError deep in torch); above MAX_TEMPERATURE the
+# distribution is uniform noise. The same bounds hold for repetition_penalty, which divides logits too.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+# torch.manual_seed accepts [-2**63, 2**64 - 1]; outside it raises a ValueError.
+MIN_SEED = -(2**63)
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -153,12 +172,38 @@ def check_generate_kwargs(kwargs: Mapping[str, Any], limits: Limits, *, default_
         raise InputError("use max_new_tokens, not max_length, under guard")
     if not isinstance(out["do_sample"], bool):
         raise InputError(f"do_sample must be true or false, got {out['do_sample']!r}")
-    for name, low, high in (("temperature", 0.0, None), ("top_p", 0.0, 1.0), ("repetition_penalty", 0.0, None)):
-        v = out.get(name)
-        if v is not None and (not _is_number(v) or v <= low or (high is not None and v > high)):
-            rng = f"in ({low:g}, {high:g}]" if high is not None else f"> {low:g}"
-            raise InputError(f"{name} must be a finite number {rng}, got {v!r}")
+    check_sampling(temperature=out.get("temperature"), top_p=out.get("top_p"),
+                   repetition_penalty=out.get("repetition_penalty"))
     k = out.get("top_k")
     if k is not None and (not _is_int(k) or k < 0):
         raise InputError(f"top_k must be a non-negative integer, got {k!r}")
     return out
+
+
+def check_sampling(*, temperature: Any = None, top_p: Any = None, repetition_penalty: Any = None,
+                   seed: Any = None) -> None:
+    """Raise :class:`InputError` naming the first sampling setting out of range (None: not given).
+
+    The one check of sampling settings, shared by :meth:`Guard.generate <guardrail.Guard.generate>`
+    (through :func:`check_generate_kwargs`) and ``guardrail serve`` (which answers it with a 400):
+
+    - ``temperature`` and ``repetition_penalty``: finite numbers from ``MIN_TEMPERATURE`` (0.01) to
+      ``MAX_TEMPERATURE`` (100); for greedy decoding use ``do_sample=False`` (the server: temperature 0).
+    - ``top_p``: a finite number in (0, 1].
+    - ``seed``: an integer from ``MIN_SEED`` (-2**63) to ``MAX_SEED`` (2**64 - 1), what ``torch.manual_seed`` takes.
+
+        >>> check_sampling(temperature=0.7, top_p=0.9, seed=3)
+        >>> check_sampling(temperature=5e-324)
+        Traceback (most recent call last):
+        ...
+        fastrm_common.errors.InputError: temperature must be a finite number from 0.01 to 100, got 5e-324
+    """
+    for name, v in (("temperature", temperature), ("repetition_penalty", repetition_penalty)):
+        if v is not None and (not _is_number(v) or not MIN_TEMPERATURE <= v <= MAX_TEMPERATURE):
+            raise InputError(f"{name} must be a finite number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, "
+                             f"got {v!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
+        raise InputError(f"top_p must be a finite number in (0, 1], got {top_p!r}")
+    if seed is not None and (not _is_int(seed) or not MIN_SEED <= seed <= MAX_SEED):
+        shown = repr(seed) if not _is_int(seed) or abs(seed) < 10**30 else f"an integer of {len(str(abs(seed)))} digits"
+        raise InputError(f"seed must be an integer from -2**63 to 2**64 - 1, got {shown}")

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
-__all__ = ["Claim", "GuardResult", "Timings", "TokenEvent"]
+from fastrm_common.errors import GuardrailError
+
+__all__ = ["BatchItemError", "Claim", "GuardResult", "Timings", "TokenEvent"]
+
+
+@dataclass(frozen=True)
+class BatchItemError:
+    """The place of a refused item in ``Guard.generate_batch(items, return_errors=True)``'s results.
+
+    ``index`` is the item's position in ``items``; ``error`` the refusal (an
+    :class:`~fastrm_common.errors.InputError` whose message starts with ``item <index>:``).
+
+        >>> results = guard.generate_batch(items, return_errors=True)  # doctest: +SKIP
+        >>> answers = [r.answer for r in results if not isinstance(r, BatchItemError)]  # doctest: +SKIP
+    """
+
+    index: int
+    error: GuardrailError
+
+    def __str__(self) -> str:
+        return str(self.error)
 
 
 def _to_float32_array(value: Any) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +27,23 @@ from .escalation import resolve_handler
 from .loading import list_bundled_policies, load_policy
 from .schema import DEFAULT_WITHHELD_MESSAGE, ActionSpec, Policy
 
-__all__ = ["cli_check", "describe_action", "explain_policy", "policy_warnings"]
+__all__ = ["cli_check", "describe_action", "explain_policy", "policy_warnings", "printable"]
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters written as escapes (``\\u202e``), newlines kept.
+
+    A policy's strings (its description, a rule's name or reason) are shown to a reviewer; a bidi
+    override (U+202E) or a terminal escape in them would make the screen show other text than the
+    file holds. Categories Cc (controls) and Cf (bidi marks, zero-width characters) are escaped.
+
+        >>> printable("ok\u202e gnirts")
+        'ok\\u202e gnirts'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c == "\n" or unicodedata.category(c) not in ("Cc", "Cf") else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
 def describe_action(spec: ActionSpec, policy: Policy) -> str:
@@ -72,7 +89,7 @@ def explain_policy(policy: Policy) -> str:
     """A plain-text description of ``policy``: each rule in order, the default, ``on_error`` and warnings."""
     lines = [f"Policy {policy.id!r} version {policy.version}"]
     if policy.description:
-        lines += [f"  {line}" for line in policy.description.strip().splitlines()]
+        lines += [f"  {line}" for line in policy.description.strip().split("\n")]
     if policy.on_error == "fail_open":
         lines.append("If the guard itself fails (on_error: fail_open): return the answer, flagged as unguarded")
     else:
@@ -90,7 +107,7 @@ def explain_policy(policy: Policy) -> str:
     if warnings:
         lines.append("Warnings:")
         lines += [f"  - {w}" for w in warnings]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # each line: no control or bidi character is shown raw
 
 
 def cli_check(
@@ -106,6 +123,8 @@ def cli_check(
     ``source`` names neither a file nor a bundled policy (bad input, as in the other commands).
     """
     console = console or Console(highlight=False)
+    # highlight=False on every print: rich's repr highlighter is quadratic in a line's length (a
+    # 1 MiB description took minutes); the text is escaped for markup, never highlighted.
     handlers: list[str] = []
     try:
         policy = load_policy(source)
@@ -118,19 +137,20 @@ def cli_check(
             for handler in handlers:
                 resolve_handler(handler)
     except PolicyError as exc:
-        console.print(f"[bold red]invalid policy[/] {escape(os.fspath(source))}")
-        console.print(escape(str(exc)), soft_wrap=True)
+        console.print(f"[bold red]invalid policy[/] {escape(printable(os.fspath(source)))}", highlight=False)
+        console.print(escape(printable(str(exc))), soft_wrap=True, highlight=False)
         return 2 if _names_nothing(source) else 1
-    console.print(f"[bold green]valid policy[/] {escape(os.fspath(source))}")
+    console.print(f"[bold green]valid policy[/] {escape(printable(os.fspath(source)))}", highlight=False)
     text = explain_policy(policy)
     for line in text.splitlines():
         style = "yellow" if line.startswith(("Warnings:", "  - ")) else None
-        console.print(escape(line), style=style, soft_wrap=True)
+        console.print(escape(line), style=style, soft_wrap=True, highlight=False)
     if handlers and not import_handlers:
         console.print(
-            f"note: escalation handlers not imported ({escape(', '.join(sorted(set(handlers))))}); "
+            f"note: escalation handlers not imported ({escape(printable(', '.join(sorted(set(handlers)))))}); "
             "pass --import-handlers to check that they import (this runs their module code)",
             soft_wrap=True,
+            highlight=False,
         )
     return 0
 

@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fastrm_common.errors import PolicyError
+from fastrm_common.records import open_regular
 
 from .schema import Policy
 
@@ -97,7 +98,7 @@ def load_policy(source: PolicySource) -> Policy:
         return parse_policy(res.read_text(encoding="utf-8"), source=f"<bundled:{text_source}>")
     path = Path(text_source)
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:  # a FIFO or a device is refused, not read forever
             raw = fh.read(MAX_POLICY_BYTES + 1)
         if len(raw) > MAX_POLICY_BYTES:
             raise PolicyError(f"policy file {text_source} is larger than {MAX_POLICY_BYTES} bytes")

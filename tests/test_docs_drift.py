@@ -101,7 +101,7 @@ def test_policies_md_lists_every_condition_and_verdict_the_validator_accepts():
 
 def test_the_readme_says_what_the_demo_shows():
     from guardrail.cli.main import build_parser
-    from guardrail.demo import run_demo
+    from guardrail.cli.demo import run_demo
 
     text = text_of(ROOT / "README.md")
     m = re.search(r"The demo answers (\d+) scenes and (\d+) more POPE .*? up to (\d+) answers it got right and "

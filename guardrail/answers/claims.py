@@ -178,7 +178,7 @@ def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray,
 
 
 def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_hash: str,
-                           model: Any) -> tuple[Any | None, Any]:
+                           model: Any, allow_unhashed: bool = False) -> tuple[Any | None, Any]:
     """The Guard's claim set-up: the claim calibration (loaded and checked against the model and
     proxy like the answer calibration) and the splitter (the calibration's own when the caller kept
     the default ``"clauses"``; None turns claims off).
@@ -190,7 +190,7 @@ def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_ha
     from calibration import Calibration
     from fastrm_common.claims import SPLITTERS
     from fastrm_common.errors import CalibrationError, InputError
-    from fastrm_core import weights_fingerprint
+    from guardrail.answers.pipeline import check_calibration_identity
 
     if claims is not None and not callable(claims) and not isinstance(claims, str):
         raise InputError(f"claims must be a splitter name ({', '.join(SPLITTERS.names())}), a callable or None; "
@@ -204,8 +204,7 @@ def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_ha
     if calibration.level != "claim":
         raise CalibrationError("claim_calibration is an answer-level calibration (level 'answer'); fit one on "
                                "claim-labelled data with `guardrail calibrate --claims`")
-    model_hash = weights_fingerprint(model) if calibration.model_hash is not None else None
-    calibration.check_compatible(model_id=adapter.model_id, model_hash=model_hash, proxy_hash=proxy_hash)
+    check_calibration_identity(calibration, adapter, model, proxy_hash, allow_unhashed)
     if claims == "clauses" and calibration.splitter:
         claims = calibration.splitter
     if isinstance(claims, str):

@@ -35,6 +35,7 @@ __all__ = [
     "Judgement",
     "answer_signals",
     "calibration_id",
+    "check_calibration_identity",
     "cut_at_eos",
     "display_entropies",
     "evidence_signals",
@@ -323,3 +324,20 @@ def explain_verdict(calibration: Any | None, score: float | None, verdict: str |
     if verdict == "confident":
         return f"confident: {name} score {score:.4g} is below the threshold {threshold:.4g} (higher = more uncertain)"
     return f"uncertain: {name} score {score:.4g} is at or above the threshold {threshold:.4g} (higher = more uncertain)"
+
+
+def check_calibration_identity(calibration: Any, adapter: Any, model: Any, proxy_hash: str,
+                               allow_unhashed: bool = False) -> None:
+    """Refuse a calibration fitted with another model or proxy (:class:`ConfigMismatchError`).
+
+    The weights are hashed (one pass) when the calibration names a model: a recorded hash is compared,
+    a missing one refused, as a proxy's is; the folder name alone never vouches for the model.
+    ``allow_unhashed``: the caller's explicit opt-out for older files, compared by name only.
+    """
+    from fastrm_core import weights_fingerprint
+
+    named = calibration.model_hash is not None or calibration.model_id is not None
+    if calibration.model_hash is None and allow_unhashed:
+        named = False
+    calibration.check_compatible(model_id=None if named else adapter.model_id,
+                                 model_hash=weights_fingerprint(model) if named else None, proxy_hash=proxy_hash)

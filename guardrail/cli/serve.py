@@ -24,6 +24,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096)
     p.add_argument("--max-tokens", type=int, default=256, help="the largest max_tokens a request may ask")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send a request's headers (default: 10)")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable; default: no CORS)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: the Guard's)")
     p.add_argument("--trace", default=None, help="append spans to this JSONL file")
@@ -44,12 +46,16 @@ def serve_command(args, console: Console) -> int:
     from guardrail.telemetry.exporters import configure_tracing
     from guardrail.guard import Guard
 
+    if args.api_key is not None and not args.api_key.strip():  # `--api-key "$UNSET"` must not mean "no auth"
+        raise GuardrailError("--api-key is empty; give a non-empty key, or leave --api-key out to serve "
+                             "without auth (loopback only)")
     try:
         config = ServeConfig(
             max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels, max_tokens=args.max_tokens,
             api_key=args.api_key or ServeConfig.api_key_from_env(), image_dir=args.image_dir,
             cors_origins=tuple(args.cors_origin), model_name=args.served_model_name,
+            header_timeout_s=args.header_timeout,
         )
     except ValueError as exc:
         raise GuardrailError(str(exc)) from None
@@ -74,7 +80,7 @@ def serve_command(args, console: Console) -> int:
                   f"batches of up to {config.max_batch_size}, queue {config.max_queue})")
     try:
         run(app, host=args.host, port=args.port, api_key=config.api_key, allow_insecure=args.insecure,
-            log_level=args.log_level)
+            log_level=args.log_level, header_timeout_s=config.header_timeout_s)
     except ValueError as exc:
         raise GuardrailError(str(exc)) from None
     finally:

@@ -15,6 +15,14 @@ requests runs under a ``guardrail.serve batch`` span linked to each request's sp
 
 Errors are OpenAI-style JSON objects; a failure inside the server is a 500 with a fixed
 message (the details go to the server's log, never to the caller).
+
+A chat request must be sent as ``Content-Type: application/json`` (415 otherwise): a browser
+can send a cross-site ``text/plain`` POST without asking first, never an ``application/json``
+one. A server without an API key also refuses (403) a request whose ``Origin`` header names a
+site outside ``cors_origins``, so a web page (or a DNS-rebound name) cannot drive it from a
+browser. The body's nesting depth is bounded before it is parsed, and parsing and image decoding
+run on a worker thread, off the event loop, so ``/healthz`` answers while large images decode.
+On shutdown, once in-flight requests are drained, the tracer provider is flushed.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from fastrm_common.errors import GuardrailError, InputError
 from guardrail.guard import DEFAULT_MAX_NEW_TOKENS
 import guardrail.telemetry.semconv as semconv
+from guardrail.result import BatchItemError
 from guardrail.telemetry.mapcodec import encode_map
 
 from guardrail.serve.batching import Batcher, QueueFull
@@ -54,6 +63,7 @@ from guardrail.serve.protocol import (
     finish_reason,
     guardrail_object,
     parse_chat_request,
+    parse_json_body,
     replaced_by_policy,
     shown_text,
     claim_object,
@@ -124,23 +134,10 @@ class _State:
             import torch
 
             torch.manual_seed(first.seed)  # seeded requests run alone (see _batch_key)
-        try:
-            return self.guard.generate_batch([(c.image, c.question) for c in calls], tags=first.options.tags,
-                                             **first.generate_kwargs)
-        except GuardrailError as exc:
-            if len(calls) == 1:
-                raise
-            log.warning("a batch of %d failed (%s); answering its requests one by one", len(calls), type(exc).__name__)
-        # one bad input must not fail its neighbours: answer them one by one
-        out: list = []
-        for c in calls:
-            try:
-                out.extend(self.guard.generate_batch([(c.image, c.question)], tags=c.options.tags,
-                                                     **c.generate_kwargs))
-            except GuardrailError as exc:
-                out.append(exc)
-        return out
-
+        # one bad input must not fail its neighbours: each refused item gets its own error
+        results = self.guard.generate_batch([(c.image, c.question) for c in calls], tags=first.options.tags,
+                                            return_errors=True, **first.generate_kwargs)
+        return [r.error if isinstance(r, BatchItemError) else r for r in results]
 
 
 def _batch_key(call: ChatCall) -> Hashable:
@@ -189,6 +186,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             threading.Thread(target=state.load, name="guardrail-serve-load", daemon=True).start()
         yield
         await state.batcher.drain(config.shutdown_timeout_s)
+        _flush_traces(tracer_provider, config.shutdown_timeout_s)
 
     app = FastAPI(title="fastrm-guard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.guardrail = state
@@ -206,6 +204,19 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             return True
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), key.encode())
+
+    def forgeable(request: Request) -> Optional[JSONResponse]:
+        """A 415/403 for a request a web page could send from a browser without a CORS preflight."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return _error(415, "send the request body as JSON with 'Content-Type: application/json'",
+                          code="unsupported_media_type")
+        origin = request.headers.get("origin")
+        if config.api_key is None and origin is not None and origin not in config.cors_origins:
+            return _error(403, "cross-origin requests are refused by a server without an API key "
+                               "(start it with --api-key, or allow the origin with --cors-origin)",
+                          code="origin_not_allowed")
+        return None
 
     def refuse_auth() -> JSONResponse:
         return _error(401, "missing or wrong API key (send Authorization: Bearer <key>)", code="invalid_api_key",
@@ -229,9 +240,9 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz():
-        if state.guard is not None:
-            return {"status": "ready", "model": state.model_name}
+    async def readyz(request: Request):
+        if state.guard is not None:  # the model's name only to whom /v1/models would tell it
+            return {"status": "ready", "model": state.model_name} if authorized(request) else {"status": "ready"}
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status}, status_code=503)
 
@@ -265,9 +276,9 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                 response = await _chat(request, span, started)
             streaming = isinstance(response, StreamingResponse)
             return response
-        except Exception as exc:
+        except Exception as exc:  # answered 500 by _internal: counted here, as a stream's 500 is
             span.set_attribute(semconv.ERROR_TYPE, type(exc).__qualname__)
-            span.set_status(Status(StatusCode.ERROR))
+            finish_span(span, 500)
             raise
         finally:
             if not streaming:  # a stream ends its span when its last chunk is sent
@@ -289,6 +300,9 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         if not authorized(request):
             finish_span(span, 401)
             return refuse_auth()
+        if (resp := forgeable(request)) is not None:
+            finish_span(span, resp.status_code)
+            return resp
         if (resp := not_ready()) is not None:
             finish_span(span, 503)
             return resp
@@ -301,21 +315,23 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             body += chunk
             if len(body) > config.max_body_bytes:
                 return fail(413, f"the request body is larger than {config.max_body_bytes} bytes")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return fail(400, "the request body is not valid JSON")
-        if isinstance(payload, dict) and payload.get("model") not in (None, state.model_name):
-            return fail(404, f"the model {str(payload.get('model'))[:200]!r} does not exist; this server serves "
-                             f"{state.model_name!r}", param="model", code="model_not_found")
         guard = state.guard
 
         def load(url: str):
             return image_from_url(url, max_pixels=config.max_image_pixels, image_dir=config.image_dir)
 
+        def parse() -> ChatCall:
+            """Depth-checked JSON, then the fields and the image: on a worker thread, off the event loop."""
+            payload = parse_json_body(bytes(body), max_depth=config.max_json_depth)
+            if isinstance(payload, dict) and payload.get("model") not in (None, state.model_name):
+                raise RequestError(f"the model {str(payload.get('model'))[:200]!r} does not exist; this server "
+                                   f"serves {state.model_name!r}", status=404, param="model", code="model_not_found")
+            return parse_chat_request(payload, image_loader=load, max_tokens=config.max_tokens,
+                                      default_max_tokens=DEFAULT_MAX_NEW_TOKENS,
+                                      max_question_chars=config.max_question_chars)
+
         try:
-            call = parse_chat_request(payload, image_loader=load, max_tokens=config.max_tokens,
-                                      default_max_tokens=DEFAULT_MAX_NEW_TOKENS, max_question_chars=config.max_question_chars)
+            call = await asyncio.to_thread(parse)
         except RequestError as exc:
             return fail(exc.status, str(exc), param=exc.param, code=exc.code)
         except InputError as exc:
@@ -475,6 +491,20 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             span.end()
 
     return app
+
+
+def _flush_traces(tracer_provider, timeout_s: float) -> None:
+    """Export the spans still buffered (a batch span processor holds them for seconds) before the
+    process exits: after a SIGTERM, uvicorn re-raises the signal once the app has shut down, so
+    nothing after ``uvicorn.run`` is sure to run."""
+    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    flush = getattr(provider, "force_flush", None)
+    if flush is None:  # the API's no-op provider
+        return
+    try:
+        flush(int(max(timeout_s, 1.0) * 1000))
+    except Exception:  # telemetry never breaks a shutdown
+        log.warning("flushing the traces at shutdown failed", exc_info=True)
 
 
 class _InstanceHeader:

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 
 from fastrm_common.errors import InputError
+from fastrm_common.images import to_rgb
 
 __all__ = ["image_from_url"]
 
@@ -47,7 +48,7 @@ def _open_checked(data: io.BytesIO | Path, max_pixels: int) -> Image.Image:
         raise
     except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"the image could not be decoded ({type(exc).__name__})") from None
-    return img.convert("RGB")
+    return to_rgb(img)  # a 16-bit PNG scaled by its range, not clipped; 32-bit and float modes refused
 
 
 def image_from_url(url: str, *, max_pixels: int, image_dir: Optional[Path] = None) -> Image.Image:

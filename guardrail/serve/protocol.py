@@ -14,6 +14,8 @@ Anything else is a 400 that names the fields.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fastrm_common.errors import InputError
+from guardrail.limits import check_sampling
 from guardrail.telemetry.mapcodec import encode_map
 
 __all__ = [
@@ -35,11 +39,14 @@ __all__ = [
     "finish_reason",
     "guardrail_object",
     "parse_chat_request",
+    "parse_json_body",
     "stream_chunk",
 ]
 
 SUPPORTED_FIELDS = ("guardrail", "max_completion_tokens", "max_tokens", "messages", "model", "n", "seed", "stop",
                     "stream", "stream_options", "temperature", "top_p", "user")
+MAX_JSON_DEPTH = 32  # an OpenAI chat body nests 6 deep; json.loads recurses once per level
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 CONTENT_FILTER = "content_filter"  # finish reason when the policy replaced the answer (abstain, withheld escalation)
 
 
@@ -143,6 +150,33 @@ def _validation_message(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
+    """True when the JSON text ``body`` nests arrays/objects deeper than ``max_depth`` (strings skipped).
+
+    Linear and vectorised (strings removed by one regex, then a running sum of the brackets), so
+    a 100,000-deep ``[[[[...`` is refused before ``json.loads`` recurses into it and an 8 MB body
+    costs a few tens of milliseconds. Brackets inside strings do not count.
+
+        >>> json_depth_exceeds(b'{"a": [[1]], "b": "[[[["}', 3), json_depth_exceeds(b'[[[[]]]]', 3)
+        (False, True)
+    """
+    import numpy as np
+
+    rest = np.frombuffer(_JSON_STRING.sub(b"", bytes(body)), np.uint8)
+    step = (rest == ord("[")).astype(np.int32) + (rest == ord("{")) - (rest == ord("]")) - (rest == ord("}"))
+    return bool(step.size) and int(np.cumsum(step).max()) > max_depth
+
+
+def parse_json_body(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of a request body; :class:`RequestError` (400) when it is not JSON or nests too deep."""
+    if json_depth_exceeds(body, max_depth):
+        raise RequestError(f"the request body nests deeper than {max_depth} levels")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise RequestError("the request body is not valid JSON") from None
+
+
 def parse_chat_request(body: Any, *, image_loader, max_tokens: int, default_max_tokens: int,
                        max_question_chars: int) -> ChatCall:
     """Validate a request body and pull out the guarded call.
@@ -185,6 +219,12 @@ def parse_chat_request(body: Any, *, image_loader, max_tokens: int, default_max_
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if len(stop) > 4 or any(not s for s in stop):
         raise RequestError("stop takes up to 4 non-empty strings", param="stop")
+    # the one check of sampling settings the Python API applies too (finite, in range, seeds torch takes)
+    for name, value in (("temperature", req.temperature or None), ("top_p", req.top_p), ("seed", req.seed)):
+        try:
+            check_sampling(**{name: value})
+        except InputError as exc:
+            raise RequestError(str(exc), param=name) from None
     kwargs: dict = {"max_new_tokens": n_tokens}
     if req.temperature:  # absent or 0: greedy, the Guard's default
         kwargs.update(do_sample=True, temperature=req.temperature)

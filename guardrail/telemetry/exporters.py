@@ -69,6 +69,11 @@ class JsonlFileSpanExporter(SpanExporter):
     ``write`` and the file is closed (so flushed) after every batch. Parent
     folders are created. Errors (unwritable file, unserialisable value) are
     logged and reported as ``FAILURE``, never raised.
+
+    A write that fails half-way (a full disk) is undone: the file is truncated back to where the
+    batch started. Should a partial line remain anyway (the truncation failed too, or another
+    process crashed mid-line), the next batch starts on a fresh line, so one damaged line never
+    swallows the spans after it (:func:`read_trace_jsonl` skips and reports it).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -83,12 +88,29 @@ class JsonlFileSpanExporter(SpanExporter):
             text = "".join(json.dumps(span_to_dict(s), ensure_ascii=False, separators=(",", ":")) + "\n" for s in spans)
             with self._lock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(text)
+                self._append(text.encode("utf-8"))
         except (OSError, TypeError, ValueError) as exc:
             _log.warning("could not write %d span(s) to %s: %s", len(spans), self.path, exc)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _append(self, data: bytes) -> None:
+        """Append ``data`` (whole lines) after the file's last complete line; undo a partial write."""
+        with open(self.path, "a+b") as f:
+            start = f.seek(0, os.SEEK_END)
+            if start > 0:
+                f.seek(start - 1)
+                if f.read(1) != b"\n":  # a partial line left by an earlier failure: end it first
+                    data = b"\n" + data
+            try:
+                f.write(data)
+                f.flush()
+            except OSError:
+                try:
+                    f.truncate(start)  # a shorter file needs no space: drop the half-written batch
+                except OSError:
+                    pass  # the next batch starts on a fresh line anyway
+                raise
 
     def shutdown(self) -> None:
         self._shutdown = True

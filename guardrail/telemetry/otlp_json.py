@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from fastrm_common.errors import DataError
+from fastrm_common.records import open_regular
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["decode_attributes", "decode_value", "encode_attributes", "encode_value", "read_trace_jsonl", "span_to_dict"]
 
@@ -131,7 +135,8 @@ def span_to_dict(span: Any) -> dict[str, Any]:
     }
 
 
-def read_trace_jsonl(path: str | os.PathLike[str], *, decode: bool = True) -> list[dict[str, Any]]:
+def read_trace_jsonl(path: str | os.PathLike[str], *, decode: bool = True,
+                     damaged: list[str] | None = None) -> list[dict[str, Any]]:
     """The spans of a JSONL trace file, in file order.
 
     With ``decode`` (default) every ``attributes`` list (span, events, links,
@@ -139,12 +144,16 @@ def read_trace_jsonl(path: str | os.PathLike[str], *, decode: bool = True) -> li
     times become ints, which is what a viewer wants; ``decode=False`` returns
     the lines exactly as written. Blank lines are skipped.
 
-    Raises :class:`DataError` naming the file and line for a missing file or a
-    line that is not a JSON object.
+    A damaged line (not a JSON object: a span cut short by a full disk or a crash) is skipped,
+    not fatal: the spans around it are still read. Each skipped line is reported as
+    ``"FILE:LINE: reason"``, appended to ``damaged`` when a list is given, else logged as a warning.
+
+    Raises :class:`DataError` for a missing or unreadable file (a FIFO or device included).
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open_regular(p) as fh:  # a FIFO or a device is refused, not read forever
+            text = fh.read().decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"trace file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -153,13 +162,29 @@ def read_trace_jsonl(path: str | os.PathLike[str], *, decode: bool = True) -> li
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        problem = None
         try:
             record = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{p}:{lineno}: not a JSON span record ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{p}:{lineno}: not a JSON span record (got {type(record).__name__})")
-        spans.append(_decoded(record) if decode else record)
+            problem = f"not a JSON span record ({getattr(exc, 'msg', exc)})"
+        except RecursionError:
+            problem = "not a JSON span record (nested too deeply)"
+        else:
+            if not isinstance(record, dict):
+                problem = f"not a JSON span record (got {type(record).__name__})"
+        if problem is None and decode:
+            try:
+                record = _decoded(record)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                problem = f"not a span record ({type(exc).__name__})"
+        if problem is not None:
+            note = f"{p}:{lineno}: {problem}; line skipped"
+            if damaged is not None:
+                damaged.append(note)
+            else:
+                _log.warning("%s", note)
+            continue
+        spans.append(record)
     return spans
 
 

@@ -57,7 +57,10 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
     ``<trace id>-<span id>-token<NNN>.png``; ``html``: also write the HTML report there.
     """
     console = console or Console()
-    calls = guarded_calls(read_trace_jsonl(path))
+    damaged: list[str] = []
+    calls = guarded_calls(read_trace_jsonl(path, damaged=damaged))
+    for note in damaged:  # a line cut short by a full disk or a crash: the rest of the file still shows
+        console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False)
     if not calls:
         console.print(f"[yellow]no guarded call in {path}[/yellow]")
         return 1
