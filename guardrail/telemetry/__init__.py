@@ -18,7 +18,8 @@ _ATTRIBUTES = [
     "chat_content_attributes", "content_capture_enabled", "decode_map", "encode_map", "encoded_nbytes", "get_tracer",
     "guardrail_attributes", "guardrail_messages_attributes", "guardrail_result_event_attributes", "image_attributes",
     "image_data_uri", "image_reference", "input_messages_json", "map_attributes", "map_budget_attributes",
-    "map_from_attributes", "message_text", "messages_attributes", "output_messages_json", "token_event_attributes",
+    "map_from_attributes", "message_text", "messages_attributes", "openai_chat_attributes", "output_messages_json",
+    "token_event_attributes",
     "verdict_label",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, {name: "guardrail.telemetry.attributes" for name in _ATTRIBUTES},

@@ -74,6 +74,7 @@ __all__ = [
     "map_from_attributes",
     "message_text",
     "messages_attributes",
+    "openai_chat_attributes",
     "output_messages_json",
     "token_event_attributes",
     "verdict_label",
@@ -171,7 +172,26 @@ def chat_content_attributes(
     if image_uri:
         attrs[f"{user}.1.{semconv.MESSAGE_CONTENT_TYPE}"] = "image"
         attrs[f"{user}.1.{semconv.MESSAGE_CONTENT_IMAGE}.{semconv.IMAGE_URL}"] = image_uri
+    attrs.update(openai_chat_attributes([question], [answer], finish_reasons=[finish_reason], image_uris=[image_uri]))
     return attrs
+
+
+def openai_chat_attributes(questions: Sequence[str], answers: Sequence[str], *,
+                           finish_reasons: Sequence[str] | None = None,
+                           image_uris: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """MLflow's span inputs/outputs in OpenAI's chat format (content capture only): the request's
+    ``messages`` (each row's question with its image as an ``image_url`` part) and the response's
+    ``choices`` (one per row, ``index`` = the row), which MLflow's trace view shows as a chat."""
+    n = len(questions)
+    uris = list(image_uris or [None] * n)
+    reasons = list(finish_reasons or ["stop"] * n)
+    messages = [{"role": "user", "content": [{"type": "text", "text": q},
+                                             *([{"type": "image_url", "image_url": {"url": u}}] if u else [])]}
+                for q, u in zip(questions, uris)]
+    choices = [{"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": f}
+               for i, (a, f) in enumerate(zip(answers, reasons))]
+    return {semconv.MLFLOW_SPAN_INPUTS: _dumps({"messages": messages}),
+            semconv.MLFLOW_SPAN_OUTPUTS: _dumps({"object": "chat.completion", "choices": choices})}
 
 
 #: a message part: ("text", the text) or ("image", a data: or http(s): URL)
@@ -233,6 +253,7 @@ def batch_content_attributes(questions: Sequence[str], answers: Sequence[str], *
                               [("user", _user_parts(f"[{i}] {q}", u)) for i, (q, u) in enumerate(zip(questions, uris))]),
         **messages_attributes(semconv.LLM_OUTPUT_MESSAGES,
                               [("assistant", [("text", f"[{i}] {a}")]) for i, a in enumerate(answers)]),
+        **openai_chat_attributes(questions, answers, finish_reasons=reasons, image_uris=uris),
     }
 
 

@@ -122,6 +122,12 @@ MESSAGE_CONTENT_IMAGE = "message_content.image"
 IMAGE_URL = "image.url"
 METADATA = "metadata"
 
+# --- MLflow's own span inputs/outputs (JSON). Set on the chat span under content capture in OpenAI's chat format
+# (request messages, response choices), which MLflow's trace view renders as a chat with the image; without
+# them MLflow takes input.value / output.value (plain text, no chat view).
+MLFLOW_SPAN_INPUTS = "mlflow.spanInputs"
+MLFLOW_SPAN_OUTPUTS = "mlflow.spanOutputs"
+
 # --- FastRM attributes (guardrail span)
 FASTRM_SCORE_AGGREGATION = "fastrm.score.aggregation"
 FASTRM_SCORE_NAME = "fastrm.score.name"  # the score the verdict applies to ("none": observe-only)

@@ -67,6 +67,18 @@ def test_guard_span_shows_the_answer_map_as_a_picture(tiny_llava, tiny_proxy, ca
     assert json.loads(a["output.value"])["verdict"] == r.verdict
 
 
+def test_chat_span_speaks_mlflow_chat_format(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    g, exporter = traced_guard(tiny_llava, tiny_proxy, calibration_uncertain)
+    r = g.generate(image, "What color?", max_new_tokens=3)
+    chat = next(s for s in exporter.get_finished_spans() if s.name == "chat tiny-llava")
+    request = json.loads(chat.attributes["mlflow.spanInputs"])
+    (user,) = request["messages"]
+    assert user["role"] == "user" and user["content"][0] == {"type": "text", "text": "What color?"}
+    assert user["content"][1]["image_url"]["url"].startswith("data:image/png")
+    response = json.loads(chat.attributes["mlflow.spanOutputs"])
+    assert response["choices"][0]["message"] == {"role": "assistant", "content": r.answer}
+
+
 def test_no_picture_without_content_capture(tiny_llava, tiny_proxy, calibration_uncertain, image):
     g, exporter = traced_guard(tiny_llava, tiny_proxy, calibration_uncertain, capture=False)
     g.generate(image, "What color?", max_new_tokens=3)
@@ -97,6 +109,12 @@ def test_batch_rows_are_messages_with_their_images_and_indexed_span_names(tiny_l
         assert _png(row[f"{IN}.0.message.contents.1.{IMAGE}"]).getpixel((0, 0)) == images[i].getpixel((0, 0))
         assert row[f"{IN}.1.message.content"] == r.answer
         assert row[f"{OUT}.0.message.contents.1.{IMAGE}"].startswith("data:image/png")
+    # MLflow's chat view: OpenAI's request messages (with the images) and one choice per row
+    mlflow_in = json.loads(ca["mlflow.spanInputs"])["messages"]
+    assert [m["content"][0]["text"] for m in mlflow_in] == questions
+    assert all(m["content"][1]["image_url"]["url"].startswith("data:image/png") for m in mlflow_in)
+    choices = json.loads(ca["mlflow.spanOutputs"])["choices"]
+    assert [(c["index"], c["message"]["content"]) for c in choices] == [(i, r.answer) for i, r in enumerate(results)]
     gen_in = json.loads(ca["gen_ai.input.messages"])
     assert [m["parts"][0]["content"] for m in gen_in] == questions
     assert json.loads(ca["input.value"]) == questions
