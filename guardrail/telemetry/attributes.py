@@ -191,7 +191,7 @@ def openai_chat_attributes(questions: Sequence[str], answers: Sequence[str], *,
     choices = [{"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": f}
                for i, (a, f) in enumerate(zip(answers, reasons))]
     return {semconv.MLFLOW_SPAN_INPUTS: _dumps({"messages": messages}),
-            semconv.MLFLOW_SPAN_OUTPUTS: _dumps({"object": "chat.completion", "choices": choices})}
+            semconv.MLFLOW_SPAN_OUTPUTS: _dumps({"choices": choices})}
 
 
 #: a message part: ("text", the text) or ("image", a data: or http(s): URL)

@@ -60,6 +60,7 @@ from guardrail.telemetry.attributes import (
     image_attributes,
     image_data_uri,
     map_budget_attributes,
+    messages_attributes,
     token_event_attributes,
     verdict_label,
 )
@@ -207,6 +208,10 @@ class OpenTelemetryHooks(GuardHooks):
                 uri = image_data_uri(image.pil) if image is not None else None
                 call.set_attributes(chat_content_attributes(results[0].question, reports[0].answer,
                                                             finish_reason=results[0].finish_reason, image_uri=uri))
+                overlay = self._overlay(reports[0])
+                if overlay:  # Phoenix draws images of an LLM span's messages only: the map beside the answer
+                    call.set_attributes(messages_attributes(semconv.LLM_OUTPUT_MESSAGES, [
+                        ("assistant", [("text", reports[0].answer), ("image", overlay)])]))
             else:
                 call.set_attributes(batch_content_attributes(
                     [r.question for r in results], [r.answer for r in reports],
@@ -296,7 +301,7 @@ class OpenTelemetryHooks(GuardHooks):
             if report.image is not None:
                 span.set_attributes(image_attributes(reference, capture_content=content))
             if content:
-                span.set_attributes(self._row_messages(report, decision, reference.get("box")))
+                span.set_attributes(self._row_messages(report, decision))
             if result.error:
                 span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
                 span.set_status(Status(StatusCode.ERROR, result.error.split(":")[0]))
@@ -313,20 +318,27 @@ class OpenTelemetryHooks(GuardHooks):
         except Exception:  # telemetry must never break the guarded call
             _log.debug("telemetry of a guarded row failed", exc_info=True)
 
-    def _row_messages(self, report: RowReport, decision, box) -> dict[str, Any]:
+    def _row_messages(self, report: RowReport, decision) -> dict[str, Any]:
         """The row span's messages (content capture only): question, image and answer in; the verdict
         in words and the answer's map over the image out."""
         result = report.result
         pil = report.image.pil if report.image is not None else None
-        overlay = None
-        answer_map = result.answer_map
-        if answer_map is not None and np.ndim(answer_map) == 2 and answer_map.shape[0] > 1:
-            overlay = overlay_data_uri(pil, answer_map, box=box)
         return guardrail_messages_attributes(
             result.question, report.answer, verdict_text=verdict_text(result, decision),
             image_uri=image_data_uri(pil, max_side=160, max_bytes=48_000) if pil is not None else None,
-            overlay_uri=overlay,
+            overlay_uri=self._overlay(report),
         )
+
+    @staticmethod
+    def _overlay(report: RowReport) -> str | None:
+        """The answer's map (mean over its scored tokens) over the row's image, a small PNG data URI; None
+        without a map or for several image regions (one picture per region is not drawn yet)."""
+        answer_map = report.result.answer_map
+        if answer_map is None or np.ndim(answer_map) != 2 or answer_map.shape[0] < 2:
+            return None
+        image = report.image
+        box = image.reference().get("box") if image is not None else None
+        return overlay_data_uri(image.pil if image is not None else None, answer_map, box=box)
 
     def _token_events(self, span, result: GuardResult, token_times: Sequence[int], signals: Any = None) -> None:
         n_tokens = len(result.tokens)

@@ -5,9 +5,11 @@ Phoenix shows our spans natively from their OpenInference attributes (sent over 
 list's annotation column, however, read *annotations*, which are not part of OTLP. This exporter
 posts them to Phoenix's REST API (``POST /v1/span_annotations``), two per verdict:
 
-- ``fastrm``: label ``confident`` / ``uncertain`` / ``unscored`` / ``unguarded``, score = the answer
-  score (higher = more uncertain), explanation = the decision's reason, metadata = rule, policy, threshold;
+- ``fastrm``: label ``confident`` / ``uncertain`` / ``unscored`` / ``unguarded``, explanation = the
+  decision's reason, metadata = action, score, rule, policy, threshold;
 - ``fastrm.action``: label = the policy's action (``allow``, ``flag``, ``abstain``, ``escalate``);
+- ``fastrm.score``: score = the answer score (higher = more uncertain), apart from the label because
+  Phoenix's chip shows an annotation's score instead of its label when it has both;
 
 on every ``apply_guardrail fastrm`` span and on the trace's root span (a batch's root gets the most
 severe label and action of its rows), so the trace list shows the verdict without opening the trace.
@@ -37,19 +39,26 @@ _log = logging.getLogger(__name__)
 
 
 def phoenix_annotations(note: VerdictNote) -> list[dict[str, Any]]:
-    """The Phoenix span annotations of one note: the verdict (``fastrm``) and the action (``fastrm.action``)."""
-    result = {k: v for k, v in {"label": note.label, "score": note.score, "explanation": note.explanation}.items()
-              if v is not None}
-    out = [{"span_id": note.span_id, "name": semconv.VERDICT_NOTE_NAME, "annotator_kind": "CODE",
-            "result": result, "metadata": {"action": note.action, **note.metadata}, "identifier": ""}]
+    """The Phoenix span annotations of one note: the verdict (``fastrm``: label and explanation), the action
+    (``fastrm.action``) and the score (``fastrm.score``). Phoenix's chips and summaries show an annotation's
+    score whenever it has one, so the verdict's label is kept apart from the score (a mean of raw scores
+    across confident and uncertain answers says little); the verdict's metadata has the score too."""
+    def annotation(name: str, result: dict[str, Any], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"span_id": note.span_id, "name": name, "annotator_kind": "CODE", "identifier": "",
+                "result": {k: v for k, v in result.items() if v is not None}, "metadata": metadata or {}}
+
+    out = [annotation(semconv.VERDICT_NOTE_NAME, {"label": note.label, "explanation": note.explanation},
+                      {"action": note.action, "score": note.score, **note.metadata})]
     if note.action:
-        out.append({"span_id": note.span_id, "name": semconv.ACTION_NOTE_NAME, "annotator_kind": "CODE",
-                    "result": {"label": note.action}, "metadata": {}, "identifier": ""})
+        out.append(annotation(semconv.ACTION_NOTE_NAME, {"label": note.action}))
+    if note.score is not None:
+        out.append(annotation(semconv.SCORE_NOTE_NAME, {"score": note.score}))
     return out
 
 
 def annotation_for(span_id: str, attributes: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``fastrm`` Phoenix span annotation of one ``apply_guardrail fastrm`` span's attributes (None if not one)."""
+    """The ``fastrm`` Phoenix span annotation (the verdict) of one ``apply_guardrail fastrm`` span's attributes
+    (None if not one)."""
     note = verdict_note(attributes)
     if note is None:
         return None

@@ -70,8 +70,9 @@ GUARDRAIL_OPERATION = "apply_guardrail"
 GUARDRAIL_NAME = "fastrm"
 GUARDRAIL_SPAN_NAME = f"{GUARDRAIL_OPERATION} {GUARDRAIL_NAME}"  # "apply_guardrail fastrm"
 # Names of the verdict notes posted to viewers (Phoenix annotations, MLflow assessments), not span keys.
-VERDICT_NOTE_NAME = GUARDRAIL_NAME  # label confident / uncertain / unscored / unguarded, score, explanation
+VERDICT_NOTE_NAME = GUARDRAIL_NAME  # label confident / uncertain / unscored / unguarded, explanation
 ACTION_NOTE_NAME = f"{GUARDRAIL_NAME}.action"  # label: the policy's action
+SCORE_NOTE_NAME = f"{GUARDRAIL_NAME}.score"  # Phoenix only: the score, apart (its chip shows a score over a label)
 
 # --- Guardrail span / evaluation event attributes (ours, so under fastrm.)
 GUARDRAIL_NAME_KEY = "fastrm.guardrail.name"

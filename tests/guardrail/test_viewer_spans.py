@@ -61,6 +61,10 @@ def test_guard_span_shows_the_answer_map_as_a_picture(tiny_llava, tiny_proxy, ca
     assert len(uri) <= 32_000
     picture = _png(uri)
     assert max(picture.size) == 160 and picture.size == (160, 80)  # the image's aspect ratio
+    # Phoenix draws the images of an LLM span's messages only: the chat span's answer has the picture beside it
+    chat = next(s for s in exporter.get_finished_spans() if s.name == "chat tiny-llava")
+    assert chat.attributes[f"{OUT}.0.message.contents.0.message_content.text"] == r.answer
+    assert chat.attributes[f"{OUT}.0.message.contents.1.{IMAGE}"] == uri
     # the raw maps stay, in their compact encoding, for tools
     events = [e for e in guard_span.events if e.name == "fastrm.token"]
     assert len(events) == len(r.token_ids) and map_from_attributes(dict(events[0].attributes)) is not None

@@ -110,10 +110,12 @@ GUARD_ATTRS = {"fastrm.guardrail.action": "flag", "fastrm.guardrail.verdict": "u
 def test_the_label_is_the_verdict_and_the_action_is_its_own_label():
     note = verdict_note(GUARD_ATTRS)
     assert (note.label, note.action, note.score, note.explanation) == ("uncertain", "flag", 0.9, "uncertain answer")
-    verdict, action = phoenix_annotations(note)
-    assert verdict["name"] == "fastrm" and verdict["result"] == {"label": "uncertain", "score": 0.9,
-                                                                   "explanation": "uncertain answer"}
+    verdict, action, score = phoenix_annotations(note)
+    # Phoenix's chip shows a score instead of a label: the verdict's label travels without one
+    assert verdict["name"] == "fastrm" and verdict["result"] == {"label": "uncertain", "explanation": "uncertain answer"}
+    assert verdict["metadata"]["score"] == 0.9 and verdict["metadata"]["action"] == "flag"
     assert action["name"] == "fastrm.action" and action["result"] == {"label": "flag"}
+    assert score["name"] == "fastrm.score" and score["result"] == {"score": 0.9}
     unscored = verdict_note({"fastrm.guardrail.action": "allow", "fastrm.guardrail.reason": "observe"})
     assert unscored.label == "unscored" and unscored.score is None
     failed = verdict_note({"fastrm.guardrail.action": "allow", "fastrm.guardrail.unguarded": True})
@@ -161,7 +163,7 @@ def test_standard_otlp_variables_pointing_at_phoenix_get_annotations_on_guard_an
     assert len(by_span) == 2  # the guard span and the chat span (the trace's root)
     for results in by_span.values():
         assert results["fastrm"]["label"] == r.verdict == "uncertain"
-        assert results["fastrm"]["score"] == pytest.approx(r.score)
+        assert results["fastrm.score"]["score"] == pytest.approx(r.score)
         assert results["fastrm.action"]["label"] == r.action
     assert not [rec for rec in caplog.records if "did not finish exporting" in rec.message or "lost" in rec.message]
 
@@ -251,6 +253,6 @@ def test_a_slow_viewer_is_not_reported_as_spans_that_did_not_export(caplog):
             assert _wait(lambda: len(v.accepted) >= 1)
             provider.shutdown()
         assert not caplog.records, [r.message for r in caplog.records]
-        assert exporter.lost == 0 and {a["name"] for a in v.accepted[0]["data"]} == {"fastrm", "fastrm.action"}
+        assert exporter.lost == 0 and {a["name"] for a in v.accepted[0]["data"]} == {"fastrm", "fastrm.action", "fastrm.score"}
     finally:
         v.close()
