@@ -13,7 +13,7 @@ EXTRAS ?= dev,distributed,otlp,serve
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install demo test test-fast lint clean browser phoenix-venv test-phoenix
+.PHONY: install demo test test-fast lint clean browser phoenix-venv test-phoenix mlflow-venv test-mlflow
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -74,8 +74,22 @@ phoenix-venv: $(PHOENIX_VENV)/bin/phoenix
 test-phoenix: install browser phoenix-venv
 	FASTRM_PHOENIX=$(abspath $(PHOENIX_VENV))/bin/phoenix $(BIN)/python -m pytest -q -m phoenix tests/guardrail/test_phoenix.py
 
+# The same for MLflow: guarded calls sent over OTLP to a live `mlflow server` on loopback (its own virtual
+# environment: MLflow is large), the verdicts as assessments, read back through its REST API.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_VERSION ?= 3.18.0
+
+$(MLFLOW_VENV)/bin/mlflow:
+	$(PY) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install -q "mlflow==$(MLFLOW_VERSION)"
+
+mlflow-venv: $(MLFLOW_VENV)/bin/mlflow
+
+test-mlflow: install browser mlflow-venv
+	FASTRM_MLFLOW=$(abspath $(MLFLOW_VENV))/bin/mlflow $(BIN)/python -m pytest -q -m mlflow tests/guardrail/test_mlflow.py
+
 clean:
-	rm -rf $(VENV) $(PHOENIX_VENV) build *.egg-info
+	rm -rf $(VENV) $(PHOENIX_VENV) $(MLFLOW_VENV) build *.egg-info
 
 # ---------------------------------------------------------------------------------------------
 # Shipped artifacts, in dependency order: model -> proxy -> calibration -> demo.

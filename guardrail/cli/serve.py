@@ -29,7 +29,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable; default: no CORS)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: the Guard's)")
     p.add_argument("--trace", default=None, help="append spans to this JSONL file")
-    p.add_argument("--otlp-endpoint", default=None, help="send spans to this OTLP/HTTP collector")
+    p.add_argument("--otlp-endpoint", default=None,
+                   help="send spans to this OTLP/HTTP collector (default: the OTEL_EXPORTER_OTLP_* variables; "
+                        "a Phoenix or MLflow there also gets each verdict as an annotation)")
+    p.add_argument("--phoenix", default=None, metavar="URL",
+                   help="send spans to an Arize Phoenix at URL and post each verdict there as a span annotation")
     p.add_argument("--capture-content", action="store_true", default=None, help="record question/answer text in spans")
     p.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment (the distributed extra)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas (one GPU each when GPUs exist)")
@@ -67,9 +71,11 @@ def serve_command(args, console: Console) -> int:
         from guardrail.serve.ray_app import serve_on_ray
 
         return serve_on_ray(args.model, guard_kwargs, config, host=args.host, port=args.port, replicas=args.replicas,
-                            otlp_endpoint=args.otlp_endpoint, address=args.ray_address,
+                            otlp_endpoint=args.otlp_endpoint or args.phoenix, address=args.ray_address,
                             allow_insecure=args.insecure, console=console)
-    provider = configure_tracing(jsonl_path=args.trace, otlp_endpoint=args.otlp_endpoint)
+    from guardrail.telemetry.setup import tracing_endpoints
+
+    provider = configure_tracing(jsonl_path=args.trace, **tracing_endpoints(args))
 
     def load():
         return Guard.from_pretrained(args.model, tracer_provider=provider, **guard_kwargs)
@@ -84,5 +90,5 @@ def serve_command(args, console: Console) -> int:
     except ValueError as exc:
         raise GuardrailError(str(exc)) from None
     finally:
-        provider.force_flush()
+        provider.shutdown()  # flushes the spans and the verdict annotations still being posted
     return 0

@@ -47,6 +47,7 @@ from fastrm_common.errors import GuardrailError, InputError
 from guardrail.guard import DEFAULT_MAX_NEW_TOKENS
 import guardrail.telemetry.semconv as semconv
 from guardrail.result import BatchItemError
+from guardrail.telemetry.attributes import verdict_label
 from guardrail.telemetry.mapcodec import encode_map
 
 from guardrail.serve.batching import Batcher, QueueFull
@@ -268,7 +269,8 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         parent = propagate.extract(dict(request.headers))
         span = state.tracer.start_span(f"POST {CHAT_ROUTE}", context=parent, kind=SpanKind.SERVER, attributes={
             semconv.HTTP_REQUEST_METHOD: "POST", semconv.URL_PATH: CHAT_ROUTE, semconv.HTTP_ROUTE: CHAT_ROUTE,
-            semconv.SERVER_ADDRESS: request.url.hostname or "", semconv.NETWORK_PROTOCOL_NAME: "http"})
+            semconv.SERVER_ADDRESS: request.url.hostname or "", semconv.NETWORK_PROTOCOL_NAME: "http",
+            semconv.OPENINFERENCE_SPAN_KIND: semconv.OPENINFERENCE_KIND_CHAIN})
         started = time.perf_counter()
         streaming = False
         try:
@@ -288,6 +290,8 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
         span.set_attribute(semconv.HTTP_RESPONSE_STATUS_CODE, status)
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
+        elif status < 400:
+            span.set_status(Status(StatusCode.OK))
         state.metrics.response(CHAT_ROUTE, status)
 
     async def _chat(request: Request, span, started: float):
@@ -336,6 +340,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             return fail(exc.status, str(exc), param=exc.param, code=exc.code)
         except InputError as exc:
             return fail(400, str(exc), param="messages")
+        _request_summary(span, call, state.model_name, capture=bool(getattr(guard, "capture_content", False)))
         if call.stream:
             try:
                 state.batcher.reserve()
@@ -372,7 +377,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
             log.error("guarded call failed: %s", exc)
             return fail(500, "the guarded call failed", type_="server_error")
         state.metrics.result(result.verdict, result.action, time.perf_counter() - started)
-        _annotate(span, result)
+        _annotate(span, result, shown_text(result, call.stop)[0], capture=bool(getattr(guard, "capture_content", False)))
         finish_span(span, 200)
         return JSONResponse(chat_completion(result, call, model=state.model_name,
                                             prompt_tokens=n_prompt, trace_id=_trace_id(span)))
@@ -472,7 +477,7 @@ def create_app(guard=None, *, loader: Optional[Callable[[], Any]] = None, config
                     obj = guardrail_object(result, trace_id=_trace_id(span), maps=False)
                     obj["text"] = text  # what the policy lets the user see; differs from the streamed tokens on abstain
                     state.metrics.result(result.verdict, result.action, time.perf_counter() - started)
-                    _annotate(span, result)
+                    _annotate(span, result, text, capture=bool(getattr(guard, "capture_content", False)))
                     yield sse(stream_chunk(cid, model, created, finish=finish_reason(result, by_stop or stopped),
                                            extra=obj))
                     if call.include_usage:
@@ -526,10 +531,36 @@ class _InstanceHeader:
         await self.app(scope, receive, send_with_header)
 
 
-def _annotate(span, result) -> None:
+def _request_summary(span, call: ChatCall, model, *, capture: bool) -> None:
+    """The request span's input, for a viewer's span list: the request's settings (and question under content capture)."""
     try:
         if span.is_recording():
-            span.set_attribute(semconv.SERVE_VERDICT, str(result.verdict))
-            span.set_attribute(semconv.SERVE_ACTION, result.action)
+            summary = {"model": model, "stream": call.stream, **call.generate_kwargs}
+            if capture:
+                summary["question"] = call.question
+            span.set_attributes({semconv.INPUT_VALUE: json.dumps(summary, ensure_ascii=False, default=str),
+                                 semconv.INPUT_MIME_TYPE: semconv.MIME_JSON})
     except Exception:  # telemetry never breaks a response
-        pass
+        log.debug("telemetry failed", exc_info=True)
+
+
+def _annotate(span, result, text: str, *, capture: bool) -> None:
+    """The request span's outcome: the verdict as a label (also the trace's annotation at a viewer,
+    :mod:`guardrail.telemetry.annotations`) and the response's summary as its output."""
+    try:
+        if span.is_recording():
+            label = verdict_label(result.verdict, result.unguarded)
+            outcome = {"verdict": label, "action": result.action, "score": result.score,
+                       "finish_reason": result.finish_reason}
+            if capture:
+                outcome["text"] = text
+            span.set_attributes({
+                semconv.SERVE_VERDICT: label, semconv.SERVE_ACTION: result.action,
+                semconv.OUTPUT_VALUE: json.dumps(outcome, ensure_ascii=False), semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
+            })
+            if result.score is not None:
+                span.set_attribute(semconv.SERVE_SCORE, float(result.score))
+            if capture or not result.unguarded:  # an unguarded reason may quote the question
+                span.set_attribute(semconv.SERVE_REASON, result.reason)
+    except Exception:  # telemetry never breaks a response
+        log.debug("telemetry failed", exc_info=True)

@@ -61,7 +61,9 @@ __all__ = [
     "encode_map",
     "encoded_nbytes",
     "get_tracer",
+    "batch_content_attributes",
     "guardrail_attributes",
+    "guardrail_messages_attributes",
     "guardrail_result_event_attributes",
     "image_attributes",
     "image_data_uri",
@@ -71,8 +73,11 @@ __all__ = [
     "map_budget_attributes",
     "map_from_attributes",
     "message_text",
+    "messages_attributes",
+    "openai_chat_attributes",
     "output_messages_json",
     "token_event_attributes",
+    "verdict_label",
 ]
 
 _TRUE = {"1", "true", "yes", "on", "span_only", "event_only", "span_and_event"}
@@ -167,7 +172,103 @@ def chat_content_attributes(
     if image_uri:
         attrs[f"{user}.1.{semconv.MESSAGE_CONTENT_TYPE}"] = "image"
         attrs[f"{user}.1.{semconv.MESSAGE_CONTENT_IMAGE}.{semconv.IMAGE_URL}"] = image_uri
+    attrs.update(openai_chat_attributes([question], [answer], finish_reasons=[finish_reason], image_uris=[image_uri]))
     return attrs
+
+
+def openai_chat_attributes(questions: Sequence[str], answers: Sequence[str], *,
+                           finish_reasons: Sequence[str] | None = None,
+                           image_uris: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """MLflow's span inputs/outputs in OpenAI's chat format (content capture only): the request's
+    ``messages`` (each row's question with its image as an ``image_url`` part) and the response's
+    ``choices`` (one per row, ``index`` = the row), which MLflow's trace view shows as a chat."""
+    n = len(questions)
+    uris = list(image_uris or [None] * n)
+    reasons = list(finish_reasons or ["stop"] * n)
+    messages = [{"role": "user", "content": [{"type": "text", "text": q},
+                                             *([{"type": "image_url", "image_url": {"url": u}}] if u else [])]}
+                for q, u in zip(questions, uris)]
+    choices = [{"index": i, "message": {"role": "assistant", "content": a}, "finish_reason": f}
+               for i, (a, f) in enumerate(zip(answers, reasons))]
+    return {semconv.MLFLOW_SPAN_INPUTS: _dumps({"messages": messages}),
+            semconv.MLFLOW_SPAN_OUTPUTS: _dumps({"choices": choices})}
+
+
+#: a message part: ("text", the text) or ("image", a data: or http(s): URL)
+Part = tuple[str, str]
+
+
+def messages_attributes(key: str, messages: Sequence[tuple[str, Sequence[Part]]]) -> dict[str, Any]:
+    """OpenInference's flattened messages under ``key`` (``llm.input_messages`` / ``llm.output_messages``).
+
+    ``messages`` are ``(role, parts)``; a message of one text part is written as ``message.content``,
+    others part by part (``message.contents.{j}.message_content.type`` = ``text`` or ``image``), which
+    is how Phoenix shows text beside images.
+
+    >>> messages_attributes("llm.output_messages", [("assistant", [("text", "3")])])
+    {'llm.output_messages.0.message.role': 'assistant', 'llm.output_messages.0.message.content': '3'}
+    """
+    attrs: dict[str, Any] = {}
+    for i, (role, parts) in enumerate(messages):
+        attrs[f"{key}.{i}.{semconv.MESSAGE_ROLE}"] = role
+        if len(parts) == 1 and parts[0][0] == "text":
+            attrs[f"{key}.{i}.{semconv.MESSAGE_CONTENT}"] = parts[0][1]
+            continue
+        for j, (kind, value) in enumerate(parts):
+            base = f"{key}.{i}.{semconv.MESSAGE_CONTENTS}.{j}"
+            attrs[f"{base}.{semconv.MESSAGE_CONTENT_TYPE}"] = kind
+            if kind == "image":
+                attrs[f"{base}.{semconv.MESSAGE_CONTENT_IMAGE}.{semconv.IMAGE_URL}"] = value
+            else:
+                attrs[f"{base}.{semconv.MESSAGE_CONTENT_TEXT}"] = value
+    return attrs
+
+
+def _user_parts(question: str, image_uri: str | None) -> list[Part]:
+    return [("text", question), *([("image", image_uri)] if image_uri else [])]
+
+
+def batch_content_attributes(questions: Sequence[str], answers: Sequence[str], *,
+                             finish_reasons: Sequence[str] | None = None,
+                             image_uris: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """The ``chat`` span's content for a batch (content capture only): one user message per row (its
+    question, ``[i]`` first, and its image) and one assistant message per row (its answer), in row order.
+
+    GenAI ``gen_ai.input.messages`` / ``gen_ai.output.messages`` list the rows' messages (without the
+    images); ``input.value`` / ``output.value`` stay the JSON lists of questions and answers.
+    """
+    n = len(questions)
+    uris = list(image_uris or [None] * n)
+    reasons = list(finish_reasons or ["stop"] * n)
+    return {
+        semconv.GEN_AI_INPUT_MESSAGES: _dumps([{"role": "user", "parts": [{"type": "text", "content": q}]}
+                                               for q in questions]),
+        semconv.GEN_AI_OUTPUT_MESSAGES: _dumps([{"role": "assistant", "parts": [{"type": "text", "content": a}],
+                                                 "finish_reason": f} for a, f in zip(answers, reasons)]),
+        semconv.INPUT_VALUE: _dumps(list(questions)),
+        semconv.INPUT_MIME_TYPE: semconv.MIME_JSON,
+        semconv.OUTPUT_VALUE: _dumps(list(answers)),
+        semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
+        **messages_attributes(semconv.LLM_INPUT_MESSAGES,
+                              [("user", _user_parts(f"[{i}] {q}", u)) for i, (q, u) in enumerate(zip(questions, uris))]),
+        **messages_attributes(semconv.LLM_OUTPUT_MESSAGES,
+                              [("assistant", [("text", f"[{i}] {a}")]) for i, a in enumerate(answers)]),
+        **openai_chat_attributes(questions, answers, finish_reasons=reasons, image_uris=uris),
+    }
+
+
+def guardrail_messages_attributes(question: str, answer: str, *, verdict_text: str, image_uri: str | None = None,
+                                  overlay_uri: str | None = None) -> dict[str, Any]:
+    """The guard span's messages (content capture only), what a viewer shows of one guarded answer:
+    input, the conversation under test (the user's question with its image, the model's answer);
+    output, the verdict in words with the answer's map painted over the image (``overlay_uri``,
+    :func:`guardrail.telemetry.map_image.overlay_data_uri`)."""
+    return {
+        **messages_attributes(semconv.LLM_INPUT_MESSAGES,
+                              [("user", _user_parts(question, image_uri)), ("assistant", [("text", answer)])]),
+        **messages_attributes(semconv.LLM_OUTPUT_MESSAGES,
+                              [("assistant", [("text", verdict_text), *([("image", overlay_uri)] if overlay_uri else [])])]),
+    }
 
 
 def image_data_uri(image: Any, *, max_side: int = 256, max_bytes: int = 96_000) -> str | None:
@@ -287,6 +388,13 @@ def guardrail_attributes(
             semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
         }
     )
+
+
+def verdict_label(verdict: str | None, unguarded: bool = False) -> str:
+    """``confident`` / ``uncertain``; ``unguarded`` when the guard failed; ``unscored`` without a verdict."""
+    if unguarded:
+        return "unguarded"
+    return verdict if verdict else "unscored"
 
 
 def guardrail_result_event_attributes(

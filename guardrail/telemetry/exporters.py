@@ -206,6 +206,7 @@ def configure_tracing(
     service_name: str | None = None,
     export_timeout_s: float = 5.0,
     set_global: bool = False,
+    viewer: str | None = "auto",
 ) -> TracerProvider:
     """A ``TracerProvider`` exporting to the console, a JSONL file and/or OTLP/HTTP.
 
@@ -221,6 +222,11 @@ def configure_tracing(
       ``OTEL_SERVICE_NAME`` or ``"fastrm-guard"`` (``OTEL_RESOURCE_ATTRIBUTES`` is honoured).
     - ``export_timeout_s``: the most one export/flush/shutdown of one exporter may take.
     - ``set_global``: also install the provider as the global one (possible once per process).
+    - ``viewer``: what the OTLP endpoint is: ``"auto"`` asks it once (:func:`~guardrail.telemetry.viewers.detect_viewer`),
+      ``"phoenix"`` or ``"mlflow"`` says so, None means a plain collector. At a Phoenix the verdicts
+      are also posted as span annotations, at an MLflow server as assessments (and the spans carry
+      the ``x-mlflow-experiment-id`` header: ``MLFLOW_EXPERIMENT_ID`` or ``0``, unless
+      ``OTEL_EXPORTER_OTLP_*HEADERS`` name one), unless ``exporters`` has an annotation exporter already.
 
     Each exporter gets its own ``BatchSpanProcessor`` (queue size, batch size
     and delay from the standard ``OTEL_BSP_*`` variables) behind a
@@ -232,9 +238,18 @@ def configure_tracing(
         chosen.append(ConsoleSpanExporter(out=sys.stdout if console is True else console))
     if jsonl_path is not None:
         chosen.append(JsonlFileSpanExporter(jsonl_path))
-    if otlp_endpoint or (otlp_from_env and otlp_endpoint_from_env()):
-        chosen.append(_otlp_exporter(otlp_endpoint or None, export_timeout_s))
+    endpoint = otlp_endpoint or (otlp_endpoint_from_env() if otlp_from_env else None)
+    annotations: list[SpanExporter] = []
+    if endpoint:
+        from guardrail.telemetry.annotations import AnnotationExporter
+        from guardrail.telemetry.viewers import detect_viewer, viewer_exporters
+
+        found = detect_viewer(endpoint) if viewer == "auto" else viewer
+        chosen.append(_otlp_exporter(otlp_endpoint or None, export_timeout_s, _viewer_headers(found)))
+        if not any(isinstance(e, AnnotationExporter) for e in exporters):
+            annotations = viewer_exporters(endpoint, found)
     chosen.extend(exporters)
+    chosen.extend(annotations)
 
     name = service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
@@ -249,7 +264,23 @@ def configure_tracing(
     return provider
 
 
-def _otlp_exporter(endpoint: str | None, timeout_s: float) -> SpanExporter:
+def _viewer_headers(viewer: str | None) -> dict[str, str] | None:
+    """The OTLP headers a viewer needs beside those of ``OTEL_EXPORTER_OTLP_*HEADERS`` (None: just those)."""
+    if viewer != "mlflow":
+        return None
+    from opentelemetry.util.re import parse_env_headers
+
+    from guardrail.telemetry.mlflow import MLFLOW_EXPERIMENT_HEADER
+    from guardrail.telemetry.viewers import mlflow_experiment_id
+
+    text = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS") or ""
+    headers = dict(parse_env_headers(text, liberal=True))
+    if MLFLOW_EXPERIMENT_HEADER not in {k.lower() for k in headers}:
+        headers[MLFLOW_EXPERIMENT_HEADER] = mlflow_experiment_id()
+    return headers
+
+
+def _otlp_exporter(endpoint: str | None, timeout_s: float, headers: dict[str, str] | None = None) -> SpanExporter:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
@@ -263,6 +294,8 @@ def _otlp_exporter(endpoint: str | None, timeout_s: float) -> SpanExporter:
     kwargs: dict[str, Any] = {"timeout": timeout_s}
     if endpoint:
         kwargs["endpoint"] = _traces_url(endpoint)
+    if headers:
+        kwargs["headers"] = headers
     return OTLPSpanExporter(**kwargs)
 
 
@@ -282,6 +315,7 @@ def configure_metrics(
     export_interval_s: float = 60.0,
     export_timeout_s: float = 5.0,
     set_global: bool = False,
+    viewer: str | None = "auto",
 ) -> Any:
     """A ``MeterProvider`` for :class:`guardrail.telemetry.guard_metrics.GuardMetrics`, set up like :func:`configure_tracing`.
 
@@ -291,6 +325,8 @@ def configure_metrics(
       enable it (needs the ``otlp`` extra);
     - ``readers``: further metric readers of your own (e.g. the SDK's ``InMemoryMetricReader``);
     - ``export_interval_s``: how often the periodic readers export (also at ``shutdown``/``force_flush``).
+    - ``viewer``: what the OTLP endpoint is (as in :func:`configure_tracing`): a trace viewer that takes no
+      metrics (Arize Phoenix, MLflow) gets none, instead of a failing export every interval.
 
     Pass the provider to ``Guard(meter_provider=...)`` and call ``provider.shutdown()`` at exit.
     """
@@ -304,6 +340,13 @@ def configure_metrics(
         exporter = ConsoleMetricExporter(out=sys.stdout if console is True else console)
         chosen.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms))
     endpoint = otlp_endpoint or (otlp_endpoint_from_env("metrics") if otlp_from_env else None)
+    if endpoint and viewer is not None:
+        from guardrail.telemetry.viewers import VIEWERS, detect_viewer
+
+        found = detect_viewer(endpoint) if viewer == "auto" else viewer
+        if found in VIEWERS:
+            _log.info("%s is %s, which takes traces but no metrics: no OTLP metrics sent there", endpoint, found)
+            endpoint = None
     if endpoint:
         try:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter

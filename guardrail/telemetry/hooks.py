@@ -50,16 +50,21 @@ from guardrail.telemetry.safe_span import contained_span, event_limit
 from guardrail.telemetry.guard_metrics import GuardMetrics
 from guardrail.telemetry.attributes import (
     MapBudget,
+    batch_content_attributes,
     chat_attributes,
     chat_content_attributes,
     get_tracer,
     guardrail_attributes,
+    guardrail_messages_attributes,
     guardrail_result_event_attributes,
     image_attributes,
     image_data_uri,
     map_budget_attributes,
+    messages_attributes,
     token_event_attributes,
+    verdict_label,
 )
+from guardrail.telemetry.map_image import overlay_data_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from policies import Decision
@@ -169,6 +174,7 @@ class OpenTelemetryHooks(GuardHooks):
     def call(self, *, start_time: int | None = None) -> Iterator[trace.Span]:
         with self._span(f"{semconv.CHAT_SPAN_PREFIX} {self.model_name}", start_time=start_time) as span:
             yield span
+            _ok(span)  # not reached when the call raises (call_failed set ERROR)
 
     def call_failed(self, call: trace.Span) -> None:
         try:
@@ -180,9 +186,9 @@ class OpenTelemetryHooks(GuardHooks):
             _log.debug("telemetry failed", exc_info=True)
 
     def call_done(self, call: trace.Span, reports: Sequence[RowReport], kwargs: dict[str, Any]) -> None:
-        """The ``chat`` span: token counts summed over the rows (each row's prompt without padding); content
-        (question, the model's answer even when withheld, the image) for a single call under content capture.
-        A batch's per-row content is on each row's ``apply_guardrail`` span."""
+        """The ``chat`` span: token counts summed over the rows (each row's prompt without padding); under
+        content capture, the messages: the question with its image and the model's answer (even when
+        withheld), for a batch one user and one assistant message per row (each row's span has its own too)."""
         try:
             if not call.is_recording():
                 return
@@ -202,13 +208,16 @@ class OpenTelemetryHooks(GuardHooks):
                 uri = image_data_uri(image.pil) if image is not None else None
                 call.set_attributes(chat_content_attributes(results[0].question, reports[0].answer,
                                                             finish_reason=results[0].finish_reason, image_uri=uri))
+                overlay = self._overlay(reports[0])
+                if overlay:  # Phoenix draws images of an LLM span's messages only: the map beside the answer
+                    call.set_attributes(messages_attributes(semconv.LLM_OUTPUT_MESSAGES, [
+                        ("assistant", [("text", reports[0].answer), ("image", overlay)])]))
             else:
-                call.set_attributes({
-                    semconv.INPUT_VALUE: json.dumps([r.question for r in results], ensure_ascii=False),
-                    semconv.INPUT_MIME_TYPE: semconv.MIME_JSON,
-                    semconv.OUTPUT_VALUE: json.dumps([r.answer for r in reports], ensure_ascii=False),
-                    semconv.OUTPUT_MIME_TYPE: semconv.MIME_JSON,
-                })
+                call.set_attributes(batch_content_attributes(
+                    [r.question for r in results], [r.answer for r in reports],
+                    finish_reasons=[r.finish_reason for r in results],
+                    image_uris=_batch_image_uris([r.image for r in reports]),
+                ))
         except Exception:  # telemetry must never break the guarded call
             _log.debug("telemetry failed", exc_info=True)
 
@@ -218,6 +227,7 @@ class OpenTelemetryHooks(GuardHooks):
         with self._span(semconv.GUARDRAIL_SPAN_NAME) as span:
             handle.span = span
             yield handle
+            _ok(span)  # a guard that failed set ERROR in row_done
         if handle.report is not None:  # after the span, as a call's metrics always were
             report = handle.report
             self.metrics.record(report.result, model=self.model_name, input_tokens=report.n_prompt)
@@ -289,13 +299,18 @@ class OpenTelemetryHooks(GuardHooks):
             if result.image_cropped is not None:
                 span.set_attribute(semconv.FASTRM_IMAGE_CROPPED, float(result.image_cropped))
             if report.n_rows > 1:
+                span.update_name(semconv.guardrail_span_name(report.index))
                 span.set_attributes({semconv.FASTRM_BATCH_INDEX: report.index, semconv.FASTRM_BATCH_SIZE: report.n_rows})
                 if content:
                     span.set_attribute(semconv.GUARDRAIL_QUESTION, result.question)
+            reference = report.image.reference() if report.image is not None else {}
             if report.image is not None:
-                span.set_attributes(image_attributes(report.image.reference(), capture_content=content))
+                span.set_attributes(image_attributes(reference, capture_content=content))
+            if content:
+                span.set_attributes(self._row_messages(report, decision))
             if result.error:
                 span.set_attribute(semconv.ERROR_TYPE, result.error.split(":")[0])
+                span.set_status(Status(StatusCode.ERROR, result.error.split(":")[0]))
             if result.regions:
                 span.set_attribute(semconv.FASTRM_MAP_REGIONS, json.dumps([r.model_dump(mode="json") for r in result.regions]))
             if self.maps_dir is not None and result.maps is not None:
@@ -328,6 +343,28 @@ class OpenTelemetryHooks(GuardHooks):
             semconv.CLAIMS_REDACTED: sum(c.redacted for c in result.claims),
         })
 
+    def _row_messages(self, report: RowReport, decision) -> dict[str, Any]:
+        """The row span's messages (content capture only): question, image and answer in; the verdict
+        in words and the answer's map over the image out."""
+        result = report.result
+        pil = report.image.pil if report.image is not None else None
+        return guardrail_messages_attributes(
+            result.question, report.answer, verdict_text=verdict_text(result, decision),
+            image_uri=image_data_uri(pil, max_side=160, max_bytes=48_000) if pil is not None else None,
+            overlay_uri=self._overlay(report),
+        )
+
+    @staticmethod
+    def _overlay(report: RowReport) -> str | None:
+        """The answer's map (mean over its scored tokens) over the row's image, a small PNG data URI; None
+        without a map or for several image regions (one picture per region is not drawn yet)."""
+        answer_map = report.result.answer_map
+        if answer_map is None or np.ndim(answer_map) != 2 or answer_map.shape[0] < 2:
+            return None
+        image = report.image
+        box = image.reference().get("box") if image is not None else None
+        return overlay_data_uri(image.pil if image is not None else None, answer_map, box=box)
+
     def _token_events(self, span, result: GuardResult, token_times: Sequence[int], signals: Any = None) -> None:
         n_tokens = len(result.tokens)
         # The SDK keeps at most event_limit events per span and drops the *oldest*
@@ -359,6 +396,39 @@ class OpenTelemetryHooks(GuardHooks):
 
 
 _log = logging.getLogger(__name__)
+
+#: characters of image data URIs one batch's chat span may carry (the rows' spans have their own)
+BATCH_IMAGES_BUDGET = 512_000
+
+
+def _ok(span) -> None:
+    """Status OK on a span that ended its work without an error (an ERROR status stays)."""
+    try:
+        status = getattr(span, "status", None)
+        if span.is_recording() and (status is None or status.status_code is StatusCode.UNSET):
+            span.set_status(Status(StatusCode.OK))
+    except Exception:  # telemetry must never break the guarded call
+        _log.debug("telemetry failed", exc_info=True)
+
+
+def _batch_image_uris(images: Sequence[Any]) -> list[str | None]:
+    """Small data URIs of a batch's images, while they fit :data:`BATCH_IMAGES_BUDGET` (then None)."""
+    out: list[str | None] = []
+    left = BATCH_IMAGES_BUDGET
+    for image in images:
+        uri = image_data_uri(image.pil, max_side=128, max_bytes=min(32_000, left)) if image is not None and left > 0 else None
+        left -= len(uri or "")
+        out.append(uri)
+    return out
+
+
+def verdict_text(result: GuardResult, decision) -> str:
+    """The verdict in words, for the guard span's output message: ``uncertain (score 0.91 > threshold 0.70);
+    action flag: <reason>``."""
+    label = verdict_label(result.verdict, decision.unguarded)
+    if result.score is not None and result.threshold is not None:
+        label += f" (score {result.score:.3g} {'>' if result.score > result.threshold else '<='} threshold {result.threshold:.3g})"
+    return f"{label}; action {decision.action}: {decision.reason}"
 
 
 def _hook_failed(hook: GuardHooks, point: str) -> None:

@@ -1,111 +1,94 @@
-"""Optional Arize Phoenix integration: the guard's verdict as a Phoenix span annotation.
+"""Optional Arize Phoenix integration: the guard's verdict as Phoenix span annotations.
 
 Phoenix shows our spans natively from their OpenInference attributes (sent over OTLP, see
-:func:`guardrail.telemetry.exporters.configure_tracing`). Its annotation chips, filters and evaluation
-views, however, read *annotations*, which are not part of OTLP. This module posts one
-annotation per guarded call to Phoenix's REST API (``POST /v1/span_annotations``):
+:func:`guardrail.telemetry.exporters.configure_tracing`). Its annotation chips, filters and the trace
+list's annotation column, however, read *annotations*, which are not part of OTLP. This exporter
+posts them to Phoenix's REST API (``POST /v1/span_annotations``), two per verdict:
 
-    name "fastrm", annotator kind CODE, label = verdict (or "unguarded"), score = answer score
-    (higher = more uncertain), explanation = the decision's reason, metadata = action, rule,
-    policy and threshold; attached to the ``apply_guardrail fastrm`` span.
+- ``fastrm``: label ``confident`` / ``uncertain`` / ``unscored`` / ``unguarded``, explanation = the
+  decision's reason, metadata = action, score, rule, policy, threshold;
+- ``fastrm.action``: label = the policy's action (``allow``, ``flag``, ``abstain``, ``escalate``);
+- ``fastrm.score``: score = the answer score (higher = more uncertain), apart from the label because
+  Phoenix's chip shows an annotation's score instead of its label when it has both;
 
-It is a span exporter, so it runs behind the same bounded, batching machinery as the others
-and never blocks or fails the guarded call (standard library HTTP only; no Phoenix package)::
+on every ``apply_guardrail fastrm`` span and on the trace's root span (a batch's root gets the most
+severe label and action of its rows), so the trace list shows the verdict without opening the trace.
+Posting happens on the exporter's own thread (:class:`~guardrail.telemetry.annotations.AnnotationExporter`):
+it never blocks or fails the guarded call, nor the span pipeline (standard library HTTP only)::
 
-    provider = configure_tracing(otlp_endpoint="http://127.0.0.1:6006",
-                                 exporters=[PhoenixAnnotationExporter("http://127.0.0.1:6006")])
+    provider = configure_tracing(otlp_endpoint="http://127.0.0.1:6006")   # Phoenix detected: annotations on
 
-The CLI does the same with ``--phoenix URL``.
+or explicitly ``exporters=[PhoenixAnnotationExporter("http://127.0.0.1:6006")]``; the CLI's ``--phoenix URL``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
 import guardrail.telemetry.semconv as semconv
+from guardrail.telemetry.annotations import AnnotationExporter, VerdictNote, verdict_note
 
-__all__ = ["PhoenixAnnotationExporter", "annotation_for"]
+__all__ = ["PhoenixAnnotationExporter", "annotation_for", "phoenix_annotations"]
 
 _log = logging.getLogger(__name__)
 
 
+def phoenix_annotations(note: VerdictNote) -> list[dict[str, Any]]:
+    """The Phoenix span annotations of one note: the verdict (``fastrm``: label and explanation), the action
+    (``fastrm.action``) and the score (``fastrm.score``). Phoenix's chips and summaries show an annotation's
+    score whenever it has one, so the verdict's label is kept apart from the score (a mean of raw scores
+    across confident and uncertain answers says little); the verdict's metadata has the score too."""
+    def annotation(name: str, result: dict[str, Any], metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"span_id": note.span_id, "name": name, "annotator_kind": "CODE", "identifier": "",
+                "result": {k: v for k, v in result.items() if v is not None}, "metadata": metadata or {}}
+
+    out = [annotation(semconv.VERDICT_NOTE_NAME, {"label": note.label, "explanation": note.explanation},
+                      {"action": note.action, "score": note.score, **note.metadata})]
+    if note.action:
+        out.append(annotation(semconv.ACTION_NOTE_NAME, {"label": note.action}))
+    if note.score is not None:
+        out.append(annotation(semconv.SCORE_NOTE_NAME, {"score": note.score}))
+    return out
+
+
 def annotation_for(span_id: str, attributes: dict[str, Any]) -> dict[str, Any] | None:
-    """The Phoenix span annotation of one ``apply_guardrail fastrm`` span's attributes (None if not one)."""
-    if semconv.GUARDRAIL_ACTION not in attributes:
+    """The ``fastrm`` Phoenix span annotation (the verdict) of one ``apply_guardrail fastrm`` span's attributes
+    (None if not one)."""
+    note = verdict_note(attributes)
+    if note is None:
         return None
-    verdict = attributes.get(semconv.GUARDRAIL_VERDICT)
-    if verdict is None:
-        verdict = "unguarded" if attributes.get(semconv.GUARDRAIL_UNGUARDED) else None
-    result = {k: v for k, v in {
-        "label": verdict,
-        "score": attributes.get(semconv.GUARDRAIL_SCORE),
-        "explanation": attributes.get(semconv.GUARDRAIL_REASON),
-    }.items() if v is not None}
-    metadata = {k.removeprefix("fastrm.guardrail."): attributes[k] for k in (
-        semconv.GUARDRAIL_ACTION, semconv.GUARDRAIL_RULE, semconv.GUARDRAIL_POLICY_ID,
-        semconv.GUARDRAIL_POLICY_VERSION, semconv.GUARDRAIL_THRESHOLD, semconv.GUARDRAIL_FLAGGED,
-    ) if k in attributes}
-    return {"span_id": span_id, "name": semconv.GUARDRAIL_NAME, "annotator_kind": "CODE",
-            "result": result, "metadata": metadata, "identifier": ""}
+    return phoenix_annotations(VerdictNote(**{**note.__dict__, "span_id": span_id}))[0]
 
 
-class PhoenixAnnotationExporter(SpanExporter):
-    """Posts a span annotation to Phoenix for every exported ``apply_guardrail fastrm`` span.
+class PhoenixAnnotationExporter(AnnotationExporter):
+    """Posts the verdicts of exported spans to Phoenix as span annotations (see the module docstring).
 
-    ``endpoint`` is Phoenix's base URL (``http://127.0.0.1:6006``). Phoenix accepts an
-    annotation only once it knows the span; the spans travel on the OTLP exporter's own
-    schedule, so a rejected post is retried ``retries`` times, ``retry_delay_s`` apart.
-    Failures are logged and reported as ``FAILURE``, never raised.
+    ``endpoint`` is Phoenix's base URL (``http://127.0.0.1:6006``; a trailing ``/v1/traces`` is
+    ignored). Phoenix accepts an annotation only once it knows the span, so a refused post is retried
+    ``retries`` times, ``retry_delay_s`` apart, on the exporter's own thread; what is still refused
+    then is logged as lost (``self.lost``).
     """
 
-    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, retries: int = 5, retry_delay_s: float = 1.0,
+    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, retries: int = 10, retry_delay_s: float = 1.0,
                  headers: dict[str, str] | None = None) -> None:
-        self.url = endpoint.rstrip("/") + "/v1/span_annotations?sync=true"
+        base = endpoint.rstrip("/").removesuffix("/v1/traces")
+        self.url = base + "/v1/span_annotations?sync=true"
         self.timeout_s = timeout_s
-        self.retries = retries
-        self.retry_delay_s = retry_delay_s
         self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self._shutdown = False
+        super().__init__(retries=retries, retry_delay_s=retry_delay_s)
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
-            return SpanExportResult.FAILURE
-        data = []
-        for span in spans:
-            if span.name != semconv.GUARDRAIL_SPAN_NAME or span.context is None:
-                continue
-            note = annotation_for(f"{span.context.span_id:016x}", dict(span.attributes or {}))
-            if note is not None:
-                data.append(note)
-        if not data:
-            return SpanExportResult.SUCCESS
-        body = json.dumps({"data": data}).encode("utf-8")
-        for attempt in range(self.retries + 1):
-            try:
-                request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    if 200 <= response.status < 300:
-                        return SpanExportResult.SUCCESS
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                last = exc
-            else:
-                last = RuntimeError(f"HTTP {response.status}")
-            if attempt < self.retries and not self._shutdown:
-                time.sleep(self.retry_delay_s)
-        _log.warning("could not post %d annotation(s) to Phoenix at %s: %s", len(data), self.url, last)
-        return SpanExportResult.FAILURE
-
-    def shutdown(self) -> None:
-        self._shutdown = True
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    def post(self, notes: Sequence[VerdictNote]) -> bool:
+        data = [a for note in notes for a in phoenix_annotations(note)]
+        request = urllib.request.Request(self.url, data=json.dumps({"data": data}).encode("utf-8"),
+                                         headers=self.headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return 200 <= response.status < 300
+        except urllib.error.HTTPError as exc:  # 404 while Phoenix does not know the span yet
+            _log.debug("Phoenix refused %d annotation(s): HTTP %s", len(data), exc.code)
+            return False

@@ -69,6 +69,10 @@ CHAT_SPAN_PREFIX = "chat"
 GUARDRAIL_OPERATION = "apply_guardrail"
 GUARDRAIL_NAME = "fastrm"
 GUARDRAIL_SPAN_NAME = f"{GUARDRAIL_OPERATION} {GUARDRAIL_NAME}"  # "apply_guardrail fastrm"
+# Names of the verdict notes posted to viewers (Phoenix annotations, MLflow assessments), not span keys.
+VERDICT_NOTE_NAME = GUARDRAIL_NAME  # label confident / uncertain / unscored / unguarded, explanation
+ACTION_NOTE_NAME = f"{GUARDRAIL_NAME}.action"  # label: the policy's action
+SCORE_NOTE_NAME = f"{GUARDRAIL_NAME}.score"  # Phoenix only: the score, apart (its chip shows a score over a label)
 
 # --- Guardrail span / evaluation event attributes (ours, so under fastrm.)
 GUARDRAIL_NAME_KEY = "fastrm.guardrail.name"
@@ -100,6 +104,7 @@ GUARDRAIL_RESULT_EVENT = EVALUATION_RESULT_EVENT
 OPENINFERENCE_SPAN_KIND = "openinference.span.kind"
 OPENINFERENCE_KIND_LLM = "LLM"
 OPENINFERENCE_KIND_GUARDRAIL = "GUARDRAIL"
+OPENINFERENCE_KIND_CHAIN = "CHAIN"  # guardrail serve's request span: a request wrapping the LLM call
 INPUT_VALUE = "input.value"
 INPUT_MIME_TYPE = "input.mime_type"
 OUTPUT_VALUE = "output.value"
@@ -121,6 +126,12 @@ MESSAGE_CONTENT_TEXT = "message_content.text"
 MESSAGE_CONTENT_IMAGE = "message_content.image"
 IMAGE_URL = "image.url"
 METADATA = "metadata"
+
+# --- MLflow's own span inputs/outputs (JSON). Set on the chat span under content capture in OpenAI's chat format
+# (request messages, response choices), which MLflow's trace view renders as a chat with the image; without
+# them MLflow takes input.value / output.value (plain text, no chat view).
+MLFLOW_SPAN_INPUTS = "mlflow.spanInputs"
+MLFLOW_SPAN_OUTPUTS = "mlflow.spanOutputs"
 
 # --- FastRM attributes (guardrail span)
 FASTRM_SCORE_AGGREGATION = "fastrm.score.aggregation"
@@ -194,11 +205,24 @@ URL_PATH = "url.path"
 SERVER_ADDRESS = "server.address"
 NETWORK_PROTOCOL_NAME = "network.protocol.name"
 SERVE_BATCH_SIZE = "fastrm.serve.batch.size"
-SERVE_VERDICT = "fastrm.serve.verdict"
+SERVE_VERDICT = "fastrm.serve.verdict"  # the request's verdict label: confident, uncertain, unscored, unguarded
 SERVE_ACTION = "fastrm.serve.action"
+SERVE_SCORE = "fastrm.serve.score"
+SERVE_REASON = "fastrm.serve.reason"
 
 # --- Environment
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def guardrail_span_name(index: int | None = None) -> str:
+    """The guard span's name: ``"apply_guardrail fastrm"``, or with a batch row's 0-based index
+    ``"apply_guardrail fastrm [2]"`` (so a viewer's span tree tells the rows apart)."""
+    return GUARDRAIL_SPAN_NAME if index is None else f"{GUARDRAIL_SPAN_NAME} [{index}]"
+
+
+def is_guardrail_span(name: str) -> bool:
+    """Whether a span name is a guard span's (:func:`guardrail_span_name`, with or without a row index)."""
+    return name == GUARDRAIL_SPAN_NAME or name.startswith(GUARDRAIL_SPAN_NAME + " [")
 
 
 def chat_span_name(model: str) -> str:

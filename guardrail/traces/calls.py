@@ -28,7 +28,7 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_id = {s.get("spanId"): s for s in spans}
     calls = []
     for span in spans:
-        if span.get("name") != semconv.GUARDRAIL_SPAN_NAME:
+        if not semconv.is_guardrail_span(span.get("name", "")):
             continue
         tokens = []
         regions = _regions(span.get("attributes", {}))

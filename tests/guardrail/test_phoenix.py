@@ -97,16 +97,23 @@ def test_guarded_calls_in_phoenix(phoenix, tiny_llava, tiny_proxy, calibration_u
                   capture_content=True, model_name="tiny-llava")
     questions = ["What color is the square?", "How many shapes are there?"]
     results = [guard.generate(image, q, max_new_tokens=4, min_new_tokens=2) for q in questions]
+    batch_questions = ["Where is the square?", "Is there a circle?"]
+    batch = guard.generate_batch([(image, q) for q in batch_questions], max_new_tokens=3)
     provider.force_flush()
     provider.shutdown()
-    spans = _spans(phoenix, 4)
+    spans = _spans(phoenix, 7)
     chats = [s for s in spans if s["name"] == "chat tiny-llava"]
     guards = [s for s in spans if s["name"] == "apply_guardrail fastrm"]
-    assert len(chats) == 2 and len(guards) == 2, [s["name"] for s in spans]
+    rows = sorted((s for s in spans if s["name"].startswith("apply_guardrail fastrm [")), key=lambda s: s["name"])
+    assert len(chats) == 3 and len(guards) == 2 and len(rows) == 2, [s["name"] for s in spans]
     by_id = {s["context"]["span_id"]: s for s in spans}
     for g in guards:
         chat = by_id[g["parent_id"]]
         assert chat["span_kind"] == "LLM" and g["span_kind"] == "GUARDRAIL"
+        assert chat["status_code"] == "OK" and g["status_code"] == "OK"
+        # the answer's map over the image, as an image message on the guard span's output
+        overlay = g["attributes"]["llm.output_messages.0.message.contents.1.message_content.image.image.url"]
+        assert overlay.startswith("data:image/png;base64,") and len(overlay) <= 32_000
         ca, ga = chat["attributes"], g["attributes"]
         question = ca["input.value"]
         r = results[questions.index(question)]
@@ -121,20 +128,39 @@ def test_guarded_calls_in_phoenix(phoenix, tiny_llava, tiny_proxy, calibration_u
         assert len(evaluation) == 1
         assert evaluation[0]["attributes"]["gen_ai.evaluation.score.label"] == r.verdict
         assert evaluation[0]["attributes"]["gen_ai.evaluation.score.value"] == pytest.approx(r.score)
-    # the verdict as a Phoenix annotation (posted by PhoenixAnnotationExporter)
-    query = urllib.parse.urlencode([("span_ids", g["context"]["span_id"]) for g in guards])
+    # a batch: each row its own span, named with its index, with its question, image and answer as messages
+    batch_chat = by_id[rows[0]["parent_id"]]
+    for i, (row, q, r) in enumerate(zip(rows, batch_questions, batch)):
+        ra = row["attributes"]
+        assert row["name"] == f"apply_guardrail fastrm [{i}]" and row["parent_id"] == batch_chat["context"]["span_id"]
+        assert ra["llm.input_messages.0.message.contents.0.message_content.text"] == q
+        assert ra["llm.input_messages.0.message.contents.1.message_content.image.image.url"].startswith("data:image/")
+        assert ra["llm.input_messages.1.message.content"] == r.answer
+        bca = batch_chat["attributes"]
+        assert bca[f"llm.input_messages.{i}.message.contents.1.message_content.image.image.url"].startswith("data:image/")
+        assert bca[f"llm.output_messages.{i}.message.content"] == f"[{i}] {r.answer}"
+    # the verdict and the action as Phoenix annotations (posted by PhoenixAnnotationExporter), on every guard
+    # span and on every trace's root span (the trace list's annotation column)
+    targets = [*guards, *rows, *chats]
+    query = urllib.parse.urlencode([("span_ids", t["context"]["span_id"]) for t in targets])
     deadline = time.monotonic() + 60
     while True:
-        notes = _get(f"{phoenix}/v1/projects/default/span_annotations?{query}")["data"]
-        if len(notes) >= 2 or time.monotonic() > deadline:
+        notes = _get(f"{phoenix}/v1/projects/default/span_annotations?{query}&limit=100")["data"]
+        if len(notes) >= 3 * len(targets) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert len(notes) == 2
+    assert len(notes) == 3 * len(targets)
     for note in notes:
-        g = by_id[note["span_id"]]
-        assert note["name"] == "fastrm" and note["annotator_kind"] == "CODE"
-        assert note["result"]["label"] == "uncertain"
-        assert note["result"]["score"] == pytest.approx(g["attributes"]["fastrm.guardrail.score"])
+        t = by_id[note["span_id"]]
+        assert note["annotator_kind"] == "CODE"
+        if note["name"] == "fastrm.action":
+            assert note["result"]["label"] == results[0].action
+        elif note["name"] == "fastrm.score":
+            if t["name"].startswith("apply_guardrail"):
+                assert note["result"]["score"] == pytest.approx(t["attributes"]["fastrm.guardrail.score"])
+        else:
+            assert note["name"] == "fastrm" and note["result"]["label"] == "uncertain"
+            assert note["result"].get("score") is None  # so that the chip shows the label
     shots = os.environ.get("FASTRM_SCREENSHOTS")
     if shots:
         _screenshots(phoenix, by_id[guards[0]["parent_id"]], guards[0], Path(shots))
@@ -152,10 +178,22 @@ def _screenshots(url, chat, guard, out):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 860})
+        page.goto(f"{url}/projects/{project}")
+        page.wait_for_timeout(8000)
+        shot = out / "phoenix-trace-list.png"
+        page.screenshot(path=str(shot))
+        Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)
         for span, name in ((chat, "phoenix-llm-span.png"), (guard, "phoenix-guardrail-span.png")):
             page.goto(f"{url}/projects/{project}/traces/{span['context']['trace_id']}?selectedSpanNodeId={span['id']}")
             page.wait_for_timeout(8000)
             shot = out / name
             page.screenshot(path=str(shot))
             Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)
+            if name == "phoenix-llm-span.png":  # its output: the answer with its map over the image
+                page.mouse.move(1000, 600)
+                page.mouse.wheel(0, 700)
+                page.wait_for_timeout(1500)
+                shot = out / "phoenix-llm-output.png"
+                page.screenshot(path=str(shot))
+                Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)
         browser.close()
