@@ -14,7 +14,7 @@ import numpy as np
 from calibration.artifact import Calibration
 from calibration.fit import check_pair, evaluate_threshold
 
-__all__ = ["plot_calibration"]
+__all__ = ["plot_calibration", "plot_risk_coverage"]
 
 _CORRECT_COLOR = "#2a9d8f"
 _WRONG_COLOR = "#e76f51"
@@ -92,6 +92,41 @@ def plot_calibration(
     auroc = "n/a" if m.auroc is None else f"{m.auroc:.3f}"
     ax.set_title(title or f"{cal.rule} ({cal.score.label}), AUROC {auroc}", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plot_risk_coverage(curves: dict[str, tuple[Any, Any]], path: str | Path, *, title: str | None = None,
+                       dpi: int = 120) -> Path:
+    """Risk-coverage curves: for each score (label -> (scores, wrong)), the error rate of the answers
+    kept when the most uncertain are rejected first, against the share kept (coverage). Lower is
+    better; the area under a curve is what lm-polygraph's PRR compares with chance and the oracle."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    base = None
+    for label, (scores, wrong) in curves.items():
+        scores, wrong = np.asarray(scores, dtype=float), np.asarray(wrong, dtype=float)
+        if wrong.size == 0:
+            continue
+        order = np.argsort(scores, kind="stable")  # most certain first
+        kept = wrong[order]
+        n = len(kept)
+        risk = np.cumsum(kept) / np.arange(1, n + 1)
+        ax.plot(np.arange(1, n + 1) / n, risk, label=label, linewidth=1.2)
+        base = float(wrong.mean())
+    if base is not None:
+        ax.axhline(base, color="grey", linestyle=":", linewidth=1, label="chance (keep all)")
+    ax.set_xlabel("coverage (share of answers kept)")
+    ax.set_ylabel("risk (error rate of the kept answers)")
+    ax.set_title(title or "risk-coverage of each score (held-out answers)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_xlim(0, 1)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)

@@ -50,6 +50,8 @@ __all__ = [
     "TABLE_SCORES",
     "ScoredAnswer",
     "calibrate_scores",
+    "expected_calibration_error",
+    "prediction_rejection_ratio",
     "score_available",
     "score_label",
     "read_signals",
@@ -191,7 +193,9 @@ def _auroc_table(rows, fit_idx, ho_idx, correct, families) -> list[dict[str, Any
             sel = ok & (np.array([rows[i].family for i in ho_idx]) == fam)
             by_family[fam] = auroc(values[sel], y[sel]) if sel.sum() > 1 else None
         table.append({"name": name, "params": params, "label": score_label(name, params),
-                      "auroc": auroc(values[ok], y[ok]) if ok.sum() > 1 else None, "families": by_family})
+                      "auroc": auroc(values[ok], y[ok]) if ok.sum() > 1 else None,
+                      "prr": prediction_rejection_ratio(values[ok], y[ok]) if ok.sum() > 1 else None,
+                      "families": by_family, "heldout_values": values[ok], "heldout_wrong": y[ok]})
     return table
 
 
@@ -297,6 +301,14 @@ def calibrate_scores(
                 metrics[fam] = evaluate_threshold(values[h_idx], correct[h_idx], g.threshold)
         update["groups"] = GroupThresholds(key="family", min_per_class=min_per_class, thresholds=thresholds,
                                            heldout_metrics=metrics)
+    if len(fit_ok) > 2 and len(ho_ok) and 0 < correct[fit_ok].sum() < len(fit_ok):
+        # the verdict's confidence: P(right | score), a logistic map of the score fitted on the fitting
+        # answers; its ECE on the held-out ones
+        from calibration.fused import FusedModel
+
+        platt = FusedModel.fit(values[fit_ok][:, None], ~correct[fit_ok], bases=[{"name": chosen.name}], l2=1e-3)
+        p_right = np.array([1.0 / (1.0 + np.exp(platt.log_odds([v]))) for v in values[ho_ok]])
+        side["ece_heldout"] = expected_calibration_error(p_right, correct[ho_ok])
     if table:
         side["score_table"] = _auroc_table(rows, fit_idx, ho_idx, correct, families)
         update["score_aurocs"] = {t["label"]: t["auroc"] for t in side["score_table"]}
@@ -315,6 +327,48 @@ def calibrate_scores(
             "share_gated": float(gated_ho.mean()),
         }
     return cal, side
+
+
+def prediction_rejection_ratio(scores: np.ndarray, wrong: np.ndarray) -> float | None:
+    """lm-polygraph's PRR: how much of the oracle's gain a score gets when answers are rejected from
+    the most uncertain down. With the error rate of the kept answers at each rejection share, PRR =
+    (area under the random curve - area under the score's) / (random's - the oracle's); 1 = the
+    oracle, 0 = chance, negative = worse than chance. None when every answer is right or wrong.
+
+    >>> round(prediction_rejection_ratio(np.array([0.1, 0.2, 0.9, 0.8]), np.array([False, False, True, True])), 3)
+    1.0
+    """
+    wrong = np.asarray(wrong, dtype=float)
+    n = len(wrong)
+    if n == 0 or wrong.all() or not wrong.any():
+        return None
+
+    def area(order: np.ndarray) -> float:
+        kept = wrong[order]  # answers sorted from most certain to most uncertain
+        # rejecting the k most uncertain leaves the first n - k: their error rate, for k = 0 .. n - 1
+        cum = np.cumsum(kept)
+        rates = cum[::-1] / np.arange(n, 0, -1)
+        return float(rates.mean())
+
+    score_area = area(np.argsort(np.asarray(scores, dtype=float), kind="stable"))
+    oracle_area = area(np.argsort(wrong, kind="stable"))
+    random_area = float(wrong.mean())
+    return (random_area - score_area) / (random_area - oracle_area) if random_area > oracle_area else None
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float | None:
+    """ECE of confidences in [0, 1] that an answer is right: the mean over equal-width bins of
+    |accuracy - mean confidence|, weighted by the bin's share of answers."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    if confidence.size == 0:
+        return None
+    idx = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+    return float(total)
 
 
 def _split(rows: Sequence[ScoredAnswer], correct: np.ndarray, fit_fraction: float, seed: int):

@@ -252,6 +252,12 @@ def _cmd_calibrate(args, console: Console) -> int:
                          title=f"{side['score_label']}, {cal.rule}\nhistograms: held-out answers (n={side['n_heldout']}); "
                                f"KDE curves: fitting answers (n={side['n_fit']})")
         console.print(f"plot: {args.plot} (histograms: the held-out answers)")
+        if side.get("score_table"):
+            from calibration.plot import plot_risk_coverage
+
+            rc = Path(args.plot).with_name(Path(args.plot).stem + "-risk-coverage" + Path(args.plot).suffix)
+            plot_risk_coverage({r["label"]: (r["heldout_values"], r["heldout_wrong"]) for r in side["score_table"]}, rc)
+            console.print(f"plot: {rc} (risk-coverage of every score, held-out answers)")
     console.print(f"calibration written to {args.out}"
                   + (" [bold red](it marks no answer confident: see the warning above)[/bold red]"
                      if cal.threshold is None else ""), soft_wrap=True)
@@ -296,7 +302,7 @@ def _print_score_table(console: Console, side: dict) -> None:
     fams = side.get("families") or []
     labels = [row["label"] + (" *" if row["label"] == side.get("score_label") else "") for row in table_rows]
     # Families in as many tables as it takes for each to fit the console: a cut header ("attribu…") says nothing.
-    room = console.width - max(len(label) for label in labels) - 2 - 7  # the score column, "all"
+    room = console.width - max(len(label) for label in labels) - 2 - 7 - 7  # the score column, "all", "PRR"
     chunks: list[list[str]] = [[]]
     for fam in fams:
         if chunks[-1] and sum(max(len(f), 5) + 2 for f in chunks[-1]) + max(len(fam), 5) + 2 > room:
@@ -307,12 +313,19 @@ def _print_score_table(console: Console, side: dict) -> None:
         table = Table(title=title if k == 0 else None, box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("score", no_wrap=True)
         table.add_column("all", justify="right", no_wrap=True)
+        if k == 0:
+            table.add_column("PRR", justify="right", no_wrap=True)
         for fam in chunk:
             table.add_column(fam, justify="right", no_wrap=True, min_width=len(fam))
         for label, row in zip(labels, table_rows):
-            table.add_row(label, _fmt(row["auroc"]), *[_fmt(row["families"].get(f)) for f in chunk])
+            table.add_row(label, _fmt(row["auroc"]), *([_fmt(row.get("prr"))] if k == 0 else []),
+                          *[_fmt(row["families"].get(f)) for f in chunk])
         console.print(table)
-    console.print("* the score in use. novelty and fused are fitted on the fitting answers only.")
+    console.print("* the score in use. Fitted scores (novelty, state_probe, fused) are fitted on the fitting answers "
+                  "only. PRR: lm-polygraph's prediction-rejection ratio (1 = oracle, 0 = chance).")
+    if side.get("ece_heldout") is not None:
+        console.print(f"expected calibration error of the verdict's confidence (P(right | score), fitted on the "
+                      f"fitting answers): {side['ece_heldout']:.3f} on the held-out answers")
 
 
 def _fmt(v, pct=False):
