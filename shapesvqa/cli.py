@@ -145,7 +145,10 @@ def _eval(args) -> int:
         return _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console)
     if args.describe:
         return _eval_describe(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console)
-    examples = list(generate(args.n, args.seed, cfg, family=args.family))
+    from dataclasses import replace as _replace
+
+    # short-answer questions only: descriptions are judged by --describe (CHAIR, Cover), not by their first word
+    examples = list(generate(args.n, args.seed, _replace(cfg, describe_rate=0.0), family=args.family))
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"eval ({method})", total=len(examples))
         report = evaluate(model, processor, examples, method=method, proxy=proxy, batch_size=args.batch_size,
