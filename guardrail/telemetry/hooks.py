@@ -48,6 +48,7 @@ from calibration import token_entropy
 import guardrail.telemetry.semconv as semconv
 from guardrail.telemetry.safe_span import contained_span, event_limit
 from guardrail.telemetry.guard_metrics import GuardMetrics
+from guardrail.telemetry.mapcodec import encode_map, map_attributes
 from guardrail.telemetry.attributes import (
     MapBudget,
     batch_content_attributes,
@@ -336,6 +337,8 @@ class OpenTelemetryHooks(GuardHooks):
                 attrs[semconv.CLAIM_SCORE] = float(c.score)
             if self.capture_content:
                 attrs[semconv.CLAIM_TEXT] = c.text
+            if c.map is not None:  # the claim's map (one token's size, 8 bits): where the claim looked
+                attrs.update(map_attributes(encode_map(np.asarray(c.map))))
             span.add_event(semconv.CLAIM_EVENT, attrs)
         span.set_attributes({
             semconv.CLAIMS_COUNT: len(result.claims),

@@ -23,24 +23,26 @@ def guarded_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``question`` and ``answer`` (the row's own, from the guardrail span, else from the chat span's
     messages; None without content capture), ``tokens`` (list of per-token event attribute dicts, in order, with ``map`` decoded or None,
     and ``region_maps``: ``[(region, (rows, cols) map)]``, one per image region of the prompt when
-    the span records its regions, else ``[(None, map)]``).
+    the span records its regions, else ``[(None, map)]``), and ``claims`` (one attribute dict per
+    claim event of a several-claim answer: offsets, verdict, score, redacted, ``map`` decoded).
     """
     by_id = {s.get("spanId"): s for s in spans}
     calls = []
     for span in spans:
         if not semconv.is_guardrail_span(span.get("name", "")):
             continue
-        tokens = []
+        tokens, claims = [], []
         regions = _regions(span.get("attributes", {}))
         for ev in span.get("events", []):
-            if ev.get("name") == semconv.TOKEN_EVENT:
+            if ev.get("name") in (semconv.TOKEN_EVENT, semconv.CLAIM_EVENT):
                 attrs = dict(ev.get("attributes", {}))
-                attrs["map"] = map_from_attributes(attrs)
+                attrs["map"] = map_from_attributes(attrs) if semconv.MAP_DATA in attrs else None
                 attrs["region_maps"] = _split(attrs["map"], regions)
-                tokens.append(attrs)
+                (tokens if ev["name"] == semconv.TOKEN_EVENT else claims).append(attrs)
         tokens.sort(key=lambda a: a.get(semconv.TOKEN_INDEX, 0))
+        claims.sort(key=lambda a: a.get(semconv.CLAIM_INDEX, 0))
         chat = by_id.get(span.get("parentSpanId"))
-        calls.append({"chat": chat, "guard": span, "tokens": tokens,
+        calls.append({"chat": chat, "guard": span, "tokens": tokens, "claims": claims,
                       "question": _text(span, chat, semconv.GUARDRAIL_QUESTION, semconv.GEN_AI_INPUT_MESSAGES),
                       "answer": _text(span, chat, semconv.GUARDRAIL_ANSWER, semconv.GEN_AI_OUTPUT_MESSAGES)})
     return calls

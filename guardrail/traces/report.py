@@ -23,6 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import guardrail.telemetry.semconv as semconv
 from guardrail.telemetry.otlp_json import read_trace_jsonl
 from guardrail.traces.calls import guarded_calls
@@ -65,7 +67,8 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``policy``, ``reason``, ``verdict_reason`` (what decided the verdict, or None in older traces),
     ``warnings`` (cropped content, an empty answer), ``flagged``, ``unguarded``, ``error``, ``image`` (data URI or None),
     ``image_note``, ``image_size``, ``box``, ``tokens`` (index, text or None, entropy,
-    entropy_normalized, scored, map as nested lists or None) and ``missing`` (what the trace lacks).
+    entropy_normalized, scored, map as nested lists or None), ``claims`` (index, start, end, text,
+    verdict, score, redacted, map) and ``missing`` (what the trace lacks).
     """
     out = []
     for call in guarded_calls(spans):
@@ -100,6 +103,16 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             missing.append(f"maps of tokens {dropped} (left out by the span's map byte budget)")
         if not tokens:
             missing.append("per-token maps (the guard failed or recorded none)")
+        claims = [{"index": c.get(semconv.CLAIM_INDEX), "start": c.get(semconv.CLAIM_START),
+                   "end": c.get(semconv.CLAIM_END), "text": c.get(semconv.CLAIM_TEXT),
+                   "verdict": c.get(semconv.CLAIM_VERDICT, "unscored"), "score": c.get(semconv.CLAIM_SCORE),
+                   "redacted": bool(c.get(semconv.CLAIM_REDACTED, False)),
+                   "map": None if c.get("map") is None else
+                   [[round(float(v), 5) for v in row] for row in np.asarray(c["map"]).reshape(np.asarray(c["map"]).shape[-2:])]}
+                  for c in call.get("claims", [])]
+        for c in claims:  # the text from the answer's offsets when the event carries none (content capture off)
+            if c["text"] is None and answer is not None and c["start"] is not None:
+                c["text"] = answer[c["start"]:c["end"]]
         out.append({
             "trace_id": call["guard"].get("traceId", ""),
             "span_id": call["guard"].get("spanId", ""),
@@ -124,6 +137,7 @@ def report_calls(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "image_size": list(size) if size else None,
             "box": list(box) if box else None,
             "tokens": tokens,
+            "claims": claims,
             "missing": missing,
         })
     return out
@@ -180,6 +194,9 @@ table.facts td:first-child{color:#6b7385;width:9em;white-space:nowrap}
 .strip button{font:12px ui-monospace,monospace;border:1px solid #c9ced8;background:#fafbfc;border-radius:4px;padding:2px 6px;cursor:pointer}
 .strip button.scored{border-color:#1d2330;font-weight:600}.strip button.nomap{opacity:.45}
 .strip button.on{background:#1d2330;color:#fff}
+.claims{display:flex;flex-wrap:wrap;gap:4px}.claims button{font:12px ui-monospace,monospace;border-radius:4px;padding:2px 6px;cursor:pointer;border:1px solid #c9ced8;background:#fafbfc}
+.claims button.confident{border-color:#2e7d32;background:#e8f5e9}.claims button.uncertain{border-color:#c62828;background:#ffebee;font-weight:600}
+.claims button.unscored{border-color:#b08900;background:#fff8e1}.claims button.redacted{text-decoration:line-through}.claims button.on{outline:2px solid #1d2330}
 .controls{display:flex;gap:10px;align-items:center}.controls input{flex:1}
 .bar{display:flex;align-items:center;gap:6px;font-size:12px;margin-top:6px}.bar canvas{height:12px;width:200px;border:1px solid #ccd}
 .readout{font:12px ui-monospace,monospace;margin-top:4px}
@@ -307,6 +324,8 @@ function renderCall(call, n) {
   row("decision", `${call.action}${call.flagged ? " (flagged)" : ""}${call.unguarded ? " (unguarded)" : ""}, rule ${call.rule}, policy ${call.policy}`, "decision");
   row("reason", call.reason || "-");
   for (const w of call.warnings || []) row("warning", w, "warning");
+  const claimBox = el("div", {class: "claims", "data-field": "claims"});
+  if ((call.claims || []).length) row("claims", claimBox);
   if (call.error) row("guard error", call.error);
   right.append(facts);
   if (call.missing.length) right.append(el("div", {class: "missing", "data-field": "missing"}, "Not in this trace: " + call.missing.join("; ") + "."));
@@ -335,6 +354,20 @@ function renderCall(call, n) {
     else drawOverlay(canvas, img, tok.map, call.box);
   }
   toggle.addEventListener("change", () => show(Number(slider.value)));
+  (call.claims || []).forEach(c => {
+    const b = el("button", {class: `claim ${c.verdict}${c.redacted ? " redacted" : ""}`, "data-claim": c.index,
+      title: `${c.verdict}, score ${fmt(c.score)}${c.redacted ? ", removed by redact" : ""}`,
+      text: c.text !== null && c.text !== undefined ? c.text : `claim ${c.index}`});
+    if (c.map) b.addEventListener("click", () => {
+      for (const o of claimBox.children) o.classList.toggle("on", o === b);
+      const [a, z] = mapRange(c.map); lo.textContent = fmt(a); hi.textContent = fmt(z);
+      readout.textContent = `claim ${JSON.stringify(c.text)}: ${c.verdict} (score ${fmt(c.score)})` +
+        (c.redacted ? ", removed by redact" : "") + `; its map: the mean of its tokens' maps`;
+      drawOverlay(canvas, img, c.map, call.box);
+    });
+    else b.disabled = true;
+    claimBox.append(b);
+  });
   call.tokens.forEach(t => {
     const b = el("button", {class: (t.scored ? "scored" : "") + (t.map ? "" : " nomap"), "data-index": t.index,
       title: `entropy ${fmt(t.entropy)}${t.map ? "" : " (no map in the trace)"}`,

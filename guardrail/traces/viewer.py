@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 import guardrail.telemetry.semconv as semconv
 from guardrail.telemetry.otlp_json import read_trace_jsonl
@@ -22,6 +25,29 @@ __all__ = ["guarded_calls", "token_label", "view_trace"]
 
 def _num(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+_CLAIM_STYLE = {"confident": "green", "uncertain": "bold red", "unscored": "yellow"}
+
+
+def _claim_label(c: dict[str, Any], answer: str | None) -> str:
+    text = c.get(semconv.CLAIM_TEXT)
+    if text is None and answer is not None:
+        text = answer[c.get(semconv.CLAIM_START, 0): c.get(semconv.CLAIM_END, 0)]
+    return repr(text) if text is not None else f"#{c.get(semconv.CLAIM_INDEX)} (text not recorded)"
+
+
+def _claims_text(claims: list[dict[str, Any]], answer: str | None) -> Text:
+    """The claims in one line each: verdict (coloured), score, removed or kept."""
+    out = Text("\nclaims\n")
+    for c in claims:
+        verdict = c.get(semconv.CLAIM_VERDICT, "unscored")
+        out.append(f"  {c.get(semconv.CLAIM_INDEX)}  ")
+        out.append(f"{verdict:9}", style=_CLAIM_STYLE.get(verdict))
+        score = c.get(semconv.CLAIM_SCORE)
+        out.append(f"  score {_num(score)}  " + ("removed  " if c.get(semconv.CLAIM_REDACTED) else ""))
+        out.append(_claim_label(c, answer) + "\n", style="strike" if c.get(semconv.CLAIM_REDACTED) else None)
+    return out
 
 
 def token_label(token_attributes: dict[str, Any]) -> str:
@@ -87,6 +113,13 @@ def view_trace(path: str | Path, *, png_dir: str | Path | None = None, console: 
         for warning in g.get(semconv.GUARDRAIL_WARNINGS) or ():
             head.add_row("[yellow]warning[/yellow]", escape(str(warning)))
         body: list[Any] = [head]
+        if call.get("claims"):
+            body.append(_claims_text(call["claims"], answer))
+            for c in call["claims"]:  # where each claim the guard doubts looked
+                if c.get(semconv.CLAIM_VERDICT) == "uncertain" and c["map"] is not None:
+                    body.append(f"\nclaim {c.get(semconv.CLAIM_INDEX)} {escape(_claim_label(c, answer))} "
+                                f"(uncertain{', removed' if c.get(semconv.CLAIM_REDACTED) else ''}): its map")
+                    body.append(heatmap_text(np.asarray(c["map"]).reshape(np.asarray(c["map"]).shape[-2:])))
         image = _load_image(chat, g) if png_dir is not None else None
         box = g.get(semconv.FASTRM_IMAGE_BOX) or chat.get(semconv.FASTRM_IMAGE_BOX)
         for tok in call["tokens"]:

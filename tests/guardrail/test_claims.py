@@ -299,3 +299,41 @@ def test_a_short_answer_streams_no_claim_event(tiny_llava, tiny_proxy, image):
     guard = Guard(model, processor, proxy=tiny_proxy)
     events = list(guard.stream(image, "What color?", max_new_tokens=1))
     assert not any(isinstance(e, Claim) for e in events[:-1]) and len(events[-1].claims) <= 1
+
+
+def test_claims_in_the_trace_viewer_and_the_html_report(tiny_llava, tiny_proxy, image, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from guardrail.telemetry.exporters import configure_tracing
+    from guardrail.traces.calls import guarded_calls
+    from guardrail.traces.report import report_calls
+    from guardrail.traces.viewer import view_trace
+    from guardrail.telemetry.otlp_json import read_trace_jsonl
+
+    from .conftest import claim_calibration_between, word_claims
+
+    model, processor = tiny_llava
+    observe = Guard(model, processor, proxy=tiny_proxy, claims=word_claims)
+    r0 = observe.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    cal = claim_calibration_between([c.scores["map_entropy"] for c in r0.claims])
+    trace = tmp_path / "t.jsonl"
+    provider = configure_tracing(jsonl_path=trace)
+    policy = Policy.model_validate({"id": "p", "version": "1", "default": {"action": "allow"}, "rules": [
+        {"name": "cut", "when": {"claims": {"any_uncertain": True}}, "action": "redact"}]})
+    guard = Guard(model, processor, proxy=tiny_proxy, claims=word_claims, claim_calibration=cal, policy=policy,
+                  tracer_provider=provider, capture_content=True)
+    r = guard.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    provider.shutdown()
+    spans = read_trace_jsonl(trace)
+    (call,) = guarded_calls(spans)
+    assert [c["fastrm.claim.verdict"] for c in call["claims"]] == [c.verdict for c in r.claims]
+    for c, got in zip(r.claims, call["claims"]):
+        assert np.abs(np.asarray(got["map"]) - c.map).max() <= (c.map.max() - c.map.min()) / 255 + 1e-6
+    (rep,) = report_calls(spans)
+    assert [c["redacted"] for c in rep["claims"]] == [c.redacted for c in r.claims] and rep["claims"][0]["map"]
+    buf = io.StringIO()
+    assert view_trace(trace, console=Console(file=buf, width=120, color_system=None)) == 0
+    out = buf.getvalue()
+    assert "claims" in out and "uncertain" in out and "its map" in out
