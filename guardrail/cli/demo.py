@@ -35,6 +35,49 @@ def _first_word(text: str) -> str:
     return words[0] if words else ""
 
 
+def _describe(guard: Guard, examples: list, out: Path, console: Console, max_new_tokens: int = 40) -> dict:
+    """Describe the scenes under guard: each description's claims by verdict, and for the first
+    description with an invented object the guard caught, where that object's map looked."""
+    rows = []
+    for ex in examples:
+        path = out / "images" / f"{ex.id}.png"
+        ex.image.save(path)
+        res = guard.generate(path, ex.question, max_new_tokens=max_new_tokens)
+        labels = {(m.start, m.end): m.label for m in ex.label_text(res.answer)} if hasattr(ex, "label_text") else {}
+        rows.append((ex, res, labels))
+    claims = [(ex, res, c, labels.get((c.start, c.end))) for ex, res, labels in rows for c in res.claims]
+    invented = [t for t in claims if t[3] == "invented"]
+    caught = [t for t in invented if t[2].verdict == "uncertain"]
+    show = [r for r in rows if any(t[0] is r[0] for t in caught)][:1] + [r for r in rows if not any(
+        t[0] is r[0] for t in caught)][:1]
+    style = {"confident": "green", "uncertain": "bold red"}
+    for ex, res, labels in show:
+        head = Table.grid(padding=(0, 2))
+        head.add_row("question", escape(ex.question))
+        head.add_row("answer", escape(res.answer))
+        head.add_row("action", f"{res.action}  -> user sees {res.text!r}")
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for col in ("claim", "verdict", "score", "truth"):
+            table.add_column(col)
+        for c in res.claims:
+            truth = labels.get((c.start, c.end), "-")
+            table.add_row(escape(c.text) + (" (removed)" if c.redacted else ""),
+                          f"[{style.get(c.verdict or '', 'yellow')}]{c.verdict or 'unscored'}[/]",
+                          "-" if c.score is None else f"{c.score:.3f}", truth.replace("_", " "))
+        body = [head, table]
+        for ex2, res2, c, label in caught:
+            if ex2 is ex and c.map is not None and c.object and hasattr(ex, "describe_claim_map"):
+                where = ex.describe_claim_map(c.map, c.object)
+                body += [f"\nthe invented {c.object!r} (caught): its map - {escape(where)}", heatmap_text(c.map)]
+                break
+        title = f"{ex.id} [describe: {'an invented object CAUGHT' if any(t[0] is ex for t in caught) else 'claims'}]"
+        console.print(Panel(Group(*body), title=escape(title), border_style="yellow", expand=False))
+    console.print(f"descriptions: {len(rows)} scenes, {len(claims)} claims, {len(invented)} invented objects, "
+                  f"{len(caught)} caught (uncertain).")
+    return {"descriptions": len(rows), "claims": len(claims), "invented": len(invented),
+            "invented_caught": len(caught)}
+
+
 def run_demo(
     out_dir: str | Path = "guardrail-demo",
     *,
@@ -81,6 +124,8 @@ def run_demo(
     console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
                   f"v{guard.policy.version}, {guard.calibration_id.split(' data:')[0]}")
     examples = list(preset.examples(pool, seed))
+    descriptions = [e for e in examples if getattr(e, "family", None) == "describe"]
+    examples = [e for e in examples if getattr(e, "family", None) != "describe"]  # asked below, with claims
     probes = list(preset.pope_examples(pope_scenes, pope_seed)) if preset.pope_examples and pope_scenes > 0 else []
     n_plain = len(examples)
     examples += probes
@@ -95,6 +140,7 @@ def run_demo(
     for i in range(n_plain, len(examples), 16):  # POPE questions in batches (a span per row)
         results += guard.generate_batch([(p, e.question) for e, p in zip(examples[i:i + 16], paths[i:i + 16])],
                                         max_new_tokens=max_new_tokens)
+    described = _describe(guard, descriptions, out, console) if descriptions else {}
     plain = list(zip(examples, paths, results))[:n_plain]
     right = [(e, p, r) for e, p, r in plain if is_correct(r.answer, e.answers)]
     wrong = [(e, p, r) for e, p, r in plain if not is_correct(r.answer, e.answers)]
@@ -152,6 +198,7 @@ def run_demo(
         "pope_questions": len(pope),
         "hallucinated": len(hallucinated),
         "hallucinations_caught": len(caught),
+        **described,
         "trace": str(trace_path),
         "overlays": str(out),
         "seconds": time.perf_counter() - start,

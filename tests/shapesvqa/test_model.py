@@ -101,7 +101,7 @@ def test_eval_defaults_to_the_world_the_model_was_trained_on(tiny_folder, tmp_pa
 
     from shapesvqa.cli import _model_world, main
 
-    assert _model_world(None) == _model_world("reference") == "cooccur-confident"  # the shipped model's world
+    assert _model_world(None) == _model_world("reference") == "cooccur-describe"  # the shipped model's world
     assert _model_world(str(tiny_folder)) == "default"  # no training.json
     folder = tmp_path / "model"
     shutil.copytree(tiny_folder, folder)
