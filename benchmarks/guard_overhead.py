@@ -100,11 +100,22 @@ def main(argv=None):
         cap.row_maps(0), cap.features, rec.result(out)
         return out
 
+    def maps_signals_evidence():  # what the Guard records since the evidence scores (issue 28)
+        from transformers import LogitsProcessorList
+
+        from guardrail.answers.pipeline import evidence_signals
+
+        rec = TokenSignals()
+        with torch.no_grad(), capture(model, proxy, adapter=adapter, keep_states=True) as cap:
+            out = model.generate(**guard.prepare([image], [question]), **kw, logits_processor=LogitsProcessorList([rec]))
+        cap.row_maps(0), cap.features, rec.result(out), evidence_signals(cap)
+        return out
+
     def guarded():
         return guard.generate(image, question, **kw)
 
     sides = {"model.generate": plain, "+ maps": maps_only, "+ maps + signals": maps_and_signals,
-             "guard.generate": guarded}
+             "+ maps + signals + evidence": maps_signals_evidence, "guard.generate": guarded}
     for fn in sides.values():  # warm-up
         fn()
     times_of = {k: [] for k in sides}
