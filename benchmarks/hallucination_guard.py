@@ -51,7 +51,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from calibration import AnswerSignals, Calibration, auroc, fit_calibration, fit_score, get_score
+from calibration import AnswerSignals, Calibration, auroc, fit_calibration, fit_score, get_score, lookup_score
 from calibration.fused import FusedModel
 from fastrm_common.records import VQARecord
 from fastrm_core import FastRMProxy, load_vlm, weights_fingerprint
@@ -134,9 +134,9 @@ def all_scores(sig_rows: Sequence[AnswerSignals], fitted: dict[str, Any]) -> dic
     out: dict[str, np.ndarray] = {}
     for name, params in table_scores():
         label = score_label(name, params)
-        if name in ("novelty", "fused"):
-            if name in fitted:
-                out[label] = fitted[name].many(sig_rows)
+        if lookup_score(name).fitted:  # fitted on --fit-signals, by table label
+            if label in fitted:
+                out[label] = fitted[label].many(sig_rows)
             continue
         score = get_score(name, **params)
         if all(s.has(n) for s in sig_rows for n in score.needs):
@@ -494,9 +494,9 @@ def main(argv=None):
         fseed = int(calibration.metadata.get("seed", 0)) if calibration.metadata else 0
         fit_idx, _ = split_fit_heldout(len(frows), fit_fraction, fseed, stratify=fc)
         fsig = [frows[i].signals for i in fit_idx]
-        for name in ("novelty", "fused"):
-            if score_available(name, frows):
-                fitted[name] = fit_score(name, fsig, fc[fit_idx])
+        for name, params in table_scores():
+            if lookup_score(name).fitted and score_available(name, frows, params):
+                fitted[score_label(name, params)] = fit_score(name, fsig, fc[fit_idx], **params)
         fvalues = all_scores(fsig, fitted)
         for label, fv in fvalues.items():
             ok = np.isfinite(fv)
