@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 import guardrail.telemetry.semconv as semconv
 from guardrail.telemetry.attributes import verdict_label
 
-__all__ = ["AnnotationExporter", "VerdictNote", "root_note", "verdict_label", "verdict_note"]
+__all__ = ["AnnotationExporter", "VerdictNote", "claim_notes", "root_note", "verdict_label", "verdict_note"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +61,28 @@ class VerdictNote:
     span_id: str = ""
     trace_id: str = ""
     root: bool = False
+    #: the annotation's name when it is not the verdict's (one claim: ``fastrm.claim.<index>``)
+    name: str | None = None
+
+
+def claim_notes(events: Sequence[Any]) -> list[VerdictNote]:
+    """One note per claim event of a guard span (a several-claim answer): label the claim's verdict,
+    its score, and the claim (its text when recorded, its offsets) as the explanation."""
+    out = []
+    for ev in events:
+        if getattr(ev, "name", None) != semconv.CLAIM_EVENT:
+            continue
+        a = dict(ev.attributes or {})
+        i = a.get(semconv.CLAIM_INDEX)
+        text = a.get(semconv.CLAIM_TEXT)
+        where = f"characters {a.get(semconv.CLAIM_START)}-{a.get(semconv.CLAIM_END)} of the answer"
+        out.append(VerdictNote(
+            label=str(a.get(semconv.CLAIM_VERDICT, "unscored")),
+            action="redact" if a.get(semconv.CLAIM_REDACTED) else None, score=a.get(semconv.CLAIM_SCORE),
+            explanation=(f"claim {i} {text!r} ({where})" if text is not None else f"claim {i} ({where})")
+            + ("; removed by redact" if a.get(semconv.CLAIM_REDACTED) else ""),
+            metadata={"claim": i, "kind": a.get(semconv.CLAIM_KIND)}, name=f"{semconv.CLAIM_NOTE_PREFIX}{i}"))
+    return out
 
 
 def verdict_note(attributes: dict[str, Any]) -> VerdictNote | None:
@@ -162,6 +184,7 @@ class AnnotationExporter(SpanExporter):
                 if note is not None:
                     note = replace(note, **ids)
                     out.append(note)
+                    out += [replace(c, **ids) for c in claim_notes(span.events or ())]
                     with self._lock:
                         self._pending.setdefault(ctx.trace_id, []).append(note)
                         while len(self._pending) > self.max_pending_traces:

@@ -47,12 +47,12 @@ def mlflow_assessments(note: VerdictNote) -> list[dict[str, Any]]:
     source = {"source_type": "CODE", "source_id": "fastrm-guard"}
     metadata = {k: str(v) for k, v in {"action": note.action, "score": note.score, **note.metadata}.items()
                 if v is not None}
-    verdict = {"assessment_name": semconv.VERDICT_NOTE_NAME, "trace_id": trace_id, "span_id": note.span_id,
+    verdict = {"assessment_name": note.name or semconv.VERDICT_NOTE_NAME, "trace_id": trace_id, "span_id": note.span_id,
                "source": source, "feedback": {"value": note.label}, "metadata": metadata}
     if note.explanation:
         verdict["rationale"] = note.explanation
     out = [verdict]
-    if note.action:
+    if note.action and note.name is None:
         out.append({"assessment_name": semconv.ACTION_NOTE_NAME, "trace_id": trace_id, "span_id": note.span_id,
                     "source": source, "feedback": {"value": note.action}})
     return out

@@ -47,6 +47,9 @@ def phoenix_annotations(note: VerdictNote) -> list[dict[str, Any]]:
         return {"span_id": note.span_id, "name": name, "annotator_kind": "CODE", "identifier": "",
                 "result": {k: v for k, v in result.items() if v is not None}, "metadata": metadata or {}}
 
+    if note.name is not None:  # one claim: its verdict with the score in the metadata
+        return [annotation(note.name, {"label": note.label, "explanation": note.explanation},
+                           {"action": note.action, "score": note.score, **note.metadata})]
     out = [annotation(semconv.VERDICT_NOTE_NAME, {"label": note.label, "explanation": note.explanation},
                       {"action": note.action, "score": note.score, **note.metadata})]
     if note.action:

@@ -337,3 +337,38 @@ def test_claims_in_the_trace_viewer_and_the_html_report(tiny_llava, tiny_proxy, 
     assert view_trace(trace, console=Console(file=buf, width=120, color_system=None)) == 0
     out = buf.getvalue()
     assert "claims" in out and "uncertain" in out and "its map" in out
+
+
+def test_each_claim_is_a_note_for_the_viewers(tiny_llava, tiny_proxy, image):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from guardrail.telemetry.mlflow import mlflow_assessments
+    from guardrail.telemetry.phoenix import PhoenixAnnotationExporter, phoenix_annotations
+
+    from .conftest import claim_calibration_between, word_claims
+
+    model, processor = tiny_llava
+    observe = Guard(model, processor, proxy=tiny_proxy, claims=word_claims)
+    r0 = observe.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    cal = claim_calibration_between([c.scores["map_entropy"] for c in r0.claims])
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    guard = Guard(model, processor, proxy=tiny_proxy, claims=word_claims, claim_calibration=cal,
+                  tracer_provider=provider, capture_content=True)
+    r = guard.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    phoenix = PhoenixAnnotationExporter("http://127.0.0.1:9", retries=0)
+    try:
+        notes = phoenix.notes_for(exporter.get_finished_spans())
+    finally:
+        phoenix.shutdown()
+    claims = [n for n in notes if n.name is not None]
+    assert [n.label for n in claims] == [c.verdict for c in r.claims]
+    assert [n.name for n in claims] == [f"fastrm.claim.{c.index}" for c in r.claims]
+    (a,) = phoenix_annotations(claims[0])
+    assert a["name"] == "fastrm.claim.0" and a["result"]["label"] == r.claims[0].verdict
+    assert repr(r.claims[0].text) in a["result"]["explanation"]
+    m = mlflow_assessments(claims[0])
+    assert [x["assessment_name"] for x in m] == ["fastrm.claim.0"] and m[0]["feedback"]["value"] == r.claims[0].verdict
