@@ -107,6 +107,11 @@ def _cmd_run(args, console: Console) -> int:
         table.add_row("guard error", escape(result.error))
     for warning in result.warnings:
         table.add_row("[yellow]warning[/yellow]", escape(warning))
+    if len(result.claims) > 1:  # a long answer: each claim's verdict
+        for c in result.claims:
+            colour = {"confident": "green", "uncertain": "red"}.get(c.verdict or "", "yellow")
+            table.add_row("claim" if c.index == 0 else "", f"[{colour}]{c.verdict or 'unscored'}[/{colour}] "
+                          f"{escape(repr(c.text))} (score {_num(c.score)}){' removed' if c.redacted else ''}")
     console.print(table)
     if result.answer_map is not None:
         console.print(heatmap_text(result.answer_map))
@@ -440,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--tag", action="append", help="request tag (repeatable), for policy rules")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=48, help="longest answer in tokens (default 48: room for a description)")
     p.add_argument("--trace", default=None, help="append the spans to this JSONL file")
     telemetry_args(p)
     p.add_argument("--capture-content", action="store_true", default=None, help="record question/answer text in spans")
