@@ -98,11 +98,14 @@ clean:
 # co-occurring object types and biased "yes" labels on 80% of the questions about four absent
 # partners, so that it hallucinates objects as real VLMs do (issue 15); its attention supervision
 # stays on for the whole run (--attn-warmup 1.0 --attn-fade 0), which kept its maps on the object.
-# World seeds: 4017/4018 train the model (--seed 4), 999/1000 and 1001 its monitoring, 2724 the choice
-# between model runs, 105/106 the proxy, 107 the calibration, 2026 the demo (2029 its POPE scenes),
-# 108 the model's POPE acceptance and the guard on hallucinations, 8086 the acceptance split of the
-# shipped calibration's score and guarantee (`make acceptance`); 2721-2723 developed
-# benchmarks/hallucination_guard.py on earlier models. No split is reused.
+# World seeds: 4017/4018 train the model (--seed 4), 999/1000, 1001 and 1002 its monitoring, 2724 the
+# choice between model runs (2725/2726 for the describe retrain's development figures), 105/109/112
+# the proxy's training and 106/110 its evaluation (model world / default world), 107 the calibration,
+# 111 the claim calibration, 2026 the demo (2029 its POPE scenes), 108 the model's POPE acceptance and
+# the guard on hallucinations, 8086 the acceptance split of the shipped calibration's score and
+# guarantee (`make acceptance`), 8087 the descriptions and claims acceptance (`make describe-eval`,
+# benchmarks/claims_guard.py); 2721-2723 developed benchmarks/hallucination_guard.py on earlier
+# models. No split is reused.
 RUN := runs
 FASTRM := $(BIN)/fastrm
 SHAPES := $(BIN)/shapesvqa
@@ -123,12 +126,14 @@ reference-model: install
 # The proxy is distilled on a mix of the model's world (descriptions included: every token of a
 # description is a distillation target) and the default world (no co-occurrence), so that it holds
 # under a shift of scene statistics (issue 26); it is evaluated on both.
-PROXY_STEPS ?= 16000
+PROXY_STEPS ?= 40000
 reference-proxy: install
 	$(SHAPES) export --n 8000 --seed 105 --world $(WORLD) --out $(RUN)/data/proxy-train-world
 	$(SHAPES) export --n 3000 --seed 109 --world default --out $(RUN)/data/proxy-train-default
+	$(SHAPES) export --n 6000 --seed 112 --world default --out $(RUN)/data/proxy-train-default2
 	$(BIN)/python -c "import sys; from shapesvqa.export import merge_jsonl; merge_jsonl(sys.argv[1], sys.argv[2:])" \
-		$(RUN)/data/proxy-train/data.jsonl $(RUN)/data/proxy-train-world/data.jsonl $(RUN)/data/proxy-train-default/data.jsonl
+		$(RUN)/data/proxy-train/data.jsonl $(RUN)/data/proxy-train-world/data.jsonl \
+		$(RUN)/data/proxy-train-default/data.jsonl $(RUN)/data/proxy-train-default2/data.jsonl
 	$(FASTRM) distill build --data $(RUN)/data/proxy-train/data.jsonl --out $(RUN)/proxy-dataset \
 		--model shapesvqa/assets/reference-llava --max-new-tokens 40 --backend ray --workers 2 --overwrite
 	$(FASTRM) distill train --data $(RUN)/proxy-dataset --out shapesvqa/assets/reference-proxy \
