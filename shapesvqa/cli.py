@@ -181,24 +181,34 @@ def _pope_tables(report: dict, title: str):
     for sampling, m in report["pope"].items():
         t.add_row(sampling, str(m["n"]), fmt(m["accuracy"]), fmt(m["precision"]), fmt(m["recall"]), fmt(m["f1"]),
                   fmt(m["yes_ratio"]), str(m["false_yes"]))
+
+    groups = {f"{sampling} / {name}": g[name] for sampling, g in report["hallucination_maps"].items()
+              for name in ("hallucinated", "correct_yes")}
+    h = _locations_table("Maps of \"yes\" answers: share of argmax on each group (mean mass), normalised entropy",
+                         "asked: an object of the asked type; cooccurring: its co-occurrence partner or cue in the scene",
+                         "sampling / answers", groups)
+    return t, h
+
+
+def _locations_table(title: str, caption: str, first: str, groups: dict):
+    """Where groups of maps look (:func:`shapesvqa.pope.location_stats` per row label), as a table."""
+    from rich.table import Table
+
     from .pope import LOCATIONS
 
-    h = Table(title="Maps of \"yes\" answers: share of argmax on each group (mean mass), normalised entropy",
-              caption="asked: an object of the asked type; cooccurring: its co-occurrence partner or cue in the scene")
-    h.add_column("sampling / answers", no_wrap=True)
+    h = Table(title=title, caption=caption)
+    h.add_column(first, no_wrap=True)
     h.add_column("n", justify="right")
     for loc in LOCATIONS:
         h.add_column(loc.replace("_", " "), justify="right", no_wrap=True)
     h.add_column("entropy", justify="right")
-    for sampling, g in report["hallucination_maps"].items():
-        for name in ("hallucinated", "correct_yes"):
-            s = g[name]
-            if not s["n"]:
-                h.add_row(f"{sampling} / {name}", "0", *["-"] * (len(LOCATIONS) + 1))
-                continue
-            h.add_row(f"{sampling} / {name}", str(s["n"]),
-                      *[f"{s['argmax_on'][loc]:.2f} ({s['mass'][loc]:.2f})" for loc in LOCATIONS], fmt(s["entropy"]))
-    return t, h
+    for label, s in groups.items():
+        if not s["n"]:
+            h.add_row(label, "0", *["-"] * (len(LOCATIONS) + 1))
+            continue
+        h.add_row(label, str(s["n"]), *[f"{s['argmax_on'][loc]:.2f} ({s['mass'][loc]:.2f})" for loc in LOCATIONS],
+                  f"{s['entropy']:.3f}")
+    return h
 
 
 def _eval_pope(args, model, processor, cfg, method, proxy, proxy_path, model_dir, console) -> int:
@@ -240,7 +250,6 @@ def _eval_describe(args, model, processor, cfg, method, proxy, proxy_path, model
     from rich.table import Table
 
     from .evaluate import evaluate_describe
-    from .pope import LOCATIONS
     from .world import DESCRIBE, generate, world_options
 
     examples = list(generate(args.n, args.seed, cfg, family=DESCRIBE))
@@ -266,19 +275,9 @@ def _eval_describe(args, model, processor, cfg, method, proxy, proxy_path, model
     for col in ("n", "CHAIR_s", "CHAIR_i", "Cover", "Attr", "mentions / description"):
         t.add_column(col, justify="right", no_wrap=True)
     t.add_row(str(c["n"]), fmt(c["chair_s"]), fmt(c["chair_i"]), fmt(c["cover"]), fmt(c["attr"]), fmt(c["length"]))
-    h = Table(title=f"Maps of mentions ({method}): share of argmax on each group (mean mass), normalised entropy",
-              caption="asked: an object of the mentioned type; cooccurring: its co-occurrence partner or cue")
-    h.add_column("mentions", no_wrap=True)
-    h.add_column("n", justify="right")
-    for loc in LOCATIONS:
-        h.add_column(loc.replace("_", " "), justify="right", no_wrap=True)
-    h.add_column("entropy", justify="right")
-    for label, s in report["maps"].items():
-        if not s["n"]:
-            h.add_row(label, "0", *["-"] * (len(LOCATIONS) + 1))
-            continue
-        h.add_row(label.replace("_", " "), str(s["n"]),
-                  *[f"{s['argmax_on'][loc]:.2f} ({s['mass'][loc]:.2f})" for loc in LOCATIONS], fmt(s["entropy"]))
+    h = _locations_table(f"Maps of mentions ({method}): share of argmax on each group (mean mass), normalised entropy",
+                         "asked: an object of the mentioned type; cooccurring: its co-occurrence partner or cue",
+                         "mentions", {k.replace("_", " "): v for k, v in report["maps"].items()})
     out_console = Console()
     if not out_console.is_terminal:
         out_console = Console(width=150)

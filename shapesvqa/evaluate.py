@@ -286,7 +286,7 @@ def evaluate_describe(
     or "none". Returns {"chair": :func:`~shapesvqa.world.chair_metrics`, "maps": {label: stats},
     "rows": [...]}.
     """
-    from .pope import LOCATIONS, map_location
+    from .pope import location_stats, map_location
     from .world import chair_metrics, label_description
 
     if method not in METHODS:
@@ -338,18 +338,7 @@ def evaluate_describe(
         if on_batch is not None:
             on_batch(len(rows))
 
-    def stats(group: list[dict]) -> dict:
-        group = [m for m in group if "location" in m]
-        if not group:
-            return {"n": 0}
-        return {
-            "n": len(group),
-            "argmax_on": {loc: round(float(np.mean([m["location"]["argmax_on"] == loc for m in group])), 4)
-                          for loc in LOCATIONS},
-            "mass": {loc: round(float(np.mean([m["location"]["mass"][loc] for m in group])), 4) for loc in LOCATIONS},
-            "entropy": round(float(np.mean([m["location"]["entropy"] for m in group])), 4),
-        }
-
     every = [m for r in rows for m in r["mentions"]]
-    maps = {label: stats([m for m in every if m["label"] == label]) for label in ("invented", "wrong_attribute", "correct")}
+    maps = {label: location_stats([m for m in every if m["label"] == label])
+            for label in ("invented", "wrong_attribute", "correct")}
     return {"chair": chair_metrics(labelled), "maps": maps, "rows": rows}

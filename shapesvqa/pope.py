@@ -38,18 +38,19 @@ from .world import COLORS, SHAPES, Example, Scene, WorldConfig, article, object_
 
 __all__ = [
     "LOCATIONS",
-    "SAMPLINGS",
     "PopeQuestion",
+    "SAMPLINGS",
     "TYPES",
     "TypeStats",
-    "hallucination_summary",
     "describe_map",
+    "hallucination_summary",
+    "location_stats",
     "map_location",
     "pope_metrics",
     "pope_negatives",
+    "pope_probes",
     "pope_questions",
     "pope_scenes",
-    "pope_probes",
     "pope_split",
     "scene_id",
     "type_statistics",
@@ -244,6 +245,21 @@ def map_location(rel_map: np.ndarray, patch_masks: np.ndarray, scene: Scene, ask
     return {"argmax_on": LOCATIONS[int(where[int(flat.argmax())])], "mass": mass, "entropy": round(entropy, 4)}
 
 
+def location_stats(group: Sequence[dict]) -> dict:
+    """Where a group of maps looks: of the rows with a ``location`` (:func:`map_location`), n, the share
+    of argmax on each group, the mean mass on each group and the mean normalised entropy."""
+    group = [r for r in group if "location" in r]
+    if not group:
+        return {"n": 0}
+    return {
+        "n": len(group),
+        "argmax_on": {loc: round(float(np.mean([r["location"]["argmax_on"] == loc for r in group])), 4)
+                      for loc in LOCATIONS},
+        "mass": {loc: round(float(np.mean([r["location"]["mass"][loc] for r in group])), 4) for loc in LOCATIONS},
+        "entropy": round(float(np.mean([r["location"]["entropy"] for r in group])), 4),
+    }
+
+
 def hallucination_summary(rows: Sequence[dict]) -> dict:
     """Per sampling: where the maps of hallucinated "yes" answers look, beside correct "yes" ones.
 
@@ -252,18 +268,6 @@ def hallucination_summary(rows: Sequence[dict]) -> dict:
     "correct_yes": {...}}} with n, the share of argmax per group, the mean mass per group and the
     mean normalised entropy.
     """
-    def stats(group: list[dict]) -> dict:
-        group = [r for r in group if "location" in r]
-        if not group:
-            return {"n": 0}
-        return {
-            "n": len(group),
-            "argmax_on": {loc: round(float(np.mean([r["location"]["argmax_on"] == loc for r in group])), 4)
-                          for loc in LOCATIONS},
-            "mass": {loc: round(float(np.mean([r["location"]["mass"][loc] for r in group])), 4) for loc in LOCATIONS},
-            "entropy": round(float(np.mean([r["location"]["entropy"] for r in group])), 4),
-        }
-
     by: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by[r["pope"]].append(r)
@@ -271,8 +275,8 @@ def hallucination_summary(rows: Sequence[dict]) -> dict:
     for sampling in [s for s in SAMPLINGS if s in by]:
         g = by[sampling]
         out[sampling] = {
-            "hallucinated": stats([r for r in g if r["answers"] == ["no"] and r["prediction"] == "yes"]),
-            "correct_yes": stats([r for r in g if r["answers"] == ["yes"] and r["prediction"] == "yes"]),
+            "hallucinated": location_stats([r for r in g if r["answers"] == ["no"] and r["prediction"] == "yes"]),
+            "correct_yes": location_stats([r for r in g if r["answers"] == ["yes"] and r["prediction"] == "yes"]),
         }
     return out
 

@@ -7,7 +7,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from calibration import AnswerSignals, fit_calibration
+from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, ObjectSplitter, label_objects, split_claims
 from fastrm_common.errors import CalibrationError, InputError
 from guardrail import Guard
@@ -21,6 +21,8 @@ from guardrail.answers.claims import (
 )
 from guardrail.calibrate import ScoredAnswer, calibrate_scores
 from policies import Policy
+
+from .conftest import claim_calibration_between
 
 
 # ---------------------------------------------------------------- splitters on hand-written texts
@@ -215,15 +217,9 @@ def test_redact_removes_the_uncertain_claims_and_the_span_lists_them(tiny_llava,
     model, processor = tiny_llava
     observe = Guard(model, processor, proxy=tiny_proxy, claims=_words)
     r0 = observe.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
-    values = sorted(c.scores["map_entropy"] for c in r0.claims if c.scores.get("map_entropy") is not None)
+    values = [c.scores["map_entropy"] for c in r0.claims if c.scores.get("map_entropy") is not None]
     assert len(values) >= 3
-    lo, hi = values[len(values) // 2 - 1], values[len(values) // 2]
-    assert hi > lo
-    cut, gap = (lo + hi) / 2, (hi - lo) / 2
-    rng = np.random.default_rng(0)  # the paper's midpoint rule puts the threshold at `cut`
-    scores = np.concatenate([rng.normal(cut - gap, gap / 20, 40), rng.normal(cut + gap, gap / 20, 40)])
-    claim_cal = fit_calibration(scores, np.array([True] * 40 + [False] * 40), entropy_normalized=True)
-    claim_cal = claim_cal.model_copy(update={"level": "claim"})
+    claim_cal = claim_calibration_between(values)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -269,14 +265,8 @@ def test_streamed_claims_arrive_in_order_as_they_close_and_equal_the_final_ones(
     model, processor = tiny_llava
     observe = Guard(model, processor, proxy=tiny_proxy, claims=_words)
     r0 = observe.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
-    values = sorted(c.scores["map_entropy"] for c in r0.claims)
-    lo, hi = values[len(values) // 2 - 1], values[len(values) // 2]
-    cut, gap = (lo + hi) / 2, (hi - lo) / 2
-    rng = np.random.default_rng(0)
-    scores = np.concatenate([rng.normal(cut - gap, gap / 20, 40), rng.normal(cut + gap, gap / 20, 40)])
-    claim_cal = fit_calibration(scores, np.array([True] * 40 + [False] * 40), entropy_normalized=True)
     guard = Guard(model, processor, proxy=tiny_proxy, claims=_words,
-                  claim_calibration=claim_cal.model_copy(update={"level": "claim"}))
+                  claim_calibration=claim_calibration_between([c.scores["map_entropy"] for c in r0.claims]))
     events = list(guard.stream(image, "What color?", max_new_tokens=8, min_new_tokens=8))
     final = events[-1]
     streamed = [(i, e) for i, e in enumerate(events) if isinstance(e, Claim)]
