@@ -222,3 +222,33 @@ def test_overlay_in_the_page_sits_on_the_box(browser, tmp_path):
     assert min(xs) >= int(125 * scale) - 1 and max(xs) <= int(150 * scale) + 1
     assert min(ys) >= int(25 * scale) - 1 and max(ys) <= int(50 * scale) + 1
     page.close()
+
+
+@pytest.mark.browser
+def test_claims_are_buttons_by_verdict_that_draw_their_map(browser, tiny_llava, tiny_proxy, tmp_path):
+    """A several-claim answer: one button per claim, coloured by verdict, and a click draws that claim's map."""
+    from policies import Policy
+
+    from .conftest import claim_calibration_between, word_claims
+
+    image = _scene(tmp_path / "scene.png")
+    observe = Guard(*tiny_llava, proxy=tiny_proxy, claims=word_claims)
+    r0 = observe.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    cal = claim_calibration_between([c.scores["map_entropy"] for c in r0.claims])
+    trace = tmp_path / "t.jsonl"
+    provider = configure_tracing(jsonl_path=trace, otlp_from_env=False)
+    policy = Policy.model_validate({"id": "p", "version": "1", "default": {"action": "allow"}, "rules": [
+        {"name": "cut", "when": {"claims": {"any_uncertain": True}}, "action": "redact"}]})
+    guard = Guard(*tiny_llava, proxy=tiny_proxy, claims=word_claims, claim_calibration=cal, policy=policy,
+                  tracer_provider=provider, capture_content=True)
+    r = guard.generate(image, "What color?", max_new_tokens=8, min_new_tokens=8)
+    provider.shutdown()
+    page, errors, _ = _open(browser, write_html_report(trace, tmp_path / "r.html"))
+    assert not errors, errors
+    classes = page.eval_on_selector_all("[data-field=claims] button", "bs => bs.map(b => b.className)")
+    assert classes == [f"claim {c.verdict}{' redacted' if c.redacted else ''}" for c in r.claims]
+    before = page.evaluate("() => document.querySelector('canvas.overlay').toDataURL()")
+    page.click(f"[data-field=claims] button[data-claim='{r.claims[-1].index}']")
+    assert page.evaluate("() => document.querySelector('canvas.overlay').toDataURL()") != before
+    assert "claim" in page.inner_text("[data-field=readout]")
+    page.close()
