@@ -6,6 +6,7 @@ and ``--seed``), and splits that part again: scores and rules are fitted on one 
 the other (the development half). The held-out half of the calibration data is never read.
 
     python benchmarks/choose_default_score.py runs/calibration-signals.jsonl
+    python benchmarks/choose_default_score.py runs/claim-calibration-signals.jsonl   # claims: split by answer
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from calibration import auroc, evaluate_threshold, fit_calibration, fit_score, split_fit_heldout
+from calibration import auroc, evaluate_threshold, fit_calibration, fit_score
 from calibration import table_scores
-from guardrail.calibrate import read_signals, score_available, score_label
+from guardrail.calibrate import fit_heldout_split, read_signals, score_available, score_label
 
 
 def main(argv=None):
@@ -31,10 +32,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows, _ = read_signals(args.signals)
     correct = np.array([r.correct for r in rows])
-    fit_idx, _held = split_fit_heldout(len(rows), args.fit_fraction, args.seed, stratify=correct)  # held: never read
+    # the split guardrail calibrate fits on (claims: by answer), the held-out part never read
+    fit_idx, _held = fit_heldout_split(rows, correct, args.fit_fraction, args.seed)
     dev_rows = [rows[i] for i in fit_idx]
     c = correct[fit_idx]
-    a_idx, b_idx = split_fit_heldout(len(dev_rows), 0.5, args.seed + 1, stratify=c)
+    a_idx, b_idx = fit_heldout_split(dev_rows, c, 0.5, args.seed + 1)
     sig_a = [dev_rows[i].signals for i in a_idx]
     sig_b = [dev_rows[i].signals for i in b_idx]
     table = Table(title=f"development split: fitted on {len(a_idx)}, compared on {len(b_idx)} "
@@ -42,14 +44,16 @@ def main(argv=None):
     for col in ("score", "AUROC", "guaranteed: share conf.", "precision", "paper_midpoint: share", "precision "):
         table.add_column(col, justify="right")
     for name, params in table_scores():
-        if not score_available(name, dev_rows):
+        if not score_available(name, dev_rows, params):
             continue
         score = fit_score(name, sig_a, c[a_idx], **params)
         va, vb = score.many(sig_a), score.many(sig_b)
-        cells = [score_label(name, params), f"{auroc(vb, ~c[b_idx]):.3f}"]
+        oka, okb = np.isfinite(va), np.isfinite(vb)
+        va, vb, ca, cb = va[oka], vb[okb], c[a_idx][oka], c[b_idx][okb]
+        cells = [score_label(name, params), f"{auroc(vb, ~cb):.3f}"]
         for rule in ("guaranteed_precision", "paper_midpoint"):
-            cal = fit_calibration(va, c[a_idx], rule=rule, target_precision=args.target_precision, delta=args.delta)
-            m = evaluate_threshold(vb, c[b_idx], cal.threshold)
+            cal = fit_calibration(va, ca, rule=rule, target_precision=args.target_precision, delta=args.delta)
+            m = evaluate_threshold(vb, cb, cal.threshold)
             cells += [f"{m.share_confident:.3f}", "-" if m.precision_confident is None else f"{m.precision_confident:.4f}"]
         table.add_row(*cells)
     Console(width=120).print(table)

@@ -51,6 +51,7 @@ __all__ = [
     "ScoredAnswer",
     "calibrate_scores",
     "expected_calibration_error",
+    "fit_heldout_split",
     "prediction_rejection_ratio",
     "score_available",
     "score_label",
@@ -239,7 +240,7 @@ def calibrate_scores(
     if not rows:
         raise CalibrationError("no scored answers to calibrate on")
     correct = np.array([r.correct for r in rows], dtype=bool)
-    fit_idx, ho_idx = _split(rows, correct, fit_fraction, seed)
+    fit_idx, ho_idx = fit_heldout_split(rows, correct, fit_fraction, seed)
     fit_sig = [rows[i].signals for i in fit_idx]
     chosen = fit_score(score, fit_sig, correct[fit_idx], **(score_params or {}))
     values = chosen.many([r.signals for r in rows])  # (n,)
@@ -371,7 +372,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total)
 
 
-def _split(rows: Sequence[ScoredAnswer], correct: np.ndarray, fit_fraction: float, seed: int):
+def fit_heldout_split(rows: Sequence[ScoredAnswer], correct: np.ndarray, fit_fraction: float, seed: int):
     """The fitting / held-out split: stratified by correctness; claims (rows with ``extra["record"]``)
     split by record, so that no answer has claims on both sides."""
     records = [r.extra.get("record") for r in rows]

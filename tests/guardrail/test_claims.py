@@ -163,10 +163,10 @@ def test_claim_calibration_splits_by_record_and_is_deterministic():
     a, side_a = calibrate_scores(rows, **kw)
     b, _ = calibrate_scores(rows, **kw)
     assert a.threshold == b.threshold and a.threshold is not None
-    from guardrail.calibrate import _split  # the split keeps each record's claims together
+    from guardrail.calibrate import fit_heldout_split  # the split keeps each record's claims together
 
     correct = np.array([r.correct for r in rows])
-    fit, held = _split(rows, correct, 0.5, 0)
+    fit, held = fit_heldout_split(rows, correct, 0.5, 0)
     fit_records = {rows[i].extra["record"] for i in fit}
     assert not fit_records & {rows[i].extra["record"] for i in held}
 

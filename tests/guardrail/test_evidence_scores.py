@@ -96,9 +96,9 @@ def test_the_probe_is_fitted_on_the_fitting_split_only_and_rebuilds_from_its_par
     altered = [ScoredAnswer(r.id, r.answer, r.correct, AnswerSignals(
         content=r.signals.content, token_states=r.signals.token_states * 0 + 5, evidence=r.signals.evidence,
         margin=r.signals.margin)) for r in rows]
-    from guardrail.calibrate import _split
+    from guardrail.calibrate import fit_heldout_split
 
-    fit_idx, held_idx = _split(rows, np.array([r.correct for r in rows]), 0.5, 0)
+    fit_idx, held_idx = fit_heldout_split(rows, np.array([r.correct for r in rows]), 0.5, 0)
     mixed = [rows[i] if i in set(fit_idx) else altered[i] for i in range(len(rows))]
     cal2, _ = calibrate_scores(mixed, score="state_probe", rule="paper_midpoint", command="test")
     assert cal2.score.params["sha256"] == params["sha256"]
