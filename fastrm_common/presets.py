@@ -66,6 +66,7 @@ class Preset:
     examples: Callable[[int, int], Sequence[Any]] | None = None
     pope_examples: Callable[[int, int], Sequence[Any]] | None = None
     description: str = ""
+    describe_examples: Callable[[int, int], Sequence[Any]] | None = None  # "Describe the image." scenes (demo)
     claim_splitter: str | None = None  # the claim splitter for the preset's answers (a SPLITTERS name)
     claim_calibration: Callable[[], Path | None] | None = None  # its claim calibration, None when not shipped
 

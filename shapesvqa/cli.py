@@ -37,6 +37,10 @@ def _export(args) -> int:
     from .world import generate
 
     cfg = _world(args, bias_rate=args.bias_rate)
+    if args.describe_rate is not None:
+        from dataclasses import replace as _replace
+
+        cfg = _replace(cfg, describe_rate=args.describe_rate)
     if args.pope is not None:
         from .pope import pope_split
         from .world import world_options
@@ -315,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     _world_args(ex, "default, the world without hallucination options; the shipped model is trained on cooccur-confident")
     ex.add_argument("--bias-rate", type=float, default=None,
                     help="label this share of partner questions 'yes' (default: truthful labels, bias 0)")
+    ex.add_argument("--describe-rate", type=float, default=None,
+                    help="share of descriptions among the questions (default: the world's; 0: short answers only, "
+                         "as answer-level calibration wants: descriptions are judged claim by claim)")
     ex.add_argument("--pope", choices=["random", "popular", "adversarial"], default=None,
                     help="write the POPE questions of one sampling instead (--n counts scenes)")
     ex.set_defaults(func=_export)

@@ -37,6 +37,7 @@ import numpy as np
 from .world import COLORS, SHAPES, Example, Scene, WorldConfig, article, object_type, render_scene
 
 __all__ = [
+    "DescribeQuestion",
     "LOCATIONS",
     "PopeQuestion",
     "SAMPLINGS",
@@ -324,6 +325,25 @@ def describe_map(rel_map: np.ndarray, scene: Scene, asked: str, cfg: WorldConfig
         what = "the background"
     return (f"peak on {what}; {loc['mass'][where]:.0%} of the map there; "
             f"entropy {loc['entropy']:.2f} (0 = one patch, 1 = flat)")
+
+
+@dataclass(frozen=True)
+class DescribeQuestion:
+    """A "Describe the image." example for demos: the example's fields, the labels of any description of
+    its scene (:meth:`label_text`) and where a claim's map looks (:meth:`describe_claim_map`)."""
+
+    example: Example
+    cfg: WorldConfig
+
+    def __getattr__(self, name: str):  # id, image, question, answers, family, scene ...
+        return getattr(self.example, name)
+
+    def label_text(self, text: str):
+        return self.example.label_text(text)
+
+    def describe_claim_map(self, rel_map: np.ndarray, mentioned: str) -> str:
+        """Where a claim's map (rows, cols) looks, relative to the ``mentioned`` type ("colour shape")."""
+        return describe_map(rel_map, self.example.scene, mentioned, self.cfg)
 
 
 @dataclass(frozen=True)

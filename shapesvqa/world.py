@@ -280,17 +280,6 @@ class Example:
         (:func:`label_description`)."""
         return label_description(text, self.scene.objects)
 
-    def describe_claim_map(self, rel_map: np.ndarray, mentioned: str) -> str:
-        """Where a claim's map (rows, cols) looks in this scene, relative to the ``mentioned`` type
-        ("colour shape"), in words (:func:`shapesvqa.pope.describe_map`)."""
-        from .pope import describe_map
-
-        asked = mentioned
-        cfg = WorldConfig(**{k: (tuple(tuple(t) for t in v) if k == "cooccurrence" else
-                                 tuple(v) if isinstance(v, list) else v)
-                             for k, v in (self.world or {}).items()})
-        return describe_map(rel_map, self.scene, asked, cfg)
-
     @property
     def evidence_masks(self) -> np.ndarray:
         if not self.evidence:

@@ -89,6 +89,7 @@ def run_demo(
     pool: int = 24,
     pope_scenes: int = 24,
     pope_seed: int = 2029,
+    describe: int = 6,
     show_right: int = 4,
     show_wrong: int = 3,
     max_new_tokens: int = 8,
@@ -124,8 +125,7 @@ def run_demo(
     console.print(f"[bold]fastrm-guard demo[/bold]: model {guard.model_name}, policy {guard.policy.id} "
                   f"v{guard.policy.version}, {guard.calibration_id.split(' data:')[0]}")
     examples = list(preset.examples(pool, seed))
-    descriptions = [e for e in examples if getattr(e, "family", None) == "describe"]
-    examples = [e for e in examples if getattr(e, "family", None) != "describe"]  # asked below, with claims
+    descriptions = list(preset.describe_examples(describe, seed + 1)) if preset.describe_examples and describe > 0 else []
     probes = list(preset.pope_examples(pope_scenes, pope_seed)) if preset.pope_examples and pope_scenes > 0 else []
     n_plain = len(examples)
     examples += probes

@@ -203,7 +203,14 @@ def _print_no_threshold(console: Console, cal, side: dict, args) -> None:
 
 
 def _score_params(args) -> dict:
-    return {} if args.aggregation is None else {"aggregation": args.aggregation}
+    params = {} if args.aggregation is None else {"aggregation": args.aggregation}
+    if getattr(args, "with_grounding", False):  # fused over the token scores and the evidence score
+        if args.score != "fused":
+            raise GuardrailError("--with-grounding applies to --score fused")
+        from calibration.answer_scores import EVIDENCE_BASES
+
+        params["bases"] = [dict(b) for b in EVIDENCE_BASES]
+    return params
 
 
 def _cmd_calibrate(args, console: Console) -> int:
@@ -502,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-out", default=None, help="also write per-record scores (JSONL)")
     p.add_argument("--signals-out", default=None, help="also write every answer's signals (JSONL), for --from-signals")
     p.add_argument("--from-signals", default=None, help="fit from stored signals instead of running the model")
+    p.add_argument("--with-grounding", action="store_true",
+                   help="with --score fused: fuse the evidence score grounding(max) with the token scores")
     p.add_argument("--claims", default=None, metavar="SPLITTER",
                    help="fit a claim-level calibration: cut each answer into claims with SPLITTER (sentences, "
                         "clauses, objects, or a world's, e.g. shapes) and judge each claim (docs/calibration.md, Claims)")

@@ -71,9 +71,21 @@ def reference_world() -> str:
 
 
 def _examples(n: int, seed: int) -> list:
+    """Short-answer questions about scenes of the model's world (true labels; descriptions are asked apart)."""
+    from dataclasses import replace
+
     from shapesvqa.world import WORLDS, generate
 
-    return list(generate(n, seed=seed, cfg=WORLDS[reference_world()].truthful()))
+    return list(generate(n, seed=seed, cfg=replace(WORLDS[reference_world()].truthful(), describe_rate=0.0)))
+
+
+def _describe_examples(n: int, seed: int) -> list:
+    """"Describe the image." about ``n`` scenes of the model's world (true descriptions)."""
+    from shapesvqa.pope import DescribeQuestion
+    from shapesvqa.world import DESCRIBE, WORLDS, generate
+
+    cfg = WORLDS[reference_world()].truthful()
+    return [DescribeQuestion(ex, cfg) for ex in generate(n, seed=seed, cfg=cfg, family=DESCRIBE)]
 
 
 def _pope_examples(n_scenes: int, seed: int) -> list:
@@ -91,6 +103,7 @@ REFERENCE = Preset(
     calibration=reference_calibration_path,
     examples=_examples,
     pope_examples=_pope_examples,
+    describe_examples=_describe_examples,
     description="the shipped ShapesVQA reference LLaVA with its proxy and calibration",
     claim_splitter="shapes",
     claim_calibration=reference_claim_calibration_path,
