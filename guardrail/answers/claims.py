@@ -144,9 +144,10 @@ def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, signals:
     own tokens), every score, its verdict and its map, as :class:`guardrail.result.Claim`.
 
     ``scorer`` computes the observed scores; ``claim_scorer`` (a
-    :class:`~guardrail.answers.pipeline.Scorer` on a claim calibration) the verdict. Without one, a
-    single claim that is the whole answer takes ``answer_verdict`` (score, verdict, reason) and the
-    others have none (*unscored*).
+    :class:`~guardrail.answers.pipeline.Scorer` on a claim calibration) the verdict of each claim of
+    a several-claim answer. A single claim is the whole answer and takes ``answer_verdict`` (score,
+    verdict, reason); without a claim calibration the claims of a several-claim answer have none
+    (*unscored*).
     """
     claims = split_and_align(answer, tokenizer, token_ids, splitter)
     if not claims and answer.strip():  # a short answer (no claim the splitter knows) is one claim
@@ -163,7 +164,7 @@ def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray,
     from guardrail.result import Claim
 
     sig = claim_signals(signals, c)
-    if claim_scorer is not None:
+    if claim_scorer is not None and not whole:  # a one-claim answer keeps the answer's verdict
         group = claim_scorer.group(tags)
         scores, score, verdict = claim_scorer.evaluate(sig, group=group)
         reason = explain_verdict(claim_scorer.calibration, score, verdict, novelty=scores.get("novelty"), group=group)

@@ -140,7 +140,13 @@ def run_demo(
     for i in range(n_plain, len(examples), 16):  # POPE questions in batches (a span per row)
         results += guard.generate_batch([(p, e.question) for e, p in zip(examples[i:i + 16], paths[i:i + 16])],
                                         max_new_tokens=max_new_tokens)
-    described = _describe(guard, descriptions, out, console) if descriptions else {}
+    if descriptions:  # long answers under a policy that removes the claims the guard cannot support
+        redacting = Guard(guard.model, guard.processor, proxy=guard.proxy, calibration=guard.calibration,
+                          claims=guard.claims, claim_calibration=guard.claim_calibration, policy="redact-claims",
+                          tracer_provider=provider, meter_provider=meters, capture_content=True)
+        described = _describe(redacting, descriptions, out, console)
+    else:
+        described = {}
     plain = list(zip(examples, paths, results))[:n_plain]
     right = [(e, p, r) for e, p, r in plain if is_correct(r.answer, e.answers)]
     wrong = [(e, p, r) for e, p, r in plain if not is_correct(r.answer, e.answers)]

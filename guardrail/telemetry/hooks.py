@@ -46,7 +46,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from calibration import token_entropy
 
 import guardrail.telemetry.semconv as semconv
-from guardrail.telemetry.safe_span import contained_span, event_limit
+from guardrail.telemetry.safe_span import attribute_room, contained_span, event_limit
 from guardrail.telemetry.guard_metrics import GuardMetrics
 from guardrail.telemetry.mapcodec import encode_map, map_attributes
 from guardrail.telemetry.attributes import (
@@ -214,11 +214,21 @@ class OpenTelemetryHooks(GuardHooks):
                     call.set_attributes(messages_attributes(semconv.LLM_OUTPUT_MESSAGES, [
                         ("assistant", [("text", reports[0].answer), ("image", overlay)])]))
             else:
-                call.set_attributes(batch_content_attributes(
-                    [r.question for r in results], [r.answer for r in reports],
-                    finish_reasons=[r.finish_reason for r in results],
-                    image_uris=_batch_image_uris([r.image for r in reports]),
-                ))
+                questions, answers = [r.question for r in results], [r.answer for r in reports]
+                reasons, uris = [r.finish_reason for r in results], _batch_image_uris([r.image for r in reports])
+                attrs = batch_content_attributes(questions, answers, finish_reasons=reasons, image_uris=uris)
+                room, k = attribute_room(call), len(reports)
+                # the SDK drops a span's *oldest* attributes beyond its limit (the model, the token counts):
+                # keep the per-row messages of as many rows as fit, every row in the JSON lists
+                while room is not None and len(attrs) + 1 > room and k > 0:
+                    k -= 1
+                    attrs = {**batch_content_attributes(questions[:k], answers[:k], finish_reasons=reasons[:k],
+                                                        image_uris=uris[:k]),
+                             **{key: v for key, v in batch_content_attributes(
+                                 questions, answers, finish_reasons=reasons).items()
+                                if key in (semconv.INPUT_VALUE, semconv.OUTPUT_VALUE, semconv.GEN_AI_INPUT_MESSAGES,
+                                           semconv.GEN_AI_OUTPUT_MESSAGES)}}
+                call.set_attributes({**attrs, semconv.FASTRM_BATCH_ROWS_IN_MESSAGES: k})
         except Exception:  # telemetry must never break the guarded call
             _log.debug("telemetry failed", exc_info=True)
 

@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-__all__ = ["DEFAULT_EVENT_LIMIT", "contained_span", "event_limit"]
+__all__ = ["DEFAULT_EVENT_LIMIT", "attribute_room", "contained_span", "event_limit"]
 
 DEFAULT_EVENT_LIMIT = 128  # the SDK's default SpanLimits.max_events (OTEL_SPAN_EVENT_COUNT_LIMIT)
 
@@ -62,6 +62,17 @@ def contained_span(tracer: trace.Tracer, name: str, *, timeout_s: float,
     finally:
         if span is not trace.INVALID_SPAN:
             _bounded(span.end, timeout_s, None)
+
+
+def attribute_room(span: trace.Span) -> int | None:
+    """How many more attributes ``span`` keeps before the SDK drops its oldest ones; ``None`` = no limit known."""
+    limits = getattr(span, "_limits", None)
+    if limits is None:
+        return None
+    cap = getattr(limits, "max_span_attributes", None) or getattr(limits, "max_attributes", None)
+    if not isinstance(cap, int) or cap < 0:
+        return None
+    return max(0, cap - len(getattr(span, "attributes", None) or {}))
 
 
 def event_limit(span: trace.Span) -> int | None:

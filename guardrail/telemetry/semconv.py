@@ -194,6 +194,7 @@ CLAIM_SCORE = "fastrm.claim.score"
 CLAIM_REDACTED = "fastrm.claim.redacted"
 CLAIM_TEXT = "fastrm.claim.text"  # content capture only
 CLAIMS_COUNT = "fastrm.claims.count"
+FASTRM_BATCH_ROWS_IN_MESSAGES = "fastrm.batch.rows_in_messages"  # a batch's rows whose messages fit the chat span
 CLAIM_NOTE_PREFIX = "fastrm.claim."  # + index: the viewers' annotation (Phoenix) or assessment (MLflow) of one claim
 CLAIMS_UNCERTAIN = "fastrm.claims.uncertain"
 CLAIMS_REDACTED = "fastrm.claims.redacted"

@@ -164,8 +164,10 @@ def test_demo_command_on_given_artifacts(saved, tmp_path):
 
     pope = int(re.search(r"POPE \(adversarial negatives\): (\d+) questions", " ".join(text.split())).group(1))
     assert pope > 0  # the preset's POPE questions are asked too, one traced call each
+    described = int(re.search(r"descriptions: (\d+) scenes", " ".join(text.split())).group(1))
+    assert described > 0  # and its descriptions, one traced call each, their claims judged
     code, view = run_cli("view", out / "trace.jsonl")
-    assert code == 0 and view.count("guarded call") == 8 + pope
+    assert code == 0 and view.count("guarded call") == 8 + pope + described
 
 
 @pytest.fixture

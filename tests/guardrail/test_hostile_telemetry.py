@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import types
@@ -114,3 +115,24 @@ def test_row16_small_map_budget_reports_what_is_really_exported(tiny_llava, tiny
     span = [s for s in exporter.get_finished_spans() if s.name == "apply_guardrail fastrm"][0]
     with_maps = [e for e in span.events if e.name == "fastrm.token" and "fastrm.map.data" in e.attributes]
     assert span.attributes["fastrm.maps.attached"] == len(with_maps) > 0
+
+
+def test_a_big_batch_keeps_the_chat_span_attributes_within_the_limit(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    """Per-row messages of a 16-row batch would pass the SDK's 128 attributes, which then drops the
+    span's *oldest* attributes (the model, the token counts): only the rows that fit get messages."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+              capture_content=True)
+    g.generate_batch([(image, f"What color is object {i}?") for i in range(16)], max_new_tokens=2)
+    chat = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat"))
+    assert chat.dropped_attributes == 0
+    assert chat.attributes["gen_ai.operation.name"] == "chat" and "gen_ai.usage.output_tokens" in chat.attributes
+    k = chat.attributes["fastrm.batch.rows_in_messages"]
+    assert 0 < k < 16 and f"llm.input_messages.{k - 1}.message.role" in chat.attributes
+    assert len(json.loads(chat.attributes["input.value"])) == 16  # every row in the JSON list

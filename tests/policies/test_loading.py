@@ -91,7 +91,7 @@ def test_bundled_policies_load(name):
 
 
 def test_bundled_list():
-    assert list_bundled_policies() == ["default", "observe-only", "strict"]
+    assert list_bundled_policies() == ["default", "observe-only", "redact-claims", "strict"]
 
 
 def test_actions_constant_matches_schema():
@@ -330,7 +330,7 @@ def test_missing_file_and_unknown_bundled_name(tmp_path):
     with pytest.raises(PolicyError) as info:
         load_policy("stritc")
     assert str(info.value) == (
-        "unknown bundled policy 'stritc'; expected one of: default, observe-only, strict (or a path to a .yaml file)"
+        "unknown bundled policy 'stritc'; expected one of: default, observe-only, redact-claims, strict (or a path to a .yaml file)"
     )
 
 
