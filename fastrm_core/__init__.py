@@ -28,7 +28,6 @@ from fastrm_common.tokens import content_token_mask, eos_token_ids
 # The torch-backed names load on first use (PEP 562), so that importing the torch-free parts
 # (errors, token helpers) or ``fastrm_core.cli --help`` does not pay for torch and transformers.
 _LAZY = {
-    "ImageLayout": "fastrm_core.adapters",
     "LlavaAdapter": "fastrm_core.families.llava",
     "VLMAdapter": "fastrm_core.adapters",
     "get_adapter": "fastrm_core.adapters",
@@ -47,7 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from fastrm_core.adapters import ImageLayout, VLMAdapter, get_adapter, list_adapters, register_adapter
+    from fastrm_core.adapters import VLMAdapter, get_adapter, list_adapters, register_adapter
     from fastrm_core.families.llava import LlavaAdapter
     from fastrm_core.capturing import Capture, capture
     from fastrm_core.integrity import weights_fingerprint
@@ -66,7 +65,6 @@ __all__ = [
     "DataError",
     "FastRMProxy",
     "GuardrailError",
-    "ImageLayout",
     "InputError",
     "LlavaAdapter",
     "PolicyError",

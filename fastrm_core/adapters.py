@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,7 +67,6 @@ from fastrm_core.regions import ImageRegion, flat_positions
 
 __all__ = [
     "ADAPTERS",
-    "ImageLayout",
     "VLMAdapter",
     "adapter_for_config",
     "as_inputs",
@@ -79,26 +77,6 @@ __all__ = [
     "supported_model_types",
     "unsupported_model_error",
 ]
-
-
-@dataclass(frozen=True)
-class ImageLayout:
-    """Where the image tokens of one single-image sequence are and the patch grid they form.
-
-    Kept for code written before :class:`~fastrm_core.regions.ImageRegion` (one fixed grid per
-    sequence, LLaVA-1.5). ``positions`` (N_img,) are indices into the sequence (padding included),
-    in order; the first ``offset`` of them are not patches (e.g. a CLS token kept by the "full"
-    feature strategy); the rest reshape row-major to ``grid`` = (rows, cols).
-    """
-
-    positions: torch.Tensor
-    grid: tuple[int, int]
-    offset: int = 0
-
-    @property
-    def patch_positions(self) -> torch.Tensor:
-        """Sequence positions of the grid patches only, (rows * cols,)."""
-        return self.positions[self.offset :]
 
 
 def as_inputs(inputs) -> Mapping:
@@ -377,23 +355,6 @@ class VLMAdapter:
         """Image tokens per image for a fixed-grid family (grid cells plus ``image_token_offset``)."""
         rows, cols = self.grid
         return rows * cols + self.image_token_offset
-
-    def image_layout(self, input_ids: torch.Tensor) -> ImageLayout:
-        """The :class:`ImageLayout` of ONE sequence ``input_ids`` (S,) holding exactly one image with
-        one region (compatibility with single-image code; prefer :meth:`regions`)."""
-        if input_ids.dim() != 1:
-            raise InputError(f"image_layout takes one sequence (S,), got shape {tuple(input_ids.shape)}")
-        regions = self.regions(input_ids)
-        if len(regions) != 1:
-            raise InputError(f"expected exactly one image region in the sequence, found {len(regions)}")
-        (region,) = regions
-        positions = (input_ids == self.image_token_id).nonzero(as_tuple=True)[0]
-        offset = positions.numel() - region.size
-        return ImageLayout(positions=positions, grid=region.grid, offset=offset)
-
-    def image_layouts(self, input_ids: torch.Tensor) -> list[ImageLayout]:
-        """One :class:`ImageLayout` per row of a batch ``input_ids`` (B, S)."""
-        return [self.image_layout(row) for row in input_ids]
 
 
 def _n_images(regions: Sequence[ImageRegion]) -> int:

@@ -5,6 +5,7 @@ from torch import nn
 from fastrm_core.adapters import get_adapter, list_adapters
 from fastrm_common.errors import InputError, UnsupportedModelError
 from fastrm_core.loading import load_vlm
+from .legacy_layout import image_layout, image_layouts  # noqa: F401
 
 
 def test_registry_lists_llava_and_qwen():
@@ -33,7 +34,7 @@ def test_image_positions_with_padding(tiny_llava, make_inputs, side):
     model, processor = tiny_llava
     inputs = make_inputs(processor, ("What color is the circle?", "What?"), padding_side=side)
     a = get_adapter(model)
-    layouts = a.image_layouts(inputs["input_ids"])
+    layouts = image_layouts(a, inputs["input_ids"])
     pad = int(inputs["attention_mask"][1].eq(0).sum())
     assert pad > 0
     start0 = int(layouts[0].positions[0])
@@ -47,9 +48,9 @@ def test_image_positions_with_padding(tiny_llava, make_inputs, side):
 def test_image_token_count_mismatch(tiny_llava):
     a = get_adapter(tiny_llava[0])
     with pytest.raises(InputError, match="expected exactly one image of 16 image tokens"):
-        a.image_layout(torch.full((10,), a.image_token_id))
+        image_layout(a, torch.full((10,), a.image_token_id))
     with pytest.raises(InputError, match="exactly one image region"):
-        a.image_layout(torch.full((32,), a.image_token_id))
+        image_layout(a, torch.full((32,), a.image_token_id))
 
 
 def test_load_vlm_rejects_other_architectures(tmp_path):

@@ -7,6 +7,7 @@ from fastrm_core.adapters import get_adapter
 from fastrm_core.capturing import capture
 from fastrm_common.errors import CaptureError, ConfigMismatchError, InputError
 from fastrm_core.proxy import FastRMProxy, ProxyConfig
+from .legacy_layout import image_layout, image_layouts  # noqa: F401
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_maps_equal_proxy_on_output_hidden_states(tiny_llava, proxy, make_inputs
                              output_hidden_states=True, return_dict_in_generate=True)
     hs = out.hidden_states  # per step: tuple over layers; the last is after the final norm
     last = torch.cat([step[-1][:, -1:] for step in hs], dim=1)  # (B, T, D)
-    layouts = get_adapter(model).image_layouts(inputs["input_ids"])
+    layouts = image_layouts(get_adapter(model), inputs["input_ids"])
     img = torch.stack([hs[0][-1][b, lay.patch_positions] for b, lay in enumerate(layouts)])  # (B, N, D)
     torch.testing.assert_close(cap.maps, proxy.predict(last, img), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cap.queries, last)
@@ -100,7 +101,7 @@ def test_prompt_features_are_the_documented_blocks(tiny_llava, proxy, make_input
         hs = model(**inputs, output_hidden_states=True).hidden_states  # embeddings, ..., last (after the norm)
     ad = get_adapter(model)
     for b in range(2):
-        pos = ad.image_layout(inputs["input_ids"][b]).patch_positions
+        pos = image_layout(ad, inputs["input_ids"][b]).patch_positions
         text = inputs["attention_mask"][b].bool().clone()
         text[pos] = False
         img = hs[-1][b, pos].double()  # (N_img, D)

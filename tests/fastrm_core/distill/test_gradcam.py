@@ -7,6 +7,7 @@ from fastrm_core.adapters import get_adapter
 from fastrm_core.distill.generation import greedy_kwargs
 from fastrm_core.distill.gradcam import default_gradcam_layer, gradcam_maps
 from fastrm_common.errors import InputError
+from ..legacy_layout import image_layout, image_layouts  # noqa: F401
 
 
 def _generate(model, inputs, n=4):
@@ -20,7 +21,7 @@ def _reference(model, inputs, out, layer):
     prompt_len = inputs["input_ids"].shape[1]
     gen = out[0, prompt_len:]
     seq = out[:, :-1]
-    patch = adapter.image_layout(inputs["input_ids"][0]).patch_positions
+    patch = image_layout(adapter, inputs["input_ids"][0]).patch_positions
     maps = []
     for t in range(gen.numel()):
         res = model(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values=inputs["pixel_values"],

@@ -7,6 +7,7 @@ from fastrm_core.adapters import get_adapter
 from fastrm_core.distill.generation import greedy_kwargs
 from fastrm_core.distill.perturbation import generate_without_patches, removed_patches
 from fastrm_common.errors import InputError
+from ..legacy_layout import image_layout, image_layouts  # noqa: F401
 
 
 def _embeds(model, inputs):
@@ -45,7 +46,7 @@ def test_removal_changes_exactly_the_chosen_patches(request, make_inputs, fixtur
     with removed_patches(adapter, remove, fill):
         after = _embeds(model, inputs)
     assert _hooks(model) == hooks
-    for b, layout in enumerate(adapter.image_layouts(inputs["input_ids"])):
+    for b, layout in enumerate(image_layouts(adapter, inputs["input_ids"])):
         patches = layout.patch_positions
         changed = (after[b] != before[b]).any(dim=-1)  # (S,)
         expected = torch.zeros_like(changed)
