@@ -185,6 +185,8 @@ MAP_DATA = "fastrm.map.data"
 
 # --- Per-claim event (on the guardrail span): one per claim of the answer
 CLAIM_EVENT = "fastrm.claim"
+#: a guard span's child of kind LLM that carries its messages, the answer's map as a picture among them
+MAP_VIEW_SPAN_NAME = "fastrm map"
 CLAIM_INDEX = "fastrm.claim.index"
 CLAIM_START = "fastrm.claim.start"
 CLAIM_END = "fastrm.claim.end"

@@ -101,12 +101,19 @@ def test_guarded_calls_in_phoenix(phoenix, tiny_llava, tiny_proxy, calibration_u
     batch = guard.generate_batch([(image, q) for q in batch_questions], max_new_tokens=3)
     provider.force_flush()
     provider.shutdown()
-    spans = _spans(phoenix, 7)
+    spans = _spans(phoenix, 11)
     chats = [s for s in spans if s["name"] == "chat tiny-llava"]
+    views = [s for s in spans if s["name"] == "fastrm map"]
     guards = [s for s in spans if s["name"] == "apply_guardrail fastrm"]
     rows = sorted((s for s in spans if s["name"].startswith("apply_guardrail fastrm [")), key=lambda s: s["name"])
     assert len(chats) == 3 and len(guards) == 2 and len(rows) == 2, [s["name"] for s in spans]
     by_id = {s["context"]["span_id"]: s for s in spans}
+    # under every guard span, an LLM-kind child carrying its messages: Phoenix draws the map picture there
+    assert sorted(v["parent_id"] for v in views) == sorted(g["context"]["span_id"] for g in guards + rows)
+    for v in views:
+        assert v["span_kind"] == "LLM"
+        assert v["attributes"]["llm.output_messages.0.message.contents.1.message_content.image.image.url"].startswith(
+            "data:image/png;base64,")
     for g in guards:
         chat = by_id[g["parent_id"]]
         assert chat["span_kind"] == "LLM" and g["span_kind"] == "GUARDRAIL"
@@ -163,10 +170,11 @@ def test_guarded_calls_in_phoenix(phoenix, tiny_llava, tiny_proxy, calibration_u
             assert note["result"].get("score") is None  # so that the chip shows the label
     shots = os.environ.get("FASTRM_SCREENSHOTS")
     if shots:
-        _screenshots(phoenix, by_id[guards[0]["parent_id"]], guards[0], Path(shots))
+        view = next(v for v in views if v["parent_id"] == guards[0]["context"]["span_id"])
+        _screenshots(phoenix, by_id[guards[0]["parent_id"]], guards[0], Path(shots), view)
 
 
-def _screenshots(url, chat, guard, out):
+def _screenshots(url, chat, guard, out, view=None):
     """Phoenix's trace view with the LLM span (image, messages) and with the GUARDRAIL span (annotation)
     selected, for docs/img (``FASTRM_SCREENSHOTS=docs/img make test-phoenix``)."""
     from playwright.sync_api import sync_playwright
@@ -183,17 +191,20 @@ def _screenshots(url, chat, guard, out):
         shot = out / "phoenix-trace-list.png"
         page.screenshot(path=str(shot))
         Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)
-        for span, name in ((chat, "phoenix-llm-span.png"), (guard, "phoenix-guardrail-span.png")):
+        shots = [(chat, "phoenix-llm-span.png"), (guard, "phoenix-guardrail-span.png")]
+        if view is not None:  # the guard span's child that Phoenix draws the map picture in
+            shots.append((view, "phoenix-map-span.png"))
+        for span, name in shots:
             page.goto(f"{url}/projects/{project}/traces/{span['context']['trace_id']}?selectedSpanNodeId={span['id']}")
             page.wait_for_timeout(8000)
             shot = out / name
             page.screenshot(path=str(shot))
             Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)
-            if name == "phoenix-llm-span.png":  # its output: the answer with its map over the image
+            if name in ("phoenix-llm-span.png", "phoenix-map-span.png"):  # the output: the map over the image
                 page.mouse.move(1000, 600)
                 page.mouse.wheel(0, 700)
                 page.wait_for_timeout(1500)
-                shot = out / "phoenix-llm-output.png"
+                shot = out / name.replace("-span.png", "-output.png").replace("phoenix-llm-output", "phoenix-llm-output")
                 page.screenshot(path=str(shot))
                 Image.open(shot).convert("RGB").quantize(colors=128).save(shot, optimize=True)
         browser.close()
