@@ -362,3 +362,31 @@ def test_each_claim_is_a_note_for_the_viewers(tiny_llava, tiny_proxy, image):
     assert repr(r.claims[0].text) in a["result"]["explanation"]
     m = mlflow_assessments(claims[0])
     assert [x["assessment_name"] for x in m] == ["fastrm.claim.0"] and m[0]["feedback"]["value"] == r.claims[0].verdict
+
+
+def test_every_guard_span_has_a_map_view_child_that_viewers_draw(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    """Phoenix draws message images only on LLM spans: a `fastrm map` child of kind LLM under each guard
+    span carries the answer's map as a picture (content capture only)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    model, processor = tiny_llava
+    for capture in (True, False):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        guard = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=provider,
+                      capture_content=capture)
+        guard.generate_batch([(image, "What color?"), (image, "How many?")], max_new_tokens=3, min_new_tokens=2)
+        spans = exporter.get_finished_spans()
+        guards = [s for s in spans if s.name.startswith("apply_guardrail")]
+        views = [s for s in spans if s.name == "fastrm map"]
+        if not capture:
+            assert views == []
+            continue
+        assert sorted(v.parent.span_id for v in views) == sorted(g.context.span_id for g in guards)
+        for v in views:
+            assert v.attributes["openinference.span.kind"] == "LLM"
+            assert v.attributes["llm.output_messages.0.message.contents.1.message_content.image.image.url"].startswith(
+                "data:image/png;base64,")
