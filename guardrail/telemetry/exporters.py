@@ -280,6 +280,14 @@ def _viewer_headers(viewer: str | None) -> dict[str, str] | None:
     return headers
 
 
+def _otlp_missing(what: str, where: str) -> GuardrailError:
+    """The one-line error for an OTLP export asked for without the ``otlp`` extra installed."""
+    return GuardrailError(
+        f"{what} was requested ({where}) but the OTLP/HTTP exporter is not installed; "
+        "install it with: pip install 'fastrm-guard[otlp]'"
+    )
+
+
 def _otlp_exporter(endpoint: str | None, timeout_s: float, headers: dict[str, str] | None = None) -> SpanExporter:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
@@ -287,10 +295,7 @@ def _otlp_exporter(endpoint: str | None, timeout_s: float, headers: dict[str, st
         )
     except ImportError as exc:
         where = endpoint or f"{_OTLP_ENV[0]}/{_OTLP_ENV[1]}={otlp_endpoint_from_env()}"
-        raise GuardrailError(
-            f"OTLP export was requested ({where}) but the OTLP/HTTP exporter is not installed; "
-            "install it with: pip install 'fastrm-guard[otlp]'"
-        ) from exc
+        raise _otlp_missing("OTLP export", where) from exc
     kwargs: dict[str, Any] = {"timeout": timeout_s}
     if endpoint:
         kwargs["endpoint"] = _traces_url(endpoint)
@@ -351,10 +356,7 @@ def configure_metrics(
         try:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         except ImportError as exc:
-            raise GuardrailError(
-                f"OTLP metrics export was requested ({endpoint}) but the OTLP/HTTP exporter is not installed; "
-                "install it with: pip install 'fastrm-guard[otlp]'"
-            ) from exc
+            raise _otlp_missing("OTLP metrics export", endpoint) from exc
         kwargs: dict[str, Any] = {"timeout": export_timeout_s}
         if otlp_endpoint:
             kwargs["endpoint"] = _signal_url(otlp_endpoint, "metrics")
