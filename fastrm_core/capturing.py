@@ -12,11 +12,15 @@ so each generated token gets its map while it is being generated::
     cap.regions[0]      # those regions (image index, kind, positions, grid)
     cap.maps            # (B, T, rows, cols) when every row has one region of one grid (LLaVA-1.5)
 
-No ``output_hidden_states``/``output_attentions``, no gradients: per token the extra
-cost is one LayerNorm, one D x d projection and N_img dot products. Works with
-``TextIteratorStreamer`` (the map of a token exists before the token is streamed; use
-``on_token`` or read ``cap.maps`` from the streaming thread). Hooks are removed on
-exit, also on error.
+No ``output_hidden_states``/``output_attentions``, no gradients. Per token the hooks only
+keep the predicting state (a reference, on the model's device); the proxy's LayerNorm,
+D x d projection and N_img dot products run batched over every pending token when a map
+is first read (``cap.maps``, ``cap.map(step)``, ...) or when the block closes, so the
+per-token cost inside ``generate`` is a list append, with no host sync. Works with
+``TextIteratorStreamer``: ``on_token`` gets each token's map as soon as it exists (then
+the proxy runs per step, before the token is sampled), and ``cap.map(step)`` read from
+a streaming thread computes the steps seen so far. Hooks are removed on exit, also on
+error.
 """
 
 from __future__ import annotations
@@ -52,10 +56,13 @@ class Capture:
         grid: (rows, cols) of the model's fixed grid, or ``None`` for variable-grid families.
         regions: per batch row, its image regions (positions index the padded batch row); set at prefill.
         lengths: per batch row, its number of image tokens N_b.
-        steps: list of per-step probabilities, each (B, N_max) float32 on the model's device.
+        steps: list of per-step probabilities, each (B, N_max) float32 on the model's device
+            (computed, batched, for the steps not yet mapped when read).
+        logits: the same steps' pre-sigmoid logits.
         image_states: (B, N_max, D) last hidden states of the image tokens (only with ``keep_states``;
-            rows shorter than N_max are zero-padded: :meth:`row_image_states`).
-        token_states: list of per-step (B, D) last hidden states of the predicting positions (``keep_states``).
+            rows shorter than N_max are zero-padded: :meth:`row_image_states`), on the CPU.
+        token_states: list of per-step (B, D) last hidden states of the predicting positions, on the
+            model's device (``keep_states``; :attr:`queries` stacks them on the CPU).
         prompt_features: (B, 5 D) float32 on the model's device, set at prefill: pooled prompt
             states in the layout of :data:`fastrm_common.prompt_features.PROMPT_FEATURE_BLOCKS`
             (image tokens' mean and spread, text tokens' mean, the predicting position's state,
@@ -64,28 +71,65 @@ class Capture:
     """
 
     grid: tuple[int, int] | None = None
-    steps: list[torch.Tensor] = field(default_factory=list)
-    logits: list[torch.Tensor] = field(default_factory=list)
     regions: list[list[ImageRegion]] | None = None
     lengths: list[int] = field(default_factory=list)
     image_states: torch.Tensor | None = None
-    token_states: list[torch.Tensor] = field(default_factory=list)
     prompt_ids: torch.Tensor | None = None
     prompt_features: torch.Tensor | None = None
+    _steps: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _logits: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _states: list[torch.Tensor] = field(default_factory=list, repr=False)  # every step's predicting state
+    _keep_states: bool = field(default=False, repr=False)
+    _proxy: FastRMProxy | None = field(default=None, repr=False)
     _keys: torch.Tensor | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def num_steps(self) -> int:
         """Number of generated tokens seen so far."""
-        return len(self.steps)
+        return len(self._states) if self._proxy is None or self._keep_states else len(self._steps) + len(self._states)
+
+    def _flush(self) -> None:
+        """Map the steps not mapped yet, in one batched proxy call (caller holds the lock)."""
+        start = len(self._steps)
+        pending = self._states[start:] if self._keep_states else self._states
+        if not pending or self._proxy is None or self._keys is None:
+            return
+        with torch.no_grad():  # grad mode is per thread: a stream's reader thread may call this
+            q = torch.stack(pending, dim=1)  # (B, P, D)
+            logits = self._proxy.token_logits(q, self._keys).float()  # (B, P, N_max)
+        self._logits.extend(logits.unbind(1))
+        self._steps.extend(torch.sigmoid(logits).unbind(1))
+        if not self._keep_states:
+            self._states.clear()
+
+    @property
+    def steps(self) -> list[torch.Tensor]:
+        """Per-step probabilities, each (B, N_max) float32 on the model's device."""
+        with self._lock:
+            self._flush()
+            return list(self._steps)
+
+    @property
+    def logits(self) -> list[torch.Tensor]:
+        """Per-step pre-sigmoid logits, each (B, N_max) float32 on the model's device."""
+        with self._lock:
+            self._flush()
+            return list(self._logits)
+
+    @property
+    def token_states(self) -> list[torch.Tensor]:
+        """Per-step (B, D) predicting states on the model's device (``keep_states=True`` only, else empty)."""
+        with self._lock:
+            return list(self._states) if self._keep_states else []
 
     def _stacked(self) -> torch.Tensor:
         """(B, T, N_max) every step's probabilities on the CPU, checked finite on the real (unpadded) entries."""
         with self._lock:
-            if not self.steps:
+            self._flush()
+            if not self._steps:
                 raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
-            maps = torch.stack(self.steps, dim=1).cpu()
+            maps = torch.stack(self._steps, dim=1).cpu()
         bad = torch.zeros(maps.shape[1], dtype=torch.bool)  # (T,)
         for b, n in enumerate(self.lengths):
             bad |= (~torch.isfinite(maps[b, :, :n])).any(-1)
@@ -137,14 +181,16 @@ class Capture:
     def patch_logits(self) -> torch.Tensor:
         """(B, T, N_max) the proxy's pre-sigmoid logits, float32, on the CPU (row b: the first ``lengths[b]``)."""
         with self._lock:
-            return torch.stack(self.logits, dim=1).cpu()
+            self._flush()
+            return torch.stack(self._logits, dim=1).cpu()
 
     @property
     def queries(self) -> torch.Tensor:
-        """(B, T, D) hidden states of the predicting positions (``keep_states=True`` only)."""
-        if not self.token_states:
+        """(B, T, D) hidden states of the predicting positions on the CPU (``keep_states=True`` only)."""
+        states = self.token_states
+        if not states:
             raise CaptureError("token states were not kept: use capture(..., keep_states=True)")
-        return torch.stack(self.token_states, dim=1)
+        return torch.stack(states, dim=1).cpu()
 
     def row_image_states(self, row: int = 0) -> torch.Tensor:
         """(N_row, D) last hidden states of row ``row``'s image tokens (``keep_states=True`` only)."""
@@ -162,7 +208,10 @@ class Capture:
     def map(self, step: int, row: int = 0) -> torch.Tensor:
         """Map of generated token ``step`` of batch row ``row`` on the CPU: (rows, cols) when the row has
         one region, else (N_row,) flat over its regions."""
-        flat = self.steps[step][row, : self.lengths[row]].cpu()
+        with self._lock:
+            self._flush()
+            probs = self._steps[step]
+        flat = probs[row, : self.lengths[row]].cpu()
         regions = self.regions[row]
         return flat.reshape(regions[0].grid) if len(regions) == 1 else flat
 
@@ -206,7 +255,7 @@ def capture(
             raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
     owner = threading.get_ident() if thread == "current" else thread
     placeholders = torch.tensor(sorted(adapter.placeholder_token_ids))
-    cap = Capture(grid=adapter.fixed_grid)
+    cap = Capture(grid=adapter.fixed_grid, _keep_states=keep_states, _proxy=proxy)
     step_ids: dict = {"ids": None, "mask": None, "kwargs": None, "input_states": None}
 
     def mine() -> bool:
@@ -229,15 +278,18 @@ def capture(
             return
         hidden = output[0] if isinstance(output, tuple) else output  # (B, S, D)
         ids = step_ids["ids"]
-        last = hidden[:, -1]  # (B, D): the position that predicts the next token
-        with torch.no_grad():
-            if cap.prompt_ids is None:
+        if cap.prompt_ids is None:
+            with torch.no_grad():
                 _prefill(ids, hidden)
-            elif ids is not None and ids.shape[-1] > 1 and bool(torch.isin(ids, placeholders.to(ids.device)).any()):
+            first_layer_hook.remove()  # the first layer's input is only needed at prefill (removing twice is harmless)
+            last = hidden[:, -1].detach().clone()  # not a view that keeps the whole prompt's states alive
+        else:
+            if ids is not None and ids.shape[-1] > 1 and bool(torch.isin(ids, placeholders.to(ids.device)).any()):
                 # a decode step feeds one token per row: only a multi-token input can be a new prompt,
                 # so the per-token path reads a shape, not the device (no host sync per token)
                 raise CaptureError("a second prompt reached the model inside one capture block: use one block per generate call")
-            _step(last)
+            last = hidden.detach().select(1, -1)  # (B, D): the position that predicts the next token
+        _step(last)
 
     def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
         if ids is None:
@@ -292,25 +344,25 @@ def capture(
         return torch.cat([image_mean, text_mean, hidden[:, -1].float(), image_std, text_in], dim=-1)
 
     def _step(last: torch.Tensor) -> None:
-        if keep_states:
-            cap.token_states.append(last.detach().cpu())
-        if proxy is None:
-            return
-        # stays on the model's device: no host sync per token (the finiteness check runs in Capture.maps)
-        logits = proxy.token_logits(last[:, None], cap._keys)[:, 0].float()  # (B, N_max)
-        probs = torch.sigmoid(logits)  # (B, N_max), flat over each row's regions
+        # stays on the model's device: no host sync per token (the finiteness check runs in Capture.maps);
+        # the proxy runs batched when the maps are read, or now for an on_token callback
         with cap._lock:
-            cap.logits.append(logits)
-            cap.steps.append(probs)
-        if on_token is not None:
-            on_token(cap.num_steps - 1, probs)
+            cap._states.append(last)
+            if on_token is None:
+                return
+            cap._flush()
+            probs = cap._steps[-1]
+        on_token(len(cap._steps) - 1, probs)
 
     handles = []
     try:
         handles.append(model.register_forward_pre_hook(before_forward, with_kwargs=True))
-        handles.append(adapter.decoder_layers[0].register_forward_pre_hook(before_first_layer, with_kwargs=True))
+        first_layer_hook = adapter.decoder_layers[0].register_forward_pre_hook(before_first_layer, with_kwargs=True)
+        handles.append(first_layer_hook)
         handles.append(adapter.final_norm.register_forward_hook(after_norm))
         yield cap
+        with cap._lock:
+            cap._flush()  # the maps exist once the block closes
     finally:
         for h in handles:
             h.remove()

@@ -109,8 +109,8 @@ def evidence_signals(cap: Any, n: int | None = None) -> dict[str, np.ndarray] | 
             cap.lengths, device=probs.device)[:, None]  # (B, N_max): padded image positions weigh 0
         probs = probs.clamp_min(0) * valid[:, None, :]
         weights = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
-        images = cap.image_states.float()  # (B, N_max, D)
-        queries = torch.stack(states[:n], dim=1).float()  # (B, T, D)
+        images = cap.image_states.to(probs.device).float()  # (B, N_max, D), kept on the CPU at prefill
+        queries = torch.stack(states[:n], dim=1).to(probs.device).float()  # (B, T, D)
         evidence = torch.einsum("btn,bnd->btd", weights, images)  # (B, T, D)
         cos = torch.nn.functional.cosine_similarity(evidence, queries, dim=-1, eps=1e-8)  # (B, T)
         packed = torch.cat([cos[..., None], queries, evidence], dim=-1).cpu().numpy()  # one transfer

@@ -1,23 +1,26 @@
 """Token-level language signals gathered during the one ``model.generate`` the Guard runs.
 
 :class:`TokenSignals` is a ``transformers`` logits processor that returns the scores
-unchanged (the same tokens are generated with or without it) and, per step, keeps three
-``(B,)`` tensors on the model's device:
+unchanged (the same tokens are generated with or without it) and keeps, per step:
 
 - the entropy of the next-token distribution, ``-sum p log p`` (nats);
 - the margin between its two most likely tokens, ``p1 - p2``;
-- the log-probability of the token chosen at the previous step (read from ``input_ids``
-  at the next call, or from the final sequences for the last step).
+- the log-probability of the token chosen at that step (known from ``input_ids`` at a later
+  call, or from the final sequences for the last steps).
 
+Per token it only keeps a copy of the step's ``(B, V)`` scores on the model's device: the
+log-softmax, entropy, top-2 and gather run batched over the buffered steps, when the buffer
+reaches ``buffer_bytes`` (64 MiB by default, so a large vocabulary and batch still bound the
+memory), when a stream asks for a :meth:`~TokenSignals.prefix`, and at :meth:`~TokenSignals.result`.
 No host sync per token (no ``.item()``, no copy to the CPU inside the loop) and no
-``output_scores``: only one ``(B, V)`` log-probability buffer is alive at a time, the one
-of the latest step. :meth:`TokenSignals.result` stacks everything once, at the end.
-The distribution is the one the token is drawn from: after the generation config's own
-processors (temperature, top-k, ... when sampling), before none of them for greedy decoding.
+``output_scores``. The distribution is the one the recorder is handed: the caller's and the
+generation config's processors that run before it (``with_recorder`` puts it after the caller's).
 """
 
 from __future__ import annotations
 
+import inspect
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,48 +48,75 @@ class TokenSignals(LogitsProcessor):
         >>> rec.result(out).token_logprob.shape                            # (B, T)  # doctest: +SKIP
     """
 
-    def __init__(self) -> None:
-        self._entropy: list[torch.Tensor] = []
-        self._margin: list[torch.Tensor] = []
-        self._chosen: list[torch.Tensor] = []
-        self._last_logp: torch.Tensor | None = None
+    def __init__(self, *, buffer_bytes: int = 64 << 20) -> None:
+        self._buffer_bytes = int(buffer_bytes)
+        self._pending: list[torch.Tensor] = []  # (B, V) float32 scores of the steps not processed yet
+        self._done: list[torch.Tensor] = []  # (3, B, k) chunks: chosen log-prob, entropy, margin
+        self._n_done = 0
+        self._input_ids: torch.Tensor | None = None  # the latest call's ids: the chosen tokens of earlier steps
+        self._lock = threading.Lock()  # a stream's consumer thread may read a prefix while generate runs
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        with torch.no_grad():
-            logp = torch.log_softmax(scores.float(), dim=-1)  # (B, V)
-            if self._last_logp is not None:  # the previous step's token is now the last input id
-                self._chosen.append(self._last_logp.gather(1, input_ids[:, -1:].to(logp.device))[:, 0])  # (B,)
-            p = logp.exp()
-            self._entropy.append(-torch.special.xlogy(p, p).sum(dim=-1))  # (B,), 0 log 0 = 0
-            top = p.topk(min(2, p.shape[-1]), dim=-1).values  # (B, 2)
-            self._margin.append(top[:, 0] - top[:, 1] if top.shape[-1] > 1 else top[:, 0])
-            self._last_logp = logp
+        with torch.no_grad(), self._lock:
+            self._input_ids = input_ids
+            self._pending.append(scores.detach().float().clone())  # later processors may not touch our copy
+            if len(self._pending) > 1 and len(self._pending) * self._pending[0].numel() * 4 > self._buffer_bytes:
+                self._process(len(self._pending) - 1, input_ids)  # every step but this one has its token
         return scores
+
+    def _process(self, k: int, ids: torch.Tensor) -> None:
+        """Signals of the first ``k`` pending steps; ``ids[:, -k:]`` holds their chosen tokens (caller holds the lock)."""
+        if k <= 0:
+            return
+        scores = torch.stack(self._pending[:k], dim=1)  # (B, k, V)
+        logp = torch.log_softmax(scores, dim=-1)
+        p = logp.exp()
+        entropy = -torch.special.xlogy(p, p).sum(dim=-1)  # (B, k), 0 log 0 = 0
+        top = p.topk(min(2, p.shape[-1]), dim=-1).values  # (B, k, 2)
+        margin = top[..., 0] - top[..., 1] if top.shape[-1] > 1 else top[..., 0]
+        chosen = ids[:, ids.shape[1] - k:].to(logp.device)  # (B, k)
+        lp = logp.gather(-1, chosen[..., None])[..., 0]  # (B, k)
+        self._done.append(torch.stack([lp, entropy, margin]))  # (3, B, k)
+        self._n_done += k
+        del self._pending[:k]
+
+    # transformers' LogitsProcessorList inspects the signature of every processor at every step:
+    # a precomputed one makes that lookup cheap (a few microseconds per token)
+    __call__.__signature__ = inspect.signature(__call__)  # type: ignore[attr-defined]
 
     @property
     def num_steps(self) -> int:
-        return len(self._entropy)
+        with self._lock:
+            return self._n_done + len(self._pending)
+
+    def _stacked(self, n: int | None) -> np.ndarray:
+        """(3, B, n) float64 on the CPU of the processed steps (one transfer)."""
+        out = torch.cat(self._done, dim=-1) if len(self._done) > 1 else self._done[0]
+        if n is not None:
+            out = out[..., :n]
+        return out.double().cpu().numpy()
 
     def prefix(self, n: int) -> TokenSignalsResult:
         """The first ``n`` steps of row 0 while generation may still run (a stream's closed claim):
         only steps whose chosen token is already recorded (``n`` at most the steps done minus one).
         One copy to the CPU per call, never per token."""
-        n = min(n, len(self._chosen), len(self._entropy))
-        if n <= 0:
-            empty = np.zeros((1, 0))
-            return TokenSignalsResult(empty, empty, empty)
-        stacked = torch.stack([torch.stack(self._chosen[:n], 1), torch.stack(self._entropy[:n], 1),
-                               torch.stack(self._margin[:n], 1)])
-        lp, ent, margin = stacked[:, :1].double().cpu().numpy()
+        with torch.no_grad(), self._lock:
+            if self._pending and self._input_ids is not None:
+                self._process(len(self._pending) - 1, self._input_ids)
+            n = min(n, self._n_done)
+            if n <= 0:
+                empty = np.zeros((1, 0))
+                return TokenSignalsResult(empty, empty, empty)
+            lp, ent, margin = self._stacked(n)[:, :1]
         return TokenSignalsResult(lp, ent, margin)
 
     def result(self, sequences: torch.Tensor) -> TokenSignalsResult:
-        """Stack the steps (one copy to the CPU); ``sequences`` (B, S) gives the last step's token."""
-        if self._last_logp is None:
-            empty = np.zeros((sequences.shape[0], 0))
-            return TokenSignalsResult(empty, empty, empty)
-        chosen = [*self._chosen, self._last_logp.gather(1, sequences[:, -1:].to(self._last_logp.device))[:, 0]]
-        stacked = torch.stack([torch.stack(chosen, 1), torch.stack(self._entropy, 1), torch.stack(self._margin, 1)])
-        lp, ent, margin = stacked.double().cpu().numpy()  # (3, B, T): one transfer
-        self._last_logp = None
+        """Stack the steps (one copy to the CPU); ``sequences`` (B, S) gives the last steps' tokens."""
+        with torch.no_grad(), self._lock:
+            self._process(len(self._pending), sequences)
+            self._input_ids = None
+            if not self._done:
+                empty = np.zeros((sequences.shape[0], 0))
+                return TokenSignalsResult(empty, empty, empty)
+            lp, ent, margin = self._stacked(None)  # (3, B, T)
         return TokenSignalsResult(lp, ent, margin)

@@ -6,11 +6,14 @@ call, and one whose exporter hangs would stall it. Here both calls run in a shor
 daemon thread that the caller waits on for at most ``timeout_s``: an exception becomes a
 non-recording span (start) or is dropped (end), and a processor still busy after the timeout
 is left to finish on its own. The span's context is passed explicitly, so parentage is the
-same as with ``start_as_current_span``.
+same as with ``start_as_current_span``. A tracer that resolves to OpenTelemetry's no-op tracer
+(no SDK provider installed: there is no processor to misbehave) is called directly, so an
+application without telemetry pays no thread per span.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,19 +30,74 @@ DEFAULT_EVENT_LIMIT = 128  # the SDK's default SpanLimits.max_events (OTEL_SPAN_
 T = TypeVar("T")
 
 
+class _Runner:
+    """One long-lived daemon thread that runs span starts and ends one at a time (a thread per
+    call costs a thread start each time, and more when the model's own threads keep the cores busy)."""
+
+    def __init__(self) -> None:
+        self.tasks: "queue.SimpleQueue[tuple[Callable[[], Any], dict, threading.Event]]" = queue.SimpleQueue()
+        self.busy = False  # a task queued or running (set under _RUNNER_LOCK by the caller)
+        self.abandoned = False  # a task outlived its timeout: the thread ends after it, callers move on
+        threading.Thread(target=self._loop, name="fastrm-telemetry", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, box, done = self.tasks.get()
+            try:
+                box["value"] = fn()
+            except BaseException:  # a processor's failure is telemetry's problem, not the caller's
+                pass
+            finally:
+                with _RUNNER_LOCK:
+                    self.busy = False
+                done.set()
+            if self.abandoned:
+                return
+
+
+_RUNNER: _Runner | None = None
+_RUNNER_LOCK = threading.Lock()
+
+
 def _bounded(fn: Callable[[], T], timeout_s: float, default: T) -> T:
+    """``fn()`` in another thread, waited on for at most ``timeout_s``; ``default`` if it raised or
+    is still running. The shared runner thread takes it when idle; a call that finds it busy
+    (another thread's span, or a processor stuck past its timeout) gets a thread of its own."""
+    global _RUNNER
     box: dict[str, Any] = {}
+    done = threading.Event()
+    with _RUNNER_LOCK:
+        if _RUNNER is None or _RUNNER.abandoned:
+            _RUNNER = _Runner()
+        runner = _RUNNER if not _RUNNER.busy else None
+        if runner is not None:
+            runner.busy = True
+    if runner is not None:
+        runner.tasks.put((fn, box, done))
+        if not done.wait(timeout_s):
+            runner.abandoned = True  # stuck: the next call starts a fresh runner
+        return box.get("value", default)
 
     def run() -> None:
         try:
             box["value"] = fn()
-        except BaseException:  # a processor's failure is telemetry's problem, not the caller's
+        except BaseException:
             pass
 
     worker = threading.Thread(target=run, name="fastrm-telemetry", daemon=True)
     worker.start()
     worker.join(timeout_s)
     return box.get("value", default)
+
+
+def _inert(tracer: Any) -> bool:
+    """True when ``tracer`` is (or, through the API's proxy, currently resolves to) the no-op tracer."""
+    if isinstance(tracer, trace.ProxyTracer):
+        try:
+            tracer = tracer._tracer  # the API's own resolution: the real tracer once a provider is set
+        except Exception:
+            return False
+    return isinstance(tracer, trace.NoOpTracer)
 
 
 @contextmanager
@@ -52,6 +110,11 @@ def contained_span(tracer: trace.Tracer, name: str, *, timeout_s: float,
     the span, for one opened after the work it describes.
     """
     parent = otel_context.get_current()
+    if _inert(tracer):  # nothing runs on start or end: no thread needed
+        with trace.use_span(tracer.start_span(name, context=parent, kind=kind, start_time=start_time),
+                            end_on_exit=True, record_exception=False, set_status_on_exception=False) as span:
+            yield span
+        return
     try:
         span = _bounded(lambda: tracer.start_span(name, context=parent, kind=kind, start_time=start_time), timeout_s, trace.INVALID_SPAN)
     except Exception:  # e.g. a tracer whose start_span is not callable

@@ -2,7 +2,8 @@
 
 ``legacy_main/`` holds frozen copies of main's gradient baseline, per-step method, Grad-CAM and
 capture from before regions existed (commit d047df1). Each is run beside today's code on the same
-model and inputs, and the maps must be *identical* (bit for bit), on the shipped reference model
+model and inputs, and the maps must be *identical* (bit for bit; the capture's to float32 rounding,
+since it runs the proxy batched), on the shipped reference model
 (whatever model is shipped at the time) and on a tiny LLaVA whose "full" feature strategy keeps a
 CLS token.
 """
@@ -99,7 +100,12 @@ def _check_same(model, processor, proxy):
         with torch.no_grad(), capturing.capture(model, proxy) as cap_old:
             o2 = _generate(model, inputs)
         assert torch.equal(o1, o2)
-        assert torch.equal(cap_new.maps, cap_old.maps) and torch.equal(cap_new.patch_logits, cap_old.patch_logits)
+        # the capture now runs the proxy batched over the steps when the maps are read (#27: no proxy
+        # work inside the decoding loop), where the old one ran it per step: the same arithmetic
+        # in another summation order, so equal to float32 rounding rather than bit for bit
+        assert torch.allclose(cap_new.patch_logits, cap_old.patch_logits, rtol=0, atol=1e-4)
+        assert torch.allclose(cap_new.maps, cap_old.maps, rtol=0, atol=1e-5)
+        assert not torch.equal(cap_new.maps, torch.zeros_like(cap_new.maps))
         # the older capture's three feature blocks come first; #14 appended image_std and text_input_mean
         assert np.array_equal(cap_new.features[:, : cap_old.features.shape[1]], cap_old.features)
 

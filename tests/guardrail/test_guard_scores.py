@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from calibration import NoveltyGate, ScoreSpec, fit_calibration
 from fastrm_core import capture
@@ -125,3 +125,54 @@ def test_verdict_on_another_score_and_the_novelty_gate(tiny_llava, tiny_proxy, i
     guard = Guard(model, processor, proxy=tiny_proxy, calibration=cal.model_copy(update={"novelty_gate": gate}))
     r = guard.generate(image, Q, **KW)
     assert r.scores["novelty"] > 5.0 and r.verdict == "uncertain"
+
+
+def test_recorder_buffer_size_does_not_change_the_signals(tiny_llava, tiny_proxy, image):
+    """The recorder processes its buffered steps in chunks when the buffer is full (a big vocabulary
+    and batch): a buffer of one step, of a few and of all of them give the same arrays, bit for bit,
+    also when a stream reads a prefix half-way."""
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy)
+    inputs = guard.prepare([image, image], [Q, "Is there a square?"])
+    results = []
+    for steps_in_buffer in (1, 3, 1000):
+        rec = TokenSignals(buffer_bytes=steps_in_buffer * 2 * model.config.text_config.vocab_size * 4)
+        seen = []
+
+        class Peek(LogitsProcessor):  # reads a prefix while generate runs, as a stream's claims do
+            def __call__(self, input_ids, scores):
+                seen.append(rec.prefix(rec.num_steps).token_logprob.shape[1])
+                return scores
+
+        with torch.no_grad():
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=7, min_new_tokens=7,
+                                 logits_processor=LogitsProcessorList([rec, Peek()]))
+        r = rec.result(out)
+        assert r.token_logprob.shape == (2, 7) and rec.num_steps == 7
+        assert seen == list(range(7))  # every step but the latest has its chosen token
+        results.append(r)
+    for other in results[1:]:
+        for name in ("token_logprob", "predictive_entropy", "margin"):
+            np.testing.assert_array_equal(getattr(results[0], name), getattr(other, name))
+
+
+def test_capture_maps_equal_the_proxy_on_the_kept_states(tiny_llava, tiny_proxy, image):
+    """The capture runs the proxy batched when the maps are read: they equal the proxy applied to
+    each step's kept state (to float32 rounding), and an on_token callback gets each step's map
+    during generation, the same as read afterwards."""
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy)
+    inputs = guard.prepare([image], [Q])
+    got = []
+    with torch.no_grad(), capture(model, tiny_proxy, keep_states=True,
+                                  on_token=lambda step, probs: got.append((step, probs.clone()))) as cap:
+        model.generate(**inputs, do_sample=False, **KW)
+    assert [s for s, _ in got] == list(range(5)) and cap.num_steps == 5
+    per_step = torch.stack([tiny_proxy.predict(cap.queries[:, t: t + 1], cap.image_states)[:, 0].reshape(1, -1)
+                            for t in range(5)], 1)  # (1, T, N)
+    torch.testing.assert_close(cap.flat_maps, per_step, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.stack([p for _, p in got], 1), cap.flat_maps, rtol=0, atol=0)
+    with torch.no_grad(), capture(model, tiny_proxy) as lazy:  # no callback: mapped when read
+        model.generate(**inputs, do_sample=False, **KW)
+    assert lazy.num_steps == 5
+    torch.testing.assert_close(lazy.flat_maps, cap.flat_maps, rtol=0, atol=1e-5)

@@ -136,3 +136,57 @@ def test_a_big_batch_keeps_the_chat_span_attributes_within_the_limit(tiny_llava,
     k = chat.attributes["fastrm.batch.rows_in_messages"]
     assert 0 < k < 16 and f"llm.input_messages.{k - 1}.message.role" in chat.attributes
     assert len(json.loads(chat.attributes["input.value"])) == 16  # every row in the JSON list
+
+
+def test_span_work_runs_on_one_reused_thread_and_a_stuck_one_is_replaced():
+    """Span starts and ends run on one long-lived runner thread (no thread per span); a call stuck past
+    its timeout leaves that runner behind, and the next call gets a fresh one that works."""
+    import threading
+
+    from guardrail.telemetry import safe_span
+
+    names = [safe_span._bounded(lambda: threading.current_thread(), 1.0, None) for _ in range(5)]
+    assert len(set(names)) == 1 and names[0] is not threading.current_thread()
+    release = threading.Event()
+    start = time.perf_counter()
+    assert safe_span._bounded(lambda: release.wait(5), 0.1, "gave up") == "gave up"
+    assert time.perf_counter() - start < 1.0
+    after = safe_span._bounded(lambda: threading.current_thread(), 1.0, None)
+    assert after is not None and after is not names[0]  # a new runner, not the stuck one
+    assert safe_span._bounded(lambda: 1 / 0, 1.0, "default") == "default"  # an exception becomes the default
+    release.set()
+
+
+def test_busy_runner_gives_a_concurrent_caller_its_own_thread():
+    import threading
+
+    from guardrail.telemetry import safe_span
+
+    gate, inside = threading.Event(), threading.Event()
+    first = {}
+
+    def slow():
+        inside.set()
+        gate.wait(2)
+        return threading.current_thread()
+
+    t = threading.Thread(target=lambda: first.update(thread=safe_span._bounded(slow, 3.0, None)))
+    t.start()
+    assert inside.wait(2)
+    other = safe_span._bounded(lambda: threading.current_thread(), 1.0, None)  # not queued behind slow()
+    gate.set()
+    t.join(3)
+    assert other is not None and first["thread"] is not None and other is not first["thread"]
+
+
+def test_no_sdk_provider_means_no_telemetry_thread(tiny_llava, tiny_proxy, calibration_uncertain, image, monkeypatch):
+    """Without an SDK tracer provider there is no processor to contain: spans are not handed to a thread."""
+    from opentelemetry import trace
+
+    from guardrail.telemetry import safe_span
+
+    calls = []
+    monkeypatch.setattr(safe_span, "_bounded", lambda *a: calls.append(a))
+    g = Guard(*tiny_llava, proxy=tiny_proxy, calibration=calibration_uncertain, tracer_provider=trace.NoOpTracerProvider())
+    assert g.generate(image, "What color?", **KW).error is None
+    assert calls == []
