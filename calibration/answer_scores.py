@@ -75,7 +75,7 @@ __all__ = [
 
 #: The signal names a score may declare in ``needs``.
 SIGNALS: tuple[str, ...] = ("map_entropy", "maps", "token_logprob", "predictive_entropy", "margin", "features",
-                            "grounding", "token_states", "evidence")
+                            "grounding", "token_states", "evidence", "imageless_logprob")
 
 #: signals stored compactly (base64 float16) in signal files: per-token hidden-state vectors
 _STATE_SIGNALS = ("token_states", "evidence")
@@ -99,6 +99,9 @@ class AnswerSignals:
             and ``H`` the image tokens' final hidden states), or None.
         token_states: ``(T, D)`` the predicting positions' final hidden states, or None.
         evidence: ``(T, D)`` the map-weighted image states each token's map points at, or None.
+        imageless_logprob: log-probability of each chosen token in a second pass with the image's
+            evidence removed (:func:`fastrm_core.contrast.imageless_logprobs`), or None (the pass is
+            optional: ``Guard(visual_contrast=True)``, ``guardrail calibrate --visual-contrast``).
         group: the question family or caller tag used by per-group thresholds, or None.
     """
 
@@ -113,6 +116,7 @@ class AnswerSignals:
     grounding: np.ndarray | None = None
     token_states: np.ndarray | None = None
     evidence: np.ndarray | None = None
+    imageless_logprob: np.ndarray | None = None
     group: str | None = None
 
     def has(self, name: str) -> bool:
@@ -124,7 +128,7 @@ class AnswerSignals:
         for key, value in self.__dict__.items():
             if key in _STATE_SIGNALS and value is not None:
                 out[key] = _encode_states(value)
-            elif key in _STATE_SIGNALS or (key in ("grounding",) and value is None):
+            elif key in _STATE_SIGNALS or (key in ("grounding", "imageless_logprob") and value is None):
                 continue  # an absent new signal leaves the stored form as it was
             elif isinstance(value, np.ndarray):
                 out[key] = np.round(value.astype(np.float64), 7).tolist() if value.dtype != bool else value.tolist()
@@ -207,6 +211,9 @@ class Score:
     table: ClassVar[tuple[dict[str, Any], ...]] = ()
     #: where the score sits in the table and the observed list (lower first)
     order: ClassVar[int] = 100
+    #: an observed score whose signals come from an optional extra pass: reported only for answers
+    #: that carry them (absent otherwise, rather than None)
+    on_demand: ClassVar[bool] = False
 
     @classmethod
     def table_label(cls, **params: Any) -> str:
@@ -376,6 +383,37 @@ class Grounding(Score):
         return _aggregate(_content(sig, 1.0 - np.asarray(sig.grounding, dtype=np.float64)), self._params["aggregation"])
 
 
+class VisualContrast(Score):
+    """How little the image supports the answer: ``log p(token | image removed) - log p(token | image)``
+    per content token (minus the *visual contrast*), aggregated by ``mean`` or ``max`` (the least
+    supported token). High when the language prior alone writes the token as likely as the picture
+    does, as for an object named because its usual partner is in the text or the scene.
+
+    Needs the optional image-free pass (:func:`fastrm_core.contrast.imageless_logprobs`: one extra
+    forward over prompt and answer, the image tokens replaced by their mean), so it is reported only
+    where that pass ran: ``Guard(visual_contrast=True)``, or a calibration that uses it."""
+
+    name = "visual_contrast"
+    needs = frozenset({"token_logprob", "imageless_logprob"})
+    choices = {"aggregation": ("mean", "max")}
+    observe = {"aggregation": "mean"}
+    on_demand = True
+    table = ({"aggregation": "mean"}, {"aggregation": "max"})
+    order = 70
+
+    def __init__(self, aggregation: str = "mean"):
+        super().__init__(aggregation=aggregation)
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        lp = np.asarray(sig.token_logprob, dtype=np.float64)
+        blind = np.asarray(sig.imageless_logprob, dtype=np.float64)
+        n = min(lp.shape[0], blind.shape[0])
+        if n != np.asarray(sig.content).shape[0]:
+            raise CalibrationError(f"score visual_contrast: {blind.shape[0]} image-free log-probabilities for "
+                                   f"{np.asarray(sig.content).shape[0]} tokens")
+        return _aggregate(_content(sig, blind[:n] - lp[:n]), self._params["aggregation"])
+
+
 def _probe_inputs(sig: AnswerSignals, with_evidence: bool) -> np.ndarray | None:
     """The probe's input for one answer (or claim): the mean and the last of its content tokens'
     states, and with ``with_evidence`` the mean of what their maps point at."""
@@ -488,6 +526,8 @@ def _probe_model(params: dict[str, Any]) -> FusedModel:
 
 #: the fused score's bases with the evidence score added (``fused(bases=EVIDENCE_BASES)`` in the table)
 EVIDENCE_BASES: tuple[dict[str, Any], ...] = (*DEFAULT_BASES, {"name": "grounding", "params": {"aggregation": "max"}})
+#: the same with the visual contrast added (needs the optional image-free pass)
+CONTRAST_BASES: tuple[dict[str, Any], ...] = (*EVIDENCE_BASES, {"name": "visual_contrast", "params": {"aggregation": "mean"}})
 
 
 class Novelty(Score):
@@ -550,7 +590,7 @@ class Fused(Score):
     name = "fused"
     needs = frozenset({"scores"})
     fitted = True
-    table = ({}, {"bases": [dict(b) for b in EVIDENCE_BASES]})
+    table = ({}, {"bases": [dict(b) for b in EVIDENCE_BASES]}, {"bases": [dict(b) for b in CONTRAST_BASES]})
     order = 95
 
     @classmethod
@@ -678,5 +718,6 @@ def fit_score(name: str, signals: Sequence[AnswerSignals], correct: Any, **param
     return cls.fit(signals, correct, **params)
 
 
-for _cls in (MapEntropy, MapSpread, TokenNLL, PredictiveEntropy, LowMargin, Grounding, StateProbe, Novelty, Fused):
+for _cls in (MapEntropy, MapSpread, TokenNLL, PredictiveEntropy, LowMargin, Grounding, VisualContrast, StateProbe,
+             Novelty, Fused):
     register_score(_cls)

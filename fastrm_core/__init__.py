@@ -35,6 +35,7 @@ _LAZY = {
     "register_adapter": "fastrm_core.adapters",
     "Capture": "fastrm_core.capturing",
     "capture": "fastrm_core.capturing",
+    "imageless_logprobs": "fastrm_core.contrast",
     "weights_fingerprint": "fastrm_core.integrity",
     "load_vlm": "fastrm_core.loading",
     "FastRMProxy": "fastrm_core.proxy",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from fastrm_core.adapters import VLMAdapter, get_adapter, list_adapters, register_adapter
     from fastrm_core.families.llava import LlavaAdapter
     from fastrm_core.capturing import Capture, capture
+    from fastrm_core.contrast import imageless_logprobs
     from fastrm_core.integrity import weights_fingerprint
     from fastrm_core.loading import load_vlm
     from fastrm_core.proxy import FastRMProxy, ProxyConfig
@@ -79,6 +81,7 @@ __all__ = [
     "get_adapter",
     "gradient_relevancy",
     "gradient_relevancy_batch",
+    "imageless_logprobs",
     "list_adapters",
     "load_vlm",
     "per_step_relevancy",

@@ -43,7 +43,7 @@ from fastrm_common.images import load_image
 from fastrm_common.tokens import eos_token_ids
 from fastrm_core.inputs import prepare_inputs
 
-from guardrail.answers.pipeline import answer_signals, cut_at_eos, generation_rows
+from guardrail.answers.pipeline import add_imageless_logprobs, answer_signals, cut_at_eos, generation_rows
 from guardrail.answers.token_signals import TokenSignals
 
 __all__ = [
@@ -94,6 +94,7 @@ def score_records(
     keep_maps: bool = True,
     claims: str | Any | None = None,
     labeler: str | Any | None = None,
+    visual_contrast: bool = False,
 ) -> tuple[list[ScoredAnswer], list[str]]:
     """Greedy answers with every signal for each record; returns (scored answers, problems).
 
@@ -106,6 +107,10 @@ def score_records(
     ``(text, spans, record) -> [bool | None]``; default: the labeler of the splitter's name, else
     ``objects``). Claims the labeler cannot tell are left out; ``extra["record"]`` names the record,
     so that the fit keeps a record's claims on one side of the split.
+
+    With ``visual_contrast`` each batch also gets the image-free pass
+    (:func:`fastrm_core.contrast.imageless_logprobs`), the ``imageless_logprob`` signal of
+    ``visual_contrast``, as the Guard computes it.
     """
     from fastrm_common.claims import LABELERS
 
@@ -127,6 +132,8 @@ def score_records(
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  logits_processor=LogitsProcessorList([recorder]))
         rows = generation_rows(cap, recorder, out)  # the Guard's own reading of a generate, per row
+        if visual_contrast:
+            add_imageless_logprobs(rows, model, inputs, out, adapter)
         n_prompt = inputs["input_ids"].shape[1]
         for b, rec in enumerate(batch):
             gen, _ = cut_at_eos(out[b, n_prompt:].tolist(), eos)

@@ -23,7 +23,7 @@ from calibration import token_entropy
 from fastrm_common.errors import CaptureError, GuardrailError
 from fastrm_core import capture
 
-from guardrail.answers.pipeline import RowSignals, generation_rows
+from guardrail.answers.pipeline import RowSignals, add_imageless_logprobs, generation_rows
 from guardrail.answers.token_signals import TokenSignals
 
 __all__ = ["Generation", "GenerationStream", "StepClock", "generate_under_guard", "model_lock", "with_recorder"]
@@ -85,9 +85,11 @@ def with_recorder(kwargs: dict, recorder: TokenSignals) -> dict:
 
 def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.Lock, inputs: dict, kwargs: dict, *,
                          fail_open: bool, on_capture: Callable | None = None,
-                         on_token: Callable | None = None) -> Generation:
+                         on_token: Callable | None = None, visual_contrast: bool = False) -> Generation:
     """The model's work under ``lock``: one captured ``generate`` (maps, token signals, token
-    times), and on a guard failure the unguarded answer (``fail_open``) or none.
+    times), with ``visual_contrast`` the image-free pass over its answers
+    (:func:`fastrm_core.contrast.imageless_logprobs`, signal ``imageless_logprob``), and on a guard
+    failure the unguarded answer (``fail_open``) or none.
 
     The lock covers the model's work only: span processors, scoring, the policy and an escalation
     handler (which may be slow) run outside it, so they never stall other calls."""
@@ -104,6 +106,8 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
                 out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
             rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
             regions = cap.regions
+            if visual_contrast:  # one more forward over prompt + answer, the image's evidence removed
+                add_imageless_logprobs(rows, model, inputs, out, adapter)
         except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
             error = exc
         if out is None:

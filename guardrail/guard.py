@@ -35,8 +35,9 @@ from fastrm_common.errors import CaptureError, GuardrailError, InputError, Polic
 from fastrm_common.presets import list_presets, preset_claims, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
 
-from guardrail.answers.claims import ClaimStream, load_claim_calibration, redact, score_claims
-from guardrail.answers.pipeline import RowScoring, Scorer, calibration_id, check_calibration_identity, cut_at_eos
+from guardrail.answers.claims import ClaimStream, claims_left, load_claim_calibration, redact, score_claims
+from guardrail.answers.pipeline import (RowScoring, Scorer, calibration_id, check_calibration_identity, cut_at_eos,
+                                       gathers_visual_contrast)
 from guardrail.generation import Generation, GenerationStream, generate_under_guard, model_lock
 from guardrail.inputs import (CallImage, check_items, check_pairs, escalation_payload, per_item_batch,  # noqa: I001
                               prepare_call_inputs, row_warnings)
@@ -110,6 +111,9 @@ class Guard:
             no claims); claim_calibration: a claim-level calibration that judges each claim.
         allow_unhashed_calibration: accept a calibration that names its model but records no
             ``model_hash`` (older files), checking the model by name only; off by default.
+        visual_contrast: run the image-free pass (:mod:`fastrm_core.contrast`) and report ``visual_contrast``;
+            ``None``: when a calibration uses it, ``False`` refuses one that does. Streams then give
+            their claims with the final result (the pass needs the whole answer).
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class Guard:
         claims: str | Callable | None = "clauses",
         claim_calibration: Calibration | str | os.PathLike | None = None,
         allow_unhashed_calibration: bool = False,
+        visual_contrast: bool | None = None,
     ):
         if limits is not None and not isinstance(limits, Limits):
             raise InputError(f"limits must be a guardrail.Limits, got {type(limits).__name__}")
@@ -155,6 +160,7 @@ class Guard:
         self.claim_calibration, self.claims = load_claim_calibration(claim_calibration, claims, self.adapter,
                                                                      self.proxy_id, model, allow_unhashed_calibration)
         self._claim_scorer = None if self.claim_calibration is None else Scorer(self.claim_calibration)
+        self.visual_contrast = gathers_visual_contrast(visual_contrast, self._scorer, self._claim_scorer)
         self.maps_dir = None if maps_dir is None else Path(maps_dir)
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         self._scorer.check_policy(self.policy)
@@ -262,11 +268,11 @@ class Guard:
         call.start_ns = time.time_ns()  # the call is reported after the stream, with the real start time
         stream = GenerationStream(lambda on_capture, on_token: self._generate(call, on_capture=on_capture,
                                                                               on_token=on_token))
-        claims = None if self.claims is None else ClaimStream(self.processor.tokenizer, self._eos_ids, self.claims,
-                                                              self._scorer, self._claim_scorer, call.tags)
+        claims = None if self.claims is None or self.visual_contrast else ClaimStream(  # the pass needs the whole answer
+            self.processor.tokenizer, self._eos_ids, self.claims, self._scorer, self._claim_scorer, call.tags)
         yield from stream.events(self.processor.tokenizer, claims)
         result = self._run(call, stream.finished)[0]
-        yield from result.claims[claims.given:] if claims is not None and claims.given else ()  # close with it
+        yield from claims_left(result, claims, deferred=self.claims is not None and self.visual_contrast)
         yield result
 
     # ------------------------------------------------------------------ the one path of every call
@@ -282,7 +288,7 @@ class Guard:
         """The model's work for ``call`` (:func:`guardrail.generation.generate_under_guard`)."""
         return generate_under_guard(self.model, self.proxy, self.adapter, self._lock, call.inputs, call.kwargs,
                                     fail_open=self.policy.on_error == "fail_open", on_capture=on_capture,
-                                    on_token=on_token)
+                                    on_token=on_token, visual_contrast=self.visual_contrast)
 
     def _run(self, call: "_Call", produce: "Callable[[], Generation]") -> list[GuardResult]:
         """Report the call, get its generation from ``produce`` and decide each row: the sequence every
@@ -331,10 +337,8 @@ class Guard:
                 ids: dict[str, str]) -> tuple[GuardResult, Decision, str, Any]:
         """The row's result, the policy's decision, the model's own answer (which the result may
         withhold) and the answer's signals (None when the guard failed)."""
-        tok = self.processor.tokenizer
-        tags, question, image = call.tags, row.question, row.image
+        tok, tags, question, image = self.processor.tokenizer, call.tags, row.question, row.image
         gen, stopped = cut_at_eos(row.token_ids, self._eos_ids)
-        finish = "stop" if stopped else "length"
         answer = tok.decode(gen, skip_special_tokens=True).strip()
         token_strs = [tok.decode([t]) for t in gen]
         scored, claims = RowScoring.empty(), []
@@ -377,17 +381,14 @@ class Guard:
                 error = exc
                 decision = decide_on_error(self.policy, exc)
                 text, flagged = apply(decision, answer)
-        if error is not None and self.policy.on_error == "fail_closed":
-            answer_shown = ""
-        else:
-            answer_shown = answer
+        answer_shown = "" if error is not None and self.policy.on_error == "fail_closed" else answer
         result = GuardResult(
             question=question, answer=answer_shown, text=text, token_ids=gen, tokens=token_strs,
             maps=maps if error is None else None, entropies=entropies, content=content, score=score,
             scores=scores, threshold=self._threshold(tags), patch_threshold=self.proxy.config.classification_threshold,
             verdict=verdict, verdict_reason=scored.verdict_reason, action=decision.action, rule=decision.rule,
             reason=decision.reason, flagged=flagged, unguarded=decision.unguarded, policy_id=decision.policy_id,
-            policy_version=decision.policy_version, finish_reason=finish,
+            policy_version=decision.policy_version, finish_reason="stop" if stopped else "length",
             error=None if error is None else f"{type(error).__name__}: {error}", tags=list(tags),
             image_cropped=image.cropped() if image is not None else None,
             warnings=row_warnings(image, answer, stopped, error), claims=claims,

@@ -19,8 +19,8 @@ import numpy as np
 from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, split_claims
 
-__all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_signals", "redact", "score_claims", "split_and_align",
-           "token_char_spans"]
+__all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_signals", "claims_left", "redact", "score_claims",
+           "split_and_align", "token_char_spans"]
 
 
 def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> list[tuple[int, int]]:
@@ -176,6 +176,15 @@ def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray,
     return Claim(index=k, start=c.span.start, end=c.span.end, token_start=c.token_start, token_end=c.token_end,
                  text=c.span.text, kind=c.span.kind, object=c.span.object, score=score, scores=scores,
                  threshold=threshold, verdict=verdict, verdict_reason=reason, map=claim_map(maps, signals.content, c))
+
+
+def claims_left(result: Any, stream: "ClaimStream | None", *, deferred: bool) -> list:
+    """The claims a stream still owes once its final result is in: those its :class:`ClaimStream` did
+    not give yet, or, ``deferred`` (claims judged only after the whole answer), every claim of a
+    several-claim answer."""
+    if stream is not None and stream.given:
+        return list(result.claims[stream.given:])
+    return list(result.claims) if deferred and len(result.claims) > 1 else []
 
 
 def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_hash: str,

@@ -33,6 +33,7 @@ __all__ = [
     "RowSignals",
     "Scorer",
     "Judgement",
+    "add_imageless_logprobs",
     "answer_signals",
     "calibration_id",
     "check_calibration_identity",
@@ -40,6 +41,7 @@ __all__ = [
     "display_entropies",
     "evidence_signals",
     "explain_verdict",
+    "gathers_visual_contrast",
     "generation_rows",
 ]
 
@@ -84,6 +86,16 @@ def generation_rows(cap: Any, recorder: Any, out: Any) -> list[RowSignals]:
             sig.update({k: v[b] for k, v in evidence.items()})
         rows.append(RowSignals(maps=cap.maps_2d(b).numpy(), token_signals=sig))
     return rows
+
+
+def add_imageless_logprobs(rows: list[RowSignals], model: Any, inputs: dict, out: Any, adapter: Any) -> None:
+    """Give each row the ``imageless_logprob`` signal of ``visual_contrast``: the image-free pass
+    (:func:`fastrm_core.contrast.imageless_logprobs`) over the generation ``out`` of ``inputs``."""
+    from fastrm_core.contrast import imageless_logprobs
+
+    blind = imageless_logprobs(model, inputs, out, adapter=adapter).double().cpu().numpy()  # (B, T): one transfer
+    for b, row in enumerate(rows):
+        row.token_signals["imageless_logprob"] = blind[b]
 
 
 def evidence_signals(cap: Any, n: int | None = None) -> dict[str, np.ndarray] | None:
@@ -134,6 +146,7 @@ def answer_signals(
     grounding: np.ndarray | None = None,
     token_states: np.ndarray | None = None,
     evidence: np.ndarray | None = None,
+    imageless_logprob: np.ndarray | None = None,
 ) -> AnswerSignals:
     """Everything the scores need about one answer, from what its ``generate`` recorded.
 
@@ -161,6 +174,7 @@ def answer_signals(
         grounding=cut(grounding),
         token_states=None if token_states is None else np.asarray(token_states, dtype=np.float32)[:t],
         evidence=None if evidence is None else np.asarray(evidence, dtype=np.float32)[:t],
+        imageless_logprob=cut(imageless_logprob),
     )
 
 
@@ -233,6 +247,11 @@ class Scorer:
     def names(self) -> list[str]:
         return sorted(self.scores)
 
+    def drop_on_demand(self) -> None:
+        """Forget the observed scores whose signals come from an optional pass this guard does not run
+        (a policy naming one is then refused by :meth:`check_policy`)."""
+        self.scores = {name: s for name, s in self.scores.items() if not s.on_demand or s is self.score}
+
     def check_policy(self, policy: Any) -> None:
         """Refuse a policy with conditions on scores this scorer does not compute (:class:`PolicyError`)."""
         unknown = sorted({name for rule in policy.rules for name in (rule.when.scores or {})} - set(self.names()))
@@ -250,8 +269,11 @@ class Scorer:
         return None if self.calibration is None else self.calibration.threshold_for(self.group(tags))
 
     def judge(self, signals: AnswerSignals, group: str | None = None) -> Judgement:
-        values = {name: s(signals) if all(signals.has(n) for n in s.needs if n != "scores") else None
-                  for name, s in self.scores.items()}
+        values = {}
+        for name, s in self.scores.items():
+            gathered = all(signals.has(n) for n in s.needs if n != "scores")
+            if gathered or not (s.on_demand and s is not self.score):  # an optional pass that did not run: absent
+                values[name] = s(signals) if gathered else None
         if self.calibration is None:
             return Judgement(values, None, None)
         score = values[self.score.name]
@@ -278,6 +300,26 @@ class Scorer:
     def evaluate(self, signals: AnswerSignals, group: str | None = None) -> tuple[dict, float | None, str | None]:
         j = self.judge(signals, group)
         return j.scores, j.score, j.verdict
+
+
+def gathers_visual_contrast(asked: bool | None, *scorers: Scorer | None) -> bool:
+    """Whether a guard runs the image-free pass: asked (True), or needed by the calibration of one of
+    ``scorers`` (its score reads ``imageless_logprob``); ``asked=False`` with such a calibration is
+    refused. When the pass does not run, the scorers forget the scores that need it
+    (:meth:`Scorer.drop_on_demand`)."""
+    from fastrm_common.errors import InputError
+
+    needed = [s.score.name for s in scorers if s is not None and s.score is not None
+              and "imageless_logprob" in s.score.signals_needed(**s.score.params)]
+    if asked is False and needed:
+        raise InputError(f"the calibration's score {needed[0]} needs the image-free pass: "
+                         "use visual_contrast=True (or None)")
+    gathered = bool(asked) or bool(needed)
+    if not gathered:
+        for s in scorers:
+            if s is not None:
+                s.drop_on_demand()
+    return gathered
 
 
 def calibration_id(calibration: Any | None) -> str:

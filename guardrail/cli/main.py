@@ -204,12 +204,13 @@ def _print_no_threshold(console: Console, cal, side: dict, args) -> None:
 
 def _score_params(args) -> dict:
     params = {} if args.aggregation is None else {"aggregation": args.aggregation}
-    if getattr(args, "with_grounding", False):  # fused over the token scores and the evidence score
+    grounding, contrast = getattr(args, "with_grounding", False), getattr(args, "with_visual_contrast", False)
+    if grounding or contrast:  # fused over the token scores and the evidence score(s)
         if args.score != "fused":
-            raise GuardrailError("--with-grounding applies to --score fused")
-        from calibration.answer_scores import EVIDENCE_BASES
+            raise GuardrailError(f"--with-{'grounding' if grounding else 'visual-contrast'} applies to --score fused")
+        from calibration.answer_scores import CONTRAST_BASES, EVIDENCE_BASES
 
-        params["bases"] = [dict(b) for b in EVIDENCE_BASES]
+        params["bases"] = [dict(b) for b in (CONTRAST_BASES if contrast else EVIDENCE_BASES)]
     return params
 
 
@@ -298,7 +299,8 @@ def _answer_records(args, console: Console):
         rows, skipped = score_records(model, processor, proxy, records, max_new_tokens=args.max_new_tokens,
                                       batch_size=args.batch_size, prompt_suffix=args.prompt_suffix,
                                       progress=lambda n: progress.advance(task, n), claims=args.claims,
-                                      labeler=args.labeler)
+                                      labeler=args.labeler,
+                                      visual_contrast=args.visual_contrast or args.with_visual_contrast)
     for s in skipped:
         console.print(f"[yellow]not scored[/yellow] {escape(s)}")
     identity = {"model_id": model_identity(model), "model_hash": weights_fingerprint(model), "proxy_id": Path(proxy_path).name,
@@ -511,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-signals", default=None, help="fit from stored signals instead of running the model")
     p.add_argument("--with-grounding", action="store_true",
                    help="with --score fused: fuse the evidence score grounding(max) with the token scores")
+    p.add_argument("--visual-contrast", action="store_true",
+                   help="also run the image-free pass per answer (one more forward, the image tokens replaced by "
+                        "their mean) so the table compares visual_contrast; a calibration on it makes the Guard run it")
+    p.add_argument("--with-visual-contrast", action="store_true",
+                   help="with --score fused: fuse grounding(max) and visual_contrast(mean) with the token scores "
+                        "(implies --visual-contrast)")
     p.add_argument("--claims", default=None, metavar="SPLITTER",
                    help="fit a claim-level calibration: cut each answer into claims with SPLITTER (sentences, "
                         "clauses, objects, or a world's, e.g. shapes) and judge each claim (docs/calibration.md, Claims)")

@@ -8,7 +8,7 @@ from calibration.answer_scores import SCORES
 from fastrm_common.errors import CalibrationError
 
 BUILT_INS = ["fused", "grounding", "low_margin", "map_entropy", "map_spread", "novelty", "predictive_entropy", "state_probe",
-             "token_nll"]
+             "token_nll", "visual_contrast"]
 
 
 def _signals(n=400, seed=0):

@@ -7,7 +7,7 @@ def test_public_surface_is_deliberate():
         "CalibrationError", "Capture", "CaptureError", "ConfigMismatchError", "DataError", "FastRMProxy",
         "GuardrailError", "InputError", "LlavaAdapter", "PolicyError", "ProxyConfig",
         "RelevancyError", "RelevancyMaps", "UnsupportedModelError", "VLMAdapter", "capture", "content_token_mask", "eos_token_ids", "get_adapter",
-        "gradient_relevancy", "gradient_relevancy_batch", "list_adapters", "load_vlm", "per_step_relevancy",
+        "gradient_relevancy", "gradient_relevancy_batch", "imageless_logprobs", "list_adapters", "load_vlm", "per_step_relevancy",
         "register_adapter", "weights_fingerprint",
     }
     for name in fastrm_core.__all__:
