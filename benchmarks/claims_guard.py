@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timing-n", type=int, default=40, help="descriptions timed side by side (guard vs plain)")
     ap.add_argument("--timing-rounds", type=int, default=2, help="passes over the timed descriptions (medians over all)")
     ap.add_argument("--cost-only", action="store_true", help="only the cost (no quality figures, no --out file)")
+    ap.add_argument("--visual-contrast", action="store_true",
+                    help="run the image-free pass even if the claim calibration does not use it (its cost, its score)")
     ap.add_argument("--out", type=Path, default=Path("runs/claims-guard.json"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from shapesvqa.assets import reference_world
 
     world = WORLDS[args.world or reference_world()].truthful()
-    guard = Guard.from_pretrained(args.model, policy=REDACT)
+    guard = Guard.from_pretrained(args.model, policy=REDACT, visual_contrast=True if args.visual_contrast else None)
     if guard.claim_calibration is None:
         console.print("[red]no claim calibration: fit one with `make reference-claim-calibration`[/red]")
         return 2
@@ -163,7 +165,12 @@ def _row_signals(guard, ex, r, answer_signals):
     with torch.no_grad(), capture(guard.model, guard.proxy, adapter=guard.adapter, keep_states=True) as cap:
         out = guard.model.generate(**inputs, **with_recorder({"max_new_tokens": len(r.token_ids), "do_sample": False},
                                                              rec))
-    row = generation_rows(cap, rec, out)[0]
+    rows = generation_rows(cap, rec, out)
+    if guard.visual_contrast:  # the image-free pass, as the Guard ran it
+        from guardrail.answers.pipeline import add_imageless_logprobs
+
+        add_imageless_logprobs(rows, guard.model, inputs, out, guard.adapter)
+    row = rows[0]
     from fastrm_common.tokens import eos_token_ids
 
     tok = guard.processor.tokenizer

@@ -4,8 +4,9 @@ All calls generate the same number of tokens from the same prompt; they alternat
 ``--repeats`` times, and the medians are compared. Side by side: plain ``model.generate``; the same
 inside the FastRM capture (maps only); the capture plus the token-signal recorder (maps, chosen-token
 log-probabilities, predictive entropy, margin, pooled prompt states: everything the scores need, no
-host sync per token); and the full ``guard.generate`` (all of that, plus every score, the verdict,
-policy and span building; telemetry goes to an in-memory exporter, so its cost is counted). All
+host sync per token); the full ``guard.generate`` (all of that, plus every score, the verdict,
+policy and span building; telemetry goes to an in-memory exporter, so its cost is counted); and the
+same with the optional image-free pass of ``visual_contrast`` (one more forward per call). All
 include the processor call. On CPU, peak memory is sampled RSS above the level at the call's
 start, which the allocator's reuse of freed memory can hide (then it prints "-").
 
@@ -114,8 +115,14 @@ def main(argv=None):
     def guarded():
         return guard.generate(image, question, **kw)
 
+    contrast_guard = Guard(model, processor, proxy=proxy, calibration=cal, tracer_provider=provider, visual_contrast=True)
+
+    def guarded_with_contrast():  # the optional image-free pass (issue 28), off by default
+        return contrast_guard.generate(image, question, **kw)
+
     sides = {"model.generate": plain, "+ maps": maps_only, "+ maps + signals": maps_and_signals,
-             "+ maps + signals + evidence": maps_signals_evidence, "guard.generate": guarded}
+             "+ maps + signals + evidence": maps_signals_evidence, "guard.generate": guarded,
+             "guard.generate, visual contrast on": guarded_with_contrast}
     for fn in sides.values():  # warm-up
         fn()
     times_of = {k: [] for k in sides}

@@ -114,7 +114,7 @@ def pope_records(questions: dict[str, list], folder: Path) -> tuple[list[VQAReco
     return records, {"examples": examples, "ids": seen}
 
 
-def run_guard(model, processor, proxy, records, batch_size: int, console: Console):
+def run_guard(model, processor, proxy, records, batch_size: int, console: Console, visual_contrast: bool = False):
     start = time.perf_counter()
     done = [0]
 
@@ -124,7 +124,7 @@ def run_guard(model, processor, proxy, records, batch_size: int, console: Consol
             console.print(f"  {done[0]}/{len(records)} answers ({time.perf_counter() - start:.0f} s)")
 
     rows, problems = score_records(model, processor, proxy, records, batch_size=batch_size, progress=progress,
-                                   keep_maps=True)
+                                   keep_maps=True, visual_contrast=visual_contrast)
     return rows, problems, time.perf_counter() - start
 
 
@@ -438,6 +438,9 @@ def main(argv=None):
                     help="signals of the calibration data (guardrail calibrate --signals-out): fits novelty and "
                          "fused, and each score's own threshold with the calibration's rule, on its fitting part")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--visual-contrast", action="store_true",
+                    help="also run the image-free pass per answer: the table gains visual_contrast (and fused with it "
+                         "when --fit-signals carries it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON report")
     ap.add_argument("--rows", type=Path, default=None, help="per-answer JSONL (verdict, scores, map location)")
@@ -478,7 +481,8 @@ def main(argv=None):
         records, meta = pope_records(questions, Path(tmp))
         meta["questions"] = questions
         console.print(f"{len(records)} distinct POPE questions about {args.n} scenes (world {args.world}, seed {args.seed})")
-        rows, problems, seconds = run_guard(model, processor, proxy, records, args.batch_size, console)
+        rows, problems, seconds = run_guard(model, processor, proxy, records, args.batch_size, console,
+                                            visual_contrast=args.visual_contrast)
     for p in problems:
         console.print(f"[yellow]{p}[/yellow]")
     scene_of = np.array([scene_id(meta["examples"][r.id]) for r in rows])

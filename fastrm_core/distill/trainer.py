@@ -68,6 +68,7 @@ class TrainConfig:
     label_threshold: float | None = None  # None: the dataset's
     weight_decay: float = 0.0
     pos_weight: float = 1.0  # BCE weight of relevant patches (1 = the paper's plain BCE)
+    f1_weight: float = 0.0  # weight of (1 - soft F1) over the batch's patches added to the BCE (0 = BCE only)
     tokens: str = "content"  # "content": the tokens the Guard scores; "all": every generated token (EOS too)
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine": lr * (1 + cos(pi * step / steps)) / 2
     select: str = "loss"  # which checkpoint is kept: lowest validation "loss" or highest validation "f1" (at 0.5)
@@ -82,6 +83,7 @@ class TrainConfig:
             (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.pos_weight > 0, f"pos_weight must be > 0, got {self.pos_weight}"),
+            (self.f1_weight >= 0, f"f1_weight must be >= 0, got {self.f1_weight}"),
             (self.tokens in TOKEN_SETS, f"tokens must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}"),
             (self.lr_schedule in LR_SCHEDULES,
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
@@ -258,7 +260,8 @@ def split_records(n_records: int, val_fraction: float, seed: int) -> tuple[np.nd
 # training
 
 
-def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_weight: float = 1.0, valid=None):
+def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_weight: float = 1.0, valid=None,
+                     f1_weight: float = 0.0):
     logits = proxy(q[:, None], img)[:, 0]  # (B, N_img)
     labels = binarize_maps(maps, threshold).float()  # padding: zero maps, label 0 (and masked below)
     weight = None if pos_weight == 1.0 else torch.tensor(pos_weight, device=logits.device)
@@ -267,6 +270,12 @@ def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_wei
     else:  # (B, N_max): the mean over each record's own image tokens only
         each = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight, reduction="none")
         loss = (each * valid).sum() / valid.sum().clamp_min(1)
+    if f1_weight:  # a differentiable F1 over the batch's patches (probabilities as soft predictions)
+        p = torch.sigmoid(logits) if valid is None else torch.sigmoid(logits) * valid
+        tp = (p * labels).sum()
+        soft_f1 = 2 * tp / (2 * tp + (p * (1 - labels)).sum() + ((1 - p) * labels).sum()).clamp_min(1e-6)
+        loss = loss + f1_weight * (1 - soft_f1)
+    if valid is not None:
         logits = logits.masked_fill(~valid, float("-inf"))  # padding never predicted positive
     pred = logits > 0  # probability > 0.5
     tp = (pred & labels.bool()).sum().item()
@@ -277,7 +286,7 @@ def _loss_and_counts(proxy: FastRMProxy, q, img, maps, threshold: float, pos_wei
 
 @torch.no_grad()
 def _validate(proxy, store: PairStore, tokens: torch.Tensor, threshold: float, batch_size: int, device,
-              pos_weight: float) -> dict:
+              pos_weight: float, f1_weight: float = 0.0) -> dict:
     proxy.eval()
     total, n, tp, fp, fn = 0.0, 0, 0, 0, 0
     for start in range(0, tokens.numel(), max(batch_size, 256)):
@@ -285,7 +294,7 @@ def _validate(proxy, store: PairStore, tokens: torch.Tensor, threshold: float, b
         q, img, maps = (x.to(device) for x in store.batch(idx))
         valid = store.valid(idx)
         valid = None if valid is None else valid.to(device)
-        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold, pos_weight, valid)
+        loss, (a, b, c) = _loss_and_counts(proxy, q, img, maps, threshold, pos_weight, valid, f1_weight)
         total += loss.item() * idx.numel()
         n += idx.numel()
         tp, fp, fn = tp + a, fp + b, fn + c
@@ -386,7 +395,7 @@ def train_proxy(
         q, img, maps = (x.to(device) for x in store.batch(idx))
         valid = store.valid(idx)
         valid = None if valid is None else valid.to(device)
-        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold, config.pos_weight, valid)
+        loss, _ = _loss_and_counts(proxy, q, img, maps, threshold, config.pos_weight, valid, config.f1_weight)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         if config.lr_schedule == "cosine":  # decays to 0 at the last step
@@ -398,7 +407,7 @@ def train_proxy(
         if val_tokens.numel() and (step % config.eval_every == 0 or step == config.steps):
             evaluation = {"step": step, "train_loss": float(np.mean(losses[-config.eval_every :]))}
             evaluation.update(_validate(proxy, store, val_tokens, threshold, config.batch_size, device,
-                                        config.pos_weight))
+                                        config.pos_weight, config.f1_weight))
             history.append(evaluation)
             if better(evaluation, best_eval):
                 best_eval = evaluation

@@ -32,6 +32,26 @@ def test_training_is_deterministic_from_the_seed(distill_world):
     assert a.losses != c.losses
     weighted = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3, pos_weight=3.0))
     assert weighted.losses[0] != a.losses[0] and weighted.proxy.config.training["pos_weight"] == 3.0
+    f1 = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3, f1_weight=1.0))
+    assert f1.proxy.config.training["f1_weight"] == 1.0
+    assert a.losses[0] < f1.losses[0] <= a.losses[0] + 1.0  # BCE plus 1 - soft F1 (in [0, 1]) on the same first batch
+
+
+def test_the_soft_f1_term_is_one_minus_the_soft_f1():
+    from fastrm_core import FastRMProxy, ProxyConfig
+    from fastrm_core.distill.trainer import _loss_and_counts
+
+    torch.manual_seed(0)
+    proxy = FastRMProxy(ProxyConfig(hidden_size=8))
+    q, img, maps = torch.randn(4, 8), torch.randn(4, 6, 8), torch.rand(4, 6)
+    bce, _ = _loss_and_counts(proxy, q, img, maps, 0.5)
+    both, _ = _loss_and_counts(proxy, q, img, maps, 0.5, f1_weight=2.0)
+    from fastrm_core.distill.metrics import binarize_maps
+
+    p, y = torch.sigmoid(proxy(q[:, None], img)[:, 0]), binarize_maps(maps, 0.5).float()
+    tp = (p * y).sum()
+    soft_f1 = 2 * tp / (2 * tp + (p * (1 - y)).sum() + ((1 - p) * y).sum())
+    torch.testing.assert_close(both, bce + 2.0 * (1 - soft_f1))
 
 
 def test_best_checkpoint_and_saved_folder(distill_world, tmp_path):
@@ -84,6 +104,8 @@ def test_bad_inputs(tmp_path):
         TrainConfig(val_fraction=1.0)
     with pytest.raises(InputError, match="pos_weight must be > 0"):
         TrainConfig(pos_weight=0)
+    with pytest.raises(InputError, match="f1_weight must be >= 0"):
+        TrainConfig(f1_weight=-1)
     with pytest.raises(DataError, match="not a distillation dataset"):
         train_proxy(tmp_path, None, TrainConfig(steps=1))
 
