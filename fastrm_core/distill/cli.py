@@ -98,6 +98,9 @@ def add_distill_parser(sub) -> None:
     t.add_argument("--pos-weight", type=float, default=1.0, help="BCE weight of relevant patches (default 1)")
     t.add_argument("--f1-weight", type=float, default=0.0,
                    help="add this weight times (1 - soft F1 over the batch's patches) to the BCE (default 0: BCE only)")
+    t.add_argument("--record-balance", type=float, default=0.0, metavar="ALPHA",
+                   help="draw training tokens with weight n^-ALPHA, n the tokens of their record (0: uniform, the "
+                        "default; 1: every record alike, so long answers do not drown short ones)")
     t.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant learning rate (default, the paper's) or a cosine decay to 0 over the run")
     t.add_argument("--select", choices=("loss", "f1"), default="loss",
@@ -197,7 +200,8 @@ def _train(args) -> int:
     config = TrainConfig(
         lr=args.lr, batch_size=args.batch_size, steps=args.steps, seed=args.seed, val_fraction=args.val_fraction,
         eval_every=args.eval_every, head_dim=args.head_dim, label_threshold=args.label_threshold,
-        weight_decay=args.weight_decay, pos_weight=args.pos_weight, f1_weight=args.f1_weight, tokens=args.tokens, lr_schedule=args.lr_schedule,
+        weight_decay=args.weight_decay, pos_weight=args.pos_weight, f1_weight=args.f1_weight,
+        record_balance=args.record_balance, tokens=args.tokens, lr_schedule=args.lr_schedule,
         select=args.select, device=args.device, max_memory_gb=args.max_memory_gb,
     )
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),

@@ -69,6 +69,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     pos_weight: float = 1.0  # BCE weight of relevant patches (1 = the paper's plain BCE)
     f1_weight: float = 0.0  # weight of (1 - soft F1) over the batch's patches added to the BCE (0 = BCE only)
+    record_balance: float = 0.0  # tokens drawn with weight n^-alpha, n = their record's training tokens (0: uniform)
     tokens: str = "content"  # "content": the tokens the Guard scores; "all": every generated token (EOS too)
     lr_schedule: str = "constant"  # "constant" (the paper) or "cosine": lr * (1 + cos(pi * step / steps)) / 2
     select: str = "loss"  # which checkpoint is kept: lowest validation "loss" or highest validation "f1" (at 0.5)
@@ -84,6 +85,7 @@ class TrainConfig:
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.pos_weight > 0, f"pos_weight must be > 0, got {self.pos_weight}"),
             (self.f1_weight >= 0, f"f1_weight must be >= 0, got {self.f1_weight}"),
+            (0 <= self.record_balance <= 1, f"record_balance must be in [0, 1], got {self.record_balance}"),
             (self.tokens in TOKEN_SETS, f"tokens must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}"),
             (self.lr_schedule in LR_SCHEDULES,
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
@@ -372,6 +374,12 @@ def train_proxy(
     gen = torch.Generator().manual_seed(config.seed)
 
     def batches():
+        if config.record_balance:  # long answers (descriptions) weigh less per token: n^-alpha each
+            records = store.token_record[train_tokens]
+            per_record = torch.bincount(records)[records].double()  # (T_train,) tokens of each one's record
+            weights = per_record.pow(-config.record_balance)
+            while True:
+                yield train_tokens[torch.multinomial(weights, config.batch_size, replacement=True, generator=gen)]
         while True:  # epochs of a seeded permutation of the training tokens
             perm = train_tokens[torch.randperm(train_tokens.numel(), generator=gen)]
             for start in range(0, perm.numel(), config.batch_size):

@@ -37,6 +37,14 @@ def test_training_is_deterministic_from_the_seed(distill_world):
     assert a.losses[0] < f1.losses[0] <= a.losses[0] + 1.0  # BCE plus 1 - soft F1 (in [0, 1]) on the same first batch
 
 
+def test_record_balance_changes_the_draw_and_stays_deterministic(distill_world):
+    a = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3, record_balance=1.0))
+    b = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3, record_balance=1.0))
+    plain = train_proxy(distill_world["dataset"], None, TrainConfig(**FAST, seed=3))
+    assert a.losses == b.losses and a.losses != plain.losses
+    assert a.proxy.config.training["record_balance"] == 1.0
+
+
 def test_the_soft_f1_term_is_one_minus_the_soft_f1():
     from fastrm_core import FastRMProxy, ProxyConfig
     from fastrm_core.distill.trainer import _loss_and_counts
@@ -106,6 +114,8 @@ def test_bad_inputs(tmp_path):
         TrainConfig(pos_weight=0)
     with pytest.raises(InputError, match="f1_weight must be >= 0"):
         TrainConfig(f1_weight=-1)
+    with pytest.raises(InputError, match="record_balance must be in"):
+        TrainConfig(record_balance=1.5)
     with pytest.raises(DataError, match="not a distillation dataset"):
         train_proxy(tmp_path, None, TrainConfig(steps=1))
 
