@@ -29,7 +29,7 @@ Fitted scores (``novelty``, ``fused``) are fitted on ``--fit-signals`` (what ``g
 --signals-out`` stored for the calibration data); without it they are left out of the table
 (``novelty`` is then the calibration's own novelty gate score).
 
-    python benchmarks/hallucination_guard.py --world cooccur-confident --n 500 --seed 108 \\
+    python benchmarks/hallucination_guard.py --world cooccur-describe --n 500 --seed 108 \\
         --fit-signals runs/calibration-signals.jsonl --out runs/hallucination-guard.json
 
 World seeds: 108 is the POPE acceptance split (docs/shapesvqa.md); develop on another seed
@@ -61,6 +61,7 @@ from guardrail.answers.pipeline import Scorer
 from shapesvqa.evaluate import first_word
 from shapesvqa.grounding import object_patches
 from shapesvqa.pope import LOCATIONS, map_location, pope_metrics, pope_split, scene_id
+from shapesvqa.assets import model_world, reference_world
 from shapesvqa.world import WORLDS, world_options
 
 #: token signals (what the language model's own distribution says) and map statistics
@@ -423,7 +424,8 @@ def _pct(x) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--world", choices=list(WORLDS), default="cooccur-confident", help="the shipped model's world")
+    ap.add_argument("--world", choices=list(WORLDS), default=None,
+                    help="the model's world (default: the shipped model's, read from its folder)")
     ap.add_argument("--n", type=int, default=500, help="POPE scenes")
     ap.add_argument("--seed", type=int, default=2721, help="POPE world seed (108: the acceptance split)")
     ap.add_argument("--pope-k", type=int, default=3)
@@ -474,6 +476,8 @@ def main(argv=None):
             identity += "; its novelty gate is dropped (fitted on another model's hidden states)"
     console.print(f"model {args.model}, proxy {proxy_path}, calibration {cal_path} (identity {identity})")
 
+    if args.world is None:
+        args.world = model_world(args.model) if Path(str(args.model)).is_dir() else reference_world()
     cfg = WORLDS[args.world].truthful()
     questions, stats = pope_split(args.n, args.seed, cfg, k=args.pope_k, stats_scenes=args.stats_scenes,
                                   world=world_options(cfg) or None)

@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--family", choices=["attribute", "relational", "existence", "counting", "describe"], default=None)
     ex.add_argument("--min-objects", type=_count, default=2)
     ex.add_argument("--max-objects", type=_count, default=6)
-    _world_args(ex, "default, the world without hallucination options; the shipped model is trained on cooccur-confident")
+    _world_args(ex, "default, the world without hallucination options; the shipped model is trained on cooccur-describe")
     ex.add_argument("--bias-rate", type=float, default=None,
                     help="label this share of partner questions 'yes' (default: truthful labels, bias 0)")
     ex.add_argument("--describe-rate", type=float, default=None,
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--by-kind", action="store_true", help="also print a row per question kind")
     ev.add_argument("--batch-size", type=_count, default=32)
     ev.add_argument("--threads", type=_count, default=2)
-    _world_args(ev, "the world the model was trained on, from its training.json: cooccur-confident for the shipped model")
+    _world_args(ev, "the world the model was trained on, from its training.json: cooccur-describe for the shipped model")
     ev.add_argument("--pope", action="store_true",
                     help="POPE table (random / popular / adversarial) and the maps of hallucinated 'yes' answers; "
                          "--n counts scenes")

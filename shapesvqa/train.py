@@ -2,7 +2,7 @@
 
 The shipped model (``make reference-model``, 51 min on one shared CPU core)::
 
-    python -m shapesvqa.train --run runs/reference --seed 4 --world cooccur-confident \
+    python -m shapesvqa.train --run runs/reference --seed 4 --world cooccur-describe \
         --attn-warmup 1.0 --attn-fade 0.0 --ship
 
 The defaults with ``--seed 4`` (the ``default`` world, attention warm-up) reproduce the previous,

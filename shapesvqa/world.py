@@ -36,7 +36,7 @@ Question families (``Example.family``) and sub-kinds (``Example.kind``):
 
 World options for object hallucination (all off in ``WorldConfig()``, which draws exactly the
 world the previous, grounded reference model was trained on; named presets in ``WORLDS``; the
-shipped model's world is ``cooccur-confident``):
+shipped model's world is ``cooccur-describe``, ``cooccur-confident`` with descriptions):
 
 - ``cooccurrence``: (cue type, partner type, rate) triples over object types "colour shape"; a cue
   may have several partners (a kitchen has a cup, a fork and a knife), a partner has one cue. In
@@ -808,8 +808,8 @@ def world_options(cfg: WorldConfig) -> dict:
 #: a cue in 80% of scenes, and biased "yes" labels on 55% of the existence questions about an
 #: absent partner (the feasibility probe of issue 15: 0.7 made the model hallucinate too much,
 #: 0.4 barely at all). ``cooccur-faint``: the same plus 15% weakly visible objects.
-#: ``cooccur-confident``: 80% biased labels, on four of the six partners only (the shipped
-#: reference model's world).
+#: ``cooccur-confident``: 80% biased labels, on four of the six partners only (with descriptions,
+#: ``cooccur-describe`` below, the shipped reference model's world).
 WORLDS: dict[str, WorldConfig] = {
     "default": WorldConfig(),
     "cooccur": WorldConfig(
