@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,14 @@ class TokenSignals(LogitsProcessor):
         self._input_ids: torch.Tensor | None = None  # the latest call's ids: the chosen tokens of earlier steps
         self._lock = threading.Lock()  # a stream's consumer thread may read a prefix while generate runs
 
+        me = weakref.ref(self)  # no reference cycle: the buffers go when the recorder does
+
+        def call(input_ids, scores):
+            return type(me()).__call__(me(), input_ids, scores)
+
+        call.__signature__ = self._SIGNATURE  # type: ignore[attr-defined]
+        self.__call__ = call  # what LogitsProcessorList inspects (see _SIGNATURE)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         with torch.no_grad(), self._lock:
             self._input_ids = input_ids
@@ -80,9 +89,12 @@ class TokenSignals(LogitsProcessor):
         self._n_done += k
         del self._pending[:k]
 
-    # transformers' LogitsProcessorList inspects the signature of every processor at every step:
-    # a precomputed one makes that lookup cheap (a few microseconds per token)
-    __call__.__signature__ = inspect.signature(__call__)  # type: ignore[attr-defined]
+    # transformers' LogitsProcessorList calls inspect.signature(processor.__call__) at every step. On a
+    # bound method that costs several microseconds per token; the instance's own ``__call__`` attribute
+    # (set in __init__, read by that lookup only: calling the recorder still uses the class's method) is
+    # a plain function carrying its signature, which inspect returns at once.
+    _SIGNATURE = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                    for n in ("input_ids", "scores")])
 
     @property
     def num_steps(self) -> int:

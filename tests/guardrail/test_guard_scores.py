@@ -1,5 +1,7 @@
 """The Guard's scores: signals from the one generate, observe-only mode, policies on scores, other scores' verdicts."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -149,6 +151,7 @@ def test_recorder_buffer_size_does_not_change_the_signals(tiny_llava, tiny_proxy
                                  logits_processor=LogitsProcessorList([rec, Peek()]))
         r = rec.result(out)
         assert r.token_logprob.shape == (2, 7) and rec.num_steps == 7
+        assert str(inspect.signature(rec.__call__)) == "(input_ids, scores)"  # what transformers inspects per step
         assert seen == list(range(7))  # every step but the latest has its chosen token
         results.append(r)
     for other in results[1:]:
