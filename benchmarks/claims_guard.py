@@ -181,7 +181,8 @@ def _row_signals(guard, ex, r, answer_signals):
 def _print_cost(console, cost: dict, threads: int) -> None:
     console.print(f"cost: guard {cost['guard_s']:.4f} s / plain generate {cost['plain_s']:.4f} s per description "
                   f"= {cost['ratio']:.3f}x ({cost['n']} descriptions x {cost['rounds']} rounds, interleaved, "
-                  f"processor call in both, {threads} thread(s))")
+                  f"processor call in both, image-free pass {'on' if cost['visual_contrast'] else 'off'}, "
+                  f"{threads} thread(s))")
 
 
 def _timing(guard, examples, max_new_tokens: int, rounds: int = 1) -> dict:
@@ -200,7 +201,8 @@ def _timing(guard, examples, max_new_tokens: int, rounds: int = 1) -> dict:
         guard.generate(ex.image, ex.question, max_new_tokens=max_new_tokens)
         g_t.append(time.perf_counter() - t0)
     g, p = float(np.median(g_t)), float(np.median(p_t))
-    return {"n": len(examples), "rounds": max(1, rounds), "guard_s": g, "plain_s": p, "ratio": g / p if p else None}
+    return {"n": len(examples), "rounds": max(1, rounds), "guard_s": g, "plain_s": p, "ratio": g / p if p else None,
+            "visual_contrast": bool(guard.visual_contrast)}
 
 
 def _f(x):

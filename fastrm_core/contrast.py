@@ -49,10 +49,20 @@ def imageless_logprobs(model: Any, inputs: dict, sequences: torch.Tensor, *, ada
         (B, T) on the model's device; ``T = sequences.shape[1] - S`` (0 columns when nothing was generated).
     """
     adapter = adapter or get_adapter(model)
-    ids = inputs["input_ids"]
+    ids = inputs.get("input_ids") if hasattr(inputs, "get") else None
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise InputError("inputs must be the processor's batch given to generate, with input_ids (B, S)")
+    if not isinstance(sequences, torch.Tensor) or sequences.is_floating_point() or sequences.dim() != 2:
+        got = type(sequences).__name__ if not isinstance(sequences, torch.Tensor) else f"a {sequences.dtype} tensor"
+        raise InputError(f"sequences must be the (B, S + T) token ids generate returned (prompt, then answer), got {got}"
+                         + (" (pass out.sequences of return_dict_in_generate)" if hasattr(sequences, "sequences") else ""))
     n_prompt = ids.shape[1]
-    if sequences.dim() != 2 or sequences.shape[0] != ids.shape[0] or sequences.shape[1] < n_prompt:
-        raise InputError(f"sequences {tuple(sequences.shape)} do not continue the prompt {tuple(ids.shape)}")
+    if (sequences.shape[0] != ids.shape[0] or sequences.shape[1] < n_prompt
+            or not torch.equal(sequences[:, :n_prompt].to(ids.device), ids)):
+        raise InputError(f"sequences {tuple(sequences.shape)} do not continue the prompt {tuple(ids.shape)}: pass what "
+                         "generate returned for these inputs (prompt then answer), not the answer alone")
+    if not any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in inputs.values()):
+        raise InputError("inputs carry no pixel values: pass the processor's whole batch (the image is needed)")
     n_new = sequences.shape[1] - n_prompt
     if n_new == 0:
         return torch.zeros(ids.shape[0], 0, device=sequences.device)

@@ -270,7 +270,7 @@ def calibrate_scores(
     side: dict[str, Any] = {
         "n_fit": int(len(fit_ok)), "n_heldout": int(len(ho_ok)),
         "accuracy_heldout": float(correct[ho_idx].mean()) if len(ho_idx) else None,
-        "families": families, "score_label": chosen.label,
+        "families": families, "score_label": score_label(score, score_params or {}),  # the table's label (the * row)
         "heldout_scores": values[ho_ok], "heldout_correct": correct[ho_ok],
     }
     update: dict[str, Any] = {}

@@ -256,8 +256,12 @@ class Scorer:
         """Refuse a policy with conditions on scores this scorer does not compute (:class:`PolicyError`)."""
         unknown = sorted({name for rule in policy.rules for name in (rule.when.scores or {})} - set(self.names()))
         if unknown:
+            from calibration.answer_scores import SCORES
+
+            optional = [n for n in unknown if n in SCORES and SCORES.get(n).on_demand]
+            hint = (f" ({', '.join(optional)} needs an optional pass: Guard(visual_contrast=True))" if optional else "")
             raise PolicyError(f"policy {policy.id!r} has conditions on unknown score(s) {', '.join(unknown)}; "
-                              f"this guard computes: {', '.join(self.names())}")
+                              f"this guard computes: {', '.join(self.names())}{hint}")
 
     def group(self, tags: Iterable[str]) -> str | None:
         """The first of ``tags`` the calibration has its own threshold for, or None."""
@@ -309,11 +313,15 @@ def gathers_visual_contrast(asked: bool | None, *scorers: Scorer | None) -> bool
     (:meth:`Scorer.drop_on_demand`)."""
     from fastrm_common.errors import InputError
 
-    needed = [s.score.name for s in scorers if s is not None and s.score is not None
+    if asked is not None and not isinstance(asked, bool):
+        raise InputError(f"visual_contrast must be True, False or None, got {asked!r}")
+    needed = [(k, s) for k, s in enumerate(scorers) if s is not None and s.score is not None
               and "imageless_logprob" in s.score.signals_needed(**s.score.params)]
     if asked is False and needed:
-        raise InputError(f"the calibration's score {needed[0]} needs the image-free pass: "
-                         "use visual_contrast=True (or None)")
+        k, s = needed[0]
+        which = "calibration" if k == 0 else "claim calibration"
+        raise InputError(f"the {which}'s score {s.score.label} needs the image-free pass: use visual_contrast=True "
+                         "(or None, which runs it when a calibration needs it)")
     gathered = bool(asked) or bool(needed)
     if not gathered:
         for s in scorers:

@@ -207,7 +207,8 @@ def _score_params(args) -> dict:
     grounding, contrast = getattr(args, "with_grounding", False), getattr(args, "with_visual_contrast", False)
     if grounding or contrast:  # fused over the token scores and the evidence score(s)
         if args.score != "fused":
-            raise GuardrailError(f"--with-{'grounding' if grounding else 'visual-contrast'} applies to --score fused")
+            raise GuardrailError(f"--with-{'grounding' if grounding else 'visual-contrast'} applies to --score fused: "
+                                 "add --score fused")
         from calibration.answer_scores import CONTRAST_BASES, EVIDENCE_BASES
 
         params["bases"] = [dict(b) for b in (CONTRAST_BASES if contrast else EVIDENCE_BASES)]
@@ -226,9 +227,17 @@ def _cmd_calibrate(args, console: Console) -> int:
         gate_defaulted = False
         for key, value in PRESETS[args.preset].items():
             setattr(args, key, value)
+    score_params = _score_params(args)  # flag combinations are refused before any model work
+    from calibration import lookup_score
+
+    if "imageless_logprob" in lookup_score(args.score).signals_needed(**score_params):
+        args.visual_contrast = True  # a score on the image-free pass: run it
     if args.from_signals:
         rows, meta = read_signals(args.from_signals)
         identity = {k: meta.get(k) for k in ("model_id", "model_hash", "proxy_id", "proxy_hash", "dataset_hash")}
+        if args.visual_contrast and not any(r.signals.imageless_logprob is not None for r in rows):
+            raise GuardrailError(f"{args.from_signals} holds no image-free pass (signal imageless_logprob): record "
+                                 "the signals again with --data ... --visual-contrast --signals-out")
     else:
         if not args.data:
             raise GuardrailError("--data is required (or --from-signals with stored signals)")
@@ -245,7 +254,7 @@ def _cmd_calibrate(args, console: Console) -> int:
     default = " (the default: the shipped recipe; --preset paper for the FastRM paper's)" if _is_default_recipe(args) else ""
     console.print(f"recipe: {_recipe(args)}{default}", soft_wrap=True)
     cal, side = calibrate_scores(
-        rows, score=args.score, score_params=_score_params(args), rule=args.rule, fit_fraction=args.fit_fraction,
+        rows, score=args.score, score_params=score_params, rule=args.rule, fit_fraction=args.fit_fraction,
         seed=args.seed, target_precision=args.target_precision, delta=args.delta,
         novelty_quantile=args.novelty_quantile, group_by=args.group_by, **identity,
     )
@@ -482,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "paper's (map_entropy mean, paper_midpoint, no gate).")
     p.add_argument("--score", default=shipped["score"],
                    help="the score the threshold applies to: map_entropy, map_spread, token_nll, predictive_entropy, "
-                        f"low_margin, novelty, fused (see docs/calibration.md; default: {shipped['score']})")
+                        "low_margin, grounding, visual_contrast, state_probe, novelty, fused, or one you registered "
+                        f"(see docs/calibration.md; default: {shipped['score']})")
     p.add_argument("--aggregation", default=None, choices=["mean", "max", "first"],
                    help="over content tokens (default: the score's own: max for low_margin, mean for map_entropy; "
                         "first is for map_entropy only)")
@@ -515,10 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --score fused: fuse the evidence score grounding(max) with the token scores")
     p.add_argument("--visual-contrast", action="store_true",
                    help="also run the image-free pass per answer (one more forward, the image tokens replaced by "
-                        "their mean) so the table compares visual_contrast; a calibration on it makes the Guard run it")
+                        "their mean) so that the table compares the visual_contrast scores (implied by --score "
+                        "visual_contrast). A Guard given a calibration whose score needs the pass runs it itself")
     p.add_argument("--with-visual-contrast", action="store_true",
-                   help="with --score fused: fuse grounding(max) and visual_contrast(mean) with the token scores "
-                        "(implies --visual-contrast)")
+                   help="with --score fused: fuse grounding(max) and visual_contrast(mean) with the token scores, "
+                        "i.e. fused(+grounding, visual_contrast) (implies --visual-contrast)")
     p.add_argument("--claims", default=None, metavar="SPLITTER",
                    help="fit a claim-level calibration: cut each answer into claims with SPLITTER (sentences, "
                         "clauses, objects, or a world's, e.g. shapes) and judge each claim (docs/calibration.md, Claims)")

@@ -12,7 +12,12 @@ name                                          kind       unit      attributes
 ``fastrm.guardrail.verdicts``                 counter    {call}    verdict (``unguarded`` when the guard failed),
                                                                    policy id and version, rule, model
 ``fastrm.guardrail.actions``                  counter    {call}    action, flagged, policy id and version, rule, model
-``fastrm.guardrail.answer_score``             histogram  1         verdict, policy id, model (higher = more uncertain)
+``fastrm.guardrail.answer_score``             histogram  1         verdict, policy id, model (higher = more uncertain;
+                                                                   non-negative scores only: OpenTelemetry histograms
+                                                                   refuse negative values, which log-odds and
+                                                                   ``visual_contrast`` scores can take)
+``fastrm.guardrail.threshold_distance``       histogram  1         verdict, policy id, model: ``|score - threshold|``,
+                                                                   for any score (the verdict says the side)
 ``fastrm.guardrail.duration``                 histogram  s         policy id, model: the guard's own time per call
 ============================================  =========  ========  ==================================================
 
@@ -73,6 +78,11 @@ class GuardMetrics:
             semconv.METRIC_ANSWER_SCORE, unit="1", description="Answer score (aggregated map entropy; higher = more uncertain)",
             explicit_bucket_boundaries_advisory=list(_SCORE_BUCKETS),
         )
+        self.threshold_distance = meter.create_histogram(
+            semconv.METRIC_THRESHOLD_DISTANCE, unit="1",
+            description="How far the answer score lies from the threshold, on the side the verdict says",
+            explicit_bucket_boundaries_advisory=list(_SCORE_BUCKETS),
+        )
         self.guard_duration = meter.create_histogram(
             semconv.METRIC_GUARD_DURATION, unit="s", description="Time the guard adds to a call (scoring, policy, escalation)",
             explicit_bucket_boundaries_advisory=list(_GUARD_BUCKETS_S),
@@ -104,5 +114,9 @@ class GuardMetrics:
         self.actions.add(1, {**policy, semconv.GUARDRAIL_ACTION: result.action, semconv.GUARDRAIL_FLAGGED: result.flagged})
         small = {semconv.GUARDRAIL_POLICY_ID: result.policy_id, semconv.GEN_AI_REQUEST_MODEL: model}
         if result.score is not None:
-            self.answer_score.record(float(result.score), {**small, semconv.GUARDRAIL_VERDICT: verdict})
+            if result.score >= 0:
+                self.answer_score.record(float(result.score), {**small, semconv.GUARDRAIL_VERDICT: verdict})
+            if result.threshold is not None:
+                self.threshold_distance.record(abs(float(result.score) - float(result.threshold)),
+                                               {**small, semconv.GUARDRAIL_VERDICT: verdict})
         self.guard_duration.record(float(result.timings.guard_s), small)

@@ -62,6 +62,7 @@ GEN_AI_TOKEN_TYPE_OUTPUT = "output"
 METRIC_VERDICTS = "fastrm.guardrail.verdicts"
 METRIC_ACTIONS = "fastrm.guardrail.actions"
 METRIC_ANSWER_SCORE = "fastrm.guardrail.answer_score"
+METRIC_THRESHOLD_DISTANCE = "fastrm.guardrail.threshold_distance"
 METRIC_GUARD_DURATION = "fastrm.guardrail.duration"
 
 # --- Span names

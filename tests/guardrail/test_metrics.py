@@ -38,7 +38,8 @@ def test_metrics_names_units_attributes_and_values():
     metrics.record(_result(verdict=None, score=None, action="flag", rule="on_error", unguarded=True), model="tiny")
     pts = _points(reader)
     assert set(pts) == {"gen_ai.client.operation.duration", "gen_ai.client.token.usage", "fastrm.guardrail.verdicts",
-                        "fastrm.guardrail.actions", "fastrm.guardrail.answer_score", "fastrm.guardrail.duration"}
+                        "fastrm.guardrail.actions", "fastrm.guardrail.answer_score", "fastrm.guardrail.duration",
+                        "fastrm.guardrail.threshold_distance"}
     unit, durations = pts["gen_ai.client.operation.duration"]
     assert unit == "s" and durations[0][0] == {"gen_ai.operation.name": "chat", "gen_ai.request.model": "tiny"}
     assert durations[0][1].count == 3 and durations[0][1].sum == pytest.approx(3 * 0.51)
@@ -55,8 +56,23 @@ def test_metrics_names_units_attributes_and_values():
     assert all(a["fastrm.guardrail.policy.id"] == "default" for a, _ in pts["fastrm.guardrail.actions"][1])
     scores = {a["fastrm.guardrail.verdict"]: p for a, p in pts["fastrm.guardrail.answer_score"][1]}
     assert set(scores) == {"uncertain", "confident"} and scores["uncertain"].sum == pytest.approx(0.8)
+    distance = {a["fastrm.guardrail.verdict"]: p for a, p in pts["fastrm.guardrail.threshold_distance"][1]}
+    assert distance["uncertain"].sum == pytest.approx(0.1) and distance["confident"].sum == pytest.approx(0.4)
     _, guard = pts["fastrm.guardrail.duration"]
     assert guard[0][1].count == 3 and guard[0][1].sum == pytest.approx(0.012)
+    provider.shutdown()
+
+
+def test_a_negative_score_skips_the_score_histogram_but_not_the_distance(caplog):
+    reader = InMemoryMetricReader()
+    provider = configure_metrics(readers=[reader], otlp_from_env=False)
+    metrics = GuardMetrics(provider)
+    metrics.record(_result(score=-2.5, threshold=-1.0, verdict="confident"), model="tiny")  # a log-odds score
+    pts = _points(reader)
+    assert "fastrm.guardrail.answer_score" not in pts  # OpenTelemetry refuses negative histogram values
+    (attrs, point), = pts["fastrm.guardrail.threshold_distance"][1]
+    assert attrs["fastrm.guardrail.verdict"] == "confident" and point.sum == pytest.approx(1.5)
+    assert "non-negative" not in caplog.text
     provider.shutdown()
 
 
@@ -78,6 +94,7 @@ def test_recording_never_raises():
 
     m = GuardMetrics()
     m.verdicts = m.actions = m.answer_score = m.guard_duration = m.operation_duration = m.token_usage = Exploding()
+    m.threshold_distance = Exploding()
     m.record(_result(), model="m")  # swallowed
 
 

@@ -76,6 +76,24 @@ def test_the_pass_leaves_the_model_as_found_also_on_error(tiny_llava, make_input
     assert imageless_logprobs(model, inputs, inputs["input_ids"]).shape == (1, 0)  # nothing generated
 
 
+@pytest.mark.parametrize("bad, message", [
+    (lambda out, inp: out.tolist(), "must be the \\(B, S \\+ T\\) token ids"),
+    (lambda out, inp: out.float(), "must be the \\(B, S \\+ T\\) token ids"),
+    (lambda out, inp: out[:, inp["input_ids"].shape[1]:], "not the answer alone"),
+    (lambda out, inp: torch.cat([out[:, :2] * 0 + 7, out[:, 2:]], 1), "do not continue the prompt"),
+])
+def test_bad_inputs_are_one_clear_input_error(tiny_llava, make_inputs, bad, message):
+    model, processor = tiny_llava
+    inputs = make_inputs(processor)
+    out, _ = _generate(model, inputs)
+    with pytest.raises(InputError, match=message):
+        imageless_logprobs(model, inputs, bad(out, inputs))
+    with pytest.raises(InputError, match="no pixel values"):
+        imageless_logprobs(model, {k: v for k, v in inputs.items() if k != "pixel_values"}, out)
+    with pytest.raises(InputError, match="with input_ids"):
+        imageless_logprobs(model, {"pixel_values": inputs["pixel_values"]}, out)
+
+
 def test_several_regions_of_a_second_family(tiny_qwen2_vl):
     model, processor = tiny_qwen2_vl
     inputs = two_image_batch(model, processor)  # row 0: two pictures, row 1: one; left-padded
@@ -112,14 +130,16 @@ def test_the_guard_runs_the_pass_only_when_asked_or_needed(tiny_llava, tiny_prox
     assert a.token_ids == r.token_ids and a.scores["low_margin"] == r.scores["low_margin"]
     policy = Policy.model_validate({"id": "p", "version": "1", "default": {"action": "allow"}, "rules": [
         {"name": "blind", "when": {"scores": {"visual_contrast": {"gt": 0}}}, "action": "flag"}]})
-    with pytest.raises(PolicyError, match="unknown score"):
+    with pytest.raises(PolicyError, match=r"visual_contrast needs an optional pass: Guard\(visual_contrast=True\)"):
         Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain, policy=policy)
+    with pytest.raises(InputError, match="visual_contrast must be True, False or None"):
+        Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain, visual_contrast="false")
     Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain, policy=policy, visual_contrast=True)
 
     needs = make_calibration(0.0).model_copy(update={"score": ScoreSpec(name="visual_contrast",
                                                                         params={"aggregation": "mean"})})
     assert Guard(model, processor, proxy=tiny_proxy, calibration=needs).visual_contrast
-    with pytest.raises(InputError, match="needs the image-free pass"):
+    with pytest.raises(InputError, match=r"the calibration's score visual_contrast\(mean\) needs the image-free pass"):
         Guard(model, processor, proxy=tiny_proxy, calibration=needs, visual_contrast=False)
 
 
