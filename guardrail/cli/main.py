@@ -85,7 +85,8 @@ def _cmd_run(args, console: Console) -> int:
     provider, meters = telemetry_from_args(args, jsonl_path=args.trace)
     guard = Guard.from_pretrained(args.model, proxy=args.proxy, calibration=calibration or args.calibration,
                                   policy=policy, tracer_provider=provider, meter_provider=meters,
-                                  capture_content=args.capture_content, dtype=args.dtype, device=args.device)
+                                  capture_content=args.capture_content, dtype=args.dtype, device=args.device,
+                                  visual_contrast=True if args.visual_contrast else None)
     result = guard.generate(args.image, args.question, tags=args.tag or (), max_new_tokens=args.max_new_tokens)
     provider.shutdown()
     meters.shutdown()
@@ -434,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--proxy", default=None, help="FastRM proxy folder (default: the shipped one for 'reference')")
         if need_calibration:
             p.add_argument("--calibration", default=None, help="calibration JSON (default: the shipped one)")
+            p.add_argument("--visual-contrast", action="store_true",
+                           help="also run the image-free pass after each generation and report the visual_contrast "
+                                "score (about one prefill more; on by itself when a calibration uses it)")
         p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
         p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cpu)")
         verbose_arg(p)

@@ -64,7 +64,8 @@ def serve_command(args, console: Console) -> int:
     except ValueError as exc:
         raise GuardrailError(str(exc)) from None
     guard_kwargs = dict(proxy=args.proxy, calibration=args.calibration, policy=args.policy, dtype=args.dtype,
-                        device=args.device, capture_content=args.capture_content)
+                        device=args.device, capture_content=args.capture_content,
+                        visual_contrast=True if getattr(args, "visual_contrast", False) else None)
     if args.ray:
         if args.trace:
             raise GuardrailError("--trace (one JSONL file) does not work with several replicas; use --otlp-endpoint")

@@ -68,6 +68,11 @@ def test_run_json_and_bad_input(saved):
     code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
                         saved["calibration"], "--image", saved["image"], "--question", "What?", "--json")
     assert code == 0 and json.loads(out)["verdict"] == "uncertain"
+    assert "visual_contrast" not in json.loads(out)["scores"]
+    code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
+                        saved["calibration"], "--image", saved["image"], "--question", "What?", "--json",
+                        "--visual-contrast")
+    assert code == 0 and isinstance(json.loads(out)["scores"]["visual_contrast"], float)
     code, out = run_cli("run", "--model", saved["model"], "--proxy", saved["proxy"], "--calibration",
                         saved["calibration"], "--image", saved["root"] / "nope.png", "--question", "What?")
     assert code == 2 and "image not found" in out
