@@ -214,7 +214,7 @@ def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_ha
     if calibration.level != "claim":
         raise CalibrationError("claim_calibration is an answer-level calibration (level 'answer'); fit one on "
                                "claim-labelled data with `guardrail calibrate --claims`")
-    check_calibration_identity(calibration, adapter, model, proxy_hash, allow_unhashed)
+    check_calibration_identity(calibration, adapter, model, proxy_hash, allow_unhashed, level="claim")
     if claims == "clauses" and calibration.splitter:
         claims = calibration.splitter
     if isinstance(claims, str):

@@ -377,14 +377,21 @@ def explain_verdict(calibration: Any | None, score: float | None, verdict: str |
 
 
 def check_calibration_identity(calibration: Any, adapter: Any, model: Any, proxy_hash: str,
-                               allow_unhashed: bool = False) -> None:
-    """Refuse a calibration fitted with another model or proxy (:class:`ConfigMismatchError`).
+                               allow_unhashed: bool = False, level: str = "answer") -> None:
+    """Refuse a calibration fitted with another model or proxy (:class:`ConfigMismatchError`), or of
+    the other ``level`` (a claim-level calibration given to judge whole answers: :class:`InputError`).
 
     The weights are hashed (one pass) when the calibration names a model: a recorded hash is compared,
     a missing one refused, as a proxy's is; the folder name alone never vouches for the model.
     ``allow_unhashed``: the caller's explicit opt-out for older files, compared by name only.
     """
+    from fastrm_common.errors import InputError
     from fastrm_core import weights_fingerprint
+
+    found = getattr(calibration, "level", "answer") or "answer"
+    if found != level and level == "answer":
+        raise InputError("calibration is a claim-level calibration (it judges each claim): pass it as "
+                         "claim_calibration=..., and an answer-level one (or none) as calibration")
 
     named = calibration.model_hash is not None or calibration.model_id is not None
     if calibration.model_hash is None and allow_unhashed:

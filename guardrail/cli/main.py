@@ -252,6 +252,11 @@ def _cmd_calibrate(args, console: Console) -> int:
         console.print("[yellow]note[/yellow] no novelty gate: these answers carry no pooled hidden states "
                       "(features), which the default gate needs", soft_wrap=True)
         args.novelty_quantile = 0.0
+    claims = args.claims or (meta.get("claims") if args.from_signals else None)
+    if claims and args.novelty_quantile:
+        console.print("[yellow]note[/yellow] the novelty gate is on for claims: a claim's input is its whole answer's, "
+                      "so a gate fitted per claim can mark many claims novel (docs/calibration.md, 5b: the shipped "
+                      "claim calibration has none); --novelty-quantile 0 turns it off", soft_wrap=True)
     default = " (the default: the shipped recipe; --preset paper for the FastRM paper's)" if _is_default_recipe(args) else ""
     console.print(f"recipe: {_recipe(args)}{default}", soft_wrap=True)
     cal, side = calibrate_scores(
@@ -259,7 +264,7 @@ def _cmd_calibrate(args, console: Console) -> int:
         seed=args.seed, target_precision=args.target_precision, delta=args.delta,
         novelty_quantile=args.novelty_quantile, group_by=args.group_by, **identity,
     )
-    claims = args.claims or (meta.get("claims") if args.from_signals else None)
+    side["unit"] = "claims" if claims else "answers"
     if claims:  # a claim-level calibration: the Guard judges each claim with it
         cal = cal.model_copy(update={"level": "claim", "splitter": claims})
         console.print(f"claim level: {len(rows)} labelled claims, cut with the {claims!r} splitter", soft_wrap=True)
@@ -332,7 +337,7 @@ def _print_score_table(console: Console, side: dict) -> None:
         if chunks[-1] and sum(max(len(f), 5) + 2 for f in chunks[-1]) + max(len(fam), 5) + 2 > room:
             chunks.append([])
         chunks[-1].append(fam)
-    title = f"held-out AUROC of each score ({side['n_heldout']} answers; 1 = perfect, 0.5 = chance)"
+    title = f"held-out AUROC of each score ({side['n_heldout']} {side.get('unit', 'answers')}; 1 = perfect, 0.5 = chance)"
     for k, chunk in enumerate(chunks):
         table = Table(title=title if k == 0 else None, box=box.SIMPLE_HEAD, pad_edge=False)
         table.add_column("score", no_wrap=True)
@@ -361,7 +366,8 @@ def _fmt(v, pct=False):
 def _print_calibration(console: Console, cal, side: dict) -> None:
     """The rules side by side, readable at 80 columns: the rates in one table, the counts in another."""
     rows = cal.rules_table()
-    title = (f"rules on {side.get('score_label', cal.score.name)}: held-out figures ({side['n_heldout']} answers; "
+    title = (f"rules on {side.get('score_label', cal.score.name)}: held-out figures ({side['n_heldout']} "
+             f"{side.get('unit', 'answers')}; "
              f"fitted on {side['n_fit']}; accuracy {_fmt(side['accuracy_heldout'], True)})")
     # no vertical rules (box.SIMPLE_HEAD): 80 columns hold the longest rule name and every header whole
     rates = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)

@@ -248,6 +248,10 @@ def test_an_answer_level_calibration_is_refused_as_claim_calibration(tiny_llava,
         Guard(model, processor, proxy=tiny_proxy, claim_calibration=calibration_uncertain)
     with pytest.raises(InputError):
         Guard(model, processor, proxy=tiny_proxy, claims="no-such-splitter")
+    claim_level = calibration_uncertain.model_copy(update={"level": "claim", "splitter": "sentences"})
+    with pytest.raises(InputError, match="claim-level calibration .* pass it as claim_calibration"):
+        Guard(model, processor, proxy=tiny_proxy, calibration=claim_level)
+    assert Guard(model, processor, proxy=tiny_proxy, claim_calibration=claim_level).claim_calibration is not None
 
 
 def test_claim_conditions_in_a_policy_are_explained():

@@ -144,6 +144,16 @@ def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
     cal2 = json.loads(out2.read_text())
     assert cal2["score"]["name"] == "token_nll" and cal2["rule"] == "guaranteed_precision"
     assert cal2["novelty_gate"]["quantile"] == 0.9 and "guarantee" in text
+    # a fused variant in use is the marked row; flags that need the image-free pass say what to do, before any work
+    code, text = run_cli("calibrate", "--from-signals", sig_path, "--out", tmp_path / "cal3.json", "--score", "fused",
+                         "--with-grounding", "--rule", "paper_midpoint", "--novelty-quantile", "0")
+    assert code == 0, text
+    assert "fused(+grounding) *" in text
+    code, text = run_cli("calibrate", "--from-signals", sig_path, "--out", tmp_path / "cal4.json", "--visual-contrast")
+    assert code == 2 and "holds no image-free pass" in text and "--visual-contrast --signals-out" in text
+    code, text = run_cli("calibrate", "--from-signals", sig_path, "--out", tmp_path / "cal4.json",
+                         "--with-visual-contrast")
+    assert code == 2 and "add --score fused" in text
 
 
 def test_calibrate_refuses_one_class_data(saved, tmp_path):
