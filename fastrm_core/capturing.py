@@ -87,12 +87,11 @@ class Capture:
     @property
     def num_steps(self) -> int:
         """Number of generated tokens seen so far."""
-        return len(self._states) if self._proxy is None or self._keep_states else len(self._steps) + len(self._states)
+        return len(self._states)
 
     def _flush(self) -> None:
         """Map the steps not mapped yet, in one batched proxy call (caller holds the lock)."""
-        start = len(self._steps)
-        pending = self._states[start:] if self._keep_states else self._states
+        pending = self._states[len(self._steps):]
         if not pending or self._proxy is None or self._keys is None:
             return
         with torch.no_grad():  # grad mode is per thread: a stream's reader thread may call this
@@ -100,8 +99,6 @@ class Capture:
             logits = self._proxy.token_logits(q, self._keys).float()  # (B, P, N_max)
         self._logits.extend(logits.unbind(1))
         self._steps.extend(torch.sigmoid(logits).unbind(1))
-        if not self._keep_states:
-            self._states.clear()
 
     @property
     def steps(self) -> list[torch.Tensor]:

@@ -199,7 +199,7 @@ def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_ha
     """
     from calibration import Calibration
     from fastrm_common.claims import SPLITTERS
-    from fastrm_common.errors import CalibrationError, InputError
+    from fastrm_common.errors import InputError
     from guardrail.answers.pipeline import check_calibration_identity
 
     if claims is not None and not callable(claims) and not isinstance(claims, str):
@@ -211,9 +211,6 @@ def load_claim_calibration(calibration: Any, claims: Any, adapter: Any, proxy_ha
         return None, claims
     if not isinstance(calibration, Calibration):
         calibration = Calibration.load(calibration)
-    if calibration.level != "claim":
-        raise CalibrationError("claim_calibration is an answer-level calibration (level 'answer'); fit one on "
-                               "claim-labelled data with `guardrail calibrate --claims`")
     check_calibration_identity(calibration, adapter, model, proxy_hash, allow_unhashed, level="claim")
     if claims == "clauses" and calibration.splitter:
         claims = calibration.splitter

@@ -385,13 +385,16 @@ def check_calibration_identity(calibration: Any, adapter: Any, model: Any, proxy
     a missing one refused, as a proxy's is; the folder name alone never vouches for the model.
     ``allow_unhashed``: the caller's explicit opt-out for older files, compared by name only.
     """
-    from fastrm_common.errors import InputError
+    from fastrm_common.errors import CalibrationError, InputError
     from fastrm_core import weights_fingerprint
 
     found = getattr(calibration, "level", "answer") or "answer"
     if found != level and level == "answer":
         raise InputError("calibration is a claim-level calibration (it judges each claim): pass it as "
                          "claim_calibration=..., and an answer-level one (or none) as calibration")
+    if found != level:
+        raise CalibrationError("claim_calibration is an answer-level calibration (level 'answer'); fit one on "
+                               "claim-labelled data with `guardrail calibrate --claims`")
 
     named = calibration.model_hash is not None or calibration.model_id is not None
     if calibration.model_hash is None and allow_unhashed:

@@ -30,6 +30,13 @@ DEFAULT_EVENT_LIMIT = 128  # the SDK's default SpanLimits.max_events (OTEL_SPAN_
 T = TypeVar("T")
 
 
+def _run_into(fn: Callable[[], Any], box: dict) -> None:
+    try:
+        box["value"] = fn()
+    except BaseException:  # a processor's failure is telemetry's problem, not the caller's
+        pass
+
+
 class _Runner:
     """One long-lived daemon thread that runs span starts and ends one at a time (a thread per
     call costs a thread start each time, and more when the model's own threads keep the cores busy)."""
@@ -43,14 +50,10 @@ class _Runner:
     def _loop(self) -> None:
         while True:
             fn, box, done = self.tasks.get()
-            try:
-                box["value"] = fn()
-            except BaseException:  # a processor's failure is telemetry's problem, not the caller's
-                pass
-            finally:
-                with _RUNNER_LOCK:
-                    self.busy = False
-                done.set()
+            _run_into(fn, box)
+            with _RUNNER_LOCK:
+                self.busy = False
+            done.set()
             if self.abandoned:
                 return
 
@@ -78,13 +81,7 @@ def _bounded(fn: Callable[[], T], timeout_s: float, default: T) -> T:
             runner.abandoned = True  # stuck: the next call starts a fresh runner
         return box.get("value", default)
 
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException:
-            pass
-
-    worker = threading.Thread(target=run, name="fastrm-telemetry", daemon=True)
+    worker = threading.Thread(target=_run_into, args=(fn, box), name="fastrm-telemetry", daemon=True)
     worker.start()
     worker.join(timeout_s)
     return box.get("value", default)
