@@ -38,7 +38,7 @@ from calibration import (
 from fastrm_common.records import VQARecord, open_regular
 from fastrm_common.vqa import is_correct
 from fastrm_core import FastRMProxy, capture, get_adapter
-from fastrm_common.errors import CalibrationError
+from fastrm_common.errors import CalibrationError, DataError
 from fastrm_common.images import load_image
 from fastrm_common.tokens import eos_token_ids
 from fastrm_core.inputs import prepare_inputs
@@ -413,6 +413,8 @@ def write_signals(path: str | Path, rows: Sequence[ScoredAnswer], meta: dict[str
 def read_signals(path: str | Path) -> tuple[list[ScoredAnswer], dict[str, Any]]:
     """Read what :func:`write_signals` wrote: ``(rows, meta)``."""
     rows, meta = [], {}
+    if not Path(path).exists():
+        raise DataError(f"signals file not found: {path} (write one with guardrail calibrate --data ... --signals-out)")
     with open_regular(path) as fh:  # a FIFO or a device is refused, not read forever
         text = fh.read().decode("utf-8")
     for line in text.splitlines():

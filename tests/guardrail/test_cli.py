@@ -154,6 +154,8 @@ def test_calibrate_end_to_end_on_exported_set(saved, tiny_proxy, tmp_path):
     code, text = run_cli("calibrate", "--from-signals", sig_path, "--out", tmp_path / "cal4.json",
                          "--with-visual-contrast")
     assert code == 2 and "add --score fused" in text
+    code, text = run_cli("calibrate", "--from-signals", tmp_path / "none.jsonl", "--out", tmp_path / "cal4.json")
+    assert code == 2 and "signals file not found" in text
 
 
 def test_calibrate_refuses_one_class_data(saved, tmp_path):
