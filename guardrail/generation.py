@@ -26,7 +26,8 @@ from fastrm_core import capture
 from guardrail.answers.pipeline import RowSignals, add_imageless_logprobs, generation_rows
 from guardrail.answers.token_signals import TokenSignals
 
-__all__ = ["Generation", "GenerationStream", "StepClock", "generate_under_guard", "model_lock", "with_recorder"]
+__all__ = ["Generation", "GenerationStream", "StepClock", "generate_under_guard", "model_lock", "scores_after_generate",
+           "with_recorder"]
 
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -83,6 +84,31 @@ def with_recorder(kwargs: dict, recorder: TokenSignals) -> dict:
     return {**kwargs, "logits_processor": LogitsProcessorList([*(kwargs.get("logits_processor") or []), recorder])}
 
 
+# generate keeps every step's (B, V) scores until it returns when asked for output_scores: allowed up to this
+SCORES_BUDGET_BYTES = 256 << 20
+
+
+def scores_after_generate(model: Any, inputs: dict, kwargs: dict) -> bool:
+    """Whether a call can take its token signals from ``output_scores`` after ``generate`` instead of a
+    processor called at every step (:meth:`TokenSignals.record`): greedy decoding (with sampling, the
+    warpers run after the caller's processors, so ``output_scores`` is not what the recorder sees), no
+    processor the generation config appends last (watermarking, renormalisation), and every step's
+    scores within :data:`SCORES_BUDGET_BYTES`."""
+    if kwargs.get("do_sample") or "generation_config" in kwargs:
+        return False
+    config = getattr(model, "generation_config", None)
+    if config is None or kwargs.get("renormalize_logits", getattr(config, "renormalize_logits", False)) \
+            or kwargs.get("watermarking_config", getattr(config, "watermarking_config", None)) is not None:
+        return False
+    try:
+        vocab = int(model.config.get_text_config().vocab_size)
+        rows = int(inputs["input_ids"].shape[0])
+        steps = int(kwargs["max_new_tokens"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    return rows * vocab * steps * 4 <= SCORES_BUDGET_BYTES
+
+
 def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.Lock, inputs: dict, kwargs: dict, *,
                          fail_open: bool, on_capture: Callable | None = None,
                          on_token: Callable | None = None, visual_contrast: bool = False) -> Generation:
@@ -103,7 +129,13 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
             with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True) as cap:
                 if on_capture is not None:
                     on_capture(cap, recorder)
-                out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
+                if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):
+                    res = model.generate(**inputs, **{**kwargs, "output_scores": True, "return_dict_in_generate": True},
+                                         streamer=clock)
+                    out = res.sequences
+                    recorder.record(res.scores, out)
+                else:  # a stream reads the signals while generate runs
+                    out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
             rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
             regions = cap.regions
             if visual_contrast:  # one more forward over prompt + answer, the image's evidence removed

@@ -12,9 +12,11 @@ Per token it only keeps a copy of the step's ``(B, V)`` scores on the model's de
 log-softmax, entropy, top-2 and gather run batched over the buffered steps, when the buffer
 reaches ``buffer_bytes`` (64 MiB by default, so a large vocabulary and batch still bound the
 memory), when a stream asks for a :meth:`~TokenSignals.prefix`, and at :meth:`~TokenSignals.result`.
-No host sync per token (no ``.item()``, no copy to the CPU inside the loop) and no
-``output_scores``. The distribution is the one the recorder is handed: the caller's and the
-generation config's processors that run before it (``with_recorder`` puts it after the caller's).
+No host sync per token (no ``.item()``, no copy to the CPU inside the loop). A greedy call
+that needs no per-step view can instead hand the recorder ``generate``'s ``output_scores`` afterwards
+(:meth:`~TokenSignals.record`): the same numbers without a processor call per step. The
+distribution is the one the recorder is handed: the caller's and the generation config's processors
+that run before it (``with_recorder`` puts it after the caller's).
 """
 
 from __future__ import annotations
@@ -72,6 +74,23 @@ class TokenSignals(LogitsProcessor):
             if len(self._pending) > 1 and len(self._pending) * self._pending[0].numel() * 4 > self._buffer_bytes:
                 self._process(len(self._pending) - 1, input_ids)  # every step but this one has its token
         return scores
+
+    def record(self, scores, sequences: torch.Tensor) -> None:
+        """Record a finished greedy ``generate``'s ``output_scores`` (one (B, V) tensor per step, the
+        distribution this recorder would have been handed as the last processor) and its
+        ``sequences`` (B, S): the same signals as recording during the loop, with no per-step
+        processor call. Processed in chunks of at most ``buffer_bytes``."""
+        with torch.no_grad(), self._lock:
+            steps = list(scores)
+            if not steps:
+                return
+            n, per = len(steps), max(1, steps[0].numel() * 4)
+            chunk = max(1, self._buffer_bytes // per)
+            start = sequences.shape[1] - n  # the first generated position
+            for i in range(0, n, chunk):
+                j = min(n, i + chunk)
+                self._pending.extend(s.detach().float() for s in steps[i:j])
+                self._process(j - i, sequences[:, : start + j])
 
     def _process(self, k: int, ids: torch.Tensor) -> None:
         """Signals of the first ``k`` pending steps; ``ids[:, -k:]`` holds their chosen tokens (caller holds the lock)."""

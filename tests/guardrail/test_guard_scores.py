@@ -179,3 +179,47 @@ def test_capture_maps_equal_the_proxy_on_the_kept_states(tiny_llava, tiny_proxy,
         model.generate(**inputs, do_sample=False, **KW)
     assert lazy.num_steps == 5
     torch.testing.assert_close(lazy.flat_maps, cap.flat_maps, rtol=0, atol=1e-5)
+
+
+def test_recording_output_scores_after_generate_equals_the_processor(tiny_llava, tiny_proxy, image):
+    """A greedy call takes its signals from ``output_scores`` after generate (no processor per step):
+    bit-identical to the recorder called in the loop, for a padded batch and any chunk size."""
+    from guardrail.generation import scores_after_generate
+
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy)
+    inputs = guard.prepare([image, image], [Q, "Is there a square in the picture?"])
+    kw = dict(do_sample=False, max_new_tokens=7, min_new_tokens=7)
+    rec = TokenSignals()
+    with torch.no_grad():
+        out = model.generate(**inputs, **kw, logits_processor=LogitsProcessorList([rec]))
+        res = model.generate(**inputs, **kw, output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(out, res.sequences)
+    want = rec.result(out)
+    vocab = model.config.text_config.vocab_size
+    for steps_per_chunk in (1, 3, 1000):
+        other = TokenSignals(buffer_bytes=steps_per_chunk * 2 * vocab * 4)
+        other.record(res.scores, res.sequences)
+        got = other.result(res.sequences)
+        assert other.num_steps == 7
+        for name in ("token_logprob", "predictive_entropy", "margin"):
+            np.testing.assert_array_equal(getattr(want, name), getattr(got, name))
+    # only greedy calls within the memory budget take this path (sampling warpers run after the recorder)
+    assert scores_after_generate(model, inputs, {"do_sample": False, "max_new_tokens": 7})
+    assert not scores_after_generate(model, inputs, {"do_sample": True, "max_new_tokens": 7})
+    assert not scores_after_generate(model, inputs, {"do_sample": False, "max_new_tokens": 10 ** 9})
+
+
+def test_guarded_call_and_stream_give_the_same_signals(tiny_llava, tiny_proxy, calibration_uncertain, image):
+    """``generate`` (signals from output_scores) and ``stream`` (the recorder in the loop) agree exactly."""
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy, calibration=calibration_uncertain)
+    r = guard.generate(image, Q, **KW)
+    s = list(guard.stream(image, Q, **KW))[-1]
+    assert r.token_ids == s.token_ids and r.answer == s.answer and r.verdict == s.verdict
+    for name in ("token_nll", "low_margin", "predictive_entropy"):  # the token signals: bit for bit
+        assert r.scores[name] == s.scores[name]
+    # the map scores: a stream maps its steps in other batches, equal to float32 rounding (test_llava_unchanged)
+    assert r.scores.keys() == s.scores.keys()
+    for name in r.scores:
+        assert r.scores[name] == pytest.approx(s.scores[name], rel=1e-6, abs=1e-9)
