@@ -47,6 +47,7 @@ Register your own with :func:`register_score`. This module is pure (numpy only).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
@@ -253,15 +254,36 @@ class Score:
     def compute(self, signals: AnswerSignals) -> float | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, signals: AnswerSignals) -> float | None:
+    def __call__(self, signals: AnswerSignals, memo: dict | None = None) -> float | None:
+        """The score of one answer. ``memo``: a dict shared by the scores of the same ``signals`` (one
+        answer or claim), so a score built on others (``fused``) reuses the values already computed."""
+        if memo is not None:
+            key = self.memo_key
+            if key in memo:
+                return memo[key]
         missing = [n for n in self.needs if n in SIGNALS and not signals.has(n)]
         if missing:
             raise CalibrationError(f"score {self.name} needs the signal(s) {', '.join(sorted(missing))}, "
                                    "which were not gathered for this answer")
-        value = self.compute(signals)
+        value = self.compute(signals) if memo is None else self.compute_shared(signals, memo)
         if value is not None and not math.isfinite(value):
             raise CalibrationError(f"score {self.name} is not finite ({value!r})")
+        if memo is not None:
+            memo[key] = value
         return value
+
+    def compute_shared(self, signals: AnswerSignals, memo: dict) -> float | None:
+        """:meth:`compute` with a memo of the other scores of the same signals (see :meth:`__call__`);
+        scores built on others override it."""
+        return self.compute(signals)
+
+    @property
+    def memo_key(self) -> tuple[str, str]:
+        """What identifies this score's value for given signals: its name and parameters."""
+        key = self.__dict__.get("_memo_key")
+        if key is None:
+            key = self.__dict__["_memo_key"] = (self.name, json.dumps(self._params, sort_keys=True, default=repr))
+        return key
 
     def many(self, signals: Sequence[AnswerSignals]) -> np.ndarray:
         """Scores of many answers, shape ``(n,)``; NaN where an answer cannot be scored."""
@@ -619,7 +641,12 @@ class Fused(Score):
         return f"fused({', '.join(b.label for b in self.bases)})"
 
     def compute(self, sig: AnswerSignals) -> float | None:
-        values = [b(sig) for b in self.bases]
+        return self._fuse([b(sig) for b in self.bases])
+
+    def compute_shared(self, sig: AnswerSignals, memo: dict) -> float | None:
+        return self._fuse([b(sig, memo) for b in self.bases])
+
+    def _fuse(self, values: list) -> float | None:
         if any(v is None for v in values):
             return None
         return self.model.log_odds(np.asarray(values, dtype=np.float64))

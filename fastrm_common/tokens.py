@@ -28,6 +28,7 @@ def content_token_mask(
     tokenizer: Any,
     *,
     extra_excluded_ids: Iterable[int] = (),
+    texts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Which generated tokens carry content, as the tokenizer defines them.
 
@@ -49,6 +50,8 @@ def content_token_mask(
         tokenizer: a Hugging Face tokenizer (or anything with ``decode``, and
             optionally ``all_special_ids``, ``eos_token_id``, ``pad_token_id``).
         extra_excluded_ids: more ids to exclude.
+        texts: each token decoded on its own (``tokenizer.decode([id])``), when the caller has them
+            already (the Guard does, for ``GuardResult.tokens``); decoded here otherwise.
 
     Returns:
         Boolean array of shape ``(T,)``, True for content tokens.
@@ -81,13 +84,15 @@ def content_token_mask(
         else:
             excluded.add(int(value))
 
+    if texts is not None and len(texts) != len(ids):
+        raise InputError(f"{len(texts)} token texts for {len(ids)} token ids")
     mask = np.zeros(len(ids), dtype=bool)
     cache: dict[int, bool] = {}
     for t, tid in enumerate(ids):
         if tid in excluded:
             continue
         if tid not in cache:
-            text = tokenizer.decode([tid], skip_special_tokens=False)
+            text = tokenizer.decode([tid], skip_special_tokens=False) if texts is None else texts[t]
             # SentencePiece's word marker survives some decoders; it is a space
             text = text.replace("\u2581", " ")
             cache[tid] = not _is_punctuation_or_blank(text)

@@ -222,6 +222,7 @@ def capture(
     on_token: OnToken | None = None,
     thread: str | int | None = None,
     adapter: VLMAdapter | None = None,
+    regions: list[list[ImageRegion]] | None = None,
 ) -> Iterator[Capture]:
     """Capture FastRM maps (and optionally last hidden states) for every generated token.
 
@@ -238,6 +239,9 @@ def capture(
         thread: ``None`` records forwards from any thread; ``"current"`` (or a thread ident)
             only those of that thread, so an unguarded ``generate`` running concurrently on the
             same model in another thread is ignored.
+        regions: each row's image regions (``adapter.batch_regions`` of the inputs given to
+            ``generate``) when the caller has them already: the prefill then does not look for them
+            again. Checked against the prefill's shape (:class:`CaptureError` when they cannot be its).
 
     Yields:
         A :class:`Capture` that fills while ``model.generate`` runs inside the block.
@@ -251,7 +255,7 @@ def capture(
         if ref is not None and next(proxy.parameters()).device != ref.device:
             raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
     owner = threading.get_ident() if thread == "current" else thread
-    placeholders = torch.tensor(sorted(adapter.placeholder_token_ids))
+    known_regions = None if regions is None else [list(row) for row in regions]
     cap = Capture(grid=adapter.fixed_grid, _keep_states=keep_states, _proxy=proxy)
     step_ids: dict = {"ids": None, "mask": None, "kwargs": None, "input_states": None}
 
@@ -278,21 +282,31 @@ def capture(
         if cap.prompt_ids is None:
             with torch.no_grad():
                 _prefill(ids, hidden)
-            first_layer_hook.remove()  # the first layer's input is only needed at prefill (removing twice is harmless)
+            # the model's input and the first layer's are only needed at prefill (removing twice is harmless)
+            first_layer_hook.remove()
+            model_hook.remove()
             last = hidden[:, -1].detach().clone()  # not a view that keeps the whole prompt's states alive
         else:
-            if ids is not None and ids.shape[-1] > 1 and bool(torch.isin(ids, placeholders.to(ids.device)).any()):
-                # a decode step feeds one token per row: only a multi-token input can be a new prompt,
-                # so the per-token path reads a shape, not the device (no host sync per token)
-                raise CaptureError("a second prompt reached the model inside one capture block: use one block per generate call")
+            if hidden.shape[1] > 1:
+                # a decode step feeds one token per row: a multi-token input is a second prompt (or a
+                # speculative step, whose maps would not line up with the tokens); a shape, no host sync
+                raise CaptureError("a second prompt (a multi-token input after the prefill) reached the model inside one "
+                                   "capture block: use one block per generate call, one token per step")
             last = hidden.detach().select(1, -1)  # (B, D): the position that predicts the next token
         _step(last)
 
     def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
         if ids is None:
             raise CaptureError("the prefill step got no input_ids: capture needs input_ids to find the image tokens")
-        prefill_kwargs = {k: v for k, v in (step_ids["kwargs"] or {}).items() if k != "input_ids"}
-        regions = adapter.batch_regions({**prefill_kwargs, "input_ids": ids})
+        if known_regions is None:
+            prefill_kwargs = {k: v for k, v in (step_ids["kwargs"] or {}).items() if k != "input_ids"}
+            regions = adapter.batch_regions({**prefill_kwargs, "input_ids": ids})
+        else:
+            regions = known_regions
+            if len(regions) != ids.shape[0] or any(
+                    int(r.positions.max()) >= ids.shape[1] for row in regions for r in row if r.positions.numel()):
+                raise CaptureError(f"the regions given to capture ({len(regions)} rows) do not fit the prompt "
+                                   f"({ids.shape[0]} rows of {ids.shape[1]} tokens)")
         lengths = [sum(r.size for r in row) for row in regions]
         n_max = max(lengths)
         positions = torch.zeros(len(regions), n_max, dtype=torch.long)  # (B, N_max), padded with position 0
@@ -353,7 +367,8 @@ def capture(
 
     handles = []
     try:
-        handles.append(model.register_forward_pre_hook(before_forward, with_kwargs=True))
+        model_hook = model.register_forward_pre_hook(before_forward, with_kwargs=True)
+        handles.append(model_hook)
         first_layer_hook = adapter.decoder_layers[0].register_forward_pre_hook(before_first_layer, with_kwargs=True)
         handles.append(first_layer_hook)
         handles.append(adapter.final_norm.register_forward_hook(after_norm))

@@ -111,14 +111,16 @@ def scores_after_generate(model: Any, inputs: dict, kwargs: dict) -> bool:
 
 def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.Lock, inputs: dict, kwargs: dict, *,
                          fail_open: bool, on_capture: Callable | None = None,
-                         on_token: Callable | None = None, visual_contrast: bool = False) -> Generation:
+                         on_token: Callable | None = None, visual_contrast: bool = False,
+                         regions: list | None = None) -> Generation:
     """The model's work under ``lock``: one captured ``generate`` (maps, token signals, token
     times), with ``visual_contrast`` the image-free pass over its answers
     (:func:`fastrm_core.contrast.imageless_logprobs`, signal ``imageless_logprob``), and on a guard
     failure the unguarded answer (``fail_open``) or none.
 
     The lock covers the model's work only: span processors, scoring, the policy and an escalation
-    handler (which may be slow) run outside it, so they never stall other calls."""
+    handler (which may be slow) run outside it, so they never stall other calls. ``regions``: the
+    rows' image regions when the caller has found them already (the capture then reuses them)."""
     clock = StepClock(on_token)  # when each step's tokens came out, for the token events
     error: GuardrailError | None = None
     out = rows = regions = None
@@ -126,7 +128,8 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
         t0 = time.perf_counter()
         try:
             recorder = TokenSignals()
-            with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True) as cap:
+            with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True,
+                                           regions=regions) as cap:
                 if on_capture is not None:
                     on_capture(cap, recorder)
                 if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):

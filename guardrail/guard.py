@@ -63,6 +63,7 @@ class _Call:
     kwargs: dict
     start: float  # time.perf_counter()
     start_ns: int | None = None
+    regions: list | None = None  # each row's image regions, found when the input was checked
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,7 @@ class Guard:
         limits exactly as a guarded call checks it (for a plain ``model.generate`` beside the guard)."""
         return self._prepare_with_images(images, questions)[0]
 
-    def _prepare_with_images(self, images: Sequence[ImageLike],
-                             questions: Sequence[str]) -> tuple[dict, list[CallImage]]:
+    def _prepare_with_images(self, images: Sequence[ImageLike], questions: Sequence[str]) -> tuple[dict, list[CallImage], list]:
         return prepare_call_inputs(self.model, self.processor, self.adapter, self.limits, images, questions,
                                    self.prompt)
 
@@ -280,15 +280,15 @@ class Guard:
               generate_kwargs: dict) -> "_Call":
         """Check and prepare one call's input; bad input fails here, before any generation."""
         kwargs = self._generate_kwargs(generate_kwargs)
-        inputs, pil = self._prepare_with_images(images, questions)
+        inputs, pil, regions = self._prepare_with_images(images, questions)
         return _Call(questions=list(questions), images=pil, inputs=inputs, tags=tags, kwargs=kwargs,
-                     start=time.perf_counter())
+                     start=time.perf_counter(), regions=regions)
 
     def _generate(self, call: "_Call", *, on_capture=None, on_token=None) -> Generation:
         """The model's work for ``call`` (:func:`guardrail.generation.generate_under_guard`)."""
         return generate_under_guard(self.model, self.proxy, self.adapter, self._lock, call.inputs, call.kwargs,
                                     fail_open=self.policy.on_error == "fail_open", on_capture=on_capture,
-                                    on_token=on_token, visual_contrast=self.visual_contrast)
+                                    on_token=on_token, visual_contrast=self.visual_contrast, regions=call.regions)
 
     def _run(self, call: "_Call", produce: "Callable[[], Generation]") -> list[GuardResult]:
         """Report the call, get its generation from ``produce`` and decide each row: the sequence every
@@ -347,7 +347,7 @@ class Guard:
             try:  # every signal once, every score, the verdict and why (guardrail.answers.pipeline)
                 if maps is None or len(maps) != len(gen):
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
-                scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags)
+                scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags, token_strs)
                 if self.claims is not None:
                     claims = score_claims(answer, gen, tok, scored.signals, maps, self.claims, self._scorer,
                                           self._claim_scorer, (scored.score, scored.verdict, scored.verdict_reason), tags)

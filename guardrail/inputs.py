@@ -219,12 +219,14 @@ def per_item_batch(items: Sequence[tuple[Any, str]], check: Callable[[Any, str],
 
 
 def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits, images: Sequence[ImageLike],
-                        questions: Sequence[str], prompt: Callable[[str], str]) -> tuple[dict, list[CallImage]]:
+                        questions: Sequence[str], prompt: Callable[[str], str]) -> tuple[dict, list[CallImage], list]:
     """Check the questions (cheap checks first: a 100k-character question never reaches the
     processor), load the images within ``limits``, and build the processor's batch of each
     question's ``prompt(question)``.
 
-    Returns ``(inputs, images)``: the model's batch and each row's :class:`CallImage`.
+    Returns ``(inputs, images, regions)``: the model's batch, each row's :class:`CallImage` and each
+    row's image regions (``adapter.batch_regions``: the check that the prompt holds the image's
+    tokens; the capture reuses them).
     """
     pil = check_items(images, questions, limits, processor.tokenizer)
     try:
@@ -232,10 +234,10 @@ def prepare_call_inputs(model: Any, processor: Any, adapter: Any, limits: Limits
     except Exception as exc:  # the processor's own errors (image size, mode, ...) become one clear error
         raise InputError(f"the processor could not prepare the input: {type(exc).__name__}: {exc}") from exc
     try:
-        adapter.batch_regions(inputs)
+        regions = adapter.batch_regions(inputs)
     except InputError as exc:
         raise InputError(f"the prompt does not hold one image's tokens: {exc}") from exc
-    return inputs, [CallImage(p, src, processor) for p, src in zip(pil, images)]
+    return inputs, [CallImage(p, src, processor) for p, src in zip(pil, images)], regions
 
 
 def escalation_payload(*, image: CallImage | None, capture_content: bool, **fields: Any) -> dict[str, Any]:

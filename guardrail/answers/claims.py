@@ -77,7 +77,7 @@ def claim_map(maps: np.ndarray, content: np.ndarray, claim: ClaimTokens) -> np.n
     each normalised to sum 1. ``maps`` (T, rows, cols) or (T, 1, N_img); returns one map of that shape."""
     idx = np.arange(claim.token_start, claim.token_end)
     picked = idx[np.asarray(content, dtype=bool)[idx]] if np.asarray(content, dtype=bool)[idx].any() else idx
-    m = np.clip(np.asarray(maps, dtype=np.float64)[picked], 0, None)  # (k, ...)
+    m = np.clip(np.asarray(maps)[picked].astype(np.float64), 0, None)  # (k, ...): only the claim's rows converted
     total = m.reshape(len(m), -1).sum(1)
     keep = total > 0
     if not keep.any():

@@ -147,16 +147,18 @@ def answer_signals(
     token_states: np.ndarray | None = None,
     evidence: np.ndarray | None = None,
     imageless_logprob: np.ndarray | None = None,
+    token_texts: Sequence[str] | None = None,
 ) -> AnswerSignals:
     """Everything the scores need about one answer, from what its ``generate`` recorded.
 
     ``token_ids`` (T,) is the answer cut at its end-of-sequence token; the per-token arrays may be
     longer (padding steps of a batch) and are cut to ``T``. ``maps`` (T, rows, cols) give the map
-    entropies (nats) and, with ``keep_maps``, the maps themselves (for ``map_spread``).
+    entropies (nats) and, with ``keep_maps``, the maps themselves (for ``map_spread``). ``token_texts``:
+    each token decoded on its own, when the caller has them (else the content mask decodes them).
     """
     ids = list(token_ids)
     t = len(ids)
-    content = content_token_mask(ids, tokenizer, extra_excluded_ids=eos_ids)  # (T,)
+    content = content_token_mask(ids, tokenizer, extra_excluded_ids=eos_ids, texts=token_texts)  # (T,)
 
     def cut(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else np.asarray(a, dtype=np.float64)[:t]
@@ -273,11 +275,11 @@ class Scorer:
         return None if self.calibration is None else self.calibration.threshold_for(self.group(tags))
 
     def judge(self, signals: AnswerSignals, group: str | None = None) -> Judgement:
-        values = {}
+        values, memo = {}, {}  # memo: a fused score reuses the base scores computed here
         for name, s in self.scores.items():
             gathered = all(signals.has(n) for n in s.needs if n != "scores")
             if gathered or not (s.on_demand and s is not self.score):  # an optional pass that did not run: absent
-                values[name] = s(signals) if gathered else None
+                values[name] = s(signals, memo) if gathered else None
         if self.calibration is None:
             return Judgement(values, None, None)
         score = values[self.score.name]
@@ -289,11 +291,12 @@ class Scorer:
         return Judgement(values, score, self.calibration.verdict(score, novelty=novelty, group=group), gated)
 
     def score_row(self, token_ids: Sequence[int], tokenizer: Any, maps: np.ndarray, token_signals: dict,
-                  eos_ids: Iterable[int], tags: Iterable[str] = ()) -> RowScoring:
+                  eos_ids: Iterable[int], tags: Iterable[str] = (), token_texts: Sequence[str] | None = None
+                  ) -> RowScoring:
         """One generated row (cut at its end-of-sequence token) through the pipeline: its signals,
-        computed once, every score, the verdict and its explanation."""
+        computed once, every score, the verdict and its explanation (``token_texts``: see :func:`answer_signals`)."""
         cal = self.calibration
-        sig = answer_signals(token_ids, tokenizer, maps=maps, eos_ids=eos_ids, **token_signals)
+        sig = answer_signals(token_ids, tokenizer, maps=maps, eos_ids=eos_ids, token_texts=token_texts, **token_signals)
         entropies = display_entropies(sig, normalized=True if cal is None else cal.entropy_normalized).tolist()
         group = self.group(tags)
         # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"

@@ -106,6 +106,28 @@ def test_fused_is_deterministic_and_fitted_on_the_fitting_split_only():
         get_score("fused")
 
 
+def test_a_memo_shares_base_scores_with_a_fused_score_and_changes_no_value(monkeypatch):
+    """Scores of one answer computed with a shared memo (as the Guard does): a fused score takes its
+    bases' values from the memo instead of computing them again, and every value is the same."""
+    sigs, ok = _signals()
+    fused = fit_score("fused", sigs[:200], ok[:200], seed=3)
+    bases = [get_score(b.name, **b.params) for b in fused.bases]
+    calls = []
+    for cls in {type(b) for b in fused.bases}:
+        original = cls.compute
+        monkeypatch.setattr(cls, "compute", lambda self, sig, _o=original: calls.append(self.name) or _o(self, sig))
+    for sig in sigs[:20]:
+        plain = [b(sig) for b in bases] + [fused(sig)]
+        calls.clear()
+        memo = {}
+        shared = [b(sig, memo) for b in bases] + [fused(sig, memo)]
+        assert shared == plain
+        assert len(calls) == len(bases)  # each base once, not again inside the fused score
+        assert fused(sig, memo) == plain[-1] and len(calls) == len(bases)  # a second call is read from the memo
+    # the key tells parameter sets apart
+    assert get_score("token_nll", aggregation="max").memo_key != get_score("token_nll", aggregation="mean").memo_key
+
+
 def test_novelty_is_about_one_at_the_quantile_and_large_outside():
     sigs, ok = _signals(1200)
     nov = fit_score("novelty", sigs[:300], ok[:300], reference=sigs[300:600], rank=4, quantile=0.9)

@@ -198,3 +198,33 @@ def test_empty_capture_says_so(tiny_llava, proxy):
         pass
     with pytest.raises(CaptureError, match="no generation step"):
         cap.maps
+
+
+def test_regions_given_by_the_caller_give_the_same_maps(tiny_llava, proxy, make_inputs):
+    """The Guard hands capture the regions it found when it checked the input: the same maps as
+    capture finding them itself; regions that cannot be the prompt's are refused."""
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?", "How many?"))
+    kw = gen_kwargs(model, 4, do_sample=False)
+    regions = get_adapter(model).batch_regions(inputs)
+    with capture(model, proxy, keep_states=True) as found:
+        model.generate(**inputs, **kw)
+    with capture(model, proxy, keep_states=True, regions=regions) as given:
+        model.generate(**inputs, **kw)
+    assert torch.equal(found.maps, given.maps) and given.regions == regions
+    assert torch.equal(found.prompt_features, given.prompt_features)
+    with pytest.raises(CaptureError, match="do not fit the prompt"):
+        with capture(model, proxy, regions=regions[:1]):
+            model.generate(**inputs, **kw)
+
+
+def test_after_the_prefill_only_the_final_norm_is_hooked(tiny_llava, proxy, make_inputs):
+    """The model's and the first layer's hooks are needed at prefill only: each decode step runs one hook."""
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?",))
+    before = hooks(model)
+    seen = []
+    with capture(model, proxy, on_token=lambda step, probs: seen.append(hooks(model) - before)) as cap:
+        model.generate(**inputs, **gen_kwargs(model, 3, do_sample=False))
+    assert seen == [1, 1, 1] and cap.maps.shape[1] == 3
+    assert hooks(model) == before
