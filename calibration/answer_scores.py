@@ -61,7 +61,9 @@ from fastrm_common.registry import Registry
 
 __all__ = [
     "SIGNALS",
+    "TOKEN_MEMO",
     "AnswerSignals",
+    "PerTokenScore",
     "Score",
     "SCORES",
     "ScoreFactory",
@@ -298,7 +300,50 @@ class Score:
         return f"{type(self).__name__}({self.label})"
 
 
-class MapEntropy(Score):
+#: the key, in a memo handed to :meth:`Score.__call__`, of a dict the claims of one answer share:
+#: per-token values (:class:`PerTokenScore`) computed once for the answer and reused by each claim
+TOKEN_MEMO = "per-token values"
+
+
+class PerTokenScore(Score):
+    """A score that aggregates one value per token over the content tokens.
+
+    Subclasses set ``token_signal`` (the signal the values are read from) and implement
+    :meth:`token_values`; the aggregation is the ``aggregation`` parameter (``mean`` if it has
+    none). A claim's signals are its answer's with another content mask, so with a shared
+    :data:`TOKEN_MEMO` the per-token values are computed once per answer.
+    """
+
+    token_signal: ClassVar[str] = ""
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self, sig: AnswerSignals) -> float | None:
+        return _aggregate(_content(sig, self.token_values(sig)), self._params.get("aggregation", "mean"))
+
+    def compute_shared(self, sig: AnswerSignals, memo: dict) -> float | None:
+        shared = memo.get(TOKEN_MEMO)
+        if shared is None:
+            return self.compute(sig)
+        # the same array object (alive as long as the answer's signals) gives the same values
+        key = (self.name, self._values_key, id(getattr(sig, self.token_signal)), sig.n_patches)
+        values = shared.get(key)
+        if values is None:
+            values = shared[key] = self.token_values(sig)
+        return _aggregate(_content(sig, values), self._params.get("aggregation", "mean"))
+
+    @property
+    def _values_key(self) -> str:
+        """The parameters the per-token values depend on (all but the aggregation)."""
+        key = self.__dict__.get("_values_key_")
+        if key is None:
+            rest = {k: v for k, v in self._params.items() if k != "aggregation"}
+            key = self.__dict__["_values_key_"] = json.dumps(rest, sort_keys=True, default=repr)
+        return key
+
+
+class MapEntropy(PerTokenScore):
     name = "map_entropy"
     needs = frozenset({"map_entropy"})
     choices = {"aggregation": ("mean", "max", "first"), "normalized": (True, False)}
@@ -310,16 +355,18 @@ class MapEntropy(Score):
     def __init__(self, aggregation: str = "mean", normalized: bool = True):
         super().__init__(aggregation=aggregation, normalized=normalized)
 
-    def compute(self, sig: AnswerSignals) -> float | None:
+    token_signal = "map_entropy"
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:
         h = np.asarray(sig.map_entropy, dtype=np.float64)
         if self._params["normalized"]:
             if not sig.n_patches or sig.n_patches < 2:
                 raise CalibrationError("normalised map entropy needs n_patches >= 2")
             h = np.minimum(h / math.log(sig.n_patches), 1.0)
-        return _aggregate(_content(sig, h), self._params["aggregation"])
+        return h
 
 
-class MapSpread(Score):
+class MapSpread(PerTokenScore):
     name = "map_spread"
     needs = frozenset({"maps"})
     observe: ClassVar[dict[str, Any]] = {}
@@ -331,16 +378,17 @@ class MapSpread(Score):
             raise CalibrationError(f"score map_spread: k must be at least 1, got {k!r}")
         super().__init__(k=int(k))
 
-    def compute(self, sig: AnswerSignals) -> float | None:
+    token_signal = "maps"
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:
         maps = np.asarray(sig.maps, dtype=np.float64)
         flat = maps.reshape(maps.shape[0], -1)  # (T, N_img)
         k = min(self._params["k"], flat.shape[1])
         top = -np.sort(-flat, axis=1)[:, :k].sum(axis=1)  # (T,)
-        spread = 1.0 - top / np.maximum(flat.sum(axis=1), 1e-12)
-        return _aggregate(_content(sig, spread), "mean")
+        return 1.0 - top / np.maximum(flat.sum(axis=1), 1e-12)
 
 
-class TokenNLL(Score):
+class TokenNLL(PerTokenScore):
     name = "token_nll"
     needs = frozenset({"token_logprob"})
     choices = {"aggregation": ("max", "mean")}
@@ -351,11 +399,13 @@ class TokenNLL(Score):
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
 
-    def compute(self, sig: AnswerSignals) -> float | None:
-        return _aggregate(_content(sig, -np.asarray(sig.token_logprob, dtype=np.float64)), self._params["aggregation"])
+    token_signal = "token_logprob"
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:
+        return -np.asarray(sig.token_logprob, dtype=np.float64)
 
 
-class PredictiveEntropy(Score):
+class PredictiveEntropy(PerTokenScore):
     name = "predictive_entropy"
     needs = frozenset({"predictive_entropy"})
     choices = {"aggregation": ("max", "mean")}
@@ -366,12 +416,13 @@ class PredictiveEntropy(Score):
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
 
-    def compute(self, sig: AnswerSignals) -> float | None:
-        return _aggregate(_content(sig, np.asarray(sig.predictive_entropy, dtype=np.float64)),
-                          self._params["aggregation"])
+    token_signal = "predictive_entropy"
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:
+        return np.asarray(sig.predictive_entropy, dtype=np.float64)
 
 
-class LowMargin(Score):
+class LowMargin(PerTokenScore):
     name = "low_margin"
     needs = frozenset({"margin"})
     choices = {"aggregation": ("max", "mean")}
@@ -382,11 +433,13 @@ class LowMargin(Score):
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
 
-    def compute(self, sig: AnswerSignals) -> float | None:
-        return _aggregate(_content(sig, 1.0 - np.asarray(sig.margin, dtype=np.float64)), self._params["aggregation"])
+    token_signal = "margin"
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:
+        return 1.0 - np.asarray(sig.margin, dtype=np.float64)
 
 
-class Grounding(Score):
+class Grounding(PerTokenScore):
     """How little a token's own state agrees with what its map points at: ``1 - cos(h_t, m_t H)``
     (the ``grounding`` signal), aggregated over the content tokens. A "circle" whose attended patches
     look like a square scores high. Training-free; needs a capture that kept the hidden states."""
@@ -401,8 +454,10 @@ class Grounding(Score):
     def __init__(self, aggregation: str = "max"):
         super().__init__(aggregation=aggregation)
 
-    def compute(self, sig: AnswerSignals) -> float | None:
-        return _aggregate(_content(sig, 1.0 - np.asarray(sig.grounding, dtype=np.float64)), self._params["aggregation"])
+    token_signal = "grounding"
+
+    def token_values(self, sig: AnswerSignals) -> np.ndarray:
+        return 1.0 - np.asarray(sig.grounding, dtype=np.float64)
 
 
 class VisualContrast(Score):

@@ -349,8 +349,7 @@ class Guard:
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
                 scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags, token_strs)
                 if self.claims is not None:
-                    claims = score_claims(answer, gen, tok, scored.signals, maps, self.claims, self._scorer,
-                                          self._claim_scorer, (scored.score, scored.verdict, scored.verdict_reason), tags)
+                    claims = score_claims(answer, gen, tok, scored, maps, self.claims, self._scorer, self._claim_scorer, tags)
             except (GuardrailError, ValueError) as exc:
                 error, claims = exc, []
         entropies, content, scores, score, verdict = (scored.entropies, scored.content, scored.scores, scored.score,

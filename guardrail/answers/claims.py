@@ -137,28 +137,31 @@ def split_and_align(answer: str, tokenizer: Any, token_ids: Sequence[int],
     return align_claims(spans, token_char_spans(tokenizer, token_ids, answer))
 
 
-def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, signals: AnswerSignals, maps: np.ndarray,
+def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, scored: Any, maps: np.ndarray,
                  splitter: str | Callable[[str], list[ClaimSpan]], scorer: Any, claim_scorer: Any | None,
-                 answer_verdict: tuple[float | None, str | None, str | None], tags: Sequence[str] = ()) -> list:
+                 tags: Sequence[str] = ()) -> list:
     """Every claim of one answer through the pipeline: its tokens, its signals (the answer's, over its
     own tokens), every score, its verdict and its map, as :class:`guardrail.result.Claim`.
 
-    ``scorer`` computes the observed scores; ``claim_scorer`` (a
-    :class:`~guardrail.answers.pipeline.Scorer` on a claim calibration) the verdict of each claim of
-    a several-claim answer. A single claim is the whole answer and takes ``answer_verdict`` (score,
-    verdict, reason); without a claim calibration the claims of a several-claim answer have none
-    (*unscored*).
+    ``scored`` is the answer's :class:`~guardrail.answers.pipeline.RowScoring` (its signals, verdict
+    and per-token score values, which its claims share). ``scorer`` computes the observed scores;
+    ``claim_scorer`` (a :class:`~guardrail.answers.pipeline.Scorer` on a claim calibration) the
+    verdict of each claim of a several-claim answer. A single claim is the whole answer and takes
+    the answer's verdict; without a claim calibration the claims of a several-claim answer have
+    none (*unscored*).
     """
+    signals, token_memo = scored.signals, scored.token_memo
+    answer_verdict = (scored.score, scored.verdict, scored.verdict_reason)
     claims = split_and_align(answer, tokenizer, token_ids, splitter)
     if not claims and answer.strip():  # a short answer (no claim the splitter knows) is one claim
         spans = token_char_spans(tokenizer, token_ids, answer)
         claims = align_claims([ClaimSpan(0, len(answer), answer, "answer")], spans)
     return [_score_one(k, c, signals, maps, scorer, claim_scorer, tags, whole=len(claims) == 1,
-                       answer_verdict=answer_verdict) for k, c in enumerate(claims)]
+                       answer_verdict=answer_verdict, token_memo=token_memo) for k, c in enumerate(claims)]
 
 
 def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray, scorer: Any, claim_scorer: Any,
-               tags: Sequence[str], *, whole: bool, answer_verdict: tuple) -> Any:
+               tags: Sequence[str], *, whole: bool, answer_verdict: tuple, token_memo: dict | None = None) -> Any:
     """One claim through the pipeline (see :func:`score_claims`)."""
     from guardrail.answers.pipeline import explain_verdict
     from guardrail.result import Claim
@@ -166,11 +169,11 @@ def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray,
     sig = claim_signals(signals, c)
     if claim_scorer is not None and not whole:  # a one-claim answer keeps the answer's verdict
         group = claim_scorer.group(tags)
-        scores, score, verdict = claim_scorer.evaluate(sig, group=group)
+        scores, score, verdict = claim_scorer.evaluate(sig, group=group, token_memo=token_memo)
         reason = explain_verdict(claim_scorer.calibration, score, verdict, novelty=scores.get("novelty"), group=group)
         threshold = claim_scorer.threshold(tags)
     else:
-        scores, _, _ = scorer.evaluate(sig)
+        scores, _, _ = scorer.evaluate(sig, token_memo=token_memo)
         score, verdict, reason = answer_verdict if whole else (None, None, None)
         threshold = scorer.threshold(tags) if whole else None
     return Claim(index=k, start=c.span.start, end=c.span.end, token_start=c.token_start, token_end=c.token_end,
@@ -257,10 +260,10 @@ class ClaimStream:
         sig = answer_signals(ids[:n], self.tokenizer, maps=maps, token_logprob=tsig.token_logprob[0],
                              predictive_entropy=tsig.predictive_entropy[0], margin=tsig.margin[0], features=feats,
                              eos_ids=self.eos_ids, **({} if ev is None else {k: v[0] for k, v in ev.items()}))
-        out = []
+        out, token_memo = [], {}
         for k in range(self.given, len(closed)):
             out.append(_score_one(k, closed[k], sig, maps, self.scorer, self.claim_scorer, self.tags,
-                                  whole=False, answer_verdict=(None, None, None)))
+                                  whole=False, answer_verdict=(None, None, None), token_memo=token_memo))
         self.given = len(closed)
         return out
 

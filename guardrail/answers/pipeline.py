@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from calibration import AnswerSignals, content_token_mask, get_score, observed_scores, token_entropy
+from calibration.answer_scores import TOKEN_MEMO
 from fastrm_common.errors import PolicyError
 
 __all__ = [
@@ -218,6 +219,7 @@ class RowScoring:
     score: float | None
     verdict: str | None
     verdict_reason: str | None
+    token_memo: dict = field(default_factory=dict)  # per-token score values, shared with the row's claims
 
     @classmethod
     def empty(cls) -> "RowScoring":
@@ -274,8 +276,12 @@ class Scorer:
         """The calibration's threshold for a call with ``tags`` (None without a calibration)."""
         return None if self.calibration is None else self.calibration.threshold_for(self.group(tags))
 
-    def judge(self, signals: AnswerSignals, group: str | None = None) -> Judgement:
-        values, memo = {}, {}  # memo: a fused score reuses the base scores computed here
+    def judge(self, signals: AnswerSignals, group: str | None = None, token_memo: dict | None = None) -> Judgement:
+        """Every score of ``signals``, the calibration's score and verdict. ``token_memo``: per-token
+        values shared by the answers whose signals differ only in their content mask (an answer and
+        its claims, :data:`calibration.answer_scores.TOKEN_MEMO`)."""
+        values = {}
+        memo: dict = {} if token_memo is None else {TOKEN_MEMO: token_memo}  # a fused score reuses its bases' values
         for name, s in self.scores.items():
             gathered = all(signals.has(n) for n in s.needs if n != "scores")
             if gathered or not (s.on_demand and s is not self.score):  # an optional pass that did not run: absent
@@ -300,12 +306,14 @@ class Scorer:
         entropies = display_entropies(sig, normalized=True if cal is None else cal.entropy_normalized).tolist()
         group = self.group(tags)
         # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"
-        scores, score, verdict = self.evaluate(sig, group=group)
+        token_memo: dict = {}
+        scores, score, verdict = self.evaluate(sig, group=group, token_memo=token_memo)
         reason = explain_verdict(cal, score, verdict, novelty=scores.get("novelty"), group=group)
-        return RowScoring(sig, entropies, sig.content.tolist(), scores, score, verdict, reason)
+        return RowScoring(sig, entropies, sig.content.tolist(), scores, score, verdict, reason, token_memo)
 
-    def evaluate(self, signals: AnswerSignals, group: str | None = None) -> tuple[dict, float | None, str | None]:
-        j = self.judge(signals, group)
+    def evaluate(self, signals: AnswerSignals, group: str | None = None,
+                 token_memo: dict | None = None) -> tuple[dict, float | None, str | None]:
+        j = self.judge(signals, group, token_memo)
         return j.scores, j.score, j.verdict
 
 

@@ -128,6 +128,33 @@ def test_a_memo_shares_base_scores_with_a_fused_score_and_changes_no_value(monke
     assert get_score("token_nll", aggregation="max").memo_key != get_score("token_nll", aggregation="mean").memo_key
 
 
+def test_claims_of_one_answer_share_per_token_values_and_change_no_score(monkeypatch):
+    """An answer and its claims (the same signals under other content masks) share a TOKEN_MEMO: each
+    per-token score computes its values once per answer, and every score is what it is without it."""
+    from dataclasses import replace
+
+    from calibration.answer_scores import TOKEN_MEMO, PerTokenScore
+
+    sig, _ = _signals(n=1)
+    sig = replace(sig[0], content=np.array([True, True, True]), grounding=np.array([0.2, 0.9, 0.5]))
+    parts = [sig] + [replace(sig, content=m) for m in (np.array([True, False, False]), np.array([False, True, True]),
+                                                        np.array([False, False, False]))]
+    scores = [get_score(n, **p) for n, p in [("map_entropy", {}), ("map_entropy", {"aggregation": "max"}),
+                                             ("map_spread", {}), ("token_nll", {}), ("token_nll", {"aggregation": "mean"}),
+                                             ("predictive_entropy", {}), ("low_margin", {}), ("grounding", {})]]
+    assert all(isinstance(s, PerTokenScore) for s in scores)
+    want = [[s(p) for s in scores] for p in parts]
+    calls = []
+    original = PerTokenScore.token_values
+    for cls in {type(s) for s in scores}:
+        monkeypatch.setattr(cls, "token_values", lambda self, g, _o=cls.token_values: calls.append(self.name) or _o(self, g))
+    shared: dict = {}
+    got = [[s(p, {TOKEN_MEMO: shared}) for s in scores] for p in parts]
+    assert got == want  # None for the claim without content tokens, as without the memo
+    assert len(calls) == 6  # one per distinct (score, parameters other than the aggregation), not per claim
+    assert original is PerTokenScore.token_values
+
+
 def test_novelty_is_about_one_at_the_quantile_and_large_outside():
     sigs, ok = _signals(1200)
     nov = fit_score("novelty", sigs[:300], ok[:300], reference=sigs[300:600], rank=4, quantile=0.9)
