@@ -30,7 +30,7 @@ from opentelemetry import trace
 from calibration import Calibration
 from fastrm_core import FastRMProxy, get_adapter, load_vlm
 from fastrm_common.images import ImageLike, load_image
-from fastrm_common.tokens import eos_token_ids
+from fastrm_common.tokens import decode_each, eos_token_ids
 from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
 from fastrm_common.presets import list_presets, preset_claims, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
@@ -340,7 +340,7 @@ class Guard:
         tok, tags, question, image = self.processor.tokenizer, call.tags, row.question, row.image
         gen, stopped = cut_at_eos(row.token_ids, self._eos_ids)
         answer = tok.decode(gen, skip_special_tokens=True).strip()
-        token_strs = [tok.decode([t]) for t in gen]
+        token_strs = decode_each(tok, [[t] for t in gen])
         scored, claims = RowScoring.empty(), []
         maps = None if row.maps is None else row.maps[: len(gen)]
         if error is None:

@@ -18,9 +18,10 @@ import numpy as np
 
 from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, split_claims
+from fastrm_common.tokens import decode_each
 
-__all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_signals", "claims_left", "redact", "score_claims",
-           "split_and_align", "token_char_spans"]
+__all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_signals", "claims_left", "map_totals", "redact",
+           "score_claims", "split_and_align", "token_char_spans"]
 
 
 def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> list[tuple[int, int]]:
@@ -30,11 +31,13 @@ def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> l
     (word pieces, byte fallback, spaces the decoder adds). A token that adds no text (special, end of
     sequence) gets an empty range at its position.
     """
-    full = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    ids = [int(t) for t in token_ids]
+    prefixes = decode_each(tokenizer, [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)  # i + 1 tokens
+    full = prefixes[-1] if ids else tokenizer.decode(ids, skip_special_tokens=True)
     lead = len(full) - len(full.lstrip())
     spans, prev = [], 0
-    for i in range(len(token_ids)):
-        cur = len(tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True))
+    for i in range(len(ids)):
+        cur = len(prefixes[i])
         a, b = min(max(prev - lead, 0), len(answer)), min(max(cur - lead, 0), len(answer))
         while a < b and answer[a].isspace():  # the decoder's space before a word is not the token's text
             a += 1
@@ -72,18 +75,26 @@ def claim_signals(signals: AnswerSignals, claim: ClaimTokens) -> AnswerSignals:
     return replace(signals, content=np.asarray(signals.content, dtype=bool) & mask)
 
 
-def claim_map(maps: np.ndarray, content: np.ndarray, claim: ClaimTokens) -> np.ndarray | None:
+def claim_map(maps: np.ndarray, content: np.ndarray, claim: ClaimTokens,
+              totals: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
     """The claim's map: the mean of its content tokens' maps (all its tokens if none is content),
-    each normalised to sum 1. ``maps`` (T, rows, cols) or (T, 1, N_img); returns one map of that shape."""
+    each normalised to sum 1. ``maps`` (T, rows, cols) or (T, 1, N_img); returns one map of that shape.
+    ``totals``: :func:`map_totals` of ``maps``, when the claims of one answer share them."""
     idx = np.arange(claim.token_start, claim.token_end)
     picked = idx[np.asarray(content, dtype=bool)[idx]] if np.asarray(content, dtype=bool)[idx].any() else idx
-    m = np.clip(np.asarray(maps)[picked].astype(np.float64), 0, None)  # (k, ...): only the claim's rows converted
-    total = m.reshape(len(m), -1).sum(1)
+    clipped, sums = map_totals(maps) if totals is None else totals
+    m, total = clipped[picked], sums[picked]  # (k, ...), (k,)
     keep = total > 0
     if not keep.any():
         return None
     m = m[keep] / total[keep].reshape(-1, *([1] * (m.ndim - 1)))
     return m.mean(0).astype(np.float32)
+
+
+def map_totals(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every token's map clipped at 0 in float64 and its sum: what :func:`claim_map` normalises by."""
+    clipped = np.clip(np.asarray(maps).astype(np.float64), 0, None)
+    return clipped, clipped.reshape(len(clipped), -1).sum(1)
 
 
 _CONJ = re.compile(r"\b(and|or)\b", re.IGNORECASE)
@@ -156,12 +167,14 @@ def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, scored: 
     if not claims and answer.strip():  # a short answer (no claim the splitter knows) is one claim
         spans = token_char_spans(tokenizer, token_ids, answer)
         claims = align_claims([ClaimSpan(0, len(answer), answer, "answer")], spans)
+    totals = map_totals(maps) if claims else None
     return [_score_one(k, c, signals, maps, scorer, claim_scorer, tags, whole=len(claims) == 1,
-                       answer_verdict=answer_verdict, token_memo=token_memo) for k, c in enumerate(claims)]
+                       answer_verdict=answer_verdict, token_memo=token_memo, totals=totals) for k, c in enumerate(claims)]
 
 
 def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray, scorer: Any, claim_scorer: Any,
-               tags: Sequence[str], *, whole: bool, answer_verdict: tuple, token_memo: dict | None = None) -> Any:
+               tags: Sequence[str], *, whole: bool, answer_verdict: tuple, token_memo: dict | None = None,
+               totals: tuple | None = None) -> Any:
     """One claim through the pipeline (see :func:`score_claims`)."""
     from guardrail.answers.pipeline import explain_verdict
     from guardrail.result import Claim
@@ -178,7 +191,7 @@ def _score_one(k: int, c: ClaimTokens, signals: AnswerSignals, maps: np.ndarray,
         threshold = scorer.threshold(tags) if whole else None
     return Claim(index=k, start=c.span.start, end=c.span.end, token_start=c.token_start, token_end=c.token_end,
                  text=c.span.text, kind=c.span.kind, object=c.span.object, score=score, scores=scores,
-                 threshold=threshold, verdict=verdict, verdict_reason=reason, map=claim_map(maps, signals.content, c))
+                 threshold=threshold, verdict=verdict, verdict_reason=reason, map=claim_map(maps, signals.content, c, totals))
 
 
 def claims_left(result: Any, stream: "ClaimStream | None", *, deferred: bool) -> list:

@@ -15,6 +15,7 @@ from guardrail.answers.claims import (
     ClaimTokens,
     align_claims,
     claim_map,
+    map_totals,
     claim_signals,
     redact,
     token_char_spans,
@@ -137,6 +138,10 @@ def test_claim_signals_and_map_are_the_answers_over_its_tokens():
     # a claim without content tokens: the mean over all its tokens
     c2 = ClaimTokens(ClaimSpan(0, 1, "x", "clause"), 2, 3)
     np.testing.assert_allclose(claim_map(maps, content, c2), maps[2] / maps[2].sum(), rtol=1e-6)
+    # the totals shared by the claims of one answer give the same maps, bit for bit
+    totals = map_totals(maps)
+    for claim in (c, c2, ClaimTokens(ClaimSpan(0, 9, "x y z w v", "clause"), 0, 6)):
+        np.testing.assert_array_equal(claim_map(maps, content, claim, totals), claim_map(maps, content, claim))
 
 
 # ---------------------------------------------------------------- claim calibration
@@ -394,3 +399,30 @@ def test_every_guard_span_has_a_map_view_child_that_viewers_draw(tiny_llava, tin
             assert v.attributes["openinference.span.kind"] == "LLM"
             assert v.attributes["llm.output_messages.0.message.contents.1.message_content.image.image.url"].startswith(
                 "data:image/png;base64,")
+
+
+@pytest.mark.parametrize("which", ["tiny", "reference"])
+def test_decoding_through_the_backend_equals_decode(which, tiny_llava):
+    """decode_each (token_char_spans' prefixes, the result's token texts) calls a fast tokenizer's
+    backend when that is exactly what ``decode`` gives; the texts equal ``decode``'s, unicode and
+    specials included, and a tokenizer that cleans up spaces takes the general path."""
+    from transformers import AutoTokenizer
+
+    from fastrm_common.tokens import _backend_decodes_exactly, decode_each
+
+    tok = tiny_llava[1].tokenizer if which == "tiny" else AutoTokenizer.from_pretrained(
+        "shapesvqa/assets/reference-llava")
+    assert _backend_decodes_exactly(tok) == (not tok.clean_up_tokenization_spaces)
+    for text in ["a red circle, a blue square.", "Größe: 3 × 4 — ok?", "", "x"]:
+        ids = tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+        want = [tok.decode(ids[: i + 1], skip_special_tokens=True) for i in range(len(ids))]
+        assert decode_each(tok, [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True) == want
+        assert decode_each(tok, [[t] for t in ids]) == [tok.decode([t]) for t in ids]
+    was = tok.clean_up_tokenization_spaces
+    try:  # decode would clean up spaces after the backend: one decode per prefix then
+        tok.clean_up_tokenization_spaces = True
+        assert not _backend_decodes_exactly(tok)
+    finally:
+        tok.clean_up_tokenization_spaces = was
+    assert not _backend_decodes_exactly(_WordTok(["a"]))  # not a fast tokenizer
+    assert decode_each(_WordTok(["a", "b"]), [[0], [0, 1]]) == ["a", "a b"]
