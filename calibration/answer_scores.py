@@ -173,6 +173,9 @@ def _decode_states(raw: dict[str, Any]) -> np.ndarray:
         raise CalibrationError(f"bad stored hidden states: {exc}") from None
 
 
+_ADD, _MAX = np.add.reduce, np.maximum.reduce
+
+
 def _content(sig: AnswerSignals, values: np.ndarray) -> np.ndarray | None:
     mask = np.asarray(sig.content, dtype=bool)
     if values.shape[0] != mask.shape[0]:
@@ -184,13 +187,17 @@ def _content(sig: AnswerSignals, values: np.ndarray) -> np.ndarray | None:
 def _aggregate(values: np.ndarray | None, how: str) -> float | None:
     if values is None:
         return None
-    if how == "mean":
-        return float(values.mean())
+    if how == "mean":  # np.mean's own sum and division, without its wrapper (the same bits for float64)
+        return float(_ADD(values) / values.shape[0]) if values.dtype == np.float64 and values.ndim == 1 \
+            else float(values.mean())
     if how == "max":
-        return float(values.max())
+        return float(_MAX(values))
     if how == "min":
         return float(values.min())
     return float(values[0])  # "first"
+
+
+_ABSENT = object()
 
 
 class Score:
@@ -260,11 +267,15 @@ class Score:
         """The score of one answer. ``memo``: a dict shared by the scores of the same ``signals`` (one
         answer or claim), so a score built on others (``fused``) reuses the values already computed."""
         if memo is not None:
-            key = self.memo_key
-            if key in memo:
-                return memo[key]
-        missing = [n for n in self.needs if n in SIGNALS and not signals.has(n)]
-        if missing:
+            key = self.__dict__.get("_memo_key") or self.memo_key
+            value = memo.get(key, _ABSENT)
+            if value is not _ABSENT:
+                return value
+        needs = self.__dict__.get("_signal_needs")
+        if needs is None:
+            needs = self.__dict__["_signal_needs"] = tuple(n for n in self.needs if n in SIGNALS)
+        if any(getattr(signals, n) is None for n in needs):
+            missing = [n for n in needs if getattr(signals, n) is None]
             raise CalibrationError(f"score {self.name} needs the signal(s) {', '.join(sorted(missing))}, "
                                    "which were not gathered for this answer")
         value = self.compute(signals) if memo is None else self.compute_shared(signals, memo)
@@ -327,7 +338,8 @@ class PerTokenScore(Score):
         if shared is None:
             return self.compute(sig)
         # the same array object (alive as long as the answer's signals) gives the same values
-        key = (self.name, self._values_key, id(getattr(sig, self.token_signal)), sig.n_patches)
+        key = (self.name, self.__dict__.get("_values_key_") or self._values_key, id(getattr(sig, self.token_signal)),
+               sig.n_patches)
         values = shared.get(key)
         if values is None:
             values = shared[key] = self.token_values(sig)

@@ -283,7 +283,7 @@ class Scorer:
         values = {}
         memo: dict = {} if token_memo is None else {TOKEN_MEMO: token_memo}  # a fused score reuses its bases' values
         for name, s in self.scores.items():
-            gathered = all(signals.has(n) for n in s.needs if n != "scores")
+            gathered = all(getattr(signals, n) is not None for n in s.needs if n != "scores")
             if gathered or not (s.on_demand and s is not self.score):  # an optional pass that did not run: absent
                 values[name] = s(signals, memo) if gathered else None
         if self.calibration is None:

@@ -220,3 +220,17 @@ def test_signals_json_round_trip():
     back = AnswerSignals.from_json(sigs[0].to_json())
     assert get_score("token_nll")(back) == pytest.approx(get_score("token_nll")(sigs[0]))
     assert np.array_equal(back.content, sigs[0].content)
+
+
+def test_the_aggregation_is_numpys_to_the_bit():
+    """_aggregate skips numpy's wrappers for 1-D float64 values: the same bits as .mean() and .max()."""
+    from calibration.answer_scores import _aggregate
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 31, 128, 1000, 4097):
+        for values in (rng.random(n), rng.normal(size=n) * 1e6, np.exp(rng.normal(size=n) * 30)):
+            assert _aggregate(values, "mean") == float(values.mean())
+            assert _aggregate(values, "max") == float(values.max())
+    f32 = rng.random(9).astype(np.float32)  # other dtypes take numpy's own mean
+    assert _aggregate(f32, "mean") == float(f32.mean())
+    assert _aggregate(None, "mean") is None
