@@ -76,9 +76,11 @@ class Capture:
     image_states: torch.Tensor | None = None
     prompt_ids: torch.Tensor | None = None
     prompt_features: torch.Tensor | None = None
-    _steps: list[torch.Tensor] = field(default_factory=list, repr=False)
-    _logits: list[torch.Tensor] = field(default_factory=list, repr=False)
-    _states: list[torch.Tensor] = field(default_factory=list, repr=False)  # every step's predicting state
+    _states: list[torch.Tensor] = field(default_factory=list, repr=False)  # every step's (B, 1, D) predicting state
+    _probs: list[torch.Tensor] = field(default_factory=list, repr=False)  # mapped steps, in (B, P, N_max) blocks
+    _block_logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # the same blocks' logits
+    _n_mapped: int = field(default=0, repr=False)
+    _per_step: list[torch.Tensor] = field(default_factory=list, repr=False)  # (probs, logits) per step, on demand
     _keep_states: bool = field(default=False, repr=False)
     _proxy: FastRMProxy | None = field(default=None, repr=False)
     _keys: torch.Tensor | None = None
@@ -91,42 +93,75 @@ class Capture:
 
     def _flush(self) -> None:
         """Map the steps not mapped yet, in one batched proxy call (caller holds the lock)."""
-        pending = self._states[len(self._steps):]
+        pending = self._states[self._n_mapped:]
         if not pending or self._proxy is None or self._keys is None:
             return
         with torch.no_grad():  # grad mode is per thread: a stream's reader thread may call this
-            q = torch.stack(pending, dim=1)  # (B, P, D)
+            q = pending[0] if len(pending) == 1 else torch.cat(pending, dim=1)  # (B, P, D)
             logits = self._proxy.token_logits(q, self._keys).float()  # (B, P, N_max)
-        self._logits.extend(logits.unbind(1))
-        self._steps.extend(torch.sigmoid(logits).unbind(1))
+            self._block_logits.append(logits)
+            self._probs.append(torch.sigmoid(logits))
+        self._n_mapped += len(pending)
+
+    def _unbound(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(probs, logits) of each mapped step, each (B, N_max) (caller holds the lock and flushed)."""
+        done = len(self._per_step)
+        if done < self._n_mapped:
+            start = 0
+            for probs, logits in zip(self._probs, self._block_logits):
+                end = start + probs.shape[1]
+                if end > done:
+                    self._per_step.extend(zip(probs[:, max(done - start, 0):].unbind(1),
+                                              logits[:, max(done - start, 0):].unbind(1)))
+                start = end
+        return self._per_step
+
+    def _cat(self, blocks: list[torch.Tensor], n: int | None = None) -> torch.Tensor:
+        out = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+        return out if n is None else out[:, :n]
 
     @property
     def steps(self) -> list[torch.Tensor]:
         """Per-step probabilities, each (B, N_max) float32 on the model's device."""
         with self._lock:
             self._flush()
-            return list(self._steps)
+            return [p for p, _ in self._unbound()]
 
     @property
     def logits(self) -> list[torch.Tensor]:
         """Per-step pre-sigmoid logits, each (B, N_max) float32 on the model's device."""
         with self._lock:
             self._flush()
-            return list(self._logits)
+            return [lg for _, lg in self._unbound()]
 
     @property
     def token_states(self) -> list[torch.Tensor]:
         """Per-step (B, D) predicting states on the model's device (``keep_states=True`` only, else empty)."""
         with self._lock:
-            return list(self._states) if self._keep_states else []
+            return [s[:, 0] for s in self._states] if self._keep_states else []
+
+    def stacked_steps(self, n: int | None = None) -> torch.Tensor | None:
+        """(B, T, N_max) the first ``n`` (default all) steps' probabilities on the model's device, or None
+        when nothing was mapped: :attr:`steps` in one tensor."""
+        with self._lock:
+            self._flush()
+            return self._cat(self._probs, n) if self._probs else None
+
+    def stacked_states(self, n: int | None = None) -> torch.Tensor | None:
+        """(B, T, D) the first ``n`` (default all) predicting states on the model's device (``keep_states``
+        only, else None): :attr:`token_states` in one tensor."""
+        with self._lock:
+            if not self._keep_states or not self._states:
+                return None
+            return self._cat(self._states[:n] if n is not None else self._states)
 
     def _stacked(self) -> torch.Tensor:
         """(B, T, N_max) every step's probabilities on the CPU, checked finite on the real (unpadded) entries."""
         with self._lock:
             self._flush()
-            if not self._steps:
+            if not self._probs:
                 raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
-            maps = torch.stack(self._steps, dim=1).cpu()
+            maps = self._cat(self._probs).cpu()
         bad = torch.zeros(maps.shape[1], dtype=torch.bool)  # (T,)
         for b, n in enumerate(self.lengths):
             bad |= (~torch.isfinite(maps[b, :, :n])).any(-1)
@@ -179,15 +214,17 @@ class Capture:
         """(B, T, N_max) the proxy's pre-sigmoid logits, float32, on the CPU (row b: the first ``lengths[b]``)."""
         with self._lock:
             self._flush()
-            return torch.stack(self._logits, dim=1).cpu()
+            if not self._block_logits:
+                raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
+            return self._cat(self._block_logits).cpu()
 
     @property
     def queries(self) -> torch.Tensor:
         """(B, T, D) hidden states of the predicting positions on the CPU (``keep_states=True`` only)."""
-        states = self.token_states
-        if not states:
+        states = self.stacked_states()
+        if states is None:
             raise CaptureError("token states were not kept: use capture(..., keep_states=True)")
-        return torch.stack(states, dim=1).cpu()
+        return states.cpu()
 
     def row_image_states(self, row: int = 0) -> torch.Tensor:
         """(N_row, D) last hidden states of row ``row``'s image tokens (``keep_states=True`` only)."""
@@ -207,7 +244,7 @@ class Capture:
         one region, else (N_row,) flat over its regions."""
         with self._lock:
             self._flush()
-            probs = self._steps[step]
+            probs = self._unbound()[step][0]
         flat = probs[row, : self.lengths[row]].cpu()
         regions = self.regions[row]
         return flat.reshape(regions[0].grid) if len(regions) == 1 else flat
@@ -285,14 +322,14 @@ def capture(
             # the model's input and the first layer's are only needed at prefill (removing twice is harmless)
             first_layer_hook.remove()
             model_hook.remove()
-            last = hidden[:, -1].detach().clone()  # not a view that keeps the whole prompt's states alive
+            last = hidden[:, -1:].detach().clone()  # (B, 1, D), not a view that keeps the whole prompt's states alive
         else:
             if hidden.shape[1] > 1:
                 # a decode step feeds one token per row: a multi-token input is a second prompt (or a
                 # speculative step, whose maps would not line up with the tokens); a shape, no host sync
                 raise CaptureError("a second prompt (a multi-token input after the prefill) reached the model inside one "
                                    "capture block: use one block per generate call, one token per step")
-            last = hidden.detach().select(1, -1)  # (B, D): the position that predicts the next token
+            last = hidden.detach() if hidden.requires_grad else hidden  # (B, 1, D): predicts the next token
         _step(last)
 
     def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
@@ -362,8 +399,8 @@ def capture(
             if on_token is None:
                 return
             cap._flush()
-            probs = cap._steps[-1]
-        on_token(len(cap._steps) - 1, probs)
+            probs = cap._probs[-1][:, -1]
+        on_token(cap._n_mapped - 1, probs)
 
     handles = []
     try:

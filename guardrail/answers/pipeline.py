@@ -111,19 +111,19 @@ def evidence_signals(cap: Any, n: int | None = None) -> dict[str, np.ndarray] | 
     """
     import torch
 
-    if cap.image_states is None or not cap.token_states or not cap.steps:
+    steps, states = cap.stacked_steps(), cap.stacked_states()  # (B, T, N_max), (B, T, D)
+    if cap.image_states is None or steps is None or states is None:
         return None
-    steps, states = list(cap.steps), list(cap.token_states)
-    n = min(len(steps), len(states)) if n is None else min(n, len(steps), len(states))
+    n = min(steps.shape[1], states.shape[1]) if n is None else min(n, steps.shape[1], states.shape[1])
     with torch.no_grad():
-        probs = torch.stack(steps[:n], dim=1).float()  # (B, T, N_max)
+        probs = steps[:, :n].float()  # (B, T, N_max)
         n_max = probs.shape[-1]
         valid = torch.arange(n_max, device=probs.device)[None, :] < torch.as_tensor(
             cap.lengths, device=probs.device)[:, None]  # (B, N_max): padded image positions weigh 0
         probs = probs.clamp_min(0) * valid[:, None, :]
         weights = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
         images = cap.image_states.to(probs.device).float()  # (B, N_max, D), kept on the CPU at prefill
-        queries = torch.stack(states[:n], dim=1).to(probs.device).float()  # (B, T, D)
+        queries = states[:, :n].to(probs.device).float()  # (B, T, D)
         evidence = torch.einsum("btn,bnd->btd", weights, images)  # (B, T, D)
         cos = torch.nn.functional.cosine_similarity(evidence, queries, dim=-1, eps=1e-8)  # (B, T)
         packed = torch.cat([cos[..., None], queries, evidence], dim=-1).cpu().numpy()  # one transfer
