@@ -123,13 +123,13 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
     rows' image regions when the caller has found them already (the capture then reuses them)."""
     clock = StepClock(on_token)  # when each step's tokens came out, for the token events
     error: GuardrailError | None = None
-    out = rows = regions = None
+    known_regions, out, rows, regions = regions, None, None, None
     with lock:
         t0 = time.perf_counter()
         try:
             recorder = TokenSignals()
             with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True,
-                                           regions=regions) as cap:
+                                           regions=known_regions) as cap:
                 if on_capture is not None:
                     on_capture(cap, recorder)
                 if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):

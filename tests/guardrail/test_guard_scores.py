@@ -223,3 +223,15 @@ def test_guarded_call_and_stream_give_the_same_signals(tiny_llava, tiny_proxy, c
     assert r.scores.keys() == s.scores.keys()
     for name in r.scores:
         assert r.scores[name] == pytest.approx(s.scores[name], rel=1e-6, abs=1e-9)
+
+
+def test_a_guarded_call_finds_the_image_regions_once(tiny_llava, tiny_proxy, image, monkeypatch):
+    """The input check finds each row's image regions; the capture reuses them instead of looking again."""
+    model, processor = tiny_llava
+    guard = Guard(model, processor, proxy=tiny_proxy)
+    calls = []
+    original = type(guard.adapter).batch_regions
+    monkeypatch.setattr(type(guard.adapter), "batch_regions",
+                        lambda self, inputs: calls.append(1) or original(self, inputs))
+    r = guard.generate(image, Q, **KW)
+    assert len(calls) == 1 and r.regions and r.maps is not None
