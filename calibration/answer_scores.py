@@ -267,7 +267,7 @@ class Score:
         """The score of one answer. ``memo``: a dict shared by the scores of the same ``signals`` (one
         answer or claim), so a score built on others (``fused``) reuses the values already computed."""
         if memo is not None:
-            key = self.__dict__.get("_memo_key") or self.memo_key
+            key = self.memo_key
             value = memo.get(key, _ABSENT)
             if value is not _ABSENT:
                 return value
@@ -338,8 +338,7 @@ class PerTokenScore(Score):
         if shared is None:
             return self.compute(sig)
         # the same array object (alive as long as the answer's signals) gives the same values
-        key = (self.name, self.__dict__.get("_values_key_") or self._values_key, id(getattr(sig, self.token_signal)),
-               sig.n_patches)
+        key = (self.name, self._values_key, id(getattr(sig, self.token_signal)), sig.n_patches)
         values = shared.get(key)
         if values is None:
             values = shared[key] = self.token_values(sig)

@@ -80,7 +80,8 @@ class Capture:
     _probs: list[torch.Tensor] = field(default_factory=list, repr=False)  # mapped steps, in (B, P, N_max) blocks
     _block_logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # the same blocks' logits
     _n_mapped: int = field(default=0, repr=False)
-    _per_step: list[torch.Tensor] = field(default_factory=list, repr=False)  # (probs, logits) per step, on demand
+    _per_step: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)  # (probs, logits)
+    _blocks_unbound: int = field(default=0, repr=False)  # blocks already split into _per_step
     _keep_states: bool = field(default=False, repr=False)
     _proxy: FastRMProxy | None = field(default=None, repr=False)
     _keys: torch.Tensor | None = None
@@ -105,15 +106,9 @@ class Capture:
 
     def _unbound(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(probs, logits) of each mapped step, each (B, N_max) (caller holds the lock and flushed)."""
-        done = len(self._per_step)
-        if done < self._n_mapped:
-            start = 0
-            for probs, logits in zip(self._probs, self._block_logits):
-                end = start + probs.shape[1]
-                if end > done:
-                    self._per_step.extend(zip(probs[:, max(done - start, 0):].unbind(1),
-                                              logits[:, max(done - start, 0):].unbind(1)))
-                start = end
+        for probs, logits in zip(self._probs[self._blocks_unbound:], self._block_logits[self._blocks_unbound:]):
+            self._per_step.extend(zip(probs.unbind(1), logits.unbind(1)))
+        self._blocks_unbound = len(self._probs)
         return self._per_step
 
     def _cat(self, blocks: list[torch.Tensor], n: int | None = None) -> torch.Tensor:
@@ -292,7 +287,7 @@ def capture(
         if ref is not None and next(proxy.parameters()).device != ref.device:
             raise InputError(f"the proxy is on {next(proxy.parameters()).device} but the model on {ref.device}: move it first")
     owner = threading.get_ident() if thread == "current" else thread
-    known_regions = None if regions is None else [list(row) for row in regions]
+    given_regions = regions  # the argument under another name: _prefill assigns its own local `regions`
     cap = Capture(grid=adapter.fixed_grid, _keep_states=keep_states, _proxy=proxy)
     step_ids: dict = {"ids": None, "mask": None, "kwargs": None, "input_states": None}
 
@@ -335,11 +330,11 @@ def capture(
     def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
         if ids is None:
             raise CaptureError("the prefill step got no input_ids: capture needs input_ids to find the image tokens")
-        if known_regions is None:
+        if given_regions is None:
             prefill_kwargs = {k: v for k, v in (step_ids["kwargs"] or {}).items() if k != "input_ids"}
             regions = adapter.batch_regions({**prefill_kwargs, "input_ids": ids})
         else:
-            regions = known_regions
+            regions = given_regions
             if len(regions) != ids.shape[0] or any(
                     int(r.positions.max()) >= ids.shape[1] for row in regions for r in row if r.positions.numel()):
                 raise CaptureError(f"the regions given to capture ({len(regions)} rows) do not fit the prompt "

@@ -123,13 +123,13 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
     rows' image regions when the caller has found them already (the capture then reuses them)."""
     clock = StepClock(on_token)  # when each step's tokens came out, for the token events
     error: GuardrailError | None = None
-    known_regions, out, rows, regions = regions, None, None, None
+    out = rows = found = None
     with lock:
         t0 = time.perf_counter()
         try:
             recorder = TokenSignals()
             with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True,
-                                           regions=known_regions) as cap:
+                                           regions=regions) as cap:
                 if on_capture is not None:
                     on_capture(cap, recorder)
                 if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):
@@ -140,7 +140,7 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
                 else:  # a stream reads the signals while generate runs
                     out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
             rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
-            regions = cap.regions
+            found = cap.regions
             if visual_contrast:  # one more forward over prompt + answer, the image's evidence removed
                 add_imageless_logprobs(rows, model, inputs, out, adapter)
         except (CaptureError, GuardrailError) as exc:  # the guard failed, not the model
@@ -152,7 +152,7 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
             else:
                 out = inputs["input_ids"]  # nothing generated is shown
         model_s = time.perf_counter() - t0
-    return Generation(out=out, rows=rows, regions=regions, error=error, model_s=model_s, token_times=clock.times)
+    return Generation(out=out, rows=rows, regions=found, error=error, model_s=model_s, token_times=clock.times)
 
 
 class GenerationStream:

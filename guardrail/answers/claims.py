@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, split_claims
 from fastrm_common.tokens import decode_each
+
+if TYPE_CHECKING:
+    from guardrail.answers.pipeline import RowScoring
 
 __all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_signals", "claims_left", "map_totals", "redact",
            "score_claims", "split_and_align", "token_char_spans"]
@@ -33,7 +36,7 @@ def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> l
     """
     ids = [int(t) for t in token_ids]
     prefixes = decode_each(tokenizer, [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)  # i + 1 tokens
-    full = prefixes[-1] if ids else tokenizer.decode(ids, skip_special_tokens=True)
+    full = prefixes[-1] if prefixes else ""
     lead = len(full) - len(full.lstrip())
     spans, prev = [], 0
     for i in range(len(ids)):
@@ -148,7 +151,7 @@ def split_and_align(answer: str, tokenizer: Any, token_ids: Sequence[int],
     return align_claims(spans, token_char_spans(tokenizer, token_ids, answer))
 
 
-def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, scored: Any, maps: np.ndarray,
+def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, scored: "RowScoring", maps: np.ndarray,
                  splitter: str | Callable[[str], list[ClaimSpan]], scorer: Any, claim_scorer: Any | None,
                  tags: Sequence[str] = ()) -> list:
     """Every claim of one answer through the pipeline: its tokens, its signals (the answer's, over its
