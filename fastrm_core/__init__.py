@@ -35,6 +35,7 @@ _LAZY = {
     "register_adapter": "fastrm_core.adapters",
     "Capture": "fastrm_core.capturing",
     "capture": "fastrm_core.capturing",
+    "OutputTap": "fastrm_core.capturing",
     "imageless_logprobs": "fastrm_core.contrast",
     "weights_fingerprint": "fastrm_core.integrity",
     "load_vlm": "fastrm_core.loading",
@@ -49,7 +50,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from fastrm_core.adapters import VLMAdapter, get_adapter, list_adapters, register_adapter
     from fastrm_core.families.llava import LlavaAdapter
-    from fastrm_core.capturing import Capture, capture
+    from fastrm_core.capturing import Capture, OutputTap, capture
     from fastrm_core.contrast import imageless_logprobs
     from fastrm_core.integrity import weights_fingerprint
     from fastrm_core.loading import load_vlm
@@ -69,6 +70,7 @@ __all__ = [
     "GuardrailError",
     "InputError",
     "LlavaAdapter",
+    "OutputTap",
     "PolicyError",
     "ProxyConfig",
     "RelevancyError",

@@ -1,7 +1,8 @@
 """Per-token capture of FastRM maps during ``model.generate``.
 
-One forward hook on the language model's final norm sees the last hidden states of
-every decoding step; a pre-hook on the VLM's forward sees that step's ``input_ids``.
+The language model's final norm is tapped (:class:`OutputTap`: a wrapper on its ``forward``, or a
+forward hook when the norm already has hooks) to see the last hidden states of every decoding
+step; a pre-hook on the VLM's forward sees the prefill's ``input_ids``.
 At prefill the image tokens' states become the proxy's keys (computed once); at every
 step the last position's state (the one that predicts the next token) becomes a query,
 so each generated token gets its map while it is being generated::
@@ -39,9 +40,70 @@ from fastrm_common.errors import CaptureError, InputError
 from fastrm_core.proxy import FastRMProxy
 from fastrm_core.regions import ImageRegion, flat_positions, split_flat
 
-__all__ = ["Capture", "capture"]
+__all__ = ["Capture", "OutputTap", "capture"]
 
 OnToken = Callable[[int, torch.Tensor], None]
+
+_TAP_LOCK = threading.Lock()
+_NO_FORWARD = object()  # the module had no instance-level forward before the first tap
+
+
+class OutputTap:
+    """Call ``fn(module, args, output)`` after every call of ``module``, like a forward hook, until
+    :meth:`remove`.
+
+    A forward hook sends every call of its module through torch's slower hook path; at one call
+    per generated token that is a measurable share of a guarded call on a small model. When the
+    module has no forward hook (its own or global), the tap instead wraps the instance's
+    ``forward`` (one wrapper per module, shared by every tap on it, removed with the last one), so
+    an untapped call costs nothing and a tapped one a Python call. When hooks are present, it
+    registers a forward hook after them, since a hook may replace the output and ``fn`` must see what
+    the hooks made of it. A hook registered on the module *after* the tap is not seen by it: its
+    changes to the output are then invisible to ``fn``.
+    """
+
+    def __init__(self, module: nn.Module, fn: Callable[[nn.Module, tuple, object], None]) -> None:
+        self.module, self.fn = module, fn
+        self._hook = self._wrapper = None
+        if getattr(module, "_forward_hooks", None) or getattr(torch.nn.modules.module, "_global_forward_hooks", None):
+            self._hook = module.register_forward_hook(fn)
+            return
+        with _TAP_LOCK:
+            wrapper = module.__dict__.get("forward")
+            if getattr(wrapper, "_fastrm_taps", None) is None:  # the first tap on this module
+                inner = module.forward  # the class's bound forward, or an instance-level one (accelerate)
+
+                def wrapper(*args, **kwargs):
+                    out = inner(*args, **kwargs)
+                    for tap in wrapper._fastrm_taps:
+                        tap(module, args, out)
+                    return out
+
+                wrapper._fastrm_taps = ()
+                wrapper._fastrm_previous = module.__dict__.get("forward", _NO_FORWARD)
+                module.forward = wrapper
+            wrapper._fastrm_taps = (*wrapper._fastrm_taps, fn)
+            self._wrapper = wrapper
+
+    def remove(self) -> None:
+        """Stop calling ``fn`` (idempotent); the last tap on the module restores its ``forward``."""
+        if self._hook is not None:
+            self._hook.remove()
+            return
+        with _TAP_LOCK:
+            w = self._wrapper
+            if w is None:
+                return
+            self._wrapper = None
+            taps = list(w._fastrm_taps)
+            taps.remove(self.fn)
+            w._fastrm_taps = tuple(taps)
+            # restore only our own wrapper: one installed over it since then stays (a pass-through once empty)
+            if not taps and self.module.__dict__.get("forward") is w:
+                if w._fastrm_previous is _NO_FORWARD:
+                    del self.module.forward
+                else:
+                    self.module.forward = w._fastrm_previous
 
 
 @dataclass
@@ -157,6 +219,8 @@ class Capture:
             if not self._probs:
                 raise CaptureError("no generation step was captured (was model.generate called inside the block?)")
             maps = self._cat(self._probs).cpu()
+        if all(n == maps.shape[-1] for n in self.lengths) and bool(torch.isfinite(maps).all()):
+            return maps  # no padding and every value finite: nothing to locate
         bad = torch.zeros(maps.shape[1], dtype=torch.bool)  # (T,)
         for b, n in enumerate(self.lengths):
             bad |= (~torch.isfinite(maps[b, :, :n])).any(-1)
@@ -306,25 +370,31 @@ def capture(
         if mine() and cap.prompt_ids is None:
             step_ids["input_states"] = args[0] if args else kwargs.get("hidden_states")
 
+    states, get_ident = cap._states, threading.get_ident
+
     def after_norm(module, args, output):
-        if not mine():
+        # runs once per decoding step: kept lean (no helper calls on the decode path)
+        if owner is not None and get_ident() != owner:
             return
         hidden = output[0] if isinstance(output, tuple) else output  # (B, S, D)
-        ids = step_ids["ids"]
-        if cap.prompt_ids is None:
-            with torch.no_grad():
-                _prefill(ids, hidden)
-            # the model's input and the first layer's are only needed at prefill (removing twice is harmless)
-            first_layer_hook.remove()
-            model_hook.remove()
-            last = hidden[:, -1:].detach().clone()  # (B, 1, D), not a view that keeps the whole prompt's states alive
-        else:
+        if cap.prompt_ids is not None:  # a decode step
             if hidden.shape[1] > 1:
                 # a decode step feeds one token per row: a multi-token input is a second prompt (or a
                 # speculative step, whose maps would not line up with the tokens); a shape, no host sync
                 raise CaptureError("a second prompt (a multi-token input after the prefill) reached the model inside one "
                                    "capture block: use one block per generate call, one token per step")
             last = hidden.detach() if hidden.requires_grad else hidden  # (B, 1, D): predicts the next token
+            if on_token is None:
+                with cap._lock:
+                    states.append(last)
+                return
+        else:
+            with torch.no_grad():
+                _prefill(step_ids["ids"], hidden)
+            # the model's input and the first layer's are only needed at prefill (removing twice is harmless)
+            first_layer_hook.remove()
+            model_hook.remove()
+            last = hidden[:, -1:].detach().clone()  # (B, 1, D), not a view that keeps the whole prompt's states alive
         _step(last)
 
     def _prefill(ids: torch.Tensor | None, hidden: torch.Tensor) -> None:
@@ -403,7 +473,7 @@ def capture(
         handles.append(model_hook)
         first_layer_hook = adapter.decoder_layers[0].register_forward_pre_hook(before_first_layer, with_kwargs=True)
         handles.append(first_layer_hook)
-        handles.append(adapter.final_norm.register_forward_hook(after_norm))
+        handles.append(OutputTap(adapter.final_norm, after_norm))
         yield cap
         with cap._lock:
             cap._flush()  # the maps exist once the block closes

@@ -118,9 +118,11 @@ def evidence_signals(cap: Any, n: int | None = None) -> dict[str, np.ndarray] | 
     with torch.no_grad():
         probs = steps[:, :n].float()  # (B, T, N_max)
         n_max = probs.shape[-1]
-        valid = torch.arange(n_max, device=probs.device)[None, :] < torch.as_tensor(
-            cap.lengths, device=probs.device)[:, None]  # (B, N_max): padded image positions weigh 0
-        probs = probs.clamp_min(0) * valid[:, None, :]
+        probs = probs.clamp_min(0)
+        if any(length != n_max for length in cap.lengths):  # padded image positions weigh 0
+            valid = torch.arange(n_max, device=probs.device)[None, :] < torch.as_tensor(
+                cap.lengths, device=probs.device)[:, None]  # (B, N_max)
+            probs = probs * valid[:, None, :]
         weights = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
         images = cap.image_states.to(probs.device).float()  # (B, N_max, D), kept on the CPU at prefill
         queries = states[:, :n].to(probs.device).float()  # (B, T, D)

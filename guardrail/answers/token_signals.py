@@ -89,14 +89,14 @@ class TokenSignals(LogitsProcessor):
             start = sequences.shape[1] - n  # the first generated position
             for i in range(0, n, chunk):
                 j = min(n, i + chunk)
-                self._pending.extend(s.detach().float() for s in steps[i:j])
-                self._process(j - i, sequences[:, : start + j])
+                self._process(j - i, sequences[:, : start + j], stacked=torch.stack(steps[i:j], dim=1).float())
 
-    def _process(self, k: int, ids: torch.Tensor) -> None:
-        """Signals of the first ``k`` pending steps; ``ids[:, -k:]`` holds their chosen tokens (caller holds the lock)."""
+    def _process(self, k: int, ids: torch.Tensor, stacked: torch.Tensor | None = None) -> None:
+        """Signals of the first ``k`` pending steps, or of ``stacked`` (B, k, V) scores given at once;
+        ``ids[:, -k:]`` holds their chosen tokens (caller holds the lock)."""
         if k <= 0:
             return
-        scores = torch.stack(self._pending[:k], dim=1)  # (B, k, V)
+        scores = torch.stack(self._pending[:k], dim=1) if stacked is None else stacked  # (B, k, V)
         logp = torch.log_softmax(scores, dim=-1)
         p = logp.exp()
         entropy = -torch.special.xlogy(p, p).sum(dim=-1)  # (B, k), 0 log 0 = 0
@@ -106,7 +106,8 @@ class TokenSignals(LogitsProcessor):
         lp = logp.gather(-1, chosen[..., None])[..., 0]  # (B, k)
         self._done.append(torch.stack([lp, entropy, margin]))  # (3, B, k)
         self._n_done += k
-        del self._pending[:k]
+        if stacked is None:
+            del self._pending[:k]
 
     # transformers' LogitsProcessorList calls inspect.signature(processor.__call__) at every step. On a
     # bound method that costs several microseconds per token; the instance's own ``__call__`` attribute

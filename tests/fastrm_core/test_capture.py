@@ -117,9 +117,11 @@ def test_hooks_removed_also_on_error(tiny_llava, proxy, make_inputs):
     before = hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with capture(model, proxy):
-            assert hooks(model) == before + 3
+            assert hooks(model) == before + 2  # the model's and the first layer's pre-hooks; the norm is tapped
+            assert "forward" in vars(get_adapter(model).final_norm)
             raise RuntimeError("boom")
     assert hooks(model) == before
+    assert "forward" not in vars(get_adapter(model).final_norm)
 
 
 def test_a_second_prompt_in_one_block_is_refused(tiny_llava, proxy, make_inputs):
@@ -218,13 +220,82 @@ def test_regions_given_by_the_caller_give_the_same_maps(tiny_llava, proxy, make_
             model.generate(**inputs, **kw)
 
 
-def test_after_the_prefill_only_the_final_norm_is_hooked(tiny_llava, proxy, make_inputs):
-    """The model's and the first layer's hooks are needed at prefill only: each decode step runs one hook."""
+def test_after_the_prefill_only_the_final_norm_is_tapped(tiny_llava, proxy, make_inputs):
+    """The model's and the first layer's hooks are needed at prefill only: a decode step runs no hook,
+    only the tap on the final norm's forward."""
     model, processor = tiny_llava
     inputs = make_inputs(processor, ("What color is the circle?",))
     before = hooks(model)
     seen = []
     with capture(model, proxy, on_token=lambda step, probs: seen.append(hooks(model) - before)) as cap:
         model.generate(**inputs, **gen_kwargs(model, 3, do_sample=False))
-    assert seen == [1, 1, 1] and cap.maps.shape[1] == 3
+    assert seen == [0, 0, 0] and cap.maps.shape[1] == 3
     assert hooks(model) == before
+
+
+def test_a_hook_on_the_norm_is_seen_by_the_capture(tiny_llava, proxy, make_inputs):
+    """With a forward hook already on the final norm the capture hooks after it, so it maps what that
+    hook made of the output; without one it wraps forward; the two give the same maps for a hook
+    that only observes."""
+    model, processor = tiny_llava
+    inputs = make_inputs(processor, ("What color is the circle?", "How many?"))
+    kw = gen_kwargs(model, 4, do_sample=False)
+    norm = get_adapter(model).final_norm
+    with capture(model, proxy) as wrapped:
+        model.generate(**inputs, **kw)
+    handle = norm.register_forward_hook(lambda m, a, o: None)
+    try:
+        with capture(model, proxy) as hooked:
+            assert "forward" not in vars(norm) and len(norm._forward_hooks) == 2
+            model.generate(**inputs, **kw)
+    finally:
+        handle.remove()
+    assert torch.equal(wrapped.maps, hooked.maps)
+    handle = norm.register_forward_hook(lambda m, a, o: o * 0.5)  # a hook that changes the output
+    try:
+        with capture(model, proxy, keep_states=True) as scaled:
+            model.generate(**inputs, **kw)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(scaled.queries, hooked_queries(model, proxy, inputs, kw) * 0.5)
+    assert not norm._forward_hooks and "forward" not in vars(norm)
+
+
+def hooked_queries(model, proxy, inputs, kw):
+    with capture(model, proxy, keep_states=True) as cap:
+        model.generate(**inputs, **kw)
+    return cap.queries
+
+
+def test_output_tap_nests_and_restores_forward():
+    """Taps on one module share one wrapper whatever order they are removed in; the module's own
+    instance-level forward (as accelerate installs) comes back when the last one goes."""
+    from fastrm_core import OutputTap
+
+    lin = torch.nn.Linear(3, 2)
+    x = torch.ones(1, 3)
+    want = lin(x)
+    seen_a, seen_b = [], []
+    a = OutputTap(lin, lambda m, args, out: seen_a.append(out))
+    b = OutputTap(lin, lambda m, args, out: seen_b.append((m, args[0])))
+    assert torch.equal(lin(x), want) and len(seen_a) == 1 and seen_b[0][0] is lin and seen_b[0][1] is x
+    a.remove()
+    a.remove()  # idempotent
+    lin(x)
+    assert len(seen_a) == 1 and len(seen_b) == 2 and "forward" in vars(lin)
+    b.remove()
+    assert "forward" not in vars(lin) and torch.equal(lin(x), want) and len(seen_b) == 2
+
+    calls = []
+    inner = lin.forward
+
+    def own_forward(*args, **kwargs):  # an instance-level forward of someone else's
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    lin.forward = own_forward
+    tap = OutputTap(lin, lambda m, args, out: seen_a.append(out))
+    lin(x)
+    assert calls == [1] and len(seen_a) == 2
+    tap.remove()
+    assert vars(lin)["forward"] is own_forward
