@@ -278,11 +278,24 @@ class Score:
             missing = [n for n in needs if getattr(signals, n) is None]
             raise CalibrationError(f"score {self.name} needs the signal(s) {', '.join(sorted(missing))}, "
                                    "which were not gathered for this answer")
-        value = self.compute(signals) if memo is None else self.compute_shared(signals, memo)
+        if memo is None:
+            value = self.compute(signals)
+            if value is not None and not math.isfinite(value):
+                raise CalibrationError(f"score {self.name} is not finite ({value!r})")
+            return value
+        return self._shared(signals, memo, key)
+
+    def _shared(self, signals: AnswerSignals, memo: dict, key: tuple | None = None) -> float | None:
+        """:meth:`__call__` with a memo, for a caller that has checked the signals this score needs."""
+        if key is None:
+            key = self.memo_key
+            value = memo.get(key, _ABSENT)
+            if value is not _ABSENT:
+                return value
+        value = self.compute_shared(signals, memo)
         if value is not None and not math.isfinite(value):
             raise CalibrationError(f"score {self.name} is not finite ({value!r})")
-        if memo is not None:
-            memo[key] = value
+        memo[key] = value
         return value
 
     def compute_shared(self, signals: AnswerSignals, memo: dict) -> float | None:

@@ -90,11 +90,11 @@ def token_entropy(probs: Any, normalized: bool = False, *, map_ndim: int | None 
         raise CalibrationError(f"relevancy map of shape {p.shape} has no patches")
     flat = p.reshape(*batch_shape, n)  # (..., N)
 
-    if np.isnan(flat).any():
-        raise CalibrationError("relevancy map contains NaN probabilities")
-    if np.isinf(flat).any():
+    if not np.isfinite(flat).all():
+        if np.isnan(flat).any():
+            raise CalibrationError("relevancy map contains NaN probabilities")
         raise CalibrationError("relevancy map contains infinite probabilities")
-    if (flat < 0).any():
+    if flat.size and flat.min() < 0:
         raise CalibrationError(
             f"relevancy map contains negative probabilities (min {flat.min():.3g}); "
             "entropy needs non-negative values such as sigmoid outputs"
@@ -105,7 +105,8 @@ def token_entropy(probs: Any, normalized: bool = False, *, map_ndim: int | None 
 
     q = flat / total  # (..., N), each map sums to 1
     # where q == 0 the term is 0 · log 0 := 0; np.where keeps log from seeing zeros
-    terms = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
+    positive = q > 0
+    terms = np.where(positive, q * np.log(np.where(positive, q, 1.0)), 0.0)
     h = -terms.sum(axis=-1)  # (...)
     h = np.maximum(h, 0.0)  # rounding can give -0.0 / -1e-17 for one-hot maps
 

@@ -34,6 +34,7 @@ Only ``(k + 2) * F_v`` numbers are stored per view, as base64 float32. This modu
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +150,14 @@ class NoveltyModel:
         return cls(mean, comps, var, rv)
 
 
+@functools.lru_cache(maxsize=64)
+def _block_columns(n_features: int, blocks: tuple[str, ...]) -> np.ndarray:
+    """:func:`feature_columns` as a read-only array, computed once per layout (a call scores one input)."""
+    cols = np.asarray(feature_columns(n_features, blocks))
+    cols.flags.writeable = False
+    return cols
+
+
 @dataclass(frozen=True)
 class NoveltyView:
     """One view: which feature blocks it reads (None: the first ``F_v`` features), its Gaussian and scale."""
@@ -164,7 +173,7 @@ class NoveltyView:
                 raise CalibrationError(f"novelty features have {n_features} values; the calibration's view "
                                        f"{self.name!r} expects at least {self.model.mean.size}")
             return np.arange(self.model.mean.size)
-        return np.asarray(feature_columns(n_features, self.blocks))
+        return _block_columns(n_features, tuple(self.blocks))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ threshold give its verdict. Its map is the mean of its content tokens' maps, eac
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -73,9 +73,13 @@ def claim_signals(signals: AnswerSignals, claim: ClaimTokens) -> AnswerSignals:
 
     Per-token arrays keep their length (so token positions stay the answer's); the input's
     features (novelty) are the answer's own."""
-    mask = np.zeros_like(signals.content, dtype=bool)
-    mask[claim.token_start: claim.token_end] = True
-    return replace(signals, content=np.asarray(signals.content, dtype=bool) & mask)
+    content = np.asarray(signals.content, dtype=bool)
+    mask = np.zeros(content.shape, dtype=bool)
+    mask[claim.token_start: claim.token_end] = content[claim.token_start: claim.token_end]
+    out = object.__new__(type(signals))  # a shallow copy with its own mask (no __init__ to re-run)
+    out.__dict__.update(vars(signals))
+    out.content = mask
+    return out
 
 
 def claim_map(maps: np.ndarray, content: np.ndarray, claim: ClaimTokens,
@@ -84,7 +88,8 @@ def claim_map(maps: np.ndarray, content: np.ndarray, claim: ClaimTokens,
     each normalised to sum 1. ``maps`` (T, rows, cols) or (T, 1, N_img); returns one map of that shape.
     ``totals``: :func:`map_totals` of ``maps``, when the claims of one answer share them."""
     idx = np.arange(claim.token_start, claim.token_end)
-    picked = idx[np.asarray(content, dtype=bool)[idx]] if np.asarray(content, dtype=bool)[idx].any() else idx
+    is_content = np.asarray(content, dtype=bool)[idx]
+    picked = idx[is_content] if is_content.any() else idx
     clipped, sums = map_totals(maps) if totals is None else totals
     m, total = clipped[picked], sums[picked]  # (k, ...), (k,)
     keep = total > 0

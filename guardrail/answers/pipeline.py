@@ -278,16 +278,28 @@ class Scorer:
         """The calibration's threshold for a call with ``tags`` (None without a calibration)."""
         return None if self.calibration is None else self.calibration.threshold_for(self.group(tags))
 
+    def _plan(self) -> tuple:
+        """Per score: its name, the score, the signals it needs and whether it is absent without them
+        (an observed score of an optional pass); built once per set of scores."""
+        plan = self.__dict__.get("_judge_plan")
+        if plan is None or plan[0] is not self.scores:
+            steps = tuple((name, s, tuple(n for n in s.needs if n != "scores"), bool(s.on_demand and s is not self.score))
+                          for name, s in self.scores.items())
+            plan = self.__dict__["_judge_plan"] = (self.scores, steps)
+        return plan[1]
+
     def judge(self, signals: AnswerSignals, group: str | None = None, token_memo: dict | None = None) -> Judgement:
         """Every score of ``signals``, the calibration's score and verdict. ``token_memo``: per-token
         values shared by the answers whose signals differ only in their content mask (an answer and
         its claims, :data:`calibration.answer_scores.TOKEN_MEMO`)."""
         values = {}
         memo: dict = {} if token_memo is None else {TOKEN_MEMO: token_memo}  # a fused score reuses its bases' values
-        for name, s in self.scores.items():
-            gathered = all(getattr(signals, n) is not None for n in s.needs if n != "scores")
-            if gathered or not (s.on_demand and s is not self.score):  # an optional pass that did not run: absent
-                values[name] = s(signals, memo) if gathered else None
+        for name, s, needs, optional in self._plan():
+            gathered = all(getattr(signals, n) is not None for n in needs)
+            if gathered:
+                values[name] = s._shared(signals, memo)
+            elif not optional:  # an optional pass that did not run: absent
+                values[name] = None
         if self.calibration is None:
             return Judgement(values, None, None)
         score = values[self.score.name]
