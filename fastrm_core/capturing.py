@@ -385,8 +385,7 @@ def capture(
                                    "capture block: use one block per generate call, one token per step")
             last = hidden.detach() if hidden.requires_grad else hidden  # (B, 1, D): predicts the next token
             if on_token is None:
-                with cap._lock:
-                    states.append(last)
+                states.append(last)  # one atomic append: a reader's flush snapshots the list, takes no lock from us
                 return
         else:
             with torch.no_grad():
@@ -421,22 +420,26 @@ def capture(
         if ragged:
             valid = torch.arange(n_max)[None] < torch.tensor(lengths)[:, None]  # (B, N_max)
             image_states = image_states * valid.to(hidden.device)[..., None].to(image_states.dtype)
-        if not torch.isfinite(image_states).all():
+        features = _pool(ids, hidden, positions, lengths, image_states, ragged)
+        # a non-finite image state makes its mean non-finite: the features tell, in a far smaller check,
+        # whether the states themselves need one (a non-finite text state alone is not an error here)
+        if not torch.isfinite(features).all() and not torch.isfinite(image_states).all():
             raise CaptureError("non-finite hidden states on the image tokens at prefill")
         cap.regions, cap.lengths = regions, lengths
         cap.prompt_ids = ids.detach().cpu()
-        cap.prompt_features = _pool(ids, hidden, regions, image_states, lengths if ragged else None)
+        cap.prompt_features = features
         if keep_states:
             cap.image_states = image_states.detach().cpu()
         if proxy is not None:
             cap._keys = proxy.image_keys(image_states)  # (B, N_max, d), computed once
 
-    def _pool(ids, hidden, regions, image_states, lengths) -> torch.Tensor:
-        # stays on the device, computed once per call: (B, 5 D), blocks in PROMPT_FEATURE_BLOCKS' order
+    def _pool(ids, hidden, positions, lengths, image_states, ragged) -> torch.Tensor:
+        # stays on the device, computed once per call: (B, 5 D), blocks in PROMPT_FEATURE_BLOCKS' order;
+        # positions (B, N_max) the image tokens of each row (its first lengths[b] entries)
         mask = step_ids["mask"]
         text = torch.ones(ids.shape, dtype=torch.bool, device=hidden.device) if mask is None else mask.to(hidden.device).bool()
-        for b, row in enumerate(regions):  # (B, S) prompt tokens that are not image patches
-            text[b, flat_positions(row).to(hidden.device)] = False
+        for b, n in enumerate(lengths):  # (B, S) prompt tokens that are not image patches
+            text[b, positions[b, :n]] = False
         w = text.to(torch.float32)[..., None]  # (B, S, 1)
         n_text = w.sum(1).clamp(min=1.0)  # (B, 1)
         text_mean = (hidden.float() * w).sum(1) / n_text  # (B, D)
@@ -447,7 +450,7 @@ def capture(
                                "decoder_layers are not the ones the model runs?)")
         text_in = (first.float().to(hidden.device) * w).sum(1) / n_text  # (B, D)
         img = image_states.float()  # (B, N_max, D), padded rows zero beyond their length
-        if lengths is None:
+        if not ragged:
             image_mean, image_std = img.mean(1), img.std(1, correction=0)  # (B, D) each
         else:  # padded rows: the mean and spread over each row's own image tokens
             n_img = torch.tensor(lengths, device=hidden.device, dtype=torch.float32)[:, None]  # (B, 1)
