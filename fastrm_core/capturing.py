@@ -141,6 +141,7 @@ class Capture:
     _states: list[torch.Tensor] = field(default_factory=list, repr=False)  # every step's (B, 1, D) predicting state
     _probs: list[torch.Tensor] = field(default_factory=list, repr=False)  # mapped steps, in (B, P, N_max) blocks
     _block_logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # the same blocks' logits
+    _state_blocks: list[torch.Tensor] = field(default_factory=list, repr=False)  # the same blocks' (B, P, D) states
     _n_mapped: int = field(default=0, repr=False)
     _per_step: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)  # (probs, logits)
     _blocks_unbound: int = field(default=0, repr=False)  # blocks already split into _per_step
@@ -161,6 +162,7 @@ class Capture:
             return
         with torch.no_grad():  # grad mode is per thread: a stream's reader thread may call this
             q = pending[0] if len(pending) == 1 else torch.cat(pending, dim=1)  # (B, P, D)
+            self._state_blocks.append(q)
             logits = self._proxy.token_logits(q, self._keys).float()  # (B, P, N_max)
             self._block_logits.append(logits)
             self._probs.append(torch.sigmoid(logits))
@@ -210,6 +212,8 @@ class Capture:
         with self._lock:
             if not self._keep_states or not self._states:
                 return None
+            if self._n_mapped == len(self._states):  # every state is in a mapped block already
+                return self._cat(self._state_blocks, n)
             return self._cat(self._states[:n] if n is not None else self._states)
 
     def _stacked(self) -> torch.Tensor:

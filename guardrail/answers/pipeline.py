@@ -126,7 +126,7 @@ def evidence_signals(cap: Any, n: int | None = None) -> dict[str, np.ndarray] | 
         weights = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
         images = cap.image_states.to(probs.device).float()  # (B, N_max, D), kept on the CPU at prefill
         queries = states[:, :n].to(probs.device).float()  # (B, T, D)
-        evidence = torch.einsum("btn,bnd->btd", weights, images)  # (B, T, D)
+        evidence = torch.bmm(weights, images)  # (B, T, D): sum_n weights[b, t, n] images[b, n, :]
         cos = torch.nn.functional.cosine_similarity(evidence, queries, dim=-1, eps=1e-8)  # (B, T)
         packed = torch.cat([cos[..., None], queries, evidence], dim=-1).cpu().numpy()  # one transfer
     d = queries.shape[-1]

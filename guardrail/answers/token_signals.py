@@ -102,7 +102,9 @@ class TokenSignals(LogitsProcessor):
         entropy = -torch.special.xlogy(p, p).sum(dim=-1)  # (B, k), 0 log 0 = 0
         top = p.topk(min(2, p.shape[-1]), dim=-1).values  # (B, k, 2)
         margin = top[..., 0] - top[..., 1] if top.shape[-1] > 1 else top[..., 0]
-        chosen = ids[:, ids.shape[1] - k:].to(logp.device)  # (B, k)
+        chosen = ids[:, ids.shape[1] - k:]  # (B, k)
+        if chosen.device != logp.device:
+            chosen = chosen.to(logp.device)
         lp = logp.gather(-1, chosen[..., None])[..., 0]  # (B, k)
         self._done.append(torch.stack([lp, entropy, margin]))  # (3, B, k)
         self._n_done += k
@@ -126,7 +128,8 @@ class TokenSignals(LogitsProcessor):
         out = torch.cat(self._done, dim=-1) if len(self._done) > 1 else self._done[0]
         if n is not None:
             out = out[..., :n]
-        return out.double().cpu().numpy()
+        out = out.double()
+        return (out if out.device.type == "cpu" else out.cpu()).numpy()
 
     def prefix(self, n: int) -> TokenSignalsResult:
         """The first ``n`` steps of row 0 while generation may still run (a stream's closed claim):
@@ -145,7 +148,8 @@ class TokenSignals(LogitsProcessor):
     def result(self, sequences: torch.Tensor) -> TokenSignalsResult:
         """Stack the steps (one copy to the CPU); ``sequences`` (B, S) gives the last steps' tokens."""
         with torch.no_grad(), self._lock:
-            self._process(len(self._pending), sequences)
+            if self._pending:
+                self._process(len(self._pending), sequences)
             self._input_ids = None
             if not self._done:
                 empty = np.zeros((sequences.shape[0], 0))
