@@ -14,6 +14,7 @@ This module is pure: arrays in, arrays out, no I/O.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ def token_entropy(probs: Any, normalized: bool = False, *, map_ndim: int | None 
             f"map_ndim must be an integer between 1 and {p.ndim} for shape {p.shape}, got {map_ndim!r}"
         )
     batch_shape = p.shape[: p.ndim - map_ndim]
-    n = int(np.prod(p.shape[p.ndim - map_ndim :]))
+    n = math.prod(p.shape[p.ndim - map_ndim :])
     if n == 0:
         raise CalibrationError(f"relevancy map of shape {p.shape} has no patches")
     flat = p.reshape(*batch_shape, n)  # (..., N)

@@ -117,7 +117,7 @@ class NoveltyModel:
         d = v - self.mean  # (n, F)
         z = d @ self.components.T  # (n, k)
         resid = d - z @ self.components  # (n, F)
-        m2 = np.sum(z**2 / self.variances, axis=1) + np.sum(resid**2, axis=1) / self.residual_variance
+        m2 = (z**2 / self.variances).sum(axis=1) + (resid**2).sum(axis=1) / self.residual_variance
         return np.sqrt(m2 / self.mean.size)
 
     def distance(self, x: Any) -> float:
@@ -221,7 +221,7 @@ class ViewsNovelty:
         """Novelty of inputs ``(n, F)`` -> ``(n,)``: the largest scaled view distance."""
         v = np.atleast_2d(np.asarray(x, dtype=np.float64))
         per = [view.model.distances(v[:, view.columns(v.shape[1])]) / view.scale for view in self.views]
-        return np.max(per, axis=0)
+        return per[0] if len(per) == 1 else np.maximum.reduce(per)
 
     def distance(self, x: Any) -> float:
         """Novelty of one input's features ``(F,)``."""

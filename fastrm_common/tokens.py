@@ -15,7 +15,7 @@ import numpy as np
 
 from fastrm_common.errors import InputError
 
-__all__ = ["content_token_mask", "decode_each", "eos_token_ids"]
+__all__ = ["content_token_mask", "decode_each", "eos_token_ids", "special_token_ids"]
 
 
 def _is_punctuation_or_blank(text: str) -> bool:
@@ -29,6 +29,7 @@ def content_token_mask(
     *,
     extra_excluded_ids: Iterable[int] = (),
     texts: Sequence[str] | None = None,
+    special_ids: Iterable[int] | None = None,
 ) -> np.ndarray:
     """Which generated tokens carry content, as the tokenizer defines them.
 
@@ -52,6 +53,8 @@ def content_token_mask(
         extra_excluded_ids: more ids to exclude.
         texts: each token decoded on its own (``tokenizer.decode([id])``), when the caller has them
             already (the Guard does, for ``GuardResult.tokens``); decoded here otherwise.
+        special_ids: :func:`special_token_ids` of ``tokenizer``, when the caller has read them once
+            already (the Guard does, when it is built); read from the tokenizer otherwise.
 
     Returns:
         Boolean array of shape ``(T,)``, True for content tokens.
@@ -74,15 +77,7 @@ def content_token_mask(
             raise InputError(f"token_ids must be one-dimensional (one id per token), got shape {arr.shape}")
         ids = [int(i) for i in arr.tolist()]
     excluded: set[int] = {int(i) for i in extra_excluded_ids}
-    excluded.update(int(i) for i in (getattr(tokenizer, "all_special_ids", None) or ()))
-    for attr in ("eos_token_id", "pad_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple, set)):
-            excluded.update(int(v) for v in value)
-        else:
-            excluded.add(int(value))
+    excluded.update(special_token_ids(tokenizer) if special_ids is None else special_ids)
 
     if texts is not None and len(texts) != len(ids):
         raise InputError(f"{len(texts)} token texts for {len(ids)} token ids")
@@ -98,6 +93,22 @@ def content_token_mask(
             cache[tid] = not _is_punctuation_or_blank(text)
         mask[t] = cache[tid]
     return mask
+
+
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids :func:`content_token_mask` excludes because of what the tokenizer says of them: its
+    special ids (``all_special_ids``), its EOS and its pad ids. Reading them from a ``transformers``
+    tokenizer costs more than the rest of the mask: read them once and pass them as ``special_ids``."""
+    out = {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or ())}
+    for attr in ("eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple, set)):
+            out.update(int(v) for v in value)
+        else:
+            out.add(int(value))
+    return frozenset(out)
 
 
 def decode_each(tokenizer: Any, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool = False) -> list[str]:

@@ -30,7 +30,7 @@ from opentelemetry import trace
 from calibration import Calibration
 from fastrm_core import FastRMProxy, get_adapter, load_vlm
 from fastrm_common.images import ImageLike, load_image
-from fastrm_common.tokens import decode_each, eos_token_ids
+from fastrm_common.tokens import decode_each, eos_token_ids, special_token_ids
 from fastrm_common.errors import CaptureError, GuardrailError, InputError, PolicyError
 from fastrm_common.presets import list_presets, preset_claims, preset_path
 from policies import Decision, DecisionContext, Policy, apply, decide, decide_on_error, escalate, load_policy
@@ -180,7 +180,7 @@ class Guard:
         if user_hooks:
             self._hooks = HookChain([self._hooks, *user_hooks])
         self._lock, tok = model_lock(model), processor.tokenizer
-        self._eos_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok)
+        self._eos_ids, self._special_ids = set(eos_token_ids(self.model, tok)) | self.adapter.stop_token_ids(tok), special_token_ids(tok)
 
     @classmethod
     def from_pretrained(
@@ -347,7 +347,7 @@ class Guard:
             try:  # every signal once, every score, the verdict and why (guardrail.answers.pipeline)
                 if maps is None or len(maps) != len(gen):
                     raise CaptureError(f"{0 if maps is None else len(maps)} maps for {len(gen)} generated tokens")
-                scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags, token_strs)
+                scored = self._scorer.score_row(gen, tok, maps, row.signals, self._eos_ids, tags, token_strs, self._special_ids)
                 if self.claims is not None:
                     claims = score_claims(answer, gen, tok, scored, maps, self.claims, self._scorer, self._claim_scorer, tags)
             except (GuardrailError, ValueError) as exc:

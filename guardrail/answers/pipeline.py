@@ -151,17 +151,20 @@ def answer_signals(
     evidence: np.ndarray | None = None,
     imageless_logprob: np.ndarray | None = None,
     token_texts: Sequence[str] | None = None,
+    special_ids: Iterable[int] | None = None,
 ) -> AnswerSignals:
     """Everything the scores need about one answer, from what its ``generate`` recorded.
 
     ``token_ids`` (T,) is the answer cut at its end-of-sequence token; the per-token arrays may be
     longer (padding steps of a batch) and are cut to ``T``. ``maps`` (T, rows, cols) give the map
     entropies (nats) and, with ``keep_maps``, the maps themselves (for ``map_spread``). ``token_texts``:
-    each token decoded on its own, when the caller has them (else the content mask decodes them).
+    each token decoded on its own, when the caller has them (else the content mask decodes them);
+    ``special_ids``: the tokenizer's :func:`~fastrm_common.tokens.special_token_ids`, when read already.
     """
     ids = list(token_ids)
     t = len(ids)
-    content = content_token_mask(ids, tokenizer, extra_excluded_ids=eos_ids, texts=token_texts)  # (T,)
+    content = content_token_mask(ids, tokenizer, extra_excluded_ids=eos_ids, texts=token_texts,
+                                 special_ids=special_ids)  # (T,)
 
     def cut(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else np.asarray(a, dtype=np.float64)[:t]
@@ -169,7 +172,7 @@ def answer_signals(
     entropy = n_patches = kept = None
     if maps is not None:
         m = np.asarray(maps)[:t]  # (T, rows, cols)
-        n_patches = int(np.prod(m.shape[1:]))
+        n_patches = math.prod(m.shape[1:])  # (np.prod costs far more on a shape)
         entropy = np.atleast_1d(np.asarray(token_entropy(m, map_ndim=2), dtype=np.float64)) if t else np.zeros(0)
         kept = m.astype(np.float32) if keep_maps else None
     return AnswerSignals(
@@ -311,12 +314,14 @@ class Scorer:
         return Judgement(values, score, self.calibration.verdict(score, novelty=novelty, group=group), gated)
 
     def score_row(self, token_ids: Sequence[int], tokenizer: Any, maps: np.ndarray, token_signals: dict,
-                  eos_ids: Iterable[int], tags: Iterable[str] = (), token_texts: Sequence[str] | None = None
-                  ) -> RowScoring:
+                  eos_ids: Iterable[int], tags: Iterable[str] = (), token_texts: Sequence[str] | None = None,
+                  special_ids: Iterable[int] | None = None) -> RowScoring:
         """One generated row (cut at its end-of-sequence token) through the pipeline: its signals,
-        computed once, every score, the verdict and its explanation (``token_texts``: see :func:`answer_signals`)."""
+        computed once, every score, the verdict and its explanation (``token_texts``, ``special_ids``: see
+        :func:`answer_signals`)."""
         cal = self.calibration
-        sig = answer_signals(token_ids, tokenizer, maps=maps, eos_ids=eos_ids, token_texts=token_texts, **token_signals)
+        sig = answer_signals(token_ids, tokenizer, maps=maps, eos_ids=eos_ids, token_texts=token_texts,
+                             special_ids=special_ids, **token_signals)
         entropies = display_entropies(sig, normalized=True if cal is None else cal.entropy_normalized).tolist()
         group = self.group(tags)
         # no calibration: every score, verdict None ("unscored"); no content token: "uncertain"

@@ -426,3 +426,25 @@ def test_decoding_through_the_backend_equals_decode(which, tiny_llava):
         tok.clean_up_tokenization_spaces = was
     assert not _backend_decodes_exactly(_WordTok(["a"]))  # not a fast tokenizer
     assert decode_each(_WordTok(["a", "b"]), [[0], [0, 1]]) == ["a", "a b"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "reference"])
+def test_special_ids_read_once_give_the_same_content_mask(which, tiny_llava):
+    """special_token_ids is what content_token_mask reads from the tokenizer (special, EOS and pad
+    ids); passing it (as the Guard does, read once) gives the same mask, and it does not stand in
+    for extra_excluded_ids."""
+    from transformers import AutoTokenizer
+
+    from fastrm_common.tokens import content_token_mask, special_token_ids
+
+    tok = tiny_llava[1].tokenizer if which == "tiny" else AutoTokenizer.from_pretrained(
+        "shapesvqa/assets/reference-llava")
+    special = special_token_ids(tok)
+    assert set(tok.all_special_ids) <= special and tok.eos_token_id in special
+    ids = tok("a red circle, a blue square.", add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+    want = content_token_mask(ids, tok)
+    assert want.any() and not want.all()
+    assert content_token_mask(ids, tok, special_ids=special).tolist() == want.tolist()
+    first_word = next(i for i, keep in enumerate(want) if keep)
+    cut = content_token_mask(ids, tok, special_ids=special, extra_excluded_ids=[ids[first_word]])
+    assert not cut[first_word] and cut.sum() < want.sum()
