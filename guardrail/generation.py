@@ -128,18 +128,18 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
         t0 = time.perf_counter()
         try:
             recorder = TokenSignals()
-            with torch.no_grad(), capture(model, proxy, thread="current", adapter=adapter, keep_states=True,
-                                           regions=regions) as cap:
-                if on_capture is not None:
-                    on_capture(cap, recorder)
-                if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):
-                    res = model.generate(**inputs, **{**kwargs, "output_scores": True, "return_dict_in_generate": True},
-                                         streamer=clock)
-                    out = res.sequences
-                    recorder.record(res.scores, out)
-                else:  # a stream reads the signals while generate runs
-                    out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
-            rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
+            with torch.no_grad():
+                with capture(model, proxy, thread="current", adapter=adapter, keep_states=True, regions=regions) as cap:
+                    if on_capture is not None:
+                        on_capture(cap, recorder)
+                    if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):
+                        res = model.generate(**inputs, **{**kwargs, "output_scores": True,
+                                                          "return_dict_in_generate": True}, streamer=clock)
+                        out = res.sequences
+                        recorder.record(res.scores, out)
+                    else:  # a stream reads the signals while generate runs
+                        out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
+                rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
             found = cap.regions
             if visual_contrast:  # one more forward over prompt + answer, the image's evidence removed
                 add_imageless_logprobs(rows, model, inputs, out, adapter)

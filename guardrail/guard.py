@@ -339,7 +339,7 @@ class Guard:
         withhold) and the answer's signals (None when the guard failed)."""
         tok, tags, question, image = self.processor.tokenizer, call.tags, row.question, row.image
         gen, stopped = cut_at_eos(row.token_ids, self._eos_ids)
-        answer = tok.decode(gen, skip_special_tokens=True).strip()
+        answer = decode_each(tok, [gen], skip_special_tokens=True)[0].strip()
         token_strs = decode_each(tok, [[t] for t in gen])
         scored, claims = RowScoring.empty(), []
         maps = None if row.maps is None else row.maps[: len(gen)]

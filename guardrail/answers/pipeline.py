@@ -76,13 +76,13 @@ def generation_rows(cap: Any, recorder: Any, out: Any) -> list[RowSignals]:
 
     With a capture that kept the hidden states (``keep_states=True``), each row also gets the
     evidence signals (:func:`evidence_signals`)."""
-    tsig = recorder.result(out)  # (B, T) each: one transfer
+    lp, ent, margin = recorder.stacked(out)  # (B, T) each: one transfer
     feats = cap.features if cap.prompt_features is not None else None
     evidence = evidence_signals(cap)
     rows = []
     for b in range(out.shape[0]):
-        sig = {"token_logprob": tsig.token_logprob[b], "predictive_entropy": tsig.predictive_entropy[b],
-               "margin": tsig.margin[b], "features": None if feats is None else feats[b]}
+        sig = {"token_logprob": lp[b], "predictive_entropy": ent[b], "margin": margin[b],
+               "features": None if feats is None else feats[b]}
         if evidence is not None:
             sig.update({k: v[b] for k, v in evidence.items()})
         rows.append(RowSignals(maps=cap.maps_2d(b).numpy(), token_signals=sig))

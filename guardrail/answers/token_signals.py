@@ -80,7 +80,10 @@ class TokenSignals(LogitsProcessor):
         distribution this recorder would have been handed as the last processor) and its
         ``sequences`` (B, S): the same signals as recording during the loop, with no per-step
         processor call. Processed in chunks of at most ``buffer_bytes``."""
-        with torch.no_grad(), self._lock:
+        if torch.is_grad_enabled():  # (a guarded call records under no_grad already: no second context)
+            with torch.no_grad():
+                return self.record(scores, sequences)
+        with self._lock:
             steps = list(scores)
             if not steps:
                 return
@@ -147,12 +150,19 @@ class TokenSignals(LogitsProcessor):
 
     def result(self, sequences: torch.Tensor) -> TokenSignalsResult:
         """Stack the steps (one copy to the CPU); ``sequences`` (B, S) gives the last steps' tokens."""
-        with torch.no_grad(), self._lock:
+        lp, ent, margin = self.stacked(sequences)
+        return TokenSignalsResult(lp, ent, margin)
+
+    def stacked(self, sequences: torch.Tensor) -> np.ndarray:
+        """:meth:`result` as one ``(3, B, T)`` float64 array: the chosen tokens' log-probabilities, the
+        entropies and the margins."""
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.stacked(sequences)
+        with self._lock:
             if self._pending:
                 self._process(len(self._pending), sequences)
             self._input_ids = None
             if not self._done:
-                empty = np.zeros((sequences.shape[0], 0))
-                return TokenSignalsResult(empty, empty, empty)
-            lp, ent, margin = self._stacked(None)  # (3, B, T)
-        return TokenSignalsResult(lp, ent, margin)
+                return np.zeros((3, sequences.shape[0], 0))
+            return self._stacked(None)

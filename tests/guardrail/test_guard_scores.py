@@ -204,6 +204,12 @@ def test_recording_output_scores_after_generate_equals_the_processor(tiny_llava,
         assert other.num_steps == 7
         for name in ("token_logprob", "predictive_entropy", "margin"):
             np.testing.assert_array_equal(getattr(want, name), getattr(got, name))
+        stacked = other.stacked(res.sequences)  # what the Guard reads: the same three, in one array
+        assert stacked.shape == (3, 2, 7)
+        np.testing.assert_array_equal(stacked, np.stack([want.token_logprob, want.predictive_entropy, want.margin]))
+    rec_grad = TokenSignals()  # called with grad enabled, it records under no_grad itself
+    rec_grad.record(res.scores, res.sequences)
+    np.testing.assert_array_equal(rec_grad.result(res.sequences).margin, want.margin)
     # only greedy calls within the memory budget take this path (sampling warpers run after the recorder)
     assert scores_after_generate(model, inputs, {"do_sample": False, "max_new_tokens": 7})
     assert not scores_after_generate(model, inputs, {"do_sample": True, "max_new_tokens": 7})
