@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -130,6 +131,8 @@ class Capture:
             (image tokens' mean and spread, text tokens' mean, the predicting position's state,
             all after the final norm, and the text tokens' mean entering the first decoder
             layer); input-novelty scores read them.
+        times: per step, the wall-clock time (ns since the epoch) at which its predicting state left
+            the final norm: when the step's token was about to be picked.
     """
 
     grid: tuple[int, int] | None = None
@@ -138,6 +141,7 @@ class Capture:
     image_states: torch.Tensor | None = None
     prompt_ids: torch.Tensor | None = None
     prompt_features: torch.Tensor | None = None
+    times: list[int] = field(default_factory=list)
     _states: list[torch.Tensor] = field(default_factory=list, repr=False)  # every step's (B, 1, D) predicting state
     _probs: list[torch.Tensor] = field(default_factory=list, repr=False)  # mapped steps, in (B, P, N_max) blocks
     _block_logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # the same blocks' logits
@@ -374,12 +378,13 @@ def capture(
         if mine() and cap.prompt_ids is None:
             step_ids["input_states"] = args[0] if args else kwargs.get("hidden_states")
 
-    states, get_ident = cap._states, threading.get_ident
+    states, times, get_ident = cap._states, cap.times, threading.get_ident
 
     def after_norm(module, args, output):
         # runs once per decoding step: kept lean (no helper calls on the decode path)
         if owner is not None and get_ident() != owner:
             return
+        times.append(time.time_ns())
         hidden = output[0] if isinstance(output, tuple) else output  # (B, S, D)
         if cap.prompt_ids is not None:  # a decode step
             if hidden.shape[1] > 1:

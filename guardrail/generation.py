@@ -121,9 +121,11 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
     The lock covers the model's work only: span processors, scoring, the policy and an escalation
     handler (which may be slow) run outside it, so they never stall other calls. ``regions``: the
     rows' image regions when the caller has found them already (the capture then reuses them)."""
-    clock = StepClock(on_token)  # when each step's tokens came out, for the token events
+    # when each step's token came out, for the token events: a stream's streamer notes it; otherwise the
+    # capture's step times (no streamer, whose put costs a copy and a call per step)
+    clock = StepClock(on_token) if on_token is not None else None
     error: GuardrailError | None = None
-    out = rows = found = None
+    out = rows = found = cap = None
     with lock:
         t0 = time.perf_counter()
         try:
@@ -134,11 +136,12 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
                         on_capture(cap, recorder)
                     if on_capture is None and on_token is None and scores_after_generate(model, inputs, kwargs):
                         res = model.generate(**inputs, **{**kwargs, "output_scores": True,
-                                                          "return_dict_in_generate": True}, streamer=clock)
+                                                          "return_dict_in_generate": True})
                         out = res.sequences
                         recorder.record(res.scores, out)
                     else:  # a stream reads the signals while generate runs
-                        out = model.generate(**inputs, **with_recorder(kwargs, recorder), streamer=clock)
+                        out = model.generate(**inputs, **with_recorder(kwargs, recorder),
+                                             **({} if clock is None else {"streamer": clock}))
                 rows = generation_rows(cap, recorder, out)  # B x maps (T, rows, cols) | (T, 1, N_img) + signals
             found = cap.regions
             if visual_contrast:  # one more forward over prompt + answer, the image's evidence removed
@@ -152,7 +155,8 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
             else:
                 out = inputs["input_ids"]  # nothing generated is shown
         model_s = time.perf_counter() - t0
-    return Generation(out=out, rows=rows, regions=found, error=error, model_s=model_s, token_times=clock.times)
+    times = clock.times if clock is not None else [] if cap is None else cap.times
+    return Generation(out=out, rows=rows, regions=found, error=error, model_s=model_s, token_times=times)
 
 
 class GenerationStream:

@@ -231,6 +231,7 @@ def test_after_the_prefill_only_the_final_norm_is_tapped(tiny_llava, proxy, make
         model.generate(**inputs, **gen_kwargs(model, 3, do_sample=False))
     assert seen == [0, 0, 0] and cap.maps.shape[1] == 3
     assert hooks(model) == before
+    assert len(cap.times) == 3 and cap.times == sorted(cap.times)  # when each step's state was produced
 
 
 def test_a_hook_on_the_norm_is_seen_by_the_capture(tiny_llava, proxy, make_inputs):
