@@ -125,6 +125,16 @@ def decode_each(tokenizer: Any, sequences: Sequence[Sequence[int]], *, skip_spec
     return [tokenizer.decode(list(s), skip_special_tokens=skip_special_tokens) for s in sequences]
 
 
+def decode_prefixes(tokenizer: Any, token_ids: Sequence[int], *, skip_special_tokens: bool = False) -> list[str]:
+    """Each prefix of ``token_ids`` decoded: ``decode_each(tokenizer, [ids[:1], ids[:2], ...])``, the ids
+    converted once rather than once per prefix."""
+    ids = [int(i) for i in token_ids]
+    if _backend_decodes_exactly(tokenizer):
+        decode = tokenizer._tokenizer.decode
+        return [decode(ids[: i + 1], skip_special_tokens=skip_special_tokens) for i in range(len(ids))]
+    return [tokenizer.decode(ids[: i + 1], skip_special_tokens=skip_special_tokens) for i in range(len(ids))]
+
+
 def _backend_decodes_exactly(tokenizer: Any) -> bool:
     """Whether ``tokenizer.decode`` is its backend's decode and nothing more (see :func:`decode_each`)."""
     try:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from fastrm_common.claims import LABELERS, SPLITTERS, ClaimSpan
 
-from .world import label_description
+from .world import find_mentions, label_description
 
 __all__ = ["label_mentions", "split_mentions"]
 
 
 def split_mentions(text: str) -> list[ClaimSpan]:
     """One claim per object mention (colour and shape, with the article and size before them)."""
-    return [ClaimSpan(m.start, m.end, m.text, "object", m.type) for m in label_description(text, [])]
+    return [ClaimSpan(a, b, text[a:b], "object", f"{color} {shape}") for a, b, _size, color, shape in find_mentions(text)]
 
 
 def label_mentions(text: str, spans: list[ClaimSpan], record: dict) -> list[bool | None]:

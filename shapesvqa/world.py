@@ -89,6 +89,7 @@ __all__ = [
     "ask",
     "chair_metrics",
     "describe_objects",
+    "find_mentions",
     "generate",
     "label_description",
     "make_example",
@@ -635,6 +636,21 @@ def _describe(scene: Scene, rng: np.random.Generator, cfg: WorldConfig) -> tuple
 
 
 _MENTION_RE = None
+_SINGULAR = {p: s for s, p in PLURALS.items()}
+
+
+def find_mentions(text: str) -> list[tuple[int, int, str | None, str, str]]:
+    """Each object mention of ``text`` as ``(start, end, size or None, colour, singular shape)``, in
+    order: the grammar :func:`label_description` matches (article and size optional)."""
+    global _MENTION_RE
+    if _MENTION_RE is None:
+        import re
+
+        shapes = "|".join(sorted(list(SHAPES) + list(PLURALS.values()), key=len, reverse=True))
+        _MENTION_RE = re.compile(
+            rf"(?:\b(?:an?)\s+)?(?:\b({'|'.join(SIZES)})\s+)?\b({'|'.join(COLORS)})\s+({shapes})\b")
+    return [(m.start(), m.end(), m.group(1), m.group(2), _SINGULAR.get(m.group(3), m.group(3)))
+            for m in _MENTION_RE.finditer(text)]
 
 
 def label_description(text: str, objects) -> list[Mention]:
@@ -652,18 +668,8 @@ def label_description(text: str, objects) -> list[Mention]:
     >>> [(m.text, m.label) for m in label_description("a small red circle and a blue square.", objs)]
     [('a small red circle', 'wrong_attribute'), ('a blue square', 'invented')]
     """
-    import re
-
-    global _MENTION_RE
-    if _MENTION_RE is None:
-        shapes = "|".join(sorted(list(SHAPES) + list(PLURALS.values()), key=len, reverse=True))
-        _MENTION_RE = re.compile(
-            rf"(?:\b(?:an?)\s+)?(?:\b({'|'.join(SIZES)})\s+)?\b({'|'.join(COLORS)})\s+({shapes})\b")
-    singular = {p: s for s, p in PLURALS.items()}
     objs = [o if isinstance(o, dict) else {"color": o.color, "shape": o.shape, "size": o.size} for o in objects]
-    found = []
-    for m in _MENTION_RE.finditer(text):
-        found.append((m.start(), m.end(), m.group(1), m.group(2), singular.get(m.group(3), m.group(3))))
+    found = find_mentions(text)
     used: set[int] = set()
     labels: list[tuple[int | None, str]] = [(None, "invented")] * len(found)
     # Exact matches first, so that a wrong size on one object does not steal another's exact match.

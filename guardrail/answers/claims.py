@@ -18,7 +18,7 @@ import numpy as np
 
 from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, split_claims
-from fastrm_common.tokens import decode_each
+from fastrm_common.tokens import decode_prefixes
 
 if TYPE_CHECKING:
     from guardrail.answers.pipeline import RowScoring
@@ -37,7 +37,7 @@ def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> l
     sequence) gets an empty range at its position.
     """
     ids = [int(t) for t in token_ids]
-    prefixes = decode_each(tokenizer, [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)  # i + 1 tokens
+    prefixes = decode_prefixes(tokenizer, ids, skip_special_tokens=True)  # prefixes[i]: the first i + 1 tokens
     full = prefixes[-1] if prefixes else ""
     lead = len(full) - len(full.lstrip())
     spans, prev = [], 0

@@ -408,7 +408,7 @@ def test_decoding_through_the_backend_equals_decode(which, tiny_llava):
     specials included, and a tokenizer that cleans up spaces takes the general path."""
     from transformers import AutoTokenizer
 
-    from fastrm_common.tokens import _backend_decodes_exactly, decode_each
+    from fastrm_common.tokens import _backend_decodes_exactly, decode_each, decode_prefixes
 
     tok = tiny_llava[1].tokenizer if which == "tiny" else AutoTokenizer.from_pretrained(
         "shapesvqa/assets/reference-llava")
@@ -417,6 +417,7 @@ def test_decoding_through_the_backend_equals_decode(which, tiny_llava):
         ids = tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
         want = [tok.decode(ids[: i + 1], skip_special_tokens=True) for i in range(len(ids))]
         assert decode_each(tok, [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True) == want
+        assert decode_prefixes(tok, ids, skip_special_tokens=True) == want
         assert decode_each(tok, [[t] for t in ids]) == [tok.decode([t]) for t in ids]
     was = tok.clean_up_tokenization_spaces
     try:  # decode would clean up spaces after the backend: one decode per prefix then
@@ -426,6 +427,7 @@ def test_decoding_through_the_backend_equals_decode(which, tiny_llava):
         tok.clean_up_tokenization_spaces = was
     assert not _backend_decodes_exactly(_WordTok(["a"]))  # not a fast tokenizer
     assert decode_each(_WordTok(["a", "b"]), [[0], [0, 1]]) == ["a", "a b"]
+    assert decode_prefixes(_WordTok(["a", "b"]), [0, 1]) == ["a", "a b"]
 
 
 @pytest.mark.parametrize("which", ["tiny", "reference"])
