@@ -14,6 +14,8 @@ transformers or PIL, and a hostile input never holds the model lock.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -141,6 +143,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+@functools.lru_cache(maxsize=1)
+def _default_generation_config() -> Any:
+    """A default ``GenerationConfig``, built once: what names ``generate`` knows (never modified)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig()
+
+
 def check_generate_kwargs(kwargs: Mapping[str, Any], limits: Limits, *, default_max_new_tokens: int) -> dict[str, Any]:
     """Validated ``model.generate`` arguments with the Guard's defaults filled in.
 
@@ -148,9 +158,7 @@ def check_generate_kwargs(kwargs: Mapping[str, Any], limits: Limits, *, default_
     sequences / ``return_dict_in_generate`` / ``streamer`` (the Guard needs one greedy or
     sampled sequence per prompt), and out-of-range values of the common numeric knobs.
     """
-    from transformers import GenerationConfig
-
-    known = GenerationConfig()
+    known = _default_generation_config()
     for name in kwargs:
         if not isinstance(name, str) or not (hasattr(known, name) or name in _GENERATE_EXTRAS):
             raise InputError(f"unknown generate argument {name!r}")
