@@ -13,7 +13,8 @@ policy removes the uncertain ones). Each mention is labelled by the scene
 - after ``redact``: CHAIR_s, CHAIR_i and Cover of the redacted descriptions against the originals,
   and the share of correct mentions kept;
 - the cost: the Guard's time per description over a plain ``model.generate`` of the same prompt and
-  length, measured side by side in this run (interleaved).
+  length, measured side by side in this run (interleaved), and where the difference goes: the guarded
+  ``generate`` over the plain one, and the scoring, claims and policy after it (``GuardResult.timings``).
 
     python benchmarks/claims_guard.py --n 300 --seed 8087 --fit-signals runs/claim-calibration-signals.jsonl \\
         --out runs/claims-guard.json
@@ -183,6 +184,9 @@ def _print_cost(console, cost: dict, threads: int) -> None:
                   f"= {cost['ratio']:.3f}x ({cost['n']} descriptions x {cost['rounds']} rounds, interleaved, "
                   f"processor call in both, image-free pass {'on' if cost['visual_contrast'] else 'off'}, "
                   f"{threads} thread(s))")
+    console.print(f"  of which (medians): generate under guard +{cost['generate_over_plain_s'] * 1e3:.2f} ms over the plain "
+                  f"one (capture, signals{', image-free pass' if cost['visual_contrast'] else ''}), scoring, claims and "
+                  f"policy after it {cost['after_generate_s'] * 1e3:.2f} ms")
 
 
 def _timing(guard, examples, max_new_tokens: int, rounds: int = 1) -> dict:
@@ -190,19 +194,27 @@ def _timing(guard, examples, max_new_tokens: int, rounds: int = 1) -> dict:
 
     Both include the processor call (as ``benchmarks/guard_overhead.py`` does): the guard prepares its
     own inputs, and a plain caller has to as well."""
-    g_t, p_t = [], []
+    g_t, p_t, gen_t, model_t, post_t = [], [], [], [], []
     for ex in [ex for _ in range(max(1, rounds)) for ex in examples]:
         t0 = time.perf_counter()
         with torch.no_grad():
-            guard.model.generate(**guard.prepare([ex.image], [ex.question]), max_new_tokens=max_new_tokens,
-                                 do_sample=False)
+            inputs = guard.prepare([ex.image], [ex.question])
+            t1 = time.perf_counter()
+            guard.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         p_t.append(time.perf_counter() - t0)
+        gen_t.append(time.perf_counter() - t1)
         t0 = time.perf_counter()
-        guard.generate(ex.image, ex.question, max_new_tokens=max_new_tokens)
+        r = guard.generate(ex.image, ex.question, max_new_tokens=max_new_tokens)
         g_t.append(time.perf_counter() - t0)
+        model_t.append(r.timings.model_s)
+        post_t.append(r.timings.guard_s)
     g, p = float(np.median(g_t)), float(np.median(p_t))
+    # where the difference goes: the guarded generate (capture, signals) over the plain one, and the
+    # scoring, claims and policy after it (GuardResult.timings)
     return {"n": len(examples), "rounds": max(1, rounds), "guard_s": g, "plain_s": p, "ratio": g / p if p else None,
-            "visual_contrast": bool(guard.visual_contrast)}
+            "visual_contrast": bool(guard.visual_contrast),
+            "generate_over_plain_s": float(np.median(model_t)) - float(np.median(gen_t)),
+            "after_generate_s": float(np.median(post_t))}
 
 
 def _f(x):
