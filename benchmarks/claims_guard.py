@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from calibration import auroc, fit_score, lookup_score, table_scores
+from fastrm_core.inputs import prepare_inputs
 from guardrail import Guard
 from guardrail.answers.claims import claim_signals, split_and_align
 from guardrail.calibrate import read_signals
@@ -182,7 +183,7 @@ def _row_signals(guard, ex, r, answer_signals):
 def _print_cost(console, cost: dict, threads: int) -> None:
     console.print(f"cost: guard {cost['guard_s']:.4f} s / plain generate {cost['plain_s']:.4f} s per description "
                   f"= {cost['ratio']:.3f}x ({cost['n']} descriptions x {cost['rounds']} rounds, interleaved, "
-                  f"processor call in both, image-free pass {'on' if cost['visual_contrast'] else 'off'}, "
+                  f"processor call in both, the Guard's input checks on its side, image-free pass {'on' if cost['visual_contrast'] else 'off'}, "
                   f"{threads} thread(s))")
     console.print(f"  of which (medians): generate under guard +{cost['generate_over_plain_s'] * 1e3:.2f} ms over the plain "
                   f"one (capture, signals{', image-free pass' if cost['visual_contrast'] else ''}), scoring, claims and "
@@ -192,13 +193,13 @@ def _print_cost(console, cost: dict, threads: int) -> None:
 def _timing(guard, examples, max_new_tokens: int, rounds: int = 1) -> dict:
     """Guard time per description over plain generate time, interleaved so load affects both alike.
 
-    Both include the processor call (as ``benchmarks/guard_overhead.py`` does): the guard prepares its
-    own inputs, and a plain caller has to as well."""
+    Both include the prompt and the processor call (as ``benchmarks/guard_overhead.py`` does): a plain
+    caller builds its inputs too, but without the Guard's input checks, which count as the Guard's cost."""
     g_t, p_t, gen_t, model_t, post_t = [], [], [], [], []
     for ex in [ex for _ in range(max(1, rounds)) for ex in examples]:
         t0 = time.perf_counter()
         with torch.no_grad():
-            inputs = guard.prepare([ex.image], [ex.question])
+            inputs = prepare_inputs(guard.model, guard.processor, [ex.image], [guard.prompt(ex.question)])
             t1 = time.perf_counter()
             guard.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         p_t.append(time.perf_counter() - t0)

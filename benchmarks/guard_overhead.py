@@ -36,6 +36,7 @@ from relevancy_speed import SHAPES, PeakMemory  # noqa: E402
 
 from calibration import fit_calibration  # noqa: E402
 from fastrm_core import FastRMProxy, ProxyConfig, capture, get_adapter, load_vlm  # noqa: E402
+from fastrm_core.inputs import prepare_inputs  # noqa: E402
 from fastrm_core.testing import blank_image, build_tiny_llava  # noqa: E402
 from guardrail import Guard  # noqa: E402
 from guardrail.answers.token_signals import TokenSignals  # noqa: E402
@@ -82,9 +83,9 @@ def main(argv=None):
     suppress = sorted(adapter.placeholder_token_ids)
     kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, suppress_tokens=suppress)
 
-    def plain():  # what an unguarded app does: preprocess, then generate
+    def plain():  # what an unguarded app does: build the prompt, call the processor, generate (no guard checks)
         with torch.no_grad():
-            return model.generate(**guard.prepare([image], [question]), **kw)
+            return model.generate(**prepare_inputs(model, processor, [image], [guard.prompt(question)]), **kw)
 
     def maps_only():
         with torch.no_grad(), capture(model, proxy, adapter=adapter) as cap:
