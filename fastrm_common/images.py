@@ -81,8 +81,12 @@ def load_image(
     error: type[GuardrailError] = InputError,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_aspect_ratio: float = DEFAULT_MAX_IMAGE_ASPECT_RATIO,
+    copy: bool = True,
 ):
     """An RGB PIL image from a path, a PIL image or an (H, W, 3) uint8 array.
+
+    ``copy=False``: an open RGB PIL image is returned as it is rather than copied (the Guard, which
+    only reads it during the call and keeps the caller's image anyway).
 
     16-bit images (a 16-bit PNG, PIL mode ``I;16``) are scaled by their range; PIL images of
     modes ``I`` and ``F`` are refused like non-uint8 arrays (see :func:`to_rgb`).
@@ -100,6 +104,8 @@ def load_image(
     if isinstance(image, Image.Image):
         check_image_size(*image.size, **limits)
         try:
+            if not copy and image.mode == "RGB" and getattr(image, "im", None) is not None:  # loaded and open
+                return image
             return to_rgb(image, error=error)
         except GuardrailError:
             raise

@@ -175,7 +175,8 @@ def check_items(images: Sequence[ImageLike], questions: Sequence[str], limits: L
     pil = []
     for i, img in enumerate(images):
         try:
-            pil.append(load_image(img, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio))
+            pil.append(load_image(img, max_pixels=limits.max_image_pixels, max_aspect_ratio=limits.max_image_aspect_ratio,
+                                  copy=False))
         except InputError as exc:
             raise InputError(f"item {i}: {exc}") if several else exc from None
     return pil

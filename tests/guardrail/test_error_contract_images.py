@@ -80,3 +80,20 @@ def test_the_guard_answers_or_refuses_every_pil_mode_like_load_image(contract_gu
     else:
         assert isinstance(results[1], BatchItemError) and results[1].index == 1
         assert str(results[1].error).startswith("item 1: ")
+
+
+def test_load_image_without_copy_returns_an_open_rgb_image_itself():
+    """copy=False (what the Guard asks: it only reads the image during the call) skips the RGB copy of an
+    open RGB image; other modes are still converted, and a closed image is still refused."""
+    from PIL import Image
+
+    from fastrm_common.errors import InputError
+    from fastrm_common.images import load_image
+
+    rgb = Image.new("RGB", (8, 6), (10, 20, 30))
+    assert load_image(rgb, copy=False) is rgb and load_image(rgb) is not rgb
+    grey = Image.new("L", (8, 6), 7)
+    assert load_image(grey, copy=False).mode == "RGB"
+    rgb.close()
+    with pytest.raises(InputError, match="closed"):
+        load_image(rgb, copy=False)
