@@ -18,7 +18,7 @@ import numpy as np
 
 from calibration import AnswerSignals
 from fastrm_common.claims import ClaimSpan, split_claims
-from fastrm_common.tokens import decode_prefixes
+from fastrm_common.tokens import decode_each, decode_prefixes
 
 if TYPE_CHECKING:
     from guardrail.answers.pipeline import RowScoring
@@ -29,15 +29,18 @@ __all__ = ["ClaimStream", "ClaimTokens", "align_claims", "claim_map", "claim_sig
 _ADD = np.add.reduce
 
 
-def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str) -> list[tuple[int, int]]:
+def token_char_spans(tokenizer: Any, token_ids: Sequence[int], answer: str,
+                     prefixes: Sequence[str] | None = None) -> list[tuple[int, int]]:
     """Each token's character range in ``answer`` (the decoded, stripped text of ``token_ids``).
 
     Read from the tokenizer's own decoding of growing prefixes, so it holds for any tokenizer
     (word pieces, byte fallback, spaces the decoder adds). A token that adds no text (special, end of
-    sequence) gets an empty range at its position.
+    sequence) gets an empty range at its position. ``prefixes``: those decodings
+    (``decode_prefixes(tokenizer, token_ids, skip_special_tokens=True)``) when the caller has them.
     """
     ids = [int(t) for t in token_ids]
-    prefixes = decode_prefixes(tokenizer, ids, skip_special_tokens=True)  # prefixes[i]: the first i + 1 tokens
+    if prefixes is None or len(prefixes) != len(ids):
+        prefixes = decode_prefixes(tokenizer, ids, skip_special_tokens=True)  # prefixes[i]: the first i + 1 tokens
     full = prefixes[-1] if prefixes else ""
     lead = len(full) - len(full.lstrip())
     spans, prev = [], 0
@@ -152,10 +155,12 @@ def redact(text: str, claims: Sequence[ClaimSpan], remove: Sequence[int]) -> str
 
 
 def split_and_align(answer: str, tokenizer: Any, token_ids: Sequence[int],
-                    splitter: str | Callable[[str], list[ClaimSpan]]) -> list[ClaimTokens]:
-    """The claims of ``answer`` by ``splitter``, each with its tokens (claims no token writes are dropped)."""
+                    splitter: str | Callable[[str], list[ClaimSpan]],
+                    prefixes: Sequence[str] | None = None) -> list[ClaimTokens]:
+    """The claims of ``answer`` by ``splitter``, each with its tokens (claims no token writes are dropped;
+    ``prefixes``: see :func:`token_char_spans`)."""
     spans = split_claims(answer, splitter)
-    return align_claims(spans, token_char_spans(tokenizer, token_ids, answer))
+    return align_claims(spans, token_char_spans(tokenizer, token_ids, answer, prefixes))
 
 
 def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, scored: "RowScoring", maps: np.ndarray,
@@ -258,16 +263,23 @@ class ClaimStream:
         self.tokenizer, self.eos_ids, self.splitter = tokenizer, set(eos_ids), splitter
         self.scorer, self.claim_scorer, self.tags = scorer, claim_scorer, tuple(tags)
         self.given = 0
+        self._ids: list[int] = []  # the tokens seen so far and each prefix of them decoded, kept across
+        self._prefixes: list[str] = []  # updates: a token's update decodes one more prefix, not all of them
 
     def update(self, token_ids: Sequence[int], cap: Any, recorder: Any) -> list:
         """New closed claims after ``token_ids`` (every token streamed so far)."""
         from guardrail.answers.pipeline import answer_signals, evidence_signals
 
-        ids = list(token_ids)
+        ids = [int(t) for t in token_ids]
         if any(t in self.eos_ids for t in ids):
             return []  # the answer is complete: the final result gives the rest
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        claims = split_and_align(text, self.tokenizer, ids, self.splitter)
+        if ids[: len(self._ids)] != self._ids:  # not a continuation of what was seen: start over
+            self._ids, self._prefixes = [], []
+        self._prefixes += decode_each(self.tokenizer, [ids[: i + 1] for i in range(len(self._ids), len(ids))],
+                                      skip_special_tokens=True)
+        self._ids = ids
+        text = self._prefixes[-1].strip() if ids else ""  # decode(ids, skip_special_tokens=True), stripped
+        claims = split_and_align(text, self.tokenizer, ids, self.splitter, self._prefixes)
         closed = claims[:-1]  # a claim is closed once a later one has begun
         if len(closed) <= self.given:
             return []

@@ -450,3 +450,18 @@ def test_special_ids_read_once_give_the_same_content_mask(which, tiny_llava):
     first_word = next(i for i, keep in enumerate(want) if keep)
     cut = content_token_mask(ids, tok, special_ids=special, extra_excluded_ids=[ids[first_word]])
     assert not cut[first_word] and cut.sum() < want.sum()
+
+
+def test_token_char_spans_take_the_callers_prefixes(tiny_llava):
+    """token_char_spans reuses prefixes the caller decoded (a stream keeps them across tokens) and gives
+    what it computes itself; prefixes of another length are not trusted."""
+    from fastrm_common.tokens import decode_prefixes
+    from guardrail.answers.claims import token_char_spans
+
+    tok = tiny_llava[1].tokenizer
+    ids = tok("a red circle, a blue square.", add_special_tokens=False)["input_ids"]
+    answer = tok.decode(ids, skip_special_tokens=True).strip()
+    prefixes = decode_prefixes(tok, ids, skip_special_tokens=True)
+    want = token_char_spans(tok, ids, answer)
+    assert token_char_spans(tok, ids, answer, prefixes) == want
+    assert token_char_spans(tok, ids, answer, prefixes[:-1]) == want  # wrong length: decoded again
