@@ -8,7 +8,7 @@ scored, calibrated or distilled by default.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,20 +119,20 @@ def decode_each(tokenizer: Any, sequences: Sequence[Sequence[int]], *, skip_spec
     conversion of the ids and no thread pool, unlike ``decode_batch``). Any other tokenizer is
     called as it is.
     """
-    if _backend_decodes_exactly(tokenizer):
-        backend = tokenizer._tokenizer
-        return [backend.decode([int(i) for i in s], skip_special_tokens=skip_special_tokens) for s in sequences]
-    return [tokenizer.decode(list(s), skip_special_tokens=skip_special_tokens) for s in sequences]
+    decode = _decoder(tokenizer)
+    return [decode([int(i) for i in s], skip_special_tokens=skip_special_tokens) for s in sequences]
 
 
 def decode_prefixes(tokenizer: Any, token_ids: Sequence[int], *, skip_special_tokens: bool = False) -> list[str]:
     """Each prefix of ``token_ids`` decoded: ``decode_each(tokenizer, [ids[:1], ids[:2], ...])``, the ids
     converted once rather than once per prefix."""
-    ids = [int(i) for i in token_ids]
-    if _backend_decodes_exactly(tokenizer):
-        decode = tokenizer._tokenizer.decode
-        return [decode(ids[: i + 1], skip_special_tokens=skip_special_tokens) for i in range(len(ids))]
-    return [tokenizer.decode(ids[: i + 1], skip_special_tokens=skip_special_tokens) for i in range(len(ids))]
+    ids, decode = [int(i) for i in token_ids], _decoder(tokenizer)
+    return [decode(ids[: i + 1], skip_special_tokens=skip_special_tokens) for i in range(len(ids))]
+
+
+def _decoder(tokenizer: Any) -> Callable[..., str]:
+    """The backend's ``decode`` when it is exactly ``tokenizer.decode`` (:func:`decode_each`), else ``tokenizer.decode``."""
+    return tokenizer._tokenizer.decode if _backend_decodes_exactly(tokenizer) else tokenizer.decode
 
 
 def _backend_decodes_exactly(tokenizer: Any) -> bool:

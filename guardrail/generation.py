@@ -155,7 +155,7 @@ def generate_under_guard(model: Any, proxy: Any, adapter: Any, lock: threading.L
             else:
                 out = inputs["input_ids"]  # nothing generated is shown
         model_s = time.perf_counter() - t0
-    times = clock.times if clock is not None else [] if cap is None else cap.times
+    times = clock.times if clock is not None else (cap.times if cap is not None else [])
     return Generation(out=out, rows=rows, regions=found, error=error, model_s=model_s, token_times=times)
 
 

@@ -15,7 +15,6 @@ transformers or PIL, and a hostile input never holds the model lock.
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass

@@ -178,9 +178,10 @@ def score_claims(answer: str, token_ids: Sequence[int], tokenizer: Any, scored: 
     """
     signals, token_memo = scored.signals, scored.token_memo
     answer_verdict = (scored.score, scored.verdict, scored.verdict_reason)
-    claims = split_and_align(answer, tokenizer, token_ids, splitter)
+    prefixes = decode_prefixes(tokenizer, token_ids, skip_special_tokens=True)  # decoded once for both alignments
+    claims = split_and_align(answer, tokenizer, token_ids, splitter, prefixes)
     if not claims and answer.strip():  # a short answer (no claim the splitter knows) is one claim
-        spans = token_char_spans(tokenizer, token_ids, answer)
+        spans = token_char_spans(tokenizer, token_ids, answer, prefixes)
         claims = align_claims([ClaimSpan(0, len(answer), answer, "answer")], spans)
     totals = map_totals(maps) if claims else None
     return [_score_one(k, c, signals, maps, scorer, claim_scorer, tags, whole=len(claims) == 1,
