@@ -352,3 +352,22 @@ def test_schema_models_are_strict_in_python_too():
 
     with pytest.raises(ValidationError):
         Policy.model_validate({"id": "p", "version": "1", "default": {"action": "allow"}, "extra": 1})
+
+
+@pytest.mark.parametrize("verdict, claims, action, rule", [
+    ("uncertain", ("confident", "confident", "confident"), "allow", "claims-supported"),  # gated description
+    ("uncertain", ("confident", "uncertain", "confident"), "redact", "some-claims-uncertain"),
+    ("confident", ("uncertain", "uncertain"), "abstain", "all-claims-uncertain"),
+    ("uncertain", ("uncertain",), "flag", "uncertain"),  # a short answer keeps the answer's verdict
+    ("confident", ("confident",), "allow", "claims-supported"),
+    ("uncertain", (None, None), "flag", "uncertain"),  # claims without a claim calibration: the answer decides
+    ("uncertain", (), "flag", "uncertain"),
+])
+def test_redact_claims_judges_a_several_claim_answer_by_its_claims(verdict, claims, action, rule):
+    """The bundled redact-claims policy: a description none of whose claims is uncertain is allowed
+    whatever the whole answer's verdict (for a description, the answer calibration's novelty gate);
+    short answers and unscored claims fall back to the answer's verdict."""
+    from policies import DecisionContext, decide
+
+    decision = decide(load_policy("redact-claims"), DecisionContext(verdict=verdict, claim_verdicts=claims))
+    assert (decision.action, decision.rule) == (action, rule)
